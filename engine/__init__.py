@@ -1,0 +1,1 @@
+"""tetik engine."""

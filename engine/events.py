@@ -1,0 +1,241 @@
+"""The event contract (SPEC section 1) as frozen msgspec Structs.
+
+Rules of this interface:
+
+* :func:`decode_event` turns one JSON document (a Kafka value or a JSONL line)
+  into an :class:`Event` or raises :class:`~engine.errors.InvalidEvent` whose
+  ``reason`` names the field and the bad value. It never raises anything else
+  for bad input and never returns a half-valid event.
+* After decoding, ``Event.ts`` is always epoch milliseconds (an ``int``), even
+  when the wire carried an RFC 3339 string.
+* Unknown top-level fields are ignored (storefronts add their own); known
+  fields are checked strictly, including the per-type required fields below.
+* Every new field gets a default, so old producers stay valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import zoneinfo
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+import msgspec
+
+from engine.errors import InvalidEvent
+
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_STRING: Final = 1024
+MAX_PROPS_DEPTH: Final = 5
+
+STANDARD_TYPES: Final = frozenset(
+    {
+        "view_product",
+        "view_category",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "add_favorite",
+        "remove_favorite",
+        "purchase",
+        "signup",
+        "login",
+        "consent",
+        "profile",
+        "engagement",
+    }
+)
+CHANNELS: Final = ("email", "sms", "push", "webpush", "whatsapp", "telegram", "inapp", "onsite")
+ENGAGEMENT_KINDS: Final = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
+PRODUCT_TYPES: Final = frozenset(
+    {"view_product", "add_to_cart", "remove_from_cart", "add_favorite", "remove_favorite"}
+)
+
+TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.:-]{0,63}$"
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_BIRTHDAY = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+
+Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
+Price = Annotated[float, msgspec.Meta(ge=0)]
+Quantity = Annotated[int, msgspec.Meta(ge=1)]
+Scalar = Str | int | float | bool | None
+EngagementKind = Literal["delivered", "opened", "clicked", "bounced", "unsubscribed"]
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One line of a purchase's ``items``."""
+
+    product_id: Name
+    category: Str | None = None
+    price: Price | None = None
+    quantity: Quantity | None = None
+
+    @property
+    def qty(self) -> int:
+        """Quantity with the contract's default of 1."""
+        return 1 if self.quantity is None else self.quantity
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One storefront event. Construct with :func:`decode_event` for wire input."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    type: Annotated[str, msgspec.Meta(pattern=TYPE_PATTERN)]
+    # The wire allows epoch ms or an RFC 3339 string; __post_init__ normalises
+    # to ms, so the rest of the code (and mypy) only ever sees an int.
+    if TYPE_CHECKING:
+        ts: int
+    else:
+        ts: int | Str
+    user_id: Name | None = None
+    anon_id: Name | None = None
+    product_id: Name | None = None
+    category: Str | None = None
+    price: Price | None = None
+    quantity: Quantity | None = None
+    query: Str | None = None
+    order_id: Str | None = None
+    revenue: float | None = None
+    items: tuple[Item, ...] | None = None
+    channel: Str | None = None
+    granted: bool | None = None
+    attributes: dict[Name, Scalar] | None = None
+    action_id: Str | None = None
+    kind: EngagementKind | None = None
+    props: dict[Str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ts, int):
+            msgspec.structs.force_setattr(self, "ts", parse_ts(self.ts))
+        elif self.ts < 0:
+            raise ValueError(f"ts {self.ts} is negative; send epoch milliseconds")
+        if not (self.user_id or self.anon_id):
+            raise ValueError("one of user_id or anon_id is required (the identity key)")
+        _check_type_fields(self)
+        if self.props is not None:
+            _check_props(self.props, 1, "props")
+
+    @property
+    def key(self) -> str:
+        """Identity key: ``user_id`` when present, else ``anon_id``."""
+        return self.user_id or self.anon_id or ""
+
+    @property
+    def qty(self) -> int:
+        """Quantity with the contract's default of 1."""
+        return 1 if self.quantity is None else self.quantity
+
+
+def parse_ts(text: str) -> int:
+    """Parse an RFC 3339 timestamp with offset into epoch milliseconds."""
+    if not _RFC3339.match(text):
+        raise ValueError(
+            f"ts {text!r} is not epoch milliseconds or an RFC 3339 time with offset "
+            "(e.g. 2024-05-01T10:00:00+03:00 or ...Z)"
+        )
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+    except ValueError as exc:
+        raise ValueError(f"ts {text!r} is not a real date/time ({exc})") from None
+    return int(moment.timestamp() * 1000)
+
+
+def _require(event: Event, *fields: str) -> None:
+    for name in fields:
+        if getattr(event, name) is None:
+            raise ValueError(f"`{event.type}` events require `{name}`")
+
+
+def _check_type_fields(event: Event) -> None:
+    """Required fields per standard type; custom types need only the basics."""
+    kind = event.type
+    if kind in PRODUCT_TYPES:
+        _require(event, "product_id")
+    elif kind == "view_category":
+        _require(event, "category")
+    elif kind == "search":
+        _require(event, "query")
+    elif kind == "consent":
+        _require(event, "channel", "granted")
+        _check_channel(event.channel)
+    elif kind == "engagement":
+        _require(event, "action_id", "channel", "kind")
+        _check_channel(event.channel)
+    elif kind == "profile":
+        _require(event, "attributes")
+        _check_attributes(event.attributes or {})
+
+
+def _check_channel(channel: str | None) -> None:
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}{suggest(str(channel), CHANNELS)}")
+
+
+def _check_attributes(attributes: dict[str, Any]) -> None:
+    tz = attributes.get("timezone")
+    if tz is not None and (not isinstance(tz, str) or tz not in _time_zones()):
+        raise ValueError(f"attributes.timezone {tz!r} is not an IANA time zone (e.g. Europe/Istanbul)")
+    birthday = attributes.get("birthday")
+    if birthday is not None and not (isinstance(birthday, str) and _BIRTHDAY.match(birthday)):
+        raise ValueError(f"attributes.birthday {birthday!r} is not MM-DD (e.g. 04-23)")
+
+
+def _check_props(value: Any, depth: int, path: str) -> None:
+    """Props are free-form but bounded: nesting depth and string lengths."""
+    if isinstance(value, dict):
+        if depth > MAX_PROPS_DEPTH:
+            raise ValueError(f"{path} nests deeper than {MAX_PROPS_DEPTH} levels")
+        for key, inner in value.items():
+            _check_string(key, f"{path} key")
+            _check_props(inner, depth + 1, f"{path}.{key}")
+    elif isinstance(value, list):
+        if depth > MAX_PROPS_DEPTH:
+            raise ValueError(f"{path} nests deeper than {MAX_PROPS_DEPTH} levels")
+        for index, inner in enumerate(value):
+            _check_props(inner, depth + 1, f"{path}[{index}]")
+    elif isinstance(value, str):
+        _check_string(value, path)
+
+
+def _check_string(value: str, path: str) -> None:
+    if len(value) > MAX_STRING:
+        raise ValueError(f"{path} is {len(value)} chars; the limit is {MAX_STRING}")
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def suggest(word: str, choices: Any) -> str:
+    """A "did you mean" suffix for an unknown name, or "" when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(raw: bytes | str) -> Event:
+    """Decode and validate one event; raise InvalidEvent with a precise reason."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES} (64 KiB)")
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not a JSON object: {exc}") from None
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event as compact JSON (ts as epoch ms)."""
+    return _encoder.encode(event)

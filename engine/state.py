@@ -1,0 +1,290 @@
+"""A user's state and how one event changes it.
+
+Rules of this interface:
+
+* :func:`apply` is pure apart from mutating the ``UserState`` it is given: the
+  clock is the ``now`` argument (epoch ms), never the machine's.
+* Applying an event whose ``event_id`` the state already holds changes nothing
+  and returns ``"duplicate"``. Ids are remembered as long as the event stays
+  in its window, so an event older than its window's ``max_age`` is refused
+  as ``"stale"`` (it could not be told apart from a replay of an evicted one).
+* Every part of the state is bounded by :class:`~engine.windows.WindowConfig`:
+  windows by count on insert and by age in :func:`prune`, cart lines and
+  favorites by count and age, profile attributes by key count.
+* :func:`dumps` / :func:`loads` round-trip the state exactly (msgpack).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from engine.events import Event, Scalar
+from engine.windows import (
+    DEFAULT_CONFIG,
+    Stored,
+    WindowConfig,
+    event_hash,
+    evict_older,
+    insert,
+    stored,
+)
+
+Outcome = Literal["applied", "duplicate", "stale"]
+STATE_VERSION = 1
+
+
+class CartLine(msgspec.Struct, array_like=True):
+    """One product in the cart: quantity, last known unit price and category."""
+
+    quantity: int
+    price: float | None
+    category: str | None
+    ts: int
+
+
+class Consent(msgspec.Struct, array_like=True):
+    """The latest consent decision for a channel, by event time."""
+
+    granted: bool
+    ts: int
+
+
+class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
+    """Everything tetik keeps about one identity key.
+
+    ``dict=True`` lets the runtime cache the set of event-id hashes beside the
+    struct without serialising it (it is derived from the windows).
+    """
+
+    v: int = STATE_VERSION
+    key: str = ""
+    events: int = 0
+    first_seen: int = 0
+    last_seen: int = 0
+    windows: dict[str, list[Stored]] = {}
+    cart: dict[str, CartLine] = {}
+    favorites: dict[str, int] = {}
+    consent: dict[str, Consent] = {}
+    profile: dict[str, Scalar] = {}
+
+
+def _ids(state: UserState) -> set[int]:
+    """Hashes of every event id the windows hold, built once per loaded state."""
+    cache: set[int] | None = state.__dict__.get("_ids")
+    if cache is None:
+        cache = {record.h for window in state.windows.values() for record in window}
+        state.__dict__["_ids"] = cache
+    return cache
+
+
+def _forget(state: UserState, dropped: list[Stored]) -> None:
+    ids = _ids(state)
+    for record in dropped:
+        ids.discard(record.h)
+
+
+def apply(
+    state: UserState, event: Event, now: int, config: WindowConfig = DEFAULT_CONFIG
+) -> Outcome:
+    """Apply one validated event to the user's state at clock ``now`` (epoch ms)."""
+    h = event_hash(event.event_id)
+    ids = _ids(state)
+    if h in ids:
+        return "duplicate"
+    limits = config.limits(event.type)
+    if event.ts < now - limits.max_age_ms:
+        return "stale"
+    record = stored(event, h, _revenue(event))
+    window = state.windows.setdefault(event.type, [])
+    ids.add(h)
+    _forget(state, insert(window, record, limits))
+    _apply_effects(state, event, config)
+    _touch(state, event)
+    return "applied"
+
+
+def _touch(state: UserState, event: Event) -> None:
+    state.key = state.key or event.key
+    state.events += 1
+    state.first_seen = min(state.first_seen or event.ts, event.ts)
+    state.last_seen = max(state.last_seen, event.ts)
+
+
+def _revenue(event: Event) -> float | None:
+    """A purchase's revenue; the sum of its items when the event omits it."""
+    if event.type != "purchase" or event.revenue is not None or not event.items:
+        return event.revenue
+    return round(sum((item.price or 0.0) * item.qty for item in event.items), 2)
+
+
+def _apply_effects(state: UserState, event: Event, config: WindowConfig) -> None:
+    """Changes beyond the window itself: cart, favorites, consent, profile."""
+    handler = _EFFECTS.get(event.type)
+    if handler is not None:
+        handler(state, event, config)
+
+
+def _add_to_cart(state: UserState, event: Event, config: WindowConfig) -> None:
+    pid = event.product_id or ""
+    line = state.cart.get(pid)
+    if line is None:
+        state.cart[pid] = CartLine(event.qty, event.price, event.category, event.ts)
+        _trim_oldest(state.cart, config.cart_max_lines, lambda line: line.ts)
+        return
+    line.quantity += event.qty
+    line.price = event.price if event.price is not None else line.price
+    line.category = event.category or line.category
+    line.ts = max(line.ts, event.ts)
+
+
+def _remove_from_cart(state: UserState, event: Event, config: WindowConfig) -> None:
+    """With ``quantity``, take that many away; without, remove the whole line."""
+    pid = event.product_id or ""
+    line = state.cart.get(pid)
+    if line is None:
+        return
+    if event.quantity is not None and line.quantity > event.quantity:
+        line.quantity -= event.quantity
+        line.ts = max(line.ts, event.ts)
+    else:
+        del state.cart[pid]
+
+
+def _purchase(state: UserState, event: Event, config: WindowConfig) -> None:
+    """A purchase empties its items from the cart, or the whole cart without items."""
+    if event.items is None:
+        state.cart.clear()
+        return
+    for item in event.items:
+        state.cart.pop(item.product_id, None)
+
+
+def _add_favorite(state: UserState, event: Event, config: WindowConfig) -> None:
+    state.favorites[event.product_id or ""] = event.ts
+    _trim_oldest(state.favorites, config.favorites_max, lambda ts: ts)
+
+
+def _remove_favorite(state: UserState, event: Event, config: WindowConfig) -> None:
+    state.favorites.pop(event.product_id or "", None)
+
+
+def _set_consent(state: UserState, channel: str, granted: bool, ts: int) -> None:
+    """Later decisions win by event time, so a late old event cannot undo an opt-out."""
+    current = state.consent.get(channel)
+    if current is None or ts >= current.ts:
+        state.consent[channel] = Consent(granted, ts)
+
+
+def _consent(state: UserState, event: Event, config: WindowConfig) -> None:
+    _set_consent(state, event.channel or "", bool(event.granted), event.ts)
+
+
+def _engagement(state: UserState, event: Event, config: WindowConfig) -> None:
+    if event.kind == "unsubscribed":
+        _set_consent(state, event.channel or "", False, event.ts)
+
+
+def _profile(state: UserState, event: Event, config: WindowConfig) -> None:
+    """Merge attributes; ``null`` deletes one; new keys stop at ``profile_max_keys``."""
+    for name, value in (event.attributes or {}).items():
+        if value is None:
+            state.profile.pop(name, None)
+        elif name in state.profile or len(state.profile) < config.profile_max_keys:
+            state.profile[name] = value
+
+
+_EFFECTS = {
+    "add_to_cart": _add_to_cart,
+    "remove_from_cart": _remove_from_cart,
+    "purchase": _purchase,
+    "add_favorite": _add_favorite,
+    "remove_favorite": _remove_favorite,
+    "consent": _consent,
+    "engagement": _engagement,
+    "profile": _profile,
+}
+
+
+def _trim_oldest(mapping: dict[str, Any], limit: int, ts_of: Any) -> None:
+    while len(mapping) > limit:
+        oldest = min(mapping, key=lambda k: ts_of(mapping[k]))
+        del mapping[oldest]
+
+
+def prune(state: UserState, now: int, config: WindowConfig = DEFAULT_CONFIG) -> None:
+    """Drop everything older than its age limit at clock ``now``."""
+    for name in list(state.windows):
+        window = state.windows[name]
+        _forget(state, evict_older(window, now - config.limits(name).max_age_ms))
+        if not window:
+            del state.windows[name]
+    cart_cutoff = now - config.cart_max_age_ms
+    for pid in [p for p, line in state.cart.items() if line.ts < cart_cutoff]:
+        del state.cart[pid]
+    fav_cutoff = now - config.favorites_max_age_ms
+    for pid in [p for p, ts in state.favorites.items() if ts < fav_cutoff]:
+        del state.favorites[pid]
+
+
+def cart_total(state: UserState) -> float:
+    """Sum of quantity x price over the cart (lines without a price count 0)."""
+    return round(sum((line.quantity * (line.price or 0.0) for line in state.cart.values()), 0.0), 2)
+
+
+def cart_count(state: UserState) -> int:
+    """Number of items in the cart (the sum of quantities, as storefronts show it)."""
+    return sum(line.quantity for line in state.cart.values())
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(UserState)
+
+
+def dumps(state: UserState) -> bytes:
+    """Serialise a state exactly (msgpack, compact array form for records)."""
+    return _encoder.encode(state)
+
+
+def loads(data: bytes) -> UserState:
+    """The inverse of :func:`dumps`."""
+    return _decoder.decode(data)
+
+
+def to_view(state: UserState) -> dict[str, Any]:
+    """A readable JSON-ready view of the state (``tetik state USER``)."""
+    return {
+        "user": state.key,
+        "events_applied": state.events,
+        "first_seen": state.first_seen,
+        "last_seen": state.last_seen,
+        "cart": {
+            "total": cart_total(state),
+            "count": cart_count(state),
+            "lines": [_line_view(pid, line) for pid, line in state.cart.items()],
+        },
+        "favorites": [{"product_id": pid, "ts": ts} for pid, ts in state.favorites.items()],
+        "consent": {ch: {"granted": c.granted, "ts": c.ts} for ch, c in state.consent.items()},
+        "profile": dict(state.profile),
+        "windows": {name: [_record_view(r) for r in w] for name, w in state.windows.items()},
+    }
+
+
+def _line_view(pid: str, line: CartLine) -> dict[str, Any]:
+    return {
+        "product_id": pid,
+        "quantity": line.quantity,
+        "price": line.price,
+        "category": line.category,
+        "ts": line.ts,
+    }
+
+
+def _record_view(record: Stored) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    for name in record.__struct_fields__:
+        value = getattr(record, name)
+        if value is not None and name != "h":
+            view[name] = msgspec.to_builtins(value)
+    return view
