@@ -24,7 +24,9 @@ def parse_duration(text: str) -> int:
     """Return the duration in ms; raise ValueError naming the accepted forms."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not a duration; write a whole number and a unit: 30s, 15m, 2h, 7d, 1w")
+        raise ValueError(
+            f"{text!r} is not a duration; write a whole number and a unit: 30s, 15m, 2h, 7d, 1w"
+        )
     return int(match.group(1)) * UNITS[match.group(2)]
 
 

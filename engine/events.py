@@ -179,7 +179,9 @@ def _check_channel(channel: str | None) -> None:
 def _check_attributes(attributes: dict[str, Any]) -> None:
     tz = attributes.get("timezone")
     if tz is not None and (not isinstance(tz, str) or tz not in _time_zones()):
-        raise ValueError(f"attributes.timezone {tz!r} is not an IANA time zone (e.g. Europe/Istanbul)")
+        raise ValueError(
+            f"attributes.timezone {tz!r} is not an IANA time zone (e.g. Europe/Istanbul)"
+        )
     birthday = attributes.get("birthday")
     if birthday is not None and not (isinstance(birthday, str) and _BIRTHDAY.match(birthday)):
         raise ValueError(f"attributes.birthday {birthday!r} is not MM-DD (e.g. 04-23)")
@@ -233,7 +235,7 @@ def decode_event(raw: bytes | str) -> Event:
     except msgspec.ValidationError as exc:
         raise InvalidEvent(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"not a JSON object: {exc}") from None
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
 
 
 def encode_event(event: Event) -> bytes:

@@ -172,7 +172,9 @@ def config_from_mapping(raw: Mapping[str, Any]) -> WindowConfig:
         types[name] = _limits_from(limits, types.get(name, default), f"windows.types.{name}")
     cart = _limits_from(
         raw.get("cart", {}),
-        WindowLimits(max_count=DEFAULT_CONFIG.cart_max_lines, max_age_ms=DEFAULT_CONFIG.cart_max_age_ms),
+        WindowLimits(
+            max_count=DEFAULT_CONFIG.cart_max_lines, max_age_ms=DEFAULT_CONFIG.cart_max_age_ms
+        ),
         "windows.cart",
     )
     favorites = _limits_from(

@@ -1,0 +1,121 @@
+"""The ``tetik`` command line (SPEC section 5).
+
+Each subcommand is a small function that parses nothing itself: argparse does
+that, and the work lives in the module named after the job (``flows.demo``,
+``flows.ingest``...). Every user-facing failure is a :class:`TetikError` or a
+server start error, printed as one line, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from engine.errors import TetikError
+from flows.embedded import ServerStartError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(events=args.events, users=args.users, rate=args.rate, seed=args.seed)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.jobs import run_ingest
+
+    return run_ingest(tail=not args.no_tail, workers=args.workers)
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from flows.jobs import read_state
+
+    view = read_state(args.user, redis_url=args.redis)
+    if view is None:
+        print(f"no state for user {args.user!r}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from bench.generator import GeneratorConfig, write_jsonl
+
+    cfg = GeneratorConfig(
+        users=args.users, events=args.events, seed=args.seed, invalid_ratio=args.invalid
+    )
+    count = write_jsonl(cfg, args.out)
+    print(f"wrote {count:,} events to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from flows.jobs import produce_file
+
+    return produce_file(args.file)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.cli import run_bench
+
+    return run_bench(args.what, quick=args.quick)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tetik", description="Real-time trigger engine for omnichannel e-commerce marketing."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="embedded servers + synthetic clickstream through ingest")
+    demo.add_argument("--events", type=int, default=5000, help="events to stream (default 5000)")
+    demo.add_argument("--users", type=int, default=400, help="distinct shoppers (default 400)")
+    demo.add_argument("--rate", type=int, default=2500, help="events per second offered")
+    demo.add_argument("--seed", type=int, default=7, help="generator seed")
+    demo.set_defaults(func=_cmd_demo)
+
+    ingest = sub.add_parser("ingest", help="run the ingest flow: Kafka events -> state in Redis")
+    ingest.add_argument("--no-tail", action="store_true", help="stop at the end of the topic")
+    ingest.add_argument("--workers", type=int, default=1, help="Bytewax workers (threads)")
+    ingest.set_defaults(func=_cmd_ingest)
+
+    state = sub.add_parser("state", help="print a user's state as JSON")
+    state.add_argument("user", help="identity key (user_id, else anon_id)")
+    state.add_argument("--redis", help="Redis URL (default: $TETIK_REDIS_URL)")
+    state.set_defaults(func=_cmd_state)
+
+    gen = sub.add_parser("generate", help="write a synthetic clickstream as JSONL")
+    gen.add_argument("--events", type=int, default=10_000)
+    gen.add_argument("--users", type=int, default=1000)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--invalid", type=float, default=0.0, help="share of malformed records")
+    gen.add_argument("--out", required=True, help="output JSONL file")
+    gen.set_defaults(func=_cmd_generate)
+
+    produce = sub.add_parser("produce", help="send a JSONL file of events to the events topic")
+    produce.add_argument("file")
+    produce.set_defaults(func=_cmd_produce)
+
+    bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
+    bench.add_argument("what", choices=["ingest", "memory", "all"], nargs="?", default="all")
+    bench.add_argument("--quick", action="store_true", help="reduced sizes, for smoke checks")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tetik`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (TetikError, ServerStartError) as exc:
+        print(f"tetik {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

