@@ -19,28 +19,21 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 15
     """Create each missing topic (name -> partition count, replication 1) and wait for it.
 
     Idempotent: topics that already exist, or that another client creates concurrently
-    (TOPIC_ALREADY_EXISTS), are accepted. Returns once metadata shows every topic with
-    exactly its partition count and a leader for each partition, so producing and
-    ``assign()`` work straight away.
+    (TOPIC_ALREADY_EXISTS), are accepted. An existing topic keeps its partition count:
+    operators size production topics, and tetik reads any count (a user's events stay
+    in one partition by key whatever the count). Returns once metadata shows every
+    topic with a leader for each partition, so producing and ``assign()`` work at once.
 
-    Raises ValueError for a partition count below 1 or an existing topic whose count
-    differs (partition counts decide keying; silently using another count would
-    scatter keys), RuntimeError when the broker refuses a creation, and TimeoutError
-    when ``timeout`` seconds pass first.
+    Raises ValueError for a partition count below 1, RuntimeError when the broker
+    refuses a creation, and TimeoutError when ``timeout`` seconds pass first.
     """
     if any(count < 1 for count in topics.values()):
         raise ValueError(f"partition counts must be >= 1, got {dict(topics)}")
     deadline = time.monotonic() + timeout
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = _partition_counts(admin.list_topics(timeout=timeout))
-    for name, count in topics.items():
-        if name in existing and existing[name] != count:
-            raise ValueError(
-                f"topic {name!r} exists with {existing[name]} partitions, wanted {count}; "
-                "delete it or use the existing count"
-            )
     _create(admin, {n: c for n, c in topics.items() if n not in existing}, deadline)
-    _wait_for(admin, topics, deadline)
+    _wait_for(admin, {n: existing.get(n, c) for n, c in topics.items()}, deadline)
 
 
 def wait_for_topic(

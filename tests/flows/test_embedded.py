@@ -120,10 +120,13 @@ def test_ensure_topics_creates_partitions_and_is_idempotent(
 
 
 @pytest.mark.integration
-def test_ensure_topics_refuses_other_partition_count(kafka_bootstrap: str, unique: str) -> None:
+def test_ensure_topics_keeps_an_existing_topics_partition_count(
+    kafka_bootstrap: str, unique: str
+) -> None:
     ensure_topics(kafka_bootstrap, {f"{unique}-t": 2})
-    with pytest.raises(ValueError, match="exists with 2 partitions, wanted 3"):
-        ensure_topics(kafka_bootstrap, {f"{unique}-t": 3})
+    ensure_topics(kafka_bootstrap, {f"{unique}-t": 3, f"{unique}-new": 3})
+    assert wait_for_topic(kafka_bootstrap, f"{unique}-t") == 2
+    assert wait_for_topic(kafka_bootstrap, f"{unique}-new") == 3
 
 
 @pytest.mark.integration
