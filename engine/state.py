@@ -80,6 +80,8 @@ def _ids(state: UserState) -> set[int]:
 
 
 def _forget(state: UserState, dropped: list[Stored]) -> None:
+    if not dropped:
+        return
     ids = _ids(state)
     for record in dropped:
         ids.discard(record.h)

@@ -42,9 +42,8 @@ from engine.state import UserState, apply, dumps, loads, prune
 from engine.windows import DEFAULT_CONFIG, WindowConfig
 from flows.lifecycle import StoppableKafkaSource
 from flows.settings import Settings
-from flows.store import StateStore
+from flows.store import BatchLoader, Loader, StateStore
 
-Loader = Callable[[str], UserState | None]
 Clock = Callable[[], int]
 
 
@@ -100,9 +99,10 @@ def to_dlq(rejected: Rejected) -> KafkaSinkMessage[Any, Any]:
 class UserLogic(StatefulBatchLogic[Event, StateWrite, bytes]):
     """One user's state inside the dataflow.
 
-    The state is loaded from Redis on the first batch and kept while the user
-    is active; after ``idle_ms`` without events the logic is discarded (the
-    state is already in Redis), so worker memory follows active users only.
+    The state is loaded on the first batch (through the Loader, which batches
+    the reads) and kept while the user is active; after ``idle_ms`` without
+    events the logic is discarded (the state is already in Redis), so worker
+    memory follows active users only.
     """
 
     def __init__(
@@ -113,6 +113,7 @@ class UserLogic(StatefulBatchLogic[Event, StateWrite, bytes]):
         self._clock = clock
         self._idle = timedelta(milliseconds=idle_ms)
         self._state = None if resume is None else loads(resume)
+        self._identity = ""
         self._touched = datetime.now(UTC)
 
     def on_batch(self, values: list[Event]) -> tuple[Iterable[StateWrite], bool]:
@@ -130,14 +131,20 @@ class UserLogic(StatefulBatchLogic[Event, StateWrite, bytes]):
         ], StatefulBatchLogic.RETAIN
 
     def _state_for(self, identity: str) -> UserState:
-        if self._state is None:
-            self._state = self._load(identity) or UserState(key=identity)
+        if not self._identity:
+            self._identity = identity
+            loaded = self._load.load(identity)  # also marks the user live for prefetch
+            if self._state is None:  # not resumed from a recovery snapshot
+                self._state = loaded or UserState(key=identity)
+        assert self._state is not None
         return self._state
 
     def notify_at(self) -> datetime:
         return self._touched + self._idle
 
     def on_notify(self) -> tuple[Iterable[StateWrite], bool]:
+        if self._identity:
+            self._load.release(self._identity)
         return [], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> bytes:
@@ -169,6 +176,18 @@ class RedisStateSink(DynamicSink[StateWrite]):
         return _RedisStatePartition(self._store)
 
 
+def _key(event: Event) -> str:
+    return event.key
+
+
+def _prefetch(load: Loader) -> Callable[[list[Event]], list[Event]]:
+    def prefetch(batch: list[Event]) -> list[Event]:
+        load.prefetch([event.key for event in batch])
+        return batch
+
+    return prefetch
+
+
 def build_ingest_flow(
     source: Source[KafkaSourceMessage[Any, Any]],
     dlq_sink: Sink[KafkaSinkMessage[Any, Any]],
@@ -188,7 +207,7 @@ def build_ingest_flow(
     # Whatever is not rejected is an Event (decode_message returns one or the other).
     events = cast(Stream[Event], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
-    keyed = op.key_on("identity", events, lambda event: event.key)
+    keyed = op.key_on("identity", op.flat_map_batch("prefetch", events, _prefetch(load)), _key)
 
     def builder(resume: bytes | None) -> UserLogic:
         return UserLogic(load, windows, clock, idle_ms, resume)
@@ -225,6 +244,6 @@ def kafka_ingest_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out
         dlq,
         RedisStateSink(store),
-        store.load,
+        BatchLoader(store),
         windows=settings.windows,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -11,10 +12,11 @@ import redis
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from engine.state import cart_count, cart_total, dumps
+from engine.events import decode_event
+from engine.state import UserState, cart_count, cart_total, dumps
 from engine.windows import WindowConfig, WindowLimits
 from flows.ingest import RedisStateSink, StateWrite, UserLogic, build_ingest_flow, now_ms
-from flows.store import StateStore
+from flows.store import BatchLoader, StateStore
 
 pytestmark = pytest.mark.integration
 NOW = now_ms()
@@ -46,7 +48,7 @@ def shopping() -> list[dict[str, Any]]:
 def run(store: StateStore, docs: list[Any], dlq: list[KafkaSinkMessage[Any, Any]]) -> None:
     messages = [message(i, doc) for i, doc in enumerate(docs)]
     flow = build_ingest_flow(
-        TestingSource(messages), TestingSink(dlq), RedisStateSink(store), store.load
+        TestingSource(messages), TestingSink(dlq), RedisStateSink(store), BatchLoader(store)
     )
     run_main(flow)
 
@@ -125,7 +127,7 @@ def test_windows_are_bounded_by_the_configured_count(store: StateStore) -> None:
         TestingSource(messages),
         TestingSink([]),
         RedisStateSink(store),
-        store.load,
+        BatchLoader(store),
         windows=windows,
     )
     run_main(flow)
@@ -134,27 +136,60 @@ def test_windows_are_bounded_by_the_configured_count(store: StateStore) -> None:
     assert [r.ts for r in state.windows["view_product"]] == [NOW - 60_000 + i for i in range(7, 12)]
 
 
+class RecordingLoader:
+    """A Loader with no store behind it: records what the logic asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def prefetch(self, identities: Collection[str]) -> None:
+        self.calls.append(("prefetch", ",".join(sorted(identities))))
+
+    def load(self, identity: str) -> UserState | None:
+        self.calls.append(("load", identity))
+        return None
+
+    def release(self, identity: str) -> None:
+        self.calls.append(("release", identity))
+
+
 def test_user_logic_loads_state_on_first_touch_and_discards_when_idle() -> None:
-    from engine.events import decode_event
-
-    loads: list[str] = []
-
-    def load(identity: str) -> None:
-        loads.append(identity)
-
-    logic = UserLogic(load, WindowConfig(), lambda: NOW, idle_ms=1000, resume=None)
+    loader = RecordingLoader()
+    logic = UserLogic(loader, WindowConfig(), lambda: NOW, idle_ms=1000, resume=None)
     first = decode_event(orjson.dumps(event(1, type="login")))
     again = decode_event(orjson.dumps(event(2, type="login")))
     (out,), keep = logic.on_batch([first])
     assert isinstance(out, StateWrite)
     assert (out.identity, out.counts, keep) == ("u1", {"applied": 1}, False)
     logic.on_batch([again, first])  # the duplicate of e1 is not applied twice
-    assert loads == ["u1"]
+    assert loader.calls == [("load", "u1")]
     assert logic.notify_at().timestamp() - time.time() == pytest.approx(1.0, abs=0.5)
     assert logic.on_notify() == ([], True)
-    resumed = UserLogic(load, WindowConfig(), lambda: NOW, 1000, resume=logic.snapshot())
+    assert loader.calls[-1] == ("release", "u1")
+    resumed = UserLogic(loader, WindowConfig(), lambda: NOW, 1000, resume=logic.snapshot())
     (out,), _ = resumed.on_batch([again])
     assert out.counts == {"duplicate": 1}
     assert out.data is None  # nothing changed, nothing to write
-    assert loads == ["u1"]
-    assert dumps(resumed._state_for("u1")) == logic.snapshot()
+    assert dumps(resumed._state_for("u1")) == logic.snapshot()  # the snapshot, not a reload
+
+
+def test_batch_loader_prefetches_once_and_never_serves_a_live_user(store: StateStore) -> None:
+    run(store, [event(1, type="login"), event(2, type="login", user_id="u2")], [])
+    loader = BatchLoader(store)
+    loader.prefetch(["u1", "u2", "nobody"])
+    store.client.delete(store.key("u2"))  # the next load must come from the prefetch
+    u2 = loader.load("u2")
+    assert u2 is not None
+    assert u2.events == 1
+    assert loader.load("nobody") is None
+    store.write([("u2", dumps(u2))], {})
+    loader.prefetch(["u2"])  # u2 is live: its logic owns the state, nothing is fetched
+    store.client.delete(store.key("u2"))
+    assert loader.load("u2") is None  # a fresh GET (key gone), not a copy from the prefetch
+    loader.release("u2")
+    store.write([("u2", dumps(u2))], {})
+    loader.prefetch(["u2"])  # released: fetched again
+    store.client.delete(store.key("u2"))
+    reloaded = loader.load("u2")
+    assert reloaded is not None
+    assert reloaded.events == 1
