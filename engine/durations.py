@@ -17,7 +17,7 @@ DAY: Final = 24 * HOUR
 WEEK: Final = 7 * DAY
 
 UNITS: Final = {"s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^(\d+)([smhdw])\Z")
 
 
 def parse_duration(text: str) -> int:

@@ -19,7 +19,7 @@ import difflib
 import functools
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -53,11 +53,14 @@ PRODUCT_TYPES: Final = frozenset(
     {"view_product", "add_to_cart", "remove_from_cart", "add_favorite", "remove_favorite"}
 )
 
-TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.:-]{0,63}$"
+# \Z, not $: `$` also matches before a trailing newline.
+TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.:-]{0,63}\Z"
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
-_BIRTHDAY = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_BIRTHDAY = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\Z")
 
 Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
@@ -142,7 +145,11 @@ def parse_ts(text: str) -> int:
         moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
     except ValueError as exc:
         raise ValueError(f"ts {text!r} is not a real date/time ({exc})") from None
-    return int(moment.timestamp() * 1000)
+    # Integer arithmetic on timedelta: float timestamps lose a millisecond after 2038.
+    ms = (moment - _EPOCH) // _MS
+    if ms < 0:
+        raise ValueError(f"ts {text!r} is before 1970; event times are epoch milliseconds >= 0")
+    return ms
 
 
 def _require(event: Event, *fields: str) -> None:
@@ -226,16 +233,20 @@ _encoder = msgspec.json.Encoder()
 
 def decode_event(raw: bytes | str) -> Event:
     """Decode and validate one event; raise InvalidEvent with a precise reason."""
-    if isinstance(raw, str):
-        raw = raw.encode()
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES} (64 KiB)")
     try:
-        return _decoder.decode(raw)
+        data = raw.encode() if isinstance(raw, str) else raw
+    except UnicodeError:
+        raise InvalidEvent("text is not valid Unicode (lone surrogate); send UTF-8 JSON") from None
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event is {len(data)} bytes; the limit is {MAX_EVENT_BYTES} (64 KiB)")
+    try:
+        return _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"not valid UTF-8 ({exc.reason}); send UTF-8 JSON") from None
 
 
 def encode_event(event: Event) -> bytes:

@@ -6,8 +6,9 @@ Rules of this interface:
   clock is the ``now`` argument (epoch ms), never the machine's.
 * Applying an event whose ``event_id`` the state already holds changes nothing
   and returns ``"duplicate"``. Ids are remembered as long as the event stays
-  in its window, so an event older than its window's ``max_age`` is refused
-  as ``"stale"`` (it could not be told apart from a replay of an evicted one).
+  in its window, so an event the window could not keep (older than its
+  ``max_age``, or no newer than the oldest record of a full window) is refused
+  as ``"stale"``: it could not be told apart from a replay of an evicted one.
 * Every part of the state is bounded by :class:`~engine.windows.WindowConfig`:
   windows by count on insert and by age in :func:`prune`, cart lines and
   favorites by count and age, profile attributes by key count.
@@ -96,10 +97,12 @@ def apply(
     if h in ids:
         return "duplicate"
     limits = config.limits(event.type)
-    if event.ts < now - limits.max_age_ms:
+    window = state.windows.get(event.type)
+    if event.ts < now - limits.max_age_ms or _cannot_stay(window, event.ts, limits.max_count):
         return "stale"
     record = stored(event, h, _revenue(event))
-    window = state.windows.setdefault(event.type, [])
+    if window is None:
+        window = state.windows[event.type] = []
     ids.add(h)
     _forget(state, insert(window, record, limits))
     _apply_effects(state, event, config)
@@ -107,11 +110,20 @@ def apply(
     return "applied"
 
 
+def _cannot_stay(window: list[Stored] | None, ts: int, max_count: int) -> bool:
+    """True when a full window would drop the event at once (no newer than its oldest).
+
+    Such an event could be a redelivery of one the count bound already evicted
+    (with its id), so applying it could count it twice.
+    """
+    return window is not None and len(window) >= max_count and ts <= window[0].ts
+
+
 def _touch(state: UserState, event: Event) -> None:
     state.key = state.key or event.key
-    state.events += 1
-    state.first_seen = min(state.first_seen or event.ts, event.ts)
+    state.first_seen = event.ts if state.events == 0 else min(state.first_seen, event.ts)
     state.last_seen = max(state.last_seen, event.ts)
+    state.events += 1
 
 
 def _revenue(event: Event) -> float | None:

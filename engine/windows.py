@@ -138,6 +138,10 @@ def evict_older(window: list[Stored], cutoff: int) -> list[Stored]:
     return dropped
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _limits_from(raw: Any, base: WindowLimits, where: str) -> WindowLimits:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected an object like {{max_count: 1000, max_age: 30d}}")
@@ -145,7 +149,7 @@ def _limits_from(raw: Any, base: WindowLimits, where: str) -> WindowLimits:
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; use max_count, max_age")
     count = raw.get("max_count", base.max_count)
-    if not isinstance(count, int) or count < 1:
+    if not _positive_int(count):
         raise ConfigError(f"{where}.max_count: {count!r} is not a whole number >= 1")
     age = base.max_age_ms
     if "max_age" in raw:
@@ -168,7 +172,10 @@ def config_from_mapping(raw: Mapping[str, Any]) -> WindowConfig:
         raise ConfigError(f"windows: unknown setting(s) {sorted(unknown)}")
     default = _limits_from(raw.get("default", {}), DEFAULT_CONFIG.default, "windows.default")
     types = dict(DEFAULT_CONFIG.types)
-    for name, limits in dict(raw.get("types", {})).items():
+    overrides = raw.get("types", {})
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("windows.types: expected an object of event type -> limits")
+    for name, limits in overrides.items():
         types[name] = _limits_from(limits, types.get(name, default), f"windows.types.{name}")
     cart = _limits_from(
         raw.get("cart", {}),
@@ -191,5 +198,12 @@ def config_from_mapping(raw: Mapping[str, Any]) -> WindowConfig:
         cart_max_age_ms=cart.max_age_ms,
         favorites_max=favorites.max_count,
         favorites_max_age_ms=favorites.max_age_ms,
-        profile_max_keys=int(raw.get("profile_max_keys", DEFAULT_CONFIG.profile_max_keys)),
+        profile_max_keys=_profile_max_keys(raw),
     )
+
+
+def _profile_max_keys(raw: Mapping[str, Any]) -> int:
+    value = raw.get("profile_max_keys", DEFAULT_CONFIG.profile_max_keys)
+    if not _positive_int(value):
+        raise ConfigError(f"windows.profile_max_keys: {value!r} is not a whole number >= 1")
+    return int(value)

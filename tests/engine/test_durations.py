@@ -1,0 +1,71 @@
+"""Durations (SPEC section 2): `Ns`, `Nm`, `Nh`, `Nd`, `Nw`, valued in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.durations import format_duration, parse_duration
+
+# No example database in the work tree; no deadline, so a loaded CI machine cannot flake.
+FUZZ = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", 30 * 1000),
+        ("1s", 1000),
+        ("15m", 15 * 60 * 1000),
+        ("2h", 2 * 3600 * 1000),
+        ("7d", 7 * 86400 * 1000),
+        ("400d", 400 * 86400 * 1000),
+        ("1w", 7 * 86400 * 1000),
+        ("0s", 0),
+        ("007m", 7 * 60 * 1000),
+        (" 30m ", 30 * 60 * 1000),
+    ],
+)
+def test_parse_duration(text: str, expected: int) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["10", "1.5h", "-1d", "5y", "", "d", "1 d", "1D", "1ms", "1h30m", "+1d", "1e3s"]
+)
+def test_parse_duration_rejects_naming_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration") as info:
+        parse_duration(text)
+    message = str(info.value)
+    assert repr(text) in message
+    for form in ("30s", "15m", "2h", "7d", "1w"):
+        assert form in message
+
+
+@pytest.mark.parametrize(
+    ("ms", "expected"),
+    [
+        (86_400_000, "1d"),
+        (7 * 86_400_000, "1w"),
+        (14 * 86_400_000, "2w"),
+        (10 * 86_400_000, "10d"),
+        (36 * 3_600_000, "36h"),
+        (90 * 60_000, "90m"),
+        (3_600_000, "1h"),
+        (45_000, "45s"),
+        (0, "0s"),
+        (1_500, "1500ms"),
+    ],
+)
+def test_format_duration_shortest_exact_form(ms: int, expected: str) -> None:
+    assert format_duration(ms) == expected
+
+
+@FUZZ
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from("smhdw"))
+def test_format_then_parse_round_trips(count: int, unit: str) -> None:
+    ms = parse_duration(f"{count}{unit}")
+    text = format_duration(ms)
+    assert parse_duration(text) == ms
+    assert len(text) <= len(f"{count}{unit}")
