@@ -193,3 +193,12 @@ def test_tetik_state_without_redis_says_what_to_set() -> None:
     )
     assert done.returncode == 2
     assert "TETIK_REDIS_URL" in done.stderr
+
+
+def test_two_workers_give_the_same_state_as_the_core(setup: Setup) -> None:
+    done = tetik(setup.settings, "ingest", "--no-tail", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    expected = expected_states(setup.records, now_ms())
+    for identity, state in expected.items():
+        assert setup.store.client.get(setup.store.key(identity)) == dumps(state), identity
+    assert setup.store.stats()["applied"] == sum(s.events for s in expected.values())
