@@ -13,7 +13,7 @@ from flows.store import StateStore
 
 def stats_line(stats: dict[str, int], elapsed: float) -> str:
     """One human line: what the flow did so far and how fast."""
-    done = sum(stats.get(name, 0) for name in ("applied", "duplicate", "stale", "invalid"))
+    done = events_done(stats)
     rate = done / elapsed if elapsed > 0 else 0.0
     return (
         f"events {done:>8,}  applied {stats.get('applied', 0):>8,}  "
