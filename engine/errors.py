@@ -26,3 +26,27 @@ class InvalidEvent(TetikError):
 
 class ConfigError(TetikError):
     """A configuration value (environment, window settings) is unusable."""
+
+
+class ExpressionError(TetikError):
+    """An expression of the rules language does not parse or type-check.
+
+    ``offset`` is the 0-based character position in the expression text where
+    the problem is; the rules loader turns it into a file line and column.
+    """
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+class RulesError(TetikError):
+    """A rules file is rejected; ``problems`` lists every ``FILE:LINE:COL: message``.
+
+    The whole file is rejected: rules already running stay in force.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

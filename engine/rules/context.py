@@ -1,0 +1,36 @@
+"""What a compiled expression sees when it runs.
+
+Rules of this interface:
+
+* A compiled expression is a callable ``(Context) -> value``; it never raises
+  for missing data: a missing field, profile attribute or window is ``None``
+  (``null``), and comparisons with ``null`` other than ``==``/``!=`` are false.
+* ``event`` is the event being evaluated (the trigger in ``trigger.if`` and
+  ``audience``, the exit event in ``exit.if``, the event that made a step run,
+  or ``None`` when a timer ran it); ``entry`` is the event that started the
+  enrollment (``None`` before there is one).
+* ``actions`` holds the ``action_id`` of every action this enrollment emitted,
+  for ``engaged(CHANNEL [, KIND])``.
+* ``it`` is bound only inside a window function's ``WHERE`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from engine.events import Event
+from engine.state import UserState
+from engine.windows import Stored
+
+
+@dataclass(slots=True)
+class Context:
+    """The inputs of one evaluation."""
+
+    state: UserState
+    now: int
+    event: Event | None = None
+    entry: Event | None = None
+    actions: Collection[str] = field(default_factory=frozenset)
+    it: Stored | None = None
