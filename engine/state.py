@@ -52,6 +52,38 @@ class Consent(msgspec.Struct, array_like=True):
     ts: int
 
 
+class Enrollment(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One user's run through one journey (for one key).
+
+    ``pc`` is the path of the next step to run and ``due`` when it runs (the
+    end of a wait or of a quiet-hours deferral); ``pc`` None means finished.
+    """
+
+    journey: str
+    key: str = ""
+    seq: int = 0
+    entered: int = 0
+    entry: Event | None = None
+    pc: str | None = None
+    due: int | None = None
+    actions: list[str] = []
+    rules_version: str = ""
+
+
+class Entered(msgspec.Struct, array_like=True):
+    """How often and when a user last entered a journey (for re-entry rules)."""
+
+    count: int
+    last: int
+
+
+class Sent(msgspec.Struct, array_like=True):
+    """One sent action, for frequency caps."""
+
+    ts: int
+    channel: str
+
+
 class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     """Everything tetik keeps about one identity key.
 
@@ -69,6 +101,9 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     favorites: dict[str, int] = {}
     consent: dict[str, Consent] = {}
     profile: dict[str, Scalar] = {}
+    enrollments: dict[str, Enrollment] = {}
+    entered: dict[str, Entered] = {}
+    sends: list[Sent] = []
 
 
 def _ids(state: UserState) -> set[int]:

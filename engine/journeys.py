@@ -1,0 +1,311 @@
+"""The journey runtime: ``(state, event or timer, now) -> actions`` (SPEC section 3).
+
+Rules of this interface:
+
+* :meth:`Engine.on_event` first fires the user's timers due at or before
+  ``now`` (each at its due time), then applies the event to the state
+  windows, then checks exits of the user's active enrollments, then
+  triggers. A duplicate or stale event changes nothing and emits nothing.
+* :meth:`Engine.advance` fires the timers due at or before ``until``, in due
+  order, each at its due time; :meth:`Engine.next_due` says when to call it.
+* Steps run at once until a ``wait`` (or a quiet-hours deferral); a wait
+  counts from the moment the step before it completed.
+* Each enrollment runs every step path at most once, so an action id (a hash
+  of identity, journey, enrollment and path) is emitted at most once.
+* The state is the only memory: save it with ``engine.state.dumps`` after any
+  call and resume with ``loads``; the results are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.actions import Action, action_id
+from engine.events import Event
+from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
+from engine.rules.context import Context
+from engine.rules.model import Branch, ExitStep, Journey, Rules, Send, Step, Wait
+from engine.state import (
+    Enrollment,
+    Entered,
+    UserState,
+    apply,
+    cart_count,
+    cart_total,
+)
+from engine.windows import DEFAULT_CONFIG, WindowConfig
+
+MAX_ENTRY_HISTORY = 2000  # (journey, key) pairs remembered per user for re-entry rules
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A journey's steps flattened by path, with what runs after each one."""
+
+    journey: Journey
+    steps: dict[str, Step]
+    after: dict[str, str | None]
+    first: str | None
+
+
+def _flatten(steps: tuple[Step, ...], then: str | None, program: Program) -> str | None:
+    """Register ``steps`` (continuing with ``then``); return the first path."""
+    following = then
+    for step in reversed(steps):
+        program.steps[step.path] = step
+        program.after[step.path] = following
+        if isinstance(step, Branch):
+            _flatten(step.then, following, program)
+            _flatten(step.otherwise, following, program)
+        following = step.path
+    return following
+
+
+def compile_program(journey: Journey) -> Program:
+    """The path table of one journey."""
+    program = Program(journey, {}, {}, None)
+    first = _flatten(journey.steps, None, program)
+    return Program(journey, program.steps, program.after, first)
+
+
+def _branch_target(program: Program, branch: Branch, taken: bool) -> str | None:
+    steps = branch.then if taken else branch.otherwise
+    return steps[0].path if steps else program.after[branch.path]
+
+
+class Engine:
+    """Compiled rules plus the indexes that keep per-event cost independent of size."""
+
+    def __init__(self, rules: Rules, windows: WindowConfig = DEFAULT_CONFIG) -> None:
+        self.rules = rules
+        self.windows = windows
+        self.programs = {j.id: compile_program(j) for j in rules.journeys}
+        self.triggers: dict[str, list[Journey]] = {}
+        self.exits: dict[str, set[str]] = {}
+        for journey in rules.journeys:
+            self.triggers.setdefault(journey.trigger.event, []).append(journey)
+            for rule in journey.exits:
+                self.exits.setdefault(rule.event, set()).add(journey.id)
+
+    # -- entry points -------------------------------------------------------------
+
+    def on_event(self, state: UserState, event: Event, now: int) -> list[Action]:
+        """Fire due timers, apply the event, check exits, then triggers."""
+        actions = self.advance(state, now)
+        if apply(state, event, now, self.windows) != "applied":
+            return actions
+        if state.enrollments and event.type in self.exits:
+            self._check_exits(state, event, now)
+        for journey in self.triggers.get(event.type, ()):
+            self._maybe_enter(state, journey, event, now, actions)
+        return actions
+
+    def advance(self, state: UserState, until: int) -> list[Action]:
+        """Run every step due at or before ``until``, each at its due time."""
+        actions: list[Action] = []
+        while True:
+            due = _next(state)
+            if due is None or due[0] > until:
+                return actions
+            when, slot = due
+            enrollment = state.enrollments[slot]
+            enrollment.due = None
+            self._run(state, slot, enrollment, when, None, actions)
+
+    def next_due(self, state: UserState) -> int | None:
+        """When :meth:`advance` next has work for this user (epoch ms), or None."""
+        due = _next(state)
+        return None if due is None else due[0]
+
+    # -- exits and entries --------------------------------------------------------
+
+    def _check_exits(self, state: UserState, event: Event, now: int) -> None:
+        journeys = self.exits[event.type]
+        for slot, enrollment in list(state.enrollments.items()):
+            if enrollment.journey in journeys and self._exits(enrollment, event, state, now):
+                del state.enrollments[slot]
+
+    def _exits(self, enrollment: Enrollment, event: Event, state: UserState, now: int) -> bool:
+        program = self.programs.get(enrollment.journey)
+        if program is None:
+            return False
+        ctx = Context(state, now, event=event, entry=enrollment.entry, actions=enrollment.actions)
+        for rule in program.journey.exits:
+            if rule.event == event.type and (rule.cond is None or rule.cond.holds(ctx)):
+                return True
+        return False
+
+    def _maybe_enter(
+        self, state: UserState, journey: Journey, event: Event, now: int, out: list[Action]
+    ) -> None:
+        key = _enrollment_key(journey, event)
+        if key is None:
+            return
+        slot = f"{journey.id}\x1f{key}"
+        if slot in state.enrollments or not _reentry_allows(journey, state.entered.get(slot), now):
+            return
+        ctx = Context(state, now, event=event)
+        if journey.trigger.cond is not None and not journey.trigger.cond.holds(ctx):
+            return
+        if journey.audience is not None and not journey.audience.holds(ctx):
+            return
+        entered = state.entered.get(slot)
+        seq = 1 if entered is None else entered.count + 1
+        state.entered[slot] = Entered(seq, now)
+        _bound_history(state)
+        enrollment = Enrollment(
+            journey=journey.id,
+            key=key,
+            seq=seq,
+            entered=now,
+            entry=event,
+            pc=self.programs[journey.id].first,
+            rules_version=self.rules.source_hash,
+        )
+        state.enrollments[slot] = enrollment
+        self._run(state, slot, enrollment, now, event, out)
+
+    # -- running steps ------------------------------------------------------------
+
+    def _run(
+        self,
+        state: UserState,
+        slot: str,
+        enrollment: Enrollment,
+        now: int,
+        event: Event | None,
+        out: list[Action],
+    ) -> None:
+        """Run steps from ``enrollment.pc`` until a wait, a deferral or the end."""
+        program = self.programs.get(enrollment.journey)
+        while program is not None and enrollment.pc is not None:
+            step = program.steps[enrollment.pc]
+            if isinstance(step, Wait):
+                enrollment.pc = program.after[step.path]
+                enrollment.due = now + step.ms
+                return
+            if isinstance(step, Send):
+                deferred = self._send(state, enrollment, step, now, out)
+                if deferred is not None:
+                    enrollment.due = deferred
+                    return
+                enrollment.pc = program.after[step.path]
+            elif isinstance(step, Branch):
+                ctx = Context(state, now, event, enrollment.entry, enrollment.actions)
+                enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
+            elif isinstance(step, ExitStep):
+                break
+        del state.enrollments[slot]
+
+    def _send(
+        self, state: UserState, enrollment: Enrollment, step: Send, now: int, out: list[Action]
+    ) -> int | None:
+        """Emit the action of a send step; return a deferral time instead if quiet."""
+        rules = self.rules
+        until = quiet_until(rules.quiet_hours, user_zone(state, rules), now)
+        if until is not None:
+            return until
+        channel = first_allowed(state, rules, (step.channel, *step.fallback))
+        reason = None
+        if channel is None:
+            channel, reason = step.channel, "no_consent"
+        elif capped(state.sends, rules.caps, channel, now):
+            reason = "capped"
+        action = self._action(state, enrollment, step, channel, now, reason)
+        if reason is None:
+            record_send(state, rules, channel, now)
+        enrollment.actions.append(action.action_id)
+        out.append(action)
+        return None
+
+    def _action(
+        self,
+        state: UserState,
+        enrollment: Enrollment,
+        step: Send,
+        channel: str,
+        now: int,
+        reason: str | None,
+    ) -> Action:
+        enrollment_id = f"{enrollment.key}\x1f{enrollment.seq}"
+        return Action(
+            action_id=action_id(state.key, enrollment.journey, enrollment_id, step.path),
+            at=now,
+            user_id=state.key,
+            journey=enrollment.journey,
+            step=step.path,
+            channel=channel,
+            template=step.template,
+            status="sent" if reason is None else "suppressed",
+            reason=reason,
+            rules_version=enrollment.rules_version,
+            content=None if reason else self._render(state, enrollment, step, channel, now),
+        )
+
+    def _render(
+        self, state: UserState, enrollment: Enrollment, step: Send, channel: str, now: int
+    ) -> dict[str, str] | None:
+        if step.template is None:
+            return None
+        fields = self.rules.templates.get(step.template, {}).get(channel)
+        if fields is None:
+            return None
+        variables = _template_vars(state, enrollment, now)
+        return {name: render(variables) for name, render in fields.items()}
+
+
+def _template_vars(state: UserState, enrollment: Enrollment, now: int) -> dict[str, Any]:
+    entry = enrollment.entry
+    return {
+        "profile": dict(state.profile),
+        "entry": {} if entry is None else _event_vars(entry),
+        "cart": {"total": cart_total(state), "count": cart_count(state), "items": list(state.cart)},
+        "user_id": state.key,
+        "journey": enrollment.journey,
+        "now": now,
+    }
+
+
+def _event_vars(event: Event) -> dict[str, Any]:
+    return {f: getattr(event, f) for f in event.__struct_fields__ if getattr(event, f) is not None}
+
+
+def _next(state: UserState) -> tuple[int, str] | None:
+    """The earliest (due, slot) among the user's enrollments (ties by slot)."""
+    best: tuple[int, str] | None = None
+    for slot, enrollment in state.enrollments.items():
+        if enrollment.due is not None and (best is None or (enrollment.due, slot) < best):
+            best = (enrollment.due, slot)
+    return best
+
+
+def _enrollment_key(journey: Journey, event: Event) -> str | None:
+    """The enrollment key of a trigger event ("" for unkeyed journeys; None: no entry)."""
+    if journey.key is None:
+        return ""
+    value = getattr(event, journey.key, None)
+    return None if value is None else str(value)
+
+
+def _reentry_allows(journey: Journey, entered: Entered | None, now: int) -> bool:
+    if entered is None or journey.reentry == "always":
+        return True
+    if journey.reentry == "never":
+        return False
+    return now - entered.last >= journey.reentry
+
+
+def _bound_history(state: UserState) -> None:
+    """Keep the re-entry history bounded: forget the longest-ago entries first."""
+    excess = len(state.entered) - MAX_ENTRY_HISTORY
+    if excess > 0:
+        for slot in sorted(state.entered, key=lambda s: state.entered[s].last)[:excess]:
+            if slot not in state.enrollments:
+                del state.entered[slot]
+
+
+def replay_order(actions: Iterable[Action]) -> list[Action]:
+    """Actions in SPEC section 5 order."""
+    return sorted(actions, key=Action.sort_key)
