@@ -162,7 +162,7 @@ class Engine:
             entered=now,
             entry=event,
             pc=self.programs[journey.id].first,
-            rules_version=self.rules.source_hash,
+            rules_version=self.rules.source_hash[:12],
         )
         state.enrollments[slot] = enrollment
         self._run(state, slot, enrollment, now, event, out)

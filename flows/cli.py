@@ -58,6 +58,30 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return produce_file(args.file)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from flows.backtest import parse_until, run_replay
+
+    try:
+        until = None if args.until is None else parse_until(args.until)
+    except ValueError as exc:
+        print(f"tetik replay: --until: {exc}", file=sys.stderr)
+        return 2
+    return run_replay(
+        args.rules,
+        args.events,
+        until=until,
+        drain=args.drain,
+        out=args.out,
+        include_suppressed=args.include_suppressed,
+    )
+
+
+def _cmd_rules_validate(args: argparse.Namespace) -> int:
+    from flows.backtest import validate
+
+    return validate(args.file)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench
 
@@ -98,6 +122,22 @@ def _parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="send a JSONL file of events to the events topic")
     produce.add_argument("file")
     produce.set_defaults(func=_cmd_produce)
+
+    rp = sub.add_parser("replay", help="backtest rules on an event log (virtual clock)")
+    rp.add_argument("--rules", required=True, help="rules YAML file")
+    rp.add_argument("--events", required=True, help="JSONL event log")
+    clock = rp.add_mutually_exclusive_group()
+    clock.add_argument("--until", help="stop the clock here (epoch ms or RFC 3339)")
+    clock.add_argument("--drain", action="store_true", help="fire every pending timer")
+    rp.add_argument("--out", help="write actions here (default: stdout)")
+    rp.add_argument("--include-suppressed", action="store_true", help="also suppressed actions")
+    rp.set_defaults(func=_cmd_replay)
+
+    rules = sub.add_parser("rules", help="rules files: validate (push/list/rollback: live engine)")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    validate = rules_sub.add_parser("validate", help="check a rules file")
+    validate.add_argument("file")
+    validate.set_defaults(func=_cmd_rules_validate)
 
     bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
     bench.add_argument("what", choices=["ingest", "memory", "all"], nargs="?", default="all")

@@ -1,0 +1,308 @@
+"""Functions of the expression language over a user's state (SPEC section 2).
+
+Rules of this interface:
+
+* ``count(TYPE [, WITHIN] [, WHERE])`` -> number, ``exists(...)`` -> bool,
+  ``sum(TYPE, FIELD [, WITHIN] [, WHERE])`` -> number (records whose field is
+  not a number add nothing; float noise below 1e-9 is rounded away, so
+  ``33.33 + 33.33 + 33.34`` is ``100``), ``last(TYPE, FIELD)`` -> the field of
+  the latest record or ``null``, ``since(TYPE)`` -> ms from the latest record
+  to ``now`` or ``null``, ``engaged(CHANNEL [, KIND])`` -> bool,
+  ``in_cart(PRODUCT)`` / ``favorited(PRODUCT)`` -> bool.
+* TYPE is a bare event type name (dots allowed: ``checkout.step``) or a quoted
+  one. A bare name that is not standard but close to a standard type
+  (``add_to_crt``) is refused with a suggestion; quoting it (``'signup_done'``)
+  says it is meant as a custom type. Names with ``:`` or ``-`` must be quoted.
+* WITHIN is a duration literal (``24h``): records with ``ts >= now - WITHIN``
+  count, found by bisection. WHERE is a condition with ``it`` bound to each
+  record; a record counts when it is ``true``.
+* FIELD is a bare stored field (``revenue``, ``price``, ``props.size``...);
+  ``sum`` needs a number field (or a ``props`` path).
+* CHANNEL and KIND are names or strings from the contract's channels and
+  engagement kinds; without KIND, ``engaged`` means opened or clicked. It is
+  true when the engagement window holds a record of that channel and kind
+  whose ``action_id`` is one of this enrollment's actions (``ctx.actions``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from engine.errors import ExpressionError
+from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
+from engine.rules import scans
+from engine.rules.names import FUNCTIONS, RECORD_FIELDS, Field, field_path
+from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
+from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Typed, article
+
+SIGNATURES: Final = {
+    "count": "count(TYPE [, WITHIN] [, WHERE])",
+    "exists": "exists(TYPE [, WITHIN] [, WHERE])",
+    "sum": "sum(TYPE, FIELD [, WITHIN] [, WHERE])",
+    "last": "last(TYPE, FIELD)",
+    "since": "since(TYPE)",
+    "engaged": "engaged(CHANNEL [, KIND])",
+    "in_cart": "in_cart(PRODUCT)",
+    "favorited": "favorited(PRODUCT)",
+}
+DEFAULT_KINDS: Final = frozenset({"opened", "clicked"})
+_TYPE = re.compile(TYPE_PATTERN)
+
+
+def call(cx: Checker, node: Call) -> Typed:
+    """Compile a function call, checking its name and arguments."""
+    compile_call = _COMPILERS.get(node.name)
+    if compile_call is None:
+        raise ExpressionError(
+            f"unknown function {node.name}{suggest(node.name, FUNCTIONS)}", node.offset
+        )
+    return compile_call(cx, node)
+
+
+def _arity(node: Call, least: int, most: int) -> None:
+    args = node.args
+    if len(args) > most:
+        raise ExpressionError(f"too many arguments: {SIGNATURES[node.name]}", args[most].start)
+    if len(args) < least:
+        raise ExpressionError(f"missing argument: {SIGNATURES[node.name]}", node.end - 1)
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def event_type(node: Node, function: str) -> str:
+    """The event type a TYPE argument names (see the module rules)."""
+    if isinstance(node, Literal) and isinstance(node.value, str):
+        if not _TYPE.match(node.value):
+            raise ExpressionError(
+                f"{node.value!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
+            )
+        return node.value
+    if not isinstance(node, Name):
+        raise ExpressionError(
+            f"the first argument of {function} is an event type, e.g. {function}(view_product)",
+            node.start,
+        )
+    name = ".".join(node.parts)
+    if name in STANDARD_TYPES:
+        return name
+    close = suggest(name, STANDARD_TYPES)
+    if close:
+        raise ExpressionError(
+            f"unknown event type {name!r}{close}; quote it, {function}('{name}'), "
+            "if it is a custom event",
+            node.start,
+        )
+    if not _TYPE.match(name):
+        raise ExpressionError(
+            f"{name!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
+        )
+    return name
+
+
+def _field(node: Node, function: str) -> Field:
+    """A FIELD argument: a stored field such as ``revenue`` or ``props.size``."""
+    if not isinstance(node, Name):
+        raise ExpressionError(
+            f"the second argument of {function} is a field name, e.g. revenue", node.start
+        )
+    first = 1 if node.parts[0] == "it" and len(node.parts) > 1 else 0
+    return field_path(node, first, RECORD_FIELDS, "")
+
+
+def _is_within(node: Node) -> bool:
+    """Whether an optional argument is meant as WITHIN: a number, perhaps negated."""
+    if isinstance(node, Unary) and node.op == "-":
+        return _is_within(node.operand)
+    return isinstance(node, Literal) and type(node.value) in NUMBERS
+
+
+def _within(node: Node) -> int:
+    if not (isinstance(node, Literal) and node.duration and isinstance(node.value, int)):
+        raise ExpressionError(
+            "WITHIN must be a duration such as 24h or 30d (a positive number and a unit)",
+            node.start,
+        )
+    return node.value
+
+
+def _where(cx: Checker, node: Node, function: str) -> Fn:
+    typed = cx.where(node)
+    if typed.type not in ("bool", "any"):
+        raise ExpressionError(
+            f"WHERE of {function} must be a condition over it, e.g. it.price > 100, but "
+            f"{cx.quote(node)} is {article(typed.type)}; WITHIN, if any, comes first and is "
+            "a duration such as 24h",
+            node.start,
+        )
+    return typed.fn
+
+
+def _range(cx: Checker, node: Call, type_: str, optional: tuple[Node, ...]) -> scans.Range:
+    """WITHIN and WHERE from the optional arguments, in that order."""
+    rest = list(optional)
+    within = _within(rest.pop(0)) if rest and _is_within(rest[0]) else None
+    if not rest:
+        return scans.Range(type_, within)
+    where_node = rest.pop(0)
+    if rest:
+        raise ExpressionError(f"too many arguments: {SIGNATURES[node.name]}", rest[0].start)
+    where = _where(cx, where_node, node.name)  # type-checks the whole WHERE first
+    return scans.Range(type_, within, where, _key_match(cx, where_node))
+
+
+def _key_match(cx: Checker, node: Node) -> tuple[Reader, Fn] | None:
+    """For WHERE ``it.F == X`` with X free of ``it``: the reader of F and X, for a fast scan.
+
+    Only when Python's ``==`` is the language's here: F a string, or F and X of
+    one scalar type (``same`` differs from ``==`` only for bools against numbers
+    and for lists).
+    """
+    if not (isinstance(node, Binary) and node.op == "=="):
+        return None
+    for side, other in ((node.left, node.right), (node.right, node.left)):
+        if not (_is_it_field(side) and not _mentions_it(other)):
+            continue
+        assert isinstance(side, Name)
+        field = field_path(side, 1, RECORD_FIELDS, "it")
+        value = cx.expr(other)
+        if field.type == "string" or (
+            field.type in ("number", "bool") and value.type in (field.type, "null")
+        ):
+            return field.read, value.fn
+    return None
+
+
+def _is_it_field(node: Node) -> bool:
+    return isinstance(node, Name) and node.parts[0] == "it" and len(node.parts) > 1
+
+
+def _mentions_it(node: Node) -> bool:
+    if isinstance(node, Name):
+        return node.parts[0] == "it"
+    return any(_mentions_it(child) for child in children(node))
+
+
+# -- window functions ----------------------------------------------------------
+
+
+def _count(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 3)
+    spec = _range(cx, node, event_type(node.args[0], "count"), node.args[1:])
+    return Typed("number", scans.counter(spec), sure=True)
+
+
+def _exists(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 3)
+    spec = _range(cx, node, event_type(node.args[0], "exists"), node.args[1:])
+    return Typed("bool", scans.finder(spec), sure=True)
+
+
+def _sum(cx: Checker, node: Call) -> Typed:
+    _arity(node, 2, 4)
+    type_ = event_type(node.args[0], "sum")
+    field = _field(node.args[1], "sum")
+    if field.type not in ("number", "any"):
+        raise ExpressionError(
+            f"sum needs a number field (price, quantity, revenue, ts or props.NAME), "
+            f"but {cx.quote(node.args[1])} is {article(field.type)}",
+            node.args[1].start,
+        )
+    spec = _range(cx, node, type_, node.args[2:])
+    return Typed("number", scans.summer(spec, field.read), sure=True)
+
+
+def _last(cx: Checker, node: Call) -> Typed:
+    _arity(node, 2, 2)
+    type_ = event_type(node.args[0], "last")
+    field = _field(node.args[1], "last")
+    read = field.read
+    return Typed(
+        field.type,
+        lambda ctx: read(w[-1]) if (w := ctx.state.windows.get(type_)) else None,
+    )
+
+
+def _since(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 1)
+    type_ = event_type(node.args[0], "since")
+    return Typed(
+        "number",
+        lambda ctx: ctx.now - w[-1].ts if (w := ctx.state.windows.get(type_)) else None,
+    )
+
+
+# -- engagement, cart, favorites -----------------------------------------------
+
+
+def _choice(node: Node, choices: tuple[str, ...], what: str) -> str:
+    """A CHANNEL or KIND argument: a bare name or a string among ``choices``."""
+    if isinstance(node, Name) and len(node.parts) == 1:
+        value = node.parts[0]
+    elif isinstance(node, Literal) and isinstance(node.value, str):
+        value = node.value
+    else:
+        raise ExpressionError(f"expected {what} name, one of {', '.join(choices)}", node.start)
+    if value not in choices:
+        raise ExpressionError(f"unknown {what} {value!r}{suggest(value, choices)}", node.start)
+    return value
+
+
+def _engaged(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 2)
+    channel = _choice(node.args[0], CHANNELS, "channel")
+    kinds = (
+        frozenset({_choice(node.args[1], ENGAGEMENT_KINDS, "engagement kind")})
+        if len(node.args) == 2
+        else DEFAULT_KINDS
+    )
+
+    def engaged(ctx: Any) -> bool:
+        window = ctx.state.windows.get("engagement")
+        actions = ctx.actions
+        if not window or not actions:
+            return False
+        return any(
+            record.channel == channel and record.kind in kinds and record.action_id in actions
+            for record in reversed(window)  # recent engagement first: it is the likely match
+        )
+
+    return Typed("bool", engaged, sure=True)
+
+
+def _product(cx: Checker, node: Call) -> Fn:
+    _arity(node, 1, 1)
+    product = cx.expr(node.args[0])
+    if product.type not in ("string", "any"):
+        raise ExpressionError(
+            f"{node.name} needs a product id (a string), but {cx.quote(node.args[0])} is "
+            f"{article(product.type)}",
+            node.args[0].start,
+        )
+    return product.fn
+
+
+def _in_cart(cx: Checker, node: Call) -> Typed:
+    find = _product(cx, node)
+    return Typed("bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.cart, sure=True)
+
+
+def _favorited(cx: Checker, node: Call) -> Typed:
+    find = _product(cx, node)
+    return Typed(
+        "bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.favorites, sure=True
+    )
+
+
+_COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
+    "count": _count,
+    "exists": _exists,
+    "sum": _sum,
+    "last": _last,
+    "since": _since,
+    "engaged": _engaged,
+    "in_cart": _in_cart,
+    "favorited": _favorited,
+}

@@ -1,0 +1,787 @@
+"""The rules loader: a YAML rules file -> compiled :class:`~engine.rules.model.Rules`.
+
+Rules of this interface:
+
+* :func:`load_rules` returns the compiled rules or raises
+  :class:`~engine.errors.RulesError`, whose ``problems`` are
+  ``FILE:LINE:COL: message`` lines (1-based), sorted in file order, each pointing
+  at the offending node: the value of a bad field, the key of an unknown or
+  duplicate key, the character an expression error names. One pass reports as
+  many problems as it can (siblings are still checked after an error). The file
+  is accepted or rejected as a whole.
+* Everything is checked and compiled at load (SPEC section 2): expressions by
+  :func:`engine.rules.compiler.compile_expression`, templates by
+  :func:`engine.rules.templates.compile_template`. Unknown names (keys, event
+  types, channels, template ids, time zones, event fields) get a "did you mean".
+* Expression problems read ``journey ID PLACE: message`` (PLACE is
+  ``trigger.if``, ``audience``, ``exit N.if`` or ``step PATH.if``) and point at
+  the character the compiler names when the expression is a one-line plain or
+  quoted scalar (quote escapes accounted for), else at the scalar's start.
+  Template problems end with ``(template line N)`` and point at that line inside
+  a ``|`` block, else at the scalar's start.
+* ``Rules.source_hash`` is the sha256 (hex) of the file's bytes (UTF-8 for text);
+  journeys keep file order; step paths follow SPEC section 4 (``"4.then.0"``).
+* :func:`summary` is the ``tetik rules validate`` line, prefixed ``FILE: `` when
+  given a file name: ``rules.yaml: OK, 8 journeys, 3 templates, 2 caps (version
+  <first 12 hex digits of source_hash>)``.
+
+Decisions where the SPEC is silent:
+
+* ``version: 1`` is required; ``journeys`` is required (an empty list is allowed);
+  a journey needs ``id``, ``trigger`` and at least one step; ``timezone``
+  defaults to ``UTC``.
+* Scalars are read as the text written, so YAML 1.1 surprises do not apply:
+  ``start: 22:00`` unquoted is the clock time, ``email: no`` is the text "no".
+  An empty value (``key:``) is an error, never "absent".
+* ``consent``: a channel not listed is ``opt_in`` (no send without a recorded
+  grant); the compiled mapping names every channel.
+* ``quiet_hours`` times are ``H:MM`` or ``HH:MM`` (00:00-23:59); start == end is
+  an error (remove the block to have no quiet hours).
+* Event types: a standard type, or a custom name matching the event pattern;
+  a name within a typo of a standard type (difflib ratio >= 0.85, such as
+  ``add_to_carts``) is rejected with "did you mean", rename a real custom event.
+* ``key`` is a scalar field of the event (``product_id``, ``category``...);
+  ``items``, ``attributes`` and ``props`` are not keys.
+* ``reentry``/``wait`` durations and cap windows must be more than 0.
+* Steps: ``exit`` is only the bare string ``- exit`` (``{exit: ...}`` is
+  rejected with that hint); a step mapping has exactly one of ``wait``, ``send``,
+  ``if``; ``then`` is required, ``else`` optional, either may be ``[]``; a
+  fallback channel may not repeat the send's channel or another fallback.
+* A send may name a template without content for its channel (the SPEC example
+  sends push with an email/SMS template): the action's ``content`` is then null.
+* Template ids and journey ids match ``[a-z0-9_-]+``; template field names
+  match ``[A-Za-z_][A-Za-z0-9_]*`` and their values are any non-empty scalar.
+* Limits against alias bombs: steps nest at most 16 levels and a file holds at
+  most 10,000 steps. YAML merge keys (``<<``) are not supported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import re
+import zoneinfo
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, ParamSpec, TypeVar
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.durations import parse_duration
+from engine.errors import ExpressionError, RulesError
+from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
+from engine.rules.compiler import Scope, compile_expression
+from engine.rules.model import (
+    Branch,
+    Cap,
+    Condition,
+    ConsentDefault,
+    ExitRule,
+    ExitStep,
+    Journey,
+    QuietHours,
+    RenderFn,
+    Rules,
+    Send,
+    Step,
+    Trigger,
+    Wait,
+)
+from engine.rules.templates import TemplateProblem, compile_template
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+MAX_STEPS: Final = 10_000
+MAX_DEPTH: Final = 16
+TYPO_CUTOFF: Final = 0.85
+
+TOP_KEYS: Final = ("version", "timezone", "quiet_hours", "consent", "caps", "templates", "journeys")
+JOURNEY_KEYS: Final = ("id", "name", "trigger", "key", "audience", "reentry", "exit", "steps")
+STEP_KEYS: Final = {
+    "wait": ("wait",),
+    "send": ("send", "template", "fallback"),
+    "if": ("if", "then", "else"),
+}
+KEY_FIELDS: Final = tuple(
+    name for name in Event.__struct_fields__ if name not in {"items", "attributes", "props"}
+)
+CONSENT: Final[dict[str, ConsentDefault]] = {"opt_in": "opt_in", "opt_out": "opt_out"}
+DEFAULT_CONSENT: Final[ConsentDefault] = "opt_in"
+
+_ID = re.compile(r"^[a-z0-9_-]+\Z")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\Z")
+_COUNT = re.compile(r"^\d+\Z")
+_NULL = "tag:yaml.org,2002:null"
+_ESCAPE_LENGTH: Final = {"x": 4, "u": 6, "U": 10}  # other double-quote escapes are 2 chars
+# Stands in for a part that failed to compile: a file with a problem never yields Rules.
+_UNUSED: Final = Condition("false", lambda ctx: False)
+_NO_CAPS: Final[tuple[Cap, ...]] = ()
+_NO_JOURNEYS: Final[tuple[Journey, ...]] = ()
+_NO_STEPS: Final[tuple[Step, ...]] = ()
+_NO_CHANNELS: Final[tuple[str, ...]] = ()
+_NO_EXITS: Final[tuple[ExitRule, ...]] = ()
+
+Fields = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
+Pairs = list[tuple[str, Node, Node]]  # (key, key node, value node) in file order
+Templates = dict[str, dict[str, dict[str, RenderFn]]]
+
+
+def load_rules(text: str | bytes, filename: str = "<rules>") -> Rules:
+    """Compile a rules file's text; raise RulesError listing every problem found."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    loader = _Loader(filename, _decode(data, filename), hashlib.sha256(data).hexdigest())
+    rules = loader.load()
+    if rules is None:
+        raise RulesError(loader.report())
+    return rules
+
+
+def load_rules_file(path: str | Path) -> Rules:
+    """Read and compile a rules file; problems name the path as given."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RulesError([f"{path}: cannot read the rules file ({exc.strerror or exc})"]) from None
+    return load_rules(data, str(path))
+
+
+def summary(rules: Rules, filename: str | None = None) -> str:
+    """One line for ``tetik rules validate``: counts and the short version hash."""
+    counts = ", ".join(
+        _plural(len(items), noun)
+        for items, noun in (
+            (rules.journeys, "journey"),
+            (rules.templates, "template"),
+            (rules.caps, "cap"),
+        )
+    )
+    prefix = f"{filename}: " if filename else ""
+    return f"{prefix}OK, {counts} (version {rules.source_hash[:12]})"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _decode(data: bytes, filename: str) -> str:
+    """UTF-8 text (a BOM is dropped); an invalid byte is reported at its position."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, column = _line_column(data[: exc.start].decode("utf-8", "replace"))
+        problem = f"{filename}:{line + 1}:{column + 1}: not valid UTF-8 ({exc.reason})"
+        raise RulesError([problem]) from None
+
+
+def _line_column(before: str) -> tuple[int, int]:
+    """0-based line and column of the character after ``before``."""
+    return before.count("\n"), len(before) - before.rfind("\n") - 1
+
+
+@dataclass(frozen=True, order=True)
+class _Problem:
+    line: int  # 0-based, as YAML marks count
+    column: int
+    message: str
+
+
+class _Reject(Exception):
+    """One problem at one node; the caller records it and checks the siblings."""
+
+    def __init__(self, problem: _Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class _TooBig(Exception):
+    """The file is over a size limit: stop checking at once."""
+
+
+def _at(node: Node, message: str) -> _Reject:
+    return _Reject(_Problem(node.start_mark.line, node.start_mark.column, message))
+
+
+def _text(node: Node, what: str) -> str:
+    """The text written for a non-empty scalar (YAML's implicit typing ignored)."""
+    if not isinstance(node, ScalarNode):
+        raise _at(node, f"{what} must be a single value, not a {_kind(node)}")
+    if node.tag == _NULL:
+        raise _at(node, f"{what} is empty")
+    return str(node.value)
+
+
+def _peek(fields: Fields, name: str) -> str:
+    """A field's text before it is checked (to name its owner in messages), or ""."""
+    node = fields.get(name, (None, None))[1]
+    return str(node.value) if isinstance(node, ScalarNode) else ""
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "mapping"
+    return "list" if isinstance(node, SequenceNode) else "value"
+
+
+def _items(node: Node, what: str) -> list[Node]:
+    if not isinstance(node, SequenceNode):
+        raise _at(node, f"{what} must be a list (`- item` lines or [a, b]), not a {_kind(node)}")
+    return list(node.value)
+
+
+def _duration(node: Node, what: str) -> int:
+    """A positive duration in ms."""
+    try:
+        ms = parse_duration(_text(node, what))
+    except ValueError as exc:
+        raise _at(node, f"{what}: {exc}") from None
+    if ms <= 0:
+        raise _at(node, f"{what} must be more than 0")
+    return ms
+
+
+def _channel(node: Node, what: str = "channel", choices: Sequence[str] = CHANNELS) -> str:
+    """One of ``choices`` (the SPEC's channels unless told otherwise)."""
+    name = _text(node, what)
+    if name not in choices:
+        hint = suggest(name, choices)
+        raise _at(node, f"unknown {what} {name!r}{hint}; channels: {', '.join(choices)}")
+    return name
+
+
+def _event_type(node: Node) -> str:
+    """A standard event type, or a custom one that is no near-miss of a standard type."""
+    name = _text(node, "event type")
+    if name in STANDARD_TYPES:
+        return name
+    if not re.match(TYPE_PATTERN, name):
+        raise _at(
+            node,
+            f"{name!r} is not an event type{suggest(name, STANDARD_TYPES)}; "
+            "custom event types match [a-z][a-z0-9_.:-]{0,63}",
+        )
+    if difflib.get_close_matches(name, STANDARD_TYPES, n=1, cutoff=TYPO_CUTOFF):
+        raise _at(node, f"unknown event type {name!r}{suggest(name, STANDARD_TYPES)}")
+    return name
+
+
+def _clock(node: Node, what: str) -> int:
+    """``HH:MM`` as minutes after midnight."""
+    text = _text(node, what)
+    match = _CLOCK.match(text)
+    if not match:
+        raise _at(node, f'{what} {text!r} is not a time of day; write HH:MM, e.g. "22:00"')
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _raw_index(raw: str, style: str | None, offset: int) -> int:
+    """Index in a one-line scalar's source text of its value's character ``offset``.
+
+    Quoted scalars write some characters with more than one: ``''`` in single
+    quotes, ``\\"``, ``\\xHH``, ``\\uHHHH``... in double quotes.
+    """
+    index = 0
+    for _ in range(max(offset, 0)):
+        if index >= len(raw):
+            break
+        if style == "'" and raw.startswith("''", index):
+            index += 2
+        elif style == '"' and raw[index] == "\\":
+            index += _ESCAPE_LENGTH.get(raw[index + 1 : index + 2], 2)
+        else:
+            index += 1
+    return min(index, len(raw))
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@dataclass
+class _Loader:
+    """One load: the source, the problems found so far and cross-reference tables."""
+
+    filename: str
+    text: str
+    source_hash: str
+    problems: set[_Problem] = field(default_factory=set)
+    template_ids: set[str] = field(default_factory=set)
+    journey_ids: dict[str, int] = field(default_factory=dict)  # id -> 1-based line
+    steps: int = 0
+
+    def load(self) -> Rules | None:
+        """The compiled rules, or None when a problem was recorded."""
+        root = self._compose()
+        if root is None:
+            return None
+        try:
+            rules = self._try(None, self._rules, root)
+        except _TooBig as exc:
+            self.problems.add(_Problem(0, 0, str(exc)))
+            return None
+        return None if self.problems else rules
+
+    def _compose(self) -> Node | None:
+        """The YAML node tree, or None after recording why there is none."""
+        try:
+            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            self._syntax(exc)
+            return None
+        except yaml.reader.ReaderError as exc:
+            line, column = _line_column(self.text[: exc.position])
+            reason = f"YAML: {exc.reason} (character #x{exc.character:04x})"
+            self.problems.add(_Problem(line, column, reason))
+            return None
+        if root is None:
+            self.problems.add(_Problem(0, 0, "the rules file is empty; start with `version: 1`"))
+        return root
+
+    def report(self) -> list[str]:
+        """Every problem as ``FILE:LINE:COL: message``, in file order."""
+        return [
+            f"{self.filename}:{p.line + 1}:{p.column + 1}: {p.message}"
+            for p in sorted(self.problems)
+        ]
+
+    def _syntax(self, exc: yaml.MarkedYAMLError) -> None:
+        mark = exc.problem_mark or exc.context_mark
+        context = f"{exc.context}: " if exc.context else ""
+        message = f"YAML syntax error: {context}{exc.problem}"
+        self.problems.add(_Problem(mark.line if mark else 0, mark.column if mark else 0, message))
+
+    def _report(self, node: Node, message: str) -> None:
+        """Record a problem at ``node`` and go on."""
+        self.problems.add(_at(node, message).problem)
+
+    def _try(self, default: T, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(...)``; on a rejection record the problem and return ``default``."""
+        try:
+            return fn(*args, **kwargs)
+        except _Reject as exc:
+            self.problems.add(exc.problem)
+            return default
+
+    # ---- mappings --------------------------------------------------------------
+
+    def _pairs(self, node: Node, what: str) -> Pairs:
+        """A mapping's entries in file order; duplicate keys are recorded and dropped."""
+        if not isinstance(node, MappingNode):
+            raise _at(node, f"{what} must be a mapping (`key: value` lines), not a {_kind(node)}")
+        pairs: Pairs = []
+        first: dict[str, Node] = {}
+        for key, value in node.value:
+            name = self._try(None, _text, key, "a key")
+            if name is None:
+                continue
+            if name in first:
+                line = first[name].start_mark.line + 1
+                self._report(key, f"duplicate key {name!r} (first on line {line})")
+                continue
+            first[name] = key
+            pairs.append((name, key, value))
+        return pairs
+
+    def _select(self, pairs: Pairs, allowed: Sequence[str], what: str) -> Fields:
+        """Known fields by name; each unknown key is recorded with a "did you mean"."""
+        fields: Fields = {}
+        for name, key, value in pairs:
+            if name in allowed:
+                fields[name] = (key, value)
+            else:
+                hint = suggest(name, allowed) or f"; allowed: {', '.join(allowed)}"
+                self._report(key, f"unknown key {name!r} in {what}{hint}")
+        return fields
+
+    def _fields(self, node: Node, allowed: Sequence[str], what: str) -> Fields:
+        return self._select(self._pairs(node, what), allowed, what)
+
+    def _field(
+        self,
+        fields: Fields,
+        name: str,
+        parse: Callable[[Node], T],
+        default: T,
+        *,
+        required: tuple[Node, str] | None = None,
+    ) -> T:
+        """Parse one field; a missing field is ``default`` (or a problem if required)."""
+        if name not in fields:
+            if required is not None:
+                owner, what = required
+                self._report(owner, f"{what} is missing `{name}`")
+            return default
+        return self._try(default, parse, fields[name][1])
+
+    # ---- the top level ---------------------------------------------------------
+
+    def _rules(self, root: Node) -> Rules:
+        fields = self._fields(root, TOP_KEYS, "the rules file")
+        need = (root, "the rules file")
+        version = self._field(fields, "version", self._version, 1, required=need)
+        timezone = self._field(fields, "timezone", self._timezone, "UTC")
+        quiet = self._field(fields, "quiet_hours", self._quiet_hours, None)
+        consent = self._field(fields, "consent", self._consent, self._consent_defaults({}))
+        caps = self._field(fields, "caps", self._caps, _NO_CAPS)
+        templates: Templates = self._field(fields, "templates", self._templates, {})
+        journeys = self._field(fields, "journeys", self._journeys, _NO_JOURNEYS, required=need)
+        return Rules(
+            journeys=journeys,
+            version=version,
+            timezone=timezone,
+            quiet_hours=quiet,
+            consent=consent,
+            caps=caps,
+            templates=templates,
+            source_hash=self.source_hash,
+        )
+
+    def _version(self, node: Node) -> int:
+        text = _text(node, "version")
+        if text != "1":
+            raise _at(node, f"version {text!r} is not supported; this tetik reads `version: 1`")
+        return 1
+
+    def _timezone(self, node: Node) -> str:
+        name = _text(node, "timezone")
+        if name not in _time_zones():
+            hint = suggest(name, _time_zones())
+            raise _at(
+                node, f"timezone {name!r} is not an IANA time zone{hint}, e.g. Europe/Istanbul"
+            )
+        return name
+
+    def _quiet_hours(self, node: Node) -> QuietHours:
+        fields = self._fields(node, ("start", "end"), "quiet_hours")
+        need = (node, "quiet_hours")
+        start = self._field(
+            fields, "start", lambda n: _clock(n, "quiet_hours start"), -1, required=need
+        )
+        end = self._field(fields, "end", lambda n: _clock(n, "quiet_hours end"), -1, required=need)
+        if start == end and start >= 0:
+            raise _at(
+                fields["end"][1], "quiet_hours start and end are equal; remove quiet_hours for none"
+            )
+        return QuietHours(start, end)
+
+    def _consent(self, node: Node) -> dict[str, ConsentDefault]:
+        listed: dict[str, ConsentDefault] = {}
+        for _name, key, value in self._pairs(node, "consent"):
+            channel = self._try(None, _channel, key)
+            setting = self._try(None, self._consent_value, value)
+            if channel and setting:
+                listed[channel] = setting
+        return self._consent_defaults(listed)
+
+    def _consent_value(self, node: Node) -> ConsentDefault:
+        text = _text(node, "consent")
+        if text not in CONSENT:
+            raise _at(node, f"consent {text!r} must be opt_in or opt_out{suggest(text, CONSENT)}")
+        return CONSENT[text]
+
+    @staticmethod
+    def _consent_defaults(listed: dict[str, ConsentDefault]) -> dict[str, ConsentDefault]:
+        return {channel: listed.get(channel, DEFAULT_CONSENT) for channel in CHANNELS}
+
+    def _caps(self, node: Node) -> tuple[Cap, ...]:
+        caps = (self._try(None, self._cap, item) for item in _items(node, "caps"))
+        return tuple(cap for cap in caps if cap is not None)
+
+    def _cap(self, node: Node) -> Cap:
+        fields = self._fields(node, ("channel", "max", "per"), "a cap")
+        need = (node, "a cap")
+        channel = self._field(fields, "channel", self._cap_channel, "", required=need)
+        most = self._field(fields, "max", self._cap_max, 0, required=need)
+        per = self._field(fields, "per", lambda n: _duration(n, "cap per"), 0, required=need)
+        return Cap(channel, most, per)
+
+    @staticmethod
+    def _cap_channel(node: Node) -> str:
+        return _channel(node, "cap channel", ("any", *CHANNELS))
+
+    @staticmethod
+    def _cap_max(node: Node) -> int:
+        text = _text(node, "cap max")
+        if not _COUNT.match(text) or int(text) < 1:
+            raise _at(node, f"cap max {text!r} must be a whole number of at least 1")
+        return int(text)
+
+    # ---- templates -------------------------------------------------------------
+
+    def _templates(self, node: Node) -> Templates:
+        templates: Templates = {}
+        for tid, key, value in self._pairs(node, "templates"):
+            if not _ID.match(tid):
+                self._report(key, f"template id {tid!r} must match [a-z0-9_-]+")
+                continue
+            self.template_ids.add(tid)
+            templates[tid] = self._try({}, self._template, tid, value)
+        return templates
+
+    def _template(self, tid: str, node: Node) -> dict[str, dict[str, RenderFn]]:
+        channels: dict[str, dict[str, RenderFn]] = {}
+        pairs = self._pairs(node, f"template {tid!r}")
+        if not pairs:
+            raise _at(node, f"template {tid!r} has no channels; add e.g. `email: {{subject: ...}}`")
+        for name, key, value in pairs:
+            channel = self._try(None, _channel, key)
+            fields = self._try({}, self._content, f"{tid}.{name}", value)
+            if channel:
+                channels[channel] = fields
+        return channels
+
+    def _content(self, where: str, node: Node) -> dict[str, RenderFn]:
+        pairs = self._pairs(node, f"template {where}")
+        if not pairs:
+            raise _at(node, f"template {where} has no fields; add e.g. `text: ...`")
+        fields: dict[str, RenderFn] = {}
+        for name, key, value in pairs:
+            if not _FIELD.match(name):
+                message = f"template field {name!r} must match [A-Za-z_][A-Za-z0-9_]*"
+                self._report(key, message)
+                continue
+            render = self._try(None, self._render_fn, f"{where}.{name}", value)
+            if render is not None:
+                fields[name] = render
+        return fields
+
+    def _render_fn(self, where: str, node: Node) -> RenderFn:
+        source = _text(node, f"template {where}")
+        try:
+            return compile_template(source)
+        except TemplateProblem as exc:
+            line, column = self._template_line(node, exc.lineno)
+            message = f"template {where}: {exc.message} (template line {exc.lineno})"
+            raise _Reject(_Problem(line, column, message)) from None
+
+    def _template_line(self, node: Node, lineno: int) -> tuple[int, int]:
+        """File position of a template's line: exact in a ``|`` block, else the node."""
+        start = node.start_mark
+        if getattr(node, "style", None) != "|":
+            return start.line, start.column
+        line = start.line + lineno
+        lines = self.text.splitlines()
+        text = lines[line] if line < len(lines) else ""
+        return line, len(text) - len(text.lstrip(" "))
+
+    # ---- journeys --------------------------------------------------------------
+
+    def _journeys(self, node: Node) -> tuple[Journey, ...]:
+        journeys = (
+            self._try(None, self._journey, item, index)
+            for index, item in enumerate(_items(node, "journeys"))
+        )
+        return tuple(journey for journey in journeys if journey is not None)
+
+    def _journey(self, node: Node, index: int) -> Journey:
+        fields = self._fields(node, JOURNEY_KEYS, "a journey")
+        where = f"journey {_peek(fields, 'id') or f'#{index}'}"
+        need = (node, where)
+        jid = self._field(fields, "id", self._journey_id, "", required=need)
+        trigger = self._field(
+            fields, "trigger", lambda n: self._trigger(n, where), None, required=need
+        )
+        steps = self._field(
+            fields, "steps", lambda n: self._steps(n, "", where, 0), _NO_STEPS, required=need
+        )
+        return Journey(
+            id=jid,
+            trigger=trigger or Trigger(""),
+            steps=steps,
+            name=self._field(fields, "name", lambda n: _text(n, "name"), ""),
+            key=self._field(fields, "key", self._key, None),
+            audience=self._field(fields, "audience", lambda n: self._audience(n, where), None),
+            reentry=self._field(fields, "reentry", self._reentry, "never"),
+            exits=self._field(fields, "exit", lambda n: self._exits(n, where), _NO_EXITS),
+        )
+
+    def _journey_id(self, node: Node) -> str:
+        jid = _text(node, "journey id")
+        if not _ID.match(jid):
+            raise _at(
+                node, f"journey id {jid!r} must match [a-z0-9_-]+ (lowercase, digits, _ and -)"
+            )
+        if jid in self.journey_ids:
+            raise _at(node, f"duplicate journey id {jid!r} (first on line {self.journey_ids[jid]})")
+        self.journey_ids[jid] = node.start_mark.line + 1
+        return jid
+
+    def _key(self, node: Node) -> str:
+        name = _text(node, "key")
+        if name not in KEY_FIELDS:
+            raise _at(
+                node,
+                f"key {name!r} is not an event field{suggest(name, KEY_FIELDS)}; "
+                f"use one of {', '.join(KEY_FIELDS)}",
+            )
+        return name
+
+    @staticmethod
+    def _reentry(node: Node) -> Literal["never", "always"] | int:
+        text = _text(node, "reentry")
+        if text in ("never", "always"):
+            return "never" if text == "never" else "always"
+        try:
+            return _duration(node, "reentry")
+        except _Reject:
+            hint = suggest(text, ("never", "always"))
+            message = f"reentry {text!r} must be never, always or a duration such as 7d{hint}"
+            raise _at(node, message) from None
+
+    def _expression(self, node: Node, scope: Scope) -> Condition:
+        """Compile one expression; its error points at the offending character."""
+        source = _text(node, scope.where)
+        try:
+            return compile_expression(source, scope)
+        except ExpressionError as exc:
+            line, column = self._offset(node, exc.offset)
+            raise _Reject(_Problem(line, column, exc.message)) from None
+
+    def _offset(self, node: Node, offset: int) -> tuple[int, int]:
+        """File position of a character of a one-line scalar; the node start otherwise."""
+        start, end = node.start_mark, node.end_mark
+        style = getattr(node, "style", None)
+        if style not in (None, "'", '"') or start.line != end.line:
+            return start.line, start.column
+        quote = 1 if style else 0
+        raw = self.text[start.index + quote : end.index - quote]
+        return start.line, start.column + quote + _raw_index(raw, style, offset)
+
+    def _audience(self, node: Node, where: str) -> Condition:
+        return self._expression(node, Scope(event=True, entry=False, where=f"{where} audience"))
+
+    def _trigger(self, node: Node, where: str) -> Trigger:
+        scope = Scope(event=True, entry=False, where=f"{where} trigger.if")
+        return Trigger(*self._event_ref(node, scope, "trigger"))
+
+    def _exits(self, node: Node, where: str) -> tuple[ExitRule, ...]:
+        exits = []
+        for index, item in enumerate(_items(node, "exit")):
+            scope = Scope(event=True, entry=True, where=f"{where} exit {index}.if")
+            found = self._try(None, self._event_ref, item, scope, "an exit")
+            if found is not None:
+                exits.append(ExitRule(*found))
+        return tuple(exits)
+
+    def _event_ref(self, node: Node, scope: Scope, what: str) -> tuple[str, Condition | None]:
+        """``TYPE`` or ``{event: TYPE, if: EXPR}``."""
+        if isinstance(node, ScalarNode):
+            return _event_type(node), None
+        if not isinstance(node, MappingNode):
+            raise _at(node, f"{what} must be an event type or {{event: TYPE, if: EXPR}}")
+        fields = self._fields(node, ("event", "if"), what)
+        event = self._field(fields, "event", _event_type, "", required=(node, what))
+        cond = self._field(fields, "if", lambda n: self._expression(n, scope), None)
+        return event, cond
+
+    # ---- steps -----------------------------------------------------------------
+
+    def _steps(self, node: Node, prefix: str, where: str, depth: int) -> tuple[Step, ...]:
+        """A list of steps; paths are ``prefix.N`` (just ``N`` at the top)."""
+        items = _items(node, "steps")
+        if depth == 0 and not items:
+            raise _at(node, f"{where} has no steps")
+        if depth >= MAX_DEPTH:
+            raise _at(node, f"steps nest deeper than {MAX_DEPTH} levels")
+        steps = []
+        for index, item in enumerate(items):
+            path = f"{prefix}.{index}" if prefix else str(index)
+            step = self._try(None, self._step, item, path, where, depth)
+            if step is not None:
+                steps.append(step)
+        return tuple(steps)
+
+    def _step(self, node: Node, path: str, where: str, depth: int) -> Step:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise _TooBig(f"the rules file has more than {MAX_STEPS} steps (YAML aliases count)")
+        if isinstance(node, ScalarNode):
+            return self._exit_step(node, path)
+        pairs = self._pairs(node, "a step")
+        kind = self._step_kind(node, pairs)
+        fields = self._select(
+            pairs, STEP_KEYS[kind], "an if step" if kind == "if" else f"a {kind} step"
+        )
+        if kind == "wait":
+            return Wait(path, _duration(fields["wait"][1], "wait"))
+        if kind == "send":
+            return self._send(fields, path)
+        return self._branch(fields, path, where, depth)
+
+    @staticmethod
+    def _exit_step(node: ScalarNode, path: str) -> ExitStep:
+        text = _text(node, "a step")
+        if text != "exit":
+            raise _at(
+                node,
+                f"unknown step {text!r}{suggest(text, ('exit', *STEP_KEYS))}; a step is "
+                "`wait: DURATION`, `send: CHANNEL`, `if: EXPR` or the string `exit`",
+            )
+        return ExitStep(path)
+
+    @staticmethod
+    def _step_kind(node: Node, pairs: Pairs) -> str:
+        """The one of wait/send/if a step mapping has."""
+        kinds = [(name, key) for name, key, _ in pairs if name in STEP_KEYS]
+        if len(kinds) > 1:
+            (first, _), (second, key) = kinds[0], kinds[1]
+            raise _at(key, f"a step is `{first}` or `{second}`, not both; start each step with `-`")
+        if kinds:
+            return kinds[0][0]
+        if not pairs:
+            raise _at(node, "a step is `wait: DURATION`, `send: CHANNEL`, `if: EXPR` or `exit`")
+        name, key, _ = pairs[0]
+        if name == "exit":
+            raise _at(key, "write the exit step as the bare string `- exit`")
+        hint = suggest(name, ("exit", *STEP_KEYS)) or "; a step needs `wait`, `send` or `if`"
+        raise _at(key, f"unknown step {name!r}{hint}")
+
+    def _send(self, fields: Fields, path: str) -> Send:
+        channel = self._try("", _channel, fields["send"][1])
+        template = self._field(fields, "template", self._template_ref, None)
+        fallback = self._field(
+            fields, "fallback", lambda n: self._fallback(n, channel), _NO_CHANNELS
+        )
+        return Send(path, channel, template, fallback)
+
+    def _template_ref(self, node: Node) -> str:
+        tid = _text(node, "template")
+        if tid not in self.template_ids:
+            defined = ", ".join(sorted(self.template_ids)) or "none"
+            known = suggest(tid, self.template_ids) or f"; templates defined: {defined}"
+            raise _at(node, f"unknown template {tid!r}{known}")
+        return tid
+
+    def _fallback(self, node: Node, channel: str) -> tuple[str, ...]:
+        chosen: list[str] = []
+        for item in _items(node, "fallback"):
+            name = self._try(None, _channel, item, "fallback channel")
+            if name is None:
+                continue
+            if name == channel or name in chosen:
+                self._report(item, f"fallback repeats channel {name!r}")
+                continue
+            chosen.append(name)
+        return tuple(chosen)
+
+    def _branch(self, fields: Fields, path: str, where: str, depth: int) -> Branch:
+        if_key, if_node = fields["if"]
+        scope = Scope(event=True, entry=True, where=f"{where} step {path}.if")
+        cond = self._try(_UNUSED, self._expression, if_node, scope)
+        need = (if_key, f"{where} step {path}")
+        then = self._field(
+            fields,
+            "then",
+            lambda n: self._steps(n, f"{path}.then", where, depth + 1),
+            _NO_STEPS,
+            required=need,
+        )
+        otherwise = self._field(
+            fields, "else", lambda n: self._steps(n, f"{path}.else", where, depth + 1), _NO_STEPS
+        )
+        return Branch(path, cond, then, otherwise)
