@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_rules_validate)
 
     bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
-    bench.add_argument("what", choices=["ingest", "memory", "all"], nargs="?", default="all")
+    bench.add_argument(
+        "what", choices=["core", "ingest", "memory", "all"], nargs="?", default="all"
+    )
     bench.add_argument("--quick", action="store_true", help="reduced sizes, for smoke checks")
     bench.set_defaults(func=_cmd_bench)
     return parser

@@ -1,0 +1,218 @@
+"""Pure-core throughput: the journey engine on a generated log, no I/O.
+
+For 10, 100 and 1,000 journeys the same decoded log runs through
+``Engine.on_event`` on the virtual clock (as ``tetik replay`` does), and the
+per-event time is compared with the 10-journey run of the same process.
+Replay end to end (JSONL bytes -> decode -> engine -> sorted actions) is
+measured with the 100-journey rules.
+
+The journey mix: ten journeys on standard events (cart, browse, search,
+favorite, welcome, post-purchase, win-back, category, consent, login) with
+window conditions, waits, sends, branches, caps and quiet hours; beyond ten,
+one in ten extra journeys triggers on a standard event with a selective
+condition and the rest on campaign-specific custom events, as large
+programmes do (most journeys belong to one campaign).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.generator import GeneratorConfig, write_jsonl
+from bench.report import save_result, table
+from engine.errors import InvalidEvent
+from engine.events import Event, decode_event
+from engine.journeys import Engine
+from engine.replay import replay
+from engine.rules.loader import load_rules
+from engine.state import UserState
+from flows.jobs import say
+
+HEADER = """version: 1
+timezone: Europe/Istanbul
+quiet_hours: {start: "22:00", end: "09:00"}
+consent: {email: opt_out, sms: opt_in, push: opt_in, whatsapp: opt_in, onsite: opt_out}
+caps:
+  - {channel: any, max: 3, per: 24h}
+  - {channel: sms, max: 2, per: 7d}
+templates:
+  t:
+    email: {subject: "{{ profile.first_name }} {{ entry.product_id }}"}
+    push: {title: "{{ entry.product_id }}"}
+    sms: {text: "hi"}
+journeys:
+"""
+
+BASE = [
+    """  - id: cart
+    trigger: {event: add_to_cart, if: "event.price >= 20"}
+    key: product_id
+    exit: [purchase, {event: remove_from_cart, if: "event.product_id == entry.product_id"}]
+    steps:
+      - wait: 30m
+      - {send: email, template: t, fallback: [sms]}
+      - wait: 1h
+      - if: "engaged('email', 'clicked')"
+        then: [exit]
+        else: [{send: push, template: t}]
+""",
+    """  - id: browse
+    trigger:
+      event: view_product
+      if: "count(view_product, 24h, it.product_id == event.product_id) >= 3"
+    key: product_id
+    reentry: 7d
+    exit: [purchase]
+    steps: [{wait: 2h}, {send: push, template: t, fallback: [email]}]
+""",
+    """  - id: search
+    trigger: search
+    reentry: 1d
+    exit: [purchase]
+    steps: [{wait: 1h}, {if: "not exists(purchase, 1h)", then: [{send: email, template: t}]}]
+""",
+    """  - id: favorite
+    trigger: add_favorite
+    key: product_id
+    exit: [{event: remove_favorite, if: "event.product_id == entry.product_id"}]
+    steps: [{wait: 1d}, {if: "favorited(entry.product_id)", then: [{send: push, template: t}]}]
+""",
+    """  - id: welcome
+    trigger: signup
+    audience: "count(purchase) == 0"
+    exit: [purchase]
+    steps: [{send: email, template: t}, {wait: 3d}, {send: email, template: t}]
+""",
+    """  - id: post_purchase
+    trigger: {event: purchase, if: "event.revenue > 0"}
+    key: order_id
+    reentry: always
+    steps: [{wait: 7d}, {send: email, template: t}]
+""",
+    """  - id: winback
+    trigger: purchase
+    reentry: always
+    exit: [purchase]
+    steps: [{wait: 90d}, {send: email, template: t}]
+""",
+    """  - id: category
+    trigger: {event: view_category, if: "count(view_category, 1d) >= 5"}
+    reentry: 7d
+    steps: [{send: onsite}]
+""",
+    """  - id: consent_thanks
+    trigger: {event: consent, if: "event.granted"}
+    steps: [{send: email, template: t}]
+""",
+    """  - id: login_cart
+    trigger: {event: login, if: "cart.count > 0 and cart.total >= 50"}
+    reentry: 1d
+    steps: [{wait: 10m}, {send: push, template: t, fallback: [email]}]
+""",
+]
+
+STANDARD = ["view_product", "add_to_cart", "add_favorite", "search", "view_category", "login"]
+
+
+def _extra(index: int) -> str:
+    """One more journey: standard trigger with a selective condition, or a campaign event."""
+    if index % 10 == 0:
+        kind = STANDARD[(index // 10) % len(STANDARD)]
+        cond = (
+            f"event.category == 'cat{index}/x'"
+            if kind not in ("search", "login")
+            else f"count({kind}, 1h) >= {5 + index % 7}"
+        )
+        return (
+            f'  - id: extra{index}\n    trigger: {{event: {kind}, if: "{cond}"}}\n'
+            f"    reentry: 7d\n    steps: [{{wait: 1h}}, {{send: email, template: t}}]\n"
+        )
+    return (
+        f"  - id: campaign{index}\n    trigger: campaign_{index}\n    exit: [purchase]\n"
+        f"    steps: [{{send: push, template: t, fallback: [email]}}]\n"
+    )
+
+
+def rules_text(journeys: int) -> str:
+    """A rules file with ``journeys`` journeys of the mix described above."""
+    body = BASE[: min(journeys, len(BASE))] + [_extra(i) for i in range(journeys - len(BASE))]
+    return HEADER + "".join(body)
+
+
+def _decoded(path: Path) -> list[Event]:
+    events = []
+    for line in path.read_bytes().splitlines():
+        try:
+            events.append(decode_event(line))
+        except InvalidEvent:
+            continue
+    return events
+
+
+def _core_run(engine: Engine, events: list[Event]) -> tuple[float, int]:
+    """Seconds for all events through on_event (virtual clock), and actions emitted."""
+    states: dict[str, UserState] = {}
+    emitted = 0
+    clock = 0
+    start = time.perf_counter()
+    for event in events:
+        clock = max(clock, event.ts)
+        state = states.get(event.key)
+        if state is None:
+            state = states[event.key] = UserState(key=event.key)
+        emitted += len(engine.on_event(state, event, clock))
+    return time.perf_counter() - start, emitted
+
+
+def bench_core(*, quick: bool = False, events: int = 0) -> dict[str, Any]:
+    """Run the core at 10/100/1,000 journeys and replay end to end; print and save."""
+    events = events or (20_000 if quick else 200_000)
+    cfg = GeneratorConfig(users=events // 20, events=events, seed=9, span_ms=3 * 86_400_000)
+    with tempfile.TemporaryDirectory(prefix="tetik-bench-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        say(f"bench core: generating {events:,} events")
+        write_jsonl(cfg, log)
+        decoded = _decoded(log)
+        rows: dict[int, dict[str, float]] = {}
+        for count in (10, 100, 1000):
+            engine = Engine(load_rules(rules_text(count), f"<bench {count}>"))
+            say(f"bench core: {count} journeys")
+            seconds, emitted = _core_run(engine, decoded)
+            rows[count] = {
+                "events_per_s": len(decoded) / seconds,
+                "us_per_event": seconds / len(decoded) * 1e6,
+                "actions": emitted,
+            }
+        say("bench core: replay end to end (100 journeys, JSONL -> sorted actions)")
+        engine = Engine(load_rules(rules_text(100), "<bench 100>"))
+        start = time.perf_counter()
+        replay(engine, log.read_bytes().splitlines())
+        replay_rate = len(decoded) / (time.perf_counter() - start)
+    ratio = rows[1000]["us_per_event"] / rows[10]["us_per_event"]
+    print(
+        table(
+            ["journeys", "events/s", "µs/event", "actions"],
+            [
+                [
+                    str(n),
+                    f"{r['events_per_s']:,.0f}",
+                    f"{r['us_per_event']:.1f}",
+                    f"{r['actions']:,.0f}",
+                ]
+                for n, r in rows.items()
+            ],
+        )
+    )
+    print(f"1,000 journeys / 10 journeys per-event time: {ratio:.2f}x")
+    print(f"replay end to end (100 journeys): {replay_rate:,.0f} events/s")
+    result = {
+        "events": len(decoded),
+        "core": {str(n): r for n, r in rows.items()},
+        "ratio_1000_vs_10": ratio,
+        "replay_events_per_s": replay_rate,
+    }
+    save_result("core", result)
+    return result
