@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.actions import Action, action_id
 from engine.events import Event
+from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
 from engine.rules.context import Context
 from engine.rules.model import Branch, ExitStep, Journey, Rules, Send, Step, Wait
@@ -82,12 +83,13 @@ class Engine:
         self.rules = rules
         self.windows = windows
         self.programs = {j.id: compile_program(j) for j in rules.journeys}
-        self.triggers: dict[str, list[Journey]] = {}
+        by_type: dict[str, list[tuple[int, Journey]]] = {}
         self.exits: dict[str, set[str]] = {}
-        for journey in rules.journeys:
-            self.triggers.setdefault(journey.trigger.event, []).append(journey)
+        for position, journey in enumerate(rules.journeys):
+            by_type.setdefault(journey.trigger.event, []).append((position, journey))
             for rule in journey.exits:
                 self.exits.setdefault(rule.event, set()).add(journey.id)
+        self.triggers = {kind: TriggerIndex(pairs) for kind, pairs in by_type.items()}
 
     # -- entry points -------------------------------------------------------------
 
@@ -98,8 +100,11 @@ class Engine:
             return actions
         if state.enrollments and event.type in self.exits:
             self._check_exits(state, event, now)
-        for journey in self.triggers.get(event.type, ()):
-            self._maybe_enter(state, journey, event, now, actions)
+        index = self.triggers.get(event.type)
+        if index is not None:
+            ctx = Context(state, now, event=event)
+            for journey in index.candidates(event):
+                self._maybe_enter(state, journey, event, ctx, actions)
         return actions
 
     def advance(self, state: UserState, until: int) -> list[Action]:
@@ -138,16 +143,18 @@ class Engine:
         return False
 
     def _maybe_enter(
-        self, state: UserState, journey: Journey, event: Event, now: int, out: list[Action]
+        self, state: UserState, journey: Journey, event: Event, ctx: Context, out: list[Action]
     ) -> None:
+        """Enter when the trigger's condition, re-entry rule and audience allow it."""
+        # The condition first: it is the cheapest way to say no to most journeys.
+        if journey.trigger.cond is not None and not journey.trigger.cond.holds(ctx):
+            return
         key = _enrollment_key(journey, event)
         if key is None:
             return
+        now = ctx.now
         slot = f"{journey.id}\x1f{key}"
         if slot in state.enrollments or not _reentry_allows(journey, state.entered.get(slot), now):
-            return
-        ctx = Context(state, now, event=event)
-        if journey.trigger.cond is not None and not journey.trigger.cond.holds(ctx):
             return
         if journey.audience is not None and not journey.audience.holds(ctx):
             return
