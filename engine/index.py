@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.events import Event
 from engine.rules.model import Condition, Journey
+from engine.rules.names import PLAIN_EVENT_FIELDS
 from engine.rules.nodes import Binary, Literal, Name, Node
 from engine.rules.parser import parse
 
@@ -40,6 +41,10 @@ def _find(node: Node) -> tuple[str, Any] | None:
 
 def _field_literal(name: Node, value: Node) -> tuple[str, Any] | None:
     if not (isinstance(name, Name) and len(name.parts) == 2 and name.parts[0] == "event"):
+        return None
+    # Only fields read as the plain attribute: defaulted ones (quantity, revenue)
+    # and containers (props, items) would disagree with the compiled condition.
+    if name.parts[1] not in PLAIN_EVENT_FIELDS:
         return None
     if not isinstance(value, Literal) or value.duration or value.value is None:
         return None

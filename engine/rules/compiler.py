@@ -72,7 +72,8 @@ class _Compiler:
 
     def __init__(self, text: str, scope: Scope) -> None:
         self.text = text
-        self.allowed = {name for name in ("event", "entry") if getattr(scope, name)}
+        bound = (("event", scope.event), ("entry", scope.entry))
+        self.allowed = frozenset(name for name, on in bound if on)
 
     def expr(self, node: Node) -> Typed:
         if isinstance(node, Literal):

@@ -33,7 +33,7 @@ from typing import Any, Final
 from engine.errors import ExpressionError
 from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
 from engine.rules import scans
-from engine.rules.names import FUNCTIONS, RECORD_FIELDS, Field, field_path
+from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
 from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Typed, article
 
@@ -88,6 +88,13 @@ def event_type(node: Node, function: str) -> str:
     name = ".".join(node.parts)
     if name in STANDARD_TYPES:
         return name
+    if len(node.parts) > 1 and node.parts[0] in ROOTS:
+        # `count(event.type)` reads like a value; TYPE is a name fixed at load.
+        raise ExpressionError(
+            f"the first argument of {function} is an event type name, not a value like "
+            f"{name}; quote it, {function}('{name}'), if it is a custom event",
+            node.start,
+        )
     close = suggest(name, STANDARD_TYPES)
     if close:
         raise ExpressionError(
@@ -122,7 +129,7 @@ def _is_within(node: Node) -> bool:
 def _within(node: Node) -> int:
     if not (isinstance(node, Literal) and node.duration and isinstance(node.value, int)):
         raise ExpressionError(
-            "WITHIN must be a duration such as 24h or 30d (a positive number and a unit)",
+            "WITHIN must be a duration such as 24h or 30d (a whole number and a unit)",
             node.start,
         )
     return node.value

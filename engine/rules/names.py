@@ -80,6 +80,15 @@ EVENT_FIELDS: Final[Mapping[str, Field]] = {
     "attributes": Field("any", attrgetter("attributes"), nested=True),
 }
 
+# Event fields an expression reads as exactly `getattr(event, F)`, always a hashable
+# scalar or None: what an index may key on. Not quantity and revenue (defaulted),
+# items (ids), props and attributes (objects).
+PLAIN_EVENT_FIELDS: Final = frozenset(
+    name
+    for name, field in EVENT_FIELDS.items()
+    if field.type in ("string", "number", "bool") and name not in ("quantity", "revenue")
+)
+
 # Stored records already hold the defaulted revenue (engine.windows.stored).
 RECORD_FIELDS: Final[Mapping[str, Field]] = {
     **_SHARED,

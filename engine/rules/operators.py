@@ -51,17 +51,19 @@ _ARITHMETIC: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "*": operator.mul,
     "/": operator.truediv,
 }
-_PLAIN_EQUALITY: Final = frozenset({"number", "string"})
+# Types whose values (or None) Python's == compares exactly as the language does;
+# both sides then share the type, or the type check would have refused them.
+_PLAIN_EQUALITY: Final = frozenset({"number", "string", "bool"})
 
 
-def describe(cx: Checker, node: Node, typed: Typed) -> str:
-    """``event.price (a number)``: how messages name an operand."""
+def _describe(cx: Checker, node: Node, typed: Typed) -> str:
+    """``event.price is a number``: how messages name an operand and its type."""
     return f"{cx.quote(node)} is {article(typed.type)}"
 
 
 def _require(cx: Checker, node: Node, typed: Typed, allowed: tuple[Type, ...], what: str) -> None:
     if typed.type not in allowed and typed.type != "any":
-        raise ExpressionError(f"{what}, but {describe(cx, node, typed)}", node.start)
+        raise ExpressionError(f"{what}, but {_describe(cx, node, typed)}", node.start)
 
 
 def unary(cx: Checker, node: Unary) -> Typed:
@@ -154,7 +156,7 @@ def _equality(cx: Checker, node: Binary, left: Typed, right: Typed) -> Typed:
     if len(known) > 1:
         raise ExpressionError(
             f"'{node.op}' compares {cx.quote(node.left)} ({article(left.type)}) with "
-            f"{describe(cx, node.right, right)}: they can never be equal",
+            f"{cx.quote(node.right)} ({article(right.type)}): they can never be equal",
             node.right.start,
         )
     equal = _equal(left, right)
@@ -170,7 +172,6 @@ def _equal(left: Typed, right: Typed) -> Fn:
     if left.const and left.value is None:
         return lambda c: rf(c) is None
     if left.type in _PLAIN_EQUALITY and right.type in _PLAIN_EQUALITY:
-        # Numbers and strings (or None) only: Python's == is the language's.
         if right.const:
             value = right.value
             return lambda c: lf(c) == value
@@ -207,7 +208,7 @@ def _membership(cx: Checker, node: Binary, left: Typed, right: Typed) -> Typed:
     _require(cx, box_node, box, ("list", "string"), f"'{node.op}' needs a list or a string")
     if box.type == "string" and item.type not in ("string", "any", "null"):
         raise ExpressionError(
-            f"'{node.op}' looks for text in a string, but {describe(cx, item_node, item)}",
+            f"'{node.op}' looks for text in a string, but {_describe(cx, item_node, item)}",
             item_node.start,
         )
     contains = _member(item, box)

@@ -12,8 +12,9 @@ Rules of this interface:
   ``a < b < c`` is an error, not Python's ``a < b and b < c``.
 * Only a bare identifier can be called (``count(...)``); dotted names are
   field paths (``event.props.size``); the names after a dot may be keywords.
-* Nesting is bounded (:data:`MAX_DEPTH`) so that no expression can exhaust
-  Python's stack in the parser, the compiler or at evaluation.
+* Nesting is bounded (:data:`MAX_NESTING` brackets and prefix operators,
+  :data:`MAX_DEPTH` tree levels) so that no expression can exhaust Python's
+  stack in the parser, the compiler or at evaluation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Final
 
 from engine.errors import ExpressionError
 from engine.rules.lexer import Token, tokenize
+from engine.rules.names import FUNCTIONS
 from engine.rules.nodes import Binary, Call, ListLit, Literal, Name, Node, Unary, children
 
 MAX_DEPTH: Final = 100  # levels of the tree
@@ -46,12 +48,14 @@ def parse(text: str) -> Node:
     return node
 
 
-def describe(token: Token) -> str:
+def _describe(token: Token) -> str:
     """How an error message names a token."""
     return "end of expression" if token.kind == "eof" else repr(token.text)
 
 
 class _Parser:
+    """One pass over a token list; each precedence level is one method."""
+
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.pos = 0
@@ -87,7 +91,7 @@ class _Parser:
         if token.text == ")":
             raise ExpressionError("unbalanced ')': there is no '(' to close", token.offset)
         raise ExpressionError(
-            f"unexpected {describe(token)} after a complete expression; "
+            f"unexpected {_describe(token)} after a complete expression; "
             "join conditions with 'and' or 'or'",
             token.offset,
         )
@@ -186,7 +190,7 @@ class _Parser:
         if self.at("["):
             return self.list_literal()
         raise ExpressionError(
-            f"expected a value, found {describe(token)}{_hint(token)}", token.offset
+            f"expected a value, found {_describe(token)}{_hint(token)}", token.offset
         )
 
     def parenthesized(self) -> Node:
@@ -208,7 +212,7 @@ class _Parser:
                 f"{opening.text!r} is never closed: add {bracket!r}", opening.offset
             )
         raise ExpressionError(
-            f"expected {bracket!r} or an operator, found {describe(token)}", token.offset
+            f"expected {bracket!r} or an operator, found {_describe(token)}", token.offset
         )
 
     def list_literal(self) -> Node:
@@ -240,15 +244,14 @@ class _Parser:
             if part.kind not in ("name", "keyword"):
                 at = dot.offset if part.kind == "eof" else part.offset
                 raise ExpressionError(
-                    f"expected a field name after '.', found {describe(part)}", at
+                    f"expected a field name after '.', found {_describe(part)}", at
                 )
             self.advance()
             parts.append(part.text)
             offsets.append(part.offset)
         if self.at("("):
             raise ExpressionError(
-                f"{'.'.join(parts)!r} is not a function; only count, exists, sum, last, "
-                "since, engaged, in_cart and favorited can be called",
+                f"{'.'.join(parts)!r} is not a function; the functions are {', '.join(FUNCTIONS)}",
                 first.offset,
             )
         end = offsets[-1] + len(parts[-1])

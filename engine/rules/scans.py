@@ -9,16 +9,15 @@ Rules of this interface:
 * ``equals`` is an optional fast form of ``where`` that the caller may give
   when WHERE is ``it.F == X`` and ``X`` does not depend on ``it``: ``X`` is
   then evaluated once per call instead of once per record, and the records are
-  compared in C (``map`` and ``list.count``). It must mean exactly what
+  compared in C (``map`` and ``operator.countOf``). It must mean exactly what
   ``where`` means.
 * Scans restore ``ctx.it`` when they finish, so WHEREs nest, and never raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
+from operator import countOf
 from typing import Any
 
 from engine.rules.typed import NUMBERS, Fn, Reader
@@ -35,11 +34,12 @@ class Range:
     equals: tuple[Reader, Fn] | None = None  # (field of the record, value it must equal)
 
 
-def recent(window: list[Stored], now: int, within: int | None) -> Iterable[Stored]:
+def recent(window: list[Stored], now: int, within: int | None) -> list[Stored]:
     """The records with ``ts >= now - within`` (all of them when ``within`` is None)."""
     if within is None or window[0].ts >= now - within:
-        return window  # no bisect when every record qualifies
-    return islice(window, since_index(window, now - within), None)
+        return window  # no bisect and no copy when every record qualifies
+    # A slice, not itertools.islice: islice walks the skipped (older) records one by one.
+    return window[since_index(window, now - within) :]
 
 
 def counter(spec: Range) -> Fn:
@@ -52,7 +52,7 @@ def counter(spec: Range) -> Fn:
             window = ctx.state.windows.get(type_)
             if not window:
                 return 0
-            return [*map(key, recent(window, ctx.now, within))].count(value(ctx))
+            return countOf(map(key, recent(window, ctx.now, within)), value(ctx))
 
         return count_equal
     if where is None:

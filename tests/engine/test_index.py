@@ -54,6 +54,9 @@ def view(category: str) -> list[str]:
         ("not event.category == 'x'", None),
         ("event.props.campaign == 'bf'", None),  # nested fields are not indexed
         ("event.price == 5", ("price", 5)),
+        ("event.quantity == 1", None),  # defaulted to 1 when absent: not the raw attribute
+        ("event.revenue == 10", None),  # defaulted to the sum of items
+        ("event.props == 'x'", None),  # a dict: unhashable
         ("event.price == 1h", None),  # durations are left alone
     ],
 )
