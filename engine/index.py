@@ -64,14 +64,17 @@ class TriggerIndex:
             else:
                 values = self._by_field.setdefault(key[0], {})
                 values.setdefault(key[1], []).append((position, journey))
+        self._plain = [journey for _, journey in self._always]  # shared: callers only read
 
     def candidates(self, event: Event) -> list[Journey]:
         """The journeys this event may enter, in file order."""
+        if not self._by_field:
+            return self._plain
         found = list(self._always)
         for field, values in self._by_field.items():
             matched = values.get(getattr(event, field, None))
             if matched:
                 found.extend(matched)
-        if len(found) > 1 and self._by_field:
+        if len(found) > 1:
             found.sort(key=lambda pair: pair[0])
         return [journey for _, journey in found]

@@ -95,15 +95,16 @@ class Engine:
 
     def on_event(self, state: UserState, event: Event, now: int) -> list[Action]:
         """Fire due timers, apply the event, check exits, then triggers."""
-        actions = self.advance(state, now)
+        actions = self.advance(state, now) if state.enrollments else []
         if apply(state, event, now, self.windows) != "applied":
             return actions
         if state.enrollments and event.type in self.exits:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
-        if index is not None:
+        candidates = index.candidates(event) if index is not None else ()
+        if candidates:
             ctx = Context(state, now, event=event)
-            for journey in index.candidates(event):
+            for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         return actions
 
