@@ -74,10 +74,6 @@ def run(
     return [row(a) for a in replay(Engine(rules), list(lines), until=until, drain=drain)]
 
 
-def sent(rows: list[Row]) -> list[Row]:
-    return [r for r in rows if r[5] == "sent"]
-
-
 # -- exits ----------------------------------------------------------------------
 
 EXIT_RULES = """
@@ -282,6 +278,8 @@ def test_reentry_always_enters_again_only_once_the_previous_enrollment_ended() -
     # 10:00 enters (runs until 12:00); 11:00 is ignored (active); 12:30 enters again.
     times = [utc("10:00"), utc("11:00"), utc("12:30")]
     assert _entries(rules, times) == [utc("10:00"), utc("12:30")]
+    # At 12:00 the last step (due 12:00) runs first, ending the enrollment: it enters.
+    assert _entries(rules, [utc("10:00"), utc("12:00")]) == [utc("10:00"), utc("12:00")]
 
 
 def test_reentry_always_enters_again_right_after_an_exit() -> None:
@@ -505,6 +503,41 @@ def test_a_deferred_send_keeps_its_action_id_and_runs_once() -> None:
     (first,) = engine.advance(state, utc("09:00", day=1))
     assert (first.at, first.step, first.status) == (utc("09:00", day=1), "0", "sent")
     assert engine.advance(state, utc("09:30", day=1)) == []
+
+
+def test_after_a_deferral_quiet_hours_are_checked_again_in_the_users_zone_then() -> None:
+    """Deferred to 09:00 UTC; meanwhile the user moved to New York, where it is 05:00."""
+    rules = load(DEFERRAL_RULES)
+    lines = [
+        doc("consent", utc("20:00"), channel="push", granted=True),
+        doc("add_to_cart", utc("23:00"), product_id="p1"),
+        doc("profile", utc("01:00", day=1), attributes={"timezone": "America/New_York"}),
+    ]
+    assert run(rules, lines) == [
+        (at("2024-05-07T09:00:00-04:00"), "u1", "nudge", "0", "push", "sent", None),
+        (at("2024-05-07T10:00:00-04:00"), "u1", "nudge", "2", "email", "sent", None),
+    ]
+
+
+def test_an_exit_during_a_deferral_cancels_the_deferred_send() -> None:
+    rules = load(
+        """
+        version: 1
+        quiet_hours: {start: "22:00", end: "09:00"}
+        consent: {email: opt_out}
+        journeys:
+          - id: cart
+            trigger: add_to_cart
+            exit: [purchase]
+            steps:
+              - send: email
+        """
+    )
+    lines = [
+        doc("add_to_cart", utc("23:00"), product_id="p1"),
+        doc("purchase", utc("08:00", day=1)),
+    ]
+    assert run(rules, lines) == []
 
 
 def test_after_a_deferral_caps_are_checked_at_the_deferred_time() -> None:
