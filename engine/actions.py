@@ -20,7 +20,7 @@ import msgspec
 Status = Literal["sent", "suppressed"]
 
 
-class Action(msgspec.Struct, frozen=True, kw_only=True):
+class Action(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One channel action, sent or suppressed."""
 
     action_id: str

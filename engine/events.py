@@ -70,7 +70,7 @@ Scalar = Str | int | float | bool | None
 EngagementKind = Literal["delivered", "opened", "clicked", "bounced", "unsubscribed"]
 
 
-class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One line of a purchase's ``items``."""
 
     product_id: Name
@@ -84,7 +84,7 @@ class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return 1 if self.quantity is None else self.quantity
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One storefront event. Construct with :func:`decode_event` for wire input."""
 
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -36,7 +36,7 @@ Outcome = Literal["applied", "duplicate", "stale"]
 STATE_VERSION = 1
 
 
-class CartLine(msgspec.Struct, array_like=True):
+class CartLine(msgspec.Struct, array_like=True, gc=False):
     """One product in the cart: quantity, last known unit price and category."""
 
     quantity: int
@@ -45,7 +45,7 @@ class CartLine(msgspec.Struct, array_like=True):
     ts: int
 
 
-class Consent(msgspec.Struct, array_like=True):
+class Consent(msgspec.Struct, array_like=True, gc=False):
     """The latest consent decision for a channel, by event time."""
 
     granted: bool
@@ -70,14 +70,14 @@ class Enrollment(msgspec.Struct, kw_only=True, omit_defaults=True):
     rules_version: str = ""
 
 
-class Entered(msgspec.Struct, array_like=True):
+class Entered(msgspec.Struct, array_like=True, gc=False):
     """How often and when a user last entered a journey (for re-entry rules)."""
 
     count: int
     last: int
 
 
-class Sent(msgspec.Struct, array_like=True):
+class Sent(msgspec.Struct, array_like=True, gc=False):
     """One sent action, for frequency caps."""
 
     ts: int

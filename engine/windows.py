@@ -25,7 +25,7 @@ from engine.errors import ConfigError
 from engine.events import Event, Item
 
 
-class Stored(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+class Stored(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, gc=False):
     """The fields of one event that window functions read, stored compactly.
 
     ``h`` is a 64-bit hash of the ``event_id``: it detects duplicates at a
