@@ -14,6 +14,7 @@ from engine.events import parse_ts
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules_file, summary
+from engine.rules.model import Rules
 
 
 def parse_until(text: str) -> int:
@@ -23,13 +24,20 @@ def parse_until(text: str) -> int:
     return parse_ts(text)
 
 
-def validate(path: str) -> int:
-    """Exit 0 with a one-line summary, or 1 with every problem."""
+def _load(path: str) -> Rules | None:
+    """The compiled rules, or None after printing every problem to stderr."""
     try:
-        rules = load_rules_file(path)
+        return load_rules_file(path)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def validate(path: str) -> int:
+    """Exit 0 with a one-line summary, or 1 with every problem."""
+    rules = _load(path)
+    if rules is None:
         return 1
     print(summary(rules, path))
     return 0
@@ -57,11 +65,8 @@ def run_replay(
     include_suppressed: bool,
 ) -> int:
     """The backtest; exit 2 for a bad rules file (the errors are printed)."""
-    try:
-        rules = load_rules_file(rules_path)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    rules = _load(rules_path)
+    if rules is None:
         return 2
     stats = ReplayStats()
     actions = replay(
