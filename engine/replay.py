@@ -17,12 +17,12 @@ Rules of this interface:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from engine.actions import Action
 from engine.errors import InvalidEvent
-from engine.events import decode_event
+from engine.events import Event, decode_event
 from engine.journeys import Engine, replay_order
 from engine.state import UserState
 
@@ -51,19 +51,39 @@ def replay(
 ) -> list[Action]:
     """Run ``engine`` over JSONL ``lines``; return every action in SPEC order."""
     stats = stats if stats is not None else ReplayStats()
-    states: dict[str, UserState] = {}
-    actions: list[Action] = []
-    clock = 0
+    events = _decode(lines, on_error, stats)
+    return replay_events(engine, events, until=until, drain=drain, stats=stats)
+
+
+def _decode(
+    lines: Iterable[bytes], on_error: Callable[[int, str], None], stats: ReplayStats
+) -> Iterator[Event]:
+    """The valid events of a JSONL log; bad lines go to ``on_error``."""
     for number, line in enumerate(lines, start=1):
         stats.lines += 1
         if not line.strip():
             continue
         try:
-            event = decode_event(line)
+            yield decode_event(line)
         except InvalidEvent as exc:
             stats.invalid += 1
             on_error(number, exc.reason)
-            continue
+
+
+def replay_events(
+    engine: Engine,
+    events: Iterable[Event],
+    *,
+    until: int | None = None,
+    drain: bool = False,
+    stats: ReplayStats | None = None,
+) -> list[Action]:
+    """Run ``engine`` over decoded events on the virtual clock; actions in SPEC order."""
+    stats = stats if stats is not None else ReplayStats()
+    states: dict[str, UserState] = {}
+    actions: list[Action] = []
+    clock = 0
+    for event in events:
         if until is not None and event.ts > until:
             continue
         clock = max(clock, event.ts)
