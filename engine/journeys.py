@@ -14,11 +14,20 @@ Rules of this interface:
   of identity, journey, enrollment and path) is emitted at most once.
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
+* Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
+  a new version that keeps the old ones as ``retired``. New entries follow the
+  new version; an enrollment in flight keeps running on the version it
+  entered with (its steps, exits, policies and templates). An enrollment whose
+  journey the new version no longer has ends at its next touch, counted in
+  ``ended["journey_removed"]``; one whose version is not retained continues
+  on the current version if its next step still exists there, else ends as
+  ``version_unavailable``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +88,17 @@ def _branch_target(program: Program, branch: Branch, taken: bool) -> str | None:
 class Engine:
     """Compiled rules plus the indexes that keep per-event cost independent of size."""
 
-    def __init__(self, rules: Rules, windows: WindowConfig = DEFAULT_CONFIG) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        windows: WindowConfig = DEFAULT_CONFIG,
+        retired: Mapping[str, Engine] | None = None,
+    ) -> None:
         self.rules = rules
         self.windows = windows
+        self.version = rules.source_hash[:12]
+        self.retired = {v: e for v, e in (retired or {}).items() if v != self.version}
+        self.ended: Counter[str] = Counter()
         self.programs = {j.id: compile_program(j) for j in rules.journeys}
         by_type: dict[str, list[tuple[int, Journey]]] = {}
         self.exits: dict[str, set[str]] = {}
@@ -90,15 +107,25 @@ class Engine:
             for rule in journey.exits:
                 self.exits.setdefault(rule.event, set()).add(journey.id)
         self.triggers = {kind: TriggerIndex(pairs) for kind, pairs in by_type.items()}
+        self.exit_types: set[str] = set(self.exits)
+        for old in self.retired.values():
+            self.exit_types |= old.exit_types
+
+    def successor(self, rules: Rules) -> Engine:
+        """The engine of a new rules version; in-flight enrollments stay on theirs."""
+        retired = {**self.retired, self.version: self}
+        return Engine(rules, self.windows, retired)
 
     # -- entry points -------------------------------------------------------------
 
     def on_event(self, state: UserState, event: Event, now: int) -> list[Action]:
         """Fire due timers, apply the event, check exits, then triggers."""
+        if self.retired and state.enrollments:
+            self._retire(state)
         actions = self.advance(state, now) if state.enrollments else []
         if apply(state, event, now, self.windows) != "applied":
             return actions
-        if state.enrollments and event.type in self.exits:
+        if state.enrollments and event.type in self.exit_types:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
@@ -118,7 +145,9 @@ class Engine:
             when, slot = due
             enrollment = state.enrollments[slot]
             enrollment.due = None
-            self._run(state, slot, enrollment, when, None, actions)
+            owner = self._owner(state, slot, enrollment)
+            if owner is not None:
+                owner._run(state, slot, enrollment, when, None, actions)
 
     def next_due(self, state: UserState) -> int | None:
         """When :meth:`advance` next has work for this user (epoch ms), or None."""
@@ -127,15 +156,42 @@ class Engine:
 
     # -- exits and entries --------------------------------------------------------
 
+    def _owner(self, state: UserState, slot: str, enrollment: Enrollment) -> Engine | None:
+        """The engine that runs ``enrollment`` (None: it has just been ended)."""
+        if enrollment.rules_version == self.version:
+            return self
+        if enrollment.journey not in self.programs:
+            self._end(state, slot, "journey_removed")
+            return None
+        old = self.retired.get(enrollment.rules_version)
+        if old is not None and enrollment.journey in old.programs:
+            return old
+        pc = enrollment.pc
+        if pc is None or pc in self.programs[enrollment.journey].steps:
+            enrollment.rules_version = self.version  # adopted: its actions say what ran them
+            return self
+        self._end(state, slot, "version_unavailable")
+        return None
+
+    def _end(self, state: UserState, slot: str, reason: str) -> None:
+        del state.enrollments[slot]
+        self.ended[reason] += 1
+
     def _check_exits(self, state: UserState, event: Event, now: int) -> None:
-        journeys = self.exits[event.type]
         for slot, enrollment in list(state.enrollments.items()):
-            if enrollment.journey in journeys and self._exits(enrollment, event, state, now):
+            owner = self._owner(state, slot, enrollment)
+            if owner is not None and owner._exits(enrollment, event, state, now):
                 del state.enrollments[slot]
+
+    def _retire(self, state: UserState) -> None:
+        """End the enrollments of journeys this version removed (their next touch)."""
+        for slot, enrollment in list(state.enrollments.items()):
+            if enrollment.rules_version != self.version:
+                self._owner(state, slot, enrollment)
 
     def _exits(self, enrollment: Enrollment, event: Event, state: UserState, now: int) -> bool:
         program = self.programs.get(enrollment.journey)
-        if program is None:
+        if program is None or enrollment.journey not in self.exits.get(event.type, ()):
             return False
         ctx = Context(state, now, event=event, entry=enrollment.entry, actions=enrollment.actions)
         for rule in program.journey.exits:
@@ -170,7 +226,7 @@ class Engine:
             entered=now,
             entry=event,
             pc=self.programs[journey.id].first,
-            rules_version=self.rules.source_hash[:12],
+            rules_version=self.version,
         )
         state.enrollments[slot] = enrollment
         self._run(state, slot, enrollment, now, event, out)
