@@ -1,0 +1,422 @@
+"""Versioned rules in a real Redis: push, list, rollback and the engine's watcher."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from engine.errors import ConfigError, RulesError
+from engine.rules.loader import load_rules
+from flows.rulestore import (
+    RollbackError,
+    RulesStore,
+    RulesVersion,
+    RulesWatcher,
+    add_rules_commands,
+    list_rules,
+    open_store,
+    push_rules,
+    rollback_rules,
+)
+from flows.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CART = EXAMPLES / "abandoned_cart.yaml"
+WELCOME = EXAMPLES / "welcome_series.yaml"
+WINBACK = EXAMPLES / "winback.yaml"
+# The typo is on line 4, column 22: the error must say so.
+BAD = "version: 1\njourneys:\n  - id: x\n    trigger: {event: add_to_crt}\n    steps: [exit]\n"
+
+
+def short_hash(path: Path) -> str:
+    return load_rules(path.read_bytes(), path.name).source_hash[:12]
+
+
+def push(store: RulesStore, path: Path, who: str = "ana") -> RulesVersion:
+    return store.push(path.read_bytes(), path.name, who=who)
+
+
+class Clock:
+    """A hand-moved millisecond clock for the watcher's interval."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class CountingStore(RulesStore):
+    """The real store, counting the GETs the watcher makes."""
+
+    gets = 0
+
+    def active_version(self) -> int | None:
+        self.gets += 1
+        return super().active_version()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, unique: str) -> RulesStore:
+    return RulesStore(redis_client, unique)
+
+
+@pytest.fixture
+def settings(redis_url: str, unique: str) -> Settings:
+    return Settings(redis_url=redis_url, prefix=unique)
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+def dead_client() -> redis.Redis:
+    """A client on a loopback port nobody listens on (refused at once, no retries)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return redis.Redis(port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+
+
+# -- push ---------------------------------------------------------------------
+
+
+def test_push_stores_and_activates(store: RulesStore) -> None:
+    version = push(store, CART)
+    assert (version.version, version.hash, version.journeys) == (1, short_hash(CART), 1)
+    assert (version.who, version.filename, version.note) == ("ana", "abandoned_cart.yaml", "")
+    assert abs(version.at - time.time() * 1000) < 60_000
+    assert store.active() == version
+    assert store.active_version() == 1
+    assert store.changes() == 1
+    assert [(a.version, a.action, a.who) for a in store.history()] == [(1, "push", "ana")]
+
+
+def test_stored_text_is_the_file_byte_for_byte(store: RulesStore) -> None:
+    version = push(store, CART)
+    assert version.text.encode() == CART.read_bytes()
+    assert load_rules(version.text, version.filename).source_hash[:12] == version.hash
+
+
+def test_versions_are_numbered_from_one_oldest_first(store: RulesStore) -> None:
+    pushed = [push(store, path) for path in (CART, WELCOME, WINBACK)]
+    assert [v.version for v in pushed] == [1, 2, 3]
+    listed = store.versions()
+    assert [(v.version, v.hash) for v in listed] == [
+        (1, pushed[0].hash),
+        (2, pushed[1].hash),
+        (3, pushed[2].hash),
+    ]
+    assert all(v.text == "" for v in listed)  # listing skips the texts
+    assert store.versions(with_text=True) == pushed
+    assert store.active_version() == 3
+
+
+def test_rejected_push_changes_nothing(
+    store: RulesStore, redis_client: redis.Redis, unique: str
+) -> None:
+    with pytest.raises(RulesError) as first:
+        store.push(BAD, "bad.yaml", who="ana")
+    assert redis_client.keys(f"{unique}:*") == []  # not even the sequence
+    push(store, CART)
+    keys = {key: redis_client.dump(key) for key in redis_client.keys(f"{unique}:*")}
+    with pytest.raises(RulesError) as second:
+        store.push(BAD, "bad.yaml", who="ana")
+    assert {key: redis_client.dump(key) for key in redis_client.keys(f"{unique}:*")} == keys
+    assert (store.active_version(), len(store.versions()), store.changes()) == (1, 1, 1)
+    for error in (first.value, second.value):
+        assert re.fullmatch(r"bad\.yaml:4:22: unknown event type 'add_to_crt'.*", str(error))
+
+
+def test_pushing_the_active_text_again_creates_nothing(store: RulesStore) -> None:
+    first = push(store, CART)
+    again, created = store.push_or_keep(CART.read_bytes(), "elsewhere.yaml", who="bob")
+    assert (again, created) == (first, False)
+    assert store.push(CART.read_text(), "abandoned_cart.yaml") == first  # str or bytes alike
+    assert (len(store.versions()), store.changes(), len(store.history())) == (1, 1, 1)
+
+
+def test_pushing_an_older_text_is_a_new_version_noted_as_such(store: RulesStore) -> None:
+    push(store, CART)
+    push(store, WELCOME)
+    third = push(store, CART)
+    assert (third.version, third.hash, third.note) == (3, short_hash(CART), "same as version 1")
+    assert store.push(WINBACK.read_bytes(), "w.yaml", note="black friday").note == "black friday"
+
+
+def test_concurrent_pushes_get_distinct_numbers_without_gaps(redis_url: str, unique: str) -> None:
+    paths = sorted(EXAMPLES.glob("*.yaml"))
+    stores = [RulesStore(redis.Redis.from_url(redis_url), unique) for _ in paths]
+    with ThreadPoolExecutor(len(paths)) as pool:
+        pushed = list(pool.map(push, stores, paths))
+    assert sorted(v.version for v in pushed) == list(range(1, len(paths) + 1))
+    assert stores[0].versions(with_text=True) == sorted(pushed, key=lambda v: v.version)
+    assert stores[0].changes() == len(paths)
+    for store in stores:
+        store.client.close()
+
+
+def test_by_hash_finds_the_first_version_with_that_text(store: RulesStore) -> None:
+    cart = push(store, CART)
+    welcome = push(store, WELCOME)
+    push(store, CART)
+    assert store.by_hash(cart.hash) == cart
+    assert store.by_hash(load_rules(WELCOME.read_bytes()).source_hash) == welcome  # full sha
+    assert store.by_hash("000000000000") is None
+    assert store.get(99) is None
+
+
+def test_push_publishes_the_version_number(store: RulesStore, redis_url: str) -> None:
+    listener = redis.Redis.from_url(redis_url).pubsub()
+    listener.subscribe(f"{store.prefix}:rules:changed")
+    assert listener.get_message(timeout=2)["type"] == "subscribe"
+    push(store, CART)
+    push(store, WELCOME)
+    store.rollback()
+    got = [listener.get_message(timeout=2) for _ in range(3)]
+    assert [m["data"] for m in got if m] == [b"1", b"2", b"1"]
+    listener.close()
+
+
+# -- rollback -------------------------------------------------------------------
+
+
+def test_rollback_without_version_goes_to_the_previous_active(store: RulesStore) -> None:
+    for path in (CART, WELCOME, WINBACK):
+        push(store, path)
+    back = store.rollback(who="bob")
+    assert back.version == 2
+    assert back == store.active()
+    last = store.history()[-1]
+    assert (last.version, last.action, last.who, last.previous) == (2, "rollback", "bob", 3)
+    assert store.rollback().version == 3  # twice toggles, like `kubectl rollout undo`
+    assert store.changes() == 5
+
+
+def test_rollback_to_a_version(store: RulesStore) -> None:
+    for path in (CART, WELCOME, WINBACK):
+        push(store, path)
+    assert store.rollback(1).version == 1
+    assert store.active_version() == 1
+    assert store.rollback(1).version == 1  # already active: nothing written
+    assert (store.changes(), len(store.history())) == (4, 4)
+
+
+def test_rollback_errors_list_what_is_known(store: RulesStore) -> None:
+    with pytest.raises(RollbackError, match="no rules have been pushed yet"):
+        store.rollback()
+    push(store, CART)
+    with pytest.raises(RollbackError, match="nothing to roll back to: version 1 is the only"):
+        store.rollback()
+    push(store, WELCOME)
+    with pytest.raises(ConfigError, match=r"no rules version 9 \(known versions: 1, 2\)"):
+        store.rollback(9)
+    assert (store.active_version(), store.changes()) == (2, 2)
+
+
+# -- watcher --------------------------------------------------------------------
+
+
+def test_watcher_reports_each_change_once(store: RulesStore) -> None:
+    clock = Clock()
+    watcher = RulesWatcher(store, interval_ms=200, clock=clock)
+    assert watcher.poll() is None  # nothing pushed yet
+    first = push(store, CART)
+    clock.now = 200
+    assert watcher.poll() == first
+    assert watcher.current == first
+    clock.now = 400
+    assert watcher.poll() is None
+    store.rollback(1)  # already active: no change
+    second = push(store, WELCOME)
+    clock.now = 600
+    assert watcher.poll() == second
+    store.rollback()
+    clock.now = 800
+    assert watcher.poll() == first
+    assert watcher.current == first
+
+
+def test_watcher_first_poll_returns_the_active_version(store: RulesStore) -> None:
+    push(store, CART)
+    active = push(store, WELCOME)
+    watcher = RulesWatcher(store)
+    assert watcher.current is None
+    assert watcher.poll() == active
+    assert watcher.poll() is None
+
+
+def test_watcher_gets_at_most_once_per_interval(redis_client: redis.Redis, unique: str) -> None:
+    store = CountingStore(redis_client, unique)
+    push(store, CART)
+    clock = Clock()
+    watcher = RulesWatcher(store, interval_ms=200, clock=clock)
+    assert watcher.poll() is not None
+    for now in (0, 1, 100, 199):
+        clock.now = now
+        for _ in range(100):
+            assert watcher.poll() is None
+    assert store.gets == 1
+    clock.now = 200
+    watcher.poll()
+    clock.now = 399
+    watcher.poll()
+    assert store.gets == 2
+
+
+def test_watcher_sees_another_clients_push_within_its_interval(
+    store: RulesStore, redis_url: str
+) -> None:
+    watcher = RulesWatcher(store, interval_ms=50)
+    push(store, CART)
+    assert watcher.poll() is not None
+    other = RulesStore(redis.Redis.from_url(redis_url), store.prefix)
+    pushed = push(other, WELCOME, who="other")
+    start = time.monotonic()
+    seen = None
+    while seen is None and time.monotonic() - start < 1:
+        seen = watcher.poll()
+        time.sleep(0.002)
+    assert seen == pushed
+    assert time.monotonic() - start < 0.05 + 0.1  # one interval, plus scheduling slack
+    other.client.close()
+
+
+def test_watcher_keeps_its_version_while_redis_is_away(store: RulesStore) -> None:
+    first = push(store, CART)
+    clock = Clock()
+    watcher = RulesWatcher(store, interval_ms=200, clock=clock)
+    assert watcher.poll() == first
+    live, store.client = store.client, dead_client()
+    for now in (200, 400):
+        clock.now = now
+        assert watcher.poll() is None
+        assert watcher.current == first
+    store.client = live
+    second = push(store, WELCOME)
+    clock.now = 600
+    assert watcher.poll() == second
+
+
+# -- command line -----------------------------------------------------------------
+
+
+def test_cli_push_prints_one_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert push_rules(str(CART), who="ana", settings=settings) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"pushed version 1 (hash {short_hash(CART)}, 1 journey) from {CART}; "
+        "running engines switch within a second\n"
+    )
+    assert push_rules(str(CART), settings=settings) == 0
+    assert capsys.readouterr().out.startswith(f"unchanged: {CART} is active version 1")
+
+
+def test_cli_push_of_a_bad_file_changes_nothing(
+    settings: Settings, bad_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert push_rules(str(bad_file), settings=settings) == 1
+    err = capsys.readouterr().err
+    assert f"{bad_file}:4:22: unknown event type 'add_to_crt'" in err
+    assert err.endswith("rules unchanged: no version is active\n")
+    push_rules(str(CART), settings=settings)
+    assert push_rules(str(bad_file), settings=settings) == 1
+    assert capsys.readouterr().err.endswith("rules unchanged: version 1 stays active\n")
+    assert push_rules(str(bad_file.with_name("missing.yaml")), settings=settings) == 1
+    assert "missing.yaml: cannot read the rules file" in capsys.readouterr().err
+    assert open_store(settings).versions()[0].version == 1
+
+
+def test_cli_list(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert list_rules(settings) == 0
+    assert "`tetik rules push FILE`" in capsys.readouterr().out
+    push_rules(str(CART), who="ana", settings=settings)
+    push_rules(str(WELCOME), who="bob", settings=settings)
+    rollback_rules(who="cem", settings=settings)
+    capsys.readouterr()
+    assert list_rules(settings) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "VERSION",
+        "ACTIVE",
+        "HASH",
+        "JOURNEYS",
+        "WHO",
+        "PUSHED",
+        "(UTC)",
+        "FILE",
+        "NOTE",
+    ]
+    when = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert re.fullmatch(rf"1 +\* +{short_hash(CART)} +1 +ana +{when} +{CART}", lines[1])
+    assert re.fullmatch(rf"2 +{short_hash(WELCOME)} +1 +bob +{when} +{WELCOME}", lines[2])
+    assert re.fullmatch(
+        rf"version 1 active since {when} \(rolled back from version 2 by cem\)", lines[3]
+    )
+
+
+def test_cli_rollback(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rollback_rules(settings=settings) == 1
+    assert "no rules have been pushed yet" in capsys.readouterr().err
+    push_rules(str(CART), settings=settings)
+    push_rules(str(WELCOME), settings=settings)
+    capsys.readouterr()
+    assert rollback_rules(settings=settings) == 0
+    assert capsys.readouterr().out.startswith(
+        f"version 1 (hash {short_hash(CART)}, 1 journey, from {CART}) is active again, was 2"
+    )
+    assert rollback_rules(1, settings=settings) == 0
+    assert "already active; nothing changed" in capsys.readouterr().out
+    assert rollback_rules(7, settings=settings) == 1
+    assert "no rules version 7 (known versions: 1, 2)" in capsys.readouterr().err
+
+
+def test_cli_needs_tetik_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TETIK_REDIS_URL", raising=False)
+    for command in (lambda: push_rules(str(CART)), list_rules, rollback_rules):
+        with pytest.raises(ConfigError, match="set TETIK_REDIS_URL"):
+            command()
+
+
+def test_commands_parse_and_honour_tetik_prefix(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TETIK_REDIS_URL", redis_url)
+    monkeypatch.setenv("TETIK_PREFIX", unique)
+    parser = argparse.ArgumentParser(prog="tetik")
+    rules = parser.add_subparsers(dest="command").add_parser("rules")
+    add_rules_commands(rules.add_subparsers(dest="rules_command", required=True))
+    for argv in (
+        ["push", str(CART), "--who", "dev"],
+        ["push", str(WELCOME)],
+        ["rollback", "1"],
+        ["list"],
+    ):
+        args = parser.parse_args(["rules", *argv])
+        assert args.func(args) == 0
+    store = RulesStore(redis.Redis.from_url(redis_url), unique)
+    assert store.versions()[0].who == "dev"
+    assert store.active_version() == 1
+    assert "version 1 active since" in capsys.readouterr().out
+    store.client.close()
+
+
+def test_cli_reports_an_unreachable_redis_as_config_error(unique: str) -> None:
+    dead = dead_client().get_connection_kwargs()
+    url = f"redis://127.0.0.1:{dead['port']}/0"
+    with pytest.raises(ConfigError, match=f"Redis at 127.0.0.1:{dead['port']} failed"):
+        list_rules(Settings(redis_url=url, prefix=unique))
