@@ -7,7 +7,9 @@ Rules of this interface:
   enrollment, step path), so processing the same input again yields the same
   ids, and a deferred send keeps its id.
 * :func:`to_json` writes exactly the SPEC fields: ``reason`` only for
-  suppressed actions, ``template`` and ``content`` as ``null`` when absent.
+  suppressed actions, ``template`` and ``content`` as ``null`` when absent;
+  the live flow adds ``ingested_at`` (a tetik extension: when the causing
+  event reached Kafka), so end-to-end latency is measured, not guessed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Action(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rules_version: str
     reason: str | None = None
     content: dict[str, str] | None = None
+    # Live only: when the event that caused this action reached Kafka (epoch ms);
+    # None for actions a timer fired and in replays. Latency is measured from it.
+    ingested_at: int | None = None
 
     def sort_key(self) -> tuple[int, str, str]:
         """The output order of SPEC section 5: ``at``, then user, then action id."""
@@ -65,6 +70,8 @@ def to_dict(action: Action) -> dict[str, Any]:
         doc["reason"] = action.reason
     doc["rules_version"] = action.rules_version
     doc["content"] = action.content
+    if action.ingested_at is not None:
+        doc["ingested_at"] = action.ingested_at
     return doc
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from engine.errors import TetikError
 from flows.embedded import ServerStartError
+from flows.rulestore import add_rules_commands
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -83,6 +84,19 @@ def _cmd_rules_validate(args: argparse.Namespace) -> int:
     return validate(args.file)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.run import RunOptions, run_engine
+
+    options = RunOptions(
+        workers=args.workers,
+        processes=args.processes,
+        recovery_dir=args.recovery_dir or "",
+        snapshot_s=args.snapshot_interval,
+        lateness_ms=args.lateness_ms,
+    )
+    return run_engine(args.rules, options, who=args.who or "")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench
 
@@ -106,6 +120,22 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-tail", action="store_true", help="stop at the end of the topic")
     ingest.add_argument("--workers", type=int, default=1, help="Bytewax workers (threads)")
     ingest.set_defaults(func=_cmd_ingest)
+
+    run = sub.add_parser("run", help="the live engine: Kafka events -> journeys -> actions")
+    run.add_argument("--rules", help="push this rules file first (default: the active version)")
+    run.add_argument("--who", help="who pushes --rules (default: $USER@host)")
+    run.add_argument("--workers", type=int, default=1, help="Bytewax workers per process")
+    run.add_argument("--processes", type=int, default=1, help="cooperating processes")
+    run.add_argument(
+        "--recovery-dir", help="Bytewax recovery directory (default: $TETIK_RECOVERY_DIR)"
+    )
+    run.add_argument(
+        "--snapshot-interval", type=float, default=1.0, help="seconds between snapshots"
+    )
+    run.add_argument(
+        "--lateness-ms", type=int, default=200, help="how long timers wait for late events"
+    )
+    run.set_defaults(func=_cmd_run)
 
     state = sub.add_parser("state", help="print a user's state as JSON")
     state.add_argument("user", help="identity key (user_id, else anon_id)")
@@ -134,11 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--include-suppressed", action="store_true", help="also suppressed actions")
     rp.set_defaults(func=_cmd_replay)
 
-    rules = sub.add_parser("rules", help="rules files: validate (push/list/rollback: live engine)")
+    rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     validate = rules_sub.add_parser("validate", help="check a rules file")
     validate.add_argument("file")
     validate.set_defaults(func=_cmd_rules_validate)
+    add_rules_commands(rules_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
     bench.add_argument(

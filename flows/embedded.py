@@ -118,7 +118,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent_preexec(),
+                preexec_fn=die_with_parent_preexec(),
             )
 
     @property
@@ -164,7 +164,7 @@ class _PortClash(Exception):
     """The server lost the race for its port; retry on another one."""
 
 
-def _die_with_parent_preexec() -> Callable[[], None] | None:
+def die_with_parent_preexec() -> Callable[[], None] | None:
     """A preexec_fn asking Linux to SIGKILL the child when its parent dies (else None)."""
     libc = _LIBC
     if libc is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -21,14 +22,25 @@ from bytewax.inputs import StatefulSourcePartition
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):
     """Delegates to a Kafka partition until the stop flag is set."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, Any], stop: threading.Event) -> None:
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[Any, Any],
+        stop: threading.Event,
+        name: str,
+        on_poll: Callable[[str, int], None] | None,
+    ) -> None:
         self._inner = inner
         self._stop = stop
+        self._name = name
+        self._on_poll = on_poll
 
     def next_batch(self) -> list[Any]:
         if self._stop.is_set():
             raise StopIteration
-        return list(self._inner.next_batch())
+        batch = list(self._inner.next_batch())
+        if self._on_poll is not None:
+            self._on_poll(self._name, len(batch))
+        return batch
 
     def next_awake(self) -> datetime | None:
         return self._inner.next_awake()
@@ -41,14 +53,27 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
 
 
 class StoppableKafkaSource(KafkaSource):
-    """A KafkaSource whose partitions end once ``stop`` is set."""
+    """A KafkaSource whose partitions end once ``stop`` is set.
 
-    def __init__(self, *args: Any, stop: threading.Event, **kwargs: Any) -> None:
+    ``on_poll(partition, count)``, when given, hears how many messages each
+    poll of a partition returned (``partition`` as Bytewax names it,
+    ``"{index}-{topic}"``); the live flow's watermark uses it.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        stop: threading.Event,
+        on_poll: Callable[[str, int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._stop = stop
+        self._on_poll = on_poll
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
-        return _StoppablePartition(super().build_part(step_id, for_part, resume_state), self._stop)
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _StoppablePartition(inner, self._stop, for_part, self._on_poll)
 
 
 def stop_on_signals() -> threading.Event:

@@ -27,6 +27,7 @@ class Settings:
     kafka_bootstrap: str = ""
     events_topic: str = "events"
     dlq_topic: str = "events.dlq"
+    actions_topic: str = "actions"
     prefix: str = "tetik"
     windows: WindowConfig = DEFAULT_CONFIG
 
@@ -43,6 +44,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kafka_bootstrap=env.get("TETIK_KAFKA_BOOTSTRAP", ""),
         events_topic=env.get("TETIK_EVENTS_TOPIC", "events"),
         dlq_topic=env.get("TETIK_DLQ_TOPIC", "events.dlq"),
+        actions_topic=env.get("TETIK_ACTIONS_TOPIC", "actions"),
         prefix=env.get("TETIK_PREFIX", "tetik"),
         windows=_windows(env.get("TETIK_WINDOWS", "")),
     )

@@ -1,0 +1,144 @@
+"""The live flow's clock: how far the input has got, in event time.
+
+Rules of this interface:
+
+* Each event is applied at its own clock, :meth:`Watermark.stamp`: its
+  ``ts``, never before the latest ``ts`` already read from its partition
+  (the input's time does not run backwards, as in ``tetik replay``) and
+  never after the wall clock (a producer's clock running ahead cannot make
+  timers fire early).
+* Timers fire only once :meth:`Watermark.value` has passed their due time.
+  It is the minimum over every partition of the input: the event time read
+  so far on a partition that is behind, or the wall clock minus
+  ``lateness_ms`` on a partition that is caught up (its last poll came back
+  empty). So after an outage the backlog is applied in event-time order with
+  the timers that fell due meanwhile: a cart bought while the engine was
+  down ends the cart journey before its reminder's timer can fire.
+* A partition that has not reported yet holds the value at 0: no timer
+  fires before every partition has been heard from.
+* With several processes, each publishes its partitions' progress to Redis
+  (:class:`SharedProgress`) and reads the others', at most every
+  ``share_ms``; a report older than ``stale_ms`` counts as not heard from
+  (so the reports of a crashed run are ignored after a restart).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+Clock = Callable[[], int]
+
+
+def wall_ms() -> int:
+    """The wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Progress:
+    """One input partition: the latest event time read, and whether it is caught up."""
+
+    reached: int = 0
+    idle: bool = False
+    reported: int = 0
+
+
+class SharedProgress:
+    """Partition progress published to and read from Redis (multi-process runs)."""
+
+    def __init__(self, client: redis.Redis, key: str, stale_ms: int = 3000) -> None:
+        self._client = client
+        self._key = key
+        self._stale_ms = stale_ms
+
+    def exchange(self, mine: dict[str, Progress], now: int) -> dict[str, Progress]:
+        """Publish ``mine``; return every fresh report (mine included)."""
+        pipe = self._client.pipeline(transaction=False)
+        if mine:
+            pipe.hset(self._key, mapping={p: _pack(v) for p, v in mine.items()})
+        pipe.hgetall(self._key)
+        raw: dict[bytes, bytes] = pipe.execute()[-1]
+        reports = {k.decode(): _unpack(v) for k, v in raw.items()}
+        return {p: v for p, v in reports.items() if now - v.reported <= self._stale_ms}
+
+
+def _pack(progress: Progress) -> bytes:
+    return orjson.dumps([progress.reached, progress.idle, progress.reported])
+
+
+def _unpack(raw: bytes) -> Progress:
+    reached, idle, reported = orjson.loads(raw)
+    return Progress(int(reached), bool(idle), int(reported))
+
+
+class Watermark:
+    """Event-time progress of the input, shared by a process's workers (thread-safe)."""
+
+    def __init__(
+        self,
+        partitions: Iterable[str] = (),
+        *,
+        lateness_ms: int = 200,
+        clock: Clock = wall_ms,
+        shared: SharedProgress | None = None,
+        share_ms: int = 100,
+    ) -> None:
+        self._expected = set(partitions)
+        self._lateness = lateness_ms
+        self._clock = clock
+        self._shared = shared
+        self._share_ms = share_ms
+        self._mine: dict[str, Progress] = {}
+        self._seen: dict[str, Progress] = {}
+        self._shared_at = -share_ms
+        self._lock = threading.Lock()
+
+    def stamp(self, partition: str, ts: int) -> int:
+        """The clock to apply an event read from ``partition`` at (see module rules)."""
+        now = self._clock()
+        with self._lock:
+            progress = self._progress(partition, now)
+            progress.reached = max(progress.reached, ts)
+            return min(progress.reached, now)
+
+    def polled(self, partition: str, count: int) -> None:
+        """The source read ``count`` messages from ``partition`` (0: it is caught up)."""
+        now = self._clock()
+        with self._lock:
+            progress = self._progress(partition, now)
+            progress.idle = count == 0
+
+    def value(self) -> int:
+        """Timers due at or before this may fire (epoch ms)."""
+        now = self._clock()
+        with self._lock:
+            self._exchange(now)
+            seen = {**self._seen, **self._mine}
+            if not self._expected.issubset(seen):
+                return 0
+            values = [now - self._lateness if p.idle else p.reached for p in seen.values()]
+        return min(values, default=now - self._lateness)
+
+    def _progress(self, partition: str, now: int) -> Progress:
+        progress = self._mine.get(partition)
+        if progress is None:
+            progress = self._mine[partition] = Progress()
+        progress.reported = now
+        return progress
+
+    def _exchange(self, now: int) -> None:
+        """Swap reports with the other processes, at most every ``share_ms``."""
+        if self._shared is None or now - self._shared_at < self._share_ms:
+            return
+        self._shared_at = now
+        try:
+            fresh = self._shared.exchange(self._mine, now)
+        except redis.RedisError:
+            return  # keep the last reports; they go stale, which only holds timers back
+        self._seen = {p: v for p, v in fresh.items() if p not in self._mine}
