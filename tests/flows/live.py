@@ -144,7 +144,7 @@ def produce(bootstrap: str, topic: str, docs: Sequence[dict[str, Any]], paced: b
             delay = doc["ts"] / 1000 - time.time()
             if delay > 0:
                 time.sleep(delay)
-        producer.produce(topic, orjson.dumps(doc), key=doc["user_id"].encode())
+        producer.produce(topic, orjson.dumps(doc), key=str(doc.get("user_id", "")).encode())
         producer.poll(0)
     producer.flush(10)
 

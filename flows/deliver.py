@@ -1,0 +1,535 @@
+"""The delivery job: Kafka ``actions`` -> channel adapters -> outcomes back into Kafka.
+
+``tetik deliver`` consumes what a running ``tetik run`` emits. Per record:
+
+1. decode the value as an :class:`~engine.actions.Action`; a record that is
+   not one goes to ``actions.dlq`` untouched (key, value) with the reason and
+   its source in headers, so it is never lost;
+2. skip ``suppressed`` actions (a record of a decision, nothing to deliver);
+3. skip actions the ledger has already seen (see below);
+4. hand the action to its channel's adapter (:mod:`channels.config`);
+5. ``delivered``/``bounced``: write the ledger, and feed an SPEC ``engagement``
+   event back to the ``events`` topic (key = user id, ``event_id``
+   ``tetik-<kind>-<action_id>``), so journeys see bounces and deliveries;
+6. ``failed``: the original record goes to ``actions.dlq`` with headers
+   ``tetik.error.reason``, ``tetik.channel``, ``tetik.adapter``,
+   ``tetik.attempts`` and its source; not in the ledger, so a re-drive sends.
+
+After each batch the producer is flushed (every dead letter and feedback
+event acknowledged) and only then are the consumer offsets committed. A flush
+failure stops the job without committing, so the batch is read again.
+
+Exactly once, as far as it goes. The ledger is
+``SET {prefix}:delivered:{action_id} "<outcome> <adapter> <ms>" NX PX <retention>``,
+written right after the adapter returns, and checked before sending. So:
+
+* the same action twice in the topic, a re-read after a crash before the
+  commit, or a second consumer group over the same topic send nothing twice;
+* a crash *between* the send and the ledger write re-sends that one action
+  on restart. The onsite inbox deduplicates by ``action_id`` itself; a
+  webhook gets the same ``Idempotency-Key`` both times, so a receiver that
+  honours it delivers once; SMTP and Kafka carry the ``action_id``
+  (``Message-ID``, header) for the reader to deduplicate;
+* an action already in the ledger has its feedback event produced again:
+  its ``event_id`` is deterministic, so the engine drops the repeat, and a
+  crash between the ledger write and the flush loses no feedback.
+
+The ledger's retention (default 30 days) must outlast the actions topic's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from channels.base import Channel, Delivery
+from channels.config import ChannelConfig, Resources, Router, default_config, load_config
+from channels.onsite import read_inbox
+from channels.smtp import Recipient
+from engine.actions import Action
+from engine.durations import DAY
+from engine.errors import ConfigError
+from engine.events import CHANNELS
+from flows.settings import Settings, from_env
+from flows.store import StateStore
+from flows.topics import ensure_topics
+
+DEFAULT_GROUP: Final = "tetik-deliver"
+ACTIONS_TOPIC: Final = "actions"
+ACTIONS_DLQ_TOPIC: Final = "actions.dlq"
+LEDGER_TTL_MS: Final = 30 * DAY
+ACTIONS_PARTITIONS: Final = 4  # only when the job has to create the actions topic
+BATCH: Final = 500
+FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
+
+Headers = list[tuple[str, str | bytes | None]]
+
+# Group timings that let a consumer join in ~3 s instead of ~20 s on small
+# clusters (and tansu); max.poll.interval.ms keeps librdkafka's 5 minutes,
+# because a batch of slow webhooks with retries may take a while.
+CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "auto.offset.reset": "earliest",
+    "enable.auto.commit": False,
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+}
+
+
+def say(line: str) -> None:
+    """Progress for humans on stderr (as ``flows.jobs.say``, without importing Bytewax)."""
+    print(f"tetik: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Tally:
+    """What the job did: counts by (outcome, channel).
+
+    Outcomes: ``delivered``, ``bounced``, ``failed`` (from adapters),
+    ``suppressed`` (skipped), ``duplicate`` (the ledger had it), ``invalid``
+    (not an action; dead-lettered, channel ``-``).
+    """
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, outcome: str, channel: str) -> None:
+        self.counts[(outcome, channel)] += 1
+
+    def total(self, outcome: str | None = None) -> int:
+        return sum(n for (o, _), n in self.counts.items() if outcome in (None, o))
+
+    def line(self) -> str:
+        """One human line, e.g. ``delivered 12 (email 9, onsite 3) | failed 1 (sms 1)``."""
+        parts = []
+        for outcome in sorted({o for o, _ in self.counts}):
+            by_channel = sorted((c, n) for (o, c), n in self.counts.items() if o == outcome)
+            detail = ", ".join(f"{c} {n}" for c, n in by_channel)
+            parts.append(f"{outcome} {self.total(outcome)} ({detail})")
+        return "actions " + (" | ".join(parts) if parts else "none yet")
+
+
+class Ledger:
+    """Which actions already reached an outcome (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl_ms: int = LEDGER_TTL_MS) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_ms = ttl_ms
+
+    def key(self, action_id: str) -> str:
+        return f"{self.prefix}:delivered:{action_id}"
+
+    def seen(self, action_id: str) -> str | None:
+        """The recorded outcome of an action, or None when it was never delivered."""
+        value = self.client.get(self.key(action_id))
+        return None if value is None else bytes(value).decode().split(" ", 1)[0]  # type: ignore[arg-type]
+
+    def record(self, result: Delivery) -> None:
+        value = f"{result.outcome} {result.adapter} {now_ms()}"
+        self.client.set(self.key(result.action_id), value, nx=True, px=self.ttl_ms)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def profile_email(store: StateStore) -> Recipient:
+    """The SMTP recipient lookup: ``profile.email`` from the user's state."""
+
+    def lookup(user_id: str) -> str | None:
+        state = store.load(user_id)
+        email = None if state is None else state.profile.get("email")
+        return email if isinstance(email, str) else None
+
+    return lookup
+
+
+def feedback_event(action: Action, kind: str, at: int) -> bytes:
+    """The SPEC ``engagement`` event for an outcome; its id is fixed per action and kind."""
+    return orjson.dumps(
+        {
+            "event_id": f"tetik-{kind}-{action.action_id}",
+            "type": "engagement",
+            "ts": at,
+            "user_id": action.user_id,
+            "action_id": action.action_id,
+            "channel": action.channel,
+            "kind": kind,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Where the job reads and writes."""
+
+    actions: str = ACTIONS_TOPIC
+    dlq: str = ACTIONS_DLQ_TOPIC
+    events: str = "events"
+
+
+_decoder = msgspec.json.Decoder(Action)
+
+
+class Deliverer:
+    """One consumer, one producer, the adapters and the ledger; see the module docstring."""
+
+    def __init__(self, router: Router, ledger: Ledger, producer: Producer, topics: Topics) -> None:
+        self.router = router
+        self.ledger = ledger
+        self.producer = producer
+        self.topics = topics
+        self.tally = Tally()
+        self._errors: list[str] = []
+
+    def handle(self, message: Message) -> None:
+        """Deliver (or skip, or dead-letter) one consumed record."""
+        try:
+            action = _decoder.decode(message.value() or b"")
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            self._dead_letter(message, f"not an action: {exc}", [])
+            self.tally.add("invalid", "-")
+            return
+        if action.status == "suppressed":
+            self.tally.add("suppressed", action.channel)
+            return
+        self._deliver(action, message)
+
+    def _deliver(self, action: Action, message: Message) -> None:
+        recorded = self.ledger.seen(action.action_id)
+        if recorded is not None:
+            self.tally.add("duplicate", action.channel)
+            self._feedback(action, recorded)
+            return
+        result = self._send(action)
+        self.tally.add(result.outcome, action.channel)
+        if result.outcome == "failed":
+            self._dead_letter(message, result.detail, _failure_headers(result))
+            return
+        self.ledger.record(result)
+        self._feedback(action, result.outcome)
+
+    def _send(self, action: Action) -> Delivery:
+        adapter = self.router.channel_for(action.channel)
+        if adapter is None:
+            reason = f"no adapter for channel {action.channel!r}: add it or `default` to the config"
+            return _failed(action, "-", reason)
+        return _guarded_send(adapter, action)
+
+    def _feedback(self, action: Action, kind: str) -> None:
+        # Engagement events only exist for the contract's channels; others get none.
+        if kind in FEEDBACK_KINDS and action.channel in CHANNELS:
+            value = feedback_event(action, kind, now_ms())
+            self._produce(self.topics.events, action.user_id.encode(), value, [])
+
+    def _dead_letter(self, message: Message, reason: str, extra: Headers) -> None:
+        headers = [("tetik.error.reason", reason.encode()), *extra, *_source_headers(message)]
+        self._produce(self.topics.dlq, message.key(), message.value(), headers)
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=self._acked
+                )
+                return
+            except BufferError:  # local queue full: let the broker catch up
+                self.producer.poll(0.05)
+
+    def _acked(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._errors.append(err.str())
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every dead letter and feedback event; raise if any was not written."""
+        left = self.producer.flush(timeout)
+        if left or self._errors:
+            reason = self._errors[0] if self._errors else f"{left} records unacknowledged"
+            raise RuntimeError(f"writing dead letters/feedback failed ({reason}); not committing")
+
+
+def _guarded_send(adapter: Channel, action: Action) -> Delivery:
+    """``send`` must not raise; if an adapter has a bug, park the action rather than loop."""
+    try:
+        return adapter.send(action)
+    except Exception as exc:
+        return _failed(action, adapter.name, f"adapter error: {type(exc).__name__}: {exc}")
+
+
+def _failed(action: Action, adapter: str, detail: str) -> Delivery:
+    return Delivery(
+        action_id=action.action_id,
+        channel=action.channel,
+        adapter=adapter,
+        outcome="failed",
+        detail=detail,
+        attempts=0,
+    )
+
+
+def _failure_headers(result: Delivery) -> Headers:
+    return [
+        ("tetik.channel", result.channel.encode()),
+        ("tetik.adapter", result.adapter.encode()),
+        ("tetik.attempts", str(result.attempts).encode()),
+    ]
+
+
+def _source_headers(message: Message) -> Headers:
+    return [
+        ("tetik.source.topic", str(message.topic()).encode()),
+        ("tetik.source.partition", str(message.partition()).encode()),
+        ("tetik.source.offset", str(message.offset()).encode()),
+        ("tetik.error.at", str(now_ms()).encode()),
+    ]
+
+
+@dataclass
+class Limits:
+    """When the loop ends besides ``stop``: idle seconds while assigned, or K records."""
+
+    idle_exit: float | None = None
+    max_actions: int | None = None
+    handled: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    assigned: bool = False
+
+    def batch_size(self) -> int:
+        left = BATCH if self.max_actions is None else self.max_actions - self.handled
+        return max(min(BATCH, left), 0)
+
+    def note(self, records: int) -> None:
+        self.handled += records
+        if records or not self.assigned:
+            self.last_activity = time.monotonic()
+
+    def done(self) -> bool:
+        if self.max_actions is not None and self.handled >= self.max_actions:
+            return True
+        idle = time.monotonic() - self.last_activity
+        return self.idle_exit is not None and self.assigned and idle >= self.idle_exit
+
+
+def run_deliver(
+    settings: Settings,
+    *,
+    config: ChannelConfig | None = None,
+    group: str = DEFAULT_GROUP,
+    actions_topic: str = ACTIONS_TOPIC,
+    dlq_topic: str = ACTIONS_DLQ_TOPIC,
+    events_topic: str | None = None,
+    stop: threading.Event | None = None,
+    idle_exit: float | None = None,
+    max_actions: int | None = None,
+    ledger_ttl_ms: int = LEDGER_TTL_MS,
+    progress_every: float = 10.0,
+    progress: Callable[[str], None] = say,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> Tally:
+    """Deliver actions until ``stop`` is set, ``idle_exit`` seconds pass without a
+    record (counted once partitions are assigned), or ``max_actions`` records are
+    handled. ``config`` defaults to :func:`channels.config.default_config`;
+    ``events_topic`` to ``settings.events_topic``. Returns the tally.
+
+    Raises ConfigError when Redis or Kafka is not configured, or the config
+    asks for something the job cannot give; RuntimeError when dead letters or
+    feedback cannot be written (offsets of that batch are then not committed).
+    """
+    _require_servers(settings)
+    topics = Topics(actions_topic, dlq_topic, events_topic or settings.events_topic)
+    _ensure_topics(settings.kafka_bootstrap, topics)
+    with contextlib.ExitStack() as stack:
+        client = redis.Redis.from_url(settings.redis_url)
+        stack.callback(client.close)
+        router = Router(config or default_config(), _resources(settings, client))
+        stack.callback(router.close)
+        job = Deliverer(
+            router, Ledger(client, settings.prefix, ledger_ttl_ms), _producer(settings), topics
+        )
+        consumer = _consumer(settings, group, consumer_config)
+        stack.callback(consumer.close)
+        watch = _Progress(progress, progress_every, job.tally)
+        _loop(job, consumer, Limits(idle_exit, max_actions), stop or threading.Event(), watch)
+    progress(job.tally.line())
+    return job.tally
+
+
+def _ensure_topics(bootstrap: str, topics: Topics) -> None:
+    """Create missing topics (existing ones keep their partition counts)."""
+    wanted = {topics.actions: ACTIONS_PARTITIONS, topics.dlq: 1, topics.events: ACTIONS_PARTITIONS}
+    ensure_topics(bootstrap, wanted)
+
+
+def _resources(settings: Settings, client: redis.Redis) -> Resources:
+    # No stop event for the adapters: a shutdown lets the current send finish its
+    # retries instead of dead-lettering it; a second Ctrl-C aborts (nothing committed).
+    return Resources(
+        redis=client,
+        prefix=settings.prefix,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        recipient=profile_email(StateStore(client, settings.prefix)),
+    )
+
+
+def _producer(settings: Settings) -> Producer:
+    return Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"})
+
+
+def _consumer(settings: Settings, group: str, extra: Mapping[str, Any] | None) -> Consumer:
+    base = {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group}
+    return Consumer({**base, **CONSUMER_DEFAULTS, **(extra or {})})
+
+
+def _require_servers(settings: Settings) -> None:
+    missing = [
+        name
+        for name, value in (
+            ("TETIK_REDIS_URL", settings.redis_url),
+            ("TETIK_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"set {' and '.join(missing)}: deliver consumes the actions of a running `tetik run` "
+            "and keeps its ledger in that Redis, so it needs the same servers, not private ones"
+        )
+
+
+@dataclass
+class _Progress:
+    show: Callable[[str], None]
+    every: float
+    tally: Tally
+    last: float = field(default_factory=time.monotonic)
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.show(self.tally.line())
+
+
+def _loop(
+    job: Deliverer, consumer: Consumer, limits: Limits, stop: threading.Event, progress: _Progress
+) -> None:
+    """Consume, deliver, flush, commit; until stopped, idle or the record limit."""
+
+    def assigned(_consumer: Consumer, _partitions: list[Any]) -> None:
+        limits.assigned = True
+        limits.last_activity = time.monotonic()
+
+    consumer.subscribe([job.topics.actions], on_assign=assigned)
+    while not stop.is_set() and not limits.done():
+        records = [m for m in consumer.consume(limits.batch_size(), 0.25) if _usable(m)]
+        handled = _handle_until_stopped(job, records, stop)
+        if handled:
+            job.flush()
+            consumer.commit(offsets=_next_offsets(handled), asynchronous=False)
+        limits.note(len(handled))
+        progress.tick()
+
+
+def _handle_until_stopped(
+    job: Deliverer, records: list[Message], stop: threading.Event
+) -> list[Message]:
+    """Handle records in order; on stop, the rest stay uncommitted for the next run."""
+    handled = []
+    for message in records:
+        if stop.is_set():
+            break
+        job.handle(message)
+        handled.append(message)
+    return handled
+
+
+def _next_offsets(handled: list[Message]) -> list[TopicPartition]:
+    """Commit positions: one past the last handled record of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for message in handled:
+        topic, part, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and part is not None and offset is not None:  # always, once consumed
+            last[(topic, part)] = offset
+    return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in last.items()]
+
+
+def _usable(message: Message) -> bool:
+    """Records to handle; consumer errors (not per-record problems) are only reported."""
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() != KafkaError._PARTITION_EOF:
+        say(f"consumer: {error.str()}")
+    return False
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``tetik deliver`` and ``tetik onsite`` on the top-level subparsers."""
+    deliver = sub.add_parser(
+        "deliver", help="deliver the engine's actions through channel adapters"
+    )
+    deliver.add_argument(
+        "--config", help="channel config YAML (default: onsite inbox, rest JSONL on stdout)"
+    )
+    deliver.add_argument(
+        "--group", default=DEFAULT_GROUP, help=f"consumer group (default {DEFAULT_GROUP})"
+    )
+    deliver.add_argument(
+        "--idle-exit", type=float, metavar="SECONDS", help="stop after this long without actions"
+    )
+    deliver.add_argument(
+        "--actions-topic", default=ACTIONS_TOPIC, help="topic to read (default actions)"
+    )
+    deliver.add_argument(
+        "--dlq-topic", default=ACTIONS_DLQ_TOPIC, help="dead letters (default actions.dlq)"
+    )
+    deliver.set_defaults(func=cmd_deliver)
+    onsite = sub.add_parser("onsite", help="print a user's onsite inbox as JSON (newest first)")
+    onsite.add_argument("user", help="identity key (user_id, else anon_id)")
+    onsite.set_defaults(func=cmd_onsite)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """``tetik deliver``: run until SIGINT/SIGTERM (or ``--idle-exit``)."""
+    from flows.lifecycle import stop_on_signals  # imports Bytewax: only when delivering
+
+    settings = from_env()
+    _require_servers(settings)
+    config = load_config(args.config) if args.config else default_config()
+    say(f"delivering {args.actions_topic} (group {args.group}; Ctrl-C stops)")
+    run_deliver(
+        settings,
+        config=config,
+        group=args.group,
+        actions_topic=args.actions_topic,
+        dlq_topic=args.dlq_topic,
+        stop=stop_on_signals(),
+        idle_exit=args.idle_exit,
+    )
+    return 0
+
+
+def cmd_onsite(args: argparse.Namespace) -> int:
+    """``tetik onsite USER``: the inbox a storefront would show, as JSON."""
+    settings = from_env()
+    if not settings.redis_url:
+        raise ConfigError("set TETIK_REDIS_URL to the Redis that `tetik deliver` writes inboxes to")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        inbox = read_inbox(client, settings.prefix, args.user)
+    finally:
+        client.close()
+    sys.stdout.write(orjson.dumps(inbox, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
