@@ -8,6 +8,7 @@ compared with what ``tetik replay`` computes from the same log.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,133 @@ def test_a_second_signal_is_not_needed_to_stop(session: Live, redis_url: str) ->
     assert session.stop(proc, signal.SIGTERM) == 0, session.log()
     client = redis.Redis.from_url(redis_url)
     assert client.exists(f"{session.name}:state:u1")
+
+
+HOT_V1 = """\
+version: 1
+consent: {email: opt_out, push: opt_out, onsite: opt_out}
+journeys:
+  - id: cart
+    trigger: add_to_cart
+    key: product_id
+    steps:
+      - wait: 2s
+      - send: email
+  - id: browse
+    trigger: view_product
+    steps:
+      - wait: 2s
+      - send: push
+  - id: probe
+    trigger: login
+    steps:
+      - send: onsite
+"""
+
+HOT_V2 = """\
+version: 1
+consent: {email: opt_out, push: opt_out, onsite: opt_out}
+journeys:
+  - id: cart
+    trigger: add_to_cart
+    key: product_id
+    steps:
+      - send: push
+      - wait: 1s
+      - send: email
+  - id: probe
+    trigger: login
+    steps:
+      - send: onsite
+"""
+
+
+def switched_replay(phase_a: list[dict[str, Any]], phase_b: list[dict[str, Any]]) -> list[Any]:
+    """The core's answer: v1 runs phase A, then the engine switches to v2 for phase B."""
+    from engine.actions import to_dict
+    from engine.events import decode_event
+    from engine.journeys import Engine
+    from engine.replay import FOREVER
+    from engine.rules.loader import load_rules
+    from engine.state import UserState
+
+    engine = Engine(load_rules(HOT_V1, "v1.yaml"))
+    states: dict[str, UserState] = {}
+    actions = []
+    for phase in (phase_a, phase_b):
+        for doc in phase:
+            state = states.setdefault(doc["user_id"], UserState(key=doc["user_id"]))
+            actions += engine.on_event(state, decode_event(orjson_dumps(doc)), doc["ts"])
+        if phase is phase_a:
+            engine = engine.successor(load_rules(HOT_V2, "v2.yaml"))
+    for state in states.values():
+        actions += engine.advance(state, FOREVER)
+    return [to_dict(a) for a in actions]
+
+
+def orjson_dumps(doc: dict[str, Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(doc)
+
+
+def test_rules_push_switches_the_running_engine(session: Live, redis_url: str) -> None:
+    """Push v2 while events flow: nothing lost or doubled, new entries follow v2."""
+    v1_file, v2_file = session.rules_file(HOT_V1, "v1.yaml"), session.rules_file(HOT_V2, "v2.yaml")
+    proc = session.start("--rules", str(v1_file))
+    start = now_ms() + 200
+    phase_a = [event(i, f"a{i}", "add_to_cart", start + i * 50, product_id="p1") for i in range(5)]
+    phase_a += [
+        event(10 + i, f"v{i}", "view_product", start + 300 + i * 50, product_id="p2")
+        for i in range(3)
+    ]
+    produce(session.bootstrap, session.events, phase_a)
+    wait_for_actions(session.bootstrap, session.actions, 0, settle=0.3)
+    probes = ProbeStream(session, now_ms() + 200, count=40, every_ms=50)  # 2 s of logins
+    probes.start()
+    time.sleep(0.5)
+    pushed_at = now_ms()
+    push = session.cli("rules", "push", str(v2_file))
+    assert push.returncode == 0, push.stderr
+    phase_b_start = max(now_ms(), pushed_at) + 1100  # the switch must be done within 1 s
+    phase_b = [
+        event(100 + i, f"b{i}", "add_to_cart", phase_b_start + i * 50, product_id="p1")
+        for i in range(5)
+    ]
+    phase_b += [event(110, "v0", "view_product", phase_b_start + 300, product_id="p1")]
+    produce(session.bootstrap, session.events, phase_b)
+    probes.join()
+    expected = switched_replay(phase_a, phase_b)
+    emitted = wait_for_actions(
+        session.bootstrap, session.actions, len(expected) + len(probes.docs), timeout=30
+    )
+    assert session.stop(proc) == 0, session.log()
+    journeys = [a for a in emitted if a["journey"] != "probe"]
+    assert sorted(map(comparable, journeys)) == sorted(map(comparable, expected))
+    probe_actions = sorted((a for a in emitted if a["journey"] == "probe"), key=lambda a: a["at"])
+    assert len(probe_actions) == len({a["action_id"] for a in probe_actions}) == len(probes.docs)
+    versions = [a["rules_version"] for a in probe_actions]
+    v1, v2 = versions[0], versions[-1]
+    assert v1 != v2
+    assert all(a["rules_version"] == v1 for a in probe_actions if a["at"] < pushed_at)
+    first_v2 = next(a["at"] for a in probe_actions if a["rules_version"] == v2)
+    print(f"rules push -> first action of the new version: {first_v2 - pushed_at} ms")
+    assert all(a["rules_version"] == v2 for a in probe_actions if a["at"] >= pushed_at + 1000)
+    stats = redis.Redis.from_url(redis_url).hgetall(f"{session.name}:stats")
+    total = len(phase_a) + len(phase_b) + len(probes.docs)
+    assert int(stats[b"applied"]) == total
+    assert int(stats[b"ended.journey_removed"]) == 3  # the three browse enrollments
+
+
+class ProbeStream(threading.Thread):
+    """Logins at a steady pace: each yields one action that names the rules version."""
+
+    def __init__(self, session: Live, start: int, count: int, every_ms: int) -> None:
+        super().__init__(daemon=True)
+        self.session = session
+        self.docs = [
+            event(500 + i, f"probe{i}", "login", start + i * every_ms) for i in range(count)
+        ]
+
+    def run(self) -> None:
+        produce(self.session.bootstrap, self.session.events, self.docs)
