@@ -113,6 +113,7 @@ class Watermark:
         with self._lock:
             progress = self._progress(partition, now)
             progress.idle = count == 0
+            self._exchange(now)  # publish even if this process never asks for the value
 
     def value(self) -> int:
         """Timers due at or before this may fire (epoch ms)."""
