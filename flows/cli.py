@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import orjson
 
 from engine.errors import TetikError
+from flows.deliver import add_commands
 from flows.embedded import ServerStartError
 from flows.rulestore import add_rules_commands
 
@@ -23,7 +24,7 @@ from flows.rulestore import add_rules_commands
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(events=args.events, users=args.users, rate=args.rate, seed=args.seed)
+    return run_demo(duration=args.duration, users=args.users, rate=args.rate, seed=args.seed)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -109,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="embedded servers + synthetic clickstream through ingest")
-    demo.add_argument("--events", type=int, default=5000, help="events to stream (default 5000)")
-    demo.add_argument("--users", type=int, default=400, help="distinct shoppers (default 400)")
-    demo.add_argument("--rate", type=int, default=2500, help="events per second offered")
+    demo = sub.add_parser("demo", help="the live engine on embedded servers, with a storefront")
+    demo.add_argument("--duration", type=float, default=60, help="seconds of traffic (60)")
+    demo.add_argument("--users", type=int, default=2000, help="distinct shoppers (2000)")
+    demo.add_argument("--rate", type=int, default=500, help="events per second offered (500)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed")
     demo.set_defaults(func=_cmd_demo)
 
@@ -170,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(func=_cmd_rules_validate)
     add_rules_commands(rules_sub)
+    add_commands(sub)  # deliver, onsite
 
     bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
     bench.add_argument(

@@ -1,11 +1,17 @@
-"""``make demo``: the ingest job end to end on embedded real servers.
+"""``make demo``: the live engine end to end on embedded real servers.
 
-It starts a private Valkey and a tansu broker, runs ``tetik ingest`` as a
-child process (the real job, not an in-process shortcut), streams a generated
-storefront clickstream into ``events`` at a steady rate (with some malformed
-records and some redeliveries), shows a live count from the counters in
-Redis, then reads back the dead-letter topic, prints a sample user's state
-and stops everything it started.
+It starts a private Valkey and a tansu broker, a local SMTP server (the mail
+catcher) and, as child processes (the real jobs, not in-process shortcuts),
+``tetik run`` with ``examples/demo.yaml`` (the example journeys with waits in
+seconds) and ``tetik deliver`` (email through SMTP, onsite into the Redis
+inbox, the other channels into a JSONL file). It streams a generated
+storefront clickstream (sessions of views, searches, favorites, carts,
+purchases, consent and profiles in several time zones, with some malformed
+records and some redeliveries) at a steady rate, stamped with the wall clock,
+and shows a live view: actions per channel and journey, suppressed by reason,
+the dead-letter count and end-to-end latency p50/p99, measured from each
+action's ``ingested_at``. After ``--duration`` seconds or Ctrl-C it prints a
+summary and stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,141 +30,271 @@ from typing import Any
 
 import orjson
 import redis
+from aiosmtpd.controller import Controller
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.generator import GeneratorConfig, generate_records
+from channels.onsite import read_inbox
 from engine.state import to_view
-from flows.embedded import servers
-from flows.jobs import ensure_event_topics, say
+from flows.console import ActionWatch, Snapshot, render
+from flows.embedded import free_port, servers
+from flows.jobs import say
 from flows.producer import Record, produce_records
-from flows.progress import events_done, stats_line
 from flows.settings import Settings, from_env
 from flows.store import StateStore
+from flows.topics import ensure_topics
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
-TIMEOUT_S = 90.0
+RULES = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
 
 
-def run_demo(*, events: int, users: int, rate: int, seed: int) -> int:
-    """Run the demo; return 0 when every record was accounted for."""
-    print(f"tetik demo: {events:,} synthetic storefront events through the ingest flow", flush=True)
-    with servers(progress=say) as endpoints:
+class MailCatcher:
+    """aiosmtpd's message handler: counts what arrives and keeps the latest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: bytes = b""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        self.last = envelope.content
+        return "250 OK"
+
+
+def run_demo(*, duration: float, users: int, rate: int, seed: int) -> int:
+    """Run the demo; return 0 when the engine emitted actions and everything stopped."""
+    print(f"tetik demo: a live storefront for {duration:.0f} s at {rate:,} events/s", flush=True)
+    stop = _stop_on_ctrl_c()
+    with servers(progress=say) as endpoints, tempfile.TemporaryDirectory(prefix="tetik-") as tmp:
         settings = from_env().with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
-        ensure_event_topics(settings)
-        say(f"topics {settings.events_topic} and {settings.dlq_topic} ready")
-        store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
-        with tempfile.TemporaryDirectory(prefix="tetik-demo-") as tmp:
-            child = _start_ingest(settings, Path(tmp) / "ingest.log")
-            try:
-                ok = _stream_and_watch(settings, store, child, events, users, rate, seed)
-            finally:
-                _stop(child)
-            say("ingest flow stopped")
-            _summary(settings, store)
+        ensure_topics(
+            settings.kafka_bootstrap,
+            {settings.events_topic: 4, settings.dlq_topic: 1, settings.actions_topic: 1},
+        )
+        catcher = MailCatcher()
+        smtp = Controller(catcher, hostname="127.0.0.1", port=free_port())
+        smtp.start()
+        say(f"mail catcher (SMTP) on 127.0.0.1:{smtp.port}")
+        try:
+            ok = _live(settings, Path(tmp), smtp.port, catcher, stop, duration, users, rate, seed)
+        finally:
+            smtp.stop()
     say("embedded servers stopped; nothing left running")
     return 0 if ok else 1
 
 
-def _start_ingest(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def _stop_on_ctrl_c() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    return stop
+
+
+def _live(
+    settings: Settings,
+    tmp: Path,
+    smtp_port: int,
+    catcher: MailCatcher,
+    stop: threading.Event,
+    duration: float,
+    users: int,
+    rate: int,
+    seed: int,
+) -> bool:
+    config = _channels_config(tmp, smtp_port)
+    recovery = str(tmp / "recovery")
+    children = [
+        _start(settings, tmp, "run", ["run", "--rules", str(RULES), "--recovery-dir", recovery]),
+        _start(settings, tmp, "deliver", ["deliver", "--config", str(config)]),
+    ]
+    watch = ActionWatch(settings.kafka_bootstrap, settings.actions_topic)
+    watch.start()
+    store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
+    keys: collections.Counter[bytes] = collections.Counter()
+    try:
+        sent = _stream(settings, stop, duration, users, rate, seed, keys, watch, store, children)
+        time.sleep(0 if stop.is_set() else SETTLE_S)
+    finally:
+        codes = [_stop(child) for child in children]
+        watch.stop()
+    data = watch.snapshot()
+    _summary(settings, store, data, sent, catcher, tmp, codes)
+    _show_sample(store, keys)
+    return data.total > 0 and codes == [0, 0]
+
+
+def _channels_config(tmp: Path, smtp_port: int) -> Path:
+    path = tmp / "channels.yaml"
+    path.write_text(
+        f"email: {{adapter: smtp, host: 127.0.0.1, port: {smtp_port}, "
+        "sender: shop@tetik.example}\n"
+        "onsite: {adapter: onsite}\n"
+        f"default: {{adapter: jsonl, path: {tmp / 'deliveries.jsonl'}}}\n"
+    )
+    return path
+
+
+def _start(settings: Settings, tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         TETIK_REDIS_URL=settings.redis_url,
         TETIK_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         TETIK_PREFIX=settings.prefix,
     )
-    log = log_path.open("wb")
+    log = (tmp / f"{name}.log").open("wb")
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "ingest"],
+        [sys.executable, "-m", "flows.cli", *args],
         env=env,
         stdout=log,
         stderr=log,
         start_new_session=True,  # Ctrl-C reaches the demo, which stops the child itself
     )
-    say(f"ingest flow started (pid {child.pid}, log {log_path.name})")
+    say(f"tetik {name} started (pid {child.pid}, log {name}.log)")
     return child
 
 
-def _records(cfg: GeneratorConfig, keys: collections.Counter[bytes]) -> Iterator[Record]:
+def _records(
+    cfg: GeneratorConfig, keys: collections.Counter[bytes], stop: threading.Event
+) -> Iterator[Record]:
+    """The generated stream, stamped with the wall clock as each record leaves."""
     for index, (key, value) in enumerate(generate_records(cfg)):
+        if stop.is_set():
+            return
         keys[key] += 1
-        yield key, value
+        record = (key, _now_stamped(value))
+        yield record
         if index % REDELIVER_EVERY == REDELIVER_EVERY - 1:
-            yield key, value
+            yield record
 
 
-def _stream_and_watch(
+def _now_stamped(value: bytes) -> bytes:
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value  # a malformed record stays malformed
+    if isinstance(doc, dict) and "ts" in doc:
+        doc["ts"] = time.time_ns() // 1_000_000
+    return orjson.dumps(doc)
+
+
+def _stream(
     settings: Settings,
-    store: StateStore,
-    child: subprocess.Popen[bytes],
-    events: int,
+    stop: threading.Event,
+    duration: float,
     users: int,
     rate: int,
     seed: int,
-) -> bool:
-    now = time.time_ns() // 1_000_000
-    cfg = GeneratorConfig(
-        users=users, events=events, seed=seed, start_ms=now - 3_600_000, invalid_ratio=0.01
-    )
-    keys: collections.Counter[bytes] = collections.Counter()
+    keys: collections.Counter[bytes],
+    watch: ActionWatch,
+    store: StateStore,
+    children: list[subprocess.Popen[bytes]],
+) -> int:
+    """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view."""
+    cfg = GeneratorConfig(users=users, events=int(rate * duration), seed=seed, invalid_ratio=0.01)
     sent = [0]
-
-    def progress(count: int) -> None:
-        sent[0] = count
+    done = threading.Event()
 
     def produce() -> None:
-        records = _records(cfg, keys)
+        records = _records(cfg, keys, stop)
         sent[0] = produce_records(
             settings.kafka_bootstrap,
             settings.events_topic,
             records,
             rate=rate,
-            on_progress=progress,
+            on_progress=lambda n: sent.__setitem__(0, n),
         )
-        finished.set()
+        done.set()
 
-    finished = threading.Event()
-    producer = threading.Thread(target=produce, daemon=True)
-    start = time.monotonic()
-    producer.start()
-    ok = _watch(store, child, finished, sent, start)
-    _show_sample(store, keys)
-    return ok
+    threading.Thread(target=produce, daemon=True, name="tetik-demo-producer").start()
+    _view_loop(watch, store, sent, done, stop, children)
+    return sent[0]
 
 
-def _watch(
+def _view_loop(
+    watch: ActionWatch,
     store: StateStore,
-    child: subprocess.Popen[bytes],
-    finished: threading.Event,
     sent: list[int],
-    start: float,
-) -> bool:
-    """Print the live line until every sent record is accounted for."""
+    done: threading.Event,
+    stop: threading.Event,
+    children: list[subprocess.Popen[bytes]],
+) -> None:
     tty = sys.stdout.isatty()
-    while time.monotonic() - start < TIMEOUT_S:
-        stats = store.stats()
+    start = time.monotonic()
+    shown = 0
+    while not (done.is_set() or stop.is_set()):
+        time.sleep(1.0)
+        if any(child.poll() is not None for child in children):
+            print("a child job exited early; see its log", flush=True)
+            stop.set()
+            break
         elapsed = time.monotonic() - start
-        line = f"sent {sent[0]:>6,} | {stats_line(stats, elapsed)}"
-        print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
-        if finished.is_set() and events_done(stats) >= sent[0]:
-            print(f"\nall {sent[0]:,} records accounted for in {elapsed:.1f} s", flush=True)
-            return True
-        if child.poll() is not None:
-            print(f"\ningest flow exited early with code {child.returncode}", flush=True)
-            return False
-        time.sleep(0.25 if tty else 1.0)
-    print(f"\ntimed out after {TIMEOUT_S:.0f} s with {events_done(store.stats()):,} of {sent[0]:,}")
-    return False
+        lines = render(watch.snapshot(), sent[0], store.stats().get("invalid", 0), elapsed)
+        if tty:
+            print(("\x1b[F\x1b[K" * shown) + "\n".join(lines), flush=True)
+            shown = len(lines)
+        elif int(elapsed) % 5 == 0:
+            print(" | ".join(lines[:1] + lines[-1:]), flush=True)
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM asks the flow to finish its batch and exit; SIGKILL if it will not."""
+def _stop(child: subprocess.Popen[bytes]) -> int:
+    """SIGTERM asks the job to finish its batch and exit; SIGKILL if it will not."""
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
         try:
-            child.wait(15)
+            child.wait(20)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+    return child.returncode
+
+
+def _summary(
+    settings: Settings,
+    store: StateStore,
+    data: Snapshot,
+    sent: int,
+    catcher: MailCatcher,
+    tmp: Path,
+    codes: list[int],
+) -> None:
+    stats = store.stats()
+    dlq, reason = _read_dlq(settings)
+    print("\nsummary")
+    for line in render(data, sent, dlq, 0)[1:]:
+        print(f"  {line}")
+    print(
+        f"  events: applied {stats.get('applied', 0):,}, duplicate "
+        f"{stats.get('duplicate', 0):,}, invalid {stats.get('invalid', 0):,}; dead-letter "
+        f"topic {settings.dlq_topic}: {dlq} records; first reason: {reason}"
+    )
+    print(f"  rules version switches ended: {_ended(stats)}")
+    _deliveries(settings, catcher, tmp)
+    print(f"  jobs exited with codes run={codes[0]} deliver={codes[1]}")
+
+
+def _ended(stats: dict[str, int]) -> str:
+    ended = {k: v for k, v in stats.items() if k.startswith("ended.")}
+    return ", ".join(f"{k[6:]} {v}" for k, v in ended.items()) or "none"
+
+
+def _deliveries(settings: Settings, catcher: MailCatcher, tmp: Path) -> None:
+    path = tmp / "deliveries.jsonl"
+    lines = path.read_bytes().count(b"\n") if path.exists() else 0
+    print(
+        f"  delivered: {catcher.count:,} emails to the SMTP catcher, {lines:,} push/sms/"
+        "whatsapp messages to deliveries.jsonl"
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    found = client.scan_iter(match=f"{settings.prefix}:onsite:*", count=1000)
+    inboxes = [key for key in found if not key.endswith(b":order")]
+    if inboxes:
+        user = inboxes[0].decode().rsplit(":", 1)[-1]
+        items = read_inbox(client, settings.prefix, user)
+        print(
+            f"  onsite inboxes: {len(inboxes):,}; `tetik onsite {user}` shows {len(items)} "
+            f"message(s), latest: {orjson.dumps(items[0]).decode() if items else '-'}"
+        )
 
 
 def _show_sample(store: StateStore, keys: collections.Counter[bytes]) -> None:
@@ -177,26 +313,6 @@ def _show_sample(store: StateStore, keys: collections.Counter[bytes]) -> None:
     }
     print(f"\nstate of the most active shopper (`tetik state {key.decode()}`, windows shortened):")
     print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
-
-
-def _summary(settings: Settings, store: StateStore) -> None:
-    count, reason = _read_dlq(settings)
-    print(f"\ndead-letter topic {settings.dlq_topic}: {count} records; first reason: {reason}")
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.prefix}:state:*", count=1000))
-    total = sum(int(client.memory_usage(k) or 0) for k in keys)
-    if keys:
-        print(
-            f"users with state: {len(keys):,}; Redis memory for them {total:,} B "
-            f"({total / len(keys):,.0f} B per user)"
-        )
-    stats = store.stats()
-    print(
-        ", ".join(
-            f"{name} {stats.get(name, 0):,}"
-            for name in ("applied", "duplicate", "stale", "invalid")
-        )
-    )
 
 
 def _read_dlq(settings: Settings) -> tuple[int, str]:

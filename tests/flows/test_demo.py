@@ -1,4 +1,4 @@
-"""`tetik demo` end to end: real servers, real ingest child, clean exit."""
+"""`tetik demo` end to end: real servers, real run and deliver children, clean exit."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ def _number(pattern: str, text: str) -> int:
     return int(match[1].replace(",", ""))
 
 
-def test_demo_streams_events_and_leaves_nothing_running() -> None:
+def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
+    args = ["demo", "--duration", "8", "--rate", "400", "--users", "150"]
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--events", "800", "--rate", "4000"],
+        [sys.executable, "-m", "flows.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -37,12 +38,14 @@ def test_demo_streams_events_and_leaves_nothing_running() -> None:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    sent = _number(r"all ([\d,]+) records accounted for", output)
-    assert sent == 800 + 800 // 50  # every 50th record is redelivered once
-    dlq = _number(r"dead-letter topic events.dlq: (\d+) records", output)
-    invalid = _number(r"invalid (\d+)", output)
+    summary = output[output.index("\nsummary") :]
+    assert _number(r"sent by channel\s+email ([\d,]+)", summary) > 0
+    assert _number(r"latency  event -> action on Kafka: p50 (\d+) ms", summary) >= 0
+    dlq = _number(r"dead-letter topic events.dlq: (\d+) records", summary)
+    invalid = _number(r"invalid ([\d,]+);", summary)
     assert dlq == invalid > 0
-    assert '"cart"' in output
+    assert _number(r"delivered: ([\d,]+) emails to the SMTP catcher", summary) > 0
+    assert "jobs exited with codes run=0 deliver=0" in summary
     pids = [int(p) for p in re.findall(r"\(pid (\d+)", output)]
-    assert len(pids) == 3  # valkey, tansu, ingest child
+    assert len(pids) == 4  # valkey, tansu, run and deliver children
     assert not [pid for pid in pids if _alive(pid)]
