@@ -195,16 +195,26 @@ class Deliverer:
 
     def handle(self, message: Message) -> None:
         """Deliver (or skip, or dead-letter) one consumed record."""
-        try:
-            action = _decoder.decode(message.value() or b"")
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            self._dead_letter(message, f"not an action: {exc}", [])
+        action = self._decode(message)
+        if action is None:
             self.tally.add("invalid", "-")
             return
         if action.status == "suppressed":
             self.tally.add("suppressed", action.channel)
             return
         self._deliver(action, message)
+
+    def _decode(self, message: Message) -> Action | None:
+        """The record's action, or None after dead-lettering what is not one."""
+        value = message.value()
+        if value is None:
+            self._dead_letter(message, "record has no value (tombstone); expected an action", [])
+            return None
+        try:
+            return _decoder.decode(value)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            self._dead_letter(message, f"not an action: {exc}", [])
+            return None
 
     def _deliver(self, action: Action, message: Message) -> None:
         recorded = self.ledger.seen(action.action_id)
@@ -228,8 +238,8 @@ class Deliverer:
         return _guarded_send(adapter, action)
 
     def _feedback(self, action: Action, kind: str) -> None:
-        # Engagement events only exist for the contract's channels; others get none.
-        if kind in FEEDBACK_KINDS and action.channel in CHANNELS:
+        # Engagement events exist only for the contract's channels and need an identity.
+        if kind in FEEDBACK_KINDS and action.channel in CHANNELS and action.user_id:
             value = feedback_event(action, kind, now_ms())
             self._produce(self.topics.events, action.user_id.encode(), value, [])
 

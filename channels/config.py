@@ -1,0 +1,342 @@
+"""Which adapter serves which channel: a small YAML (or JSON) file.
+
+Format: a mapping from a channel name (one of ``engine.events.CHANNELS``) or
+``default`` to an entry ``{adapter: NAME, option: value...}``::
+
+    email:   {adapter: smtp, host: 127.0.0.1, port: 1025, sender: shop@example.com}
+    sms:     {adapter: webhook, url: "http://127.0.0.1:8080/sms", timeout: 2s, retries: 3}
+    onsite:  {adapter: onsite, ttl: 7d}
+    default: {adapter: jsonl, path: "-"}
+
+Rules:
+
+* A channel without an entry uses ``default``; when there is no ``default``
+  either, its actions are ``failed`` (dead-lettered with that reason, so
+  nothing is lost and they can be re-driven after the config is fixed).
+* Without a file, :data:`DEFAULT_ROUTES` applies: ``onsite`` into the Redis
+  inbox, every other channel as JSONL on stdout -- a safe way to see what the
+  engine would send before any provider is wired.
+* Durations (``timeout``, ``backoff``, ``backoff_max``, ``ttl``) are a number
+  of seconds or a duration string (``500ms``, ``2s``, ``7d``).
+* Every mistake is a :class:`~engine.errors.ConfigError` naming the entry,
+  what is wrong and what to write instead; the file is checked whole before
+  anything is delivered. Secrets stay out of the file: ``password_env`` names
+  the environment variable that holds the SMTP password.
+
+Options per adapter are the fields of the ``*Options`` structs below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import msgspec
+import redis
+import yaml
+
+from channels.base import Channel, RetryPolicy
+from channels.jsonl import JsonlChannel
+from channels.kafka import DEFAULT_TOPIC, KafkaChannel
+from channels.onsite import DEFAULT_MAX_ITEMS, DEFAULT_TTL_MS, OnsiteChannel
+from channels.smtp import Recipient, SmtpChannel
+from channels.webhook import WebhookChannel
+from engine.durations import parse_duration
+from engine.errors import ConfigError
+from engine.events import CHANNELS, suggest
+
+DEFAULT_KEY: Final = "default"
+DEFAULT_ROUTES: Final[Mapping[str, Mapping[str, Any]]] = {
+    "onsite": {"adapter": "onsite"},
+    DEFAULT_KEY: {"adapter": "jsonl", "path": "-"},
+}
+DURATION_OPTIONS: Final = frozenset({"timeout", "backoff", "backoff_max", "ttl"})
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the option structs: unknown options are errors, not silently ignored."""
+
+
+class _Retrying(_Options, frozen=True, kw_only=True):
+    retries: Count = 3
+    backoff: Positive = 0.2
+    backoff_max: Positive = 5.0
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff, self.backoff_max)
+
+
+class JsonlOptions(_Options, frozen=True, kw_only=True):
+    path: str = "-"
+
+
+class KafkaOptions(_Options, frozen=True, kw_only=True):
+    topic: str = DEFAULT_TOPIC
+    prefix: str | None = None
+    bootstrap: str | None = None  # default: TETIK_KAFKA_BOOTSTRAP
+    timeout: Positive = 10.0
+
+
+class WebhookOptions(_Retrying, frozen=True, kw_only=True):
+    url: str
+    timeout: Positive = 5.0
+    headers: dict[str, str] = {}
+
+
+class SmtpOptions(_Retrying, frozen=True, kw_only=True):
+    sender: str
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    timeout: Positive = 10.0
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+
+
+class OnsiteOptions(_Retrying, frozen=True, kw_only=True):
+    ttl: Positive = DEFAULT_TTL_MS / 1000
+    max_items: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_ITEMS
+    url: str | None = None  # default: TETIK_REDIS_URL
+
+
+OPTIONS: Final[Mapping[str, type[_Options]]] = {
+    "jsonl": JsonlOptions,
+    "kafka": KafkaOptions,
+    "onsite": OnsiteOptions,
+    "smtp": SmtpOptions,
+    "webhook": WebhookOptions,
+}
+_EXAMPLES: Final = {
+    "url": 'url: "http://127.0.0.1:8080/sms"',
+    "sender": "sender: shop@example.com",
+}
+
+
+class Route(msgspec.Struct, frozen=True):
+    """One entry of the file: the adapter's name and its checked options."""
+
+    adapter: str
+    options: _Options
+
+
+class ChannelConfig(msgspec.Struct, frozen=True):
+    """The checked routing table: channel (or ``default``) -> route."""
+
+    routes: dict[str, Route]
+    source: str = "channel config"
+
+
+def load_config(path: str | Path) -> ChannelConfig:
+    """Read and check a config file; raise ConfigError for any problem."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read channel config {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: object, source: str = "channel config") -> ChannelConfig:
+    """Check a parsed mapping (see the module docstring for the format)."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            f"{source}: expected a mapping of channel -> {{adapter: ...}}, e.g. "
+            '`default: {adapter: jsonl, path: "-"}`'
+        )
+    routes = {_channel(key, source): _route(key, value, source) for key, value in raw.items()}
+    return ChannelConfig(routes, source)
+
+
+def default_config() -> ChannelConfig:
+    """The routing used without a file: onsite inbox, everything else JSONL on stdout."""
+    return parse_config(DEFAULT_ROUTES, "built-in channel config")
+
+
+def _channel(key: object, source: str) -> str:
+    known = (*CHANNELS, DEFAULT_KEY)
+    if key not in known:
+        raise ConfigError(
+            f"{source}: unknown channel {key!r}{suggest(str(key), known)}; "
+            f"write one of {', '.join(known)}"
+        )
+    return str(key)
+
+
+def _route(channel: str, entry: object, source: str) -> Route:
+    where = f"{source}: {channel}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f'{where}: expected a mapping like {{adapter: jsonl, path: "-"}}')
+    options = dict(entry)
+    adapter = options.pop("adapter", None)
+    if adapter not in OPTIONS:
+        known = ", ".join(OPTIONS)
+        hint = suggest(str(adapter), OPTIONS) if adapter else ""
+        what = f"unknown adapter {adapter!r}{hint}" if adapter else "no `adapter:`"
+        raise ConfigError(f"{where}: {what}; the adapters are {known}")
+    kind = str(adapter)
+    return Route(kind, _options(kind, _durations(options, where), where))
+
+
+def _durations(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Duration options as seconds (numbers pass through for msgspec to check)."""
+    return {
+        k: _seconds(v, f"{where}: {k}") if k in DURATION_OPTIONS else v for k, v in options.items()
+    }
+
+
+_MS = re.compile(r"^(\d+)ms\Z")
+
+
+def _seconds(value: object, where: str) -> object:
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    match = _MS.match(text)
+    if match:
+        return int(match.group(1)) / 1000
+    try:
+        return parse_duration(text) / 1000
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc} (or 500ms, or a number of seconds)") from None
+
+
+def _options(adapter: str, options: dict[str, Any], where: str) -> _Options:
+    kind = OPTIONS[adapter]
+    try:
+        return msgspec.convert(options, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where} ({adapter}): {_explain(str(exc), kind)}") from None
+
+
+def _explain(message: str, kind: type[_Options]) -> str:
+    """msgspec's message, with the fix: the option names, an example."""
+    names = kind.__struct_fields__
+    unknown = re.search(r"unknown field `([^`]*)`", message)
+    if unknown:
+        name = unknown.group(1)
+        return f"unknown option {name!r}{suggest(name, names)}; the options are {', '.join(names)}"
+    missing = re.search(r"missing required field `([^`]*)`", message)
+    if missing:
+        name = missing.group(1)
+        return f"`{name}` is required (e.g. {_EXAMPLES.get(name, name + ': ...')})"
+    located = re.match(r"^(.*) - at `\$\.([^`]*)`\Z", message)
+    if located:
+        problem = located.group(1)
+        return f"`{located.group(2)}`: {problem[:1].lower()}{problem[1:]}"
+    return message
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What adapters take from the running job rather than from the file."""
+
+    redis: redis.Redis | None = None
+    prefix: str = "tetik"
+    kafka_bootstrap: str = ""
+    recipient: Recipient | None = None
+    stop: threading.Event | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+def build(route: Route, resources: Resources) -> Channel:
+    """The adapter for one route; ConfigError when the job lacks what it needs."""
+    builder = _BUILDERS[route.adapter]
+    return builder(route.options, resources)
+
+
+def _jsonl(options: JsonlOptions, _res: Resources) -> Channel:
+    return JsonlChannel(options.path)
+
+
+def _kafka(options: KafkaOptions, res: Resources) -> Channel:
+    bootstrap = options.bootstrap or res.kafka_bootstrap
+    if not bootstrap:
+        raise ConfigError("kafka adapter: set TETIK_KAFKA_BOOTSTRAP or give `bootstrap:`")
+    return KafkaChannel(
+        bootstrap, topic=options.topic, prefix=options.prefix, timeout=options.timeout
+    )
+
+
+def _webhook(options: WebhookOptions, res: Resources) -> Channel:
+    try:
+        return WebhookChannel(
+            options.url,
+            timeout=options.timeout,
+            retry=options.policy(),
+            headers=options.headers,
+            stop=res.stop,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"webhook adapter: {exc}") from None
+
+
+def _smtp(options: SmtpOptions, res: Resources) -> Channel:
+    if res.recipient is None:
+        raise ConfigError("smtp adapter: needs a recipient lookup (the deliver job gives one)")
+    return SmtpChannel(
+        options.host,
+        options.port,
+        options.sender,
+        res.recipient,
+        timeout=options.timeout,
+        retry=options.policy(),
+        starttls=options.starttls,
+        username=options.username,
+        password=_secret(options.password_env, res.env),
+        stop=res.stop,
+    )
+
+
+def _secret(name: str | None, env: Mapping[str, str]) -> str | None:
+    if name is None:
+        return None
+    if name not in env:
+        raise ConfigError(f"smtp adapter: password_env names {name!r}, which is not set")
+    return env[name]
+
+
+def _onsite(options: OnsiteOptions, res: Resources) -> Channel:
+    client = redis.Redis.from_url(options.url) if options.url else res.redis
+    if client is None:
+        raise ConfigError("onsite adapter: set TETIK_REDIS_URL or give `url:` (a Redis URL)")
+    return OnsiteChannel(
+        client,
+        res.prefix,
+        ttl_ms=round(options.ttl * 1000),
+        max_items=options.max_items,
+        retry=options.policy(),
+        stop=res.stop,
+    )
+
+
+_BUILDERS: Final[Mapping[str, Callable[[Any, Resources], Channel]]] = {
+    "jsonl": _jsonl,
+    "kafka": _kafka,
+    "onsite": _onsite,
+    "smtp": _smtp,
+    "webhook": _webhook,
+}
+
+
+class Router:
+    """One adapter per route, built up front so a bad setup fails before any delivery."""
+
+    def __init__(self, config: ChannelConfig, resources: Resources) -> None:
+        self._adapters = {key: build(route, resources) for key, route in config.routes.items()}
+
+    def channel_for(self, channel: str) -> Channel | None:
+        """The adapter that serves ``channel`` (its own, else the default, else None)."""
+        return self._adapters.get(channel) or self._adapters.get(DEFAULT_KEY)
+
+    def close(self) -> None:
+        for adapter in self._adapters.values():
+            adapter.close()

@@ -1,0 +1,170 @@
+"""The SMTP adapter: email through an SMTP server (an ESP relay, a local MTA, a mail catcher).
+
+Rules:
+
+* The recipient comes from ``recipient(user_id)`` (the deliver job reads
+  ``profile.email`` from the user's state). No address, or one without ``@``,
+  is ``bounced`` with a detail that says how to fix it; so is an action with
+  no email ``content`` (its template has no ``email:`` entry) and content
+  that cannot be a header (a line break in the subject).
+* ``content.subject`` is the subject; ``content.body`` (else ``text``) the
+  plain-text part; ``content.html`` an HTML alternative (or the only part).
+* ``Message-ID: <action_id@sender-domain>`` and ``X-Tetik-Action-Id`` carry
+  the action id, so a repeat is recognisable downstream. SMTP itself cannot
+  deduplicate: a repeated send is a second mail; the deliver job's ledger
+  keeps repeats to the crash window it documents.
+* Permanent SMTP replies (5xx) to the recipient or the message are
+  ``bounced``; transient ones (4xx), disconnects, timeouts and refused
+  connections are retried with backoff, then ``failed``. A 5xx about our own
+  side (login, sender, HELO) is ``failed`` at once: it is a configuration
+  problem, not the customer's, and the action can be re-driven once fixed.
+* One connection per send (``STARTTLS`` and login when configured): simple,
+  and a server that drops idle connections never costs a retry.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+from collections.abc import Callable
+from email.message import EmailMessage
+
+from channels.base import Attempt, Delivery, RetryPolicy, delivery, with_retries
+from engine.actions import Action
+
+Recipient = Callable[[str], str | None]
+
+
+class SmtpChannel:
+    """Sends each action as one email."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        recipient: Recipient,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        starttls: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.recipient = recipient
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.starttls = starttls
+        self.login = (username, password or "") if username else None
+        self._stop = stop
+
+    def send(self, action: Action) -> Delivery:
+        result, tries = with_retries(lambda: self._attempt(action), self.retry, self._stop)
+        return delivery(action, self.name, result, tries)
+
+    def _attempt(self, action: Action) -> Attempt:
+        try:
+            address = self.recipient(action.user_id)
+        except Exception as exc:  # the lookup's store is down: worth another try
+            return Attempt("retry", f"recipient lookup failed: {type(exc).__name__}: {exc}")
+        problem = _unsendable(action, address)
+        if problem:
+            return Attempt("bounced", problem)
+        try:
+            message = compose(action, self.sender, str(address))
+        except ValueError as exc:
+            return Attempt("bounced", f"email content cannot be sent: {exc}")
+        return self._transmit(message, str(address))
+
+    def _transmit(self, message: EmailMessage, address: str) -> Attempt:
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                self._prepare(smtp)
+                smtp.send_message(message, from_addr=self.sender, to_addrs=[address])
+        except smtplib.SMTPException as exc:
+            return _judge(exc)
+        except OSError as exc:
+            return Attempt("retry", f"SMTP {self.host}:{self.port}: {type(exc).__name__}: {exc}")
+        return Attempt("delivered", f"accepted by {self.host}:{self.port} for {address}")
+
+    def _prepare(self, smtp: smtplib.SMTP) -> None:
+        if self.starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if self.login:
+            smtp.login(*self.login)
+
+    def close(self) -> None:
+        """Nothing held between sends."""
+
+
+def _unsendable(action: Action, address: str | None) -> str:
+    """Why this action can never be mailed as it is ("" when it can)."""
+    if not address:
+        return (
+            f"user {action.user_id!r} has no email address: send a `profile` event "
+            "with attributes.email"
+        )
+    if "@" not in address:
+        return f"user {action.user_id!r} has email {address!r}, which is not an address"
+    if not action.content:
+        return f"template {action.template!r} has no `email:` content; add one to the rules"
+    return ""
+
+
+def compose(action: Action, sender: str, address: str) -> EmailMessage:
+    """The email for one action; raises ValueError for content unfit for headers."""
+    content = action.content or {}
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = address
+    message["Subject"] = content.get("subject", "")
+    domain = sender.rpartition("@")[2] or "tetik.invalid"
+    message["Message-ID"] = f"<{action.action_id}@{domain}>"
+    message["X-Tetik-Action-Id"] = action.action_id
+    message["X-Tetik-Journey"] = action.journey
+    _set_body(message, content)
+    return message
+
+
+def _set_body(message: EmailMessage, content: dict[str, str]) -> None:
+    text = content.get("body", content.get("text"))
+    html = content.get("html")
+    if text is None and html is not None:
+        message.set_content(html, subtype="html")
+        return
+    message.set_content(text or "")
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+
+
+def _judge(exc: smtplib.SMTPException) -> Attempt:
+    """Sort an SMTP error into bounced / retry / fatal (see the module rules)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, reply = next(iter(exc.recipients.values()), (550, b"refused"))
+        return _by_code(code, f"recipient refused: {code} {_text(reply)}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        ours = isinstance(
+            exc, smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused | smtplib.SMTPHeloError
+        )
+        if ours and exc.smtp_code >= 500:
+            return Attempt("fatal", f"SMTP refused our login/sender: {text}")
+        return _by_code(exc.smtp_code, f"SMTP refused the message: {text}")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return Attempt("fatal", f"SMTP server: {exc}")
+    return Attempt("retry", f"SMTP: {type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, detail: str) -> Attempt:
+    return Attempt("bounced" if code >= 500 else "retry", detail)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
