@@ -2,7 +2,7 @@
 
 It starts a private Valkey and a tansu broker, a local SMTP server (the mail
 catcher) and, as child processes (the real jobs, not in-process shortcuts),
-``tetik run`` with ``examples/demo.yaml`` (the example journeys with waits in
+``tetik run`` with ``examples/demo/journeys.yaml`` (the example journeys with waits in
 seconds) and ``tetik deliver`` (email through SMTP, onsite into the Redis
 inbox, the other channels into a JSONL file). It streams a generated
 storefront clickstream (sessions of views, searches, favorites, carts,
@@ -45,7 +45,7 @@ from flows.store import StateStore
 from flows.topics import ensure_topics
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
-RULES = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+RULES = Path(__file__).resolve().parents[1] / "examples" / "demo" / "journeys.yaml"
 SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
 
 

@@ -132,3 +132,13 @@ def test_birthday() -> None:
 def test_every_example_has_a_log_and_a_test(path: Path) -> None:
     assert (EXAMPLES / f"{path.stem}.events.jsonl").exists()
     assert f"def test_{path.stem}(" in Path(__file__).read_text()
+
+
+def test_the_demo_journeys_cover_the_example_scenarios_with_short_waits() -> None:
+    rules = load_rules_file(EXAMPLES / "demo" / "journeys.yaml")
+    ids = {journey.id for journey in rules.journeys}
+    assert {"abandoned_cart", "browse_abandonment", "search_no_purchase"} <= ids
+    assert ids <= {path.stem for path in EXAMPLES.glob("*.yaml")} | {"welcome"}
+    waits = [step.ms for j in rules.journeys for step in j.steps if hasattr(step, "ms")]
+    assert waits
+    assert max(waits) <= 60_000  # seconds, so a one-minute demo shows every step
