@@ -19,6 +19,16 @@ def stats_line(stats: dict[str, int], elapsed: float) -> str:
         f"events {done:>8,}  applied {stats.get('applied', 0):>8,}  "
         f"duplicate {stats.get('duplicate', 0):>6,}  stale {stats.get('stale', 0):>5,}  "
         f"invalid->dlq {stats.get('invalid', 0):>5,}  {rate:>9,.0f} ev/s"
+    ) + _actions(stats)
+
+
+def _actions(stats: dict[str, int]) -> str:
+    """The live engine's part of the line (empty for the ingest job)."""
+    if "actions.sent" not in stats and "actions.suppressed" not in stats:
+        return ""
+    return (
+        f"  actions sent {stats.get('actions.sent', 0):>7,}  "
+        f"suppressed {stats.get('actions.suppressed', 0):>6,}"
     )
 
 

@@ -46,6 +46,7 @@ from flows.embedded import die_with_parent_preexec, free_port, servers
 from flows.jobs import say
 from flows.ledger import ActionEmitter, Ledger, resolve_pending, retention_ms
 from flows.lifecycle import StoppableKafkaSource, stop_on_signals
+from flows.progress import Monitor
 from flows.rulestore import RulesStore
 from flows.runtime import RulesRuntime
 from flows.settings import Settings, from_env
@@ -201,10 +202,17 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
             f"running: {settings.events_topic} -> {settings.actions_topic}, recovery in "
             f"{directory} every {options.snapshot_s:g}s (Ctrl-C stops)"
         )
-        if options.processes == 1:
-            _run_here(settings, options, directory, stop)
-        else:
-            _run_processes(settings, options, directory, stop)
+        monitor = Monitor(
+            StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
+        )
+        monitor.start()
+        try:
+            if options.processes == 1:
+                _run_here(settings, options, directory, stop)
+            else:
+                _run_processes(settings, options, directory, stop)
+        finally:
+            monitor.stop()
     return 0
 
 

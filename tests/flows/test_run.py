@@ -145,12 +145,12 @@ journeys:
     trigger: add_to_cart
     key: product_id
     steps:
-      - wait: 2s
+      - wait: 5s  # still in flight when v2 goes live
       - send: email
   - id: browse
     trigger: view_product
     steps:
-      - wait: 2s
+      - wait: 6s  # v2 removes this journey before its send is due
       - send: push
   - id: probe
     trigger: login
