@@ -15,4 +15,4 @@ COPY --from=build /install /usr/local
 RUN useradd --create-home tetik
 USER tetik
 ENTRYPOINT ["tetik"]
-CMD ["ingest"]
+CMD ["run"]

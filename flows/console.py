@@ -2,8 +2,9 @@
 
 :class:`ActionWatch` tails the actions topic in a thread and keeps counts and
 end-to-end latencies; :func:`render` turns a snapshot into a few lines. The
-latency of an action is its arrival on the actions topic minus the time the
-event that caused it reached Kafka (``ingested_at``, set by the live flow);
+latency of an action is the time it was written to the actions topic (its
+Kafka timestamp) minus the time the event that caused it reached Kafka
+(``ingested_at``, set by the live flow);
 actions a timer fired carry none and are counted apart.
 """
 
@@ -13,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -41,13 +43,23 @@ def percentile(values: list[int], q: float) -> int | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _written_at(message: Any) -> int:
+    """When the engine wrote the action to Kafka (its CreateTime), else now.
+
+    Measuring at the producer's clock keeps a slow or busy reader of the
+    topic from adding its own delay to the engine's latency.
+    """
+    kind, stamp = message.timestamp()
+    return int(stamp) if kind != 0 else time.time_ns() // 1_000_000
+
+
 class ActionWatch(threading.Thread):
     """Tails ``topic`` from its start and tallies actions (see :class:`Snapshot`)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True, name="tetik-actions")
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "tetik-console", "fetch.wait.max.ms": 5}
+            {"bootstrap.servers": bootstrap, "group.id": "tetik-console", "fetch.wait.max.ms": 20}
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         self._lock = threading.Lock()
@@ -62,7 +74,7 @@ class ActionWatch(threading.Thread):
                 for message in self._consumer.consume(500, 0.005):
                     value = message.value()
                     if message.error() is None and value:
-                        self._add(orjson.loads(value), time.time_ns() // 1_000_000)
+                        self._add(orjson.loads(value), _written_at(message))
         finally:
             self._consumer.close()
 

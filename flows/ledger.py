@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from redis.client import Pipeline
 
 from engine.actions import Action, to_json
 from engine.rules.model import Branch, Rules, Step, Wait
@@ -97,17 +98,25 @@ class Ledger:
         positions: list[int] = self._claim(keys=[self.key(i) for i in ids], args=args)
         return [actions[i - 1] for i in positions]
 
-    def confirm(self, ids: Iterable[str], offsets: dict[int, int]) -> None:
-        """Mark ``ids`` emitted; remember the highest acknowledged offset per partition."""
+    def confirm(
+        self, ids: Iterable[str], offsets: dict[int, int], pipe: Pipeline | None = None
+    ) -> None:
+        """Mark ``ids`` emitted; remember the highest acknowledged offset per partition.
+
+        With ``pipe`` the commands are only queued there (the caller executes
+        them, e.g. in one transaction with the states of the same batch).
+        """
         ids = list(ids)
-        pipe = self.client.pipeline(transaction=True)
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=True) if pipe is None else pipe
         for action_id in ids:
             pipe.set(self.key(action_id), "d", xx=True, keepttl=True)
         if ids:
             pipe.srem(self.pending_key, *ids)
         if offsets:
             pipe.hset(self.acked_key, mapping={str(p): o for p, o in offsets.items()})
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def release(self, ids: Iterable[str]) -> None:
         """Forget claims that never reached Kafka, so re-processing emits them."""
@@ -135,8 +144,16 @@ class ActionEmitter:
         self._producer = producer
         self._topic = topic
 
-    def emit(self, actions: Sequence[Action], value: Callable[[Action], bytes] = to_json) -> int:
-        """Emit the actions not emitted before; return how many were new."""
+    def emit(
+        self,
+        actions: Sequence[Action],
+        value: Callable[[Action], bytes] = to_json,
+        pipe: Pipeline | None = None,
+    ) -> int:
+        """Emit the actions not emitted before; return how many were new.
+
+        The confirmation goes into ``pipe`` when given (executed by the caller).
+        """
         claimed = self.ledger.claim(actions)
         if not claimed:
             return 0
@@ -152,7 +169,7 @@ class ActionEmitter:
         self._producer.flush()
         if errors:
             raise KafkaException(f"actions not acknowledged by Kafka: {errors[0]}")
-        self.ledger.confirm((a.action_id for a in claimed), offsets)
+        self.ledger.confirm((a.action_id for a in claimed), offsets, pipe)
         return len(claimed)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
 import redis
+from redis.client import Pipeline
 
 from engine.state import UserState, loads
 from engine.windows import WindowConfig
@@ -67,12 +68,18 @@ class StateStore:
     def write(self, states: Iterable[tuple[str, bytes]], counts: Mapping[str, int]) -> None:
         """Store serialised states and add to the counters, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue(pipe, states, counts)
+        pipe.execute()
+
+    def queue(
+        self, pipe: Pipeline, states: Iterable[tuple[str, bytes]], counts: Mapping[str, int]
+    ) -> None:
+        """Add the writes of :meth:`write` to a caller's pipeline (or transaction)."""
         for identity, data in states:
             pipe.set(self.key(identity), data, px=self.ttl_ms or None)
         for name, amount in counts.items():
             if amount:
                 pipe.hincrby(self.stats_key, name, amount)
-        pipe.execute()
 
     def stats(self) -> dict[str, int]:
         """The flow's counters (applied, duplicate, stale, invalid, batches...)."""
