@@ -268,7 +268,7 @@ def _summary(
         f"{stats.get('duplicate', 0):,}, invalid {stats.get('invalid', 0):,}; dead-letter "
         f"topic {settings.dlq_topic}: {dlq} records; first reason: {reason}"
     )
-    print(f"  rules version switches ended: {_ended(stats)}")
+    print(f"  enrollments ended by rules changes: {_ended(stats)}")
     _deliveries(settings, catcher, tmp)
     print(f"  jobs exited with codes run={codes[0]} deliver={codes[1]}")
 
