@@ -42,7 +42,7 @@ from engine.state import UserState, apply, dumps, loads, prune
 from engine.windows import DEFAULT_CONFIG, WindowConfig
 from flows.lifecycle import StoppableKafkaSource
 from flows.settings import Settings
-from flows.store import BatchLoader, Loader, StateStore
+from flows.store import BatchLoader, Loader, StateStore, prefetching
 
 Clock = Callable[[], int]
 
@@ -180,14 +180,6 @@ def _key(event: Event) -> str:
     return event.key
 
 
-def _prefetch(load: Loader) -> Callable[[list[Event]], list[Event]]:
-    def prefetch(batch: list[Event]) -> list[Event]:
-        load.prefetch([event.key for event in batch])
-        return batch
-
-    return prefetch
-
-
 def build_ingest_flow(
     source: Source[KafkaSourceMessage[Any, Any]],
     dlq_sink: Sink[KafkaSinkMessage[Any, Any]],
@@ -207,7 +199,9 @@ def build_ingest_flow(
     # Whatever is not rejected is an Event (decode_message returns one or the other).
     events = cast(Stream[Event], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
-    keyed = op.key_on("identity", op.flat_map_batch("prefetch", events, _prefetch(load)), _key)
+    keyed = op.key_on(
+        "identity", op.flat_map_batch("prefetch", events, prefetching(load, _key)), _key
+    )
 
     def builder(resume: bytes | None) -> UserLogic:
         return UserLogic(load, windows, clock, idle_ms, resume)

@@ -13,14 +13,16 @@ Rules of this interface:
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 import redis
 from redis.client import Pipeline
 
 from engine.state import UserState, loads
 from engine.windows import WindowConfig
+
+T = TypeVar("T")
 
 
 class Loader(Protocol):
@@ -134,3 +136,13 @@ class BatchLoader:
     def release(self, identity: str) -> None:
         with self._lock:
             self._live.discard(identity)
+
+
+def prefetching(load: Loader, key: Callable[[T], str]) -> Callable[[list[T]], list[T]]:
+    """A ``flat_map_batch`` step that prefetches the states of a batch's users."""
+
+    def prefetch(batch: list[T]) -> list[T]:
+        load.prefetch([key(item) for item in batch])
+        return batch
+
+    return prefetch

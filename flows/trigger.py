@@ -49,7 +49,7 @@ from engine.state import UserState, dumps, loads, prune
 from flows.ingest import Rejected, to_dlq
 from flows.ledger import ActionEmitter
 from flows.runtime import RulesRuntime
-from flows.store import Loader, StateStore
+from flows.store import Loader, StateStore, prefetching
 from flows.watermark import Clock, Watermark, wall_ms
 
 RETRY_MS = 100  # a due timer held back by the watermark looks again this much later
@@ -254,14 +254,6 @@ def _key(item: Stamped) -> str:
     return item.event.key
 
 
-def _prefetch(load: Loader) -> Callable[[list[Stamped]], list[Stamped]]:
-    def prefetch(batch: list[Stamped]) -> list[Stamped]:
-        load.prefetch([item.event.key for item in batch])
-        return batch
-
-    return prefetch
-
-
 def build_trigger_flow(
     source: Source[KafkaSourceMessage[Any, Any]],
     dlq_sink: Sink[KafkaSinkMessage[Any, Any]],
@@ -281,7 +273,9 @@ def build_trigger_flow(
     split = op.branch("split", decoded, _is_rejected)
     events = cast(Stream[Stamped], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
-    keyed = op.key_on("identity", op.flat_map_batch("prefetch", events, _prefetch(load)), _key)
+    keyed = op.key_on(
+        "identity", op.flat_map_batch("prefetch", events, prefetching(load, _key)), _key
+    )
 
     def builder(resume: bytes | None) -> UserLogic:
         return UserLogic(runtime, load, watermark, clock, idle_ms, resume)
