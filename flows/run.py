@@ -47,7 +47,7 @@ from flows.jobs import say
 from flows.ledger import ActionEmitter, Ledger, resolve_pending, retention_ms
 from flows.lifecycle import StoppableKafkaSource, stop_on_signals
 from flows.progress import Monitor
-from flows.rulestore import RulesStore
+from flows.rulestore import RulesStore, default_who
 from flows.runtime import RulesRuntime
 from flows.settings import Settings, from_env
 from flows.store import BatchLoader, StateStore
@@ -195,7 +195,7 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
     with ExitStack() as stack:
         endpoints = stack.enter_context(servers(progress=say))
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
-        prepare(settings, rules_file, who or _who())
+        prepare(settings, rules_file, who or default_who())
         directory = options.recovery_dir or _default_recovery_dir(base, stack)
         claim_recovery_dir(directory, redis.Redis.from_url(settings.redis_url), settings.prefix)
         stop = stop_on_signals()
@@ -227,10 +227,6 @@ def _run_here(
         epoch_interval=timedelta(seconds=options.snapshot_s),
         recovery_config=recovery_config(directory, options.workers * options.processes),
     )
-
-
-def _who() -> str:
-    return f"{os.environ.get('USER', 'unknown')}@{os.uname().nodename}"
 
 
 def _default_recovery_dir(base: Settings, stack: ExitStack) -> str:

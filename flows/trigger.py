@@ -43,10 +43,9 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from engine.actions import Action
-from engine.errors import InvalidEvent
-from engine.events import Event, decode_event
+from engine.events import Event
 from engine.state import UserState, dumps, loads, prune
-from flows.ingest import Rejected, to_dlq
+from flows.ingest import Rejected, decode_message, to_dlq
 from flows.ledger import ActionEmitter
 from flows.runtime import RulesRuntime
 from flows.store import Loader, StateStore, prefetching
@@ -82,12 +81,9 @@ def decode_stamped(watermark: Watermark) -> Callable[[KafkaSourceMessage[Any, An
     """The ``decode`` step: a message becomes a :class:`Stamped` or a ``Rejected``."""
 
     def decode(message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
-        if message.value is None:
-            return Rejected(message, "message has no value (tombstone); expected one JSON event")
-        try:
-            event = decode_event(message.value)
-        except InvalidEvent as exc:
-            return Rejected(message, exc.reason)
+        event = decode_message(message)
+        if isinstance(event, Rejected):
+            return event
         partition = f"{message.partition}-{message.topic}"
         return Stamped(event, watermark.stamp(partition, event.ts), _kafka_time(message))
 
