@@ -120,16 +120,21 @@ class Engine:
 
     def on_event(self, state: UserState, event: Event, now: int) -> list[Action]:
         """Fire due timers, apply the event, check exits, then triggers."""
-        return self.handle(state, event, now)[1]
+        _, fired, caused = self.handle(state, event, now)
+        return fired + caused
 
-    def handle(self, state: UserState, event: Event, now: int) -> tuple[str, list[Action]]:
-        """:meth:`on_event`, also saying what ``apply`` made of the event."""
+    def handle(
+        self, state: UserState, event: Event, now: int
+    ) -> tuple[str, list[Action], list[Action]]:
+        """:meth:`on_event` in parts: what ``apply`` made of the event, the actions
+        the user's due timers fired, and the actions the event itself caused."""
         if self.retired and state.enrollments:
             self._retire(state)
-        actions = self.advance(state, now) if state.enrollments else []
+        fired = self.advance(state, now) if state.enrollments else []
+        actions: list[Action] = []
         outcome = apply(state, event, now, self.windows)
         if outcome != "applied":
-            return outcome, actions
+            return outcome, fired, actions
         if state.enrollments and event.type in self.exit_types:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
@@ -138,7 +143,7 @@ class Engine:
             ctx = Context(state, now, event=event)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
-        return outcome, actions
+        return outcome, fired, actions
 
     def advance(self, state: UserState, until: int) -> list[Action]:
         """Run every step due at or before ``until``, each at its due time."""

@@ -17,6 +17,7 @@ summary and stops everything it started.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import signal
 import subprocess
@@ -49,6 +50,16 @@ RULES = Path(__file__).resolve().parents[1] / "examples" / "demo" / "journeys.ya
 SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
 
 
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """The generated storefront the demo streams."""
+
+    duration: float
+    users: int
+    rate: int
+    seed: int
+
+
 class MailCatcher:
     """aiosmtpd's message handler: counts what arrives and keeps the latest."""
 
@@ -77,7 +88,8 @@ def run_demo(*, duration: float, users: int, rate: int, seed: int) -> int:
         smtp.start()
         say(f"mail catcher (SMTP) on 127.0.0.1:{smtp.port}")
         try:
-            ok = _live(settings, Path(tmp), smtp.port, catcher, stop, duration, users, rate, seed)
+            traffic = Traffic(duration, users, rate, seed)
+            ok = _live(settings, Path(tmp), smtp.port, catcher, stop, traffic)
         finally:
             smtp.stop()
     say("embedded servers stopped; nothing left running")
@@ -97,10 +109,7 @@ def _live(
     smtp_port: int,
     catcher: MailCatcher,
     stop: threading.Event,
-    duration: float,
-    users: int,
-    rate: int,
-    seed: int,
+    traffic: Traffic,
 ) -> bool:
     config = _channels_config(tmp, smtp_port)
     recovery = str(tmp / "recovery")
@@ -113,7 +122,7 @@ def _live(
     store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
     keys: collections.Counter[bytes] = collections.Counter()
     try:
-        sent = _stream(settings, stop, duration, users, rate, seed, keys, watch, store, children)
+        sent = _stream(settings, stop, traffic, keys, watch, store, children)
         time.sleep(0 if stop.is_set() else SETTLE_S)
     finally:
         codes = [_stop(child) for child in children]
@@ -181,17 +190,19 @@ def _now_stamped(value: bytes) -> bytes:
 def _stream(
     settings: Settings,
     stop: threading.Event,
-    duration: float,
-    users: int,
-    rate: int,
-    seed: int,
+    traffic: Traffic,
     keys: collections.Counter[bytes],
     watch: ActionWatch,
     store: StateStore,
     children: list[subprocess.Popen[bytes]],
 ) -> int:
     """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view."""
-    cfg = GeneratorConfig(users=users, events=int(rate * duration), seed=seed, invalid_ratio=0.01)
+    cfg = GeneratorConfig(
+        users=traffic.users,
+        events=int(traffic.rate * traffic.duration),
+        seed=traffic.seed,
+        invalid_ratio=0.01,
+    )
     sent = [0]
     done = threading.Event()
 
@@ -201,7 +212,7 @@ def _stream(
             settings.kafka_bootstrap,
             settings.events_topic,
             records,
-            rate=rate,
+            rate=traffic.rate,
             on_progress=lambda n: sent.__setitem__(0, n),
         )
         done.set()

@@ -58,9 +58,9 @@ class RulesRuntime:
         if active is None:
             raise TetikError("no rules are active: push a rules file with `tetik rules push FILE`")
         engine: Engine | None = None
-        older = [v for v in store.versions() if v.version != active.version]
+        older = [v for v in store.versions(with_text=True) if v.version != active.version]
         for version in [*older[-RETAINED_VERSIONS:], active]:
-            rules = load_rules(_text(store, version), version.filename)
+            rules = load_rules(version.text, version.filename)
             engine = Engine(rules, windows) if engine is None else engine.successor(rules)
         assert engine is not None
         watcher = RulesWatcher(store, interval_ms=interval_ms)
@@ -103,11 +103,3 @@ class RulesRuntime:
                 total.update(engine.ended)
                 engine.ended.clear()
             return total
-
-
-def _text(store: RulesStore, version: RulesVersion) -> str:
-    """A version's rules text (listings may leave it out)."""
-    if version.text:
-        return version.text
-    full = store.get(version.version)
-    return "" if full is None else full.text

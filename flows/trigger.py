@@ -142,9 +142,9 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
         actions: list[Action] = []
         counts: Counter[str] = Counter()
         for item in values:
-            actions.extend(engine.advance(state, item.now))
-            outcome, caused = engine.handle(state, item.event, item.now)
+            outcome, fired, caused = engine.handle(state, item.event, item.now)
             counts[outcome] += 1
+            actions.extend(fired)
             actions.extend(_caused(caused, item.ingested))
         self._touched = self._clock()
         changed = bool(counts["applied"] or actions)

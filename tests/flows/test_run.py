@@ -14,9 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
+from engine.actions import to_dict
+from engine.events import decode_event
+from engine.journeys import Engine
+from engine.replay import FOREVER
+from engine.rules.loader import load_rules
+from engine.state import UserState
 from tests.flows.live import (
     RULES,
     Live,
@@ -178,31 +185,18 @@ journeys:
 
 def switched_replay(phase_a: list[dict[str, Any]], phase_b: list[dict[str, Any]]) -> list[Any]:
     """The core's answer: v1 runs phase A, then the engine switches to v2 for phase B."""
-    from engine.actions import to_dict
-    from engine.events import decode_event
-    from engine.journeys import Engine
-    from engine.replay import FOREVER
-    from engine.rules.loader import load_rules
-    from engine.state import UserState
-
     engine = Engine(load_rules(HOT_V1, "v1.yaml"))
     states: dict[str, UserState] = {}
     actions = []
     for phase in (phase_a, phase_b):
         for doc in phase:
             state = states.setdefault(doc["user_id"], UserState(key=doc["user_id"]))
-            actions += engine.on_event(state, decode_event(orjson_dumps(doc)), doc["ts"])
+            actions += engine.on_event(state, decode_event(orjson.dumps(doc)), doc["ts"])
         if phase is phase_a:
             engine = engine.successor(load_rules(HOT_V2, "v2.yaml"))
     for state in states.values():
         actions += engine.advance(state, FOREVER)
     return [to_dict(a) for a in actions]
-
-
-def orjson_dumps(doc: dict[str, Any]) -> bytes:
-    import orjson
-
-    return orjson.dumps(doc)
 
 
 def test_rules_push_switches_the_running_engine(session: Live, redis_url: str) -> None:
