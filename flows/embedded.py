@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -79,6 +79,9 @@ class Endpoints:
 
     redis_url: str  # e.g. redis://127.0.0.1:PORT/0
     kafka_bootstrap: str  # e.g. 127.0.0.1:PORT ; "" when Kafka was not requested
+    # Process ids of the servers started here, by kind ("redis", "kafka"); servers
+    # named by the environment are not ours and are absent. The bench reads their CPU.
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 class EmbeddedServer:
@@ -359,6 +362,7 @@ def _use_or_start(
     env_var: str,
     start: Callable[[], tuple[EmbeddedServer, str]],
     say: Callable[[str], None],
+    pids: dict[str, int],
 ) -> str:
     """The address from ``env_var`` if set, else that of a server started on ``stack``."""
     configured = os.environ.get(env_var, "")
@@ -366,6 +370,7 @@ def _use_or_start(
         say(f"{kind}: using {env_var}={_redact(configured)}")
         return configured
     server, address = start()
+    pids[kind] = server.pid
     stack.callback(say, f"{kind}: stopped {server.name}")  # runs after the stop below
     stack.enter_context(server)
     say(f"{kind}: started {server.name} {server.version} on {server.address} (pid {server.pid})")
@@ -385,8 +390,9 @@ def servers(
     """
     say = progress or (lambda _line: None)
     with contextlib.ExitStack() as stack:
-        redis_url = _use_or_start(stack, "redis", REDIS_URL_ENV, start_redis, say)
+        pids: dict[str, int] = {}
+        redis_url = _use_or_start(stack, "redis", REDIS_URL_ENV, start_redis, say, pids)
         bootstrap = ""
         if kafka:
-            bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start_kafka, say)
-        yield Endpoints(redis_url=redis_url, kafka_bootstrap=bootstrap)
+            bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start_kafka, say, pids)
+        yield Endpoints(redis_url=redis_url, kafka_bootstrap=bootstrap, pids=pids)

@@ -1,0 +1,368 @@
+"""``tetik bench e2e``: the live engine against two baselines, on the same input.
+
+Three systems run in turn on the same servers (embedded Valkey and tansu, or
+those of ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP``), each as a child
+process with its own fresh topics, each fed the same seeded clickstream:
+
+* ``passthrough``: Bytewax Kafka -> decode -> Kafka, one record per event
+  (:mod:`bench.passthrough`), the framework's floor;
+* ``tetik``: ``tetik run`` with the abandoned-cart journey of
+  :mod:`bench.journey`, one worker;
+* ``handwritten``: a confluent-kafka loop with one Redis round trip per event
+  implementing the same journey (:mod:`bench.handwritten`).
+
+For each system: a warm-up, then offered load in steps (``x2`` each) until
+the system saturates (it processes under 90% of what was sent during the
+step, or ends the step more than half a second behind), then one more step at
+half the highest sustained rate. Per step: the rate actually sent, the rate
+processed, the backlog at the step's end, the end-to-end latency of
+event-caused outputs (:mod:`bench.watch`), timer lateness, and the CPU of the
+system, the broker, Redis and the load generator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.generator import GeneratorConfig
+from bench.journey import RULES
+from bench.load import LoadProcess, StepDone
+from bench.progress import Bar
+from bench.watch import OutputWatch, summary
+from flows.embedded import Endpoints, die_with_parent_preexec, servers
+from flows.jobs import say
+from flows.topics import ensure_topics
+
+SYSTEMS = ("passthrough", "tetik", "handwritten")
+RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run
+SATURATED_SHARE = 0.9  # processed / sent below this: the step is past saturation
+SATURATED_LAG_S = 0.5  # or a backlog of more than this many seconds of input at the end
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How hard and how long to push each system."""
+
+    step_s: float = 5.0
+    first_rate: int = 1_000
+    max_rate: int = 64_000
+    factor: float = 2.0
+    warm_rate: int = 200
+    warm_s: float = 3.0
+    drain_s: float = 120.0
+    users: int = 50_000
+    seed: int = 11
+
+
+QUICK = Plan(step_s=2.0, first_rate=1_000, max_rate=16_000, factor=4.0, warm_s=2.0, drain_s=30.0)
+
+
+@dataclass
+class System:
+    """One system under test: how to start it, where it writes, how far it got."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    events: str
+    output: str
+    processed: Callable[[], int] = field(default=lambda: 0)
+
+
+def _topics(name: str, run: str) -> tuple[str, str]:
+    return f"bench-{run}-{name}-events", f"bench-{run}-{name}-out"
+
+
+def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> System:
+    """The command line and progress counter of ``name`` for this run."""
+    events, output = _topics(name, run)
+    prefix = f"bench-{run}-{name}"
+    client = redis.Redis.from_url(endpoints.redis_url)
+    boot, python = endpoints.kafka_bootstrap, sys.executable
+    if name == "passthrough":
+        argv = [python, "-m", "bench.passthrough", "--bootstrap", boot]
+        argv += ["--events", events, "--out", output]
+        return System(name, argv, {}, events, output)
+    if name == "handwritten":
+        argv = [python, "-m", "bench.handwritten", "--bootstrap", boot]
+        argv += ["--redis", endpoints.redis_url, "--events", events, "--actions", output]
+        argv += ["--prefix", prefix]
+        counter = f"{prefix}:hw:processed"
+        return System(name, argv, {}, events, output, lambda: int(client.get(counter) or 0))
+    rules = workdir / "cart.yaml"
+    rules.write_text(RULES)
+    argv = [python, "-m", "flows.cli", "run", "--rules", str(rules), "--workers", "1"]
+    argv += ["--recovery-dir", str(workdir / f"recovery-{run}")]
+    env = {
+        "TETIK_REDIS_URL": endpoints.redis_url,
+        "TETIK_KAFKA_BOOTSTRAP": boot,
+        "TETIK_PREFIX": prefix,
+        "TETIK_EVENTS_TOPIC": events,
+        "TETIK_ACTIONS_TOPIC": output,
+        "TETIK_DLQ_TOPIC": f"{events}.dlq",
+    }
+    return System(name, argv, env, events, output, lambda: _tetik_processed(client, prefix))
+
+
+def _tetik_processed(client: redis.Redis, prefix: str) -> int:
+    stats = client.hmget(f"{prefix}:stats", ["applied", "duplicate", "stale", "invalid"])
+    return sum(int(v or 0) for v in stats)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all its threads), None if unreadable."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU % of one core for each named process over an interval."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start = self._read()
+        self._t0 = time.monotonic()
+
+    def _read(self) -> dict[str, float | None]:
+        return {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def percent(self) -> dict[str, float | None]:
+        end, seconds = self._read(), time.monotonic() - self._t0
+        out: dict[str, float | None] = {}
+        for name, before in self._start.items():
+            after = end[name]
+            ok = before is not None and after is not None and seconds > 0
+            out[name] = round(100 * (after - before) / seconds, 1) if ok else None  # type: ignore[operator]
+        return out
+
+
+@contextmanager
+def running(system: System, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The system's child process, stopped with SIGTERM (then SIGKILL) on leaving."""
+    log = (workdir / f"{system.name}.log").open("wb")
+    child = subprocess.Popen(
+        system.argv,
+        env={**os.environ, **system.env},
+        stdout=log,
+        stderr=log,
+        preexec_fn=die_with_parent_preexec(),
+    )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        log.close()
+
+
+class Runner:
+    """Drives one system through the plan; collects one dict per step.
+
+    Every step starts the system afresh on fresh topics and Redis keys: tansu's
+    in-memory storage gets slower as a partition's batch count grows, so
+    carrying one log through all steps would charge the broker's slowdown to
+    whichever step came last. The load process lives across steps, so every
+    system still receives the same stream of events.
+    """
+
+    def __init__(self, name: str, plan: Plan, endpoints: Endpoints, workdir: Path) -> None:
+        self.name, self.plan, self.endpoints, self.workdir = name, plan, endpoints, workdir
+        cfg = GeneratorConfig(users=plan.users, events=10**9, seed=plan.seed, invalid_ratio=0.002)
+        self.load = LoadProcess(endpoints.kafka_bootstrap, cfg)
+        self.steps = 0
+
+    def run(self) -> dict[str, Any]:
+        try:
+            steps: list[dict[str, Any]] = []
+            rate = float(self.plan.first_rate)
+            while rate <= self.plan.max_rate:
+                steps.append(self.step(rate, f"step {len(steps) + 1}"))
+                if steps[-1]["saturated"]:
+                    break
+                rate *= self.plan.factor
+            best = max(step["sustained_per_s"] for step in steps)
+            half = self.step(max(self.plan.warm_rate, best / 2), "half load")
+            return {"steps": steps, "max_sustained_per_s": best, "half_load": half}
+        finally:
+            self.load.close()
+
+    def step(self, rate: float, label: str) -> dict[str, Any]:
+        """Start the system on fresh topics, warm it up, then one measured step."""
+        self.steps += 1
+        system = make_system(self.name, self.endpoints, f"{RUN}{self.steps}", self.workdir)
+        ensure_topics(self.endpoints.kafka_bootstrap, {system.events: 4, system.output: 1})
+        self.load.topic(system.events)
+        watch = OutputWatch(self.endpoints.kafka_bootstrap, system.output)
+        if system.name == "passthrough":
+            system.processed = lambda: watch.records
+        watch.start()
+        try:
+            with running(system, self.workdir) as child:
+                probe = Probe(system, child, self.load, self.workdir)
+                probe.send(self.plan.warm_rate, self.plan.warm_s, f"{label} warm-up")
+                if not probe.drain(90.0):
+                    raise RuntimeError(probe.stuck("did not process its warm-up"))
+                pids = {**self.endpoints.pids, "system": child.pid, "load": self.load.pid}
+                return measure(probe, watch, pids, rate, self.plan, label)
+        finally:
+            watch.stop()
+
+
+class Probe:
+    """Sends load to one running system and follows how far it got."""
+
+    def __init__(
+        self, system: System, child: subprocess.Popen[bytes], load: LoadProcess, workdir: Path
+    ) -> None:
+        self.system, self.child, self.load, self.workdir = system, child, load, workdir
+        self.sent = 0
+
+    def processed(self) -> int:
+        return self.system.processed()
+
+    def send(self, rate: float, seconds: float, label: str) -> StepDone:
+        """Send ``rate * seconds`` records at ``rate``, with a progress bar."""
+        bar = Bar(f"e2e {self.system.name:<11} {label:<20} {rate:>8,.0f} ev/s")
+        self.load.prepare(int(rate * seconds))
+        self.load.go(rate)
+        started = time.monotonic()
+        while (done := self.load.poll(0.25)) is None:
+            self.check()
+            bar.update((time.monotonic() - started) / seconds)
+        self.sent += done.sent
+        bar.close(f"backlog {max(0, self.sent - self.processed()):,}")
+        return done
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything sent is processed (False at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while self.processed() < self.sent:
+            self.check()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the last outputs reach the watcher
+        return True
+
+    def check(self) -> None:
+        if self.child.poll() is not None:
+            raise RuntimeError(self.stuck(f"exited with {self.child.returncode}"))
+
+    def stuck(self, what: str) -> str:
+        log = (self.workdir / f"{self.system.name}.log").read_text(errors="replace")
+        return f"{self.system.name} {what}; the end of its log:\n{log[-2000:]}"
+
+
+def measure(
+    probe: Probe, watch: OutputWatch, pids: dict[str, int], rate: float, plan: Plan, label: str
+) -> dict[str, Any]:
+    """One measured step: rates, backlog, latency, timer lateness and CPU."""
+    before = probe.processed()
+    meter = CpuMeter(pids)
+    done = probe.send(rate, plan.step_s, label)
+    cpu = meter.percent()
+    seconds = max(0.001, (done.ended_ms - done.started_ms) / 1000)
+    sustained = (probe.processed() - before) / seconds
+    lag = probe.sent - probe.processed()
+    drain_start = time.monotonic()
+    drained = probe.drain(plan.drain_s)
+    caused, fired = watch.between(done.started_ms, done.ended_ms)
+    return {
+        "offered_per_s": rate,
+        "sent": done.sent,
+        "seconds": round(seconds, 3),
+        "sent_per_s": done.sent / seconds,
+        "sustained_per_s": sustained,
+        "lag_events": lag,
+        "lag_s": lag / rate,
+        "drain_s": round(time.monotonic() - drain_start, 2) if drained else None,
+        "saturated": sustained < SATURATED_SHARE * done.sent / seconds
+        or lag / rate > SATURATED_LAG_S,
+        "latency_ms": summary(caused),
+        "timer_lateness_ms": summary(fired),
+        "producer_ack_ms": {"p50": done.ack_p50_ms, "p99": done.ack_p99_ms},
+        "cpu_pct": cpu,
+    }
+
+
+def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """tetik / baseline ratios: throughput, and p99 at half load and at a common rate."""
+    tetik = systems["tetik"]
+    ratios: dict[str, Any] = {}
+    for base in ("passthrough", "handwritten"):
+        other = systems[base]
+        ratios[f"throughput_tetik_vs_{base}"] = (
+            tetik["max_sustained_per_s"] / other["max_sustained_per_s"]
+        )
+        ratios[f"p99_half_load_tetik_vs_{base}"] = _ratio(
+            tetik["half_load"]["latency_ms"]["p99"], other["half_load"]["latency_ms"]["p99"]
+        )
+    common = _common_rate(systems)
+    ratios["common_rate_per_s"] = common
+    if common is not None:
+        p99 = {name: _p99_at(result, common) for name, result in systems.items()}
+        for base in ("passthrough", "handwritten"):
+            ratios[f"p99_common_rate_tetik_vs_{base}"] = _ratio(p99["tetik"], p99[base])
+    return ratios
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _common_rate(systems: dict[str, dict[str, Any]]) -> float | None:
+    """The highest offered rate that every system sustained."""
+    sets = [
+        {s["offered_per_s"] for s in result["steps"] if not s["saturated"]}
+        for result in systems.values()
+    ]
+    common = set.intersection(*sets) if sets else set()
+    return max(common) if common else None
+
+
+def _p99_at(result: dict[str, Any], rate: float) -> float | None:
+    for step in result["steps"]:
+        if step["offered_per_s"] == rate:
+            value: float | None = step["latency_ms"]["p99"]
+            return value
+    return None
+
+
+def bench_e2e(
+    *, quick: bool = False, plan: Plan | None = None, systems: tuple[str, ...] = SYSTEMS
+) -> dict[str, Any]:
+    """Run every system through the plan on one set of servers; return the figures."""
+    plan = plan or (QUICK if quick else Plan())
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        servers(progress=say) as endpoints,
+        tempfile.TemporaryDirectory(prefix="tetik-e2e-") as tmp,
+    ):
+        workdir = Path(tmp)
+        for name in systems:
+            results[name] = Runner(name, plan, endpoints, workdir).run()
+            say(f"e2e {name}: max sustained {results[name]['max_sustained_per_s']:,.0f} events/s")
+    ratios = compare(results) if set(results) == set(SYSTEMS) else {}
+    return {"plan": plan.__dict__, "systems": results, "ratios": ratios}
