@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.generator import GeneratorConfig, write_jsonl
-from bench.report import save_result, table
+from bench.report import table
 from engine.errors import InvalidEvent
 from engine.events import Event, decode_event
 from engine.journeys import Engine
@@ -219,5 +219,4 @@ def bench_core(*, quick: bool = False, events: int = 0) -> dict[str, Any]:
         "ratio_1000_vs_10": ratio,
         "replay_events_per_s": replay_rate,
     }
-    save_result("core", result)
     return result

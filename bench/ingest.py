@@ -24,7 +24,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 
 from bench.generator import GeneratorConfig, generate_records
-from bench.report import save_result, table
+from bench.report import table
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply
@@ -111,5 +111,4 @@ def bench_ingest(*, quick: bool = False, users: int = 0, events: int = 0) -> dic
     }
     print(table(["measure", "events/s"], [[k, f"{v:,.0f}"] for k, v in rates.items()]))
     print(f"ingest / decode_only = {result['ingest_vs_decode_only']:.2f}")
-    save_result("ingest", result)
     return result

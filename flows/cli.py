@@ -101,7 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench
 
-    return run_bench(args.what, quick=args.quick)
+    return run_bench(args.what, quick=args.quick, out=args.out)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,11 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     add_rules_commands(rules_sub)
     add_commands(sub)  # deliver, onsite
 
-    bench = sub.add_parser("bench", help="benchmarks (see bench/README.md)")
+    bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
-        "what", choices=["core", "ingest", "memory", "all"], nargs="?", default="all"
+        "what", choices=["core", "e2e", "memory", "ingest", "all"], nargs="?", default="all"
     )
-    bench.add_argument("--quick", action="store_true", help="reduced sizes, for smoke checks")
+    bench.add_argument("--quick", action="store_true", help="reduced sizes, under a minute")
+    bench.add_argument(
+        "--out", help="directory for bench.json, bench.md, latency.png (default bench/results/TIME)"
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -1,0 +1,193 @@
+"""The Markdown report of a ``tetik bench`` run: goals first, then every table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.report import table
+
+Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
+
+GOALS: list[Goal] = [
+    (
+        "core",
+        "core events/s, 100 journeys (one core)",
+        lambda r: r["core"]["100"]["events_per_s"],
+        lambda v: v >= 100_000,
+        ">= 100,000",
+    ),
+    (
+        "core",
+        "core per-event time, 1,000 / 10 journeys",
+        lambda r: r["ratio_1000_vs_10"],
+        lambda v: v <= 2.0,
+        "<= 2.0x",
+    ),
+    (
+        "e2e",
+        "live throughput, tetik / passthrough",
+        lambda r: r["ratios"].get("throughput_tetik_vs_passthrough"),
+        lambda v: v >= 0.40,
+        ">= 0.40",
+    ),
+    (
+        "e2e",
+        "live throughput, tetik / hand-written",
+        lambda r: r["ratios"].get("throughput_tetik_vs_handwritten"),
+        lambda v: v >= 5.0,
+        ">= 5.0x",
+    ),
+    (
+        "e2e",
+        "live p99 at half the sustained max (ms)",
+        lambda r: r["systems"]["tetik"]["half_load"]["latency_ms"]["p99"],
+        lambda v: v <= 25,
+        "<= 25 ms",
+    ),
+    (
+        "memory",
+        "Redis bytes per active user (largest size)",
+        lambda r: r["sizes"][-1]["used_memory_delta_per_user"],
+        lambda v: v <= 2048,
+        "<= 2,048",
+    ),
+]
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The whole report for a result document (see :func:`bench.report.write_results`)."""
+    results = doc["results"]
+    parts = ["# tetik bench", _machine(doc), "## Goals", goals_table(results)]
+    if "core" in results:
+        parts += ["## Core (pure engine, no I/O)", core_table(results["core"])]
+    if "e2e" in results:
+        parts += ["## Live, end to end", e2e_tables(results["e2e"])]
+    if "memory" in results:
+        parts += ["## Memory", memory_table(results["memory"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def _machine(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return (
+        f"Python {m['python']} on {m['platform']}, {m['cpus']} CPUs ({m['cpu']}); {versions}. "
+        f"Parameters: `{doc['params']}`."
+    )
+
+
+def goals_table(results: dict[str, Any]) -> str:
+    """Every goal of the benchmark issue with the figure measured, where it was run."""
+    rows = []
+    for bench, name, figure, check, target in GOALS:
+        if bench not in results:
+            continue
+        value = _figure(figure, results[bench])
+        verdict = "-" if value is None else ("met" if check(value) else "missed")
+        shown = "-" if value is None else _fmt(value)
+        rows.append([name, target, shown, verdict])
+    return table(["goal", "target", "measured", ""], rows)
+
+
+def _figure(figure: Callable[[dict[str, Any]], float | None], result: dict[str, Any]) -> Any:
+    try:
+        return figure(result)
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def core_table(core: dict[str, Any]) -> str:
+    rows = [
+        [n, f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}", f"{r['actions']:,}"]
+        for n, r in core["core"].items()
+    ]
+    head = table(["journeys", "events/s (best of 3)", "µs/event", "actions"], rows)
+    return (
+        f"{head}\n\n{core['events']:,} generated events. 1,000 / 10 journeys per-event time: "
+        f"{core['ratio_1000_vs_10']:.2f}x. Replay end to end (JSONL -> sorted actions, "
+        f"100 journeys): {core['replay_events_per_s']:,.0f} events/s."
+    )
+
+
+def e2e_tables(e2e: dict[str, Any]) -> str:
+    parts = [_summary(e2e)]
+    for name, result in e2e["systems"].items():
+        parts.append(f"**{name}**: max sustained {result['max_sustained_per_s']:,.0f} events/s")
+        parts.append(step_table(result["steps"] + [{**result["half_load"], "half": True}]))
+    return "\n\n".join(parts)
+
+
+def _summary(e2e: dict[str, Any]) -> str:
+    rows = []
+    for name, result in e2e["systems"].items():
+        half = result["half_load"]
+        rows.append(
+            [
+                name,
+                f"{result['max_sustained_per_s']:,.0f}",
+                f"{half['offered_per_s']:,.0f}",
+                _ms(half["latency_ms"]["p50"]),
+                _ms(half["latency_ms"]["p99"]),
+                _ms(half["latency_ms"]["p99.9"]),
+            ]
+        )
+    head = table(
+        ["system", "max sustained ev/s", "half load ev/s", "p50 ms", "p99 ms", "p99.9 ms"], rows
+    )
+    ratios = ", ".join(
+        f"{k} {v:.2f}" for k, v in e2e.get("ratios", {}).items() if isinstance(v, float)
+    )
+    return f"{head}\n\nRatios: {ratios or '-'}."
+
+
+def step_table(steps: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in steps:
+        lat, cpu = s["latency_ms"], s["cpu_pct"]
+        label = f"{s['offered_per_s']:,.0f}" + (" (half)" if s.get("half") else "")
+        rows.append(
+            [
+                label,
+                f"{s['sustained_per_s']:,.0f}",
+                f"{s['lag_events']:,}",
+                *(_ms(lat[p]) for p in ("p50", "p95", "p99", "p99.9")),
+                f"{lat['count']:,}",
+                _ms(s["timer_lateness_ms"]["p50"]),
+                " / ".join(_pct(cpu.get(k)) for k in ("system", "kafka", "redis", "load")),
+                "yes" if s["saturated"] else "",
+            ]
+        )
+    header = ["offered ev/s", "sustained ev/s", "backlog at end", "p50", "p95", "p99"]
+    header += ["p99.9", "samples", "timer late p50", "CPU % sys/kafka/redis/load", "saturated"]
+    return table(header, rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def memory_table(memory: dict[str, Any]) -> str:
+    rows = []
+    for r in memory["sizes"]:
+        rss = r.get("rss_mib")
+        rows.append(
+            [
+                f"{r['users']:,}",
+                f"{r['events_per_user']:.1f}",
+                f"{r['used_memory_delta_per_user']:,.0f}",
+                f"{r['memory_usage_mean']:,.0f}",
+                "-" if rss is None else f"{rss:,.0f}",
+                "-" if rss is None else f"{r['rss_per_user_bytes']:,.0f}",
+            ]
+        )
+    header = ["users", "events/user", "Redis B/user", "MEMORY USAGE B/key", "engine RSS MiB"]
+    return table([*header, "RSS B/user"], rows)
