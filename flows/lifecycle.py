@@ -11,12 +11,36 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import StatefulSourcePartition
+
+IDLE_POLL = timedelta(milliseconds=2)
+
+
+class _NonBlocking:
+    """A partition's consumer whose ``consume`` never waits.
+
+    Bytewax's Kafka partition calls ``consume(batch_size, 0.001)``, which
+    blocks for the whole millisecond unless a full batch is queued. One worker
+    polls its partitions in turn, so with four partitions every round cost 4 ms
+    of waiting: a third of the live engine's main thread at 7,000 events/s.
+    Not waiting, and asking Bytewax to come back after :data:`IDLE_POLL` when a
+    poll found nothing, removes that wait without spinning when idle.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def consume(self, num_messages: int, timeout: float) -> Any:
+        del timeout
+        return self._consumer.consume(num_messages, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
 
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):
@@ -33,16 +57,22 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
         self._stop = stop
         self._name = name
         self._on_poll = on_poll
+        self._idle = False
+        if hasattr(inner, "_consumer"):
+            inner._consumer = _NonBlocking(inner._consumer)
 
     def next_batch(self) -> list[Any]:
         if self._stop.is_set():
             raise StopIteration
         batch = list(self._inner.next_batch())
+        self._idle = not batch
         if self._on_poll is not None:
             self._on_poll(self._name, len(batch))
         return batch
 
     def next_awake(self) -> datetime | None:
+        if self._idle:
+            return datetime.now(UTC) + IDLE_POLL
         return self._inner.next_awake()
 
     def snapshot(self) -> Any:

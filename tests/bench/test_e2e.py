@@ -1,0 +1,62 @@
+"""``tetik bench e2e`` end to end on the session's real servers, at a tiny load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.e2e import SYSTEMS, Plan, bench_e2e
+from bench.report import write_results
+from flows.embedded import Endpoints
+
+TINY = Plan(
+    step_s=1.0,
+    first_rate=400,
+    max_rate=400,
+    warm_rate=200,
+    warm_s=0.5,
+    drain_s=30,
+    users=2_000,
+    restart_each_step=False,
+)
+
+
+@pytest.fixture(scope="module")
+def e2e(endpoints: Endpoints) -> dict:  # type: ignore[type-arg]
+    """One tiny run for the module (about 20 s), on the session's servers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TETIK_REDIS_URL", endpoints.redis_url)
+        patch.setenv("TETIK_KAFKA_BOOTSTRAP", endpoints.kafka_bootstrap)
+        return bench_e2e(plan=TINY)
+
+
+@pytest.mark.integration
+def test_each_system_processes_the_same_input(e2e: dict) -> None:  # type: ignore[type-arg]
+    systems = e2e["systems"]
+    assert list(systems) == list(SYSTEMS)
+    for result in systems.values():
+        (step,) = result["steps"]
+        assert step["sent"] == 400
+        assert not step["saturated"]
+        assert 0.8 * 400 <= step["sustained_per_s"] <= 1.2 * 400
+        assert step["drain_s"] is not None
+        assert step["cpu_pct"]["system"] is not None
+        half = max(TINY.warm_rate, step["sustained_per_s"] / 2)
+        assert result["half_load"]["offered_per_s"] == pytest.approx(half)
+    # One output per event for the passthrough; the same cart actions for the other two.
+    assert systems["passthrough"]["steps"][0]["latency_ms"]["count"] == 400
+    carts = [systems[n]["steps"][0]["latency_ms"]["count"] for n in ("tetik", "handwritten")]
+    assert carts[0] == carts[1] > 0
+
+
+@pytest.mark.integration
+def test_ratios_and_result_files(e2e: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    ratios = e2e["ratios"]
+    assert ratios["throughput_tetik_vs_passthrough"] is None  # nothing saturated at 400/s
+    assert ratios["common_rate_per_s"] == 400
+    assert ratios["p99_common_rate_tetik_vs_handwritten"] > 0
+    paths = write_results(tmp_path, {"e2e": e2e}, {"what": "e2e"})
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "latency.png"]
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert "| tetik | >= " in paths[1].read_text()  # a lower bound: not saturated

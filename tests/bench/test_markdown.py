@@ -1,0 +1,38 @@
+"""The report's goals table: each figure against its goal, from the result document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.markdown import goals_table, memory_table
+
+
+def _core(per_s: float, ratio: float) -> dict[str, Any]:
+    row = {"events_per_s": per_s, "us_per_event": 1e6 / per_s, "actions": 1}
+    return {"events": 1, "core": {"100": row}, "ratio_1000_vs_10": ratio,
+            "replay_events_per_s": 1.0}  # fmt: skip
+
+
+def _memory(per_user: float) -> dict[str, Any]:
+    row = {"users": 10, "events_per_user": 5.0, "used_memory_delta_per_user": per_user,
+           "memory_usage_mean": 1.0}  # fmt: skip
+    return {"sizes": [row]}
+
+
+def test_goals_met_and_missed() -> None:
+    text = goals_table({"core": _core(120_000, 2.5), "memory": _memory(1_100)})
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert lines["core events/s, 100 journeys (one core)"].endswith("| 120,000 | met |")
+    assert lines["core per-event time, 1,000 / 10 journeys"].endswith("| 2.50 | missed |")
+    assert lines["Redis bytes per active user (largest size)"].endswith("| 1,100 | met |")
+    assert "live" not in text  # no e2e figures, no e2e goals
+
+
+def test_goal_without_a_figure_has_no_verdict() -> None:
+    e2e = {"ratios": {"throughput_tetik_vs_passthrough": None}, "systems": {}}
+    text = goals_table({"e2e": e2e})
+    assert "| live throughput, tetik / passthrough | >= 0.40 | - | - |" in text
+
+
+def test_memory_table_without_rss() -> None:
+    assert "| 10 | 5.0 | 1,100 | 1 | - | - |" in memory_table(_memory(1_100))
