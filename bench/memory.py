@@ -16,20 +16,24 @@ Engine RSS
     :mod:`bench.journey`, fresh topics, prefix and recovery directory) runs as
     a child. Its resident set (``VmRSS``) is read once it has processed a
     warm-up of :data:`WARMUP_EVENTS` events (``rss_idle_mib``); then the
-    generated events of the size (:data:`EVENTS_PER_USER` per user, ``ts``
-    stamped with the wall clock so they are live) go to Kafka as one backlog,
-    and the moment the engine has processed all of them ``VmRSS``
-    (``rss_mib``) and ``VmHWM`` (``rss_peak_mib``) are read.
-    ``rss_per_user_bytes`` is ``(rss - idle) / users``, ``users`` being the
-    distinct identities produced. The figure holds everything the process
-    grew by for them: the states of the users touched in the last
-    ``idle_ms`` (60 s; every user here, as long as the backlog is processed
-    within that), the journey enrollments and pending timers (``wait: 3s``),
-    the Python objects of the logic and the prefetch cache, Bytewax's state
-    and recovery snapshots, librdkafka's buffers, and whatever the Python
-    allocator keeps after freeing. It is the worst case of a burst in which
-    every user is active at once; users idle for ``idle_ms`` without a
-    pending timer are dropped from memory (their state stays in Redis).
+    generated events of the size (:data:`EVENTS_PER_USER` per user) are fed
+    to it as fast as it takes them (:func:`feed`: ``ts`` is the wall clock at
+    sending, so they are live), and the moment it has processed all of them
+    ``VmRSS`` (``rss_mib``) and ``VmHWM`` (``rss_peak_mib``) are read.
+    ``rss_per_user_bytes`` is ``(rss - idle) / rss_users``, ``rss_users``
+    being the distinct identities fed (``users`` is those of the Redis
+    figure's own, deeper clickstream). ``rss_s`` is how long feeding took.
+
+    The figure holds everything the process grew by for those users: their
+    states (every user touched in the last ``idle_ms``, 60 s, stays resident:
+    all of them while ``rss_s`` is under that; a warning is printed when not),
+    their journey enrollments and pending timers (``wait: 3s``), the Python
+    objects of the per-user logic and the prefetch cache, Bytewax's per-key
+    bookkeeping and recovery snapshots, librdkafka's buffers, and whatever the
+    Python allocator keeps after freeing. It is the worst case of a burst in
+    which every user is active at once: in steady traffic, users idle for
+    ``idle_ms`` without a pending timer leave memory (their state stays in
+    Redis).
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ REDIS_EVENTS_PER_USER = 20  # history depth of the Redis figure
 EVENTS_PER_USER = 5  # backlog of the RSS figure
 WARMUP_EVENTS = 50
 SEED = 5
+CHUNK = 2_000  # records per produce call
+LEAD = 6_000  # at most this many events sent and not yet processed
 TIMEOUT_S = 300.0  # processing the backlog (and the warm-up) must finish within this
+IDLE_S = 60.0  # the engine's idle_ms (flows.trigger): users idle this long leave memory
 
 
 # --- Redis bytes per user ---
@@ -136,29 +143,32 @@ def proc_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-class Engine:
+class EngineChild:
     """A running ``tetik run`` child and how far it got."""
 
     def __init__(
-        self, system: System, child: subprocess.Popen[bytes], workdir: Path, client: redis.Redis
+        self,
+        system: System,
+        child: subprocess.Popen[bytes],
+        workdir: Path,
+        client: redis.Redis,
+        label: str,
     ) -> None:
-        self.system, self.child, self.workdir = system, child, workdir
+        self.system, self.child, self.workdir, self.label = system, child, workdir, label
         self.prefix = system.env["TETIK_PREFIX"]
         self.client = client
 
     def processed(self) -> int:
         return _tetik_processed(self.client, self.prefix)
 
-    def wait_for(self, count: int, label: str) -> None:
-        """Wait until ``count`` events are processed (RuntimeError after TIMEOUT_S)."""
-        bar, started = Bar(f"memory {label}"), time.monotonic()
+    def wait_until(self, count: int, deadline: float) -> int:
+        """Wait until ``count`` events are processed; RuntimeError at ``deadline``."""
         while (done := self.processed()) < count:
             self.check()
-            if time.monotonic() - started > TIMEOUT_S:
+            if time.monotonic() > deadline:
                 raise RuntimeError(self.stuck(f"processed {done:,} of {count:,} events"))
-            bar.update(done / count, f"{done:,}/{count:,}")
-            time.sleep(0.05)
-        bar.close(f"{count:,} events")
+            time.sleep(0.02)
+        return done
 
     def check(self) -> None:
         if self.child.poll() is not None:
@@ -169,31 +179,52 @@ class Engine:
         return f"tetik run {what}; the end of its log:\n{log[-2000:]}"
 
 
+def feed(engine: EngineChild, bootstrap: str, records: Iterator[Record], total: int) -> int:
+    """Send ``records`` in chunks, at most :data:`LEAD` events ahead of the engine.
+
+    Rules: each record's ``ts`` is the wall clock when it is sent, and the engine
+    is never further behind than ``LEAD`` events, so event time tracks the wall
+    clock as for live traffic (a whole backlog stamped at once would leave every
+    journey timer due by the clock but held back by the watermark, re-polled
+    every 100 ms until the engine reads past it). Returns the number sent, once
+    the engine has processed all of them.
+    """
+    bar, sent = Bar(f"memory {engine.label}"), 0
+    deadline = time.monotonic() + TIMEOUT_S
+    while chunk := list(islice(records, CHUNK)):
+        done = engine.wait_until(sent - LEAD, deadline)
+        bar.update(done / total, f"{done:,}/{total:,}")
+        sent += produce_records(bootstrap, engine.system.events, chunk)
+    engine.wait_until(sent, deadline)
+    bar.close(f"{sent:,} events")
+    return sent
+
+
 def engine_rss(endpoints: Endpoints, users: int, workdir: Path) -> dict[str, Any]:
     """Start ``tetik run`` on fresh topics; its RSS after a warm-up and after ``users``.
 
-    The first :data:`WARMUP_EVENTS` records are the warm-up; the rest is produced
-    as one backlog. ``rss_users`` is the distinct identities of all records (the
-    warm-up's few are in the idle figure too, a bias of under ``WARMUP_EVENTS``
+    The first :data:`WARMUP_EVENTS` records are the warm-up, the rest is fed by
+    :func:`feed`. ``rss_users`` is the distinct identities of all records (the
+    warm-up's few are in the idle figure too: a bias of under ``WARMUP_EVENTS``
     states).
     """
     run = f"mem{uuid.uuid4().hex[:6]}-{users}"
     system = dataclasses.replace(make_system("tetik", endpoints, run, workdir), name=f"tetik-{run}")
     ensure_topics(endpoints.kafka_bootstrap, {system.events: 4, system.output: 1})
     client = redis.Redis.from_url(endpoints.redis_url)
-    records, keys = live_records(users), set[bytes | None]()
+    keys: set[bytes | None] = set()
+    records = stamped(live_records(users), keys)
+    boot, total = endpoints.kafka_bootstrap, users * EVENTS_PER_USER
     with running(system, workdir) as child:
-        engine = Engine(system, child, workdir, client)
-        sent = produce_records(
-            endpoints.kafka_bootstrap, system.events, stamped(islice(records, WARMUP_EVENTS), keys)
-        )
-        engine.wait_for(sent, f"{users:,} users warm-up")
+        engine = EngineChild(system, child, workdir, client, f"{users:,} users")
+        sent = feed(engine, boot, islice(records, WARMUP_EVENTS), WARMUP_EVENTS)
         idle = proc_kib(child.pid, "VmRSS")
         started = time.monotonic()
-        sent += produce_records(endpoints.kafka_bootstrap, system.events, stamped(records, keys))
-        engine.wait_for(sent, f"{users:,} users backlog")
+        sent += feed(engine, boot, records, total)
         seconds = time.monotonic() - started
         rss, peak = proc_kib(child.pid, "VmRSS"), proc_kib(child.pid, "VmHWM")
+    if seconds > IDLE_S:
+        say(f"bench memory: feeding took {seconds:.0f} s; the first users may have left memory")
     return {
         "rss_users": len(keys),
         "rss_events": sent,
@@ -224,12 +255,13 @@ def measure_size(endpoints: Endpoints, users: int, workdir: Path) -> dict[str, A
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ["users", "events/user", "value B", "MEMORY USAGE B", "Redis B/user"]
-    header += ["RSS users", "RSS idle MiB", "RSS MiB", "RSS peak MiB", "RSS B/user"]
+    header = ["size", "Redis users", "events/user", "value B", "MEMORY USAGE B", "Redis B/user"]
+    header += ["engine users", "RSS idle MiB", "RSS MiB", "RSS peak MiB", "RSS B/user", "fed in s"]
     return table(
         header,
         [
             [
+                f"{r['size']:,}",
                 f"{r['users']:,}",
                 f"{r['events_per_user']:.1f}",
                 f"{r['value_bytes_mean']:.0f}",
@@ -240,6 +272,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 f"{r['rss_mib']:.0f}",
                 f"{r['rss_peak_mib']:.0f}",
                 f"{r['rss_per_user_bytes']:,.0f}",
+                f"{r['rss_s']:.1f}",
             ]
             for r in rows
         ],
