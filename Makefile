@@ -28,8 +28,9 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The full benchmark (about 10 minutes); writes the figures the README shows.
 bench: $(STAMP)
-	$(BIN)/tetik bench
+	$(BIN)/tetik bench all --out docs/performance
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -182,6 +182,7 @@ def _pct(value: float | None) -> str:
 
 
 def memory_table(memory: dict[str, Any]) -> str:
+    """Redis bytes per user and the engine's RSS; each over its own users (see bench.memory)."""
     rows = []
     for r in memory["sizes"]:
         rss = r.get("rss_mib")
@@ -191,9 +192,10 @@ def memory_table(memory: dict[str, Any]) -> str:
                 f"{r['events_per_user']:.1f}",
                 f"{r['used_memory_delta_per_user']:,.0f}",
                 f"{r['memory_usage_mean']:,.0f}",
-                "-" if rss is None else f"{rss:,.0f}",
+                "-" if rss is None else f"{r['rss_users']:,}",
+                "-" if rss is None else f"{r['rss_idle_mib']:,.0f} -> {rss:,.0f}",
                 "-" if rss is None else f"{r['rss_per_user_bytes']:,.0f}",
             ]
         )
-    header = ["users", "events/user", "Redis B/user", "MEMORY USAGE B/key", "engine RSS MiB"]
-    return table([*header, "RSS B/user"], rows)
+    header = ["Redis users", "events/user", "Redis B/user", "MEMORY USAGE B/key"]
+    return table([*header, "engine users", "engine RSS MiB", "RSS B/user"], rows)

@@ -35,4 +35,11 @@ def test_goal_without_a_figure_has_no_verdict() -> None:
 
 
 def test_memory_table_without_rss() -> None:
-    assert "| 10 | 5.0 | 1,100 | 1 | - | - |" in memory_table(_memory(1_100))
+    assert "| 10 | 5.0 | 1,100 | 1 | - | - | - |" in memory_table(_memory(1_100))
+
+
+def test_memory_table_with_rss() -> None:
+    memory = _memory(1_100)
+    rss = {"rss_users": 7, "rss_idle_mib": 64.0, "rss_mib": 70.0, "rss_per_user_bytes": 900.0}
+    memory["sizes"][0].update(rss)
+    assert "| 10 | 5.0 | 1,100 | 1 | 7 | 64 -> 70 | 900 |" in memory_table(memory)
