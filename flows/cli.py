@@ -58,7 +58,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from flows.jobs import produce_file
 
-    return produce_file(args.file)
+    return produce_file(args.file, rate=args.rate)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = sub.add_parser("produce", help="send a JSONL file of events to the events topic")
     produce.add_argument("file")
+    produce.add_argument("--rate", type=float, default=0.0, help="records/s (default: at once)")
     produce.set_defaults(func=_cmd_produce)
 
     rp = sub.add_parser("replay", help="backtest rules on an event log (virtual clock)")

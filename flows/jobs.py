@@ -65,8 +65,9 @@ def read_state(user: str, redis_url: str | None = None) -> dict[str, Any] | None
     return None if state is None else to_view(state)
 
 
-def produce_file(path: str) -> int:
-    """Send every line of a JSONL file to the events topic, as-is (bad lines too)."""
+def produce_file(path: str, rate: float = 0.0) -> int:
+    """Send every line of a JSONL file to the events topic, as-is (bad lines too);
+    ``rate`` > 0 paces them (records/s)."""
     settings = from_env()
     if not settings.kafka_bootstrap:
         raise ConfigError("set TETIK_KAFKA_BOOTSTRAP to the Kafka the engine reads from")
@@ -74,7 +75,11 @@ def produce_file(path: str) -> int:
     lines = (line for line in Path(path).read_bytes().splitlines() if line.strip())
     records = ((identity_of(line), line) for line in lines)
     sent = produce_records(
-        settings.kafka_bootstrap, settings.events_topic, records, on_progress=_count_progress
+        settings.kafka_bootstrap,
+        settings.events_topic,
+        records,
+        rate=rate,
+        on_progress=_count_progress,
     )
     say(f"sent {sent:,} records to {settings.events_topic}")
     return 0
