@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from bench.journey import RULES
 from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
 from bench.watch import OutputWatch, summary
-from flows.embedded import Endpoints, die_with_parent_preexec, servers
+from flows.embedded import Endpoints, die_with_parent_preexec, servers, stop_child
 from flows.jobs import say
 from flows.topics import ensure_topics
 
@@ -179,13 +178,7 @@ def running(system: System, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield child
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_child(child)
         log.close()
 
 

@@ -38,7 +38,7 @@ from bench.generator import GeneratorConfig, generate_records
 from channels.onsite import read_inbox
 from engine.state import to_view
 from flows.console import ActionWatch, Snapshot, render
-from flows.embedded import free_port, servers
+from flows.embedded import free_port, servers, stop_child
 from flows.jobs import say
 from flows.producer import Record, produce_records
 from flows.settings import Settings, from_env
@@ -125,7 +125,7 @@ def _live(
         sent = _stream(settings, stop, traffic, keys, watch, store, children)
         time.sleep(0 if stop.is_set() else SETTLE_S)
     finally:
-        codes = [_stop(child) for child in children]
+        codes = [stop_child(child) for child in children]
         watch.stop()
     data = watch.snapshot()
     _summary(settings, store, data, sent, catcher, tmp, codes)
@@ -246,18 +246,6 @@ def _view_loop(
             shown = len(lines)
         elif int(elapsed) % 5 == 0:
             print(" | ".join(lines[:1] + lines[-1:]), flush=True)
-
-
-def _stop(child: subprocess.Popen[bytes]) -> int:
-    """SIGTERM asks the job to finish its batch and exit; SIGKILL if it will not."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return child.returncode
 
 
 def _summary(

@@ -183,6 +183,19 @@ def die_with_parent_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+def stop_child(child: subprocess.Popen[bytes], grace_s: float = 20) -> int:
+    """Stop a tetik job: SIGTERM asks it to finish its batch and exit; SIGKILL if it
+    will not within ``grace_s``. Returns its exit code."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return child.returncode
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago (callers retry on a clash)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
