@@ -253,17 +253,42 @@ class Runner:
         return probe, watch, pids
 
 
-class Probe:
-    """Sends load to one running system and follows how far it got."""
+class Child:
+    """A running system under test: how far it got, and a clear error if it died."""
+
+    def __init__(self, system: System, child: subprocess.Popen[bytes], workdir: Path) -> None:
+        self.system, self.child, self.workdir = system, child, workdir
+
+    def processed(self) -> int:
+        return self.system.processed()
+
+    def wait_until(self, count: int, deadline: float) -> bool:
+        """Wait until ``count`` events are processed (False at the monotonic ``deadline``)."""
+        while self.processed() < count:
+            self.check()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def check(self) -> None:
+        if self.child.poll() is not None:
+            raise RuntimeError(self.stuck(f"exited with {self.child.returncode}"))
+
+    def stuck(self, what: str) -> str:
+        log = (self.workdir / f"{self.system.name}.log").read_text(errors="replace")
+        return f"{self.system.name} {what}; the end of its log:\n{log[-2000:]}"
+
+
+class Probe(Child):
+    """Sends steps of load to one running system and follows how far it got."""
 
     def __init__(
         self, system: System, child: subprocess.Popen[bytes], load: LoadProcess, workdir: Path
     ) -> None:
-        self.system, self.child, self.load, self.workdir = system, child, load, workdir
+        super().__init__(system, child, workdir)
+        self.load = load
         self.sent = 0
-
-    def processed(self) -> int:
-        return self.system.processed()
 
     def send(self, rate: float, seconds: float, label: str) -> StepDone:
         """Send ``rate * seconds`` records at ``rate``, with a progress bar."""
@@ -280,22 +305,10 @@ class Probe:
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything sent is processed (False at the timeout)."""
-        deadline = time.monotonic() + timeout
-        while self.processed() < self.sent:
-            self.check()
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        if not self.wait_until(self.sent, time.monotonic() + timeout):
+            return False
         time.sleep(0.3)  # let the last outputs reach the watcher
         return True
-
-    def check(self) -> None:
-        if self.child.poll() is not None:
-            raise RuntimeError(self.stuck(f"exited with {self.child.returncode}"))
-
-    def stuck(self, what: str) -> str:
-        log = (self.workdir / f"{self.system.name}.log").read_text(errors="replace")
-        return f"{self.system.name} {what}; the end of its log:\n{log[-2000:]}"
 
 
 def measure(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -23,6 +23,8 @@ import orjson
 from confluent_kafka import Producer
 
 from bench.generator import GeneratorConfig, generate_records
+from flows.console import percentile
+from flows.producer import send_record
 
 _MARK = "\x00ts\x00"
 _QUOTED = orjson.dumps(_MARK)
@@ -87,31 +89,14 @@ def send_paced(producer: Producer, topic: str, batch: list[Template], rate: floa
         due = min(len(batch), int((time.monotonic() - started) * rate) + 1)
         now_ms = time.time_ns() // 1_000_000
         for item in batch[sent:due]:
-            _produce(producer, topic, item, now_ms, acked)
+            send_record(producer, topic, item.key, item.value(now_ms), acked)
         sent = due
         producer.poll(0)
         time.sleep(0.001)
     ended_ms = time.time_ns() // 1_000_000
     producer.flush(30)
-    acks.sort()
-    return StepDone(sent, started_ms, ended_ms, *_quantiles(acks, 0.5, 0.99))
-
-
-def _quantiles(ordered: list[int], *qs: float) -> list[int]:
-    if not ordered:
-        return [0 for _ in qs]
-    return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in qs]
-
-
-def _produce(
-    producer: Producer, topic: str, item: Template, now_ms: int, acked: Callable[..., None]
-) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=item.value(now_ms), key=item.key, on_delivery=acked)
-            return
-        except BufferError:  # local queue full: the broker is behind
-            producer.poll(0.01)
+    p50, p99 = percentile(acks, 0.5) or 0, percentile(acks, 0.99) or 0
+    return StepDone(sent, started_ms, ended_ms, p50, p99)
 
 
 def _templates(stream: Iterator[tuple[bytes | None, bytes]], count: int) -> list[Template]:

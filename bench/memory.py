@@ -39,7 +39,6 @@ Engine RSS
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import tempfile
 import time
 import uuid
@@ -51,8 +50,9 @@ from typing import Any
 import orjson
 import redis
 
-from bench.e2e import System, _tetik_processed, make_system, running
+from bench.e2e import Child, make_system, running
 from bench.generator import GeneratorConfig, generate, generate_records
+from bench.load import template
 from bench.progress import Bar
 from bench.report import table
 from engine.events import decode_event
@@ -130,9 +130,7 @@ def stamped(records: Iterable[Record], keys: set[bytes | None]) -> Iterator[Reco
     """``records`` with ``ts`` set to the wall clock as each is sent; keys collected."""
     for key, value in records:
         keys.add(key)
-        doc = orjson.loads(value)
-        doc["ts"] = time.time_ns() // 1_000_000
-        yield key, orjson.dumps(doc)
+        yield key, template(key, value).value(time.time_ns() // 1_000_000)
 
 
 def proc_kib(pid: int, field: str) -> int:
@@ -143,43 +141,14 @@ def proc_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-class EngineChild:
-    """A running ``tetik run`` child and how far it got."""
-
-    def __init__(
-        self,
-        system: System,
-        child: subprocess.Popen[bytes],
-        workdir: Path,
-        client: redis.Redis,
-        label: str,
-    ) -> None:
-        self.system, self.child, self.workdir, self.label = system, child, workdir, label
-        self.prefix = system.env["TETIK_PREFIX"]
-        self.client = client
-
-    def processed(self) -> int:
-        return _tetik_processed(self.client, self.prefix)
-
-    def wait_until(self, count: int, deadline: float) -> int:
-        """Wait until ``count`` events are processed; RuntimeError at ``deadline``."""
-        while (done := self.processed()) < count:
-            self.check()
-            if time.monotonic() > deadline:
-                raise RuntimeError(self.stuck(f"processed {done:,} of {count:,} events"))
-            time.sleep(0.02)
-        return done
-
-    def check(self) -> None:
-        if self.child.poll() is not None:
-            raise RuntimeError(self.stuck(f"exited with {self.child.returncode}"))
-
-    def stuck(self, what: str) -> str:
-        log = (self.workdir / f"{self.system.name}.log").read_text(errors="replace")
-        return f"tetik run {what}; the end of its log:\n{log[-2000:]}"
+def _wait(engine: Child, count: int, deadline: float) -> int:
+    """Wait until ``count`` events are processed; RuntimeError at ``deadline``."""
+    if not engine.wait_until(count, deadline):
+        raise RuntimeError(engine.stuck(f"processed {engine.processed():,} of {count:,} events"))
+    return engine.processed()
 
 
-def feed(engine: EngineChild, bootstrap: str, records: Iterator[Record], total: int) -> int:
+def feed(engine: Child, label: str, bootstrap: str, records: Iterator[Record], total: int) -> int:
     """Send ``records`` in chunks, at most :data:`LEAD` events ahead of the engine.
 
     Rules: each record's ``ts`` is the wall clock when it is sent, and the engine
@@ -189,13 +158,13 @@ def feed(engine: EngineChild, bootstrap: str, records: Iterator[Record], total: 
     every 100 ms until the engine reads past it). Returns the number sent, once
     the engine has processed all of them.
     """
-    bar, sent = Bar(f"memory {engine.label}"), 0
+    bar, sent = Bar(f"memory {label}"), 0
     deadline = time.monotonic() + TIMEOUT_S
     while chunk := list(islice(records, CHUNK)):
-        done = engine.wait_until(sent - LEAD, deadline)
+        done = _wait(engine, sent - LEAD, deadline)
         bar.update(done / total, f"{done:,}/{total:,}")
         sent += produce_records(bootstrap, engine.system.events, chunk)
-    engine.wait_until(sent, deadline)
+    _wait(engine, sent, deadline)
     bar.close(f"{sent:,} events")
     return sent
 
@@ -211,16 +180,15 @@ def engine_rss(endpoints: Endpoints, users: int, workdir: Path) -> dict[str, Any
     run = f"mem{uuid.uuid4().hex[:6]}-{users}"
     system = dataclasses.replace(make_system("tetik", endpoints, run, workdir), name=f"tetik-{run}")
     ensure_topics(endpoints.kafka_bootstrap, {system.events: 4, system.output: 1})
-    client = redis.Redis.from_url(endpoints.redis_url)
     keys: set[bytes | None] = set()
     records = stamped(live_records(users), keys)
     boot, total = endpoints.kafka_bootstrap, users * EVENTS_PER_USER
     with running(system, workdir) as child:
-        engine = EngineChild(system, child, workdir, client, f"{users:,} users")
-        sent = feed(engine, boot, islice(records, WARMUP_EVENTS), WARMUP_EVENTS)
+        engine, label = Child(system, child, workdir), f"{users:,} users"
+        sent = feed(engine, label, boot, islice(records, WARMUP_EVENTS), WARMUP_EVENTS)
         idle = proc_kib(child.pid, "VmRSS")
         started = time.monotonic()
-        sent += feed(engine, boot, records, total)
+        sent += feed(engine, label, boot, records, total)
         seconds = time.monotonic() - started
         rss, peak = proc_kib(child.pid, "VmRSS"), proc_kib(child.pid, "VmHWM")
     if seconds > IDLE_S:

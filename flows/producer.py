@@ -46,7 +46,7 @@ def produce_records(
     start = time.monotonic()
     sent = 0
     for key, value in records:
-        _send(producer, topic, key, value, delivered)
+        send_record(producer, topic, key, value, delivered)
         sent += 1
         if rate > 0:
             _pace(start, sent, rate)
@@ -58,7 +58,7 @@ def produce_records(
     return sent
 
 
-def _send(
+def send_record(
     producer: Producer, topic: str, key: bytes | None, value: bytes, cb: Callable[..., None]
 ) -> None:
     while True:
