@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-kafka fuzz chaos chaos-short lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,26 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The whole suite on the embedded servers (a short fuzz run included); the Apache
+# Kafka subset needs Java 17 and runs in `make test-kafka` (.ci/run, where Java is).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not apache_kafka"
+
+test-kafka: $(STAMP)
+	$(BIN)/python -m pytest -m apache_kafka
+
+# Long fuzzing of the decoder, rules loader, expression parser and templates.
+# FUZZ_EXAMPLES examples per target (hypothesis); see tests/fuzz.
+FUZZ_EXAMPLES ?= 200000
+fuzz: $(STAMP)
+	TETIK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz -p no:randomly tests/fuzz
+
+# The standing fault suite on real servers, every action compared with replay.
+chaos: $(STAMP)
+	$(BIN)/tetik chaos --kills 200
+
+chaos-short: $(STAMP)
+	$(BIN)/tetik chaos --short
 
 # The full benchmark (about 10 minutes); writes the figures the README shows.
 bench: $(STAMP)

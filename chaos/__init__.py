@@ -1,0 +1,1 @@
+"""The standing fault suite (`tetik chaos`): real servers, injected faults, every action compared with `tetik replay`."""
