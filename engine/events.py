@@ -11,12 +11,23 @@ Rules of this interface:
 * Unknown top-level fields are ignored (storefronts add their own); known
   fields are checked strictly, including the per-type required fields below.
 * Every new field gets a default, so old producers stay valid.
+* Numbers are bounded to what the state store holds: integers anywhere in an
+  event (``ts``, ``quantity``, ``attributes``, ``props``) fit in a signed
+  64-bit integer, ``quantity`` is at most :data:`MAX_QUANTITY`, floats are
+  finite, and ``ts`` is before :data:`MAX_TS` (2100-01-01). An event outside
+  these bounds is invalid, so it is dead-lettered, never stored.
+* :func:`check_not_future` refuses a ``ts`` more than :data:`MAX_FUTURE_MS`
+  (24 hours) after a reference time: live, the time the message reached
+  Kafka (its CreateTime, so re-reading the same message decides the same);
+  in a backtest, the moment the backtest runs. One event dated in the year
+  9999 cannot move the clock for everyone.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
@@ -29,6 +40,11 @@ from engine.errors import InvalidEvent
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_STRING: Final = 1024
 MAX_PROPS_DEPTH: Final = 5
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+MAX_QUANTITY: Final = 1_000_000
+MAX_TS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z in epoch ms
+MAX_FUTURE_MS: Final = 24 * 3_600_000
 
 STANDARD_TYPES: Final = frozenset(
     {
@@ -65,8 +81,9 @@ _BIRTHDAY = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\Z")
 Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
 Price = Annotated[float, msgspec.Meta(ge=0)]
-Quantity = Annotated[int, msgspec.Meta(ge=1)]
-Scalar = Str | int | float | bool | None
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+Scalar = Str | Int64 | float | bool | None
 EngagementKind = Literal["delivered", "opened", "clicked", "bounced", "unsubscribed"]
 
 
@@ -117,6 +134,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
             msgspec.structs.force_setattr(self, "ts", parse_ts(self.ts))
         elif self.ts < 0:
             raise ValueError(f"ts {self.ts} is negative; send epoch milliseconds")
+        if self.ts >= MAX_TS:
+            raise ValueError(
+                f"ts {self.ts} is after 2100-01-01; send epoch milliseconds (13 digits today)"
+            )
+        _check_floats(self)
         if not (self.user_id or self.anon_id):
             raise ValueError("one of user_id or anon_id is required (the identity key)")
         _check_type_fields(self)
@@ -194,8 +216,33 @@ def _check_attributes(attributes: dict[str, Any]) -> None:
         raise ValueError(f"attributes.birthday {birthday!r} is not MM-DD (e.g. 04-23)")
 
 
+def _check_floats(event: Event) -> None:
+    """Floats must be finite (JSON has no infinity, but 1e999 decodes to one)."""
+    for name in ("price", "revenue"):
+        value = getattr(event, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} {value} is not a finite number")
+    for item in event.items or ():
+        if item.price is not None and not math.isfinite(item.price):
+            raise ValueError(f"items price {item.price} is not a finite number")
+    for key, value in (event.attributes or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"attributes.{key} {value} is not a finite number")
+
+
+def check_not_future(event: Event, reference_ms: int, bound_ms: int = MAX_FUTURE_MS) -> None:
+    """Raise InvalidEvent when ``event.ts`` is more than ``bound_ms`` after ``reference_ms``."""
+    if event.ts > reference_ms + bound_ms:
+        ahead_h = (event.ts - reference_ms) / 3_600_000
+        raise InvalidEvent(
+            f"ts {event.ts} is {ahead_h:,.1f} h after the time the event was received; "
+            f"events more than {bound_ms // 3_600_000} h in the future are refused "
+            "(check the producer's clock and that ts is in milliseconds)"
+        )
+
+
 def _check_props(value: Any, depth: int, path: str) -> None:
-    """Props are free-form but bounded: nesting depth and string lengths."""
+    """Props are free-form but bounded: nesting depth, string lengths, int64, finite floats."""
     if isinstance(value, dict):
         if depth > MAX_PROPS_DEPTH:
             raise ValueError(f"{path} nests deeper than {MAX_PROPS_DEPTH} levels")
@@ -209,6 +256,12 @@ def _check_props(value: Any, depth: int, path: str) -> None:
             _check_props(inner, depth + 1, f"{path}[{index}]")
     elif isinstance(value, str):
         _check_string(value, path)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{path} {value} does not fit in a signed 64-bit integer")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} {value} is not a finite number")
 
 
 def _check_string(value: str, path: str) -> None:

@@ -11,7 +11,10 @@ Rules of this interface:
   as ``"stale"``: it could not be told apart from a replay of an evicted one.
 * Every part of the state is bounded by :class:`~engine.windows.WindowConfig`:
   windows by count on insert and by age in :func:`prune`, cart lines and
-  favorites by count and age, profile attributes by key count.
+  favorites by count and age, profile attributes by key count, and the number
+  of distinct custom event types by ``custom_types_max`` (50): a new type past
+  it drops the custom type whose newest record is oldest, whole, and counts
+  it in ``UserState.types_dropped``.
 * :func:`dumps` / :func:`loads` round-trip the state exactly (msgpack).
 """
 
@@ -21,7 +24,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from engine.events import Event, Scalar
+from engine.events import STANDARD_TYPES, Event, Scalar
 from engine.windows import (
     DEFAULT_CONFIG,
     Stored,
@@ -104,6 +107,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     enrollments: dict[str, Enrollment] = {}
     entered: dict[str, Entered] = {}
     sends: list[Sent] = []
+    types_dropped: int = 0
 
 
 def _ids(state: UserState) -> set[int]:
@@ -137,12 +141,25 @@ def apply(
         return "stale"
     record = stored(event, h, _revenue(event))
     if window is None:
+        if event.type not in STANDARD_TYPES:
+            _make_room_for_type(state, config.custom_types_max)
         window = state.windows[event.type] = []
     ids.add(h)
     _forget(state, insert(window, record, limits))
     _apply_effects(state, event, config)
     _touch(state, event)
     return "applied"
+
+
+def _make_room_for_type(state: UserState, limit: int) -> None:
+    """Drop the least recently seen custom types until a new one fits under ``limit``."""
+    custom = [name for name in state.windows if name not in STANDARD_TYPES]
+    if len(custom) < limit:
+        return
+    custom.sort(key=lambda name: state.windows[name][-1].ts if state.windows[name] else 0)
+    for name in custom[: len(custom) - limit + 1]:
+        _forget(state, state.windows.pop(name))
+        state.types_dropped += 1
 
 
 def _cannot_stay(window: list[Stored] | None, ts: int, max_count: int) -> bool:
@@ -317,6 +334,7 @@ def to_view(state: UserState) -> dict[str, Any]:
         "consent": {ch: {"granted": c.granted, "ts": c.ts} for ch, c in state.consent.items()},
         "profile": dict(state.profile),
         "windows": {name: [_record_view(r) for r in w] for name, w in state.windows.items()},
+        "custom_types_dropped": state.types_dropped,
     }
 
 

@@ -70,6 +70,9 @@ class WindowConfig(msgspec.Struct, frozen=True, kw_only=True):
     favorites_max: int = 500
     favorites_max_age_ms: int = 400 * DAY
     profile_max_keys: int = 100
+    # Distinct custom (non-standard) event types per user; past it the type whose
+    # newest record is oldest is dropped whole (engine.state counts it).
+    custom_types_max: int = 50
 
     def limits(self, event_type: str) -> WindowLimits:
         """The limits for one event type (its override, else the default)."""
@@ -164,10 +167,12 @@ def config_from_mapping(raw: Mapping[str, Any]) -> WindowConfig:
     """Build a WindowConfig from user settings such as the TETIK_WINDOWS JSON.
 
     Accepted keys: ``default`` and ``types.<event type>`` (each with
-    ``max_count`` / ``max_age``), ``cart``, ``favorites`` (same keys), and
-    ``profile_max_keys``. Omitted settings keep their defaults.
+    ``max_count`` / ``max_age``), ``cart``, ``favorites`` (same keys),
+    ``profile_max_keys`` and ``custom_types_max``. Omitted settings keep their
+    defaults.
     """
-    unknown = set(raw) - {"default", "types", "cart", "favorites", "profile_max_keys"}
+    known = {"default", "types", "cart", "favorites", "profile_max_keys", "custom_types_max"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"windows: unknown setting(s) {sorted(unknown)}")
     default = _limits_from(raw.get("default", {}), DEFAULT_CONFIG.default, "windows.default")
@@ -198,12 +203,13 @@ def config_from_mapping(raw: Mapping[str, Any]) -> WindowConfig:
         cart_max_age_ms=cart.max_age_ms,
         favorites_max=favorites.max_count,
         favorites_max_age_ms=favorites.max_age_ms,
-        profile_max_keys=_profile_max_keys(raw),
+        profile_max_keys=_whole(raw, "profile_max_keys", DEFAULT_CONFIG.profile_max_keys),
+        custom_types_max=_whole(raw, "custom_types_max", DEFAULT_CONFIG.custom_types_max),
     )
 
 
-def _profile_max_keys(raw: Mapping[str, Any]) -> int:
-    value = raw.get("profile_max_keys", DEFAULT_CONFIG.profile_max_keys)
+def _whole(raw: Mapping[str, Any], name: str, default: int) -> int:
+    value = raw.get(name, default)
     if not _positive_int(value):
-        raise ConfigError(f"windows.profile_max_keys: {value!r} is not a whole number >= 1")
+        raise ConfigError(f"windows.{name}: {value!r} is not a whole number >= 1")
     return int(value)

@@ -429,3 +429,53 @@ def test_any_json_object_decodes_or_raises_invalid_event(fields: dict[str, Any],
 def test_any_text_decodes_or_raises_invalid_event(raw: str) -> None:
     result = outcome(raw.encode())
     assert isinstance(result, Event) or result.reason
+
+
+# Numbers the state store cannot hold, and times that would move the clock for everyone.
+HUGE = 2**64
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"type": "clicked_banner", "props": {"n": HUGE}}, "props.n"),
+        ({"type": "clicked_banner", "props": {"a": [{"b": -HUGE}]}}, "props.a[0].b"),
+        ({"type": "add_to_cart", "product_id": "p", "quantity": HUGE}, "quantity"),
+        ({"type": "add_to_cart", "product_id": "p", "quantity": 1_000_001}, "quantity"),
+        ({"type": "profile", "attributes": {"points": HUGE}}, "attributes"),
+        ({"ts": HUGE}, "after 2100-01-01"),
+        ({"ts": "9999-01-01T00:00:00Z"}, "after 2100-01-01"),
+        ({"type": "purchase", "revenue": "1e999"}, "revenue"),
+    ],
+)
+def test_numbers_beyond_the_state_store_are_invalid(fields: dict[str, Any], needle: str) -> None:
+    raw = doc(**fields).replace('"1e999"', "1e999")
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(raw)
+    assert needle in info.value.reason
+
+
+def test_int64_edges_are_accepted_in_props() -> None:
+    event = decode_event(doc(type="clicked_banner", props={"lo": -(2**63), "hi": 2**63 - 1}))
+    assert event.props == {"lo": -(2**63), "hi": 2**63 - 1}
+
+
+def test_a_bounded_event_always_serialises_in_the_state() -> None:
+    from engine.state import UserState, apply, dumps, loads
+
+    event = decode_event(
+        doc(type="clicked_banner", props={"big": 2**63 - 1, "neg": -(2**63), "f": 1e308})
+    )
+    state = UserState(key=event.key)
+    assert apply(state, event, event.ts) == "applied"
+    assert loads(dumps(state)).windows["clicked_banner"][0].props == event.props
+
+
+def test_future_ts_is_refused_relative_to_its_reference() -> None:
+    from engine.events import MAX_FUTURE_MS, check_not_future
+
+    event = decode_event(doc(ts=TS + MAX_FUTURE_MS))
+    check_not_future(event, TS)  # exactly at the bound: accepted
+    late = decode_event(doc(ts=TS + MAX_FUTURE_MS + 1))
+    with pytest.raises(InvalidEvent, match="in the future are refused"):
+        check_not_future(late, TS)

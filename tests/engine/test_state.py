@@ -540,3 +540,32 @@ def test_state_stays_bounded_and_ordered(steps: list[tuple[Event, int, bool]]) -
     assert len(state.cart) <= SMALL.cart_max_lines
     assert len(state.favorites) <= SMALL.favorites_max
     assert len(state.profile) <= SMALL.profile_max_keys
+
+
+def test_distinct_custom_types_are_capped_oldest_dropped_and_counted() -> None:
+    from engine.events import decode_event
+    from engine.state import dumps
+
+    config = WindowConfig(custom_types_max=3)
+    state = UserState(key="u1")
+    for i in range(6):
+        raw = f'{{"event_id":"c{i}","type":"custom_{i}","ts":{1000 + i},"user_id":"u1"}}'
+        assert apply(state, decode_event(raw), 1000 + i, config) == "applied"
+    login = decode_event('{"event_id":"l","type":"login","ts":2000,"user_id":"u1"}')
+    apply(state, login, 2000, config)
+    assert sorted(state.windows) == ["custom_3", "custom_4", "custom_5", "login"]
+    assert state.types_dropped == 3
+    assert len(dumps(state)) < 1000
+
+
+def test_many_custom_types_keep_the_state_small() -> None:
+    from engine.events import decode_event
+    from engine.state import dumps
+
+    state = UserState(key="u1")
+    for i in range(5000):
+        raw = f'{{"event_id":"c{i}","type":"t{i}","ts":{1000 + i},"user_id":"u1"}}'
+        apply(state, decode_event(raw), 1000 + i)
+    assert len(state.windows) == 50
+    assert state.types_dropped == 4950
+    assert len(dumps(state)) < 10_000
