@@ -1,4 +1,4 @@
-"""Versioned rules in Redis: ``tetik rules push | list | rollback`` and the live switch.
+"""Versioned rules in Redis: ``tetik rules push | list | history | rollback`` and the live switch.
 
 Rules of this interface:
 
@@ -18,22 +18,58 @@ Rules of this interface:
   active version, bumps the change counter, appends to the activation history and
   publishes the version number on ``{prefix}:rules:changed``. A crash leaves the
   whole activation or none of it. Concurrent pushes and rollbacks are serialised
-  by WATCH on the active version and the sequence (a loser retries).
+  by WATCH on the active version, the sequence and the history (a loser retries).
 * :meth:`RulesStore.rollback` without a version re-activates the version that was
   active before the current one (as ``kubectl rollout undo``: twice in a row
   toggles back); with a version it re-activates that one. Rolling back to the
   active version changes nothing. An unknown version, or nothing to go back to,
   raises :class:`RollbackError` (a :class:`~engine.errors.ConfigError`).
 
+Who pushed (security):
+
+* The author of a push or rollback is :func:`default_who`: ``$TETIK_AUTHOR``
+  when set, else the OS account (``pwd``, by the process's uid) ``@`` the host
+  name. The command line takes no author: ``--who`` is refused with a line
+  saying to set ``TETIK_AUTHOR``. (The library's ``who=`` argument is for
+  programs and tests.)
+
+The history is append-only and tamper-evident:
+
+* Activations go to a Redis Stream (``XADD``; entries cannot be edited in
+  place). Each entry holds the activation's JSON, the previous entry's digest
+  and its own digest over both: HMAC-SHA256 keyed with ``TETIK_RULES_SECRET``
+  when it is set, else SHA-256. :meth:`RulesStore.check_history` (run by
+  ``tetik rules list`` and ``tetik rules history``) recomputes the chain and
+  says in one line what is wrong: an entry deleted (``XDEL``), the history
+  deleted or rewritten, an entry forged, or the active version set outside
+  tetik. Without a secret a deliberate rewrite of the whole chain goes
+  unnoticed; with it only a removal of the newest entries does (nothing kept
+  in the same Redis can prove what came last).
+* A history kept by an older tetik in a Redis list is still read (first,
+  oldest first) and is moved into the stream by the next push or rollback.
+
+Signed pushes:
+
+* With ``TETIK_RULES_SECRET`` set, a push stores ``signature``: HMAC-SHA256
+  with that secret over the text, the filename, the author and the time
+  (:func:`sign_version`). Engines with the secret set verify it:
+  :meth:`RulesStore.active` raises :class:`RulesSignatureError` (one line; so
+  ``tetik run`` refuses to start) and :meth:`RulesWatcher.poll` reports the
+  version once and keeps the engine on the version it runs. A rollback to a
+  version that fails the check is refused. Without the secret nothing is
+  signed or checked. Whoever can write Redis can still re-activate an older
+  correctly signed version; the history check flags that.
+
 Redis keys (``P`` is the prefix)::
 
     P:rules:seq      string  last version number given out (INCR)
-    P:rules:meta     hash    version -> JSON {hash, who, at, journeys, filename, note}
+    P:rules:meta     hash    version -> JSON {hash, who, at, journeys, filename, note, signature}
     P:rules:text     hash    version -> the rules file's bytes
     P:rules:by_hash  hash    hash (12 hex) -> first version with that text
     P:rules:active   string  the active version number (the one GET engines poll)
     P:rules:changes  string  change counter: +1 per activation
-    P:rules:history  list    JSON {version, who, at, action, previous}, oldest first
+    P:rules:log      stream  {entry: JSON {version, who, at, action, previous}, prev, digest, alg}
+    P:rules:history  list    an older tetik's history (read, then moved into P:rules:log)
     P:rules:changed  channel the newly active version number, on every activation
 """
 
@@ -42,8 +78,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import getpass
+import hashlib
+import hmac
 import os
+import pwd
 import socket
 import sys
 import time
@@ -63,10 +101,19 @@ from flows.settings import Settings, from_env
 Clock = Callable[[], int]
 Action = Literal["push", "rollback"]
 HASH_LENGTH = 12
+AUTHOR_ENV = "TETIK_AUTHOR"
+SECRET_ENV = "TETIK_RULES_SECRET"
+MAX_AUTHOR = 200
+_SIGNED = "hmac-sha256"
+_HASHED = "sha256"
 
 
 class RollbackError(ConfigError):
     """A rollback has no target: an unknown version, or no earlier version."""
+
+
+class RulesSignatureError(ConfigError):
+    """The active version is unsigned or badly signed while TETIK_RULES_SECRET is set."""
 
 
 def now_ms() -> int:
@@ -80,21 +127,49 @@ def monotonic_ms() -> int:
 
 
 def default_who() -> str:
-    """``$USER@hostname``: who pushed, when ``--who`` is not given."""
-    user = os.environ.get("USER") or _login_name()
-    return f"{user}@{socket.gethostname()}"
+    """The author of a push or rollback: ``$TETIK_AUTHOR``, else ``os-user@hostname``.
+
+    The OS user is the account of the process's uid (``pwd``), not ``$USER``.
+    Raises ConfigError when ``TETIK_AUTHOR`` holds a control character or is
+    longer than 200 characters.
+    """
+    author = os.environ.get(AUTHOR_ENV, "").strip()
+    if not author:
+        return f"{_os_user()}@{socket.gethostname()}"
+    if len(author) > MAX_AUTHOR or not author.isprintable():
+        raise ConfigError(
+            f"{AUTHOR_ENV} must be one printable line of at most {MAX_AUTHOR} characters "
+            "(e.g. TETIK_AUTHOR=ana@example.com)"
+        )
+    return author
 
 
-def _login_name() -> str:
+def _os_user() -> str:
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container user without a passwd entry
-        return "unknown"
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a container user without a passwd entry
+        return f"uid{os.getuid()}"
+
+
+def secret_from_env() -> bytes | None:
+    """``TETIK_RULES_SECRET`` as bytes, or None when unset or empty."""
+    value = os.environ.get(SECRET_ENV, "")
+    return value.encode() if value else None
+
+
+def sign_version(secret: bytes, text: bytes, filename: str, who: str, at: int) -> str:
+    """Hex HMAC-SHA256 of a pushed version: its text, filename, author and time."""
+    header = orjson.dumps(["tetik.rules.v1", filename, who, at])  # one line: no newline inside
+    return hmac.new(secret, header + b"\n" + text, hashlib.sha256).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
 class RulesVersion:
-    """One pushed rules file. ``text`` is "" in :meth:`RulesStore.versions` listings."""
+    """One pushed rules file. ``text`` is "" in :meth:`RulesStore.versions` listings.
+
+    ``signature`` is the hex HMAC of :func:`sign_version` ("" when pushed
+    without ``TETIK_RULES_SECRET``).
+    """
 
     version: int
     hash: str
@@ -104,6 +179,7 @@ class RulesVersion:
     filename: str
     text: str
     note: str = ""
+    signature: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,17 +193,74 @@ class Activation:
     previous: int | None = None
 
 
-class RulesStore:
-    """Rules versions of one prefix in one Redis database (see the module rules)."""
+@dataclasses.dataclass(frozen=True)
+class HistoryCheck:
+    """What :meth:`RulesStore.check_history` found; ``problems`` empty when intact."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "tetik", clock: Clock = now_ms) -> None:
+    activations: list[Activation]
+    problems: list[str]
+    legacy: int = 0  # entries still in an older tetik's editable list
+    how: str = "hash-chained"  # how far the chain could be checked
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        """One line for humans: the verdict, and how to act on it."""
+        if self.problems:
+            more = f" ({len(self.problems)} problems in all)" if len(self.problems) > 1 else ""
+            return (
+                f"rules history TAMPERED: {self.problems[0]}{more}; find out who writes to this "
+                "Redis, check the active version, and push or roll back to re-anchor the chain"
+            )
+        legacy = (
+            f"; {self.legacy} older entries sit in an editable list until the next push"
+            if self.legacy
+            else ""
+        )
+        count = _plural(len(self.activations), "activation")
+        return f"rules history intact: {count}, {self.how}{legacy}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One stream entry of the history, as stored."""
+
+    id: str
+    entry: bytes
+    prev: str
+    digest: str
+    alg: str
+
+
+class RulesStore:
+    """Rules versions of one prefix in one Redis database (see the module rules).
+
+    ``secret`` signs pushes and the history and is checked on reads; None
+    (the default) takes ``TETIK_RULES_SECRET`` from the environment, "" means
+    none.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "tetik",
+        clock: Clock = now_ms,
+        secret: str | bytes | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.clock = clock
+        if secret is None:
+            self.secret = secret_from_env()
+        else:
+            self.secret = (secret.encode() if isinstance(secret, str) else secret) or None
         base = f"{prefix}:rules"
         self.seq_key, self.meta_key, self.text_key = f"{base}:seq", f"{base}:meta", f"{base}:text"
         self.hash_key, self.active_key = f"{base}:by_hash", f"{base}:active"
         self.changes_key, self.history_key = f"{base}:changes", f"{base}:history"
+        self.log_key = f"{base}:log"
         self.channel = f"{base}:changed"
 
     @classmethod
@@ -142,12 +275,19 @@ class RulesStore:
         return _int(self.client.get(self.active_key))
 
     def active(self) -> RulesVersion | None:
-        """The active version with its text, or None before the first push."""
+        """The active version with its text, or None before the first push.
+
+        With a secret, a version whose signature does not verify raises
+        :class:`RulesSignatureError`.
+        """
         number = self.active_version()
-        return None if number is None else self.get(number)
+        found = None if number is None else self.get(number)
+        if found is not None:
+            self.verify(found)
+        return found
 
     def get(self, version: int) -> RulesVersion | None:
-        """A version with its text (one round trip), or None if unknown."""
+        """A version with its text (one round trip), or None if unknown; not verified."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.meta_key, str(version))
         pipe.hget(self.text_key, str(version))
@@ -155,6 +295,36 @@ class RulesStore:
         if meta is None:
             return None
         return _version(version, meta, _text(text))
+
+    def signature_problem(self, version: RulesVersion) -> str:
+        """Why ``version`` may not run under this store's secret ("" when it may).
+
+        ``version`` must carry its text. Always "" without a secret.
+        """
+        if self.secret is None:
+            return ""
+        if not version.signature:
+            return (
+                f"rules version {version.version} ({version.hash}) is not signed and "
+                f"{SECRET_ENV} is set: push its file again with the secret set, or unset "
+                f"{SECRET_ENV} to run unsigned rules"
+            )
+        expected = sign_version(
+            self.secret, version.text.encode(), version.filename, version.who, version.at
+        )
+        if hmac.compare_digest(expected, version.signature):
+            return ""
+        return (
+            f"rules version {version.version} ({version.hash}) has a bad signature: it was "
+            f"signed with another {SECRET_ENV} or altered in Redis; push the file again "
+            "with the right secret"
+        )
+
+    def verify(self, version: RulesVersion) -> None:
+        """Raise :class:`RulesSignatureError` when :meth:`signature_problem` finds one."""
+        problem = self.signature_problem(version)
+        if problem:
+            raise RulesSignatureError(problem)
 
     def by_hash(self, hash: str) -> RulesVersion | None:
         """The first version whose ``hash`` is ``hash[:12]`` (a full sha256 works too)."""
@@ -171,9 +341,27 @@ class RulesStore:
 
     def history(self, limit: int | None = None) -> list[Activation]:
         """Activations, oldest first; the last ``limit`` of them when given."""
-        start = 0 if limit is None else -limit
-        raw: list[Any] = self.client.lrange(self.history_key, start, -1)
-        return [_activation(item) for item in raw]
+        activations = _history(self.client, self.history_key, self.log_key, limit)
+        return activations
+
+    def check_history(self) -> HistoryCheck:
+        """Recompute the history's chain (see the module rules): what is wrong, if anything."""
+        legacy: list[Any] = self.client.lrange(self.history_key, 0, -1)
+        entries = _stream(self.client.xrange(self.log_key))
+        problems = _chain_problems(entries, self.secret)
+        activations = [_activation(item) for item in legacy] + [
+            _activation(e.entry) for e in entries
+        ]
+        active = self.active_version()
+        if activations and active is not None and activations[-1].version != active:
+            last = activations[-1].version
+            problems.append(
+                f"version {active} is active but the last activation in the history is "
+                f"version {last}: the active version was set outside tetik"
+            )
+        if not activations and active is not None:
+            problems.append(f"version {active} is active but the history is empty: it was deleted")
+        return HistoryCheck(activations, problems, len(legacy), _how(entries, self.secret))
 
     def changes(self) -> int:
         """How many activations there have been (0 before the first push)."""
@@ -191,18 +379,24 @@ class RulesStore:
         self, text: str | bytes, filename: str, who: str | None = None, note: str = ""
     ) -> tuple[RulesVersion, bool]:
         """As :meth:`push`, with True when a version was created, False when the
-        text is the active version's (returned as is)."""
+        text is the active version's (returned as is). With a secret, an active
+        version that fails :meth:`verify` is never kept: a signed copy is pushed."""
         data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
         rules = load_rules(data, filename)  # first: a bad file must write nothing
+        author, at = who or default_who(), self.clock()
+        signature = (
+            "" if self.secret is None else sign_version(self.secret, data, filename, author, at)
+        )
         draft = RulesVersion(
             version=0,
             hash=rules.source_hash[:HASH_LENGTH],
-            who=who or default_who(),
-            at=self.clock(),
+            who=author,
+            at=at,
             journeys=len(rules.journeys),
             filename=filename,
             text=data.decode("utf-8"),
             note=note,
+            signature=signature,
         )
         result: tuple[RulesVersion, bool] = self._transaction(
             lambda pipe: self._push_in(pipe, draft, data)
@@ -220,9 +414,14 @@ class RulesStore:
     # -- transactions (WATCH, reads, MULTI, writes, EXEC) ----------------------
 
     def _transaction(self, body: Callable[[Pipeline], Any]) -> Any:
-        """Run ``body`` under WATCH of the sequence and the active version."""
+        """Run ``body`` under WATCH of the sequence, the active version and the history."""
         return self.client.transaction(
-            body, self.seq_key, self.active_key, value_from_callable=True
+            body,
+            self.seq_key,
+            self.active_key,
+            self.log_key,
+            self.history_key,
+            value_from_callable=True,
         )
 
     def _push_in(
@@ -231,17 +430,19 @@ class RulesStore:
         active = _int(pipe.get(self.active_key))
         if active is not None and _bytes(pipe.hget(self.text_key, str(active))) == data:
             kept = self._get_in(pipe, active)
-            return kept, False
+            if not self.signature_problem(kept):
+                return kept, False
         number = (_int(pipe.get(self.seq_key)) or 0) + 1
         same = _int(pipe.hget(self.hash_key, draft.hash))
         note = draft.note or ("" if same is None else f"same as version {same}")
         version = dataclasses.replace(draft, version=number, note=note)
+        chain = self._chain_in(pipe)
         pipe.multi()
         pipe.incr(self.seq_key)  # the WATCH on seq makes this exactly ``number``
         pipe.hset(self.meta_key, str(number), _meta_json(version))
         pipe.hset(self.text_key, str(number), data)
         pipe.hsetnx(self.hash_key, version.hash, number)
-        self._activate(pipe, Activation(number, version.who, version.at, "push", active))
+        self._activate(pipe, chain, Activation(number, version.who, version.at, "push", active))
         return version, True
 
     def _rollback_in(self, pipe: Pipeline, version: int | None, who: str) -> int:
@@ -249,8 +450,12 @@ class RulesStore:
         target = self._target(pipe, active, version)
         if target == active:
             return target  # already active: nothing to write, nobody to wake
+        problem = self.signature_problem(self._get_in(pipe, target))
+        if problem:
+            raise RollbackError(f"cannot roll back: {problem}")
+        chain = self._chain_in(pipe)
         pipe.multi()
-        self._activate(pipe, Activation(target, who, self.clock(), "rollback", active))
+        self._activate(pipe, chain, Activation(target, who, self.clock(), "rollback", active))
         return target
 
     def _target(self, pipe: Pipeline, active: int | None, version: int | None) -> int:
@@ -266,24 +471,121 @@ class RulesStore:
                     f"no rules version {version} (known versions: {_listing(known)})"
                 )
             return version
-        last_two = [_activation(item) for item in pipe.lrange(self.history_key, -2, -1)]
+        last_two = _history(pipe, self.history_key, self.log_key, 2)
         if len(last_two) < 2:
             raise RollbackError(
                 f"nothing to roll back to: version {active} is the only one that has been active"
             )
         return last_two[0].version
 
-    def _activate(self, pipe: Pipeline, entry: Activation) -> None:
+    def _chain_in(self, pipe: Pipeline) -> _Chain:
+        """Read (under WATCH) what the next history entries chain onto."""
+        last = _stream(pipe.xrevrange(self.log_key, count=1))
+        legacy = [_bytes(item) or b"" for item in pipe.lrange(self.history_key, 0, -1)]
+        return _Chain(last[0].digest if last else "", legacy)
+
+    def _activate(self, pipe: Pipeline, chain: _Chain, entry: Activation) -> None:
         """Queue the writes that make ``entry.version`` active (inside MULTI)."""
         pipe.set(self.active_key, entry.version)
         pipe.incr(self.changes_key)
-        pipe.rpush(self.history_key, orjson.dumps(dataclasses.asdict(entry)))
+        prev = chain.prev
+        for raw in [*chain.legacy, orjson.dumps(dataclasses.asdict(entry))]:
+            prev = self._append(pipe, prev, raw)
+        if chain.legacy:
+            pipe.delete(self.history_key)  # moved into the stream
         pipe.publish(self.channel, str(entry.version))
+
+    def _append(self, pipe: Pipeline, prev: str, raw: bytes) -> str:
+        alg = _HASHED if self.secret is None else _SIGNED
+        digest = _digest(self.secret, alg, prev, raw)
+        assert digest is not None  # a signed entry is only written with the secret
+        pipe.xadd(self.log_key, {"entry": raw, "prev": prev, "digest": digest, "alg": alg})
+        return digest
 
     def _get_in(self, pipe: Pipeline, version: int) -> RulesVersion:
         """A version read on the watching connection (it exists: never deleted)."""
         meta = pipe.hget(self.meta_key, str(version))
         return _version(version, meta, _text(pipe.hget(self.text_key, str(version))))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+    prev: str  # the digest of the stream's last entry ("" when empty)
+    legacy: list[bytes]  # entries of an older tetik's list, to move into the stream
+
+
+def _history(client: Any, list_key: str, log_key: str, limit: int | None) -> list[Activation]:
+    """Activations oldest first: the legacy list, then the stream; the last ``limit``."""
+    if limit is None:
+        stream = _stream(client.xrange(log_key))
+    else:
+        stream = _stream(client.xrevrange(log_key, count=limit))[::-1]
+    missing = None if limit is None else limit - len(stream)
+    legacy: list[Any] = []
+    if missing is None or missing > 0:
+        legacy = client.lrange(list_key, 0 if missing is None else -missing, -1)
+    return [_activation(item) for item in legacy] + [_activation(e.entry) for e in stream]
+
+
+def _stream(raw: Any) -> list[_Entry]:
+    entries = []
+    for sid, fields in raw:
+        got = {_text(k): v for k, v in fields.items()}
+        entries.append(
+            _Entry(
+                _text(sid),
+                _bytes(got.get("entry")) or b"",
+                _text(got.get("prev")),
+                _text(got.get("digest")),
+                _text(got.get("alg")),
+            )
+        )
+    return entries
+
+
+def _digest(secret: bytes | None, alg: str, prev: str, raw: bytes) -> str | None:
+    """An entry's digest; None for a signed entry when there is no secret to check it."""
+    data = b"tetik.rules.history.v1\n" + prev.encode() + b"\n" + raw
+    if alg == _SIGNED:
+        return None if secret is None else hmac.new(secret, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _how(entries: list[_Entry], secret: bytes | None) -> str:
+    """How far a chain that checked out could be checked."""
+    signed = sum(e.alg == _SIGNED for e in entries)
+    if signed and secret is None:
+        return f"hash links checked; set {SECRET_ENV} to check its signatures"
+    if signed == len(entries) and entries:
+        return f"every entry signed with {SECRET_ENV}"
+    if signed:
+        return (
+            f"{signed} of {len(entries)} entries signed with {SECRET_ENV}, the older hash-chained"
+        )
+    hint = "" if secret is not None else f" (set {SECRET_ENV} to sign it)"
+    return f"hash-chained{hint}"
+
+
+def _chain_problems(entries: list[_Entry], secret: bytes | None) -> list[str]:
+    problems: list[str] = []
+    prev = ""
+    for n, item in enumerate(entries, 1):
+        where = f"entry {n} (stream id {item.id})"
+        if item.prev != prev:
+            lost = "the oldest activations were" if n == 1 else "an activation before it was"
+            problems.append(f"{where} does not follow the one before it: {lost} deleted")
+        if item.alg not in (_SIGNED, _HASHED):
+            problems.append(f"{where} has an unknown digest kind {item.alg!r}: it was forged")
+        expected = _digest(secret, item.alg, item.prev, item.entry)
+        if expected is not None and not hmac.compare_digest(expected, item.digest):
+            problems.append(f"{where} does not match its digest: it was altered or forged")
+        if secret is not None and item.alg == _HASHED and n > 1 and entries[n - 2].alg == _SIGNED:
+            problems.append(
+                f"{where} is not signed though the one before it is: it was forged, or "
+                f"written without {SECRET_ENV}"
+            )
+        prev = item.digest
+    return problems
 
 
 class RulesWatcher:
@@ -298,6 +600,9 @@ class RulesWatcher:
     * It returns the newly active version, with its text, once per change: the
       first successful check returns the active version (None while nothing has
       been pushed), later ones only a different version (a push or a rollback).
+    * With a secret (``TETIK_RULES_SECRET``, see the module rules) a version
+      that fails the signature check is never returned: ``report`` gets one
+      line for it, once, and :attr:`current` stays on the version running.
     * Redis being unavailable is not an error here: :meth:`poll` returns None,
       :attr:`current` keeps the last version seen, and the next interval retries.
       Give the store a client with short socket timeouts so a dead Redis does not
@@ -306,12 +611,18 @@ class RulesWatcher:
     """
 
     def __init__(
-        self, store: RulesStore, interval_ms: int = 200, clock: Clock = monotonic_ms
+        self,
+        store: RulesStore,
+        interval_ms: int = 200,
+        clock: Clock = monotonic_ms,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.interval_ms = interval_ms
         self.clock = clock
+        self.report = report or _report
         self._current: RulesVersion | None = None
+        self._refused: int | None = None  # the active number whose signature failed
         self._next_check: int | None = None  # None: check on the next poll
 
     @property
@@ -332,30 +643,55 @@ class RulesWatcher:
 
     def _check(self) -> RulesVersion | None:
         number = self.store.active_version()
-        if number is None or (self._current is not None and number == self._current.version):
+        if number is None or number == self._refused:
+            return None
+        if self._current is not None and number == self._current.version:
             return None
         found = self.store.get(number)
-        if found is not None:
-            self._current = found
+        if found is None:
+            return None
+        problem = self.store.signature_problem(found)
+        if problem:
+            self._refused = number
+            running = "none" if self._current is None else str(self._current.version)
+            self.report(f"refused {problem} (running version stays {running})")
+            return None
+        self._refused = None
+        self._current = found
         return found
+
+
+def _report(line: str) -> None:
+    print(f"tetik: {line}", file=sys.stderr, flush=True)
 
 
 # -- the command line --------------------------------------------------------
 
 
 def add_rules_commands(rules_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``push``, ``list`` and ``rollback`` under ``tetik rules``."""
+    """Register ``push``, ``list``, ``history`` and ``rollback`` under ``tetik rules``."""
     push = rules_sub.add_parser("push", help="store a rules file as a new version and activate it")
     push.add_argument("file")
-    push.add_argument("--who", help="who pushes (default: $USER@hostname)")
+    push.add_argument("--who", help=argparse.SUPPRESS)  # refused: the author is TETIK_AUTHOR
     push.add_argument("--note", default="", help="a note kept with the version")
-    push.set_defaults(func=lambda args: push_rules(args.file, who=args.who, note=args.note))
+    push.set_defaults(func=lambda args: push_rules(args.file, note=args.note, flag=args.who))
     listing = rules_sub.add_parser("list", help="the stored rules versions, the active one marked")
     listing.set_defaults(func=lambda args: list_rules())
+    past = rules_sub.add_parser("history", help="every activation, and whether it was tampered")
+    past.set_defaults(func=lambda args: history_rules())
     back = rules_sub.add_parser("rollback", help="re-activate a version (default: the previous)")
     back.add_argument("version", type=int, nargs="?", help="version number (default: previous)")
-    back.add_argument("--who", help="who rolls back (default: $USER@hostname)")
-    back.set_defaults(func=lambda args: rollback_rules(args.version, who=args.who))
+    back.add_argument("--who", help=argparse.SUPPRESS)
+    back.set_defaults(func=lambda args: rollback_rules(args.version, flag=args.who))
+
+
+def refuse_who(flag: str | None) -> None:
+    """ConfigError when ``--who`` was given: the author comes from the environment."""
+    if flag is not None:
+        raise ConfigError(
+            f"--who is not accepted: the author is taken from {AUTHOR_ENV} (else your OS "
+            f"user@host); run with {AUTHOR_ENV}=NAME instead"
+        )
 
 
 def open_store(settings: Settings | None = None) -> RulesStore:
@@ -370,19 +706,22 @@ def open_store(settings: Settings | None = None) -> RulesStore:
 
 
 def push_rules(
-    path: str, who: str | None = None, note: str = "", settings: Settings | None = None
+    path: str, note: str = "", settings: Settings | None = None, flag: str | None = None
 ) -> int:
     """``tetik rules push``: exit 0 when stored (or unchanged), 1 for a bad file."""
+    refuse_who(flag)
+    author = default_who()
     store = open_store(settings)
     with _reachable(store):
         try:
-            version, created = store.push_or_keep(_read(path), path, who, note)
+            version, created = store.push_or_keep(_read(path), path, author, note)
         except RulesError as exc:
             return _rejected(store, exc)
+    signed = ", signed" if version.signature else ""
     if created:
         print(
             f"pushed version {version.version} (hash {version.hash}, "
-            f"{_plural(version.journeys, 'journey')}) from {path}; "
+            f"{_plural(version.journeys, 'journey')}{signed}) from {path} by {version.who}; "
             "running engines switch within a second"
         )
     else:
@@ -392,28 +731,55 @@ def push_rules(
 
 
 def list_rules(settings: Settings | None = None) -> int:
-    """``tetik rules list``: a table of versions and when the active one became so."""
+    """``tetik rules list``: the versions, the active one's activation, the history check.
+
+    Exit 1 when the history check finds tampering (said in one line on stderr).
+    """
     store = open_store(settings)
     with _reachable(store):
-        versions, active, last = store.versions(), store.active_version(), store.history(1)
+        versions, active = store.versions(with_text=True), store.active_version()
+        check = store.check_history()
     if not versions:
         print(f"no rules versions under prefix {store.prefix!r}: `tetik rules push FILE` adds one")
-        return 0
-    print(_table(versions, active))
-    if last:
-        print(_since(last[0]))
+        return _verdict(check, quiet=True)
+    print(_table(versions, active, store))
+    if check.activations:
+        print(_since(check.activations[-1]))
+    return _verdict(check)
+
+
+def history_rules(settings: Settings | None = None) -> int:
+    """``tetik rules history``: every activation, oldest first, then the chain check."""
+    store = open_store(settings)
+    with _reachable(store):
+        check = store.check_history()
+    for entry in check.activations:
+        print(_since(entry).replace(" active since ", " activated "))
+    if not check.activations:
+        print(f"no activations under prefix {store.prefix!r}")
+    return _verdict(check, quiet=not check.activations)
+
+
+def _verdict(check: HistoryCheck, *, quiet: bool = False) -> int:
+    if not check.intact:
+        print(f"tetik rules: {check.line()}", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(check.line())
     return 0
 
 
 def rollback_rules(
-    version: int | None = None, who: str | None = None, settings: Settings | None = None
+    version: int | None = None, settings: Settings | None = None, flag: str | None = None
 ) -> int:
     """``tetik rules rollback``: exit 0 with what is active now, 1 without a target."""
+    refuse_who(flag)
+    author = default_who()
     store = open_store(settings)
     with _reachable(store):
         before = store.active_version()
         try:
-            now = store.rollback(version, who)
+            now = store.rollback(version, author)
         except RollbackError as exc:
             print(f"tetik rules rollback: {exc}", file=sys.stderr)
             return 1
@@ -456,14 +822,34 @@ def _rejected(store: RulesStore, exc: RulesError) -> int:
     return 1
 
 
-def _table(versions: list[RulesVersion], active: int | None) -> str:
+def _signed(version: RulesVersion, store: RulesStore) -> str:
+    """``ok``/``BAD``/``no`` with a secret to check; ``yes``/``no`` without one."""
+    if store.secret is None:
+        return "yes" if version.signature else "no"
+    if not version.signature:
+        return "no"
+    return "BAD" if store.signature_problem(version) else "ok"
+
+
+def _table(versions: list[RulesVersion], active: int | None, store: RulesStore) -> str:
     """Aligned columns; ``*`` marks the active version."""
-    header = ("VERSION", "ACTIVE", "HASH", "JOURNEYS", "WHO", "PUSHED (UTC)", "FILE", "NOTE")
+    header = (
+        "VERSION",
+        "ACTIVE",
+        "HASH",
+        "SIGNED",
+        "JOURNEYS",
+        "WHO",
+        "PUSHED (UTC)",
+        "FILE",
+        "NOTE",
+    )
     rows = [header] + [
         (
             str(v.version),
             "*" if v.version == active else "",
             v.hash,
+            _signed(v, store),
             str(v.journeys),
             v.who,
             utc_iso(v.at),
@@ -498,7 +884,9 @@ def _meta_json(version: RulesVersion) -> bytes:
 
 
 def _version(number: int, meta: Any, text: str) -> RulesVersion:
-    return RulesVersion(version=number, text=text, **orjson.loads(meta))
+    fields = orjson.loads(meta)
+    known = {f.name for f in dataclasses.fields(RulesVersion)}
+    return RulesVersion(version=number, text=text, **{k: fields[k] for k in fields if k in known})
 
 
 def _activation(raw: Any) -> Activation:
@@ -515,7 +903,7 @@ def _bytes(raw: Any) -> bytes | None:
 
 
 def _text(raw: Any) -> str:
-    """A stored rules text (bytes, or str from a decoding client) as str."""
+    """A stored text (bytes, or str from a decoding client) as str."""
     return raw if isinstance(raw, str) else bytes(raw or b"").decode("utf-8")
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import os
+import pwd
 import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -18,10 +23,13 @@ from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
 from flows.rulestore import (
     RollbackError,
+    RulesSignatureError,
     RulesStore,
     RulesVersion,
     RulesWatcher,
     add_rules_commands,
+    default_who,
+    history_rules,
     list_rules,
     open_store,
     push_rules,
@@ -65,6 +73,13 @@ class CountingStore(RulesStore):
     def active_version(self) -> int | None:
         self.gets += 1
         return super().active_version()
+
+
+@pytest.fixture(autouse=True)
+def plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No author nor rules secret from the environment unless a test sets one."""
+    monkeypatch.delenv("TETIK_AUTHOR", raising=False)
+    monkeypatch.delenv("TETIK_RULES_SECRET", raising=False)
 
 
 @pytest.fixture
@@ -315,11 +330,14 @@ def test_watcher_keeps_its_version_while_redis_is_away(store: RulesStore) -> Non
 # -- command line -----------------------------------------------------------------
 
 
-def test_cli_push_prints_one_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    assert push_rules(str(CART), who="ana", settings=settings) == 0
+def test_cli_push_prints_one_line(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETIK_AUTHOR", "ana")
+    assert push_rules(str(CART), settings=settings) == 0
     out = capsys.readouterr().out
     assert out == (
-        f"pushed version 1 (hash {short_hash(CART)}, 1 journey) from {CART}; "
+        f"pushed version 1 (hash {short_hash(CART)}, 1 journey) from {CART} by ana; "
         "running engines switch within a second\n"
     )
     assert push_rules(str(CART), settings=settings) == 0
@@ -341,12 +359,18 @@ def test_cli_push_of_a_bad_file_changes_nothing(
     assert open_store(settings).versions()[0].version == 1
 
 
-def test_cli_list(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_list(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert list_rules(settings) == 0
     assert "`tetik rules push FILE`" in capsys.readouterr().out
-    push_rules(str(CART), who="ana", settings=settings)
-    push_rules(str(WELCOME), who="bob", settings=settings)
-    rollback_rules(who="cem", settings=settings)
+    for author, command in (
+        ("ana", lambda: push_rules(str(CART), settings=settings)),
+        ("bob", lambda: push_rules(str(WELCOME), settings=settings)),
+        ("cem", lambda: rollback_rules(settings=settings)),
+    ):
+        monkeypatch.setenv("TETIK_AUTHOR", author)
+        command()
     capsys.readouterr()
     assert list_rules(settings) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -354,6 +378,7 @@ def test_cli_list(settings: Settings, capsys: pytest.CaptureFixture[str]) -> Non
         "VERSION",
         "ACTIVE",
         "HASH",
+        "SIGNED",
         "JOURNEYS",
         "WHO",
         "PUSHED",
@@ -362,10 +387,13 @@ def test_cli_list(settings: Settings, capsys: pytest.CaptureFixture[str]) -> Non
         "NOTE",
     ]
     when = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
-    assert re.fullmatch(rf"1 +\* +{short_hash(CART)} +1 +ana +{when} +{CART}", lines[1])
-    assert re.fullmatch(rf"2 +{short_hash(WELCOME)} +1 +bob +{when} +{WELCOME}", lines[2])
+    assert re.fullmatch(rf"1 +\* +{short_hash(CART)} +no +1 +ana +{when} +{CART}", lines[1])
+    assert re.fullmatch(rf"2 +{short_hash(WELCOME)} +no +1 +bob +{when} +{WELCOME}", lines[2])
     assert re.fullmatch(
         rf"version 1 active since {when} \(rolled back from version 2 by cem\)", lines[3]
+    )
+    assert lines[4] == (
+        "rules history intact: 3 activations, hash-chained (set TETIK_RULES_SECRET to sign it)"
     )
 
 
@@ -400,16 +428,17 @@ def test_commands_parse_and_honour_tetik_prefix(
     parser = argparse.ArgumentParser(prog="tetik")
     rules = parser.add_subparsers(dest="command").add_parser("rules")
     add_rules_commands(rules.add_subparsers(dest="rules_command", required=True))
-    for argv in (
-        ["push", str(CART), "--who", "dev"],
-        ["push", str(WELCOME)],
-        ["rollback", "1"],
-        ["list"],
-    ):
+    monkeypatch.setenv("TETIK_AUTHOR", "dev")
+    for argv in (["push", str(CART)], ["push", str(WELCOME)], ["rollback", "1"], ["list"]):
         args = parser.parse_args(["rules", *argv])
         assert args.func(args) == 0
+    for argv in (["push", str(CART), "--who", "mallory"], ["rollback", "2", "--who", "x"]):
+        args = parser.parse_args(["rules", *argv])
+        with pytest.raises(ConfigError, match=r"^--who is not accepted: .* TETIK_AUTHOR=NAME"):
+            args.func(args)
     store = RulesStore(redis.Redis.from_url(redis_url), unique)
     assert store.versions()[0].who == "dev"
+    assert [a.who for a in store.history()] == ["dev", "dev", "dev"]
     assert store.active_version() == 1
     assert "version 1 active since" in capsys.readouterr().out
     store.client.close()
@@ -420,3 +449,266 @@ def test_cli_reports_an_unreachable_redis_as_config_error(unique: str) -> None:
     url = f"redis://127.0.0.1:{dead['port']}/0"
     with pytest.raises(ConfigError, match=f"Redis at 127.0.0.1:{dead['port']} failed"):
         list_rules(Settings(redis_url=url, prefix=unique))
+
+
+# -- who pushed -------------------------------------------------------------------
+
+
+def test_the_author_is_tetik_author_else_the_os_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETIK_AUTHOR", "  ana@example.com ")
+    assert default_who() == "ana@example.com"
+    monkeypatch.delenv("TETIK_AUTHOR")
+    monkeypatch.setenv("USER", "someone-else")  # free text: not trusted for the author
+    account = pwd.getpwuid(os.getuid()).pw_name
+    assert default_who() == f"{account}@{socket.gethostname()}"
+    monkeypatch.setenv("TETIK_AUTHOR", "ana\nversion 9 active")
+    with pytest.raises(ConfigError, match="TETIK_AUTHOR must be one printable line"):
+        default_who()
+
+
+def test_a_push_without_who_records_the_author(
+    store: RulesStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETIK_AUTHOR", "ci-deploy")
+    assert store.push(CART.read_bytes(), "c.yaml").who == "ci-deploy"
+    assert store.history()[-1].who == "ci-deploy"
+
+
+# -- the append-only history ------------------------------------------------------
+
+
+def three_activations(store: RulesStore) -> None:
+    push(store, CART)
+    push(store, WELCOME)
+    store.rollback(who="bob")
+
+
+def stream_ids(store: RulesStore) -> list[bytes]:
+    return [sid for sid, _ in store.client.xrange(store.log_key)]
+
+
+def test_the_history_is_a_stream_and_checks_out(store: RulesStore) -> None:
+    three_activations(store)
+    assert store.client.type(store.log_key) == b"stream"
+    assert not store.client.exists(store.history_key)
+    check = store.check_history()
+    assert (check.intact, [a.version for a in check.activations]) == (True, [1, 2, 1])
+    assert check.line() == (
+        "rules history intact: 3 activations, hash-chained (set TETIK_RULES_SECRET to sign it)"
+    )
+
+
+def test_a_deleted_entry_is_detected(store: RulesStore) -> None:
+    three_activations(store)
+    store.client.xdel(store.log_key, stream_ids(store)[1])
+    check = store.check_history()
+    assert not check.intact
+    assert "entry 2 (stream id" in check.problems[0]
+    assert "an activation before it was deleted" in check.problems[0]
+    assert "\n" not in check.line()
+
+
+def test_deleting_the_oldest_entry_or_all_of_them_is_detected(store: RulesStore) -> None:
+    three_activations(store)
+    store.client.xdel(store.log_key, stream_ids(store)[0])
+    assert "the oldest activations were deleted" in store.check_history().line()
+    store.client.delete(store.log_key)
+    assert "version 1 is active but the history is empty" in store.check_history().line()
+
+
+def test_a_rewritten_entry_is_detected(store: RulesStore) -> None:
+    three_activations(store)
+    _, second, _ = store.client.xrange(store.log_key)
+    forged = dict(second[1])
+    forged[b"entry"] = forged[b"entry"].replace(b'"who":"ana"', b'"who":"bob"')
+    store.client.xdel(store.log_key, second[0])
+    store.client.xadd(store.log_key, forged)  # re-added at the end, with ana's digest
+    problems = store.check_history().problems
+    assert any("does not match its digest: it was altered or forged" in p for p in problems)
+    assert any("does not follow the one before it" in p for p in problems)
+
+
+def test_an_active_version_set_outside_tetik_is_detected(store: RulesStore) -> None:
+    push(store, CART)
+    push(store, WELCOME)
+    store.client.set(store.active_key, 1)
+    assert store.check_history().problems == [
+        "version 1 is active but the last activation in the history is version 2: "
+        "the active version was set outside tetik"
+    ]
+
+
+def test_list_and_history_say_so_in_one_line_and_exit_1(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(settings)
+    three_activations(store)
+    assert history_rules(settings) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" activated ")[0] for line in out[:3]] == [
+        "version 1",
+        "version 2",
+        "version 1",
+    ]
+    assert "(rolled back from version 2 by bob)" in out[2]
+    assert out[3].startswith("rules history intact: 3 activations")
+    store.client.xdel(store.log_key, stream_ids(store)[1])
+    for command in (list_rules, history_rules):
+        assert command(settings) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert err.startswith("tetik rules: rules history TAMPERED: entry 2 (stream id ")
+
+
+def test_an_older_list_history_is_read_then_moved_into_the_stream(store: RulesStore) -> None:
+    push(store, CART)
+    push(store, WELCOME)
+    # Rebuild what an older tetik left: the activations in a plain list.
+    old = [orjson.dumps(dataclasses.asdict(a)) for a in store.history()]
+    store.client.delete(store.log_key)
+    store.client.rpush(store.history_key, *old)
+    assert [a.version for a in store.history()] == [1, 2]
+    assert [a.version for a in store.history(1)] == [2]
+    check = store.check_history()
+    assert (check.intact, check.legacy) == (True, 2)
+    assert "2 older entries sit in an editable list until the next push" in check.line()
+    assert store.rollback().version == 1  # reads the list to find the previous version
+    assert not store.client.exists(store.history_key)
+    assert [a.version for a in store.history()] == [1, 2, 1]
+    check = store.check_history()
+    assert (check.intact, check.legacy, len(stream_ids(store))) == (True, 0, 3)
+
+
+# -- signed pushes ----------------------------------------------------------------
+
+
+def signed(redis_client: redis.Redis, unique: str, secret: str = "s3cret") -> RulesStore:
+    return RulesStore(redis_client, unique, secret=secret)
+
+
+def test_a_secret_signs_pushes_and_the_engine_accepts_them(
+    redis_client: redis.Redis, unique: str
+) -> None:
+    store = signed(redis_client, unique)
+    version = push(store, CART)
+    assert re.fullmatch(r"[0-9a-f]{64}", version.signature)
+    assert store.active() == version
+    assert RulesWatcher(store).poll() == version
+    check = store.check_history()
+    assert check.line() == (
+        "rules history intact: 1 activation, every entry signed with TETIK_RULES_SECRET"
+    )
+
+
+def test_the_secret_comes_from_the_environment(
+    redis_client: redis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETIK_RULES_SECRET", "from-env")
+    assert push(RulesStore(redis_client, unique), CART).signature
+    assert RulesStore(redis_client, unique).active() is not None
+    with pytest.raises(RulesSignatureError, match="bad signature"):
+        signed(redis_client, unique, "another").active()
+    assert RulesStore(redis_client, unique, secret="").active() is not None  # "" is no secret
+
+
+def test_an_unsigned_version_is_refused_in_one_line(
+    store: RulesStore, redis_client: redis.Redis, unique: str
+) -> None:
+    push(store, CART)  # no secret
+    with pytest.raises(RulesSignatureError) as refused:
+        signed(redis_client, unique).active()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("rules version 1 (")
+    assert "is not signed and TETIK_RULES_SECRET is set: push its file again" in message
+
+
+def test_text_or_author_altered_in_redis_is_a_bad_signature(
+    redis_client: redis.Redis, unique: str
+) -> None:
+    store = signed(redis_client, unique)
+    push(store, CART)
+    hostile = WELCOME.read_bytes()
+    redis_client.hset(store.text_key, "1", hostile)
+    with pytest.raises(RulesSignatureError, match=r"bad signature: .* altered in Redis"):
+        store.active()
+    redis_client.hset(store.text_key, "1", CART.read_bytes())
+    assert store.active() is not None
+    meta = orjson.loads(redis_client.hget(store.meta_key, "1") or b"{}")
+    redis_client.hset(store.meta_key, "1", orjson.dumps({**meta, "who": "someone-else"}))
+    with pytest.raises(RulesSignatureError, match="bad signature"):
+        store.active()
+
+
+def test_the_watcher_refuses_a_bad_version_once_and_stays(
+    redis_client: redis.Redis, unique: str
+) -> None:
+    store = signed(redis_client, unique)
+    first = push(store, CART)
+    clock, lines = Clock(), list[str]()
+    watcher = RulesWatcher(store, interval_ms=200, clock=clock, report=lines.append)
+    assert watcher.poll() == first
+    unsigned = push(RulesStore(redis_client, unique, secret=""), WELCOME)  # Redis write access
+    for now in (200, 400, 600):
+        clock.now = now
+        assert watcher.poll() is None
+    assert watcher.current == first
+    assert lines == [
+        f"refused rules version 2 ({unsigned.hash}) is not signed and TETIK_RULES_SECRET is "
+        "set: push its file again with the secret set, or unset TETIK_RULES_SECRET to run "
+        "unsigned rules (running version stays 1)"
+    ]
+    good = push(store, WINBACK)
+    clock.now = 800
+    assert watcher.poll() == good
+
+
+def test_with_a_secret_the_unsigned_active_text_is_pushed_again_signed(
+    store: RulesStore, redis_client: redis.Redis, unique: str
+) -> None:
+    push(store, CART)
+    again, created = signed(redis_client, unique).push_or_keep(CART.read_bytes(), "c.yaml")
+    assert (again.version, created, again.note) == (2, True, "same as version 1")
+    assert again.signature
+    assert signed(redis_client, unique).active() == again
+
+
+def test_a_rollback_to_an_unsigned_version_is_refused(
+    store: RulesStore, redis_client: redis.Redis, unique: str
+) -> None:
+    push(store, CART)
+    secure = signed(redis_client, unique)
+    push(secure, WELCOME)
+    with pytest.raises(RollbackError, match=r"cannot roll back: rules version 1 .* not signed"):
+        secure.rollback(1)
+    assert secure.active_version() == 2
+
+
+def test_a_signed_history_catches_an_entry_forged_without_the_secret(
+    redis_client: redis.Redis, unique: str
+) -> None:
+    store = signed(redis_client, unique)
+    push(store, CART)
+    push(store, WELCOME)
+    [(_, last)] = redis_client.xrevrange(store.log_key, count=1)
+    forged = orjson.dumps(
+        {"version": 1, "who": "ana", "at": 1, "action": "rollback", "previous": 2}
+    )
+    prev = last[b"digest"]
+    for alg in (b"hmac-sha256", b"sha256"):  # a guessed MAC, or a plain hash link
+        data = b"tetik.rules.history.v1\n" + prev + b"\n" + forged
+        digest = hashlib.sha256(data).hexdigest()
+        added = redis_client.xadd(
+            store.log_key, {"entry": forged, "prev": prev, "digest": digest, "alg": alg}
+        )
+        redis_client.set(store.active_key, 1)
+        line = store.check_history().line()
+        assert "entry 3 (stream id" in line, line
+        assert "forged" in line
+        redis_client.xdel(store.log_key, added)
+    unkeyed = RulesStore(redis_client, unique, secret="")
+    redis_client.set(store.active_key, 2)
+    assert unkeyed.check_history().line() == (
+        "rules history intact: 2 activations, hash links checked; set TETIK_RULES_SECRET "
+        "to check its signatures"
+    )
