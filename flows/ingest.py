@@ -54,10 +54,11 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A message that is not a valid event, and why."""
+    """A message that is not a valid event (or whose processing failed), and why."""
 
     message: KafkaSourceMessage[Any, Any]
     reason: str
+    error: str = "InvalidEvent"  # the exception class, in the dead letter's headers
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def to_dlq(rejected: Rejected) -> KafkaSinkMessage[Any, Any]:
     source = rejected.message
     headers = [
         ("tetik.error.reason", rejected.reason.encode()),
+        ("tetik.error.class", rejected.error.encode()),
         ("tetik.source.topic", str(source.topic).encode()),
         ("tetik.source.partition", str(source.partition).encode()),
         ("tetik.source.offset", str(source.offset).encode()),

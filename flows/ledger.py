@@ -10,9 +10,11 @@ Protocol for each batch of actions (one writer per identity, as each user
 lives on one worker):
 
 1. **claim**: for each id, atomically (one Lua call per batch) ``SET
-   {prefix}:ledger:{id} p NX PX retention`` and, when that succeeded, add the
-   id to the set ``{prefix}:ledger:pending``. Ids already in the ledger are
-   dropped: they were emitted before.
+   {prefix}:ledger:{id} TOKEN NX PX retention`` and, when that succeeded, add
+   the id to the set ``{prefix}:ledger:pending``. Ids already in the ledger
+   are dropped: they were emitted before. ``TOKEN`` is unique to the batch, so
+   a claim retried after a lost reply (:mod:`flows.retry`) finds its own
+   claims and keeps them instead of taking them for older ones.
 2. **produce** the claimed actions to Kafka and wait until every one is
    acknowledged (or raise, leaving them pending).
 3. **confirm**: mark them ``d`` (done), remove them from the pending set and
@@ -26,12 +28,21 @@ there is confirmed, one not found is released, so the re-processing emits it
 (or, if the re-processing no longer calls for it, it was never sent).
 
 The retention must outlast the longest journey (:func:`retention_ms`), so
-that a re-processed enrollment can never send a step twice.
+that a re-processed enrollment can never send a step twice; it is capped at
+:data:`MAX_RETENTION_MS` (Redis refuses larger expiries).
+
+Kafka faults never lose or double an action: the producer is idempotent
+and waits without a time limit (``message.timeout.ms`` 0), reporting a line
+every few seconds while the broker is away. A Redis that lost its data
+loses the ledger with it; :func:`rebuild_from_topic` marks every id found
+in the actions topic as emitted again (see :mod:`flows.deployment`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -45,12 +56,19 @@ from engine.rules.model import Branch, Rules, Step, Wait
 
 DAY_MS = 86_400_000
 MIN_RETENTION_MS = 30 * DAY_MS
+MAX_RETENTION_MS = 11 * 365 * DAY_MS  # journeys are bounded to 10 years of waits
+FLUSH_REPORT_S = 5.0
+
+# A producer that never drops a message and never writes one twice: the
+# idempotent producer retries inside librdkafka, without a time limit.
+PRODUCER_CONFIG = {"linger.ms": 1, "enable.idempotence": True, "message.timeout.ms": 0}
 
 _CLAIM = """
 local claimed = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
-    redis.call('SADD', ARGV[2], ARGV[i + 2])
+  if redis.call('SET', key, ARGV[2], 'NX', 'PX', ARGV[1])
+      or redis.call('GET', key) == ARGV[2] then
+    redis.call('SADD', ARGV[3], ARGV[i + 3])
     claimed[#claimed + 1] = i
   end
 end
@@ -61,7 +79,7 @@ return claimed
 def retention_ms(rules: Rules) -> int:
     """How long ids stay in the ledger: the longest journey plus a day, at least 30 days."""
     longest = max((_span(j.steps) for j in rules.journeys), default=0)
-    return max(MIN_RETENTION_MS, longest + DAY_MS)
+    return min(MAX_RETENTION_MS, max(MIN_RETENTION_MS, longest + DAY_MS))
 
 
 def _span(steps: Sequence[Step]) -> int:
@@ -89,12 +107,17 @@ class Ledger:
     def key(self, action_id: str) -> str:
         return f"{self.prefix}:ledger:{action_id}"
 
-    def claim(self, actions: Sequence[Action]) -> list[Action]:
-        """The actions never claimed before, now claimed (pending)."""
+    def claim(self, actions: Sequence[Action], token: str | None = None) -> list[Action]:
+        """The actions never claimed before (or claimed with ``token``), now pending.
+
+        Pass the same ``token`` when retrying one batch's claim; without one a
+        fresh token is used, so only never-claimed ids come back.
+        """
         if not actions:
             return []
         ids = [a.action_id for a in actions]
-        args: list[str | int] = [self.retention, self.pending_key, *ids]
+        token = token or uuid.uuid4().hex
+        args: list[str | int] = [self.retention, token, self.pending_key, *ids]
         positions: list[int] = self._claim(keys=[self.key(i) for i in ids], args=args)
         return [actions[i - 1] for i in positions]
 
@@ -157,6 +180,14 @@ class ActionEmitter:
         claimed = self.ledger.claim(actions)
         if not claimed:
             return 0
+        offsets = self.produce(claimed, value)
+        self.ledger.confirm((a.action_id for a in claimed), offsets, pipe)
+        return len(claimed)
+
+    def produce(
+        self, claimed: Sequence[Action], value: Callable[[Action], bytes] = to_json
+    ) -> dict[int, int]:
+        """Produce claimed actions and wait for every acknowledgement; the offsets."""
         offsets: dict[int, int] = {}
         errors: list[str] = []
         for action in claimed:
@@ -166,11 +197,18 @@ class ActionEmitter:
                 key=action.user_id.encode(),
                 on_delivery=_on_delivery(offsets, errors),
             )
-        self._producer.flush()
+        started = time.monotonic()
+        while self._producer.flush(FLUSH_REPORT_S) > 0:
+            waiting = len(self._producer)
+            print(
+                f"tetik: Kafka has not acknowledged {waiting} action(s) for "
+                f"{time.monotonic() - started:.0f} s; waiting (nothing is lost or sent twice)",
+                file=sys.stderr,
+                flush=True,
+            )
         if errors:
             raise KafkaException(f"actions not acknowledged by Kafka: {errors[0]}")
-        self.ledger.confirm((a.action_id for a in claimed), offsets, pipe)
-        return len(claimed)
+        return offsets
 
 
 def _on_delivery(offsets: dict[int, int], errors: list[str]) -> Callable[[Any, Any], None]:
@@ -181,6 +219,47 @@ def _on_delivery(offsets: dict[int, int], errors: list[str]) -> Callable[[Any, A
             offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
 
     return report
+
+
+def rebuild_from_topic(ledger: Ledger, bootstrap: str, topic: str, idle_s: float = 1.5) -> int:
+    """Mark every action id found in ``topic`` as emitted; return how many.
+
+    For a Redis that lost its data: the actions topic is the record of what
+    went out, so re-processing after it cannot send those ids again (as long
+    as the topic's retention covers the ledger's).
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "tetik-ledger", "enable.auto.commit": False}
+    )
+    count = 0
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        last = time.monotonic()
+        acked: dict[int, int] = {}
+        while time.monotonic() - last < idle_s:
+            messages = consumer.consume(500, 0.2)
+            ids = [_action_id(m) for m in messages if m.error() is None and m.value()]
+            for m in messages:
+                partition, offset = m.partition(), m.offset()
+                if m.error() is None and partition is not None and offset is not None:
+                    acked[partition] = max(acked.get(partition, -1), offset)
+            if messages:
+                last = time.monotonic()
+            pipe = ledger.client.pipeline(transaction=False)
+            for action_id in filter(None, ids):
+                pipe.set(ledger.key(action_id), "d", px=ledger.retention)
+                count += 1
+            pipe.execute()
+        if acked:
+            ledger.client.hset(ledger.acked_key, mapping={str(p): o for p, o in acked.items()})
+    finally:
+        consumer.close()
+    return count
+
+
+def _action_id(message: Any) -> str:
+    return str(orjson.loads(message.value()).get("action_id", ""))
 
 
 def resolve_pending(ledger: Ledger, bootstrap: str, topic: str, idle_s: float = 1.5) -> int:

@@ -19,6 +19,15 @@ Steps (each owned by one function or class below):
    counters in one Redis pipeline, so the state in Redis never runs ahead of
    the actions emitted.
 
+Failures stay with the record that caused them: an invalid event, one dated
+more than a day after it reached Kafka, or one whose processing raises, goes
+to ``events.dlq`` with the reason, the exception class and its source
+(topic, partition, offset); the user's state is as if it never came, and
+that user's other events and everyone else's go on. A
+:class:`flows.breaker.Breaker` stops the engine loudly when most of the input
+fails. A timer whose step raises is counted (``errors.timer``), reported,
+and retried with a growing delay, never in a loop.
+
 With Bytewax recovery on, offsets, user states and pending timers are
 snapshotted every epoch; after a crash the stretch since the last snapshot
 is processed again and the ledger drops the actions already emitted.
@@ -28,6 +37,8 @@ Bytewax's ``TestingSource``/``TestingSink`` or the real Kafka and Redis.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,8 +54,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from engine.actions import Action
-from engine.events import Event
+from engine.errors import InvalidEvent
+from engine.events import Event, check_not_future
+from engine.journeys import Engine
 from engine.state import UserState, dumps, loads, prune
+from flows.breaker import Breaker, Halt
 from flows.ingest import Rejected, decode_message, to_dlq
 from flows.ledger import ActionEmitter
 from flows.runtime import RulesRuntime
@@ -56,6 +70,7 @@ RETRY_MS = 100  # a due timer held back by the watermark looks again this much l
 # and their actions and states go out in one sink batch (a Kafka flush and a Redis
 # transaction) instead of one each; an action's `at` is still its due time.
 TICK_MS = 100
+TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to 10 min
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,7 @@ class Stamped:
     event: Event
     now: int
     ingested: int | None = None
+    message: KafkaSourceMessage[Any, Any] | None = None  # kept for the dead-letter queue
 
 
 @dataclass(frozen=True)
@@ -75,19 +91,34 @@ class Outcome:
     data: bytes | None
     actions: list[Action] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    dead: tuple[Rejected, ...] = ()  # events whose processing failed, for the DLQ
 
 
-def decode_stamped(watermark: Watermark) -> Callable[[KafkaSourceMessage[Any, Any]], Any]:
+def decode_stamped(
+    watermark: Watermark, breaker: Breaker | None = None
+) -> Callable[[KafkaSourceMessage[Any, Any]], Any]:
     """The ``decode`` step: a message becomes a :class:`Stamped` or a ``Rejected``."""
 
     def decode(message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
-        event = decode_message(message)
-        if isinstance(event, Rejected):
-            return event
-        partition = f"{message.partition}-{message.topic}"
-        return Stamped(event, watermark.stamp(partition, event.ts), _kafka_time(message))
+        item = _decoded(watermark, message)
+        if breaker is not None:
+            breaker.record(isinstance(item, Rejected))
+        return item
 
     return decode
+
+
+def _decoded(watermark: Watermark, message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
+    event = decode_message(message)
+    if isinstance(event, Rejected):
+        return event
+    ingested = _kafka_time(message)
+    try:
+        check_not_future(event, wall_ms() if ingested is None else ingested)
+    except InvalidEvent as exc:
+        return Rejected(message, exc.reason)
+    partition = f"{message.partition}-{message.topic}"
+    return Stamped(event, watermark.stamp(partition, event.ts), ingested, message)
 
 
 def _kafka_time(message: KafkaSourceMessage[Any, Any]) -> int | None:
@@ -132,13 +163,23 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
         self._clock = clock
         self._idle_ms = idle_ms
         self._state = None if resume is None else loads(resume)
+        self._good = resume  # the state's last bytes known to serialise (None: not yet)
         self._loaded = False
         self._touched = clock()
         self._retry_at = 0
+        self._timer_backoff = 0
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Outcome], bool]:
         engine = self._runtime.current()
         state = self._state_for(values[0].event.key)
+        self._touched = self._clock()
+        try:
+            return [self._run(engine, state, values)], StatefulBatchLogic.RETAIN
+        except Exception:  # one event's failure must not stop everyone
+            return [self._isolate(engine, values)], StatefulBatchLogic.RETAIN
+
+    def _run(self, engine: Engine, state: UserState, values: list[Stamped]) -> Outcome:
+        """The common path: the whole batch at once."""
         actions: list[Action] = []
         counts: Counter[str] = Counter()
         for item in values:
@@ -146,11 +187,47 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
             counts[outcome] += 1
             actions.extend(fired)
             actions.extend(_caused(caused, item.ingested))
-        self._touched = self._clock()
         changed = bool(counts["applied"] or actions)
         if changed:
             prune(state, values[-1].now, engine.windows)
-        return [self._outcome(state, actions, counts, changed)], StatefulBatchLogic.RETAIN
+        return self._outcome(state, actions, counts, changed)
+
+    def _isolate(self, engine: Engine, values: list[Stamped]) -> Outcome:
+        """The batch failed: redo it from the last good state, one event at a time.
+
+        An event whose processing (or the state's serialisation after it)
+        raises is left out, as if it never came, and goes to the dead-letter
+        queue with its reason and exception class; the others are applied as
+        the common path would have applied them.
+        """
+        state = self._restored()
+        actions: list[Action] = []
+        counts: Counter[str] = Counter()
+        dead: list[Rejected] = []
+        for item in values:
+            before = dumps(state)
+            try:
+                outcome, fired, caused = engine.handle(state, item.event, item.now)
+                dumps(state)
+            except Exception as exc:  # see the module docstring
+                state = loads(before)
+                dead.append(_dead_letter(item, exc))
+                counts["failed"] += 1
+                continue
+            counts[outcome] += 1
+            actions.extend(fired)
+            actions.extend(_caused(caused, item.ingested))
+        self._state = state
+        prune(state, values[-1].now, engine.windows)
+        result = self._outcome(state, actions, counts, True)
+        return Outcome(result.identity, result.data, result.actions, result.counts, tuple(dead))
+
+    def _restored(self) -> UserState:
+        """The user's state as of the last batch that went through."""
+        assert self._state is not None
+        if self._good is None:
+            return UserState(key=self._state.key)
+        return loads(self._good)
 
     def _outcome(
         self, state: UserState, actions: list[Action], counts: Counter[str], changed: bool
@@ -158,6 +235,8 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
         for action in actions:
             counts[f"actions.{action.status}"] += 1
         data = dumps(state) if changed else None
+        if data is not None:
+            self._good = data
         return Outcome(state.key, data, actions, {str(k): v for k, v in counts.items()})
 
     def _state_for(self, identity: str) -> UserState:
@@ -166,6 +245,7 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
             loaded = self._load.load(identity)  # also marks the user live for prefetch
             if self._state is None:  # not resumed from a recovery snapshot
                 self._state = loaded or UserState(key=identity)
+                self._good = None if loaded is None else dumps(loaded)
         assert self._state is not None
         return self._state
 
@@ -184,16 +264,36 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
         due = None if state is None else engine.next_due(state)
         if state is None or due is None:
             return self._idle(now)
-        if due > now:
+        if due > now or now < self._retry_at:
             return [], StatefulBatchLogic.RETAIN
         self._state_for(state.key)
+        try:
+            outcome = self._fire(engine, state, now, due)
+        except Exception as exc:  # a broken step must not stop everyone
+            return [self._timer_failed(state, now, exc)], StatefulBatchLogic.RETAIN
+        self._timer_backoff = 0
+        return ([] if outcome is None else [outcome]), StatefulBatchLogic.RETAIN
+
+    def _fire(self, engine: Engine, state: UserState, now: int, due: int) -> Outcome | None:
         actions = engine.advance(state, min(now, self._watermark.value()))
         following = engine.next_due(state)
         self._retry_at = now + RETRY_MS if following is not None and following <= now else 0
         if not actions and following == due:
-            return [], StatefulBatchLogic.RETAIN
+            return None
         prune(state, now, engine.windows)
-        return [self._outcome(state, actions, Counter(), True)], StatefulBatchLogic.RETAIN
+        return self._outcome(state, actions, Counter(), True)
+
+    def _timer_failed(self, state: UserState, now: int, exc: Exception) -> Outcome:
+        """Undo the failed step, report it, and look again later (1 s, doubling)."""
+        low, high = TIMER_BACKOFF_MS
+        self._timer_backoff = min(high, max(low, self._timer_backoff * 2))
+        self._retry_at = now + self._timer_backoff
+        self._state = self._restored()
+        _report_once(
+            f"a timer of user {state.key!r} failed ({type(exc).__name__}: {exc}); "
+            f"retrying in {self._timer_backoff / 1000:g} s (counted as errors.timer)"
+        )
+        return Outcome(state.key, None, [], {"errors.timer": 1})
 
     def _idle(self, now: int) -> tuple[Iterable[Outcome], bool]:
         if now < self._touched + self._idle_ms:
@@ -246,6 +346,27 @@ class OutcomeSink(DynamicSink[Outcome]):
         return _OutcomePartition(self._make_emitter(), self._store, self._runtime)
 
 
+def _dead_letter(item: Stamped, exc: Exception) -> Rejected:
+    assert item.message is not None, "live events carry their Kafka message"
+    return Rejected(item.message, f"processing failed: {exc}"[:1000], type(exc).__name__)
+
+
+_reported: dict[str, float] = {}
+
+
+def _report_once(line: str, every_s: float = 10.0) -> None:
+    """A line on stderr, at most once per ``every_s`` seconds for the same kind of line."""
+    kind = line.split("(", 1)[-1][:60]
+    now = time.monotonic()
+    if now - _reported.get(kind, -every_s) >= every_s:
+        _reported[kind] = now
+        print(f"tetik run: {line}", file=sys.stderr, flush=True)
+
+
+def _failed(outcome: Outcome) -> tuple[Rejected, ...]:
+    return outcome.dead
+
+
 def _key(item: Stamped) -> str:
     return item.event.key
 
@@ -261,14 +382,19 @@ def build_trigger_flow(
     clock: Clock = wall_ms,
     idle_ms: int = 60_000,
     flow_id: str = "tetik_run",
+    breaker: Breaker | None = None,
 ) -> Dataflow:
-    """The live engine's dataflow over any source of Kafka messages and any sinks."""
+    """The live engine's dataflow over any source of Kafka messages and any sinks.
+
+    ``breaker`` counts failed records (see :mod:`flows.breaker`); without one
+    a fresh breaker whose :class:`Halt` nobody watches is used.
+    """
+    breaker = breaker if breaker is not None else Breaker(Halt())
     flow = Dataflow(flow_id)
     messages = op.input("events", flow, source)
-    decoded = op.map("decode", messages, decode_stamped(watermark))
+    decoded = op.map("decode", messages, decode_stamped(watermark, breaker))
     split = op.branch("split", decoded, _is_rejected)
     events = cast(Stream[Stamped], split.falses)
-    op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
     keyed = op.key_on(
         "identity", op.flat_map_batch("prefetch", events, prefetching(load, _key)), _key
     )
@@ -277,6 +403,10 @@ def build_trigger_flow(
         return UserLogic(runtime, load, watermark, clock, idle_ms, resume)
 
     outcomes = op.key_rm("unkey", op.stateful_batch("engine", keyed, builder))
+    failed = op.flat_map("failed", outcomes, _failed)
+    op.inspect("count_failed", failed, lambda _step, _item: breaker.record(True))
+    rejected = op.merge("rejected", split.trues, failed)
+    op.output("dlq", op.map("dlq_record", rejected, to_dlq), dlq_sink)
     invalid = op.map("count_invalid", split.trues, lambda _: Outcome("", None, [], {"invalid": 1}))
     op.output("out", op.merge("outcomes", outcomes, invalid), out_sink)
     return flow

@@ -87,3 +87,26 @@ def test_retention_outlasts_the_longest_journey() -> None:
     )
     assert retention_ms(rules) == 61 * DAY_MS
     assert retention_ms(load_rules("version: 1\njourneys: []\n", "r.yaml")) == MIN_RETENTION_MS
+
+
+def test_a_claim_retried_with_its_token_keeps_its_claims(ledger: Ledger) -> None:
+    assert ledger.claim([action(1), action(2)], token="batch-1") == [action(1), action(2)]
+    # The reply was lost and the same batch claims again: it still owns them.
+    assert ledger.claim([action(1), action(2)], token="batch-1") == [action(1), action(2)]
+    assert ledger.claim([action(1), action(2)], token="batch-2") == []
+    assert ledger.pending() == {"id1", "id2"}
+
+
+def test_retention_stays_within_what_redis_accepts(ledger: Ledger) -> None:
+    from engine.rules.loader import load_rules
+    from flows.ledger import MAX_RETENTION_MS, retention_ms
+
+    rules = load_rules(
+        "version: 1\njourneys:\n  - id: long\n    trigger: signup\n    steps:\n"
+        "      - wait: 3650d\n      - send: email\n",
+        "rules.yaml",
+    )
+    assert retention_ms(rules) <= MAX_RETENTION_MS
+    longest = Ledger(ledger.client, ledger.prefix, MAX_RETENTION_MS)
+    assert longest.claim([action(9)]) == [action(9)]  # Redis takes the expiry
+    assert 0 < ledger.client.pttl(longest.key("id9")) <= MAX_RETENTION_MS
