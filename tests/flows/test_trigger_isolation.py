@@ -148,7 +148,8 @@ def test_the_breaker_stops_the_sources_when_most_records_fail(store: StateStore)
     assert len(dlq) == 30  # nothing is lost: every bad record is dead-lettered
     assert stop.is_set()
     assert halt.reason is not None
-    assert "failed" in halt.reason and "TETIK_DLQ_MAX_SHARE" in halt.reason
+    assert "failed" in halt.reason
+    assert "TETIK_DLQ_MAX_SHARE" in halt.reason
 
 
 def test_the_breaker_holds_below_its_share(store: StateStore) -> None:
