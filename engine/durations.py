@@ -3,6 +3,13 @@
 A duration is a whole number followed by one unit (``s``, ``m``, ``h``, ``d``,
 ``w``); its value is milliseconds, so durations compare with ``since()`` and
 with epoch-ms arithmetic directly.
+
+Every duration is at most :data:`MAX_DURATION_MS`, 10 years counted as 3650
+days (``3650d``, ``521w``): :func:`parse_duration` refuses a longer one, and
+:func:`check_duration` applies the same bound to a value parsed elsewhere
+(the expression lexer). Timers, windows and the action ledger's Redis expiry
+(the longest journey plus a day) all stay far inside what ``datetime`` and
+Redis accept, whatever a rules file says.
 """
 
 from __future__ import annotations
@@ -15,19 +22,39 @@ MINUTE: Final = 60 * SECOND
 HOUR: Final = 60 * MINUTE
 DAY: Final = 24 * HOUR
 WEEK: Final = 7 * DAY
+MAX_DURATION_MS: Final = 3650 * DAY  # 10 years: the bound of every duration
 
 UNITS: Final = {"s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
-_DURATION = re.compile(r"^(\d+)([smhdw])\Z")
+_DURATION = re.compile(r"^(\d{1,20})([smhdw])\Z")
+_LONG = re.compile(r"^\d{21,}[smhdw]\Z")
 
 
 def parse_duration(text: str) -> int:
-    """Return the duration in ms; raise ValueError naming the accepted forms."""
-    match = _DURATION.match(text.strip())
+    """Return the duration in ms; raise ValueError naming the accepted forms or the bound."""
+    stripped = text.strip()
+    match = _DURATION.match(stripped)
     if not match:
+        if _LONG.match(stripped):
+            raise ValueError(_too_long(stripped))
         raise ValueError(
             f"{text!r} is not a duration; write a whole number and a unit: 30s, 15m, 2h, 7d, 1w"
         )
-    return int(match.group(1)) * UNITS[match.group(2)]
+    ms = int(match.group(1)) * UNITS[match.group(2)]
+    check_duration(ms, stripped)
+    return ms
+
+
+def check_duration(ms: int, text: str) -> None:
+    """Raise ValueError when ``ms`` (written ``text``) is over :data:`MAX_DURATION_MS`."""
+    if ms > MAX_DURATION_MS:
+        raise ValueError(_too_long(text))
+
+
+def _too_long(text: str) -> str:
+    limit = format_duration(MAX_DURATION_MS)
+    if len(text) > 24:
+        text = f"{text[:20]}...{text[-1]}"
+    return f"{text!r} is longer than the limit of {limit} (10 years); write at most {limit}"
 
 
 def format_duration(ms: int) -> str:

@@ -10,7 +10,8 @@ Rules of this interface:
   float of a number, the milliseconds of a duration, the unescaped string).
 * A duration is a whole number glued to one unit (``30s 15m 2h 7d 1w``); a
   number glued to any other letters (``30ms``, ``2x``) is an error, not a
-  number followed by a name.
+  number followed by a name. A duration longer than 10 years (``3650d``) is an
+  error (:data:`engine.durations.MAX_DURATION_MS`).
 * Strings take ``'...'`` or ``"..."`` with the escapes ``\\\\ \\' \\" \\n \\t
   \\r \\uXXXX``; any other escape or a missing closing quote is an error.
 * ``and or not in contains true false null`` are keywords; every other
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from engine.durations import UNITS
+from engine.durations import UNITS, check_duration
 from engine.errors import ExpressionError
 
 TokenKind = Literal["number", "duration", "string", "name", "keyword", "op", "eof"]
@@ -118,6 +119,10 @@ def _number(text: str, pos: int) -> Token:
         value: int | float = float(digits) if any(c in digits for c in ".eE") else int(digits)
         return Token("number", digits, pos, value)
     if suffix in UNITS and digits.isdigit():
+        try:
+            check_duration(int(digits) * UNITS[suffix], match.group())
+        except ValueError as exc:
+            raise ExpressionError(str(exc), pos) from None
         return Token("duration", match.group(), pos, int(digits) * UNITS[suffix])
     raise ExpressionError(
         f"bad number or duration {match.group()!r}: durations are a whole number and one "

@@ -52,7 +52,28 @@ Decisions where the SPEC is silent:
 * Template ids and journey ids match ``[a-z0-9_-]+``; template field names
   match ``[A-Za-z_][A-Za-z0-9_]*`` and their values are any non-empty scalar.
 * Limits against alias bombs: steps nest at most 16 levels and a file holds at
-  most 10,000 steps. YAML merge keys (``<<``) are not supported.
+  most 10,000 steps (so at most 10,000 journeys). YAML merge keys (``<<``) are
+  not supported.
+
+Bounds, so that no rules file `tetik rules validate` accepts can hurt the
+engine (each violation is a ``FILE:LINE:COL`` problem naming the limit):
+
+* YAML nests at most :data:`MAX_YAML_DEPTH` (64) levels; the check runs while
+  the document is composed, so a deeper file is one problem at the first node
+  too deep, never a ``RecursionError``.
+* The loader visits at most :data:`MAX_NODES` (1,000,000) YAML entries, aliases
+  counted as often as they are used; past that it stops with one problem.
+* Every duration (``wait``, ``reentry``, cap ``per``, an expression's WITHIN or
+  any duration literal) is at most 10 years (``3650d``,
+  :data:`engine.durations.MAX_DURATION_MS`), and so are a journey's waits added
+  up along its longest path (the problem points at the wait that crosses the
+  bound): an enrollment's timers fall at most 10 years (plus quiet-hours
+  deferrals) after its entry, and the ledger's expiry (longest journey + 1
+  day) stays in Redis' range.
+* At most :data:`MAX_TEMPLATES` (1,000) templates; each field's source is at
+  most :data:`MAX_TEMPLATE_CHARS` (32,768) characters; at most
+  :data:`MAX_TEMPLATE_FIELDS` (10,000) template fields are compiled (aliases
+  count). Rendering has its own budget (:mod:`engine.rules.templates`).
 """
 
 from __future__ import annotations
@@ -70,7 +91,7 @@ from typing import Final, Literal, ParamSpec, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from engine.durations import parse_duration
+from engine.durations import MAX_DURATION_MS, format_duration, parse_duration
 from engine.errors import ExpressionError, RulesError
 from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
 from engine.rules.compiler import Scope, compile_expression
@@ -97,6 +118,11 @@ T = TypeVar("T")
 
 MAX_STEPS: Final = 10_000
 MAX_DEPTH: Final = 16
+MAX_YAML_DEPTH: Final = 64
+MAX_NODES: Final = 1_000_000
+MAX_TEMPLATES: Final = 1_000
+MAX_TEMPLATE_CHARS: Final = 32_768
+MAX_TEMPLATE_FIELDS: Final = 10_000
 TYPO_CUTOFF: Final = 0.85
 
 TOP_KEYS: Final = ("version", "timezone", "quiet_hours", "consent", "caps", "templates", "journeys")
@@ -176,6 +202,34 @@ def _decode(data: bytes, filename: str) -> str:
         line, column = _line_column(data[: exc.start].decode("utf-8", "replace"))
         problem = f"{filename}:{line + 1}:{column + 1}: not valid UTF-8 ({exc.reason})"
         raise RulesError([problem]) from None
+
+
+class _DepthError(yaml.MarkedYAMLError):
+    """The document nests deeper than :data:`MAX_YAML_DEPTH` (raised while composing)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe composer, refusing to nest deeper than :data:`MAX_YAML_DEPTH`.
+
+    The composer recurses once per level, so a bound checked here keeps a
+    hostile file far from Python's recursion limit.
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                problem = (
+                    f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; "
+                    "flatten the lists and mappings here"
+                )
+                raise _DepthError(problem=problem, problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _line_column(before: str) -> tuple[int, int]:
@@ -297,6 +351,33 @@ def _raw_index(raw: str, style: str | None, offset: int) -> int:
     return min(index, len(raw))
 
 
+def _span(steps: tuple[Step, ...]) -> int:
+    """The longest total wait along any path of ``steps``."""
+    total = 0
+    for step in steps:
+        if isinstance(step, Wait):
+            total += step.ms
+        elif isinstance(step, Branch):
+            total += max(_span(step.then), _span(step.otherwise))
+    return total
+
+
+def _overrun(steps: tuple[Step, ...], elapsed: int) -> Wait | None:
+    """The first wait after which a path's total wait passes the bound, if any."""
+    for step in steps:
+        if isinstance(step, Wait):
+            elapsed += step.ms
+            if elapsed > MAX_DURATION_MS:
+                return step
+        elif isinstance(step, Branch):
+            for branch in (step.then, step.otherwise):
+                found = _overrun(branch, elapsed)
+                if found is not None:
+                    return found
+            elapsed += max(_span(step.then), _span(step.otherwise))
+    return None
+
+
 @functools.cache
 def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
@@ -313,6 +394,9 @@ class _Loader:
     template_ids: set[str] = field(default_factory=set)
     journey_ids: dict[str, int] = field(default_factory=dict)  # id -> 1-based line
     steps: int = 0
+    nodes: int = 0  # entries of mappings and lists visited (aliases count each use)
+    template_fields: int = 0
+    wait_nodes: dict[tuple[str, str], Node] = field(default_factory=dict)  # (where, path)
 
     def load(self) -> Rules | None:
         """The compiled rules, or None when a problem was recorded."""
@@ -329,7 +413,12 @@ class _Loader:
     def _compose(self) -> Node | None:
         """The YAML node tree, or None after recording why there is none."""
         try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            root = yaml.compose(self.text, Loader=_BoundedLoader)
+        except _DepthError as exc:
+            mark = exc.problem_mark
+            line, column = (mark.line, mark.column) if mark else (0, 0)
+            self.problems.add(_Problem(line, column, str(exc.problem)))
+            return None
         except yaml.MarkedYAMLError as exc:
             self._syntax(exc)
             return None
@@ -369,10 +458,25 @@ class _Loader:
 
     # ---- mappings --------------------------------------------------------------
 
+    def _visit(self, count: int) -> None:
+        """Count ``count`` visited entries; stop the load past :data:`MAX_NODES`."""
+        self.nodes += count
+        if self.nodes > MAX_NODES:
+            raise _TooBig(
+                f"the rules file has more than {MAX_NODES:,} YAML entries (YAML aliases count)"
+            )
+
+    def _list(self, node: Node, what: str) -> list[Node]:
+        """A list's items (counted against :data:`MAX_NODES`)."""
+        items = _items(node, what)
+        self._visit(len(items))
+        return items
+
     def _pairs(self, node: Node, what: str) -> Pairs:
         """A mapping's entries in file order; duplicate keys are recorded and dropped."""
         if not isinstance(node, MappingNode):
             raise _at(node, f"{what} must be a mapping (`key: value` lines), not a {_kind(node)}")
+        self._visit(len(node.value))
         pairs: Pairs = []
         first: dict[str, Node] = {}
         for key, value in node.value:
@@ -489,7 +593,7 @@ class _Loader:
         return {channel: listed.get(channel, DEFAULT_CONSENT) for channel in CHANNELS}
 
     def _caps(self, node: Node) -> tuple[Cap, ...]:
-        caps = (self._try(None, self._cap, item) for item in _items(node, "caps"))
+        caps = (self._try(None, self._cap, item) for item in self._list(node, "caps"))
         return tuple(cap for cap in caps if cap is not None)
 
     def _cap(self, node: Node) -> Cap:
@@ -515,7 +619,13 @@ class _Loader:
 
     def _templates(self, node: Node) -> Templates:
         templates: Templates = {}
-        for tid, key, value in self._pairs(node, "templates"):
+        pairs = self._pairs(node, "templates")
+        if len(pairs) > MAX_TEMPLATES:
+            self._report(
+                pairs[MAX_TEMPLATES][1],
+                f"more than {MAX_TEMPLATES:,} templates; reuse templates across journeys",
+            )
+        for tid, key, value in pairs[:MAX_TEMPLATES]:
             if not _ID.match(tid):
                 self._report(key, f"template id {tid!r} must match [a-z0-9_-]+")
                 continue
@@ -552,6 +662,18 @@ class _Loader:
 
     def _render_fn(self, where: str, node: Node) -> RenderFn:
         source = _text(node, f"template {where}")
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise _at(
+                node,
+                f"template {where} is {len(source):,} characters long, more than the limit of "
+                f"{MAX_TEMPLATE_CHARS:,}; shorten it or split it into fields",
+            )
+        self.template_fields += 1
+        if self.template_fields > MAX_TEMPLATE_FIELDS:
+            raise _TooBig(
+                f"the rules file has more than {MAX_TEMPLATE_FIELDS:,} template fields "
+                "(YAML aliases count)"
+            )
         try:
             return compile_template(source)
         except TemplateProblem as exc:
@@ -574,7 +696,7 @@ class _Loader:
     def _journeys(self, node: Node) -> tuple[Journey, ...]:
         journeys = (
             self._try(None, self._journey, item, index)
-            for index, item in enumerate(_items(node, "journeys"))
+            for index, item in enumerate(self._list(node, "journeys"))
         )
         return tuple(journey for journey in journeys if journey is not None)
 
@@ -589,6 +711,7 @@ class _Loader:
         steps = self._field(
             fields, "steps", lambda n: self._steps(n, "", where, 0), _NO_STEPS, required=need
         )
+        self._check_span(steps, where)
         return Journey(
             id=jid,
             trigger=trigger or Trigger(""),
@@ -598,6 +721,18 @@ class _Loader:
             audience=self._field(fields, "audience", lambda n: self._audience(n, where), None),
             reentry=self._field(fields, "reentry", self._reentry, "never"),
             exits=self._field(fields, "exit", lambda n: self._exits(n, where), _NO_EXITS),
+        )
+
+    def _check_span(self, steps: tuple[Step, ...], where: str) -> None:
+        """Record a problem at the wait where the journey's waits pass 10 years in total."""
+        crossing = _overrun(steps, 0)
+        if crossing is None:
+            return
+        limit = format_duration(MAX_DURATION_MS)
+        self._report(
+            self.wait_nodes[(where, crossing.path)],
+            f"{where}: its waits add up to more than {limit} (10 years) by step "
+            f"{crossing.path}; shorten the waits",
         )
 
     def _journey_id(self, node: Node) -> str:
@@ -628,7 +763,9 @@ class _Loader:
             return "never" if text == "never" else "always"
         try:
             return _duration(node, "reentry")
-        except _Reject:
+        except _Reject as exc:
+            if "longer than the limit" in exc.problem.message:
+                raise
             hint = suggest(text, ("never", "always"))
             message = f"reentry {text!r} must be never, always or a duration such as 7d{hint}"
             raise _at(node, message) from None
@@ -661,7 +798,7 @@ class _Loader:
 
     def _exits(self, node: Node, where: str) -> tuple[ExitRule, ...]:
         exits = []
-        for index, item in enumerate(_items(node, "exit")):
+        for index, item in enumerate(self._list(node, "exit")):
             scope = Scope(event=True, entry=True, where=f"{where} exit {index}.if")
             found = self._try(None, self._event_ref, item, scope, "an exit")
             if found is not None:
@@ -683,7 +820,7 @@ class _Loader:
 
     def _steps(self, node: Node, prefix: str, where: str, depth: int) -> tuple[Step, ...]:
         """A list of steps; paths are ``prefix.N`` (just ``N`` at the top)."""
-        items = _items(node, "steps")
+        items = self._list(node, "steps")
         if depth == 0 and not items:
             raise _at(node, f"{where} has no steps")
         if depth >= MAX_DEPTH:
@@ -708,6 +845,7 @@ class _Loader:
             pairs, STEP_KEYS[kind], "an if step" if kind == "if" else f"a {kind} step"
         )
         if kind == "wait":
+            self.wait_nodes[(where, path)] = fields["wait"][1]
             return Wait(path, _duration(fields["wait"][1], "wait"))
         if kind == "send":
             return self._send(fields, path)
@@ -759,7 +897,7 @@ class _Loader:
 
     def _fallback(self, node: Node, channel: str) -> tuple[str, ...]:
         chosen: list[str] = []
-        for item in _items(node, "fallback"):
+        for item in self._list(node, "fallback"):
             name = self._try(None, _channel, item, "fallback channel")
             if name is None:
                 continue

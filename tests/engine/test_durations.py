@@ -6,7 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.durations import format_duration, parse_duration
+from engine.durations import (
+    MAX_DURATION_MS,
+    UNITS,
+    check_duration,
+    format_duration,
+    parse_duration,
+)
 
 # No example database in the work tree; no deadline, so a loaded CI machine cannot flake.
 FUZZ = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -62,10 +68,39 @@ def test_format_duration_shortest_exact_form(ms: int, expected: str) -> None:
     assert format_duration(ms) == expected
 
 
+durations_in_bounds = st.sampled_from("smhdw").flatmap(
+    lambda unit: st.tuples(st.integers(0, MAX_DURATION_MS // UNITS[unit]), st.just(unit))
+)
+
+
 @FUZZ
-@given(st.integers(min_value=0, max_value=10**6), st.sampled_from("smhdw"))
-def test_format_then_parse_round_trips(count: int, unit: str) -> None:
+@given(durations_in_bounds)
+def test_format_then_parse_round_trips(duration: tuple[int, str]) -> None:
+    count, unit = duration
     ms = parse_duration(f"{count}{unit}")
     text = format_duration(ms)
     assert parse_duration(text) == ms
     assert len(text) <= len(f"{count}{unit}")
+
+
+def test_the_bound_is_ten_years() -> None:
+    assert MAX_DURATION_MS == 3650 * 86_400_000
+    assert parse_duration("3650d") == MAX_DURATION_MS
+    assert parse_duration("521w") < MAX_DURATION_MS
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["3651d", "522w", "87601h", "3000000d", "200000000000d", "9" * 30 + "d", "9" * 5000 + "s"],
+)
+def test_parse_duration_refuses_more_than_ten_years(text: str) -> None:
+    with pytest.raises(ValueError, match="longer than the limit of 3650d") as info:
+        parse_duration(text)
+    assert "10 years" in str(info.value)
+    assert len(str(info.value)) < 120
+
+
+def test_check_duration_applies_the_same_bound() -> None:
+    check_duration(MAX_DURATION_MS, "3650d")
+    with pytest.raises(ValueError, match="'9999d' is longer than the limit"):
+        check_duration(9999 * 86_400_000, "9999d")

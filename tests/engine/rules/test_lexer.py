@@ -188,3 +188,10 @@ def test_any_text_either_tokenizes_exactly_or_raises_expression_error(text: str)
         assert text[previous_end : token.offset].strip() == ""
         previous_end = token.offset + len(token.text)
     assert text[previous_end:].strip() == ""
+
+
+def test_a_duration_over_ten_years_is_an_error_at_its_offset() -> None:
+    assert tokenize("since(x) < 3650d")[-2].value == 3650 * 86_400_000
+    with pytest.raises(ExpressionError, match="'3651d' is longer than the limit of 3650d") as info:
+        tokenize("since(x) < 3651d")
+    assert info.value.offset == 11
