@@ -3,8 +3,11 @@
 Format: a mapping from a channel name (one of ``engine.events.CHANNELS``) or
 ``default`` to an entry ``{adapter: NAME, option: value...}``::
 
-    email:   {adapter: smtp, host: 127.0.0.1, port: 1025, sender: shop@example.com}
-    sms:     {adapter: webhook, url: "http://127.0.0.1:8080/sms", timeout: 2s, retries: 3}
+    email:   {adapter: smtp, host: smtp.example.com, port: 587, sender: shop@example.com,
+              username: shop, password_env: TETIK_SMTP_PASSWORD}
+    sms:     {adapter: webhook, url: "https://sms.example/send/{channel}", timeout: 2s,
+              secret_env: TETIK_WEBHOOK_SECRET,
+              headers_env: {Authorization: TETIK_SMS_AUTH}}
     onsite:  {adapter: onsite, ttl: 7d}
     default: {adapter: jsonl, path: "-"}
 
@@ -20,8 +23,23 @@ Rules:
   of seconds or a duration string (``500ms``, ``2s``, ``7d``).
 * Every mistake is a :class:`~engine.errors.ConfigError` naming the entry,
   what is wrong and what to write instead; the file is checked whole before
-  anything is delivered. Secrets stay out of the file: ``password_env`` names
-  the environment variable that holds the SMTP password.
+  anything is delivered.
+
+Secrets (security rules):
+
+* Secrets stay out of the file. The file names the environment variable that
+  holds each one: ``password_env`` (SMTP password), ``secret_env`` (the key
+  that signs webhook requests, see ``channels.webhook``) and ``headers_env``
+  (header -> variable, e.g. ``Authorization: TETIK_SMS_AUTH``). A variable that
+  is not set, or empty, is a ConfigError when the adapters are built (start-up).
+* A secret written in the file is refused at load, located as
+  ``FILE:LINE:COL`` when read from a file: an option such as ``password:`` or
+  ``secret:``, a header that carries credentials (``Authorization``, or a
+  name with auth, token, key, secret, password, signature, cookie, session
+  or credential in it), credentials in a URL (``user:pass@host``, or a query
+  parameter named like one).
+* SMTP requires STARTTLS unless ``starttls: false`` says otherwise (only for
+  a loopback mail catcher); ``ca_file`` adds a CA to trust.
 
 Options per adapter are the fields of the ``*Options`` structs below.
 """
@@ -35,6 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 import redis
@@ -88,7 +107,9 @@ class KafkaOptions(_Options, frozen=True, kw_only=True):
 class WebhookOptions(_Retrying, frozen=True, kw_only=True):
     url: str
     timeout: Positive = 5.0
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {}  # no credentials: those go in headers_env
+    headers_env: dict[str, str] = {}  # header -> environment variable holding its value
+    secret_env: str | None = None  # environment variable holding the signing secret
 
 
 class SmtpOptions(_Retrying, frozen=True, kw_only=True):
@@ -96,7 +117,8 @@ class SmtpOptions(_Retrying, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
     timeout: Positive = 10.0
-    starttls: bool = False
+    starttls: bool = True  # false only for a loopback catcher
+    ca_file: str | None = None
     username: str | None = None
     password_env: str | None = None
 
@@ -134,26 +156,128 @@ class ChannelConfig(msgspec.Struct, frozen=True):
     source: str = "channel config"
 
 
+Marks = Mapping[tuple[str, ...], str]  # key path -> "LINE:COL" of that key in the file
+
+
 def load_config(path: str | Path) -> ChannelConfig:
     """Read and check a config file; raise ConfigError for any problem."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"cannot read channel config {str(path)!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), _marks(text))
 
 
-def parse_config(raw: object, source: str = "channel config") -> ChannelConfig:
-    """Check a parsed mapping (see the module docstring for the format)."""
+def parse_config(
+    raw: object, source: str = "channel config", marks: Marks | None = None
+) -> ChannelConfig:
+    """Check a parsed mapping (see the module docstring for the format).
+
+    ``marks`` (from a file) locate errors about secrets as ``FILE:LINE:COL``.
+    """
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError(
             f"{source}: expected a mapping of channel -> {{adapter: ...}}, e.g. "
             '`default: {adapter: jsonl, path: "-"}`'
         )
-    routes = {_channel(key, source): _route(key, value, source) for key, value in raw.items()}
+    routes = {}
+    where = _Locator(source, marks or {})
+    for key, value in raw.items():
+        channel = _channel(key, source)
+        _no_secret_options(channel, value, where)
+        route = _route(channel, value, source)
+        _no_secrets(channel, route, where)
+        routes[channel] = route
     return ChannelConfig(routes, source)
+
+
+def _marks(text: str) -> dict[tuple[str, ...], str]:
+    """Where each key of the first three levels is (1-based line:column)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    found: dict[tuple[str, ...], str] = {}
+
+    def walk(node: yaml.Node | None, path: tuple[str, ...]) -> None:
+        if not isinstance(node, yaml.MappingNode) or len(path) >= 3:
+            return
+        for key, value in node.value:
+            here = (*path, str(key.value))
+            found[here] = f"{key.start_mark.line + 1}:{key.start_mark.column + 1}"
+            walk(value, here)
+
+    walk(root, ())
+    return found
+
+
+@dataclass(frozen=True)
+class _Locator:
+    source: str
+    marks: Marks
+
+    def at(self, *path: str) -> str:
+        """``FILE:LINE:COL`` of the key at ``path`` (just ``FILE`` when unknown)."""
+        mark = self.marks.get(path)
+        return f"{self.source}:{mark}" if mark else self.source
+
+
+# Option names that would hold a secret, and what to write instead.
+_LITERAL_SECRETS: Final = {
+    "password": "password_env: TETIK_SMTP_PASSWORD",
+    "secret": "secret_env: TETIK_WEBHOOK_SECRET",
+    "token": "headers_env: {Authorization: TETIK_WEBHOOK_AUTH}",
+    "api_key": "headers_env: {X-Api-Key: TETIK_WEBHOOK_KEY}",
+    "auth": "headers_env: {Authorization: TETIK_WEBHOOK_AUTH}",
+    "authorization": "headers_env: {Authorization: TETIK_WEBHOOK_AUTH}",
+}
+_CREDENTIAL = re.compile(
+    r"auth|token|secret|passw|key|signature|cookie|session|credential", re.IGNORECASE
+)
+
+
+def _no_secret_options(channel: str, entry: object, where: _Locator) -> None:
+    """ConfigError for an option that would hold a secret (``password:``, ``secret:``...)."""
+    for name in entry if isinstance(entry, Mapping) else ():
+        instead = _LITERAL_SECRETS.get(str(name).lower())
+        if instead:
+            raise ConfigError(
+                f"{where.at(channel, str(name))}: {channel}: `{name}` would put a secret in the "
+                f"file; export it and name the variable instead, e.g. `{instead}`"
+            )
+
+
+def _no_secrets(channel: str, route: Route, where: _Locator) -> None:
+    """ConfigError for a secret written in the file (see the module's security rules)."""
+    options = route.options
+    if isinstance(options, WebhookOptions):
+        for name in options.headers:
+            if _CREDENTIAL.search(name):
+                variable = "TETIK_" + re.sub(r"\W+", "_", name).upper().strip("_")
+                raise ConfigError(
+                    f"{where.at(channel, 'headers', name)}: {channel} (webhook): header "
+                    f"{name!r} carries a credential and must not be written in the file; "
+                    f"export it and write `headers_env: {{{name}: {variable}}}`"
+                )
+        _no_url_credentials(channel, options.url, where)
+
+
+def _no_url_credentials(channel: str, url: str, where: _Locator) -> None:
+    parts = urlsplit(url)
+    names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    if parts.username is not None or parts.password is not None:
+        what = "user:password@ in the url"
+    elif any(_CREDENTIAL.search(name) for name in names):
+        what = f"query parameter {next(n for n in names if _CREDENTIAL.search(n))!r}"
+    else:
+        return
+    raise ConfigError(
+        f"{where.at(channel, 'url')}: {channel} (webhook): {what} is a credential in the "
+        "file; send it as a header instead: `headers_env: {Authorization: TETIK_WEBHOOK_AUTH}`"
+    )
 
 
 def default_config() -> ChannelConfig:
@@ -267,12 +391,20 @@ def _kafka(options: KafkaOptions, res: Resources) -> Channel:
 
 
 def _webhook(options: WebhookOptions, res: Resources) -> Channel:
+    headers = {
+        name: _env("webhook", f"headers_env: {name}", variable, res.env)
+        for name, variable in options.headers_env.items()
+    }
+    secret = None
+    if options.secret_env is not None:
+        secret = _env("webhook", "secret_env", options.secret_env, res.env)
     try:
         return WebhookChannel(
             options.url,
             timeout=options.timeout,
             retry=options.policy(),
-            headers=options.headers,
+            headers={**options.headers, **headers},
+            secret=secret,
             stop=res.stop,
         )
     except ValueError as exc:
@@ -290,18 +422,25 @@ def _smtp(options: SmtpOptions, res: Resources) -> Channel:
         timeout=options.timeout,
         retry=options.policy(),
         starttls=options.starttls,
+        ca_file=options.ca_file,
         username=options.username,
-        password=_secret(options.password_env, res.env),
+        password=None
+        if options.password_env is None
+        else _env("smtp", "password_env", options.password_env, res.env),
         stop=res.stop,
     )
 
 
-def _secret(name: str | None, env: Mapping[str, str]) -> str | None:
-    if name is None:
-        return None
-    if name not in env:
-        raise ConfigError(f"smtp adapter: password_env names {name!r}, which is not set")
-    return env[name]
+def _env(adapter: str, option: str, name: str, env: Mapping[str, str]) -> str:
+    """The value of the variable an option names; ConfigError when unset or empty."""
+    value = env.get(name, "")
+    if not value:
+        state = "empty" if name in env else "not set"
+        raise ConfigError(
+            f"{adapter} adapter: `{option}` names {name!r}, which is {state}; export {name} "
+            "before starting tetik deliver"
+        )
+    return value
 
 
 def _onsite(options: OnsiteOptions, res: Resources) -> Channel:

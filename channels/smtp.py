@@ -18,7 +18,15 @@ Rules:
   connections are retried with backoff, then ``failed``. A 5xx about our own
   side (login, sender, HELO) is ``failed`` at once: it is a configuration
   problem, not the customer's, and the action can be re-driven once fixed.
-* One connection per send (``STARTTLS`` and login when configured): simple,
+* STARTTLS is required unless ``starttls=False`` is given (the channel
+  config's ``starttls: false``, meant for a loopback mail catcher): the
+  session is upgraded to TLS, the server's certificate checked against the
+  system's CAs (or ``ca_file``) and host name, before the login or any
+  envelope. A server that does not offer STARTTLS, or whose certificate does
+  not verify, is ``failed`` at once with the reason: nothing, credentials
+  least of all, goes over plain text, and retrying cannot fix it (a re-drive
+  after the fix can).
+* One connection per send (STARTTLS and login when configured): simple,
   and a server that drops idle connections never costs a retry.
 """
 
@@ -50,7 +58,8 @@ class SmtpChannel:
         *,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
-        starttls: bool = False,
+        starttls: bool = True,
+        ca_file: str | None = None,
         username: str | None = None,
         password: str | None = None,
         stop: threading.Event | None = None,
@@ -62,6 +71,7 @@ class SmtpChannel:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.starttls = starttls
+        self.ca_file = ca_file
         self.login = (username, password or "") if username else None
         self._stop = stop
 
@@ -88,17 +98,36 @@ class SmtpChannel:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 self._prepare(smtp)
                 smtp.send_message(message, from_addr=self.sender, to_addrs=[address])
+        except smtplib.SMTPNotSupportedError as exc:
+            return self._unsupported(exc)
         except smtplib.SMTPException as exc:
             return _judge(exc)
+        except ssl.SSLCertVerificationError as exc:
+            return Attempt(
+                "fatal",
+                f"SMTP {self.host}:{self.port}: TLS certificate not trusted "
+                f"({exc.verify_message or exc}); give the CA with `ca_file:`, or fix the "
+                "server's certificate",
+            )
         except OSError as exc:
             return Attempt("retry", f"SMTP {self.host}:{self.port}: {type(exc).__name__}: {exc}")
         return Attempt("delivered", f"accepted by {self.host}:{self.port} for {address}")
 
     def _prepare(self, smtp: smtplib.SMTP) -> None:
         if self.starttls:
-            smtp.starttls(context=ssl.create_default_context())
+            smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
         if self.login:
             smtp.login(*self.login)
+
+    def _unsupported(self, exc: smtplib.SMTPNotSupportedError) -> Attempt:
+        if self.starttls and "STARTTLS" in str(exc).upper():
+            return Attempt(
+                "fatal",
+                f"SMTP {self.host}:{self.port} does not offer STARTTLS, which is required: "
+                "nothing was sent in plain text; enable TLS on the server, or set "
+                "`starttls: false` for a trusted loopback catcher",
+            )
+        return Attempt("fatal", f"SMTP server: {exc}")
 
     def close(self) -> None:
         """Nothing held between sends."""

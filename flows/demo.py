@@ -137,7 +137,7 @@ def _channels_config(tmp: Path, smtp_port: int) -> Path:
     path = tmp / "channels.yaml"
     path.write_text(
         f"email: {{adapter: smtp, host: 127.0.0.1, port: {smtp_port}, "
-        "sender: shop@tetik.example}\n"
+        "sender: shop@tetik.example, starttls: false}\n"  # the loopback catcher has no TLS
         "onsite: {adapter: onsite}\n"
         f"default: {{adapter: jsonl, path: {tmp / 'deliveries.jsonl'}}}\n"
     )

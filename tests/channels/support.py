@@ -10,12 +10,15 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +29,35 @@ from channels.base import RetryPolicy
 from engine.actions import Action
 
 FAST_RETRY = RetryPolicy(retries=2, base=0.005, cap=0.02)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Make the certificate with the ``openssl`` command (an EC key: fast)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = (
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    )
+    subprocess.run(
+        [*command.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return TlsFiles(cert, key)
 
 
 def make_action(n: int = 1, **changes: Any) -> Action:
@@ -159,11 +191,21 @@ class MailCatcher:
     """aiosmtpd handler: keeps every accepted mail; refuses scripted recipients.
 
     A recipient starting with ``bounce`` gets ``550``; ``busy`` gets ``451``.
+    ``mail_from`` counts MAIL commands, each with whether the session was TLS.
     """
 
     def __init__(self) -> None:
         self.mails: list[Mail] = []
         self.rcpt_attempts = 0
+        self.mail_from: list[bool] = []
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mail_from.append(session.ssl is not None)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -183,10 +225,14 @@ class MailCatcher:
         return "250 Message accepted"
 
 
-def serve_mail() -> Iterator[tuple[MailCatcher, int]]:
-    """A real SMTP server (aiosmtpd) on a free loopback port."""
+def serve_mail(**smtp: Any) -> Iterator[tuple[MailCatcher, int]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port.
+
+    ``smtp`` goes to aiosmtpd's ``SMTP`` (``tls_context``, ``require_starttls``,
+    ``authenticator``, ``auth_require_tls``...).
+    """
     catcher = MailCatcher()
-    controller = Controller(catcher, hostname="127.0.0.1", port=closed_port())
+    controller = Controller(catcher, hostname="127.0.0.1", port=closed_port(), **smtp)
     controller.start()
     try:
         yield catcher, controller.port

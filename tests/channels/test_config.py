@@ -23,6 +23,10 @@ from channels.onsite import OnsiteChannel
 from channels.smtp import SmtpChannel
 from channels.webhook import WebhookChannel
 from engine.errors import ConfigError
+from flows.demo import _channels_config
+from tests.channels.support import MailCatcher, make_action
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 EXAMPLE = """
 email: {adapter: smtp, host: 127.0.0.1, port: 1025, sender: shop@example.com}
@@ -164,3 +168,142 @@ def test_smtp_password_comes_from_the_named_variable() -> None:
     email = router.channel_for("email")
     assert isinstance(email, SmtpChannel)
     assert email.login == ("u", "s3")
+
+
+# -- secrets stay out of the file -------------------------------------------------
+
+SIGNED = """\
+sms:
+  adapter: webhook
+  url: "https://sms.example/send/{channel}"
+  secret_env: T_SECRET
+  headers: {X-Source: tetik}
+  headers_env: {Authorization: T_AUTH}
+"""
+
+
+def test_webhook_secret_and_auth_headers_come_from_the_environment(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, SIGNED))
+    env = {"T_SECRET": "whsec_1", "T_AUTH": "Bearer abc"}
+    sms = Router(config, Resources(env=env)).channel_for("sms")
+    assert isinstance(sms, WebhookChannel)
+    assert sms.secret == "whsec_1"
+    assert sms.headers == {"X-Source": "tetik", "Authorization": "Bearer abc"}
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"T_AUTH": "Bearer abc"}, "webhook adapter: `secret_env` names 'T_SECRET', which is not"),
+        ({"T_SECRET": "s"}, "`headers_env: Authorization` names 'T_AUTH', which is not set"),
+        ({"T_SECRET": "", "T_AUTH": "x"}, "names 'T_SECRET', which is empty; export T_SECRET"),
+    ],
+)
+def test_a_missing_variable_is_one_line_at_start_up(
+    tmp_path: Path, env: dict[str, str], needle: str
+) -> None:
+    config = load_config(write(tmp_path, SIGNED))
+    with pytest.raises(ConfigError) as caught:
+        Router(config, Resources(env=env))
+    assert needle in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "located", "needle"),
+    [
+        (
+            'sms: {adapter: webhook, url: "http://h/x",\n  headers: {Authorization: "Bearer x"}}\n',
+            "c.yaml:2:13: sms (webhook): header 'Authorization' carries a credential",
+            "write `headers_env: {Authorization: TETIK_AUTHORIZATION}`",
+        ),
+        (
+            'sms:\n  adapter: webhook\n  url: "http://h/x"\n  headers:\n    X-Api-Key: k1\n',
+            "c.yaml:5:5: sms (webhook): header 'X-Api-Key' carries a credential",
+            "headers_env: {X-Api-Key: TETIK_X_API_KEY}",
+        ),
+        (
+            'sms: {adapter: webhook, url: "http://h/x", secret: whsec_1}\n',
+            "c.yaml:1:44: sms: `secret` would put a secret in the file",
+            "e.g. `secret_env: TETIK_WEBHOOK_SECRET`",
+        ),
+        (
+            "email: {adapter: smtp, sender: a@b.c, username: u, password: p}\n",
+            "c.yaml:1:52: email: `password` would put a secret in the file",
+            "e.g. `password_env: TETIK_SMTP_PASSWORD`",
+        ),
+        (
+            'sms: {adapter: webhook, url: "https://u:pw@h/x"}\n',
+            "c.yaml:1:25: sms (webhook): user:password@ in the url is a credential in the file",
+            "`headers_env: {Authorization: TETIK_WEBHOOK_AUTH}`",
+        ),
+        (
+            'sms: {adapter: webhook, url: "https://h/x?channel=sms&api_token=abc"}\n',
+            "c.yaml:1:25: sms (webhook): query parameter 'api_token' is a credential",
+            "send it as a header instead",
+        ),
+    ],
+)
+def test_a_secret_written_in_the_file_is_refused_where_it_is(
+    tmp_path: Path, text: str, located: str, needle: str
+) -> None:
+    path = write(tmp_path, text, "c.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}/{located}"), message
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_a_parsed_mapping_names_the_source_without_a_position() -> None:
+    raw = {"sms": {"adapter": "webhook", "url": "http://h", "headers": {"Cookie": "s=1"}}}
+    assert error_of(raw).startswith("c.yaml: sms (webhook): header 'Cookie' carries a credential")
+
+
+def test_plain_headers_stay_allowed() -> None:
+    raw = {"sms": {"adapter": "webhook", "url": "http://h", "headers": {"X-Source": "shop"}}}
+    options = parse_config(raw).routes["sms"].options
+    assert isinstance(options, WebhookOptions)
+    assert options.headers == {"X-Source": "shop"}
+
+
+def test_url_placeholders_are_checked_at_start_up() -> None:
+    config = parse_config({"sms": {"adapter": "webhook", "url": "http://h/{user_id}"}})
+    with pytest.raises(ConfigError, match=r"placeholder \{user_id\}: only \{channel\}"):
+        Router(config, Resources())
+
+
+def test_smtp_requires_starttls_unless_the_file_says_false() -> None:
+    secure = parse_config({"email": {"adapter": "smtp", "sender": "a@b"}})
+    plain = parse_config({"email": {"adapter": "smtp", "sender": "a@b", "starttls": False}})
+    resources = Resources(recipient=lambda _u: None)
+    built = [Router(c, resources).channel_for("email") for c in (secure, plain)]
+    assert [isinstance(c, SmtpChannel) and c.starttls for c in built] == [True, False]
+
+
+def test_the_example_channel_config_loads_and_builds(redis_client: redis.Redis) -> None:
+    config = load_config(EXAMPLES / "channels.yaml")
+    env = {
+        "TETIK_SMTP_PASSWORD": "p",
+        "TETIK_WEBHOOK_SECRET": "whsec_1",
+        "TETIK_SMS_AUTH": "Bearer a",
+    }
+    router = Router(config, Resources(redis_client, recipient=lambda _u: None, env=env))
+    sms, email = router.channel_for("sms"), router.channel_for("email")
+    assert isinstance(sms, WebhookChannel)
+    assert sms.secret == "whsec_1"
+    assert isinstance(email, SmtpChannel)
+    assert (email.starttls, email.login) == (True, ("shop", "p"))
+
+
+def test_the_demo_config_talks_plain_smtp_to_its_loopback_catcher(
+    tmp_path: Path, mail: tuple[MailCatcher, int], redis_client: redis.Redis
+) -> None:
+    catcher, port = mail
+    config = load_config(_channels_config(tmp_path, port))
+    resources = Resources(redis_client, recipient=lambda _u: "ayse@example.com")
+    email = Router(config, resources).channel_for("email")
+    assert isinstance(email, SmtpChannel)
+    assert email.send(make_action(1)).outcome == "delivered"
+    assert len(catcher.mails) == 1

@@ -30,6 +30,7 @@ from tests.channels.support import (
     FAST_RETRY,
     HookServer,
     MailCatcher,
+    TlsFiles,
     closed_port,
     make_action,
     serve_hooks,
@@ -114,8 +115,9 @@ def _webhook() -> Iterator[Harness]:
         yield Harness(channel, received, True, down)
 
 
-def _smtp() -> Iterator[Harness]:
-    for catcher, port in serve_mail():
+def _smtp(tls: TlsFiles) -> Iterator[Harness]:
+    # The secure default: the server requires STARTTLS, the adapter trusts its CA.
+    for catcher, port in serve_mail(tls_context=tls.server_context(), require_starttls=True):
 
         def received(_n: int, catcher: MailCatcher = catcher) -> list[Received]:
             return [
@@ -134,6 +136,7 @@ def _smtp() -> Iterator[Harness]:
                 lambda u: f"{u}@example.com",
                 timeout=2.0,
                 retry=FAST_RETRY,
+                ca_file=str(tls.cert),
             )
 
         yield Harness(smtp(port), received, False, lambda: smtp(closed_port()))
@@ -171,7 +174,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iter
     elif kind == "webhook":
         made = _webhook()
     elif kind == "smtp":
-        made = _smtp()
+        made = _smtp(request.getfixturevalue("tls_files"))
     else:
         made = _onsite(request.getfixturevalue("redis_url"), unique)
     harness = next(made)

@@ -1,17 +1,72 @@
-"""The SMTP adapter against a real SMTP server (aiosmtpd on loopback)."""
+"""The SMTP adapter against a real SMTP server (aiosmtpd on loopback).
+
+Most tests talk to a plain catcher with ``starttls=False``, as the demo does;
+the STARTTLS tests use a server that requires it, with a certificate made by
+``openssl`` for the session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
 from channels.smtp import SmtpChannel
-from tests.channels.support import FAST_RETRY, MailCatcher, closed_port, make_action
+from tests.channels.support import (
+    FAST_RETRY,
+    MailCatcher,
+    TlsFiles,
+    closed_port,
+    make_action,
+    serve_mail,
+)
 
 EMAILS = {"u1": "ayse@example.com", "u2": "bounce@example.com", "u3": "busy@example.com"}
 
 
-def channel(port: int, emails: dict[str, str] = EMAILS) -> SmtpChannel:
+def channel(port: int, emails: dict[str, str] = EMAILS, **options: Any) -> SmtpChannel:
+    options = {"starttls": False, **options}
     return SmtpChannel(
-        "127.0.0.1", port, "shop@example.com", emails.get, timeout=2.0, retry=FAST_RETRY
+        "127.0.0.1", port, "shop@example.com", emails.get, timeout=2.0, retry=FAST_RETRY, **options
     )
+
+
+class Logins:
+    """aiosmtpd authenticator: records each login and whether it came over TLS."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+
+    def __call__(
+        self, server: SMTP, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.seen.append((data.login.decode(), session.ssl is not None))
+        return AuthResult(success=data.password == b"s3cret")
+
+
+@pytest.fixture
+def logins() -> Logins:
+    return Logins()
+
+
+@pytest.fixture
+def tls_auth_mail(tls_files: TlsFiles, logins: Logins) -> Iterator[tuple[MailCatcher, int]]:
+    """A server requiring STARTTLS and a login (only over TLS)."""
+    yield from serve_mail(
+        tls_context=tls_files.server_context(),
+        require_starttls=True,
+        authenticator=logins,
+        auth_required=True,
+    )
+
+
+@pytest.fixture
+def plain_auth_mail(logins: Logins) -> Iterator[tuple[MailCatcher, int]]:
+    """A server without TLS that would take a login in plain text."""
+    yield from serve_mail(authenticator=logins, auth_require_tls=False)
 
 
 def test_one_email_per_action_with_the_action_id(mail: tuple[MailCatcher, int]) -> None:
@@ -96,3 +151,61 @@ def test_a_failing_recipient_lookup_is_retried_not_raised(mail: tuple[MailCatche
     result = smtp.send(make_action(1))
     assert (result.outcome, result.attempts) == ("failed", FAST_RETRY.retries + 1)
     assert "recipient lookup failed" in result.detail
+
+
+# -- STARTTLS -------------------------------------------------------------------
+
+
+def test_starttls_is_on_by_default_and_logs_in_over_tls(
+    tls_auth_mail: tuple[MailCatcher, int], tls_files: TlsFiles, logins: Logins
+) -> None:
+    catcher, port = tls_auth_mail
+    smtp = SmtpChannel(
+        "127.0.0.1",
+        port,
+        "shop@example.com",
+        EMAILS.get,
+        ca_file=str(tls_files.cert),
+        username="shop",
+        password="s3cret",
+        retry=FAST_RETRY,
+    )
+    assert smtp.starttls
+    result = smtp.send(make_action(1))
+    assert result.outcome == "delivered", result.detail
+    assert logins.seen == [("shop", True)]
+    assert catcher.mail_from == [True]
+    assert [m.recipients for m in catcher.mails] == [["ayse@example.com"]]
+
+
+def test_a_server_without_starttls_gets_nothing_in_plain_text(
+    plain_auth_mail: tuple[MailCatcher, int], logins: Logins
+) -> None:
+    catcher, port = plain_auth_mail
+    smtp = channel(port, starttls=True, username="shop", password="s3cret")
+    result = smtp.send(make_action(1))
+    assert (result.outcome, result.attempts) == ("failed", 1)
+    assert result.detail == (
+        f"SMTP 127.0.0.1:{port} does not offer STARTTLS, which is required: nothing was sent "
+        "in plain text; enable TLS on the server, or set `starttls: false` for a trusted "
+        "loopback catcher"
+    )
+    assert (logins.seen, catcher.mail_from, catcher.mails) == ([], [], [])
+
+
+def test_starttls_false_is_the_explicit_way_to_a_plain_catcher(
+    plain_auth_mail: tuple[MailCatcher, int], logins: Logins
+) -> None:
+    catcher, port = plain_auth_mail
+    result = channel(port, starttls=False, username="shop", password="s3cret").send(make_action(1))
+    assert result.outcome == "delivered", result.detail
+    assert (logins.seen, catcher.mail_from) == ([("shop", False)], [False])
+
+
+def test_an_untrusted_certificate_fails_at_once(tls_mail: tuple[MailCatcher, int]) -> None:
+    catcher, port = tls_mail
+    result = channel(port, starttls=True).send(make_action(1))  # the system CAs only
+    assert (result.outcome, result.attempts) == ("failed", 1)
+    assert result.detail.startswith(f"SMTP 127.0.0.1:{port}: TLS certificate not trusted (")
+    assert "`ca_file:`" in result.detail
+    assert catcher.mail_from == []

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 import time
 
 import pytest
 
 from channels.base import Attempt, RetryPolicy, with_retries
-from channels.webhook import WebhookChannel
-from tests.channels.support import FAST_RETRY, HookServer, make_action
+from channels.webhook import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    WebhookChannel,
+    signature_header,
+    verify_signature,
+)
+from tests.channels.support import FAST_RETRY, HookServer, Request, make_action
 
 
 def test_posts_the_action_json_with_idempotency_key(hook: HookServer) -> None:
@@ -108,3 +117,105 @@ def test_a_stop_event_cuts_the_backoff_short() -> None:
     result, tries = with_retries(attempt, RetryPolicy(5, 10.0, 10.0), stop)
     assert (result.verdict, tries, len(calls)) == ("retry", 1, 1)
     assert time.monotonic() - start < 0.5
+
+
+# -- signatures -----------------------------------------------------------------
+
+SECRET = "whsec_test"
+
+
+def signed_request(hook: HookServer, **options: object) -> Request:
+    channel = WebhookChannel(hook.url(), secret=SECRET, retry=FAST_RETRY, **options)  # type: ignore[arg-type]
+    assert channel.send(make_action(1, channel="sms")).outcome == "delivered"
+    return hook.requests[-1]
+
+
+def test_requests_are_signed_and_the_helper_verifies_them(hook: HookServer) -> None:
+    request = signed_request(hook)
+    header = request.headers[SIGNATURE_HEADER]
+    assert re.fullmatch(r"t=\d+,v1=[0-9a-f]{64}", header)
+    at = int(header.split(",")[0][2:])
+    assert abs(at - time.time()) < 5
+    expected = hmac.new(SECRET.encode(), f"{at}.".encode() + request.body, hashlib.sha256)
+    assert header.endswith(expected.hexdigest())  # the documented recipe, by hand
+    verify_signature(SECRET, header, request.body)
+    verify_signature(SECRET.encode(), header, request.body, tolerance_s=10)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"secret": "whsec_other"}, "no v1 signature in Tetik-Signature matches the body"),
+        ({"body": b'{"action_id":"forged"}'}, "no v1 signature in Tetik-Signature matches"),
+        ({"now": time.time() + 400}, "more than the 300s tolerance: a replay"),
+        ({"now": time.time() - 500}, "more than the 300s tolerance"),
+        ({"header": None}, "no Tetik-Signature header"),
+        ({"header": "v1=abc"}, "is not of the form t=<unix seconds>,v1=<hex>"),
+        ({"header": "t=12,v0=abc"}, "is not of the form"),
+    ],
+)
+def test_verify_signature_refuses_with_a_reason(
+    hook: HookServer, change: dict[str, object], needle: str
+) -> None:
+    request = signed_request(hook)
+    given: dict[str, object] = {
+        "secret": SECRET,
+        "header": request.headers[SIGNATURE_HEADER],
+        "body": request.body,
+        **change,
+    }
+    with pytest.raises(SignatureError, match=re.escape(needle)):
+        verify_signature(**given)  # type: ignore[arg-type]
+
+
+def test_one_matching_v1_among_several_is_enough() -> None:
+    body, at = b'{"a":1}', 1_700_000_000
+    header = signature_header(SECRET, body, at)
+    rotated = f"t={at},v1={'0' * 64},{header.split(',')[1]}"
+    verify_signature(SECRET, rotated, body, now=at + 1)
+
+
+def test_each_retry_is_signed_afresh(hook: HookServer) -> None:
+    hook.script = [503, 503]
+    ticks = iter([1_700_000_000.0, 1_700_000_007.0, 1_700_000_020.0])
+    channel = WebhookChannel(hook.url(), secret=SECRET, retry=FAST_RETRY, clock=lambda: next(ticks))
+    assert channel.send(make_action(1)).outcome == "delivered"
+    stamps = [r.headers[SIGNATURE_HEADER].split(",")[0] for r in hook.requests]
+    assert stamps == ["t=1700000000", "t=1700000007", "t=1700000020"]
+    for request, at in zip(hook.requests, (0, 7, 20), strict=True):
+        verify_signature(SECRET, request.headers[SIGNATURE_HEADER], request.body, now=1.7e9 + at)
+
+
+def test_without_a_secret_there_is_no_signature(hook: HookServer) -> None:
+    WebhookChannel(hook.url(), retry=FAST_RETRY).send(make_action(1))
+    assert SIGNATURE_HEADER not in hook.requests[0].headers
+
+
+# -- the url template -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("http://h/send/{user_id}", "has placeholder {user_id}: only {channel} is filled"),
+        ("http://h/send/{}", "has placeholder {}"),
+        ("http://h/send/{channel", "has a stray brace"),
+        ("http://h/send/channel}", "has a stray brace"),
+        ("http://{channel}.example.com/send", "puts {channel} in the host"),
+        ("{channel}://h/x", "is not http(s)://host"),
+    ],
+)
+def test_url_placeholders_other_than_channel_are_refused(url: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        WebhookChannel(url)
+
+
+def test_an_unknown_channel_is_never_put_in_the_url(hook: HookServer) -> None:
+    channel = WebhookChannel(hook.url("/send/{channel}?c={channel}"), retry=FAST_RETRY)
+    for name in ("../admin", "sms?x=1", "sms#", "SMS"):
+        result = channel.send(make_action(1, channel=name))
+        assert (result.outcome, result.attempts) == ("bounced", 1)
+        assert result.detail.startswith(f"channel {name!r} is not one of email, sms, push")
+    assert hook.requests == []
+    assert channel.send(make_action(2, channel="sms")).outcome == "delivered"
+    assert [r.path for r in hook.requests] == ["/send/sms?c=sms"]

@@ -92,7 +92,8 @@ def _actions() -> dict[str, Action]:
 def _config(path: Path, hook: HookServer, mail_port: int, jsonl: Path) -> Path:
     fast = "retries: 1, backoff: 5ms, timeout: 2s"
     path.write_text(
-        f"email: {{adapter: smtp, port: {mail_port}, sender: shop@example.com, {fast}}}\n"
+        f"email: {{adapter: smtp, port: {mail_port}, sender: shop@example.com, {fast}, "
+        "starttls: false}\n"  # the loopback catcher has no TLS
         f'sms: {{adapter: webhook, url: "{hook.url("/sms")}", {fast}}}\n'
         f'push: {{adapter: webhook, url: "{hook.url("/push")}", {fast}}}\n'
         "onsite: {adapter: onsite}\n"
