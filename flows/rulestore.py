@@ -211,8 +211,8 @@ class HistoryCheck:
         if self.problems:
             more = f" ({len(self.problems)} problems in all)" if len(self.problems) > 1 else ""
             return (
-                f"rules history TAMPERED: {self.problems[0]}{more}; find out who writes to this "
-                "Redis, check the active version, and push or roll back to re-anchor the chain"
+                f"rules history TAMPERED: {self.problems[0]}{more}; find out who else writes "
+                "to this Redis and check the active version (the break stays on record)"
             )
         legacy = (
             f"; {self.legacy} older entries sit in an editable list until the next push"

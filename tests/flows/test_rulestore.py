@@ -9,6 +9,8 @@ import os
 import pwd
 import re
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +37,7 @@ from flows.rulestore import (
     push_rules,
     rollback_rules,
 )
+from flows.runtime import RulesRuntime
 from flows.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -712,3 +715,30 @@ def test_a_signed_history_catches_an_entry_forged_without_the_secret(
         "rules history intact: 2 activations, hash links checked; set TETIK_RULES_SECRET "
         "to check its signatures"
     )
+
+
+def test_tetik_run_refuses_an_unsigned_active_version_in_one_line(
+    store: RulesStore, redis_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    push(store, CART)  # pushed without the secret
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
+    env.update(
+        TETIK_REDIS_URL=redis_url,
+        TETIK_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        TETIK_PREFIX=unique,
+        TETIK_RULES_SECRET="s3cret",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tetik run: rules version 1 (")
+    assert "is not signed and TETIK_RULES_SECRET is set" in last
+    assert "Traceback" not in done.stderr
+    with pytest.raises(RulesSignatureError):
+        RulesRuntime.from_store(signed(store.client, unique))
