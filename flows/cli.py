@@ -94,6 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recovery_dir=args.recovery_dir or "",
         snapshot_s=args.snapshot_interval,
         lateness_ms=args.lateness_ms,
+        recover_redis=args.recover_redis,
     )
     return run_engine(args.rules, options, who=args.who or "")
 
@@ -102,6 +103,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench
 
     return run_bench(args.what, quick=args.quick, out=args.out)
+
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from chaos.cli import run_chaos
+
+    return run_chaos(
+        args.scenario or (),
+        short=args.short,
+        kills=args.kills,
+        freeze_s=args.freeze_s,
+        seed=args.seed,
+        json_path=args.json,
+        out=args.out,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--lateness-ms", type=int, default=200, help="how long timers wait for late events"
+    )
+    run.add_argument(
+        "--recover-redis",
+        action="store_true",
+        help="Redis lost its data: rebuild the action ledger from the actions topic and "
+        "resume from the snapshots (README, Failure modes)",
     )
     run.set_defaults(func=_cmd_run)
 
@@ -183,6 +204,21 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="directory for bench.json, bench.md, latency.png (default bench/results/TIME)"
     )
     bench.set_defaults(func=_cmd_bench)
+
+    chaos = sub.add_parser("chaos", help="the fault suite: faults injected, actions vs replay")
+    chaos.add_argument(
+        "--scenario",
+        action="append",
+        help="kill, redis-freeze, redis-restart, broker-restart, poison, slow-broker "
+        "(repeatable; default: all)",
+    )
+    chaos.add_argument("--short", action="store_true", help="every scenario small (CI)")
+    chaos.add_argument("--kills", type=int, help="SIGKILLs in the kill scenario (200; short 5)")
+    chaos.add_argument("--freeze-s", type=float, help="seconds Redis is frozen (30; short 8)")
+    chaos.add_argument("--seed", type=int, default=11, help="workload and fault seed")
+    chaos.add_argument("--json", help="also write the results to this JSON file")
+    chaos.add_argument("--out", help="directory for the log and engine logs (.tetik/chaos/TIME)")
+    chaos.set_defaults(func=_cmd_chaos)
     return parser
 
 

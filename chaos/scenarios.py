@@ -1,0 +1,431 @@
+"""The chaos scenarios: each one a fault injected while events flow, judged against replay.
+
+Rules of this interface:
+
+* A scenario is a function ``(Context) -> Result``. It starts its own
+  servers (:mod:`chaos.servers`), one :class:`chaos.run.Deployment` on them,
+  injects its faults while the storefront sends at ``Size.rate``, keeps
+  sending ``Size.tail_s`` after the last fault, then drains and compares.
+* Faults and their ends (epoch ms, for the recovery times):
+
+  - ``kill``: ``Size.kills`` SIGKILLs of the engine, each after a random
+    0.5-5 s up and followed by 0-1 s down (so some land during start-up or
+    catch-up); a fault ends when the engine is started again.
+  - ``redis-freeze``: valkey SIGSTOPped for ``Size.freeze_s``, then SIGCONT.
+  - ``redis-restart``: valkey (append-only file on) SIGKILLed, down 2 s,
+    restarted on the same port with its data.
+  - ``broker-restart``: Apache Kafka (log on disk) stopped and started again,
+    then (full run) SIGKILLed and started again. Skipped without Java.
+  - ``poison``: a backlog of good events with a 1 % share of poison records
+    (every kind of :data:`chaos.workload.POISON_KINDS`), and the same good
+    events without poison, each on fresh servers; the good-event throughput
+    of the two (events/s while working through the backlog) is compared.
+  - ``slow-broker``: tansu behind ``chaos.proxy`` answering 40 ms late, with
+    kills: a restarted engine must still read the purchases of its backlog
+    before it fires the reminders they cancel.
+
+* A scenario passes when its tally is clean (0 duplicate, missing,
+  unexpected or different actions), the engine never exited on its own
+  (kills excepted) and, for ``poison``, every poison record is dead-lettered
+  with a reason and the throughput ratio is at least ``Size.min_ratio``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import redis
+
+from bench.progress import Bar
+from chaos.compare import dead_letters, recovery, tally
+from chaos.run import Deployment
+from chaos.servers import Servers, Unavailable, scenario_servers
+from chaos.workload import stream
+
+__all__ = ["SCENARIOS", "Context", "Result", "Size", "sizes"]
+
+POISON_SHARE = 0.01
+SLOW_DELAY_MS = 40
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big each scenario is: ``--short`` (CI) or the full run."""
+
+    kills: int = 200
+    slow_kills: int = 20
+    freeze_s: float = 30.0
+    redis_restarts: int = 3
+    rate: float = 60.0  # events/s offered while faults are injected
+    users: int = 400
+    tail_s: float = 8.0
+    drain_s: float = 90.0
+    backlog: int = 20_000  # good events per poison-scenario run
+    rounds: int = 2  # clean/poison pairs; the best of each is compared
+    min_ratio: float = 0.95
+    short: bool = False
+
+
+def sizes(short: bool, kills: int | None = None, freeze_s: float | None = None) -> Size:
+    """The full or short size, with ``--kills`` / ``--freeze-s`` when given."""
+    size = Size()
+    if short:
+        size = Size(kills=5, slow_kills=3, freeze_s=8.0, redis_restarts=1, rate=100.0, users=200,
+                    tail_s=6.0, drain_s=45.0, backlog=6_000, rounds=1, min_ratio=0.8,
+                    short=True)  # fmt: skip
+    if kills is not None:
+        size = dataclasses.replace(size, kills=kills)
+    if freeze_s is not None:
+        size = dataclasses.replace(size, freeze_s=freeze_s)
+    return size
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """One scenario's figures and verdict (``pass``, ``FAIL`` or ``skipped``)."""
+
+    scenario: str
+    verdict: str
+    why: str = ""
+    events: int = 0
+    expected: int = 0
+    emitted: int = 0
+    duplicate: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    different: int = 0
+    faults: int = 0
+    engine_exits: int = 0
+    exit_lines: list[str] = msgspec.field(default_factory=list)
+    recover_first_s: float | None = None
+    recover_caught_up_s: float | None = None
+    unrecovered: int = 0
+    poison_sent: int = 0
+    dead_lettered: int = 0
+    without_reason: int = 0
+    missed_by_kind: dict[str, int] = msgspec.field(default_factory=dict)
+    reasons: dict[str, int] = msgspec.field(default_factory=dict)
+    clean_per_s: float | None = None
+    poison_per_s: float | None = None
+    throughput_ratio: float | None = None
+    drain_s: float | None = None
+    seconds: float = 0.0
+    examples: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    workdir: str = ""
+
+
+@dataclass
+class Context:
+    """What every scenario gets: sizes, seed, a work directory and the log."""
+
+    size: Size
+    seed: int
+    workdir: Path
+    log: Callable[[str], None]
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+
+Fault = Callable[[Deployment, Servers, Context], list[int]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def live_scenario(
+    name: str,
+    ctx: Context,
+    fault: Fault,
+    *,
+    persistent: bool = False,
+    broker: str = "tansu",
+    delay_ms: int = 0,
+) -> Result:
+    """Run ``fault`` against a deployment fed at ``Size.rate``; judge it against replay."""
+    started = time.monotonic()
+    workdir = ctx.workdir / name
+    try:
+        with scenario_servers(persistent=persistent, broker=broker, delay_ms=delay_ms) as found:
+            records = stream(ctx.seed, ctx.size.users)
+            dep = Deployment(found.redis_url, found.bootstrap, workdir, records, rate=ctx.size.rate)
+            return _judge(name, ctx, dep, found, fault, started)
+    except Unavailable as exc:
+        ctx.log(f"{name}: skipped: {exc}")
+        return Result(scenario=name, verdict="skipped", why=str(exc), workdir=str(workdir))
+
+
+def _judge(
+    name: str, ctx: Context, dep: Deployment, found: Servers, fault: Fault, started: float
+) -> Result:
+    bar = Bar(f"chaos {name:<14}")
+    dep.on_tick = lambda: bar.update(
+        0.8 * dep.progress + (0.15 if dep.expected else 0.0),
+        f"events {dep.feed.sent:,} actions {len(dep.watch.actions()):,} "
+        f"exits {len(dep.engine.exits)}",
+    )
+    dep.watch.start()
+    dep.engine.start()
+    dep.feed.start()
+    try:
+        ends = fault(dep, found, ctx)
+        ctx.log(f"{name}: faults done, feeding {ctx.size.tail_s:.0f} s more")
+        dep.wait(ctx.size.tail_s)
+        expected = dep.drain(ctx.size.drain_s)
+    finally:
+        code = dep.close()
+    ctx.log(f"{name}: engine stopped with code {code}")
+    emitted = dep.watch.actions()
+    counts = tally(expected, [e.action for e in emitted])
+    rec = recovery(ends, emitted)
+    result = Result(
+        scenario=name,
+        verdict="pass",
+        events=dep.feed.sent,
+        expected=counts.expected,
+        emitted=counts.emitted,
+        duplicate=counts.duplicate,
+        missing=counts.missing,
+        unexpected=counts.unexpected,
+        different=counts.different,
+        faults=len(ends),
+        engine_exits=len(dep.engine.exits),
+        exit_lines=dep.engine.exits[:5],
+        recover_first_s=rec.worst_first_s,
+        recover_caught_up_s=rec.worst_caught_up_s,
+        unrecovered=rec.unrecovered,
+        drain_s=dep.drain_s,
+        seconds=round(time.monotonic() - started, 1),
+        examples=counts.examples,
+        workdir=str(dep.workdir),
+    )
+    bar.close(f"{result.expected:,} expected, {result.emitted:,} emitted")
+    return verdict(result, ctx.size)
+
+
+def verdict(result: Result, size: Size) -> Result:
+    """The result with its verdict and the reasons for a failure."""
+    problems = [
+        f"{n} {what}"
+        for n, what in (
+            (result.duplicate, "duplicate"),
+            (result.missing, "missing"),
+            (result.unexpected, "unexpected"),
+            (result.different, "different"),
+            (result.engine_exits, "engine exit(s)"),
+            (result.poison_sent - result.dead_lettered, "poison not dead-lettered"),
+            (result.without_reason, "dead letter(s) without a reason"),
+        )
+        if n
+    ]
+    if not result.expected:
+        problems.append("replay expected no action: the run proves nothing")
+    ratio = result.throughput_ratio
+    if result.scenario == "poison" and (ratio is None or ratio < size.min_ratio):
+        problems.append(f"throughput ratio {ratio} below {size.min_ratio}")
+    if not problems:
+        return result
+    return msgspec.structs.replace(result, verdict="FAIL", why="; ".join(problems))
+
+
+# --- faults ---
+
+
+def kill_engine(dep: Deployment, _servers: Servers, ctx: Context, count: int) -> list[int]:
+    """``count`` SIGKILLs at random moments, each followed by a restart."""
+    ends = []
+    for n in range(count):
+        dep.wait(ctx.rng.uniform(0.5, 5.0))
+        dep.engine.kill()
+        dep.wait(ctx.rng.uniform(0.0, 1.0))
+        dep.engine.start()
+        ends.append(_now_ms())
+        dep.progress = (n + 1) / count
+        ctx.log(f"kill {n + 1}/{count}: engine killed and started again")
+    return ends
+
+
+def freeze_redis(dep: Deployment, found: Servers, ctx: Context) -> list[int]:
+    dep.wait(4.0)
+    found.redis.pause()
+    ctx.log(f"redis-freeze: valkey stopped (SIGSTOP) for {ctx.size.freeze_s:.0f} s")
+    dep.wait(ctx.size.freeze_s)
+    found.redis.resume()
+    dep.progress = 1.0
+    ctx.log("redis-freeze: valkey continued (SIGCONT)")
+    return [_now_ms()]
+
+
+def restart_redis(dep: Deployment, found: Servers, ctx: Context) -> list[int]:
+    ends = []
+    for n in range(ctx.size.redis_restarts):
+        dep.wait(4.0)
+        found.redis.kill()
+        ctx.log(f"redis-restart {n + 1}: valkey SIGKILLed")
+        dep.wait(2.0)
+        found.redis.restart()
+        ends.append(_now_ms())
+        dep.progress = (n + 1) / ctx.size.redis_restarts
+        ctx.log(f"redis-restart {n + 1}: valkey back on {found.redis.address}")
+    return ends
+
+
+def restart_broker(dep: Deployment, found: Servers, ctx: Context) -> list[int]:
+    ends = []
+    for n, crash in enumerate((False, True)[: 1 if ctx.size.short else 2]):
+        dep.wait(6.0)
+        if crash:
+            found.broker.kill()
+        found.broker.restart()
+        ends.append(_now_ms())
+        dep.progress = (n + 1) / (1 if ctx.size.short else 2)
+        ctx.log(f"broker-restart {n + 1}: broker {'killed' if crash else 'stopped'} and back")
+    return ends
+
+
+# --- scenarios ---
+
+
+def kill(ctx: Context) -> Result:
+    return live_scenario("kill", ctx, lambda d, s, c: kill_engine(d, s, c, c.size.kills))
+
+
+def redis_freeze(ctx: Context) -> Result:
+    return live_scenario("redis-freeze", ctx, freeze_redis)
+
+
+def redis_restart(ctx: Context) -> Result:
+    return live_scenario("redis-restart", ctx, restart_redis, persistent=True)
+
+
+def broker_restart(ctx: Context) -> Result:
+    return live_scenario("broker-restart", ctx, restart_broker, broker="apache")
+
+
+def slow_broker(ctx: Context) -> Result:
+    return live_scenario(
+        "slow-broker",
+        ctx,
+        lambda d, s, c: kill_engine(d, s, c, c.size.slow_kills),
+        delay_ms=SLOW_DELAY_MS,
+    )
+
+
+def poison(ctx: Context) -> Result:
+    """Clean and poisoned backlogs of the same good events; see the module rules."""
+    started = time.monotonic()
+    clean: list[Result] = []
+    dirty: list[Result] = []
+    for n in range(ctx.size.rounds):
+        clean.append(backlog_run(ctx, f"poison/clean-{n + 1}", 0.0))
+        dirty.append(backlog_run(ctx, f"poison/poison-{n + 1}", POISON_SHARE))
+    best_clean = max((r.clean_per_s or 0.0 for r in clean), default=0.0)
+    worst = max(dirty, key=_badness)
+    best_dirty = max((r.clean_per_s or 0.0 for r in dirty), default=0.0)
+    ratio = round(best_dirty / best_clean, 3) if best_clean and best_dirty else None
+    baseline_bad = [r for r in clean if r.verdict == "FAIL"]
+    result = msgspec.structs.replace(
+        worst,
+        scenario="poison",
+        clean_per_s=best_clean or None,
+        poison_per_s=best_dirty or None,
+        throughput_ratio=ratio,
+        seconds=round(time.monotonic() - started, 1),
+        why="",
+        verdict="pass",
+    )
+    judged = verdict(result, ctx.size)
+    if baseline_bad:
+        why = f"{judged.why}; " if judged.why else ""
+        judged = msgspec.structs.replace(
+            judged, verdict="FAIL", why=f"{why}clean baseline: {baseline_bad[0].why}"
+        )
+    return judged
+
+
+def _badness(result: Result) -> tuple[int, int]:
+    return (result.verdict == "FAIL", result.duplicate + result.missing + result.unexpected)
+
+
+def backlog_run(ctx: Context, name: str, share: float) -> Result:
+    """``Size.backlog`` good events (and ``share`` poison) sent before the engine starts."""
+    started = time.monotonic()
+    workdir = ctx.workdir / name
+    with scenario_servers() as found:
+        records = stream(ctx.seed, ctx.size.users, share)
+        dep = Deployment(
+            found.redis_url, found.bootstrap, workdir, records, rate=0, limit=ctx.size.backlog
+        )
+        bar = Bar(f"chaos {name:<14}")
+        dep.feed.start()
+        dep.feed.join()
+        dep.watch.start()
+        dep.engine.start()
+        try:
+            rate = _throughput(dep, ctx.size.backlog, bar)
+            expected = dep.drain(ctx.size.drain_s)
+        finally:
+            dep.close()
+    emitted = [e.action for e in dep.watch.actions()]
+    counts = tally(expected, emitted)
+    letters = dead_letters(dep.feed.poison(), dep.watch.dead_letters())
+    ctx.log(f"{name}: {rate or 0:,.0f} good events/s, {counts}, {letters}")
+    bar.close(f"{rate or 0:,.0f} good events/s")
+    result = Result(
+        scenario=name,
+        verdict="pass",
+        events=dep.feed.sent,
+        expected=counts.expected,
+        emitted=counts.emitted,
+        duplicate=counts.duplicate,
+        missing=counts.missing,
+        unexpected=counts.unexpected,
+        different=counts.different,
+        engine_exits=len(dep.engine.exits),
+        exit_lines=dep.engine.exits[:5],
+        poison_sent=letters.sent,
+        dead_lettered=letters.dead_lettered,
+        without_reason=letters.without_reason,
+        missed_by_kind=letters.missed_by_kind,
+        reasons=letters.reasons,
+        clean_per_s=rate,
+        drain_s=dep.drain_s,
+        seconds=round(time.monotonic() - started, 1),
+        examples=counts.examples,
+        workdir=str(workdir),
+    )
+    return verdict(result, ctx.size)
+
+
+def _throughput(dep: Deployment, good: int, bar: Bar) -> float | None:
+    """Good events/s from the first processed event to the last (None: never finished)."""
+    client = redis.Redis.from_url(dep.redis_url)
+    key = f"{dep.name}:stats"
+    first: float | None = None
+    deadline = time.monotonic() + 30 + good / 200
+    while time.monotonic() < deadline:
+        dep.wait(0.02)
+        done = sum(int(v or 0) for v in client.hmget(key, ["applied", "duplicate", "stale"]))
+        if done and first is None:
+            first = time.monotonic()
+        bar.update(done / good, f"{done:,}/{good:,} good events")
+        if first is not None and done >= good:
+            return round(good / max(time.monotonic() - first, 1e-3), 1)
+    return None
+
+
+SCENARIOS: dict[str, Callable[[Context], Result]] = {
+    "kill": kill,
+    "redis-freeze": redis_freeze,
+    "redis-restart": redis_restart,
+    "broker-restart": broker_restart,
+    "poison": poison,
+    "slow-broker": slow_broker,
+}
