@@ -283,7 +283,7 @@ def test_smtp_requires_starttls_unless_the_file_says_false() -> None:
 
 
 def test_the_example_channel_config_loads_and_builds(redis_client: redis.Redis) -> None:
-    config = load_config(EXAMPLES / "channels.yaml")
+    config = load_config(EXAMPLES / "channels" / "channels.yaml")
     env = {
         "TETIK_SMTP_PASSWORD": "p",
         "TETIK_WEBHOOK_SECRET": "whsec_1",
