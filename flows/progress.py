@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+import redis
+
 from flows.store import StateStore
 
 
@@ -34,7 +36,8 @@ def _actions(stats: dict[str, int]) -> str:
 
 def events_done(stats: dict[str, int]) -> int:
     """Events the flow has finished with, whatever the outcome."""
-    return sum(stats.get(name, 0) for name in ("applied", "duplicate", "stale", "invalid"))
+    names = ("applied", "duplicate", "stale", "invalid", "failed")
+    return sum(stats.get(name, 0) for name in names)
 
 
 class Monitor(threading.Thread):
@@ -60,7 +63,11 @@ class Monitor(threading.Thread):
             self.show(end="\r")
 
     def show(self, end: str = "\n") -> None:
-        line = stats_line(self._store.stats(), time.monotonic() - self._start)
+        try:
+            stats = self._store.stats()
+        except redis.RedisError:
+            return  # Redis is away; the engine's own lines say so
+        line = stats_line(stats, time.monotonic() - self._start)
         print(f"{self._extra()}{line}", end=end, file=self._out, flush=True)
 
     def stop(self) -> None:

@@ -35,7 +35,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_delay,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from engine.errors import TetikError
@@ -44,7 +45,7 @@ T = TypeVar("T")
 
 SOCKET_TIMEOUT_S = 5.0
 REDIS_FAULTS = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError is one
-_WAIT = wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5)
+_WAIT = wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.5)
 
 
 class RedisUnavailable(TetikError):

@@ -26,32 +26,50 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-import orjson
 import redis
 from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TetikError
 from engine.rules.loader import load_rules
+from flows.breaker import Breaker, Halt
+from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
 from flows.embedded import die_with_parent_preexec, free_port, servers
 from flows.jobs import say
-from flows.ledger import ActionEmitter, Ledger, resolve_pending, retention_ms
-from flows.lifecycle import StoppableKafkaSource, stop_on_signals
+from flows.ledger import (
+    PRODUCER_CONFIG,
+    ActionEmitter,
+    Ledger,
+    rebuild_from_topic,
+    resolve_pending,
+    retention_ms,
+)
+from flows.lifecycle import (
+    SourcePolicy,
+    StoppableKafkaSource,
+    remember_topic_id,
+    stop_on_signals,
+)
 from flows.progress import Monitor
+from flows.retry import connect, retrying
 from flows.rulestore import RulesStore, default_who
 from flows.runtime import RulesRuntime
 from flows.settings import Settings, from_env
 from flows.store import BatchLoader, StateStore
-from flows.topics import ensure_topics
+from flows.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.trigger import OutcomeSink, build_trigger_flow
 from flows.watermark import SharedProgress, Watermark
 
@@ -74,19 +92,16 @@ class RunOptions:
     tail: bool = True
     lateness_ms: int = 200
     batch_size: int = 1000
+    recover_redis: bool = False
 
 
 def prepare(settings: Settings, rules_file: str | None, who: str) -> None:
     """Topics, rules and the ledger, before any worker starts (see the module rules)."""
+    wait_for_redis(settings)
     ensure_topics(
-        settings.kafka_bootstrap,
-        {
-            settings.events_topic: DEFAULT_PARTITIONS,
-            settings.dlq_topic: 1,
-            settings.actions_topic: 1,
-        },
+        settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
     )
-    rules = RulesStore(redis.Redis.from_url(settings.redis_url), settings.prefix)
+    rules = RulesStore(connect(settings.redis_url), settings.prefix)
     if rules_file is not None:
         version, created = rules.push_or_keep(Path(rules_file).read_bytes(), rules_file, who)
         state = "pushed" if created else "unchanged"
@@ -99,22 +114,36 @@ def prepare(settings: Settings, rules_file: str | None, who: str) -> None:
         say(f"settled {settled} action(s) left pending by the last run")
 
 
+def wait_for_redis(settings: Settings) -> None:
+    """Wait (bounded, ``TETIK_REDIS_TIMEOUT_S``) until Redis answers; one line per wait."""
+    client = connect(settings.redis_url)
+    retrying("starting", client.ping, deadline_s=settings.redis_timeout_s)
+
+
 def _ledger(settings: Settings, rules: RulesStore) -> Ledger:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     active = rules.active()
     if active is None:
         return Ledger(client, settings.prefix)
     return Ledger(client, settings.prefix, retention_ms(load_rules(active.text, active.filename)))
 
 
-def live_flow(settings: Settings, options: RunOptions, stop: threading.Event) -> Dataflow:
-    """The trigger flow on the real topics and Redis of ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url)
+def live_flow(
+    settings: Settings, options: RunOptions, halt: Halt, marker: Marker | None = None
+) -> Dataflow:
+    """The trigger flow on the real topics and Redis of ``settings``.
+
+    ``halt.stop`` ends the sources (signals, the dead-letter breaker);
+    ``marker`` is checked whenever Redis answers again after a fault.
+    """
+    stop = halt.stop
+    client = connect(settings.redis_url)
     rules = RulesStore(client, settings.prefix)
     runtime = RulesRuntime.from_store(rules, settings.windows)
     watermark = Watermark(
         _partition_names(settings),
         lateness_ms=options.lateness_ms,
+        idle_timeout_ms=settings.idle_timeout_ms,
         shared=SharedProgress(client, f"{settings.prefix}:watermark")
         if options.processes > 1
         else None,
@@ -127,31 +156,71 @@ def live_flow(settings: Settings, options: RunOptions, stop: threading.Event) ->
         batch_size=options.batch_size,
         add_config=LOW_LATENCY_CONSUMER,
         stop=stop,
-        on_poll=watermark.polled,
+        fail=halt.request,
+        clock=watermark,
+        policy=_source_policy(settings, client),
     )
     store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
     ledger = Ledger(client, settings.prefix, retention_ms(runtime.engine.rules))
+    on_back = _checking(marker, halt)
 
     def emitter() -> ActionEmitter:
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 1})
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_CONFIG})
         return ActionEmitter(ledger, producer, settings.actions_topic)
 
     return build_trigger_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out
         KafkaSink(brokers, settings.dlq_topic, add_config={"linger.ms": "5"}),
-        OutcomeSink(emitter, store, runtime),
-        BatchLoader(store),
+        OutcomeSink(emitter, store, runtime, on_back),
+        BatchLoader(store, on_back),
         runtime,
         watermark,
+        breaker=Breaker(halt, settings.breaker),
     )
+
+
+def _checking(marker: Marker | None, halt: Halt) -> Callable[[], None] | None:
+    """After a Redis fault: stop (without writing) if Redis came back empty."""
+    if marker is None:
+        return None
+
+    def check() -> None:
+        try:
+            marker.check()
+        except RedisDataLost as exc:
+            halt.request(str(exc))
+            raise
+
+    return check
 
 
 def _partition_names(settings: Settings) -> list[str]:
     """Every partition of the events topic, named as Bytewax's Kafka source names them."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    deadline = time.monotonic() + settings.kafka_timeout_s
+    metadata = wait_for_brokers(admin, settings.kafka_bootstrap, deadline, say)
     topic = settings.events_topic
-    metadata = admin.list_topics(topic, timeout=10).topics[topic]
-    return [f"{p}-{topic}" for p in sorted(metadata.partitions)]
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise ConfigError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
+    return [f"{p}-{topic}" for p in sorted(found.partitions)]
+
+
+def _source_policy(settings: Settings, client: redis.Redis) -> SourcePolicy:
+    """The events topic's identity now, against the one recorded at the last start."""
+    topic = settings.events_topic
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    current = topic_id(admin, topic, timeout=settings.kafka_timeout_s) or ""
+    previous = remember_topic_id(client, f"{settings.prefix}:topics", topic, current)
+    if previous is not None:
+        say(f"topic {topic!r} was recreated since the last start (id {previous}, now {current})")
+    return SourcePolicy(
+        topic_ids={topic: current},
+        recreated=frozenset({topic}) if previous is not None else frozenset(),
+        layout=settings.topic_layout(),
+        reset_earliest=settings.reset_offsets == "earliest",
+        log=say,
+    )
 
 
 def recovery_config(directory: str, partitions: int) -> RecoveryConfig:
@@ -163,42 +232,27 @@ def recovery_config(directory: str, partitions: int) -> RecoveryConfig:
     return RecoveryConfig(str(path))  # type: ignore[no-untyped-call]
 
 
-def claim_recovery_dir(directory: str, client: redis.Redis, prefix: str) -> None:
-    """Refuse a recovery directory written for other servers (its offsets would be wrong).
-
-    A new directory gets the token of this deployment (``{prefix}:recovery``
-    in Redis, created on first use) in ``tetik.json``; a directory with
-    snapshots but another token, or none, belongs to a different Redis/Kafka.
-    """
-    path = Path(directory)
-    token_key = f"{prefix}:recovery"
-    client.set(token_key, os.urandom(8).hex(), nx=True)
-    raw = client.get(token_key)
-    token = raw.decode() if isinstance(raw, bytes) else str(raw)
-    marker = path / "tetik.json"
-    if any(path.glob("part-*.sqlite3")):
-        found = orjson.loads(marker.read_bytes()).get("token") if marker.exists() else None
-        if found != token:
-            raise ConfigError(
-                f"recovery directory {directory} holds snapshots of another deployment (its "
-                "offsets and states do not belong to these servers); pass an empty "
-                "--recovery-dir, or delete that one if its deployment is gone"
-            )
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    marker.write_bytes(orjson.dumps({"token": token, "prefix": prefix}))
-
-
 def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> int:
-    """Run the live engine until SIGINT/SIGTERM (or the end of the topic without tail)."""
+    """Run the live engine until SIGINT/SIGTERM (or the end of the topic without tail).
+
+    Returns 0 after a requested stop, 3 when the engine stopped on its own
+    (the dead-letter breaker, Redis that lost its data), having said why.
+    """
+    os.umask(0o077)  # recovery snapshots hold profile data (flows.deployment)
     base = from_env()
     with ExitStack() as stack:
         endpoints = stack.enter_context(servers(progress=say))
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
         prepare(settings, rules_file, who or default_who())
         directory = options.recovery_dir or _default_recovery_dir(base, stack)
-        claim_recovery_dir(directory, redis.Redis.from_url(settings.redis_url), settings.prefix)
-        stop = stop_on_signals()
+        marker = claim_recovery_dir(
+            directory,
+            connect(settings.redis_url),
+            settings.prefix,
+            recover=_rebuild_ledger(settings) if options.recover_redis else None,
+            say=say,
+        )
+        halt = Halt(stop_on_signals())
         say(
             f"running: {settings.events_topic} -> {settings.actions_topic}, recovery in "
             f"{directory} every {options.snapshot_s:g}s (Ctrl-C stops)"
@@ -209,24 +263,50 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
         monitor.start()
         try:
             if options.processes == 1:
-                _run_here(settings, options, directory, stop)
+                code = _run_here(settings, options, directory, halt, marker)
             else:
-                _run_processes(settings, options, directory, stop)
+                code = _run_processes(settings, options, directory, halt.stop)
         finally:
             monitor.stop()
-    return 0
+    return code
+
+
+def _rebuild_ledger(settings: Settings) -> Callable[[], int]:
+    def rebuild() -> int:
+        rules = RulesStore(connect(settings.redis_url), settings.prefix)
+        ledger = _ledger(settings, rules)
+        return rebuild_from_topic(ledger, settings.kafka_bootstrap, settings.actions_topic)
+
+    return rebuild
 
 
 def _run_here(
-    settings: Settings, options: RunOptions, directory: str, stop: threading.Event
-) -> None:
-    flow = live_flow(settings, options, stop)
-    cli_main(  # type: ignore[no-untyped-call]
+    settings: Settings, options: RunOptions, directory: str, halt: Halt, marker: Marker | None
+) -> int:
+    flow = live_flow(settings, options, halt, marker)
+    return _run_flow(
+        halt,
         flow,
         workers_per_process=options.workers,
         epoch_interval=timedelta(seconds=options.snapshot_s),
         recovery_config=recovery_config(directory, options.workers * options.processes),
     )
+
+
+def _run_flow(halt: Halt, flow: Dataflow, **kwargs: Any) -> int:
+    """Run ``flow``; 3 with one line when it stopped on its own (see run_engine)."""
+    try:
+        cli_main(flow, **kwargs)  # type: ignore[no-untyped-call]
+    except BytewaxRuntimeError as exc:
+        if halt.reason is None:
+            raise TetikError(
+                f"the live engine failed: {exc}; its snapshots are kept, so a restart resumes "
+                "from the last one (report the line above if it repeats)"
+            ) from None
+    if halt.reason is not None:
+        say(halt.reason)
+        return 3
+    return 0
 
 
 def _default_recovery_dir(base: Settings, stack: ExitStack) -> str:
@@ -237,7 +317,7 @@ def _default_recovery_dir(base: Settings, stack: ExitStack) -> str:
 
 def _run_processes(
     settings: Settings, options: RunOptions, directory: str, stop: threading.Event
-) -> None:
+) -> int:
     """Start ``options.processes`` cooperating processes and wait for them."""
     recovery_config(directory, options.workers * options.processes)
     addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(options.processes))
@@ -248,12 +328,13 @@ def _run_processes(
     }
     children = [_spawn(i, addresses, options, directory, env) for i in range(options.processes)]
     while any(child.poll() is None for child in children):
-        if stop.wait(0.2):
+        failed = any(child.poll() not in (None, 0) for child in children)
+        if stop.wait(0.2) or failed:
             for child in children:
                 child.terminate()
             break
-    for child in children:
-        child.wait()
+    codes = [child.wait() for child in children]
+    return max(codes, default=0) if any(codes) else 0
 
 
 def _spawn(
@@ -285,10 +366,15 @@ def _process_main(argv: list[str]) -> int:
         tail=tail == "1",
         lateness_ms=int(lateness),
     )
+    os.umask(0o077)
     settings = from_env()
-    stop = stop_on_signals()
-    flow = live_flow(settings, options, stop)
-    cli_main(  # type: ignore[no-untyped-call]
+    halt = Halt(stop_on_signals())
+    client = connect(settings.redis_url)
+    token = client.get(token_key(settings.prefix))
+    marker = None if token is None else Marker(client, settings.prefix, _text(token))
+    flow = live_flow(settings, options, halt, marker)
+    return _run_flow(
+        halt,
         flow,
         workers_per_process=options.workers,
         process_id=int(index),
@@ -296,8 +382,15 @@ def _process_main(argv: list[str]) -> int:
         epoch_interval=timedelta(seconds=options.snapshot_s),
         recovery_config=RecoveryConfig(directory),  # type: ignore[no-untyped-call]
     )
-    return 0
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 if __name__ == "__main__":
-    sys.exit(_process_main(sys.argv[1:]))
+    try:
+        sys.exit(_process_main(sys.argv[1:]))
+    except TetikError as exc:
+        say(str(exc))
+        sys.exit(2)

@@ -5,6 +5,27 @@ unset, the commands start embedded ones (SPEC section 6) and fill them in.
 ``TETIK_WINDOWS`` (JSON, see :func:`engine.windows.config_from_mapping`)
 changes how much state each user keeps; ``TETIK_PREFIX`` namespaces the Redis
 keys so several deployments (or tests) can share one server.
+
+The topic layout has one owner, :meth:`Settings.topic_layout`, used by every
+job that creates topics (``tetik run``, ``tetik deliver``, ``tetik ingest``,
+the demo). Partition counts, each at least 1:
+
+=================================  =========  ==============================
+variable                           default    topic
+=================================  =========  ==============================
+``TETIK_EVENTS_PARTITIONS``        4          ``events`` (``TETIK_EVENTS_TOPIC``)
+``TETIK_DLQ_PARTITIONS``           1          ``events.dlq`` (``TETIK_DLQ_TOPIC``)
+``TETIK_ACTIONS_PARTITIONS``       4          ``actions`` (``TETIK_ACTIONS_TOPIC``)
+``TETIK_ACTIONS_DLQ_PARTITIONS``   1          ``actions.dlq`` (``TETIK_ACTIONS_DLQ_TOPIC``)
+=================================  =========  ==============================
+
+They apply when a topic is created; an existing topic keeps its count (see
+:func:`flows.topics.ensure_topics`). The Kafka source's fault policy
+(:mod:`flows.lifecycle`) reads ``TETIK_KAFKA_TIMEOUT_S`` (30: how long start-up
+waits for the brokers), ``TETIK_IDLE_TIMEOUT_MS`` (30000: after this long
+without a message or an answer from a partition, it no longer holds timers
+back) and ``TETIK_RESET_OFFSETS`` (empty, or ``earliest``: go on from the
+earliest kept event when retention deleted unread ones).
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ import orjson
 
 from engine.errors import ConfigError
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
+from flows.breaker import BreakerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +52,28 @@ class Settings:
     actions_topic: str = "actions"
     prefix: str = "tetik"
     windows: WindowConfig = DEFAULT_CONFIG
+    actions_dlq_topic: str = "actions.dlq"
+    events_partitions: int = 4
+    dlq_partitions: int = 1
+    actions_partitions: int = 4
+    actions_dlq_partitions: int = 1
+    kafka_timeout_s: float = 30.0
+    idle_timeout_ms: int = 30_000
+    reset_offsets: str = ""
+    # The dead-letter circuit breaker (flows.breaker): TETIK_DLQ_MAX_SHARE (0.5),
+    # TETIK_DLQ_WINDOW_S (60) and TETIK_DLQ_MIN_RECORDS (1000).
+    breaker: BreakerConfig = BreakerConfig()
+    # How long start-up waits for Redis (TETIK_REDIS_TIMEOUT_S, 60).
+    redis_timeout_s: float = 60.0
+
+    def topic_layout(self) -> dict[str, int]:
+        """Every topic tetik creates, with its configured partition count."""
+        return {
+            self.events_topic: self.events_partitions,
+            self.dlq_topic: self.dlq_partitions,
+            self.actions_topic: self.actions_partitions,
+            self.actions_dlq_topic: self.actions_dlq_partitions,
+        }
 
     def with_endpoints(self, redis_url: str, kafka_bootstrap: str) -> Settings:
         """A copy pointing at the given servers (those of ``servers()``)."""
@@ -47,7 +91,55 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         actions_topic=env.get("TETIK_ACTIONS_TOPIC", "actions"),
         prefix=env.get("TETIK_PREFIX", "tetik"),
         windows=_windows(env.get("TETIK_WINDOWS", "")),
+        actions_dlq_topic=env.get("TETIK_ACTIONS_DLQ_TOPIC", "actions.dlq"),
+        events_partitions=_count(env, "TETIK_EVENTS_PARTITIONS", 4),
+        dlq_partitions=_count(env, "TETIK_DLQ_PARTITIONS", 1),
+        actions_partitions=_count(env, "TETIK_ACTIONS_PARTITIONS", 4),
+        actions_dlq_partitions=_count(env, "TETIK_ACTIONS_DLQ_PARTITIONS", 1),
+        kafka_timeout_s=float(_count(env, "TETIK_KAFKA_TIMEOUT_S", 30)),
+        idle_timeout_ms=_count(env, "TETIK_IDLE_TIMEOUT_MS", 30_000),
+        reset_offsets=_reset_offsets(env.get("TETIK_RESET_OFFSETS", "")),
+        breaker=_breaker(env),
+        redis_timeout_s=float(_count(env, "TETIK_REDIS_TIMEOUT_S", 60)),
     )
+
+
+def _breaker(env: Mapping[str, str]) -> BreakerConfig:
+    text = env.get("TETIK_DLQ_MAX_SHARE", "").strip()
+    try:
+        share = float(text) if text else BreakerConfig.max_share
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise ConfigError(f"TETIK_DLQ_MAX_SHARE must be a share in (0, 1], got {text!r}; e.g. 0.5")
+    return BreakerConfig(
+        max_share=share,
+        window_s=float(_count(env, "TETIK_DLQ_WINDOW_S", 60)),
+        min_records=_count(env, "TETIK_DLQ_MIN_RECORDS", 1000),
+    )
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number >= 1 from ``env[name]``, else ``default``."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {text!r}; e.g. {default}")
+    return value
+
+
+def _reset_offsets(text: str) -> str:
+    if text not in ("", "earliest"):
+        raise ConfigError(
+            f"TETIK_RESET_OFFSETS must be empty or 'earliest', got {text!r}: "
+            "'earliest' goes on from the earliest event still kept when retention deleted some"
+        )
+    return text
 
 
 def _windows(text: str) -> WindowConfig:

@@ -21,6 +21,7 @@ from redis.client import Pipeline
 
 from engine.state import UserState, loads
 from engine.windows import WindowConfig
+from flows.retry import connect, retrying
 
 T = TypeVar("T")
 
@@ -53,7 +54,7 @@ class StateStore:
     @classmethod
     def from_url(cls, url: str, prefix: str, windows: WindowConfig) -> StateStore:
         """A store on the Redis at ``url`` with the TTL that ``windows`` implies."""
-        return cls(redis.Redis.from_url(url), prefix, state_ttl_ms(windows))
+        return cls(connect(url), prefix, state_ttl_ms(windows))
 
     def key(self, identity: str) -> str:
         return f"{self.prefix}:state:{identity}"
@@ -103,8 +104,9 @@ class BatchLoader:
 
     MAX_READY = 200_000  # keys fetched for users owned by another process never get used
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, on_back: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._on_back = on_back  # after a Redis fault (reads are retried, flows.retry)
         self._lock = threading.Lock()
         self._live: set[str] = set()
         self._ready: dict[str, bytes | None] = {}
@@ -115,7 +117,11 @@ class BatchLoader:
         if not wanted:
             return
         keys = [self._store.key(i) for i in wanted]
-        values: list[bytes | None] = self._store.client.mget(keys)  # type: ignore[assignment]
+        values: list[bytes | None] = retrying(
+            "reading user states",
+            lambda: self._store.client.mget(keys),  # type: ignore[arg-type,return-value]
+            on_back=self._on_back,
+        )
         with self._lock:
             if len(self._ready) > self.MAX_READY:
                 self._ready.clear()
@@ -130,7 +136,9 @@ class BatchLoader:
             found = identity in self._ready
             data = self._ready.pop(identity, None)
         if not found:
-            return self._store.load(identity)
+            return retrying(
+                "reading a user state", lambda: self._store.load(identity), on_back=self._on_back
+            )
         return None if data is None else loads(data)
 
     def release(self, identity: str) -> None:

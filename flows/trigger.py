@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from engine.state import UserState, dumps, loads, prune
 from flows.breaker import Breaker, Halt
 from flows.ingest import Rejected, decode_message, to_dlq
 from flows.ledger import ActionEmitter
+from flows.retry import retrying
 from flows.runtime import RulesRuntime
 from flows.store import Loader, StateStore, prefetching
 from flows.watermark import Clock, Watermark, wall_ms
@@ -307,17 +309,30 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
 
 
 class _OutcomePartition(StatelessSinkPartition[Outcome]):
-    def __init__(self, emitter: ActionEmitter, store: StateStore, runtime: RulesRuntime) -> None:
+    def __init__(
+        self,
+        emitter: ActionEmitter,
+        store: StateStore,
+        runtime: RulesRuntime,
+        on_back: Callable[[], None] | None,
+    ) -> None:
         self._emitter = emitter
         self._store = store
         self._runtime = runtime
+        self._on_back = on_back
 
     def write_batch(self, items: list[Outcome]) -> None:
+        """Claim, produce, then confirm and store in one transaction; Redis steps retried."""
+        ledger = self._emitter.ledger
         actions = [a for item in items for a in item.actions]
-        counts: Counter[str] = Counter()
-        # One transaction confirms the actions and stores the states they came from.
-        pipe = self._store.client.pipeline(transaction=True)
-        counts["actions.emitted"] = self._emitter.emit(actions, pipe=pipe)
+        token = uuid.uuid4().hex  # the same for every retry of this batch's claim
+        claimed = retrying(
+            "claiming actions in the ledger",
+            lambda: ledger.claim(actions, token),
+            on_back=self._on_back,
+        )
+        offsets = self._emitter.produce(claimed) if claimed else {}
+        counts: Counter[str] = Counter({"actions.emitted": len(claimed)})
         states = []
         for item in items:
             counts.update(item.counts)
@@ -325,25 +340,38 @@ class _OutcomePartition(StatelessSinkPartition[Outcome]):
                 states.append((item.identity, item.data))
         counts.update({f"ended.{k}": v for k, v in self._runtime.drain_ended().items()})
         counts["batches"] += 1
-        self._store.queue(pipe, states, counts)
-        pipe.execute()
+
+        def commit() -> None:
+            # One transaction confirms the actions and stores the states they came from.
+            pipe = self._store.client.pipeline(transaction=True)
+            ledger.confirm((a.action_id for a in claimed), offsets, pipe)
+            self._store.queue(pipe, states, counts)
+            pipe.execute()
+
+        retrying("storing states and confirming actions", commit, on_back=self._on_back)
 
 
 class OutcomeSink(DynamicSink[Outcome]):
-    """Actions exactly once to Kafka, then states and counters to Redis (one pipeline)."""
+    """Actions exactly once to Kafka, then states and counters to Redis (one transaction).
+
+    ``on_back`` runs when Redis answers again after a fault (the deployment
+    marker's check, :mod:`flows.deployment`).
+    """
 
     def __init__(
         self,
         make_emitter: Callable[[], ActionEmitter],
         store: StateStore,
         runtime: RulesRuntime,
+        on_back: Callable[[], None] | None = None,
     ) -> None:
         self._make_emitter = make_emitter
         self._store = store
         self._runtime = runtime
+        self._on_back = on_back
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OutcomePartition:
-        return _OutcomePartition(self._make_emitter(), self._store, self._runtime)
+        return _OutcomePartition(self._make_emitter(), self._store, self._runtime, self._on_back)
 
 
 def _dead_letter(item: Stamped, exc: Exception) -> Rejected:
