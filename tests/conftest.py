@@ -7,13 +7,14 @@ names, so nothing is flushed between tests.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from flows.embedded import Endpoints, servers
+from flows.embedded import EmbeddedServer, Endpoints, servers
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,20 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def unique() -> str:
     """A short string unique to this test, for key prefixes and topic names."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def apache_kafka() -> Iterator[EmbeddedServer]:
+    """One real Apache Kafka broker (KRaft, one node) for the session's ``apache_kafka``
+    tests, started on first use (its jars are fetched once with Maven, then cached).
+
+    Skipped, with the reason, only where Java 17 is missing; any other failure to start
+    is an error. ``.bootstrap`` is its ``host:port``; do not restart it (tests that
+    restart a broker start their own).
+    """
+    from flows.apache_kafka import find_java, start_apache_kafka
+
+    if find_java() is None:
+        pytest.skip("Apache Kafka needs Java 17 or newer: none found (JAVA_HOME, PATH)")
+    with start_apache_kafka(progress=lambda line: print(line, file=sys.stderr)) as server:
+        yield server

@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 from flows import embedded
 from flows.embedded import EmbeddedServer, Endpoints, ServerStartError, servers
 from flows.topics import ensure_topics, wait_for_topic
+from tests.flows.forwarder import Forwarder
 
 _PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 
@@ -59,10 +61,10 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EmbeddedServer]]:
     record: list[EmbeddedServer] = []
 
     def recording(
-        start: Callable[[], tuple[EmbeddedServer, str]],
-    ) -> Callable[[], tuple[EmbeddedServer, str]]:
-        def wrapper() -> tuple[EmbeddedServer, str]:
-            server, address = start()
+        start: Callable[..., tuple[EmbeddedServer, str]],
+    ) -> Callable[..., tuple[EmbeddedServer, str]]:
+        def wrapper(*args: Any, **kwargs: Any) -> tuple[EmbeddedServer, str]:
+            server, address = start(*args, **kwargs)
             record.append(server)
             return server, address
 
@@ -187,6 +189,7 @@ def test_servers_without_kafka_yields_empty_bootstrap(started: list[EmbeddedServ
         assert redis.Redis.from_url(found.redis_url).ping()
     assert [s.name for s in started] == ["valkey-server"]
     assert found.pids == {"redis": started[0].pid}
+    assert found.servers == {"redis": started[0]}
     assert not _alive(started[0].pid)
 
 
@@ -316,3 +319,96 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
         statuses = [_reap(pid) for pid in pids]
     assert all(s is not None and os.WIFSIGNALED(s) for s in statuses), statuses
     assert {os.WTERMSIG(s) for s in statuses if s is not None} == {signal.SIGKILL}
+
+
+@pytest.mark.integration
+def test_persistent_redis_keeps_its_data_across_sigkill_and_restart(unique: str) -> None:
+    server, url = embedded.start_redis(persistent=True)
+    with server:
+        client = redis.Redis.from_url(url)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.set(f"{unique}:k", b"v")
+        client.close()
+        port, pid = server.port, server.pid
+        server.kill()  # no clean shutdown: only what the append-only file holds survives
+        assert server.returncode() == -signal.SIGKILL
+        server.restart()
+        assert (server.port, server.returncode()) == (port, None)
+        assert server.pid != pid
+        client = redis.Redis.from_url(url)
+        assert client.get(f"{unique}:k") == b"v"
+        client.close()
+    assert not server.workdir.exists()
+
+
+@pytest.mark.integration
+def test_default_redis_restarts_empty_on_the_same_port(unique: str) -> None:
+    server, url = embedded.start_redis()
+    with server:
+        redis.Redis.from_url(url).set(f"{unique}:k", b"v")
+        port = server.port
+        server.restart()
+        assert server.port == port
+        assert redis.Redis.from_url(url).get(f"{unique}:k") is None
+
+
+@pytest.mark.integration
+def test_a_paused_server_answers_again_once_resumed() -> None:
+    server, url = embedded.start_redis()
+    with server:
+        client = redis.Redis.from_url(url, socket_timeout=0.3, retry=embedded._NO_RETRY)
+        assert client.ping()
+        server.pause()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        server.resume()
+        client.close()
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        assert client.ping()
+
+
+@pytest.mark.integration
+def test_restarted_tansu_answers_on_the_same_port_empty(unique: str) -> None:
+    server, bootstrap = embedded.start_kafka()
+    with server:
+        ensure_topics(bootstrap, {f"{unique}.t": 1})
+        port, pid = server.port, server.pid
+        server.restart()
+        assert (server.port, server.returncode()) == (port, None)
+        assert server.pid != pid
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).topics
+        assert f"{unique}.t" not in topics  # tansu keeps its log in memory
+
+
+@pytest.mark.integration
+def test_tansu_advertises_the_port_it_is_given(unique: str) -> None:
+    """Clients bootstrap through a forwarder and are sent back to it, never around it."""
+    proxy_port = embedded.free_port()
+    server, _ = embedded.start_kafka(advertised_port=proxy_port)
+    with server, Forwarder(proxy_port, server.port) as forwarder:
+        bootstrap = f"127.0.0.1:{proxy_port}"
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5)
+        assert [(b.host, b.port) for b in metadata.brokers.values()] == [("127.0.0.1", proxy_port)]
+        topic = f"{unique}.t"
+        ensure_topics(bootstrap, {topic: 1})
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(topic, b"through the forwarder")
+        assert producer.flush(10) == 0
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique})
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        msg = consumer.poll(10)
+        consumer.close()
+        assert msg is not None
+        assert msg.value() == b"through the forwarder"
+        assert forwarder.accepted >= 1
+
+
+def test_unknown_embedded_kafka_kind_says_which_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(embedded.EMBEDDED_KAFKA_ENV, "confluent")
+    with pytest.raises(
+        ServerStartError, match=r"unknown embedded Kafka 'confluent'.*tansu, apache"
+    ):
+        embedded.kafka_kind()
+    assert embedded.kafka_kind("apache") == "apache"
+    monkeypatch.delenv(embedded.EMBEDDED_KAFKA_ENV)
+    assert embedded.kafka_kind() == "tansu"
