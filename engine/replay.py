@@ -11,18 +11,25 @@ Rules of this interface:
   it are not applied, timers up to it fire) or ``drain`` (every pending timer
   fires).
 * A bad line is reported through ``on_error(line_number, reason)`` and
-  skipped; nothing else stops the run.
+  skipped; nothing else stops the run. A bad line is one that does not
+  decode, or whose ``ts`` is more than a day after ``received`` (the moment
+  the backtest runs, unless given: live, it is the time the message reached
+  Kafka; see :func:`engine.events.check_not_future`).
+* An event whose processing raises (a bug, never expected) is left out as
+  if it never came, as the live engine dead-letters it: the run starts again
+  without it, and :attr:`ReplayStats.failed` lists it with the exception.
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.actions import Action
 from engine.errors import InvalidEvent
-from engine.events import Event, decode_event
+from engine.events import Event, check_not_future, decode_event
 from engine.journeys import Engine, replay_order
 from engine.state import UserState
 
@@ -38,6 +45,16 @@ class ReplayStats:
     invalid: int = 0
     users: int = 0
     actions: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # "event_id: ExceptionClass: message"
+
+
+class _Poison(Exception):
+    """An event whose processing raised; the run restarts without it."""
+
+    def __init__(self, event: Event, error: Exception) -> None:
+        super().__init__(event.event_id)
+        self.event = event
+        self.error = error
 
 
 def replay(
@@ -48,15 +65,20 @@ def replay(
     drain: bool = False,
     on_error: Callable[[int, str], None] = lambda _n, _r: None,
     stats: ReplayStats | None = None,
+    received: int | None = None,
 ) -> list[Action]:
     """Run ``engine`` over JSONL ``lines``; return every action in SPEC order."""
     stats = stats if stats is not None else ReplayStats()
-    events = _decode(lines, on_error, stats)
+    reference = received if received is not None else time.time_ns() // 1_000_000
+    events = _decode(lines, on_error, stats, reference)
     return replay_events(engine, events, until=until, drain=drain, stats=stats)
 
 
 def _decode(
-    lines: Iterable[bytes], on_error: Callable[[int, str], None], stats: ReplayStats
+    lines: Iterable[bytes],
+    on_error: Callable[[int, str], None],
+    stats: ReplayStats,
+    received: int,
 ) -> Iterator[Event]:
     """The valid events of a JSONL log; bad lines go to ``on_error``."""
     for number, line in enumerate(lines, start=1):
@@ -64,10 +86,13 @@ def _decode(
         if not line.strip():
             continue
         try:
-            yield decode_event(line)
+            event = decode_event(line)
+            check_not_future(event, received)
         except InvalidEvent as exc:
             stats.invalid += 1
             on_error(number, exc.reason)
+            continue
+        yield event
 
 
 def replay_events(
@@ -80,21 +105,50 @@ def replay_events(
 ) -> list[Action]:
     """Run ``engine`` over decoded events on the virtual clock; actions in SPEC order."""
     stats = stats if stats is not None else ReplayStats()
+    log = events if isinstance(events, Sequence) else list(events)
+    skipped: set[int] = set()
+    while True:
+        run = ReplayStats(stats.lines, 0, stats.invalid)
+        try:
+            actions = _run(engine, log, skipped, until, drain, run)
+        except _Poison as poison:
+            skipped.add(id(poison.event))
+            error = poison.error
+            stats.failed.append(f"{poison.event.event_id}: {type(error).__name__}: {error}")
+            continue
+        stats.events, stats.users, stats.actions = run.events, run.users, run.actions
+        return actions
+
+
+def _run(
+    engine: Engine,
+    events: Sequence[Event],
+    skipped: set[int],
+    until: int | None,
+    drain: bool,
+    stats: ReplayStats,
+) -> list[Action]:
     states: dict[str, UserState] = {}
     actions: list[Action] = []
     clock = 0
     for event in events:
-        if until is not None and event.ts > until:
+        if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
         clock = max(clock, event.ts)
         state = states.get(event.key)
         if state is None:
             state = states[event.key] = UserState(key=event.key)
         stats.events += 1
-        actions.extend(engine.on_event(state, event, clock))
+        try:
+            actions.extend(engine.on_event(state, event, clock))
+        except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
+            raise _Poison(event, exc) from exc
     end = FOREVER if drain else (until if until is not None else clock)
     for state in states.values():
-        actions.extend(engine.advance(state, end))
+        try:
+            actions.extend(engine.advance(state, end))
+        except Exception as exc:  # a bug: live reports it and retries later; nothing fires
+            stats.failed.append(f"timers of {state.key}: {type(exc).__name__}: {exc}")
     stats.users = len(states)
     for action in actions:
         stats.actions[action.status] = stats.actions.get(action.status, 0) + 1

@@ -77,6 +77,8 @@ def run_replay(
         on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),
         stats=stats,
     )
+    for failure in stats.failed:
+        print(f"{events_path}: processing failed, left out: {failure}", file=sys.stderr)
     kept = [a for a in actions if include_suppressed or a.status == "sent"]
     if out:
         with Path(out).open("wb") as handle:

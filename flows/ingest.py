@@ -37,7 +37,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from engine.errors import InvalidEvent
-from engine.events import Event, decode_event
+from engine.events import Event, check_not_future, decode_event
 from engine.state import UserState, apply, dumps, loads, prune
 from engine.windows import DEFAULT_CONFIG, WindowConfig
 from flows.lifecycle import StoppableKafkaSource
@@ -71,13 +71,25 @@ class StateWrite:
 
 
 def decode_message(message: KafkaSourceMessage[Any, Any]) -> Event | Rejected:
-    """Validate one Kafka message; never raises for bad input."""
+    """Validate one Kafka message; never raises for bad input.
+
+    Besides the contract, ``ts`` may be at most a day after the time the
+    message reached Kafka (its timestamp; the wall clock when it has none).
+    """
     if message.value is None:
         return Rejected(message, "message has no value (tombstone); expected one JSON event")
     try:
-        return decode_event(message.value)
+        event = decode_event(message.value)
+        check_not_future(event, kafka_time(message) or now_ms())
     except InvalidEvent as exc:
         return Rejected(message, exc.reason)
+    return event
+
+
+def kafka_time(message: KafkaSourceMessage[Any, Any]) -> int | None:
+    """When the message reached Kafka (CreateTime or LogAppendTime), or None."""
+    stamp = message.timestamp
+    return stamp[1] if stamp is not None and stamp[0] != 0 else None
 
 
 def _is_rejected(item: Event | Rejected) -> TypeGuard[Rejected]:

@@ -55,12 +55,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from engine.actions import Action
-from engine.errors import InvalidEvent
-from engine.events import Event, check_not_future
+from engine.events import Event
 from engine.journeys import Engine
 from engine.state import UserState, dumps, loads, prune
 from flows.breaker import Breaker, Halt
-from flows.ingest import Rejected, decode_message, to_dlq
+from flows.ingest import Rejected, decode_message, kafka_time, to_dlq
 from flows.ledger import ActionEmitter
 from flows.retry import retrying
 from flows.runtime import RulesRuntime
@@ -111,21 +110,12 @@ def decode_stamped(
 
 
 def _decoded(watermark: Watermark, message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
-    event = decode_message(message)
+    event = decode_message(message)  # also refuses a ts too far after the Kafka time
     if isinstance(event, Rejected):
         return event
-    ingested = _kafka_time(message)
-    try:
-        check_not_future(event, wall_ms() if ingested is None else ingested)
-    except InvalidEvent as exc:
-        return Rejected(message, exc.reason)
+    ingested = kafka_time(message)
     partition = f"{message.partition}-{message.topic}"
     return Stamped(event, watermark.stamp(partition, event.ts), ingested, message)
-
-
-def _kafka_time(message: KafkaSourceMessage[Any, Any]) -> int | None:
-    stamp = message.timestamp
-    return stamp[1] if stamp is not None and stamp[0] != 0 else None
 
 
 def _is_rejected(item: Stamped | Rejected) -> TypeGuard[Rejected]:
