@@ -18,7 +18,7 @@ import orjson
 from engine.errors import TetikError
 from flows.deliver import add_commands
 from flows.embedded import ServerStartError
-from flows.rulestore import add_rules_commands
+from flows.rulestore import add_rules_commands, refuse_who
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -96,7 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lateness_ms=args.lateness_ms,
         recover_redis=args.recover_redis,
     )
-    return run_engine(args.rules, options, who=args.who or "")
+    refuse_who(args.who)
+    return run_engine(args.rules, options)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -139,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the live engine: Kafka events -> journeys -> actions")
     run.add_argument("--rules", help="push this rules file first (default: the active version)")
-    run.add_argument("--who", help="who pushes --rules (default: $USER@host)")
+    run.add_argument("--who", help=argparse.SUPPRESS)  # refused: the author is TETIK_AUTHOR
     run.add_argument("--workers", type=int, default=1, help="Bytewax workers per process")
     run.add_argument("--processes", type=int, default=1, help="cooperating processes")
     run.add_argument(
