@@ -10,16 +10,28 @@ Rules of this interface:
 * Timers fire only once :meth:`Watermark.value` has passed their due time.
   It is the minimum over every partition of the input: the event time read
   so far on a partition that is behind, or the wall clock minus
-  ``lateness_ms`` on a partition that is caught up (its last poll came back
-  empty). So after an outage the backlog is applied in event-time order with
-  the timers that fell due meanwhile: a cart bought while the engine was
-  down ends the cart journey before its reminder's timer can fire.
+  ``lateness_ms`` on a partition that is caught up. So after an outage the
+  backlog is applied in event-time order with the timers that fell due
+  meanwhile: a cart bought while the engine was down ends the cart journey
+  before its reminder's timer can fire.
+* A partition is caught up only when its last poll came back empty *and*
+  either the source stood at the partition's end (its position at the high
+  watermark of the latest fetch response: ``at_end``), or nothing came from
+  it for ``idle_timeout_ms`` (30 s by default), as Flink's idle sources. An
+  empty poll alone proves nothing: a slow broker has not answered yet. The
+  idle timeout bounds how long a partition whose broker does not answer
+  holds every timer back; after it, timers follow the wall clock.
 * A partition that has not reported yet holds the value at 0: no timer
   fires before every partition has been heard from.
 * With several processes, each publishes its partitions' progress to Redis
   (:class:`SharedProgress`) and reads the others', at most every
   ``share_ms``; a report older than ``stale_ms`` counts as not heard from
   (so the reports of a crashed run are ignored after a restart).
+* A partition's clock survives a restart: the source snapshots
+  :meth:`Watermark.reached` beside its offset, and :meth:`Watermark.restore`
+  puts it back, so a partition's time never runs backwards across restarts.
+  The clock snapshotted is never ahead of the snapshot's offset (events are
+  stamped after the source emits them).
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ class Progress:
     reached: int = 0
     idle: bool = False
     reported: int = 0
+    active: int = 0  # when a poll last returned messages (local; never shared)
 
 
 class SharedProgress:
@@ -85,12 +98,14 @@ class Watermark:
         partitions: Iterable[str] = (),
         *,
         lateness_ms: int = 200,
+        idle_timeout_ms: int = 30_000,
         clock: Clock = wall_ms,
         shared: SharedProgress | None = None,
         share_ms: int = 100,
     ) -> None:
         self._expected = set(partitions)
         self._lateness = lateness_ms
+        self._idle_timeout = idle_timeout_ms
         self._clock = clock
         self._shared = shared
         self._share_ms = share_ms
@@ -107,13 +122,34 @@ class Watermark:
             progress.reached = max(progress.reached, ts)
             return min(progress.reached, now)
 
-    def polled(self, partition: str, count: int) -> None:
-        """The source read ``count`` messages from ``partition`` (0: it is caught up)."""
+    def polled(self, partition: str, count: int, at_end: bool = True) -> None:
+        """The source read ``count`` messages from ``partition``.
+
+        ``at_end``: the source's position is at the partition's end (see the
+        module rules); an empty poll that is not at the end keeps the partition
+        behind until ``idle_timeout_ms`` passes without a message.
+        """
         now = self._clock()
         with self._lock:
             progress = self._progress(partition, now)
-            progress.idle = count == 0
+            if count:
+                progress.active = now
+            waited = now - progress.active
+            progress.idle = count == 0 and (at_end or waited >= self._idle_timeout)
             self._exchange(now)  # publish even if this process never asks for the value
+
+    def restore(self, partition: str, reached: int) -> None:
+        """Put back ``partition``'s clock from a snapshot (it only moves forward)."""
+        now = self._clock()
+        with self._lock:
+            progress = self._progress(partition, now)
+            progress.reached = max(progress.reached, reached)
+
+    def reached(self, partition: str) -> int:
+        """The latest event time read from ``partition`` (0 before any), for snapshots."""
+        with self._lock:
+            progress = self._mine.get(partition)
+            return 0 if progress is None else progress.reached
 
     def value(self) -> int:
         """Timers due at or before this may fire (epoch ms)."""
@@ -129,7 +165,7 @@ class Watermark:
     def _progress(self, partition: str, now: int) -> Progress:
         progress = self._mine.get(partition)
         if progress is None:
-            progress = self._mine[partition] = Progress()
+            progress = self._mine[partition] = Progress(active=now)
         progress.reported = now
         return progress
 

@@ -44,6 +44,46 @@ def test_a_partition_behind_holds_the_watermark_at_its_event_time() -> None:
     assert mark.value() == 100_000 - 200
 
 
+def test_an_empty_poll_short_of_the_end_is_not_caught_up() -> None:
+    clock = Clock(100_000)
+    mark = Watermark(["0-e"], clock=clock, lateness_ms=200, idle_timeout_ms=5_000)
+    mark.polled("0-e", 0, at_end=False)  # a slow broker: no fetch response yet
+    assert mark.value() == 0  # held at the partition's clock (none read yet)
+    mark.polled("0-e", 3, at_end=False)
+    mark.stamp("0-e", 60_000)
+    mark.polled("0-e", 0, at_end=False)
+    assert mark.value() == 60_000
+    mark.polled("0-e", 0, at_end=True)  # the position reached the high watermark
+    assert mark.value() == 100_000 - 200
+
+
+def test_a_partition_silent_for_the_idle_timeout_stops_holding_timers_back() -> None:
+    clock = Clock(100_000)
+    mark = Watermark(["0-e"], clock=clock, lateness_ms=200, idle_timeout_ms=5_000)
+    mark.polled("0-e", 2, at_end=False)
+    mark.stamp("0-e", 60_000)
+    clock.now += 4_999
+    mark.polled("0-e", 0, at_end=False)
+    assert mark.value() == 60_000
+    clock.now += 1
+    mark.polled("0-e", 0, at_end=False)  # 5 s without a message: idle, as Flink's
+    assert mark.value() == clock.now - 200
+    mark.polled("0-e", 1, at_end=False)  # a message again: behind again
+    assert mark.value() == 60_000
+
+
+def test_a_restored_clock_comes_back_and_never_runs_backwards() -> None:
+    clock = Clock(100_000)
+    mark = Watermark(["0-e", "1-e"], clock=clock)
+    assert mark.reached("0-e") == 0
+    mark.restore("0-e", 70_000)
+    mark.restore("1-e", 80_000)
+    assert mark.value() == 70_000  # no partition polled yet, both restored
+    assert mark.stamp("0-e", 50_000) == 70_000  # an older event is applied at the clock
+    mark.restore("0-e", 10_000)
+    assert mark.reached("0-e") == 70_000
+
+
 @pytest.mark.integration
 def test_processes_share_progress_and_ignore_stale_reports(
     redis_client: redis.Redis, unique: str
