@@ -10,6 +10,10 @@ Rules of this interface:
   order, each at its due time; :meth:`Engine.next_due` says when to call it.
 * Steps run at once until a ``wait`` (or a quiet-hours deferral); a wait
   counts from the moment the step before it completed.
+* A send whose template is over its rendering budget or output cap
+  (:func:`engine.rules.templates.render_message`) is ``suppressed`` with
+  reason ``template_error``, like ``no_consent`` and ``capped``: it does not
+  count against caps, the journey goes on, and nothing else is affected.
 * Each enrollment runs every step path at most once, so an action id (a hash
   of identity, journey, enrollment and path) is emitted at most once.
 * The state is the only memory: save it with ``engine.state.dumps`` after any
@@ -37,6 +41,7 @@ from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
 from engine.rules.context import Context
 from engine.rules.model import Branch, ExitStep, Journey, Rules, Send, Step, Wait
+from engine.rules.templates import render_message
 from engine.state import (
     Enrollment,
     Entered,
@@ -287,7 +292,10 @@ class Engine:
             channel, reason = step.channel, "no_consent"
         elif capped(state.sends, rules.caps, channel, now):
             reason = "capped"
-        action = self._action(state, enrollment, step, channel, now, reason)
+        content = None
+        if reason is None:
+            reason, content = self._render(state, enrollment, step, channel, now)
+        action = self._action(state, enrollment, step, channel, now, reason, content)
         if reason is None:
             record_send(state, rules, channel, now)
         enrollment.actions.append(action.action_id)
@@ -302,6 +310,7 @@ class Engine:
         channel: str,
         now: int,
         reason: str | None,
+        content: dict[str, str] | None,
     ) -> Action:
         enrollment_id = f"{enrollment.key}\x1f{enrollment.seq}"
         return Action(
@@ -315,19 +324,20 @@ class Engine:
             status="sent" if reason is None else "suppressed",
             reason=reason,
             rules_version=enrollment.rules_version,
-            content=None if reason else self._render(state, enrollment, step, channel, now),
+            content=content,
         )
 
     def _render(
         self, state: UserState, enrollment: Enrollment, step: Send, channel: str, now: int
-    ) -> dict[str, str] | None:
+    ) -> tuple[str | None, dict[str, str] | None]:
+        """(suppression reason, content): ``template_error`` when over the render budget."""
         if step.template is None:
-            return None
+            return None, None
         fields = self.rules.templates.get(step.template, {}).get(channel)
         if fields is None:
-            return None
-        variables = _template_vars(state, enrollment, now)
-        return {name: render(variables) for name, render in fields.items()}
+            return None, None
+        content = render_message(fields, _template_vars(state, enrollment, now))
+        return ("template_error", None) if content is None else (None, content)
 
 
 def _template_vars(state: UserState, enrollment: Enrollment, now: int) -> dict[str, Any]:
