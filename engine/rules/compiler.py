@@ -7,7 +7,8 @@ Rules of this interface:
   whose function is a tree of closures: field names are resolved to attribute
   getters and constants folded at compile time.
 * It raises :class:`~engine.errors.ExpressionError` at the first problem; the
-  message starts with ``scope.where`` (``"trigger.if: unknown field
+  message is one line (quoted source spanning lines is joined with a space),
+  starts with ``scope.where`` (``"trigger.if: unknown field
   event.prize (did you mean 'price'?)"``) and ``offset`` is the 0-based
   position of the offending token in ``text``.
 * :class:`Scope` says which names the place allows: ``event.F`` when
@@ -24,6 +25,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from engine.errors import ExpressionError
@@ -35,6 +37,8 @@ from engine.rules.parser import parse
 from engine.rules.typed import Typed, article, constant
 
 _QUOTE_LIMIT = 40
+# Every character str.splitlines() breaks at, with the blanks around it.
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Cond
 
 
 def _quote(text: str, node: Node) -> str:
-    source = text[node.start : node.end]
+    """A node's source for a message: on one line (a line break and the spaces
+    around it read as one space), cut at :data:`_QUOTE_LIMIT` characters."""
+    source = _LINE_BREAK.sub(" ", text[node.start : node.end])
     return source if len(source) <= _QUOTE_LIMIT else source[: _QUOTE_LIMIT - 3] + "..."
 
 

@@ -155,8 +155,10 @@ def _escape(text: str, i: int) -> tuple[str, int]:
         return _ESCAPES[code], i + 2
     if code == "u" and _HEX4.fullmatch(text, i + 2, i + 6):
         return chr(int(text[i + 2 : i + 6], 16)), i + 6
+    # A line break or other unprintable character is shown escaped: messages are one line.
+    shown = f"'\\{code}'" if code.isprintable() and not code.isspace() else f"'\\' + {code!r}"
     raise ExpressionError(
-        f"bad escape '\\{code}' in string; use \\\\ \\' \\\" \\n \\t \\r or \\uXXXX", i
+        f"bad escape {shown} in string; use \\\\ \\' \\\" \\n \\t \\r or \\uXXXX", i
     )
 
 

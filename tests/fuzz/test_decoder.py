@@ -114,7 +114,7 @@ def check(raw: bytes) -> Event | None:
     event = outcome(raw)
     if isinstance(event, InvalidEvent):
         assert event.reason, "InvalidEvent without a reason"
-        assert "\n" not in event.reason, f"reason is not one line: {event.reason!r}"
+        assert len(event.reason.splitlines()) == 1, f"reason is not one line: {event.reason!r}"
         return None
     assert event.key
     assert isinstance(event.ts, int)
@@ -159,7 +159,7 @@ def test_any_bytes(raw: bytes) -> None:
     check(raw)
 
 
-@fuzz_settings(ci_examples=300)
+@fuzz_settings(ci_examples=200)
 @given(
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), ANY_JSON, max_size=10)
     | ANY_JSON,
@@ -228,3 +228,18 @@ def test_near_valid_events(raw: bytes) -> None:
 def test_valid_events_are_accepted(data: dict[str, Any]) -> None:
     """The generator's valid events really are valid: the mutations start from them."""
     assert check(json.dumps(data).encode()) is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/events.py quotes a props key raw in the reason; reported to the lead",
+)
+@pytest.mark.parametrize(
+    "props",
+    [{"a\nb": {"x": "y" * 1025}}, {"a\nb": 2**64}, {"k\u2028": "y" * 1025}],
+    ids=["long-string", "huge-int", "line-separator"],
+)
+def test_reason_is_one_line_when_a_props_key_breaks_lines(props: dict[str, Any]) -> None:
+    """Found by fuzzing: a props key with a line break makes a two-line reason."""
+    data = {"event_id": "e", "type": "login", "ts": 1, "user_id": "u", "props": props}
+    assert check(json.dumps(data).encode()) is None
