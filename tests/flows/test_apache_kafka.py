@@ -1,6 +1,7 @@
 """tetik against a real Apache Kafka 4.x broker (KRaft, one node), from flows.apache_kafka.
 
-Run by ``make test-kafka`` (``-m apache_kafka``; .ci/run runs it where Java is). The
+The tests marked ``apache_kafka`` run in ``make test-kafka`` (.ci/run runs it where
+Java is); the others (error messages) need no Java and run in ``make test``. The
 session broker (``apache_kafka`` fixture) serves the read-only checks; the restart
 tests use a broker of this module, behind a TCP forwarder, since they stop it.
 """
@@ -18,13 +19,13 @@ from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient
 
 from engine.actions import Action, to_json
-from flows.apache_kafka import find_java, kafka_version, start_apache_kafka
-from flows.embedded import EmbeddedServer, free_port
+from flows import apache_kafka as ak
+from flows import embedded
+from flows.apache_kafka import ensure_jars, find_java, kafka_version, start_apache_kafka
+from flows.embedded import EmbeddedServer, ServerStartError, free_port, servers
 from flows.ledger import Ledger, resolve_pending
 from flows.topics import ensure_topics, wait_for_topic
 from tests.flows.forwarder import Forwarder
-
-pytestmark = pytest.mark.apache_kafka
 
 READ_TIMEOUT_S = 30.0
 
@@ -72,6 +73,7 @@ def numbered(start: int, stop: int) -> list[bytes]:
     return [str(n).encode() for n in range(start, stop)]
 
 
+@pytest.mark.apache_kafka
 def test_the_broker_is_apache_kafka_in_kraft_combined_mode(apache_kafka: EmbeddedServer) -> None:
     argv = Path(f"/proc/{apache_kafka.pid}/cmdline").read_bytes().split(b"\0")
     assert b"kafka.Kafka" in argv
@@ -84,6 +86,7 @@ def test_the_broker_is_apache_kafka_in_kraft_combined_mode(apache_kafka: Embedde
     assert brokers == [("127.0.0.1", apache_kafka.port)]
 
 
+@pytest.mark.apache_kafka
 def test_ensure_topics_creates_them_and_nothing_is_created_automatically(
     apache_kafka: EmbeddedServer, unique: str
 ) -> None:
@@ -104,6 +107,7 @@ def test_ensure_topics_creates_them_and_nothing_is_created_automatically(
     assert missing not in AdminClient({"bootstrap.servers": bootstrap}).list_topics().topics
 
 
+@pytest.mark.apache_kafka
 def test_keyed_round_trip_keeps_each_keys_order(apache_kafka: EmbeddedServer, unique: str) -> None:
     topic = f"{unique}.events"
     ensure_topics(apache_kafka.bootstrap, {topic: 3})
@@ -127,6 +131,7 @@ def test_keyed_round_trip_keeps_each_keys_order(apache_kafka: EmbeddedServer, un
     assert len(received) == len(sent)
 
 
+@pytest.mark.apache_kafka
 def test_the_ledger_settles_pending_claims_from_apache_kafka(
     apache_kafka: EmbeddedServer, redis_client: redis.Redis, unique: str
 ) -> None:
@@ -160,6 +165,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded
         yield server, f"127.0.0.1:{port}"
 
 
+@pytest.mark.apache_kafka
 def test_clients_follow_the_advertised_port(proxied: tuple[EmbeddedServer, str]) -> None:
     server, bootstrap = proxied
     metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
@@ -169,6 +175,7 @@ def test_clients_follow_the_advertised_port(proxied: tuple[EmbeddedServer, str])
     assert server.port != int(bootstrap.rsplit(":", 1)[1])
 
 
+@pytest.mark.apache_kafka
 def test_restart_keeps_the_log_and_the_groups_committed_offsets(
     proxied: tuple[EmbeddedServer, str], unique: str
 ) -> None:
@@ -212,6 +219,7 @@ def _take_one_by_one(consumer: Consumer, count: int) -> list[bytes]:
     return values
 
 
+@pytest.mark.apache_kafka
 def test_sigkill_and_restart_keep_every_acknowledged_message(
     proxied: tuple[EmbeddedServer, str], unique: str
 ) -> None:
@@ -227,3 +235,68 @@ def test_sigkill_and_restart_keep_every_acknowledged_message(
     produce(bootstrap, topic, numbered(50, 60), producer)  # the same client reconnects
 
     assert sorted(read_all(bootstrap, topic, 60), key=int) == numbered(0, 60)
+
+
+@pytest.mark.apache_kafka
+def test_servers_start_apache_kafka_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(embedded.REDIS_URL_ENV, raising=False)
+    monkeypatch.delenv(embedded.KAFKA_BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv(embedded.EMBEDDED_KAFKA_ENV, "apache")
+    lines: list[str] = []
+    with servers(kafka=True, progress=lines.append) as found:
+        broker = found.servers["kafka"]
+        assert broker.name == "apache-kafka"
+        assert found.kafka_bootstrap == broker.bootstrap
+        metadata = AdminClient({"bootstrap.servers": found.kafka_bootstrap}).list_topics(timeout=10)
+        assert len(metadata.brokers) == 1
+    assert lines[1].startswith(f"kafka: started apache-kafka {kafka_version()} on ")
+    assert lines[-2] == "kafka: stopped apache-kafka"
+    assert broker.returncode() is not None
+
+
+@pytest.mark.apache_kafka
+def test_a_version_maven_cannot_fetch_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ServerStartError, match="Maven could not fetch") as caught:
+        ensure_jars("4.99.0", cache=tmp_path)
+    assert "\n" not in str(caught.value)
+    assert list((tmp_path / "apache-kafka-4.99.0").iterdir()) == []  # nothing half-made
+
+
+def test_without_java_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ak, "find_java", lambda: None)
+    with pytest.raises(ServerStartError, match="needs Java 17") as caught:
+        start_apache_kafka()
+    assert "\n" not in str(caught.value)
+    assert embedded.EMBEDDED_KAFKA_ENV in str(caught.value)  # the way back to tansu
+
+
+def test_fetching_jars_without_maven_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mvn there
+    with pytest.raises(ServerStartError, match=r"needs Maven \(mvn on PATH\) once") as caught:
+        ensure_jars("4.4.0", cache=tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_cached_jars_are_used_without_maven(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lib = tmp_path / "apache-kafka-4.4.0" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "kafka_2.13-4.4.0.jar").write_bytes(b"")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mvn: it must not be needed
+    monkeypatch.setenv(ak.CACHE_ENV, str(tmp_path))
+    assert ensure_jars("4.4.0") == lib
+
+
+def test_java_major_reads_old_and_new_version_strings(tmp_path: Path) -> None:
+    for text, major in (
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('java version "1.8.0_392"', 8),
+    ):
+        fake = tmp_path / "java"
+        fake.write_text(f"#!/bin/sh\necho '{text}' >&2\n")
+        fake.chmod(0o755)
+        assert ak.java_major(str(fake)) == major
+    assert ak.java_major(str(tmp_path / "absent")) == 0
