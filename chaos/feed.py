@@ -12,6 +12,8 @@ Rules of this interface:
 * ``rate`` > 0 paces the records (records/s) until :meth:`Feed.finish` or
   ``limit`` valid records; ``rate`` 0 sends ``limit`` valid records (and the
   poison among them) as fast as the broker takes them: a backlog.
+  ``hold_after`` > 0 stops after that many valid records until :attr:`Feed.go`
+  is set (a warm-up before a measured burst).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Feed(threading.Thread):
         *,
         rate: float,
         limit: int | None = None,
+        hold_after: int = 0,
     ) -> None:
         super().__init__(daemon=True, name="chaos-feed")
         if rate <= 0 and limit is None:
@@ -61,6 +64,8 @@ class Feed(threading.Thread):
         self.failures: list[str] = []
         self.last_ts = 0
         self.valid_sent = 0
+        self._hold_after = hold_after
+        self.go = threading.Event()  # releases a feed held after ``hold_after`` records
 
     @property
     def sent(self) -> int:
@@ -74,6 +79,10 @@ class Feed(threading.Thread):
             if self._halt.is_set() or (self._limit is not None and self.valid_sent >= self._limit):
                 break
             self._send(producer, record)
+            if self.valid_sent == self._hold_after:
+                producer.flush(30)
+                self.go.wait()
+                start = time.monotonic()
             if self._rate > 0:
                 ahead = self.sent / self._rate - (time.monotonic() - start)
                 if ahead > 0.002:

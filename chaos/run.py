@@ -2,8 +2,8 @@
 
 Rules of this interface:
 
-* A :class:`Deployment` has its own topics (``events`` with 4 partitions,
-  ``events.dlq`` and ``actions`` with 1, created before the engine starts)
+* A :class:`Deployment` has its own topics (created before the engine
+  starts, with the partition counts the engine's settings give them)
   and Redis prefix (``chaos`` + 8 hex digits), and its own directory under
   the scenario's (named like the prefix) for the rules file, the engine's log
   and its recovery snapshots.
@@ -33,11 +33,11 @@ from engine.actions import to_dict
 from engine.journeys import Engine as Core
 from engine.replay import replay
 from engine.rules.loader import load_rules
+from flows.settings import from_env
 from flows.topics import ensure_topics
 
 __all__ = ["Deployment", "expected_actions"]
 
-EVENT_PARTITIONS = 4
 SETTLE_S = 2.0  # after the last expected action: time for a late duplicate to show
 TICK_S = 0.1
 
@@ -60,19 +60,24 @@ class Deployment:
         *,
         rate: float,
         limit: int | None = None,
+        hold_after: int = 0,
         engine_args: tuple[str, ...] = (),
     ) -> None:
         self.name = f"chaos{uuid.uuid4().hex[:8]}"
         self.workdir = workdir = workdir / self.name  # a fresh recovery dir every time
         workdir.mkdir(parents=True, exist_ok=True)
-        topics = {self.events: EVENT_PARTITIONS, self.dlq: 1, self.actions: 1}
-        ensure_topics(bootstrap, topics)
+        env = self.env(redis_url, bootstrap)
+        layout = from_env(env).topic_layout()  # the engine's own topics and counts
+        ensure_topics(bootstrap, layout)
         rules = workdir / "rules.yaml"
         rules.write_text(RULES)
         self.redis_url = redis_url
-        self.engine = Engine(self.env(redis_url, bootstrap), workdir, rules, engine_args)
-        self.feed = Feed(bootstrap, self.events, records, rate=rate, limit=limit)
-        self.watch = Watch(bootstrap, self.actions, self.dlq)
+        self.engine = Engine(env, workdir, rules, engine_args)
+        self.feed = Feed(
+            bootstrap, self.events, records, rate=rate, limit=limit, hold_after=hold_after
+        )
+        read = {topic: layout[topic] for topic in (self.actions, self.dlq)}
+        self.watch = Watch(bootstrap, read, self.actions)
         self.on_tick: Callable[[], None] = lambda: None
         self.expected: list[dict[str, Any]] = []
         self.drain_s: float | None = None
@@ -99,6 +104,7 @@ class Deployment:
             "TETIK_EVENTS_TOPIC": self.events,
             "TETIK_DLQ_TOPIC": self.dlq,
             "TETIK_ACTIONS_TOPIC": self.actions,
+            "TETIK_ACTIONS_DLQ_TOPIC": f"{self.name}.actions.dlq",
         }
 
     def wait(self, seconds: float) -> None:

@@ -11,7 +11,7 @@ Rules of this interface:
 * The broker is tansu (in memory), or Apache Kafka (``broker="apache"``, a
   log on disk that survives a restart; needs Java). With ``delay_ms`` the
   clients reach tansu only through ``chaos.proxy`` (the broker advertises the
-  proxy's port), so every request and answer is late.
+  proxy's port), which holds every answer of the broker ``delay_ms`` back.
 * :class:`Unavailable` means the scenario cannot run here (no Java, no
   proxy); its message says why, and the scenario is reported as skipped.
 """
@@ -80,8 +80,8 @@ def _proxied_tansu(stack: contextlib.ExitStack, delay_ms: int) -> tuple[Embedded
     except ImportError as exc:
         raise Unavailable(f"the delaying proxy chaos.proxy is not available ({exc})") from None
     proxy_port = free_port()
-    kafka, address = start_kafka(advertised_port=proxy_port)
+    kafka, _ = start_kafka(advertised_port=proxy_port)
     stack.enter_context(kafka)
-    proxy = DelayProxy(address, port=proxy_port, delay_ms=delay_ms)
-    stack.enter_context(proxy)
-    return kafka, f"127.0.0.1:{proxy_port}"
+    proxy = DelayProxy("127.0.0.1", kafka.port, to_client_ms=delay_ms, port=proxy_port)
+    stack.enter_context(proxy)  # stopped before the broker
+    return kafka, proxy.address

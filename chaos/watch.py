@@ -15,7 +15,7 @@ Rules of this interface:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -26,11 +26,11 @@ __all__ = ["Watch"]
 
 
 class Watch(threading.Thread):
-    """Follows ``actions_topic`` and ``dlq_topic`` (see the module rules)."""
+    """Follows the actions topic and the dead-letter topic (see the module rules)."""
 
-    def __init__(
-        self, bootstrap: str, actions_topic: str, dlq_topic: str, partitions: Sequence[int] = (0,)
-    ) -> None:
+    def __init__(self, bootstrap: str, partitions: Mapping[str, int], actions_topic: str) -> None:
+        """Read every partition of ``partitions`` (topic -> count); one is the actions topic,
+        the others hold dead letters."""
         super().__init__(daemon=True, name="chaos-watch")
         self._consumer = Consumer(
             {
@@ -44,8 +44,8 @@ class Watch(threading.Thread):
         self._consumer.assign(
             [
                 TopicPartition(topic, p, OFFSET_BEGINNING)
-                for topic in (actions_topic, dlq_topic)
-                for p in partitions
+                for topic, count in partitions.items()
+                for p in range(count)
             ]
         )
         self._actions_topic = actions_topic

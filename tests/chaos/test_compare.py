@@ -1,0 +1,132 @@
+"""The chaos suite's judgement, on hand-made logs: tally, recovery, dead letters, verdicts."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+
+from chaos.compare import Emitted, Poison, dead_letters, recovery, tally
+from chaos.report import table
+from chaos.run import expected_actions
+from chaos.scenarios import Result, sizes, verdict
+from chaos.workload import POISON_KINDS, poison_value, stream
+from engine.errors import InvalidEvent
+from engine.events import decode_event
+
+pytestmark = pytest.mark.chaos
+
+T0 = 1_700_000_000_000
+
+
+def log() -> list[bytes]:
+    """Two carts (one bought before its reminder), a signup and a purchase."""
+    docs: list[dict[str, Any]] = [
+        {"event_id": "e1", "type": "add_to_cart", "ts": T0, "user_id": "u1",
+         "product_id": "p1", "price": 30.0},
+        {"event_id": "e2", "type": "add_to_cart", "ts": T0 + 100, "user_id": "u2",
+         "product_id": "p2", "price": 50.0},
+        {"event_id": "e3", "type": "purchase", "ts": T0 + 1_000, "user_id": "u2",
+         "order_id": "o1"},
+        {"event_id": "e4", "type": "signup", "ts": T0 + 1_500, "user_id": "u3"},
+    ]  # fmt: skip
+    return [orjson.dumps(d) for d in docs]
+
+
+@pytest.fixture
+def expected() -> list[dict[str, Any]]:
+    actions = expected_actions(log())
+    # u1: onsite, email, push; u2: onsite then bought (no reminders), 2 thanks; u3: welcome
+    assert [(a["user_id"], a["journey"]) for a in actions].count(("u1", "cart")) == 3
+    assert not [a for a in actions if a["user_id"] == "u2" and a["journey"] == "cart"][1:]
+    return actions
+
+
+def test_the_same_actions_in_another_order_are_clean(expected: list[dict[str, Any]]) -> None:
+    live = [{**a, "ingested_at": T0} for a in reversed(expected)]
+    counts = tally(expected, live)
+    assert counts.clean
+    assert (counts.expected, counts.emitted) == (len(expected), len(expected))
+
+
+def test_each_kind_of_wrong_output_is_counted(expected: list[dict[str, Any]]) -> None:
+    dropped, doubled, changed = expected[0], expected[1], expected[2]
+    stray = {**expected[3], "action_id": "f" * 32}
+    live = [*expected[1:], doubled, stray]
+    live[1] = {**changed, "at": changed["at"] + 1}  # right id, wrong moment
+    counts = tally(expected, live)
+    assert (counts.duplicate, counts.missing, counts.unexpected, counts.different) == (1, 1, 1, 1)
+    assert counts.examples == {
+        "duplicate": [doubled["action_id"]],
+        "missing": [dropped["action_id"]],
+        "unexpected": ["f" * 32],
+        "different": [changed["action_id"]],
+    }
+    assert not counts.clean
+
+
+def test_recovery_is_measured_from_each_fault_end() -> None:
+    def emitted(ms: int, ingested: int | None) -> Emitted:
+        action = {"action_id": str(ms)} | ({} if ingested is None else {"ingested_at": ingested})
+        return Emitted(action=action, kafka_ms=ms)
+
+    out = [
+        emitted(10_500, 2_000),  # first action after the fault at 10 s: a backlog one
+        emitted(12_000, None),  # a timer
+        emitted(13_000, 12_600),  # live again: 400 ms from Kafka to action
+        emitted(30_000, 29_900),
+    ]
+    rec = recovery([10_000, 20_000, 40_000], out)
+    assert rec.first_action_s == [0.5, 10.0, None]
+    assert rec.caught_up_s == [3.0, 10.0, None]
+    assert (rec.worst_first_s, rec.worst_caught_up_s, rec.unrecovered) == (10.0, 10.0, 1)
+
+
+def test_poison_is_matched_by_bytes_and_needs_a_reason() -> None:
+    sent = [Poison(kind=k, value=poison_value(k, n, "u1", T0)) for n, k in enumerate(POISON_KINDS)]
+    reason = {"tetik.error.reason": b"not valid JSON"}
+    dlq = [(p.value, reason) for p in sent[2:]] + [(sent[1].value, {})]
+    letters = dead_letters(sent, [*dlq, (b"someone else's", reason)])
+    assert (letters.sent, letters.dead_lettered, letters.without_reason) == (11, 10, 1)
+    assert letters.missed_by_kind == {POISON_KINDS[0]: 1}
+    assert letters.reasons == {"not valid JSON": 9}
+    assert not letters.complete
+
+
+@pytest.mark.parametrize("kind", POISON_KINDS)
+def test_every_poison_kind_is_refused_by_the_contract(kind: str) -> None:
+    with pytest.raises(InvalidEvent):
+        decode_event(poison_value(kind, 1, "u00001", T0))
+
+
+def test_the_stream_is_seeded_and_mixes_about_one_percent_of_poison() -> None:
+    first = list(itertools.islice(stream(3, 100, 0.01), 5_000))
+    again = list(itertools.islice(stream(3, 100, 0.01), 5_000))
+    assert [r.value(T0) for r in first] == [r.value(T0) for r in again]
+    share = sum(1 for r in first if r.kind) / len(first)
+    assert 0.005 < share < 0.015
+    clean = [r.value(T0) for r in itertools.islice(stream(3, 100), 100)]
+    assert clean == [r.value(T0) for r in first if not r.kind][:100]  # same good events
+    for record in clean:
+        assert decode_event(record).ts == T0
+
+
+def test_verdicts_and_table_say_what_failed() -> None:
+    size = sizes(short=True)
+    good = verdict(Result(scenario="kill", verdict="pass", expected=10, emitted=10), size)
+    bad = verdict(
+        Result(scenario="poison", verdict="pass", expected=10, emitted=11, duplicate=1,
+               poison_sent=5, dead_lettered=4, throughput_ratio=0.5),
+        size,
+    )  # fmt: skip
+    skipped = Result(scenario="broker-restart", verdict="skipped", why="no Java here")
+    assert good.verdict == "pass"
+    assert not good.why
+    assert bad.verdict == "FAIL"
+    assert bad.why == ("1 duplicate; 1 poison not dead-lettered; throughput ratio 0.5 below 0.8")
+    text = table([good, bad, skipped])
+    assert "poison: FAIL: 1 duplicate" in text
+    assert "broker-restart: skipped: no Java here" in text
+    assert sizes(short=False, kills=7).kills == 7
