@@ -52,8 +52,11 @@ def _long_examples() -> int | None:
 LONG_EXAMPLES: Final = _long_examples()
 
 
-def fuzz_settings(ci_examples: int) -> settings:
-    """Hypothesis settings of one target; see the module rules."""
+def fuzz_settings(ci_examples: int, long_cap: int | None = None) -> settings:
+    """Hypothesis settings of one target; see the module rules.
+
+    ``long_cap`` bounds the long run of a target whose input space is small.
+    """
     if LONG_EXAMPLES is None:
         return settings(
             max_examples=ci_examples,
@@ -63,7 +66,7 @@ def fuzz_settings(ci_examples: int) -> settings:
             suppress_health_check=[HealthCheck.too_slow],
         )
     return settings(
-        max_examples=LONG_EXAMPLES,
+        max_examples=LONG_EXAMPLES if long_cap is None else min(LONG_EXAMPLES, long_cap),
         database=DirectoryBasedExampleDatabase(DATABASE),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
