@@ -10,8 +10,8 @@ from typing import Any
 from bench.report import default_out, write_results
 from flows.jobs import say
 
-WHAT = ("core", "e2e", "memory", "ingest", "all")
-ALL = ("core", "e2e", "memory")  # ingest is the older flow-only figure, run on request
+WHAT = ("core", "e2e", "memory", "ingest", "compile", "all")
+ALL = ("core", "e2e", "memory")  # ingest and compile run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -19,8 +19,15 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.e2e import bench_e2e
     from bench.ingest import bench_ingest
     from bench.memory import bench_memory
+    from bench.rules_compile import bench_compile
 
-    return {"core": bench_core, "e2e": bench_e2e, "memory": bench_memory, "ingest": bench_ingest}
+    return {
+        "core": bench_core,
+        "e2e": bench_e2e,
+        "memory": bench_memory,
+        "ingest": bench_ingest,
+        "compile": bench_compile,
+    }
 
 
 def run_bench(what: str, *, quick: bool = False, out: str | None = None) -> int:

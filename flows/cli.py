@@ -198,7 +198,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
-        "what", choices=["core", "e2e", "memory", "ingest", "all"], nargs="?", default="all"
+        "what",
+        choices=["core", "e2e", "memory", "ingest", "compile", "all"],
+        nargs="?",
+        default="all",
     )
     bench.add_argument("--quick", action="store_true", help="reduced sizes, under a minute")
     bench.add_argument(

@@ -52,8 +52,9 @@ Decisions where the SPEC is silent:
 * Template ids and journey ids match ``[a-z0-9_-]+``; template field names
   match ``[A-Za-z_][A-Za-z0-9_]*`` and their values are any non-empty scalar.
 * Limits against alias bombs: steps nest at most 16 levels and a file holds at
-  most 10,000 steps (so at most 10,000 journeys). YAML merge keys (``<<``) are
-  not supported.
+  most :data:`MAX_STEPS` (100,000) steps and :data:`MAX_JOURNEYS` (10,000)
+  journeys, YAML aliases counted as often as they are used. YAML merge keys
+  (``<<``) are not supported.
 
 Bounds, so that no rules file `tetik rules validate` accepts can hurt the
 engine (each violation is a ``FILE:LINE:COL`` problem naming the limit):
@@ -116,7 +117,8 @@ from engine.rules.templates import TemplateProblem, compile_template
 P = ParamSpec("P")
 T = TypeVar("T")
 
-MAX_STEPS: Final = 10_000
+MAX_STEPS: Final = 100_000
+MAX_JOURNEYS: Final = 10_000
 MAX_DEPTH: Final = 16
 MAX_YAML_DEPTH: Final = 64
 MAX_NODES: Final = 1_000_000
@@ -230,6 +232,91 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+_CParser: Final = getattr(yaml, "CSafeLoader", None)  # libyaml, when PyYAML was built with it
+_PLAIN_NULL = re.compile(r"^(?:~|null|Null|NULL|)\Z")
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+
+
+def _fast_compose(text: str) -> Node | None:
+    """The node tree of ``text`` from libyaml's events, composed without recursion.
+
+    PyYAML's own composer is pure Python and recursive: 90 % of a 10,000-journey
+    load. This one builds the same nodes (tags: only null is resolved, which is
+    all the loader reads) and stops past :data:`MAX_YAML_DEPTH` levels. It
+    raises a YAMLError on any problem; the caller then composes with PyYAML,
+    whose messages the loader reports.
+    """
+    if _CParser is None:
+        raise yaml.YAMLError("libyaml is not available")
+    anchors: dict[str, Node] = {}
+    stack: list[tuple[Node, list[object]]] = []  # open collections and their children
+    root: Node | None = None
+    for event in yaml.parse(text, Loader=_CParser):
+        node = _event_node(event, anchors, stack)
+        if node is None:
+            continue
+        if stack:
+            stack[-1][1].append(node)
+        elif root is None:
+            root = node
+        else:  # a second document
+            raise yaml.YAMLError("more than one document")
+    return root
+
+
+def _event_node(
+    event: yaml.Event, anchors: dict[str, Node], stack: list[tuple[Node, list[object]]]
+) -> Node | None:
+    """The node an event completes (None: it opens a collection or is structural)."""
+    kind = type(event)
+    if kind is yaml.ScalarEvent:
+        assert isinstance(event, yaml.ScalarEvent)
+        tag = event.tag
+        if tag is None or tag == "!":
+            if event.implicit[0] and not event.value:  # `key:`, an error: PyYAML places it
+                raise yaml.YAMLError("an empty value")
+            plain = event.implicit[0] and _PLAIN_NULL.match(event.value)
+            tag = _NULL if plain else _STR
+        start, end = _marks(event)
+        node: Node = ScalarNode(tag, event.value, start, end, event.style or None)
+    elif kind is yaml.AliasEvent:
+        assert isinstance(event, yaml.AliasEvent)
+        if event.anchor not in anchors:
+            raise yaml.YAMLError(f"undefined alias {event.anchor!r}")
+        return anchors[event.anchor]
+    elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+        assert isinstance(event, yaml.CollectionStartEvent)
+        if len(stack) + 1 >= MAX_YAML_DEPTH:
+            raise yaml.YAMLError("too deep")
+        cls = SequenceNode if kind is yaml.SequenceStartEvent else MappingNode
+        tag = event.tag if event.tag not in (None, "!") else (_SEQ if cls is SequenceNode else _MAP)
+        node = cls(tag, [], _marks(event)[0], None, flow_style=event.flow_style)
+        if event.anchor is not None:
+            anchors[event.anchor] = node
+        stack.append((node, []))
+        return None
+    elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+        node, children = stack.pop()
+        node.end_mark = _marks(event)[1]
+        if isinstance(node, MappingNode):
+            node.value[:] = list(zip(children[::2], children[1::2], strict=True))
+        else:
+            node.value[:] = children
+        return node
+    else:
+        return None
+    if event.anchor is not None:
+        anchors[event.anchor] = node
+    return node
+
+
+def _marks(event: yaml.Event) -> tuple[yaml.Mark, yaml.Mark]:
+    """An event's marks; libyaml's have the line, column and index the loader reads."""
+    return event.start_mark, event.end_mark  # type: ignore[return-value]
 
 
 def _line_column(before: str) -> tuple[int, int]:
@@ -413,7 +500,11 @@ class _Loader:
     def _compose(self) -> Node | None:
         """The YAML node tree, or None after recording why there is none."""
         try:
-            root = yaml.compose(self.text, Loader=_BoundedLoader)
+            root = _fast_compose(self.text)
+        except (yaml.YAMLError, RecursionError):  # the pure-Python parser words the problem
+            root = None
+        try:
+            root = root or yaml.compose(self.text, Loader=_BoundedLoader)
         except _DepthError as exc:
             mark = exc.problem_mark
             line, column = (mark.line, mark.column) if mark else (0, 0)
@@ -694,10 +785,14 @@ class _Loader:
     # ---- journeys --------------------------------------------------------------
 
     def _journeys(self, node: Node) -> tuple[Journey, ...]:
-        journeys = (
-            self._try(None, self._journey, item, index)
-            for index, item in enumerate(self._list(node, "journeys"))
-        )
+        items = self._list(node, "journeys")
+        if len(items) > MAX_JOURNEYS:
+            raise _at(
+                items[MAX_JOURNEYS],
+                f"more than {MAX_JOURNEYS:,} journeys; split the programme over several engines "
+                "or merge journeys that share a trigger",
+            )
+        journeys = (self._try(None, self._journey, item, index) for index, item in enumerate(items))
         return tuple(journey for journey in journeys if journey is not None)
 
     def _journey(self, node: Node, index: int) -> Journey:
@@ -836,7 +931,7 @@ class _Loader:
     def _step(self, node: Node, path: str, where: str, depth: int) -> Step:
         self.steps += 1
         if self.steps > MAX_STEPS:
-            raise _TooBig(f"the rules file has more than {MAX_STEPS} steps (YAML aliases count)")
+            raise _TooBig(f"the rules file has more than {MAX_STEPS:,} steps (YAML aliases count)")
         if isinstance(node, ScalarNode):
             return self._exit_step(node, path)
         pairs = self._pairs(node, "a step")

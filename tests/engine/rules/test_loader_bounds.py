@@ -9,6 +9,7 @@ import pytest
 from engine.durations import MAX_DURATION_MS
 from engine.errors import RulesError
 from engine.rules.loader import (
+    MAX_JOURNEYS,
     MAX_NODES,
     MAX_TEMPLATE_CHARS,
     MAX_TEMPLATES,
@@ -170,3 +171,12 @@ def test_aliased_exit_lists_are_bounded() -> None:
         f"r.yaml:1:1: the rules file has more than {MAX_NODES:,} YAML entries (YAML aliases count)"
     ) in found
     assert time.monotonic() - started < 10
+
+
+def test_journey_count_is_bounded() -> None:
+    lines = ["version: 1", "journeys:"]
+    lines += [f"  - {{id: j{i}, trigger: login, steps: [exit]}}" for i in range(MAX_JOURNEYS + 1)]
+    assert problems("\n".join(lines) + "\n") == [
+        f"r.yaml:{MAX_JOURNEYS + 3}:5: more than {MAX_JOURNEYS:,} journeys; split the programme "
+        "over several engines or merge journeys that share a trigger"
+    ]
