@@ -70,7 +70,6 @@ DEFAULT_GROUP: Final = "tetik-deliver"
 ACTIONS_TOPIC: Final = "actions"
 ACTIONS_DLQ_TOPIC: Final = "actions.dlq"
 LEDGER_TTL_MS: Final = 30 * DAY
-ACTIONS_PARTITIONS: Final = 4  # only when the job has to create the actions topic
 BATCH: Final = 500
 FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
 
@@ -360,7 +359,7 @@ def run_deliver(
     """
     _require_servers(settings)
     topics = Topics(actions_topic, dlq_topic, events_topic or settings.events_topic)
-    _ensure_topics(settings.kafka_bootstrap, topics)
+    _ensure_topics(settings, topics)
     with contextlib.ExitStack() as stack:
         client = redis.Redis.from_url(settings.redis_url)
         stack.callback(client.close)
@@ -377,10 +376,14 @@ def run_deliver(
     return job.tally
 
 
-def _ensure_topics(bootstrap: str, topics: Topics) -> None:
-    """Create missing topics (existing ones keep their partition counts)."""
-    wanted = {topics.actions: ACTIONS_PARTITIONS, topics.dlq: 1, topics.events: ACTIONS_PARTITIONS}
-    ensure_topics(bootstrap, wanted)
+def _ensure_topics(settings: Settings, topics: Topics) -> None:
+    """Create missing topics with the configured layout (existing ones keep their counts)."""
+    wanted = {
+        topics.actions: settings.actions_partitions,
+        topics.dlq: settings.actions_dlq_partitions,
+        topics.events: settings.events_partitions,
+    }
+    ensure_topics(settings.kafka_bootstrap, wanted, timeout=settings.kafka_timeout_s)
 
 
 def _resources(settings: Settings, client: redis.Redis) -> Resources:

@@ -79,10 +79,7 @@ def run_demo(*, duration: float, users: int, rate: int, seed: int) -> int:
     stop = _stop_on_ctrl_c()
     with servers(progress=say) as endpoints, tempfile.TemporaryDirectory(prefix="tetik-") as tmp:
         settings = from_env().with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
-        ensure_topics(
-            settings.kafka_bootstrap,
-            {settings.events_topic: 4, settings.dlq_topic: 1, settings.actions_topic: 1},
-        )
+        ensure_topics(settings.kafka_bootstrap, settings.topic_layout())
         catcher = MailCatcher()
         smtp = Controller(catcher, hostname="127.0.0.1", port=free_port())
         smtp.start()

@@ -20,19 +20,20 @@ from flows.settings import Settings, from_env
 from flows.store import StateStore
 from flows.topics import ensure_topics
 
-DEFAULT_PARTITIONS = 4
-
 
 def say(line: str) -> None:
     """Progress for humans goes to stderr, so stdout stays machine-readable."""
     print(f"tetik: {line}", file=sys.stderr, flush=True)
 
 
-def ensure_event_topics(settings: Settings, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Create ``events`` and ``events.dlq`` if missing (existing ones are kept)."""
-    ensure_topics(
-        settings.kafka_bootstrap, {settings.events_topic: partitions, settings.dlq_topic: 1}
-    )
+def ensure_event_topics(settings: Settings, partitions: int | None = None) -> None:
+    """Create ``events`` and ``events.dlq`` if missing (existing ones are kept).
+
+    Partition counts from the settings' topic layout unless ``partitions`` is given.
+    """
+    events = partitions or settings.events_partitions
+    wanted = {settings.events_topic: events, settings.dlq_topic: settings.dlq_partitions}
+    ensure_topics(settings.kafka_bootstrap, wanted, timeout=settings.kafka_timeout_s)
 
 
 def run_ingest(*, tail: bool = True, workers: int = 1) -> int:

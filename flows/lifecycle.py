@@ -1,109 +1,548 @@
-"""Graceful stop for long-running dataflows.
+"""The Kafka source of tetik's flows: graceful stop, broker faults, offsets and the clock.
 
-Bytewax turns a Ctrl-C that lands inside a source into a worker panic. tetik
-instead catches SIGINT/SIGTERM itself and sets a :class:`threading.Event`;
-every partition of a :class:`StoppableKafkaSource` then ends at its next
-batch, so the dataflow flushes its sinks and returns normally.
+Graceful stop: Bytewax turns a Ctrl-C that lands inside a source into a worker
+panic. tetik instead catches SIGINT/SIGTERM itself and sets a
+:class:`threading.Event`; every partition of a :class:`StoppableKafkaSource`
+then ends at its next batch, so the dataflow flushes its sinks and returns
+normally. A partition that must stop the engine (see the policy below) calls
+the source's ``fail`` with one line (the live flow passes
+:meth:`flows.breaker.Halt.request`, which ends the sources and makes the job
+exit with that line, never a traceback); without ``fail`` it prints the line
+and sets the stop event.
+
+Polls never block: Bytewax's partition waited 1 ms per partition per poll, a
+third of the live engine's main thread at 7,000 events/s. A poll that found
+nothing asks Bytewax to come back :data:`IDLE_POLL` later.
+
+Rules of the source (each partition is read by one consumer, by assignment,
+with ``auto.offset.reset=error``: librdkafka never moves an offset silently):
+
+* **Snapshot.** A partition snapshots ``{"offset", "clock", "topic_id"}``:
+  the next offset to read, its clock (:meth:`flows.watermark.Watermark.reached`,
+  restored at the next start) and the topic's id. A bare offset (snapshots
+  written before this format) is accepted.
+* **Caught up.** A poll reports ``at_end`` only when the consumer stands at
+  the high watermark of the latest fetch response; a new consumer knows none
+  until its first fetch response, so an empty first poll (a slow broker) is
+  never taken for caught up.
+* **Broker away.** A transient consumer error (broker restarting, transport
+  errors, all brokers down) never crashes the engine: one line every
+  :data:`NOTE_EVERY_S` while it lasts, and the partition keeps polling. It
+  stops reading until the broker answers again and the topic's identity has
+  been checked (so nothing is read from a topic that came back empty before
+  we know it did). A fatal error (``KafkaError.fatal()``) stops the engine
+  with one line.
+
+Policy for a topic that was recreated or whose offsets are out of range
+(never skip silently):
+
+========================================  ==========================================
+what the source sees                       what it does
+========================================  ==========================================
+the topic's id differs from the one in     *recreated*: every event in the new topic
+the snapshot, or from the one recorded     is new to the engine, so the partition is
+in Redis (``{prefix}:topics``) for a       read from its beginning (one line). No
+bare-offset snapshot, or after the         event is skipped and none is read twice.
+broker came back
+offset beyond the partition's end, same    *truncated* (an unclean leader election):
+topic id                                   the events past the end are gone from the
+                                           log and were read already; go on from the
+                                           end (one line). Nothing new is skipped.
+offset beyond the end, topic id unknown    taken as *recreated*: read from the
+(broker without topic ids)                 beginning. Events read twice are dropped
+                                           by the users' event-id dedup and the action
+                                           ledger; skipped ones would be lost.
+offset below the partition's start         *deleted by retention*: unread events are
+                                           gone. The engine stops with one line saying
+                                           how many, unless ``TETIK_RESET_OFFSETS=
+                                           earliest``: then it goes on from the
+                                           earliest kept event, saying how many it
+                                           lost.
+the topic does not exist (a broker that    the source re-creates tetik's topics with
+came back empty)                           the configured layout, then reads it from
+                                           the beginning.
+========================================  ==========================================
+
+The topic id comes from ``DescribeTopics`` (tansu 0.6 and Apache Kafka >= 2.8
+have one; see :func:`flows.topics.topic_id`). tansu does not answer a fetch
+beyond the end with ``OFFSET_OUT_OF_RANGE``; its fetch responses carry the
+right high watermark, which is what the *beyond the end* check reads. Its
+``ListOffsets`` answer lags the log, so no decision here rests on it except
+the out-of-range error path, which only real Kafka takes.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-from bytewax.connectors.kafka import KafkaSource
+import redis
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from engine.errors import TetikError
+from flows.topics import ensure_topics, read_topic_id, request_topic_id
 
 IDLE_POLL = timedelta(milliseconds=2)
+AWAY_POLL = timedelta(milliseconds=100)
+CHECK_S = 0.5  # how often a partition whose broker is away asks whether it is back
+NOTE_EVERY_S = 10.0  # at most one "broker away" line per source this often
+
+_OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+_QUIET = logging.getLogger("tetik.kafka")  # librdkafka's own lines; ours say it in one
+_QUIET.propagate = False
+_QUIET.setLevel(logging.CRITICAL)
 
 
-class _NonBlocking:
-    """A partition's consumer whose ``consume`` never waits.
+class SourceFault(TetikError):
+    """The source stopped the engine; the message says what happened and what to do."""
 
-    Bytewax's Kafka partition calls ``consume(batch_size, 0.001)``, which
-    blocks for the whole millisecond unless a full batch is queued. One worker
-    polls its partitions in turn, so with four partitions every round cost 4 ms
-    of waiting: a third of the live engine's main thread at 7,000 events/s.
-    Not waiting, and asking Bytewax to come back after :data:`IDLE_POLL` when a
-    poll found nothing, removes that wait without spinning when idle.
+
+def say(line: str) -> None:
+    """One line for humans on stderr."""
+    print(f"tetik: {line}", file=sys.stderr, flush=True)
+
+
+class PartitionClock(Protocol):
+    """What the source tells the live flow's clock (:class:`flows.watermark.Watermark`)."""
+
+    def polled(self, partition: str, count: int, at_end: bool = True) -> None: ...
+
+    def restore(self, partition: str, reached: int) -> None: ...
+
+    def reached(self, partition: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a partition goes on from: a decoded snapshot."""
+
+    offset: int = OFFSET_BEGINNING
+    clock: int = 0
+    topic_id: str = ""
+
+
+def decode_snapshot(state: Any) -> Resume:
+    """A snapshot of any format (None, a bare offset, or the current dict) as Resume."""
+    if state is None:
+        return Resume()
+    if isinstance(state, int):
+        return Resume(offset=state)
+    return Resume(
+        offset=int(state.get("offset", OFFSET_BEGINNING)),
+        clock=int(state.get("clock", 0)),
+        topic_id=str(state.get("topic_id", "")),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a partition's offset against the partition's bounds."""
+
+    case: str  # "ok", "recreated", "truncated", "deleted"
+    offset: int  # where to read from next
+
+
+def judge(offset: int, low: int, high: int, same_topic: bool | None) -> Verdict:
+    """The policy of the module docstring for ``offset`` in a partition ``[low, high)``.
+
+    ``same_topic`` is True/False when the topic ids were compared, None when unknown.
+    """
+    if same_topic is False:
+        return Verdict("recreated", OFFSET_BEGINNING)
+    if offset < 0:
+        return Verdict("ok", offset)
+    if offset > high:
+        if same_topic:
+            return Verdict("truncated", high)
+        return Verdict("recreated", OFFSET_BEGINNING)
+    if offset < low:
+        return Verdict("deleted", low)
+    return Verdict("ok", offset)
+
+
+@dataclass
+class _Notes:
+    """Rate-limited lines shared by a source's partitions."""
+
+    log: Callable[[str], None] = say
+    every_s: float = NOTE_EVERY_S
+    _last: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, key: str, line: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                return
+            self._last[key] = now
+        self.log(line)
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """How a :class:`StoppableKafkaSource` meets faults (see the module rules).
+
+    ``topic_ids``: each topic's id now ("" when unknown), compared with snapshots.
+    ``recreated``: topics whose id changed since the last run (from Redis), which
+    makes bare-offset snapshots of them start over. ``layout``: the topics to
+    re-create when the broker comes back without them. ``reset_earliest``: go on
+    from the earliest kept event when retention deleted unread ones.
     """
 
-    def __init__(self, consumer: Any) -> None:
-        self._consumer = consumer
-
-    def consume(self, num_messages: int, timeout: float) -> Any:
-        del timeout
-        return self._consumer.consume(num_messages, 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
+    topic_ids: Mapping[str, str] = field(default_factory=dict)
+    recreated: frozenset[str] = frozenset()
+    layout: Mapping[str, int] = field(default_factory=dict)
+    reset_earliest: bool = False
+    log: Callable[[str], None] = say
 
 
-class _StoppablePartition(StatefulSourcePartition[Any, Any]):
-    """Delegates to a Kafka partition until the stop flag is set."""
+class _Partition(StatefulSourcePartition[Any, Any]):
+    """One Kafka partition, read by its own consumer (see the module rules)."""
 
-    def __init__(
-        self,
-        inner: StatefulSourcePartition[Any, Any],
-        stop: threading.Event,
-        name: str,
-        on_poll: Callable[[str, int], None] | None,
-    ) -> None:
-        self._inner = inner
-        self._stop = stop
-        self._name = name
-        self._on_poll = on_poll
+    def __init__(self, spec: _Spec, resume: Resume) -> None:
+        self._spec = spec
+        self._tp = TopicPartition(spec.topic, spec.index)
+        self._next = resume.offset
+        self._topic_id = resume.topic_id
+        self._eof = False
         self._idle = False
-        if hasattr(inner, "_consumer"):
-            inner._consumer = _NonBlocking(inner._consumer)
+        self._away_since: float | None = None  # the broker went away, or we doubt the topic
+        self._why = ""
+        self._end_hint: int | None = None  # the partition's end, when the offset was past it
+        self._checked = 0.0
+        self._admin: AdminClient | None = None
+        self._pending: Future[Any] | None = None  # an identity check on its way
+        self._consumer = self._open(self._next)
+
+    # -- Bytewax interface -------------------------------------------------
 
     def next_batch(self) -> list[Any]:
-        if self._stop.is_set():
+        if self._spec.stop.is_set() or self._eof:
             raise StopIteration
-        batch = list(self._inner.next_batch())
-        self._idle = not batch
-        if self._on_poll is not None:
-            self._on_poll(self._name, len(batch))
+        if self._away_since is not None:
+            self._recheck()
+            self._report(0, at_end=False)
+            return []
+        batch = self._read(self._consumer.consume(self._spec.batch_size, 0))
+        at_end = not batch and self._away_since is None and self._at_end()
+        self._report(len(batch), at_end)
         return batch
 
     def next_awake(self) -> datetime | None:
-        if self._idle:
-            return datetime.now(UTC) + IDLE_POLL
-        return self._inner.next_awake()
+        if self._away_since is not None:
+            return datetime.now(UTC) + AWAY_POLL
+        return datetime.now(UTC) + IDLE_POLL if self._idle else None
 
     def snapshot(self) -> Any:
-        return self._inner.snapshot()
+        clock = self._spec.clock.reached(self._spec.name) if self._spec.clock else 0
+        return {"offset": self._next, "clock": clock, "topic_id": self._topic_id}
 
     def close(self) -> None:
-        self._inner.close()
+        self._consumer.close()
+
+    # -- reading -----------------------------------------------------------
+
+    def _open(self, offset: int) -> Consumer:
+        """A fresh consumer at ``offset``: it knows no high watermark before it fetches."""
+        consumer = Consumer({**self._spec.config, "error_cb": self._on_error, "logger": _QUIET})
+        consumer.assign([TopicPartition(self._spec.topic, self._spec.index, offset)])
+        return consumer
+
+    def _reopen(self, offset: int) -> None:
+        self._consumer.close()
+        self._next = offset
+        self._away_since = None
+        self._end_hint = None
+        self._consumer = self._open(offset)
+
+    def _read(self, messages: list[Any]) -> list[Any]:
+        batch: list[Any] = []
+        for msg in messages:
+            error = msg.error()
+            if error is None:
+                batch.append(_message(msg))
+                self._next = msg.offset() + 1
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._eof = True
+                break
+            elif error.code() in _OUT_OF_RANGE:
+                self._out_of_range()
+                break
+            else:
+                self._on_error(error)
+        return batch
+
+    def _at_end(self) -> bool:
+        """The consumer stands at the end of the latest fetch response (module rules)."""
+        low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        if high < 0:
+            return False  # no fetch response yet
+        if self._next > high:
+            self._doubt(f"offset {self._next} is past the partition's end {high}", high)
+            return False
+        return (self._next if self._next >= 0 else low) >= high
+
+    def _report(self, count: int, at_end: bool) -> None:
+        self._idle = count == 0
+        if self._spec.clock is not None:
+            self._spec.clock.polled(self._spec.name, count, at_end)
+
+    # -- faults ------------------------------------------------------------
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback, and per-partition errors (see the module rules)."""
+        if error.fatal():
+            self._fail(f"Kafka reported a fatal error ({error.str()}); restart tetik run")
+            return
+        self._spec.notes.note(
+            "away", f"Kafka unreachable ({error.str()}); still polling, resuming when it is back"
+        )
+        self._doubt(f"Kafka was unreachable ({error.name()})", None)
+
+    def _doubt(self, why: str, end: int | None) -> None:
+        """Read nothing more until the broker answers and the topic's identity is checked."""
+        if self._away_since is None:
+            self._away_since = time.monotonic()
+            self._why = why
+            self._checked = 0.0
+        if end is not None:
+            self._end_hint = end
+
+    def _recheck(self) -> None:
+        """Is the broker back, and is the topic the one we were reading? (never blocks)"""
+        if self._pending is None:
+            if time.monotonic() - self._checked < CHECK_S:
+                return
+            self._checked = time.monotonic()
+            if self._admin is None:
+                self._admin = AdminClient({"bootstrap.servers": self._spec.bootstrap})
+            self._pending = request_topic_id(self._admin, self._spec.topic, timeout=2.0)
+        if not self._pending.done():
+            return
+        pending, self._pending = self._pending, None
+        try:
+            current = read_topic_id(pending, timeout=0.1)
+        except KafkaException as exc:
+            away = time.monotonic() - (self._away_since or 0.0)
+            reason = exc.args[0].str() if exc.args else str(exc)
+            self._spec.notes.note(
+                "away", f"Kafka unreachable for {away:.0f} s ({reason}); still polling"
+            )
+            return
+        if current is None:
+            self._recreate_topics()
+            return
+        self._settle(current)
+
+    def _settle(self, current: str) -> None:
+        """Go on reading, from where the policy says (the broker answered with ``current``)."""
+        same = None if not (current and self._topic_id) else current == self._topic_id
+        high = self._end_hint if self._end_hint is not None else max(self._next, 0)
+        verdict = judge(self._next, 0, high, same)
+        away = time.monotonic() - (self._away_since or time.monotonic())
+        where = f"partition {self._spec.name}"
+        if verdict.case == "recreated":
+            self._spec.notes.log(
+                f"{where}: the topic was recreated ({self._why}); reading the new one from "
+                "its beginning"
+            )
+        elif verdict.case == "truncated":
+            self._spec.notes.log(
+                f"{where}: the broker's log ends at {verdict.offset}, before offset "
+                f"{self._next} already read (truncated); going on from {verdict.offset}"
+            )
+        else:
+            self._spec.notes.note("back", f"Kafka answers again after {away:.1f} s")
+        self._topic_id = current or self._topic_id
+        self._reopen(verdict.offset)
+
+    def _recreate_topics(self) -> None:
+        layout = dict(self._spec.layout)
+        if self._spec.topic not in layout:
+            self._spec.notes.note(
+                "missing", f"topic {self._spec.topic!r} does not exist; waiting for it"
+            )
+            return
+        self._spec.notes.note(
+            "missing",
+            f"topic {self._spec.topic!r} is gone (a broker that came back empty?); "
+            "creating tetik's topics again",
+        )
+        try:
+            ensure_topics(self._spec.bootstrap, layout, timeout=5.0)
+        except (TetikError, RuntimeError, TimeoutError, KafkaException) as exc:
+            self._spec.notes.note("missing", f"creating the topics failed ({exc}); retrying")
+
+    def _out_of_range(self) -> None:
+        """The broker refused our offset (real Kafka): ask for the bounds, apply the policy."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(self._tp, timeout=5.0, cached=False)
+        except KafkaException as exc:
+            self._on_error(exc.args[0])
+            return
+        verdict = judge(self._next, low, high, None if self._next > high else True)
+        if verdict.case != "deleted":
+            self._doubt(f"offset {self._next} is out of range [{low}, {high})", high)
+            return
+        lost = low - self._next
+        where = f"partition {self._spec.name}"
+        if not self._spec.reset_earliest:
+            self._fail(
+                f"{where}: offset {self._next} was deleted by retention before it was read "
+                f"(earliest kept: {low}, {lost} event(s) lost); raise the topic's retention, "
+                "then restart with TETIK_RESET_OFFSETS=earliest to go on from the earliest kept"
+            )
+            return
+        self._spec.notes.log(
+            f"{where}: offset {self._next} was deleted by retention; {lost} event(s) lost, "
+            f"going on from {low} (TETIK_RESET_OFFSETS=earliest)"
+        )
+        self._reopen(low)
+
+    def _fail(self, line: str) -> None:
+        if self._spec.fail is not None:
+            self._spec.fail(line)
+        else:
+            self._spec.notes.log(line)
+            self._spec.stop.set()
+
+
+def _message(msg: Any) -> KafkaSourceMessage[Any, Any]:
+    return KafkaSourceMessage(
+        key=msg.key(),
+        value=msg.value(),
+        topic=msg.topic(),
+        headers=msg.headers() or [],
+        latency=msg.latency(),
+        offset=msg.offset(),
+        partition=msg.partition(),
+        timestamp=msg.timestamp(),
+    )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What every partition of one source shares."""
+
+    config: dict[str, Any]
+    bootstrap: str
+    topic: str
+    index: int
+    name: str
+    batch_size: int
+    stop: threading.Event
+    fail: Callable[[str], None] | None
+    clock: PartitionClock | None
+    notes: _Notes
+    layout: Mapping[str, int]
+    reset_earliest: bool
 
 
 class StoppableKafkaSource(KafkaSource):
-    """A KafkaSource whose partitions end once ``stop`` is set.
+    """Bytewax's KafkaSource with tetik's partitions (see the module rules).
 
-    ``on_poll(partition, count)``, when given, hears how many messages each
-    poll of a partition returned (``partition`` as Bytewax names it,
-    ``"{index}-{topic}"``); the live flow's watermark uses it.
+    ``clock``, when given, hears each poll (``polled(partition, count, at_end)``,
+    ``partition`` as Bytewax names it, ``"{index}-{topic}"``), gives the clock to
+    snapshot (``reached``) and gets it back at a restart (``restore``): the live
+    flow's watermark. ``policy`` says how faults are met (:class:`SourcePolicy`);
+    ``fail(line)`` stops the engine with one line (see the module rules).
     """
 
     def __init__(
         self,
         *args: Any,
         stop: threading.Event,
-        on_poll: Callable[[str, int], None] | None = None,
+        fail: Callable[[str], None] | None = None,
+        clock: PartitionClock | None = None,
+        policy: SourcePolicy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._stop = stop
-        self._on_poll = on_poll
+        self._fail = fail
+        self._clock = clock
+        self._policy = policy or SourcePolicy()
+        self._notes = _Notes(self._policy.log)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
-        inner = super().build_part(step_id, for_part, resume_state)
-        return _StoppablePartition(inner, self._stop, for_part, self._on_poll)
+        del step_id
+        index, topic = for_part.split("-", 1)
+        if topic not in self._topics:
+            raise SourceFault(f"the snapshot reads topic {topic!r}, not {list(self._topics)}")
+        if resume_state is None:
+            resume = Resume(self._starting_offset, 0, self._policy.topic_ids.get(topic, ""))
+        else:
+            resume = self._resume(topic, decode_snapshot(resume_state), for_part)
+        if self._clock is not None and resume.clock:
+            self._clock.restore(for_part, resume.clock)
+        spec = _Spec(
+            config=self._config(),
+            bootstrap=",".join(self._brokers),
+            topic=topic,
+            index=int(index),
+            name=for_part,
+            batch_size=self._batch_size,
+            stop=self._stop,
+            fail=self._fail,
+            clock=self._clock,
+            notes=self._notes,
+            layout=self._policy.layout,
+            reset_earliest=self._policy.reset_earliest,
+        )
+        return _Partition(spec, resume)
+
+    def _resume(self, topic: str, resume: Resume, name: str) -> Resume:
+        """Apply the *recreated* rule to a snapshot (the others apply while reading)."""
+        current = self._policy.topic_ids.get(topic, "")
+        if resume.offset < 0:
+            return Resume(resume.offset, resume.clock, current)
+        changed = bool(resume.topic_id and current and resume.topic_id != current)
+        bare = not resume.topic_id and topic in self._policy.recreated
+        if changed or bare:
+            self._notes.log(
+                f"partition {name}: the topic was recreated since the snapshot (offset "
+                f"{resume.offset} is of the old one); reading the new one from its beginning"
+            )
+            return Resume(OFFSET_BEGINNING, resume.clock, current)
+        return Resume(resume.offset, resume.clock, current or resume.topic_id)
+
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "group.id": "BYTEWAX_IGNORED",  # offsets live in Bytewax snapshots, not a group
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail),
+            "auto.offset.reset": "error",  # never move an offset silently: see the policy
+        }
+        config.update(self._add_config)
+        return config
+
+
+def remember_topic_id(client: redis.Redis, key: str, topic: str, current: str) -> str | None:
+    """Record ``topic``'s id in the hash ``key``; return the previous one if it differs.
+
+    An empty ``current`` (a broker without topic ids) records nothing.
+    """
+    if not current:
+        return None
+    previous = client.hget(key, topic)
+    client.hset(key, topic, current)
+    if previous is None:
+        return None
+    text = previous.decode() if isinstance(previous, bytes) else str(previous)
+    return text if text != current else None
 
 
 def stop_on_signals() -> threading.Event:

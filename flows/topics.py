@@ -1,39 +1,140 @@
-"""Kafka topic set-up: create what is missing, then wait until metadata shows it."""
+"""Kafka topic set-up: wait for the brokers, create what is missing, never recreate.
+
+Rules of this interface:
+
+* :func:`ensure_topics` is the only creator of tetik's topics; the partition
+  counts come from :meth:`flows.settings.Settings.topic_layout`.
+* A topic that exists is never deleted or recreated, whatever its partition
+  count: operators size production topics, and tetik reads any count (a
+  user's events stay in one partition by key whatever the count). When an
+  existing count differs from the configured one, one line on stderr says so.
+* Start-up waits for the brokers up to a bounded timeout, with one line while
+  waiting; then :class:`BrokerUnavailable` (a one-line :class:`TetikError`).
+* :func:`topic_id` is the topic's identity (Kafka's topic id, from
+  ``DescribeTopics``); a recreated topic gets a new one. tansu and Apache
+  Kafka >= 2.8 have topic ids; a broker without them gives "".
+"""
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 
 # The documented import path; confluent_kafka.admin re-exports these without __all__.
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
-__all__ = ["ensure_topics", "wait_for_topic"]
+from engine.errors import TetikError
+
+__all__ = [
+    "BrokerUnavailable",
+    "ensure_topics",
+    "read_topic_id",
+    "request_topic_id",
+    "topic_id",
+    "wait_for_brokers",
+    "wait_for_topic",
+]
 
 _POLL_S = 0.05
+_PROBE_S = 2.0  # one metadata request while waiting for the brokers
+_NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the zero UUID: a broker without topic ids
 
 
-def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> None:
+class BrokerUnavailable(TetikError):
+    """The Kafka brokers did not answer in time; the message says what to do."""
+
+
+def _stderr(line: str) -> None:
+    print(f"tetik: {line}", file=sys.stderr, flush=True)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    timeout: float = 15.0,
+    warn: Callable[[str], None] = _stderr,
+) -> None:
     """Create each missing topic (name -> partition count, replication 1) and wait for it.
 
     Idempotent: topics that already exist, or that another client creates concurrently
-    (TOPIC_ALREADY_EXISTS), are accepted. An existing topic keeps its partition count:
-    operators size production topics, and tetik reads any count (a user's events stay
-    in one partition by key whatever the count). Returns once metadata shows every
-    topic with a leader for each partition, so producing and ``assign()`` work at once.
+    (TOPIC_ALREADY_EXISTS), are accepted and keep their partition count (``warn`` hears
+    one line for each whose count differs). Returns once metadata shows every topic with
+    a leader for each partition, so producing and ``assign()`` work at once.
 
-    Raises ValueError for a partition count below 1, RuntimeError when the broker
-    refuses a creation, and TimeoutError when ``timeout`` seconds pass first.
+    Raises ValueError for a partition count below 1, BrokerUnavailable when the brokers
+    do not answer within ``timeout`` seconds, RuntimeError when the broker refuses a
+    creation, and TimeoutError when the topics do not show up in time.
     """
     if any(count < 1 for count in topics.values()):
         raise ValueError(f"partition counts must be >= 1, got {dict(topics)}")
     deadline = time.monotonic() + timeout
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = _partition_counts(admin.list_topics(timeout=timeout))
+    existing = _partition_counts(wait_for_brokers(admin, bootstrap, deadline, warn))
+    for name, count in sorted(topics.items()):
+        if name in existing and existing[name] != count:
+            warn(
+                f"topic {name!r} has {existing[name]} partition(s), the configured count is "
+                f"{count}; it is kept as it is (tetik never recreates a topic): add partitions "
+                "with your Kafka tools, or set the count to match"
+            )
     _create(admin, {n: c for n, c in topics.items() if n not in existing}, deadline)
     _wait_for(admin, {n: existing.get(n, c) for n, c in topics.items()}, deadline)
+
+
+def wait_for_brokers(
+    admin: AdminClient, bootstrap: str, deadline: float, warn: Callable[[str], None] = _stderr
+) -> ClusterMetadata:
+    """The cluster's metadata once a broker answers; BrokerUnavailable at ``deadline``."""
+    said = False
+    while True:
+        try:
+            return admin.list_topics(timeout=max(min(_PROBE_S, deadline - time.monotonic()), 0.1))
+        except KafkaException as exc:
+            reason = exc.args[0].str() if exc.args else str(exc)
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(
+                f"Kafka at {bootstrap} did not answer in time ({reason}): start it, or point "
+                "TETIK_KAFKA_BOOTSTRAP at a running broker (TETIK_KAFKA_TIMEOUT_S waits longer)"
+            )
+        if not said:
+            warn(f"waiting for Kafka at {bootstrap} ({reason})")
+            said = True
+        time.sleep(_POLL_S)
+
+
+def topic_id(admin: AdminClient, topic: str, timeout: float = 5.0) -> str | None:
+    """``topic``'s id ("" when the broker has no topic ids); None if it does not exist.
+
+    Raises KafkaException when the broker does not answer within ``timeout`` seconds.
+    """
+    return read_topic_id(request_topic_id(admin, topic, timeout), timeout)
+
+
+def request_topic_id(admin: AdminClient, topic: str, timeout: float = 5.0) -> Future[Any]:
+    """Ask for ``topic``'s description; :func:`read_topic_id` reads the answer."""
+    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+    future: Future[Any] = futures[topic]
+    return future
+
+
+def read_topic_id(future: Future[Any], timeout: float = 5.0) -> str | None:
+    """The id in a :func:`request_topic_id` answer (see :func:`topic_id`)."""
+    try:
+        description = future.result(timeout=timeout)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        raise
+    except FutureTimeout:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer")) from None
+    found = str(description.topic_id or "")
+    return "" if found == _NO_ID else found
 
 
 def wait_for_topic(
@@ -74,10 +175,13 @@ def _create(admin: AdminClient, topics: Mapping[str, int], deadline: float) -> N
 
 
 def _wait_for(admin: AdminClient, topics: Mapping[str, int], deadline: float) -> None:
-    """Poll metadata until every topic shows its partition count with leaders."""
+    """Poll metadata until every topic shows its partitions with leaders.
+
+    A topic another client created concurrently may have another count; it is accepted.
+    """
     while True:
         ready = _ready_partitions(admin.list_topics(timeout=5.0))
-        pending = sorted(name for name, n in topics.items() if ready.get(name) != n)
+        pending = sorted(name for name in topics if name not in ready)
         if not pending:
             return
         if time.monotonic() > deadline:
