@@ -5,9 +5,16 @@ Rules of this interface:
 * :meth:`RulesRuntime.current` is called at every batch boundary (and timer
   wake-up) of every worker. It asks the :class:`~flows.rulestore.RulesWatcher`
   (at most one Redis GET per interval, 200 ms by default) whether another
-  version became active; if so it compiles it and switches with
-  :meth:`engine.journeys.Engine.successor`, so enrollments in flight keep
-  their version. A batch runs on one version from start to end.
+  version became active. It never compiles: a new version is compiled on a
+  background thread, one version at a time, together with its engine
+  (:meth:`engine.journeys.Engine.successor`, so enrollments in flight keep
+  their version); the first :meth:`current` after it is ready switches to it.
+  Until then batches keep running on the version before. A batch runs on one
+  version from start to end.
+* Only the newest activation counts: a version activated while another is
+  compiling is compiled next, and one that is ready but no longer active (a
+  rollback, a newer push) is dropped. Activating the running version again
+  cancels a pending switch.
 * A version that fails to compile here (it was validated at push, so only a
   bug or a tampered store can do this) is reported once and skipped: the
   running version stays live.
@@ -47,6 +54,10 @@ class RulesRuntime:
         self._watcher = watcher
         self._report = report
         self._lock = threading.Lock()
+        self._wanted: RulesVersion | None = None  # activated, not compiled yet
+        self._ready: tuple[RulesVersion, Engine] | None = None  # compiled, not switched to
+        self._generation = 0  # bumped by each activation; stale compiles are dropped
+        self._compiler: threading.Thread | None = None
         self.switches = 0
 
     @classmethod
@@ -72,28 +83,69 @@ class RulesRuntime:
         """The engine now, without asking the store."""
         return self._engine
 
+    @property
+    def compiling(self) -> bool:
+        """Whether a version is being compiled, or is compiled and not switched to yet."""
+        with self._lock:
+            return self._compiler is not None or self._ready is not None
+
     def current(self) -> Engine:
-        """The engine to run this batch on, switching first if a new version is active."""
+        """The engine to run this batch on, switching first if a new version is ready."""
         if self._watcher is None:
             return self._engine
         with self._lock:
+            if self._ready is not None:
+                self._switch(*self._ready)
             version = self._watcher.poll()
-            if version is not None and version.hash != self._engine.version:
-                self._switch(version)
+            if version is not None:
+                self._activated(version)
             return self._engine
 
-    def _switch(self, version: RulesVersion) -> None:
-        try:
-            rules = load_rules(version.text, version.filename)
-        except TetikError as exc:
-            self._report(
-                f"rules version {version.version} does not compile; staying on "
-                f"{self._engine.version}: {exc}"
-            )
-            return
-        self._engine = self._engine.successor(rules)
+    def _switch(self, version: RulesVersion, engine: Engine) -> None:
+        self._ready = None
+        self._engine = engine
         self.switches += 1
         self._report(f"switched to rules version {version.version} ({version.hash})")
+
+    def _activated(self, version: RulesVersion) -> None:
+        """Called with the lock held: compile ``version`` next (or nothing: it runs)."""
+        self._generation += 1
+        self._ready = None
+        self._wanted = None if version.hash == self._engine.version else version
+        if self._wanted is not None and self._compiler is None:
+            self._compiler = threading.Thread(
+                target=self._compile_loop, name="tetik-rules-compile", daemon=True
+            )
+            self._compiler.start()
+
+    def _compile_loop(self) -> None:
+        """The background thread: compile the wanted versions until none is left."""
+        while True:
+            with self._lock:
+                version, generation, base = self._wanted, self._generation, self._engine
+                self._wanted = None
+                if version is None:
+                    self._compiler = None
+                    return
+            engine = self._compile(version, base)
+            with self._lock:
+                if engine is None or generation != self._generation:
+                    continue  # failed (reported), or another version was activated meanwhile
+                if base is not self._engine:  # cannot happen with one compiler; stay safe
+                    self._wanted = version
+                    continue
+                self._ready = (version, engine)
+
+    def _compile(self, version: RulesVersion, base: Engine) -> Engine | None:
+        try:
+            return base.successor(load_rules(version.text, version.filename))
+        except Exception as exc:  # a tampered store must not kill the compiler
+            detail = str(exc) if isinstance(exc, TetikError) else f"{type(exc).__name__}: {exc}"
+            self._report(
+                f"rules version {version.version} does not compile; staying on "
+                f"{base.version}: {detail}"
+            )
+            return None
 
     def drain_ended(self) -> Counter[str]:
         """Enrollments ended by version changes since the last call, by reason."""
