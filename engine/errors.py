@@ -20,8 +20,14 @@ class InvalidEvent(TetikError):
     """
 
     def __init__(self, reason: str) -> None:
+        reason = one_line(reason)
         super().__init__(reason)
         self.reason = reason
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks (any of Python's) written as ``\\n``."""
+    return "\\n".join(text.splitlines())
 
 
 class ConfigError(TetikError):

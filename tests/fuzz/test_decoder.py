@@ -230,10 +230,6 @@ def test_valid_events_are_accepted(data: dict[str, Any]) -> None:
     assert check(json.dumps(data).encode()) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/events.py quotes a props key raw in the reason; reported to the lead",
-)
 @pytest.mark.parametrize(
     "props",
     [{"a\nb": {"x": "y" * 1025}}, {"a\nb": 2**64}, {"k\u2028": "y" * 1025}],
