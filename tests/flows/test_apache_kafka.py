@@ -77,6 +77,9 @@ def numbered(start: int, stop: int) -> list[bytes]:
 def test_the_broker_is_apache_kafka_in_kraft_combined_mode(apache_kafka: EmbeddedServer) -> None:
     argv = Path(f"/proc/{apache_kafka.pid}/cmdline").read_bytes().split(b"\0")
     assert b"kafka.Kafka" in argv
+    archives = [a.split(b"=", 1)[1] for a in argv if a.startswith(b"-XX:SharedArchiveFile=")]
+    assert len(archives) == 1  # the classes recorded at the first start, for faster ones
+    assert Path(archives[0].decode()).is_file()
     settings = (apache_kafka.workdir / "server.properties").read_text()
     assert "process.roles=broker,controller" in settings
     assert "auto.create.topics.enable=false" in settings
@@ -295,7 +298,7 @@ def test_java_major_reads_old_and_new_version_strings(tmp_path: Path) -> None:
         ('openjdk version "17.0.15" 2025-04-15', 17),
         ('java version "1.8.0_392"', 8),
     ):
-        fake = tmp_path / "java"
+        fake = tmp_path / f"java{major}"
         fake.write_text(f"#!/bin/sh\necho '{text}' >&2\n")
         fake.chmod(0o755)
         assert ak.java_major(str(fake)) == major
