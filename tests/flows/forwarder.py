@@ -54,6 +54,10 @@ class Forwarder:
         self._listener.close()
         with self._lock:
             for sock in self._open:
+                # shutdown() wakes a thread blocked in recv() and ends the connection
+                # for the peer; close() alone would leave both until that recv returns.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
     def __enter__(self) -> Forwarder:
