@@ -73,7 +73,6 @@ from flows.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.trigger import OutcomeSink, build_trigger_flow
 from flows.watermark import SharedProgress, Watermark
 
-DEFAULT_PARTITIONS = 4
 # How long the broker may hold an empty fetch. librdkafka's default (500 ms) showed
 # as a 140 ms median latency on tansu, which does not answer early when data
 # arrives; 5 ms kept tansu busy at 120% CPU at 800 events/s, and latency grew.

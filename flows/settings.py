@@ -62,7 +62,7 @@ class Settings:
     reset_offsets: str = ""
     # The dead-letter circuit breaker (flows.breaker): TETIK_DLQ_MAX_SHARE (0.5),
     # TETIK_DLQ_WINDOW_S (60) and TETIK_DLQ_MIN_RECORDS (1000).
-    breaker: BreakerConfig = BreakerConfig()
+    breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
     # How long start-up waits for Redis (TETIK_REDIS_TIMEOUT_S, 60).
     redis_timeout_s: float = 60.0
 
