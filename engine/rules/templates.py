@@ -5,7 +5,10 @@ Rules of this interface:
 * :func:`compile_template` turns one template field (e.g. an email ``subject``)
   into a :data:`~engine.rules.model.RenderFn`, or raises :class:`TemplateProblem`
   with the message and the 1-based line inside the template text. Syntax errors,
-  unknown filters, unknown variable names and ``recursive`` loops are load errors.
+  unknown filters, unknown variable names, ``recursive`` loops and templates
+  nested more than :data:`MAX_TEMPLATE_DEPTH` (40) levels deep (blocks,
+  brackets, chained operators or filters counted together) are load errors;
+  nothing else escapes.
 * The variables a template may use are :data:`RENDER_VARIABLES`, which the runtime
   passes: ``profile`` (attributes), ``entry`` and ``event`` (events), ``cart``
   (``total``, ``count``, ``items``), ``user_id``, ``journey`` (its id) and ``now``
@@ -85,6 +88,11 @@ MAX_EXPONENT: Final = 100
 MAX_INT_BITS: Final = 100_000
 MAX_ARGUMENT_CHARS: Final = 1_024
 MAX_SECONDS: Final = 0.05
+MAX_TEMPLATE_DEPTH: Final = 40  # levels of the parsed template (blocks, operators, filters)
+_TOO_DEEP: Final = (
+    f"the template nests more than {MAX_TEMPLATE_DEPTH} levels deep (blocks, brackets, "
+    "chained operators or filters); simplify it"
+)
 LOOP_FILTER: Final = "tetik loop"  # not a name a template can write
 _NO_FILTER = re.compile(r"No (filter|test) named '([^']+)'")
 _FORMAT_SPEC = re.compile(r"%[^a-zA-Z%]*|\{[^{}]*\}")
@@ -445,11 +453,14 @@ def compile_template(source: str) -> RenderFn:
     """Compile one template field; raise TemplateProblem when it cannot render."""
     try:
         tree = _ENV.parse(source)
+        _check_depth(tree)
         _check_names(tree, source)
         _budget_loops(tree)
         template = _ENV.from_string(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(_explain(exc.message or str(exc)), exc.lineno) from None
+    except (RecursionError, SyntaxError, MemoryError):  # Jinja's parser or Python's compiler
+        raise TemplateProblem(_TOO_DEEP) from None
 
     def render(variables: Mapping[str, Any]) -> str:
         shared = _BUDGET.get()
@@ -476,6 +487,16 @@ def _stream(chunks: Iterator[str]) -> str:
         budget.emit(len(chunk))
         out.append(chunk)
     return "".join(out)
+
+
+def _check_depth(tree: nodes.Template) -> None:
+    """Refuse a template nesting deeper than MAX_TEMPLATE_DEPTH, without recursing."""
+    stack: list[tuple[nodes.Node, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TEMPLATE_DEPTH:
+            raise TemplateSyntaxError(_TOO_DEEP, node.lineno or 1)
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
 
 
 def _budget_loops(tree: nodes.Template) -> None:

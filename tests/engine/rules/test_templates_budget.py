@@ -138,3 +138,29 @@ def test_recursive_loops_and_lipsum_are_load_errors() -> None:
         compile_template("{% for x in cart['items'] recursive %}{{ loop(x) }}{% endfor %}")
     with pytest.raises(TemplateProblem, match="unknown variable 'lipsum'"):
         compile_template("{{ lipsum(100000) }}")
+
+
+NESTING = {
+    "parentheses": lambda n: "{{ " + "(" * n + "1" + ")" * n + " }}",
+    "for": lambda n: "{% for a in [1] %}" * n + "x" + "{% endfor %}" * n,
+    "if": lambda n: "{% if true %}" * n + "x" + "{% endif %}" * n,
+    "plus": lambda n: "{{ " + "+".join(["1"] * n) + " }}",
+    "attributes": lambda n: "{{ profile" + ".a" * n + " }}",
+    "filters": lambda n: "{{ 1" + "|string" * n + " }}",
+    "lists": lambda n: "{{ " + "[" * n + "]" * n + " }}",
+}
+
+
+@pytest.mark.parametrize("depth", [100, 600, 5000])
+@pytest.mark.parametrize("form", NESTING.values(), ids=NESTING.keys())
+def test_deep_templates_are_a_load_problem_not_a_crash(form: Any, depth: int) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateProblem, match="nests more than 40 levels deep") as info:
+        compile_template(form(depth))
+    assert info.value.lineno == 1
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("form", NESTING.values(), ids=NESTING.keys())
+def test_moderate_nesting_compiles_and_renders(form: Any) -> None:
+    assert render_message({"t": compile_template(form(12))}, VARIABLES) is not None
