@@ -23,8 +23,10 @@ Rules of the interface:
 * The first start also records the classes the broker loads into a class-data
   archive next to the jars (about 50 MB), which later starts map instead of loading
   the jars again.
-* Every failure is a one-line :class:`flows.embedded.ServerStartError` saying what to
-  do (install Java or Maven, or use the default tansu broker).
+* Failures raise :class:`flows.embedded.ServerStartError`: one line saying what to do
+  when Java, Maven or the jars are missing (install them, or use the default tansu
+  broker); the broker's last log lines when it fails to start, as for the other
+  embedded servers.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ _FALLBACK = f"or use the default embedded tansu broker (unset {EMBEDDED_KAFKA_EN
 # Broker and controller in one process; small internal topics, since tests create
 # and read them often on a small machine. After a SIGKILL the restarted broker may
 # register only once the controller has fenced its previous life: a 4 s session
-# (default 9 s) makes that restart take about 5 s instead of 12.
+# (default 9 s) makes that restart take about 6 s instead of 12.
 _PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
