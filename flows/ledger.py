@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 import redis
+from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from redis.client import Pipeline
 
@@ -162,10 +163,13 @@ class Ledger:
 class ActionEmitter:
     """Produces actions to Kafka exactly once, through the :class:`Ledger`."""
 
-    def __init__(self, ledger: Ledger, producer: Producer, topic: str) -> None:
+    def __init__(
+        self, ledger: Ledger, producer: Producer, topic: str, dlq_topic: str = "events.dlq"
+    ) -> None:
         self.ledger = ledger
         self._producer = producer
         self._topic = topic
+        self._dlq_topic = dlq_topic
 
     def emit(
         self,
@@ -185,11 +189,25 @@ class ActionEmitter:
         return len(claimed)
 
     def produce(
-        self, claimed: Sequence[Action], value: Callable[[Action], bytes] = to_json
+        self,
+        claimed: Sequence[Action],
+        value: Callable[[Action], bytes] = to_json,
+        dead_letters: Sequence[KafkaSinkMessage[Any, Any]] = (),
     ) -> dict[int, int]:
-        """Produce claimed actions and wait for every acknowledgement; the offsets."""
+        """Produce claimed actions (and dead letters), wait for every acknowledgement.
+
+        Returns the highest acknowledged offset per partition of the actions topic.
+        """
         offsets: dict[int, int] = {}
         errors: list[str] = []
+        for letter in dead_letters:
+            self._producer.produce(
+                self._dlq_topic,
+                letter.value,
+                key=letter.key,
+                headers=list(letter.headers),
+                on_delivery=_on_delivery({}, errors),
+            )
         for action in claimed:
             self._producer.produce(
                 self._topic,

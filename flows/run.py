@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -165,11 +164,10 @@ def live_flow(
 
     def emitter() -> ActionEmitter:
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_CONFIG})
-        return ActionEmitter(ledger, producer, settings.actions_topic)
+        return ActionEmitter(ledger, producer, settings.actions_topic, settings.dlq_topic)
 
     return build_trigger_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out
-        KafkaSink(brokers, settings.dlq_topic, add_config={"linger.ms": "5"}),
         OutcomeSink(emitter, store, runtime, on_back),
         BatchLoader(store, on_back),
         runtime,

@@ -69,7 +69,11 @@ class RulesRuntime:
         if active is None:
             raise TetikError("no rules are active: push a rules file with `tetik rules push FILE`")
         engine: Engine | None = None
-        older = [v for v in store.versions(with_text=True) if v.version != active.version]
+        older = [
+            v
+            for v in store.versions(with_text=True)
+            if v.version != active.version and not store.signature_problem(v)
+        ]
         for version in [*older[-RETAINED_VERSIONS:], active]:
             rules = load_rules(version.text, version.filename)
             engine = Engine(rules, windows) if engine is None else engine.successor(rules)

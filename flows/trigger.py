@@ -48,7 +48,7 @@ from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
@@ -226,6 +226,8 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
     ) -> Outcome:
         for action in actions:
             counts[f"actions.{action.status}"] += 1
+            if action.reason is not None:  # e.g. actions.suppressed.template_error
+                counts[f"actions.{action.status}.{action.reason}"] += 1
         data = dumps(state) if changed else None
         if data is not None:
             self._good = data
@@ -321,7 +323,8 @@ class _OutcomePartition(StatelessSinkPartition[Outcome]):
             lambda: ledger.claim(actions, token),
             on_back=self._on_back,
         )
-        offsets = self._emitter.produce(claimed) if claimed else {}
+        dead = [to_dlq(d) for item in items for d in item.dead]
+        offsets = self._emitter.produce(claimed, dead_letters=dead) if claimed or dead else {}
         counts: Counter[str] = Counter({"actions.emitted": len(claimed)})
         states = []
         for item in items:
@@ -342,7 +345,7 @@ class _OutcomePartition(StatelessSinkPartition[Outcome]):
 
 
 class OutcomeSink(DynamicSink[Outcome]):
-    """Actions exactly once to Kafka, then states and counters to Redis (one transaction).
+    """Actions exactly once (and dead letters) to Kafka, then states and counters to Redis.
 
     ``on_back`` runs when Redis answers again after a fault (the deployment
     marker's check, :mod:`flows.deployment`).
@@ -381,17 +384,12 @@ def _report_once(line: str, every_s: float = 10.0) -> None:
         print(f"tetik run: {line}", file=sys.stderr, flush=True)
 
 
-def _failed(outcome: Outcome) -> tuple[Rejected, ...]:
-    return outcome.dead
-
-
 def _key(item: Stamped) -> str:
     return item.event.key
 
 
 def build_trigger_flow(
     source: Source[KafkaSourceMessage[Any, Any]],
-    dlq_sink: Sink[KafkaSinkMessage[Any, Any]],
     out_sink: Sink[Outcome],
     load: Loader,
     runtime: RulesRuntime,
@@ -402,10 +400,13 @@ def build_trigger_flow(
     flow_id: str = "tetik_run",
     breaker: Breaker | None = None,
 ) -> Dataflow:
-    """The live engine's dataflow over any source of Kafka messages and any sinks.
+    """The live engine's dataflow over any source of Kafka messages and one sink.
 
-    ``breaker`` counts failed records (see :mod:`flows.breaker`); without one
-    a fresh breaker whose :class:`Halt` nobody watches is used.
+    Dead letters ride on the outcomes (``Outcome.dead``): the sink produces
+    them with the batch's actions, so one wait for Kafka's acknowledgements
+    covers both (a separate DLQ sink waited once more per batch that held a
+    bad record). ``breaker`` counts failed records (see :mod:`flows.breaker`);
+    without one a fresh breaker whose :class:`Halt` nobody watches is used.
     """
     breaker = breaker if breaker is not None else Breaker(Halt())
     flow = Dataflow(flow_id)
@@ -421,10 +422,16 @@ def build_trigger_flow(
         return UserLogic(runtime, load, watermark, clock, idle_ms, resume)
 
     outcomes = op.key_rm("unkey", op.stateful_batch("engine", keyed, builder))
-    failed = op.flat_map("failed", outcomes, _failed)
-    op.inspect("count_failed", failed, lambda _step, _item: breaker.record(True))
-    rejected = op.merge("rejected", split.trues, failed)
-    op.output("dlq", op.map("dlq_record", rejected, to_dlq), dlq_sink)
-    invalid = op.map("count_invalid", split.trues, lambda _: Outcome("", None, [], {"invalid": 1}))
+
+    def count_failed(_step: str, outcome: Outcome) -> None:
+        if outcome.dead:
+            breaker.record(True, len(outcome.dead))
+
+    op.inspect("count_failed", outcomes, count_failed)
+    invalid = op.map("invalid", split.trues, _invalid)
     op.output("out", op.merge("outcomes", outcomes, invalid), out_sink)
     return flow
+
+
+def _invalid(rejected: Rejected) -> Outcome:
+    return Outcome("", None, [], {"invalid": 1}, (rejected,))

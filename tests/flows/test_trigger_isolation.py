@@ -24,6 +24,7 @@ from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.state import UserState
 from flows.breaker import Breaker, BreakerConfig, Halt
+from flows.ingest import to_dlq
 from flows.runtime import RulesRuntime
 from flows.store import BatchLoader, StateStore
 from flows.trigger import Outcome, build_trigger_flow
@@ -74,12 +75,10 @@ def signup(n: int, user: str, prefix: str = "e") -> dict[str, Any]:
 def run(
     store: StateStore, messages: list[KafkaSourceMessage[Any, Any]], breaker: Breaker | None = None
 ) -> tuple[list[KafkaSinkMessage[Any, Any]], list[Outcome]]:
-    dlq: list[KafkaSinkMessage[Any, Any]] = []
     out: list[Outcome] = []
     runtime = RulesRuntime(FaultyEngine(load_rules(RULES, "rules.yaml")))
     flow = build_trigger_flow(
         TestingSource(messages),
-        TestingSink(dlq),
         TestingSink(out),
         BatchLoader(store),
         runtime,
@@ -87,7 +86,7 @@ def run(
         breaker=breaker,
     )
     run_main(flow)
-    return dlq, out
+    return [to_dlq(d) for o in out for d in o.dead], out
 
 
 @pytest.fixture
