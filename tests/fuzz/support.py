@@ -73,6 +73,15 @@ def fuzz_settings(ci_examples: int, long_cap: int | None = None) -> settings:
     )
 
 
+def escaped(exc: Exception, call: str, given: object) -> AssertionError:
+    """A short failure for an exception outside the documented ones.
+
+    Raise it ``from None``: a RecursionError's thousand-frame traceback would
+    take pytest minutes to print for every example hypothesis shrinks.
+    """
+    return AssertionError(f"{call} raised {type(exc).__name__}: {exc} -- input {given!r:.400}")
+
+
 # -- values that break decoders ---------------------------------------------------
 
 TS: Final = 1_714_557_600_000  # 2024-05-01T10:00:00Z, the fuzz clock

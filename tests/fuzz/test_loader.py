@@ -32,7 +32,7 @@ from engine.durations import MAX_DURATION_MS
 from engine.errors import RulesError
 from engine.rules.loader import load_rules, summary
 from engine.rules.model import Branch, Rules, Step, Wait
-from tests.fuzz.support import NASTY, PLAIN_JSON, fuzz_settings
+from tests.fuzz.support import NASTY, PLAIN_JSON, escaped, fuzz_settings
 
 pytestmark = pytest.mark.fuzz
 
@@ -49,6 +49,8 @@ def attempt(text: str | bytes) -> Rules | RulesError:
         return load_rules(text, FILENAME)
     except RulesError as exc:
         return exc
+    except Exception as exc:
+        raise escaped(exc, "load_rules", text) from None
 
 
 def check(text: str | bytes) -> Rules | None:
