@@ -21,8 +21,8 @@ sizes safe, so the generator does not avoid them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import pytest
