@@ -23,7 +23,8 @@ Rules of this interface:
     every good event is processed, best of
     ``Size.rounds`` runs each, in turns) is compared. The short run's
     backlogs last a few seconds, too short to resolve 5 % on a shared
-    machine: its bar is 0.8, which still catches a crash loop or a stall.
+    machine: it reports the ratio without judging it (CI must not fail on a
+    noisy neighbour; speed is measured, not asserted, in a timed run).
   - ``slow-broker``: tansu behind ``chaos.proxy`` answering 40 ms late, with
     kills: a restarted engine must still read the purchases of its backlog
     before it fires the reminders they cancel.
@@ -31,7 +32,7 @@ Rules of this interface:
 * A scenario passes when its tally is clean (0 duplicate, missing,
   unexpected or different actions), the engine never exited on its own
   (kills excepted) and, for ``poison``, every poison record is dead-lettered
-  with a reason and the throughput ratio is at least ``Size.min_ratio``.
+  with a reason and (full size only) the throughput ratio is at least ``Size.min_ratio``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Size:
     drain_s: float = 90.0
     backlog: int = 50_000  # good events per poison-scenario burst
     rounds: int = 3  # clean/poison pairs, in turns; the best of each is compared
-    min_ratio: float = 0.95
+    min_ratio: float | None = 0.95  # None: the ratio is reported, not judged
     short: bool = False
 
 
@@ -82,7 +83,7 @@ def sizes(short: bool, kills: int | None = None, freeze_s: float | None = None) 
     size = Size()
     if short:
         size = Size(kills=5, slow_kills=3, freeze_s=8.0, redis_restarts=1, rate=100.0, users=200,
-                    tail_s=6.0, drain_s=45.0, backlog=15_000, rounds=2, min_ratio=0.8,
+                    tail_s=6.0, drain_s=45.0, backlog=15_000, rounds=2, min_ratio=None,
                     short=True)  # fmt: skip
     if kills is not None:
         size = dataclasses.replace(size, kills=kills)
@@ -233,7 +234,8 @@ def verdict(result: Result, size: Size) -> Result:
     if not result.expected:
         problems.append("replay expected no action: the run proves nothing")
     ratio = result.throughput_ratio
-    if result.scenario == "poison" and (ratio is None or ratio < size.min_ratio):
+    judged = result.scenario == "poison" and size.min_ratio is not None
+    if judged and (ratio is None or ratio < (size.min_ratio or 0)):
         problems.append(f"throughput ratio {ratio} below {size.min_ratio}")
     if not problems:
         return result
