@@ -53,7 +53,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from redis.client import Pipeline
 
 from engine.actions import Action, to_json
-from engine.rules.model import Branch, Rules, Step, Wait
+from engine.rules.model import Rules, longest_wait
 
 DAY_MS = 86_400_000
 MIN_RETENTION_MS = 30 * DAY_MS
@@ -79,19 +79,8 @@ return claimed
 
 def retention_ms(rules: Rules) -> int:
     """How long ids stay in the ledger: the longest journey plus a day, at least 30 days."""
-    longest = max((_span(j.steps) for j in rules.journeys), default=0)
+    longest = max((longest_wait(j.steps) for j in rules.journeys), default=0)
     return min(MAX_RETENTION_MS, max(MIN_RETENTION_MS, longest + DAY_MS))
-
-
-def _span(steps: Sequence[Step]) -> int:
-    """The longest total wait along any path of ``steps``."""
-    total = 0
-    for step in steps:
-        if isinstance(step, Wait):
-            total += step.ms
-        elif isinstance(step, Branch):
-            total += max(_span(step.then), _span(step.otherwise))
-    return total
 
 
 class Ledger:

@@ -111,6 +111,7 @@ from engine.rules.model import (
     Step,
     Trigger,
     Wait,
+    longest_wait,
 )
 from engine.rules.templates import TemplateProblem, compile_template
 
@@ -438,17 +439,6 @@ def _raw_index(raw: str, style: str | None, offset: int) -> int:
     return min(index, len(raw))
 
 
-def _span(steps: tuple[Step, ...]) -> int:
-    """The longest total wait along any path of ``steps``."""
-    total = 0
-    for step in steps:
-        if isinstance(step, Wait):
-            total += step.ms
-        elif isinstance(step, Branch):
-            total += max(_span(step.then), _span(step.otherwise))
-    return total
-
-
 def _overrun(steps: tuple[Step, ...], elapsed: int) -> Wait | None:
     """The first wait after which a path's total wait passes the bound, if any."""
     for step in steps:
@@ -461,7 +451,7 @@ def _overrun(steps: tuple[Step, ...], elapsed: int) -> Wait | None:
                 found = _overrun(branch, elapsed)
                 if found is not None:
                     return found
-            elapsed += max(_span(step.then), _span(step.otherwise))
+            elapsed += max(longest_wait(step.then), longest_wait(step.otherwise))
     return None
 
 

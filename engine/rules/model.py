@@ -11,7 +11,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +60,17 @@ class ExitStep:
 
 
 Step = Wait | Send | Branch | ExitStep
+
+
+def longest_wait(steps: Sequence[Step]) -> int:
+    """The longest total wait (ms) along any path of ``steps``."""
+    total = 0
+    for step in steps:
+        if isinstance(step, Wait):
+            total += step.ms
+        elif isinstance(step, Branch):
+            total += max(longest_wait(step.then), longest_wait(step.otherwise))
+    return total
 
 
 @dataclass(frozen=True, slots=True)
