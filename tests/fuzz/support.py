@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -40,16 +39,24 @@ ENV: Final = "TETIK_FUZZ_EXAMPLES"
 DATABASE: Final = Path(__file__).resolve().parents[2] / ".hypothesis" / "fuzz"
 
 
-def _long_examples() -> int | None:
+def long_examples() -> int | None:
+    """``TETIK_FUZZ_EXAMPLES`` as a count, None when unset; ValueError when not a count."""
     raw = os.environ.get(ENV, "").strip()
     if not raw:
         return None
     if not raw.isdigit() or int(raw) < 1:
-        raise pytest.UsageError(f"{ENV}={raw!r} is not a whole number >= 1; e.g. {ENV}=200000")
+        raise ValueError(f"{raw!r} is not a whole number >= 1; e.g. {ENV}=200000")
     return int(raw)
 
 
-LONG_EXAMPLES: Final = _long_examples()
+def _checked_examples() -> int | None:
+    try:
+        return long_examples()
+    except ValueError:
+        return None  # conftest.py has already stopped the run with the message
+
+
+LONG_EXAMPLES: Final = _checked_examples()
 
 
 def fuzz_settings(ci_examples: int, long_cap: int | None = None) -> settings:
