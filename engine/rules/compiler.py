@@ -7,7 +7,8 @@ Rules of this interface:
   whose function is a tree of closures: field names are resolved to attribute
   getters and constants folded at compile time.
 * It raises :class:`~engine.errors.ExpressionError` at the first problem; the
-  message is one line (quoted source spanning lines is joined with a space),
+  message is one line (quoted source spanning lines is joined with a space)
+  of bounded length (quoted source and names are cut with ``...``),
   starts with ``scope.where`` (``"trigger.if: unknown field
   event.prize (did you mean 'price'?)"``) and ``offset`` is the 0-based
   position of the offending token in ``text``.

@@ -35,7 +35,7 @@ from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTE
 from engine.rules import scans
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
-from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Typed, article
+from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Typed, article, cut
 
 SIGNATURES: Final = {
     "count": "count(TYPE [, WITHIN] [, WHERE])",
@@ -56,7 +56,7 @@ def call(cx: Checker, node: Call) -> Typed:
     compile_call = _COMPILERS.get(node.name)
     if compile_call is None:
         raise ExpressionError(
-            f"unknown function {node.name}{suggest(node.name, FUNCTIONS)}", node.offset
+            f"unknown function {cut(node.name)}{suggest(node.name, FUNCTIONS)}", node.offset
         )
     return compile_call(cx, node)
 
@@ -77,7 +77,7 @@ def event_type(node: Node, function: str) -> str:
     if isinstance(node, Literal) and isinstance(node.value, str):
         if not _TYPE.match(node.value):
             raise ExpressionError(
-                f"{node.value!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
+                f"{cut(node.value)!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
             )
         return node.value
     if not isinstance(node, Name):
@@ -92,19 +92,19 @@ def event_type(node: Node, function: str) -> str:
         # `count(event.type)` reads like a value; TYPE is a name fixed at load.
         raise ExpressionError(
             f"the first argument of {function} is an event type name, not a value like "
-            f"{name}; quote it, {function}('{name}'), if it is a custom event",
+            f"{cut(name)}; quote it, {function}('{cut(name)}'), if it is a custom event",
             node.start,
         )
     close = suggest(name, STANDARD_TYPES)
     if close:
         raise ExpressionError(
-            f"unknown event type {name!r}{close}; quote it, {function}('{name}'), "
+            f"unknown event type {cut(name)!r}{close}; quote it, {function}('{cut(name)}'), "
             "if it is a custom event",
             node.start,
         )
     if not _TYPE.match(name):
         raise ExpressionError(
-            f"{name!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
+            f"{cut(name)!r} is not an event type name ([a-z][a-z0-9_.:-]*)", node.start
         )
     return name
 
@@ -253,7 +253,7 @@ def _choice(node: Node, choices: tuple[str, ...], what: str) -> str:
     else:
         raise ExpressionError(f"expected {what} name, one of {', '.join(choices)}", node.start)
     if value not in choices:
-        raise ExpressionError(f"unknown {what} {value!r}{suggest(value, choices)}", node.start)
+        raise ExpressionError(f"unknown {what} {cut(value)!r}{suggest(value, choices)}", node.start)
     return value
 
 

@@ -28,7 +28,7 @@ from typing import Any, Final
 from engine.errors import ExpressionError
 from engine.events import STANDARD_TYPES, suggest
 from engine.rules.nodes import Name
-from engine.rules.typed import Reader, Type, Typed, article
+from engine.rules.typed import Reader, Type, Typed, article, cut
 from engine.state import _revenue as purchase_revenue  # one rule for the revenue default
 from engine.state import cart_count, cart_total
 
@@ -111,7 +111,7 @@ def field_path(node: Name, first: int, fields: Mapping[str, Field], label: str) 
         example = "price" if "price" in fields else next(iter(fields))
         raise ExpressionError(f"{label} needs a field, e.g. {label}.{example}", node.end)
     name = node.parts[first]
-    qualified = f"{label}.{name}" if label else name
+    qualified = f"{label}.{cut(name)}" if label else cut(name)
     field = fields.get(name)
     if field is None:
         raise ExpressionError(
@@ -122,7 +122,7 @@ def field_path(node: Name, first: int, fields: Mapping[str, Field], label: str) 
         return field
     if not field.nested:
         raise ExpressionError(
-            f"{qualified} is {article(field.type)}, it has no field {keys[0]!r}",
+            f"{qualified} is {article(field.type)}, it has no field {cut(keys[0])!r}",
             node.offsets[first + 1],
         )
     return Field("any", _dig(field.read, keys))
@@ -183,7 +183,7 @@ def _unknown(root: str) -> str:
         return f"{root} is a function: call it, e.g. {root}(...)"
     if root in STANDARD_TYPES:
         return f"{root!r} is an event type: use it in a function, e.g. count({root})"
-    return f"unknown name {root!r}{suggest(root, ROOTS)}"
+    return f"unknown name {cut(root)!r}{suggest(root, ROOTS)}"
 
 
 def _event_field(node: Name, root: str) -> Typed:

@@ -27,6 +27,7 @@ from engine.errors import ExpressionError
 from engine.rules.lexer import Token, tokenize
 from engine.rules.names import FUNCTIONS
 from engine.rules.nodes import Binary, Call, ListLit, Literal, Name, Node, Unary, children
+from engine.rules.typed import cut
 
 MAX_DEPTH: Final = 100  # levels of the tree
 MAX_NESTING: Final = 40  # brackets and prefix operators inside one another
@@ -50,7 +51,7 @@ def parse(text: str) -> Node:
 
 def _describe(token: Token) -> str:
     """How an error message names a token."""
-    return "end of expression" if token.kind == "eof" else repr(token.text)
+    return "end of expression" if token.kind == "eof" else repr(cut(token.text))
 
 
 class _Parser:
@@ -251,7 +252,8 @@ class _Parser:
             offsets.append(part.offset)
         if self.at("("):
             raise ExpressionError(
-                f"{'.'.join(parts)!r} is not a function; the functions are {', '.join(FUNCTIONS)}",
+                f"{cut('.'.join(parts))!r} is not a function; "
+                f"the functions are {', '.join(FUNCTIONS)}",
                 first.offset,
             )
         end = offsets[-1] + len(parts[-1])

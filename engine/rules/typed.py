@@ -70,6 +70,12 @@ class Checker(Protocol):
         ...
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """A name or token as messages show it: whole up to ``limit`` characters, else cut
+    with ``...``, so that one huge identifier cannot make a huge message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def article(type_: Type) -> str:
     """How messages name a type: ``a number``, ``a condition (true/false)``..."""
     return _ARTICLES[type_]

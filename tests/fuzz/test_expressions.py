@@ -3,8 +3,9 @@
 Properties:
 
 * Any text: :func:`compile_expression` returns a Condition or raises
-  :class:`ExpressionError` whose message is one line starting with the scope's
-  ``where`` and whose ``offset`` lies within the text; nothing else escapes.
+  :class:`ExpressionError` whose message is one line of at most
+  :data:`MAX_MESSAGE` characters starting with the scope's ``where``, and whose
+  ``offset`` lies within the text; nothing else escapes.
 * Any tree printed to text (fully parenthesized, or with only the parentheses
   precedence needs) parses back to the same tree: the printer and the parser
   agree on precedence, associativity and literals.
@@ -59,6 +60,7 @@ PRECEDENCE: Final = {
     "neg": 7,
 }
 PRIMARY: Final = 8
+MAX_MESSAGE: Final = 1000  # quotes and names are cut: no input makes a huge message
 # What may refuse a syntactically fine tree: nesting (parser) and duration (lexer) bounds.
 BOUNDS: Final = ("levels deep", "longer than the limit")
 
@@ -334,6 +336,7 @@ def compiled(text: str, scope: Scope, boolean: bool) -> Typed | None:
         assert message.startswith(f"{scope.where}: "), message
         assert len(message.splitlines()) == 1, f"message is not one line: {message!r}"
         assert 0 <= condition.offset <= len(text), (condition.offset, len(text))
+        assert len(message) <= MAX_MESSAGE, f"message of {len(message)} chars: {message[:300]!r}"
         return None
     assert condition.source == text
     typed = _Compiler(text, scope).expr(parse(text))
@@ -400,6 +403,8 @@ _TOKENS: Final = st.one_of(
         )
     ),
     st.text(max_size=3),
+    st.text(alphabet="ab_x", min_size=100, max_size=3000),  # huge names and types
+    st.text(alphabet="ab .", min_size=100, max_size=3000).map(lambda s: f"'{s}'"),
 )
 _GLUE: Final = st.sampled_from((" ", "", "\n", "\t", "  "))
 
