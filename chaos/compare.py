@@ -90,6 +90,12 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
     def worst_caught_up_s(self) -> float | None:
         return _worst(self.caught_up_s)
 
+    @property
+    def median_caught_up_s(self) -> float | None:
+        """The typical fault's time to caught up (the worst is often kills in a row)."""
+        found = sorted(v for v in self.caught_up_s if v is not None)
+        return found[len(found) // 2] if found else None
+
 
 class Poison(msgspec.Struct, frozen=True, kw_only=True):
     """One invalid record that was sent: its kind (e.g. ``huge_int``) and bytes."""

@@ -30,7 +30,7 @@ COLUMNS = (
     ("dead-lettered", 13),
     ("exits", 5),
     ("faults", 6),
-    ("recover s", 11),
+    ("recover s (worst, median)", 26),
     ("ratio", 5),
     ("time s", 6),
 )
@@ -42,7 +42,10 @@ def _recover(result: Result) -> str:
         return "-"
     first = "-" if result.recover_first_s is None else f"{result.recover_first_s:.1f}"
     caught = "-" if result.recover_caught_up_s is None else f"{result.recover_caught_up_s:.1f}"
-    return "never" if result.unrecovered == result.faults else f"{first}/{caught}"
+    if result.unrecovered == result.faults:
+        return "never"
+    median = result.recover_median_s
+    return f"{first}/{caught}" + ("" if median is None else f" (median {median:.1f})")
 
 
 def _cells(result: Result) -> list[str]:

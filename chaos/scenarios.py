@@ -110,6 +110,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     exit_lines: list[str] = msgspec.field(default_factory=list)
     recover_first_s: float | None = None
     recover_caught_up_s: float | None = None
+    recover_median_s: float | None = None  # median time to caught up over the faults
     unrecovered: int = 0
     poison_sent: int = 0
     dead_lettered: int = 0
@@ -206,6 +207,7 @@ def _judge(
         exit_lines=dep.engine.exits[:5],
         recover_first_s=rec.worst_first_s,
         recover_caught_up_s=rec.worst_caught_up_s,
+        recover_median_s=rec.median_caught_up_s,
         unrecovered=rec.unrecovered,
         drain_s=dep.drain_s,
         seconds=round(time.monotonic() - started, 1),
