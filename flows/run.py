@@ -141,6 +141,7 @@ def live_flow(
     watermark = Watermark(
         _partition_names(settings),
         lateness_ms=options.lateness_ms,
+        hold_unapplied=options.processes == 1,
         idle_timeout_ms=settings.idle_timeout_ms,
         shared=SharedProgress(client, f"{settings.prefix}:watermark")
         if options.processes > 1

@@ -82,6 +82,7 @@ class Stamped:
     now: int
     ingested: int | None = None
     message: KafkaSourceMessage[Any, Any] | None = None  # kept for the dead-letter queue
+    partition: str = ""  # as the watermark names it; "" when not stamped by one
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _decoded(watermark: Watermark, message: KafkaSourceMessage[Any, Any]) -> Sta
         return event
     ingested = kafka_time(message)
     partition = f"{message.partition}-{message.topic}"
-    return Stamped(event, watermark.stamp(partition, event.ts), ingested, message)
+    return Stamped(event, watermark.stamp(partition, event.ts), ingested, message, partition)
 
 
 def _is_rejected(item: Stamped | Rejected) -> TypeGuard[Rejected]:
@@ -169,6 +170,8 @@ class UserLogic(StatefulBatchLogic[Stamped, Outcome, bytes]):
             return [self._run(engine, state, values)], StatefulBatchLogic.RETAIN
         except Exception:  # one event's failure must not stop everyone
             return [self._isolate(engine, values)], StatefulBatchLogic.RETAIN
+        finally:  # they no longer hold the watermark back (flows.watermark rules)
+            self._watermark.applied((v.partition, v.now) for v in values if v.partition)
 
     def _run(self, engine: Engine, state: UserState, values: list[Stamped]) -> Outcome:
         """The common path: the whole batch at once."""

@@ -21,6 +21,15 @@ Rules of this interface:
   empty poll alone proves nothing: a slow broker has not answered yet. The
   idle timeout bounds how long a partition whose broker does not answer
   holds every timer back; after it, timers follow the wall clock.
+* An event stamped but not yet applied holds its partition back at its
+  clock until :meth:`Watermark.applied` hears of it. A batch is stamped as
+  it leaves the source, and Bytewax may wake a user's timer before that
+  user's events of the same batch reach it: without this hold a reminder
+  could fire ahead of the purchase that was already read (found by
+  ``tetik chaos``'s slow-broker scenario after a restart with a backlog).
+  Only within one process (``hold_unapplied``): with several processes an
+  event may be applied by another process's worker, which this one never
+  hears of, so there a stamped event does not hold its partition.
 * A partition that has not reported yet holds the value at 0: no timer
   fires before every partition has been heard from.
 * With several processes, each publishes its partitions' progress to Redis
@@ -36,10 +45,12 @@ Rules of this interface:
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import orjson
 import redis
@@ -60,6 +71,22 @@ class Progress:
     idle: bool = False
     reported: int = 0
     active: int = 0  # when a poll last returned messages (local; never shared)
+    # Clocks of events stamped but not yet applied (local; a heap, lazily cleaned).
+    inflight: list[int] = field(default_factory=list)
+    done: Counter[int] = field(default_factory=Counter)
+
+    def hold(self) -> int | None:
+        """The smallest clock of an event stamped and not yet applied, if any."""
+        while self.inflight and self.done[self.inflight[0]] > 0:
+            self.done[heapq.heappop(self.inflight)] -= 1
+        return self.inflight[0] if self.inflight else None
+
+    def public(self) -> Progress:
+        """What other processes may rely on: in-flight events hold it back."""
+        hold = self.hold()
+        if hold is None:
+            return replace(self, inflight=[], done=Counter())
+        return Progress(min(self.reached, hold), False, self.reported)
 
 
 class SharedProgress:
@@ -102,6 +129,7 @@ class Watermark:
         clock: Clock = wall_ms,
         shared: SharedProgress | None = None,
         share_ms: int = 100,
+        hold_unapplied: bool = True,
     ) -> None:
         self._expected = set(partitions)
         self._lateness = lateness_ms
@@ -113,6 +141,7 @@ class Watermark:
         self._seen: dict[str, Progress] = {}
         self._shared_at = -share_ms
         self._lock = threading.Lock()
+        self._hold = hold_unapplied
 
     def stamp(self, partition: str, ts: int) -> int:
         """The clock to apply an event read from ``partition`` at (see module rules)."""
@@ -120,7 +149,20 @@ class Watermark:
         with self._lock:
             progress = self._progress(partition, now)
             progress.reached = max(progress.reached, ts)
-            return min(progress.reached, now)
+            clock = min(progress.reached, now)
+            if self._hold:
+                heapq.heappush(progress.inflight, clock)
+            return clock
+
+    def applied(self, events: Iterable[tuple[str, int]]) -> None:
+        """The events ``(partition, clock)`` stamped by :meth:`stamp` are applied."""
+        if not self._hold:
+            return
+        with self._lock:
+            for partition, clock in events:
+                progress = self._mine.get(partition)
+                if progress is not None:
+                    progress.done[clock] += 1
 
     def polled(self, partition: str, count: int, at_end: bool = True) -> None:
         """The source read ``count`` messages from ``partition``.
@@ -156,7 +198,7 @@ class Watermark:
         now = self._clock()
         with self._lock:
             self._exchange(now)
-            seen = {**self._seen, **self._mine}
+            seen = {**self._seen, **{n: p.public() for n, p in self._mine.items()}}
             if not self._expected.issubset(seen):
                 return 0
             values = [now - self._lateness if p.idle else p.reached for p in seen.values()]
@@ -175,7 +217,7 @@ class Watermark:
             return
         self._shared_at = now
         try:
-            fresh = self._shared.exchange(self._mine, now)
+            fresh = self._shared.exchange({n: p.public() for n, p in self._mine.items()}, now)
         except redis.RedisError:
             return  # keep the last reports; they go stale, which only holds timers back
         self._seen = {p: v for p, v in fresh.items() if p not in self._mine}

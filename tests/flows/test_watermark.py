@@ -40,6 +40,7 @@ def test_a_partition_behind_holds_the_watermark_at_its_event_time() -> None:
     mark.polled("1-e", 500)  # a backlog
     mark.stamp("1-e", 40_000)
     assert mark.value() == 40_000
+    mark.applied([("1-e", 40_000)])
     mark.polled("1-e", 0)  # caught up
     assert mark.value() == 100_000 - 200
 
@@ -51,6 +52,7 @@ def test_an_empty_poll_short_of_the_end_is_not_caught_up() -> None:
     assert mark.value() == 0  # held at the partition's clock (none read yet)
     mark.polled("0-e", 3, at_end=False)
     mark.stamp("0-e", 60_000)
+    mark.applied([("0-e", 60_000)])
     mark.polled("0-e", 0, at_end=False)
     assert mark.value() == 60_000
     mark.polled("0-e", 0, at_end=True)  # the position reached the high watermark
@@ -62,6 +64,7 @@ def test_a_partition_silent_for_the_idle_timeout_stops_holding_timers_back() -> 
     mark = Watermark(["0-e"], clock=clock, lateness_ms=200, idle_timeout_ms=5_000)
     mark.polled("0-e", 2, at_end=False)
     mark.stamp("0-e", 60_000)
+    mark.applied([("0-e", 60_000)])
     clock.now += 4_999
     mark.polled("0-e", 0, at_end=False)
     assert mark.value() == 60_000
@@ -70,6 +73,23 @@ def test_a_partition_silent_for_the_idle_timeout_stops_holding_timers_back() -> 
     assert mark.value() == clock.now - 200
     mark.polled("0-e", 1, at_end=False)  # a message again: behind again
     assert mark.value() == 60_000
+
+
+def test_an_event_stamped_but_not_applied_holds_its_partition_back() -> None:
+    """A batch is stamped as it leaves the source; until its events are applied,
+    no timer may fire past them (a reminder ahead of a purchase already read)."""
+    clock = Clock(100_000)
+    mark = Watermark(["0-e", "1-e"], clock=clock, lateness_ms=200)
+    mark.polled("0-e", 0)
+    mark.polled("1-e", 3)
+    for ts in (59_000, 59_800, 99_500):  # one batch: a purchase among later events
+        mark.stamp("1-e", ts)
+    mark.polled("1-e", 0)  # the source already stands at the end
+    assert mark.value() == 59_000  # the first unapplied event holds the partition
+    mark.applied([("1-e", 59_800), ("1-e", 59_000)])  # applied in any order
+    assert mark.value() == 99_500
+    mark.applied([("1-e", 99_500)])
+    assert mark.value() == 100_000 - 200
 
 
 def test_a_restored_clock_comes_back_and_never_runs_backwards() -> None:
