@@ -26,6 +26,7 @@ from typing import Final, Literal
 
 from engine.durations import UNITS, check_duration
 from engine.errors import ExpressionError
+from engine.rules.typed import cut
 
 TokenKind = Literal["number", "duration", "string", "name", "keyword", "op", "eof"]
 Value = int | float | str | None
@@ -125,7 +126,7 @@ def _number(text: str, pos: int) -> Token:
             raise ExpressionError(str(exc), pos) from None
         return Token("duration", match.group(), pos, int(digits) * UNITS[suffix])
     raise ExpressionError(
-        f"bad number or duration {match.group()!r}: durations are a whole number and one "
+        f"bad number or duration {cut(match.group())!r}: durations are a whole number and one "
         "unit, e.g. 30s, 15m, 2h, 7d, 1w",
         pos,
     )

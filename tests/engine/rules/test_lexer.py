@@ -195,3 +195,11 @@ def test_a_duration_over_ten_years_is_an_error_at_its_offset() -> None:
     with pytest.raises(ExpressionError, match="'3651d' is longer than the limit of 3650d") as info:
         tokenize("since(x) < 3651d")
     assert info.value.offset == 11
+
+
+def test_a_long_bad_number_is_cut_in_its_message() -> None:
+    """Found by `make fuzz`: the whole token was quoted, making a 1,000-char message."""
+    with pytest.raises(ExpressionError) as info:
+        tokenize("2x" + "_" * 1000)
+    assert "bad number or duration" in str(info.value)
+    assert len(str(info.value)) < 300
