@@ -93,7 +93,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.durations import MAX_DURATION_MS, format_duration, parse_duration
-from engine.errors import ExpressionError, RulesError
+from engine.errors import ExpressionError, RulesError, one_line
 from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
 from engine.rules.compiler import Scope, compile_expression
 from engine.rules.model import (
@@ -513,9 +513,13 @@ class _Loader:
         return root
 
     def report(self) -> list[str]:
-        """Every problem as ``FILE:LINE:COL: message``, in file order."""
+        """Every problem as one ``FILE:LINE:COL: message`` line, in file order.
+
+        A key or value quoted in a message may hold a line break (YAML allows
+        ``\x85`` or ``\x1e`` in keys); it is written as ``\n``.
+        """
         return [
-            f"{self.filename}:{p.line + 1}:{p.column + 1}: {p.message}"
+            one_line(f"{self.filename}:{p.line + 1}:{p.column + 1}: {p.message}")
             for p in sorted(self.problems)
         ]
 

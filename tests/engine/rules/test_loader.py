@@ -907,3 +907,15 @@ def test_utf8_bom_and_crlf_line_ends_are_accepted() -> None:
     assert load_rules(text).journeys[0].id == "abandoned_cart"
     crlf = VALID.replace("\n", "\r\n").replace("trigger: signup", "trigger: sigup")
     assert problems(crlf) == ["r.yaml:13:14: unknown event type 'sigup' (did you mean 'signup'?)"]
+
+
+def test_every_problem_is_one_line_even_with_a_line_break_in_a_key() -> None:
+    """Found by `make fuzz`: YAML keys may hold \\x85 or \\x1e, which split a message."""
+    from engine.errors import RulesError
+    from engine.rules.loader import load_rules
+
+    with pytest.raises(RulesError) as info:
+        load_rules('version: 1\ntemplates:\n  version: {" \\x85": null}\n', "rules.yaml")
+    assert info.value.problems
+    for problem in info.value.problems:
+        assert len(problem.splitlines()) == 1, problem
