@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.child import Engine
+from chaos.compare import Emitted
 from chaos.feed import Feed
 from chaos.watch import Watch
 from chaos.workload import LONGEST_JOURNEY_MS, RULES, Outgoing
@@ -77,6 +78,7 @@ class Deployment:
             bootstrap, self.events, records, rate=rate, limit=limit, hold_after=hold_after
         )
         read = {topic: layout[topic] for topic in (self.actions, self.dlq)}
+        self._bootstrap, self._read = bootstrap, read
         self.watch = Watch(bootstrap, read, self.actions)
         self.on_tick: Callable[[], None] = lambda: None
         self.expected: list[dict[str, Any]] = []
@@ -132,6 +134,24 @@ class Deployment:
             self.drain_s = round(time.monotonic() - started, 2)
         self.wait(SETTLE_S)
         return self.expected
+
+    def reread(self, idle_s: float = 2.0, limit_s: float = 60.0) -> list[Emitted]:
+        """Every action on the topic, read afresh after the run (the tally's ground truth).
+
+        The live watch rides out broker restarts on the client's reconnects;
+        a fresh reader after the run cannot be fooled by one that did not.
+        """
+        fresh = Watch(self._bootstrap, self._read, self.actions)
+        fresh.start()
+        started = last_change = time.monotonic()
+        seen = -1
+        while time.monotonic() - last_change < idle_s and time.monotonic() - started < limit_s:
+            time.sleep(0.25)
+            count = len(fresh.actions())
+            if count != seen:
+                seen, last_change = count, time.monotonic()
+        fresh.stop()
+        return fresh.actions()
 
     def close(self) -> int | None:
         """Stop the engine (SIGTERM) and the reader; the engine's exit code."""
