@@ -37,7 +37,7 @@ test-kafka: $(STAMP)
 # FUZZ_EXAMPLES examples per target (hypothesis); see tests/fuzz.
 FUZZ_EXAMPLES ?= 200000
 fuzz: $(STAMP)
-	TETIK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz -p no:randomly --hypothesis-show-statistics --durations=0 tests/fuzz
+	TETIK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz -p no:randomly --timeout=0 --hypothesis-show-statistics --durations=0 $(or $(FUZZ_TARGETS),tests/fuzz)
 
 # The standing fault suite on real servers, every action compared with replay.
 chaos: $(STAMP)
