@@ -29,7 +29,10 @@ with ``auto.offset.reset=error``: librdkafka never moves an offset silently):
   up; and tansu answers a fetch with one part of a backlog and a high
   watermark that lags its log, so standing at that mark once proves nothing
   (found by ``tetik chaos``'s slow-broker scenario: reminders fired ahead of
-  purchases already in the broker).
+  purchases already in the broker). After the broker was away, a partition
+  is not caught up for :data:`BACK_GRACE_S` (10 s) once it answers again:
+  producers deliver what they buffered during the outage late, and a
+  reminder must not fire ahead of a purchase still in a producer's buffer.
 * **Broker away.** A transient consumer error (broker restarting, transport
   errors, all brokers down) never crashes the engine: one line every
   :data:`NOTE_EVERY_S` while it lasts, and the partition keeps polling. It
@@ -105,6 +108,11 @@ AWAY_POLL = timedelta(milliseconds=100)
 # count as caught up: two fetch round trips to a broker 80 ms away plus the
 # 20 ms fetch wait. Timers on a quiet partition are this much later, at most.
 END_SETTLE_S = 0.3
+# After the broker comes back, a partition does not count as caught up for this
+# long: storefront producers buffered what they sent during the outage and
+# deliver it late (librdkafka reconnects with backoff up to 10 s), and a timer
+# must not fire ahead of a purchase still in a producer's buffer.
+BACK_GRACE_S = 10.0
 CHECK_S = 0.5  # how often a partition whose broker is away asks whether it is back
 NOTE_EVERY_S = 10.0  # at most one "broker away" line per source this often
 
@@ -229,6 +237,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         self._idle = False
         self._end_since: float | None = None  # when the position reached the mark
         self._end_high = -1  # the mark it reached
+        self._back_at: float | None = None  # when the broker answered again
         self._away_since: float | None = None  # the broker went away, or we doubt the topic
         self._why = ""
         self._end_hint: int | None = None  # the partition's end, when the offset was past it
@@ -277,6 +286,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         self._consumer.close()
         self._next = offset
         self._away_since = None
+        self._back_at = time.monotonic()
         self._end_hint = None
         self._consumer = self._open(offset)
 
@@ -309,6 +319,8 @@ class _Partition(StatefulSourcePartition[Any, Any]):
             self._end_since = None
             return False
         now = time.monotonic()
+        if self._back_at is not None and now - self._back_at < BACK_GRACE_S:
+            return False  # producers may still deliver what they buffered (BACK_GRACE_S)
         if self._end_since is None or high != self._end_high:
             self._end_since, self._end_high = now, high
         return now - self._end_since >= END_SETTLE_S
