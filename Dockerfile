@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY flows flows
 COPY channels channels
+COPY clickstream clickstream
 COPY bench bench
 RUN pip install --no-cache-dir --prefix=/install .
 

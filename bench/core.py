@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.generator import GeneratorConfig, write_jsonl
 from bench.report import table
+from clickstream.generator import GeneratorConfig, write_jsonl
 from engine.errors import InvalidEvent
 from engine.events import Event, decode_event
 from engine.journeys import Engine

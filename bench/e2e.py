@@ -37,11 +37,11 @@ from typing import Any
 
 import redis
 
-from bench.generator import GeneratorConfig
 from bench.journey import RULES
 from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
 from bench.watch import OutputWatch, summary
+from clickstream.generator import GeneratorConfig
 from flows.embedded import Endpoints, die_with_parent_preexec, servers, stop_child
 from flows.jobs import say
 from flows.topics import ensure_topics

@@ -23,8 +23,8 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 
-from bench.generator import GeneratorConfig, generate_records
 from bench.report import table
+from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from bench.generator import GeneratorConfig, generate_records
+from clickstream.generator import GeneratorConfig, generate_records
 from flows.console import percentile
 from flows.producer import send_record
 

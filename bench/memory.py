@@ -51,10 +51,10 @@ import orjson
 import redis
 
 from bench.e2e import Child, make_system, running
-from bench.generator import GeneratorConfig, generate, generate_records
 from bench.load import template
 from bench.progress import Bar
 from bench.report import table
+from clickstream.generator import GeneratorConfig, generate, generate_records
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG

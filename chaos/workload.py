@@ -8,7 +8,7 @@ Rules of this interface:
   and no quiet hours (those would make the result depend on the hour).
   :data:`LONGEST_JOURNEY_MS` bounds how long after the last event a timer can
   still fall due.
-* :func:`stream` is the seeded generator's clickstream (``bench.generator``)
+* :func:`stream` is the seeded generator's clickstream (``clickstream.generator``)
   as an endless series of :class:`Outgoing` records. Each record's ``ts`` is
   filled in when it is sent (the shopper's clock is the wall clock), so the
   log replay compares against is the log as produced, whatever the pace.
@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench.generator import GeneratorConfig, generate_records
 from bench.load import Template, template
+from clickstream.generator import GeneratorConfig, generate_records
 
 __all__ = ["LONGEST_JOURNEY_MS", "POISON_KINDS", "RULES", "Outgoing", "poison_value", "stream"]
 

@@ -45,7 +45,7 @@ def _cmd_state(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from bench.generator import GeneratorConfig, write_jsonl
+    from clickstream.generator import GeneratorConfig, write_jsonl
 
     cfg = GeneratorConfig(
         users=args.users, events=args.events, seed=args.seed, invalid_ratio=args.invalid

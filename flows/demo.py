@@ -34,8 +34,8 @@ import redis
 from aiosmtpd.controller import Controller
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench.generator import GeneratorConfig, generate_records
 from channels.onsite import read_inbox
+from clickstream.generator import GeneratorConfig, generate_records
 from engine.state import to_view
 from flows.console import ActionWatch, Snapshot, render
 from flows.embedded import free_port, servers, stop_child

@@ -21,8 +21,8 @@ import orjson
 import pytest
 import redis
 
-from bench.generator import GeneratorConfig, generate_records, rfc3339
 from bench.journey import JOURNEY, RULES, WAIT_MS
+from clickstream.generator import GeneratorConfig, generate_records, rfc3339
 from engine.actions import to_dict
 from engine.journeys import Engine
 from engine.replay import replay

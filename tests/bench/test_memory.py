@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.generator import GeneratorConfig, generate_records
 from bench.memory import EVENTS_PER_USER, SEED, measure_size, stamped
+from clickstream.generator import GeneratorConfig, generate_records
 from flows.embedded import Endpoints
 
 USERS = 300

@@ -13,7 +13,7 @@ import pytest
 from bytewax.testing import run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
-from bench.generator import GeneratorConfig, generate_records
+from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps, to_view

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.generator import CHANNELS as GENERATOR_CHANNELS
-from bench.generator import GeneratorConfig, generate, generate_records, write_jsonl
+from clickstream.generator import CHANNELS as GENERATOR_CHANNELS
+from clickstream.generator import GeneratorConfig, generate, generate_records, write_jsonl
 from engine.errors import InvalidEvent
 from engine.events import PRODUCT_TYPES, STANDARD_TYPES, Event, decode_event
 
@@ -31,7 +31,7 @@ REASON_KINDS = {
 }
 
 # Four-way mix (view incl. category views and searches : cart add : favorite add :
-# purchase) the generator is calibrated to; see bench/generator.py's docstring.
+# purchase) the generator is calibrated to; see clickstream/generator.py's docstring.
 TARGET_MIX = {"view": 0.898, "cart": 0.053, "favorite": 0.028, "purchase": 0.016}
 MIX_GROUP = {
     "view_product": "view",

@@ -1,0 +1,1 @@
+"""The seeded, calibrated clickstream generator (events for demos, benches and tests)."""
