@@ -42,8 +42,9 @@ from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
-from flows.embedded import Endpoints, die_with_parent_preexec, servers, stop_child
 from flows.jobs import say
+from flows.servers.embedded import Endpoints, servers
+from flows.servers.process import die_with_parent_preexec, stop_child
 from flows.topics import ensure_topics
 
 SYSTEMS = ("passthrough", "tetik", "handwritten")

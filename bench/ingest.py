@@ -28,10 +28,10 @@ from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply
-from flows.embedded import servers
 from flows.ingest import kafka_ingest_flow, now_ms
 from flows.jobs import say
 from flows.producer import produce_records
+from flows.servers.embedded import servers
 from flows.settings import Settings
 from flows.topics import ensure_topics
 

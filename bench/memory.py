@@ -58,10 +58,10 @@ from clickstream.generator import GeneratorConfig, generate, generate_records
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG
-from flows.embedded import Endpoints, servers
 from flows.ingest import now_ms
 from flows.jobs import say
 from flows.producer import Record, produce_records
+from flows.servers.embedded import Endpoints, servers
 from flows.store import StateStore, state_ttl_ms
 from flows.topics import ensure_topics
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flows.embedded import die_with_parent_preexec, stop_child
+from flows.servers.process import die_with_parent_preexec, stop_child
 
 __all__ = ["Engine"]
 

@@ -16,7 +16,7 @@ Rules of this interface:
 * It runs an asyncio loop in one daemon thread; :meth:`start` returns once it
   listens, :meth:`stop` closes every connection and the listener. A Kafka
   broker advertises its address in metadata, so start the broker advertising
-  the proxy's port (``flows.embedded.start_kafka(advertised_port=...)``).
+  the proxy's port (``flows.servers.embedded.start_kafka(advertised_port=...)``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Rules of this interface:
   say: freezing or killing a server needs its process, and a fresh broker
   keeps tansu's in-memory log short.
 * Redis is valkey, with its append-only file on when ``persistent`` (so a
-  SIGKILLed server restarts with its data, as ``flows.embedded`` documents).
+  SIGKILLed server restarts with its data, as ``flows.servers.embedded`` documents).
 * The broker is tansu (in memory), or Apache Kafka (``broker="apache"``, a
   log on disk that survives a restart; needs Java). With ``delay_ms`` the
   clients reach tansu only through ``chaos.proxy`` (the broker advertises the
@@ -22,7 +22,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flows.embedded import EmbeddedServer, ServerStartError, free_port, start_kafka, start_redis
+from flows.servers.embedded import start_kafka, start_redis
+from flows.servers.process import EmbeddedServer, ServerStartError, free_port
 
 __all__ = ["Servers", "Unavailable", "scenario_servers"]
 
@@ -63,9 +64,9 @@ def scenario_servers(
 
 def _apache_kafka() -> EmbeddedServer:
     try:
-        from flows.apache_kafka import start_apache_kafka
+        from flows.servers.apache_kafka import start_apache_kafka
     except ImportError as exc:
-        raise Unavailable(f"flows.apache_kafka is not available ({exc})") from None
+        raise Unavailable(f"flows.servers.apache_kafka is not available ({exc})") from None
     try:
         return start_apache_kafka()
     except ServerStartError as exc:

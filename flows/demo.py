@@ -38,9 +38,10 @@ from channels.onsite import read_inbox
 from clickstream.generator import GeneratorConfig, generate_records
 from engine.state import to_view
 from flows.console import ActionWatch, Snapshot, render
-from flows.embedded import free_port, servers, stop_child
 from flows.jobs import say
 from flows.producer import Record, produce_records
+from flows.servers.embedded import servers
+from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
 from flows.store import StateStore
 from flows.topics import ensure_topics

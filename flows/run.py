@@ -46,7 +46,6 @@ from engine.errors import ConfigError, TetikError
 from engine.rules.loader import load_rules
 from flows.breaker import Breaker, Halt
 from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
-from flows.embedded import die_with_parent_preexec, free_port, servers
 from flows.jobs import say
 from flows.ledger import (
     PRODUCER_CONFIG,
@@ -66,6 +65,8 @@ from flows.progress import Monitor
 from flows.retry import connect, retrying
 from flows.rulestore import RulesStore, default_who
 from flows.runtime import RulesRuntime
+from flows.servers.embedded import servers
+from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
 from flows.store import BatchLoader, StateStore
 from flows.topics import ensure_topics, topic_id, wait_for_brokers

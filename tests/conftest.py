@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from flows.embedded import EmbeddedServer, Endpoints, servers
+from flows.servers.embedded import Endpoints, servers
+from flows.servers.process import EmbeddedServer
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,7 @@ def apache_kafka() -> Iterator[EmbeddedServer]:
     is an error. ``.bootstrap`` is its ``host:port``; do not restart it (tests that
     restart a broker start their own).
     """
-    from flows.apache_kafka import find_java, start_apache_kafka
+    from flows.servers.apache_kafka import find_java, start_apache_kafka
 
     if find_java() is None:
         pytest.skip("Apache Kafka needs Java 17 or newer: none found (JAVA_HOME, PATH)")

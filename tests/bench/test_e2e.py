@@ -8,7 +8,7 @@ import pytest
 
 from bench.e2e import SYSTEMS, Plan, bench_e2e
 from bench.report import write_results
-from flows.embedded import Endpoints
+from flows.servers.embedded import Endpoints
 
 TINY = Plan(
     step_s=1.0,

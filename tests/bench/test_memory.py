@@ -16,7 +16,7 @@ import pytest
 
 from bench.memory import EVENTS_PER_USER, SEED, measure_size, stamped
 from clickstream.generator import GeneratorConfig, generate_records
-from flows.embedded import Endpoints
+from flows.servers.embedded import Endpoints
 
 USERS = 300
 

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 
-from flows.embedded import HOST
+from flows.servers.process import HOST
 
 
 class Forwarder:

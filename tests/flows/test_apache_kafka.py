@@ -1,4 +1,4 @@
-"""tetik against a real Apache Kafka 4.x broker (KRaft, one node), from flows.apache_kafka.
+"""tetik against a real Apache Kafka 4.x broker (KRaft, one node), from flows.servers.apache_kafka.
 
 The tests marked ``apache_kafka`` run in ``make test-kafka`` (.ci/run runs it where
 Java is); the others (error messages) need no Java and run in ``make test``. The
@@ -19,11 +19,18 @@ from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient
 
 from engine.actions import Action, to_json
-from flows import apache_kafka as ak
-from flows import embedded
-from flows.apache_kafka import ensure_jars, find_java, kafka_version, start_apache_kafka
-from flows.embedded import EmbeddedServer, ServerStartError, free_port, servers
 from flows.ledger import Ledger, resolve_pending
+from flows.servers import apache_kafka as ak
+from flows.servers import embedded
+from flows.servers.apache_kafka import (
+    EMBEDDED_KAFKA_ENV,
+    ensure_jars,
+    find_java,
+    kafka_version,
+    start_apache_kafka,
+)
+from flows.servers.embedded import servers
+from flows.servers.process import EmbeddedServer, ServerStartError, free_port
 from flows.topics import ensure_topics, wait_for_topic
 from tests.flows.forwarder import Forwarder
 
@@ -244,7 +251,7 @@ def test_sigkill_and_restart_keep_every_acknowledged_message(
 def test_servers_start_apache_kafka_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(embedded.REDIS_URL_ENV, raising=False)
     monkeypatch.delenv(embedded.KAFKA_BOOTSTRAP_ENV, raising=False)
-    monkeypatch.setenv(embedded.EMBEDDED_KAFKA_ENV, "apache")
+    monkeypatch.setenv(EMBEDDED_KAFKA_ENV, "apache")
     lines: list[str] = []
     with servers(kafka=True, progress=lines.append) as found:
         broker = found.servers["kafka"]
@@ -270,7 +277,7 @@ def test_without_java_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ServerStartError, match="needs Java 17") as caught:
         start_apache_kafka()
     assert "\n" not in str(caught.value)
-    assert embedded.EMBEDDED_KAFKA_ENV in str(caught.value)  # the way back to tansu
+    assert EMBEDDED_KAFKA_ENV in str(caught.value)  # the way back to tansu
 
 
 def test_fetching_jars_without_maven_says_what_to_do(

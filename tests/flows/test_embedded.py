@@ -1,4 +1,4 @@
-"""The private servers of flows.embedded and the topic set-up of flows.topics, for real."""
+"""The private servers of flows.servers and the topic set-up of flows.topics, for real."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows import embedded
-from flows.embedded import EmbeddedServer, Endpoints, ServerStartError, servers
+from flows.servers import embedded, process
+from flows.servers.apache_kafka import EMBEDDED_KAFKA_ENV
+from flows.servers.embedded import Endpoints, servers
+from flows.servers.process import EmbeddedServer, ServerStartError
 from flows.topics import ensure_topics, wait_for_topic
 from tests.flows.forwarder import Forwarder
 
@@ -247,8 +249,8 @@ def test_start_retries_on_a_port_taken_meanwhile(
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         ports = iter([squatter.getsockname()[1]])
-        real_free_port = embedded.free_port
-        monkeypatch.setattr(embedded, "free_port", lambda: next(ports, None) or real_free_port())
+        real_free_port = process.free_port
+        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
         server, _ = STARTERS[kind]()
         with server:
             assert server.port != squatter.getsockname()[1]
@@ -297,7 +299,7 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import time
-        from flows.embedded import servers
+        from flows.servers.embedded import servers
         with servers(kafka=True, progress=lambda line: print(line, flush=True)):
             print("ready", flush=True)
             time.sleep(60)
@@ -356,7 +358,7 @@ def test_default_redis_restarts_empty_on_the_same_port(unique: str) -> None:
 def test_a_paused_server_answers_again_once_resumed() -> None:
     server, url = embedded.start_redis()
     with server:
-        client = redis.Redis.from_url(url, socket_timeout=0.3, retry=embedded._NO_RETRY)
+        client = redis.Redis.from_url(url, socket_timeout=0.3, retry=process._NO_RETRY)
         assert client.ping()
         server.pause()
         with pytest.raises(redis.TimeoutError):
@@ -383,7 +385,7 @@ def test_restarted_tansu_answers_on_the_same_port_empty(unique: str) -> None:
 @pytest.mark.integration
 def test_tansu_advertises_the_port_it_is_given(unique: str) -> None:
     """Clients bootstrap through a forwarder and are sent back to it, never around it."""
-    proxy_port = embedded.free_port()
+    proxy_port = process.free_port()
     server, _ = embedded.start_kafka(advertised_port=proxy_port)
     with server, Forwarder(proxy_port, server.port) as forwarder:
         bootstrap = f"127.0.0.1:{proxy_port}"
@@ -404,11 +406,11 @@ def test_tansu_advertises_the_port_it_is_given(unique: str) -> None:
 
 
 def test_unknown_embedded_kafka_kind_says_which_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(embedded.EMBEDDED_KAFKA_ENV, "confluent")
+    monkeypatch.setenv(EMBEDDED_KAFKA_ENV, "confluent")
     with pytest.raises(
         ServerStartError, match=r"unknown embedded Kafka 'confluent'.*tansu, apache"
     ):
         embedded.kafka_kind()
     assert embedded.kafka_kind("apache") == "apache"
-    monkeypatch.delenv(embedded.EMBEDDED_KAFKA_ENV)
+    monkeypatch.delenv(EMBEDDED_KAFKA_ENV)
     assert embedded.kafka_kind() == "tansu"

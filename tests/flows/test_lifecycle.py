@@ -11,7 +11,6 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Producer
 from confluent_kafka.admin import AdminClient
 
-from flows.embedded import EmbeddedServer, start_kafka
 from flows.lifecycle import (
     Resume,
     SourcePolicy,
@@ -20,6 +19,8 @@ from flows.lifecycle import (
     decode_snapshot,
     judge,
 )
+from flows.servers.embedded import start_kafka
+from flows.servers.process import EmbeddedServer
 from flows.topics import ensure_topics, topic_id
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.embedded import EmbeddedServer, start_redis
+from flows.servers.embedded import start_redis
+from flows.servers.process import EmbeddedServer
 from tests.flows.live import RULES, Live, expected_actions, live, produce, tally, wait_for_actions
 from tests.flows.test_run import now_ms, shoppers
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from engine.actions import Action
-from flows.embedded import EmbeddedServer, start_redis
 from flows.ledger import Ledger
 from flows.retry import RedisUnavailable, connect, retrying
+from flows.servers.embedded import start_redis
+from flows.servers.process import EmbeddedServer
 
 pytestmark = pytest.mark.integration
 

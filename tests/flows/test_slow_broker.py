@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from chaos.proxy import DelayProxy
-from flows.embedded import free_port, start_kafka
+from flows.servers.embedded import start_kafka
+from flows.servers.process import free_port
 from tests.flows.live import (
     RULES,
     Live,

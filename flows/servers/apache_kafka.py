@@ -1,6 +1,6 @@
 """A real Apache Kafka 4.x broker (KRaft, one node) as a second embedded broker.
 
-tansu (flows.embedded) stays the embedded default, so nobody needs Java. Tests marked
+tansu (flows.servers.embedded) stays the embedded default, so nobody needs Java. Tests marked
 ``apache_kafka``, the fault suite and the bench use this broker when Java is present,
 to check tetik against the broker production runs.
 
@@ -17,13 +17,13 @@ Rules of the interface:
   ``java -cp 'lib/*' kafka.Kafka server.properties`` in combined mode
   (``process.roles=broker,controller``), listening on 127.0.0.1 only, automatic topic
   creation off (tetik creates its topics), internal topics with one replica, a 512 MiB
-  heap. It returns a :class:`flows.embedded.EmbeddedServer`: ``.bootstrap``,
+  heap. It returns a :class:`flows.servers.process.EmbeddedServer`: ``.bootstrap``,
   ``.pid``, ``.stop()``, ``.kill()`` (SIGKILL), ``.restart()`` (same port and data
   dir, so the log and the consumers' committed offsets survive it).
 * The first start also records the classes the broker loads into a class-data
   archive next to the jars (about 50 MB), which later starts map instead of loading
   the jars again.
-* Failures raise :class:`flows.embedded.ServerStartError`: one line saying what to do
+* Failures raise :class:`flows.servers.process.ServerStartError`: one line saying what to do
   when Java, Maven or the jars are missing (install them, or use the default tansu
   broker); the broker's last log lines when it fails to start, as for the other
   embedded servers.
@@ -43,8 +43,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flows.embedded import (
-    EMBEDDED_KAFKA_ENV,
+from flows.servers.process import (
     HOST,
     EmbeddedServer,
     ServerStartError,
@@ -55,6 +54,7 @@ from flows.embedded import (
 
 __all__ = [
     "DEFAULT_VERSION",
+    "EMBEDDED_KAFKA_ENV",
     "cache_root",
     "ensure_jars",
     "find_java",
@@ -63,12 +63,15 @@ __all__ = [
     "start_apache_kafka",
 ]
 
+# Set to "apache", it makes flows.servers.embedded.servers() start this broker instead
+# of tansu when no Kafka is configured.
+EMBEDDED_KAFKA_ENV = "TETIK_EMBEDDED_KAFKA"
 # The newest 4.x that Maven Central serves here; its classes target Java 17.
 DEFAULT_VERSION = "4.4.0"
 VERSION_ENV = "TETIK_APACHE_KAFKA_VERSION"
 CACHE_ENV = "TETIK_CACHE_DIR"
 MIN_JAVA = 17
-POM = Path(__file__).resolve().parent.parent / "java" / "apache-kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[2] / "java" / "apache-kafka" / "pom.xml"
 # A JVM on a busy 2-core machine can take a while; Kafka's clean shutdown too.
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
