@@ -43,9 +43,9 @@ from bench.progress import Bar
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
 from flows.jobs import say
+from flows.kafka.topics import ensure_topics
 from flows.servers.embedded import Endpoints, servers
 from flows.servers.process import die_with_parent_preexec, stop_child
-from flows.topics import ensure_topics
 
 SYSTEMS = ("passthrough", "tetik", "handwritten")
 RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run

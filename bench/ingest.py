@@ -30,10 +30,10 @@ from engine.events import decode_event
 from engine.state import UserState, apply
 from flows.ingest import kafka_ingest_flow, now_ms
 from flows.jobs import say
-from flows.producer import produce_records
+from flows.kafka.producer import produce_records
+from flows.kafka.topics import ensure_topics
 from flows.servers.embedded import servers
 from flows.settings import Settings
-from flows.topics import ensure_topics
 
 
 def _core_rate(records: Sequence[tuple[bytes | None, bytes]]) -> float:

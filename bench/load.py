@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 
 from clickstream.generator import GeneratorConfig, generate_records
 from flows.console import percentile
-from flows.producer import send_record
+from flows.kafka.producer import send_record
 
 _MARK = "\x00ts\x00"
 _QUOTED = orjson.dumps(_MARK)

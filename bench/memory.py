@@ -60,10 +60,10 @@ from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG
 from flows.ingest import now_ms
 from flows.jobs import say
-from flows.producer import Record, produce_records
+from flows.kafka.producer import Record, produce_records
+from flows.kafka.topics import ensure_topics
 from flows.servers.embedded import Endpoints, servers
 from flows.store import StateStore, state_ttl_ms
-from flows.topics import ensure_topics
 
 REDIS_EVENTS_PER_USER = 20  # history depth of the Redis figure
 EVENTS_PER_USER = 5  # backlog of the RSS figure

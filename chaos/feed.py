@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from chaos.compare import Poison
 from chaos.workload import Outgoing
-from flows.producer import send_record
+from flows.kafka.producer import send_record
 
 __all__ = ["Feed"]
 

@@ -34,8 +34,8 @@ from engine.actions import to_dict
 from engine.journeys import Engine as Core
 from engine.replay import replay
 from engine.rules.loader import load_rules
+from flows.kafka.topics import ensure_topics
 from flows.settings import from_env
-from flows.topics import ensure_topics
 
 __all__ = ["Deployment", "expected_actions"]
 

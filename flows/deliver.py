@@ -62,9 +62,9 @@ from engine.actions import Action
 from engine.durations import DAY
 from engine.errors import ConfigError
 from engine.events import CHANNELS
+from flows.kafka.topics import ensure_topics
 from flows.settings import Settings, from_env
 from flows.store import StateStore
-from flows.topics import ensure_topics
 
 DEFAULT_GROUP: Final = "tetik-deliver"
 ACTIONS_TOPIC: Final = "actions"

@@ -39,12 +39,12 @@ from clickstream.generator import GeneratorConfig, generate_records
 from engine.state import to_view
 from flows.console import ActionWatch, Snapshot, render
 from flows.jobs import say
-from flows.producer import Record, produce_records
+from flows.kafka.producer import Record, produce_records
+from flows.kafka.topics import ensure_topics
 from flows.servers.embedded import servers
 from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
 from flows.store import StateStore
-from flows.topics import ensure_topics
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
 RULES = Path(__file__).resolve().parents[1] / "examples" / "demo" / "journeys.yaml"

@@ -12,13 +12,13 @@ from bytewax.run import cli_main
 from engine.errors import ConfigError
 from engine.state import to_view
 from flows.ingest import kafka_ingest_flow
+from flows.kafka.producer import identity_of, produce_records
+from flows.kafka.topics import ensure_topics
 from flows.lifecycle import stop_on_signals
-from flows.producer import identity_of, produce_records
 from flows.progress import Monitor
 from flows.servers.embedded import servers
 from flows.settings import Settings, from_env
 from flows.store import StateStore
-from flows.topics import ensure_topics
 
 
 def say(line: str) -> None:

@@ -100,7 +100,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import TetikError
-from flows.topics import ensure_topics, read_topic_id, request_topic_id
+from flows.kafka.topics import ensure_topics, read_topic_id, request_topic_id
 
 IDLE_POLL = timedelta(milliseconds=2)
 AWAY_POLL = timedelta(milliseconds=100)

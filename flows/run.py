@@ -47,6 +47,7 @@ from engine.rules.loader import load_rules
 from flows.breaker import Breaker, Halt
 from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
 from flows.jobs import say
+from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.ledger import (
     PRODUCER_CONFIG,
     ActionEmitter,
@@ -69,7 +70,6 @@ from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
 from flows.store import BatchLoader, StateStore
-from flows.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.trigger import OutcomeSink, build_trigger_flow
 from flows.watermark import SharedProgress, Watermark
 

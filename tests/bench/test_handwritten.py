@@ -27,8 +27,8 @@ from engine.actions import to_dict
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
-from flows.producer import Record, produce_records
-from flows.topics import ensure_topics
+from flows.kafka.producer import Record, produce_records
+from flows.kafka.topics import ensure_topics
 from tests.flows.live import read_topic
 
 pytestmark = pytest.mark.integration

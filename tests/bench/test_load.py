@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from bench.load import PRODUCER_CONFIG, Template, send_paced, template
-from flows.topics import ensure_topics
+from flows.kafka.topics import ensure_topics
 from tests.flows.live import read_topic
 
 

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from bench.watch import OutputWatch, summary
-from flows.topics import ensure_topics
+from flows.kafka.topics import ensure_topics
 
 
 def test_summary_percentiles_come_from_the_values() -> None:

@@ -25,7 +25,7 @@ from channels.kafka import KafkaChannel
 from channels.onsite import OnsiteChannel, read_inbox
 from channels.smtp import SmtpChannel
 from channels.webhook import WebhookChannel
-from flows.topics import ensure_topics
+from flows.kafka.topics import ensure_topics
 from tests.channels.support import (
     FAST_RETRY,
     HookServer,

@@ -19,6 +19,7 @@ from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient
 
 from engine.actions import Action, to_json
+from flows.kafka.topics import ensure_topics, wait_for_topic
 from flows.ledger import Ledger, resolve_pending
 from flows.servers import apache_kafka as ak
 from flows.servers import embedded
@@ -31,7 +32,6 @@ from flows.servers.apache_kafka import (
 )
 from flows.servers.embedded import servers
 from flows.servers.process import EmbeddedServer, ServerStartError, free_port
-from flows.topics import ensure_topics, wait_for_topic
 from tests.flows.forwarder import Forwarder
 
 READ_TIMEOUT_S = 30.0

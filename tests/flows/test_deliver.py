@@ -28,10 +28,10 @@ from engine.errors import ConfigError
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
 from flows.deliver import Tally, add_commands, run_deliver
-from flows.producer import produce_records
+from flows.kafka.producer import produce_records
+from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
 from flows.store import StateStore
-from flows.topics import ensure_topics
 from tests.channels.support import (
     HookServer,
     MailCatcher,

@@ -1,4 +1,4 @@
-"""The private servers of flows.servers and the topic set-up of flows.topics, for real."""
+"""The private servers of flows.servers and the topic set-up of flows.kafka.topics, for real."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.kafka.topics import ensure_topics, wait_for_topic
 from flows.servers import embedded, process
 from flows.servers.apache_kafka import EMBEDDED_KAFKA_ENV
 from flows.servers.embedded import Endpoints, servers
 from flows.servers.process import EmbeddedServer, ServerStartError
-from flows.topics import ensure_topics, wait_for_topic
 from tests.flows.forwarder import Forwarder
 
 _PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>

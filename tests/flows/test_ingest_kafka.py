@@ -18,10 +18,10 @@ from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps, to_view
 from flows.ingest import kafka_ingest_flow, now_ms
-from flows.producer import produce_records
+from flows.kafka.producer import produce_records
+from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
 from flows.store import StateStore
-from flows.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ from confluent_kafka import Producer
 
 from engine.actions import Action, to_json
 from engine.rules.loader import load_rules
+from flows.kafka.topics import ensure_topics
 from flows.ledger import (
     DAY_MS,
     MIN_RETENTION_MS,
@@ -16,7 +17,6 @@ from flows.ledger import (
     resolve_pending,
     retention_ms,
 )
-from flows.topics import ensure_topics
 from tests.flows.live import read_topic
 
 pytestmark = pytest.mark.integration

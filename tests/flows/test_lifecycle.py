@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Producer
 from confluent_kafka.admin import AdminClient
 
+from flows.kafka.topics import ensure_topics, topic_id
 from flows.lifecycle import (
     Resume,
     SourcePolicy,
@@ -21,7 +22,6 @@ from flows.lifecycle import (
 )
 from flows.servers.embedded import start_kafka
 from flows.servers.process import EmbeddedServer
-from flows.topics import ensure_topics, topic_id
 
 
 class Clock:

@@ -1,0 +1,1 @@
+"""Kafka plumbing for every job: the topic layout (topics.py), the producer (producer.py)."""
