@@ -66,3 +66,21 @@ def apache_kafka() -> Iterator[EmbeddedServer]:
         pytest.skip("Apache Kafka needs Java 17 or newer: none found (JAVA_HOME, PATH)")
     with start_apache_kafka(progress=lambda line: print(line, file=sys.stderr)) as server:
         yield server
+
+
+from flows.servers.valkey_cluster import ValkeyCluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[ValkeyCluster]:
+    """One private Valkey Cluster of three masters for the session's cluster tests,
+    started on first use (about 2 s) and stopped at the session's end.
+
+    ``.url`` is its ``redis+cluster://host:port,...`` URL (``flows.retry.connect`` opens
+    it as a ``RedisCluster``), ``.nodes`` its masters' ``(host, port)``. Tests share it
+    and isolate themselves with ``unique`` hash tags; do not kill or flush its nodes.
+    """
+    from flows.servers.valkey_cluster import valkey_cluster as start_cluster
+
+    with start_cluster() as cluster:
+        yield cluster
