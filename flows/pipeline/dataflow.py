@@ -1,0 +1,103 @@
+"""The live dataflow, built from its source and sinks: Kafka events -> shards -> actions.
+
+Steps (each owned by one module):
+
+1. ``events``: the input (the real Kafka source, :mod:`flows.lifecycle`, or
+   Bytewax's ``TestingSource`` in tests).
+2. ``decode``: :func:`flows.pipeline.decode.decode_stamped` validates and
+   stamps each message; invalid ones go to the ``dlq`` sink.
+3. ``wake``: every shard gets a :class:`~flows.pipeline.shard.Wake` at start,
+   so a shard whose shoppers wait on timers runs even before its next event.
+4. ``shards``: events are keyed by shard (:func:`flows.stores.keys.shard_of`
+   of the identity; one shopper's events stay in order on one worker), and
+   :class:`~flows.pipeline.shard.ShardLogic` runs the journeys core on each
+   batch, writes to Redis and emits through the outbox.
+5. ``reports``: what each activation did (actions, counts) goes to the
+   ``reports`` sink: tests collect it; the live engine drops it.
+
+:func:`build_flow` takes its source and sinks, so tests run it in process with
+``TestingSource``/``TestingSink`` against the real Redis and Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeGuard, cast
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
+from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
+from flows.stores.keys import shard_of
+
+
+class _Wakes(StatelessSourcePartition[Wake]):
+    def __init__(self, shards: int) -> None:
+        self._pending: list[Wake] | None = [Wake(s) for s in range(shards)]
+
+    def next_batch(self) -> list[Wake]:
+        if self._pending is None:
+            raise StopIteration
+        batch, self._pending = self._pending, None
+        return batch
+
+
+class WakeSource(DynamicSource[Wake]):
+    """One :class:`Wake` per shard, from the first worker, once per start."""
+
+    def __init__(self, shards: int) -> None:
+        self._shards = shards
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Wakes:
+        return _Wakes(self._shards if worker_index == 0 else 0)
+
+
+class _Dropped(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
+
+
+class DropSink(DynamicSink[Any]):
+    """A sink that keeps nothing (the live engine's ``reports``)."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Dropped:
+        return _Dropped()
+
+
+def _is_rejected(item: Stamped | Rejected) -> TypeGuard[Rejected]:
+    return isinstance(item, Rejected)
+
+
+def build_flow(
+    source: Source[KafkaSourceMessage[Any, Any]],
+    dlq_sink: Sink[KafkaSinkMessage[Any, Any]],
+    reports_sink: Sink[ShardReport],
+    config: ShardConfig,
+    *,
+    breaker: Counting | None = None,
+    flow_id: str = "tetik",
+) -> Dataflow:
+    """The live engine's dataflow over any source of Kafka messages (see the module steps)."""
+    shards = config.keys.shards
+    flow = Dataflow(flow_id)
+    messages = op.input("events", flow, source)
+    decoded = op.map("decode", messages, decode_stamped(config.watermark, breaker))
+    split = op.branch("split", decoded, _is_rejected)
+    events = cast(Stream[Stamped | Wake], split.falses)
+    op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
+    wakes = cast(Stream[Stamped | Wake], op.input("wake", flow, WakeSource(shards)))
+
+    def key(item: Stamped | Wake) -> str:
+        return str(item.shard if isinstance(item, Wake) else shard_of(item.event.key, shards))
+
+    keyed = op.key_on("shard", op.merge("inputs", events, wakes), key)
+
+    def builder(resume: int | None) -> ShardLogic:
+        return ShardLogic(config, resume)
+
+    reports = op.key_rm("unkey", op.stateful_batch("shards", keyed, builder))
+    op.output("reports", reports, reports_sink)
+    return flow

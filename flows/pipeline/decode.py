@@ -1,0 +1,120 @@
+"""The pipeline's first step: a Kafka message becomes a stamped event or a dead letter.
+
+Rules of this interface:
+
+* :func:`decode_message` never raises for bad input: a message that is not a
+  valid event (SPEC section 1), or whose ``ts`` is more than a day after the
+  time it reached Kafka, is a :class:`Rejected` with a one-line reason.
+* :func:`to_dlq` is the dead-letter record, as Kafka Connect's dead-letter
+  queues: the original key and bytes, and the reason, exception class and
+  source (topic, partition, offset) in headers, so it can be fixed and
+  re-driven untouched.
+* A valid event becomes a :class:`Stamped`: the event, the clock it is
+  applied at (the watermark's stamp, :mod:`flows.pipeline.watermark`), when
+  it reached Kafka, and where it was read (partition and offset), which the
+  shard uses to skip what its stored states already reflect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+
+from engine.errors import InvalidEvent
+from engine.events import Event, check_not_future, decode_event
+from flows.clock import wall_ms
+
+
+class Stamper(Protocol):
+    def stamp(self, partition: str, ts: int) -> int: ...
+
+
+class Counting(Protocol):
+    def record(self, failed: bool, records: int = 1) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that is not a valid event (or whose processing failed), and why."""
+
+    message: KafkaSourceMessage[Any, Any]
+    reason: str
+    error: str = "InvalidEvent"  # the exception class, in the dead letter's headers
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A valid event with the clock it is applied at, and where and when it was read.
+
+    ``partition`` names the input partition as the watermark does (``""`` for
+    a derived event, which has no offset of its own).
+    """
+
+    event: Event
+    now: int
+    ingested: int | None = None
+    message: KafkaSourceMessage[Any, Any] | None = None
+    partition: str = ""
+
+    @property
+    def offset(self) -> int:
+        offset = None if self.message is None else self.message.offset
+        return -1 if offset is None else offset
+
+
+def decode_message(message: KafkaSourceMessage[Any, Any]) -> Event | Rejected:
+    """Validate one Kafka message (see the module rules)."""
+    if message.value is None:
+        return Rejected(message, "message has no value (tombstone); expected one JSON event")
+    try:
+        event = decode_event(message.value)
+        check_not_future(event, kafka_time(message) or wall_ms())
+    except InvalidEvent as exc:
+        return Rejected(message, exc.reason)
+    return event
+
+
+def kafka_time(message: KafkaSourceMessage[Any, Any]) -> int | None:
+    """When the message reached Kafka (CreateTime or LogAppendTime), or None."""
+    stamp = message.timestamp
+    return stamp[1] if stamp is not None and stamp[0] != 0 else None
+
+
+def partition_name(message: KafkaSourceMessage[Any, Any]) -> str:
+    """An input partition's name, as the source and the watermark name it."""
+    return f"{message.partition}-{message.topic}"
+
+
+def decode_stamped(
+    clock: Stamper, breaker: Counting | None = None
+) -> Callable[[KafkaSourceMessage[Any, Any]], Stamped | Rejected]:
+    """The ``decode`` step: a message becomes a :class:`Stamped` or a :class:`Rejected`."""
+
+    def decode(message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
+        event = decode_message(message)
+        if breaker is not None:
+            breaker.record(isinstance(event, Rejected))
+        if isinstance(event, Rejected):
+            return event
+        partition = partition_name(message)
+        now = clock.stamp(partition, event.ts)
+        return Stamped(event, now, kafka_time(message), message, partition)
+
+    return decode
+
+
+def to_dlq(rejected: Rejected) -> KafkaSinkMessage[Any, Any]:
+    """The dead-letter record (see the module rules)."""
+    source = rejected.message
+    headers = [
+        ("tetik.error.reason", rejected.reason.encode()),
+        ("tetik.error.class", rejected.error.encode()),
+        ("tetik.source.topic", str(source.topic).encode()),
+        ("tetik.source.partition", str(source.partition).encode()),
+        ("tetik.source.offset", str(source.offset).encode()),
+        ("tetik.error.at", str(wall_ms()).encode()),
+    ]
+    return KafkaSinkMessage(key=source.key, value=source.value, headers=headers)

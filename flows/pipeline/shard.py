@@ -1,0 +1,416 @@
+"""One shard of shoppers: the journeys core over a batch, state and timers in Redis.
+
+A shard is one Bytewax key (:func:`flows.stores.keys.shard_of` of the
+identity). Its :class:`ShardLogic` is the only writer of the shard's Redis keys
+and holds no shopper for longer than its bounded cache, so worker memory does
+not grow with the shoppers who wait.
+
+Rules of this interface:
+
+* **A batch** (``on_batch``): the events of many shoppers. The states the
+  cache lacks come in one ``MGET``; each shopper's events run in order
+  through :meth:`engine.journeys.Engine.handle` (due timers first, each at its
+  due time); then one transaction (:meth:`flows.stores.states.ShardStore.commit`)
+  writes the changed states, their next due times, the actions and dead
+  letters into the outbox, the input offsets the states now reflect and the
+  counters; then the outbox records are produced without waiting
+  (:mod:`flows.stores.emissions`).
+* **Offsets**: an event read at an input offset the shard's stored states
+  already reflect is skipped (``skipped``). After a crash Bytewax resumes the
+  input from its last snapshot, which may be older than Redis: those events
+  are read again and skipped, so nothing is applied or emitted twice, and the
+  Bytewax snapshot holds offsets only, never shoppers.
+* **Timers**: the shard keeps in memory only the earliest due time of its
+  timer index. Once the watermark (:mod:`flows.watermark`) has passed it, up to
+  ``timer_batch`` due shoppers are popped at once and advanced to the
+  watermark, each step at its due time, and written in one transaction.
+* **Failures stay with their record**: a shopper whose events raise is redone
+  from its stored state one event at a time, and an event that raises becomes
+  a dead letter (in the outbox, so it is not lost), as if it never came; a
+  shopper whose timer raises is looked at again later (1 s, doubling to 10
+  min), counted ``errors.timer``.
+* Acknowledgements from Kafka are confirmed (outbox entries removed) in the
+  shard's next write, or by a write of their own within ``confirm_ms`` when
+  the shard is idle.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from bytewax.operators import StatefulBatchLogic
+
+from engine.actions import Action
+from engine.journeys import Engine
+from engine.state import UserState, dumps, loads, prune
+from flows.clock import Clock, wall_ms
+from flows.pipeline.decode import Rejected, Stamped, to_dlq
+from flows.retry import retrying
+from flows.stores.emissions import Emitter, Record, action_record, pack
+from flows.stores.keys import Keys, shard_of
+from flows.stores.states import ShardStore, ShardWrite
+
+TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to 10 min
+RETRY_MS = 10  # a due timer held back by the watermark looks again this much later
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """A nudge that creates (or wakes) a shard's logic: sent to every shard at start."""
+
+    shard: int
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What one activation of a shard did: the actions it emitted and its counts."""
+
+    shard: int
+    actions: list[Action] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ShardConfig:
+    """What every shard of a process shares (built once by the dataflow's owner)."""
+
+    runtime: Any  # flows.runtime.RulesRuntime (current(), drain_ended())
+    watermark: Any  # flows.watermark.Watermark (value(), applied())
+    emitter: Emitter
+    client: Any  # redis.Redis or RedisCluster
+    keys: Keys
+    ttl_ms: int
+    actions_topic: str
+    dlq_topic: str
+    clock: Clock = wall_ms
+    cache_users: int = 1_000  # per shard
+    timer_batch: int = 500
+    confirm_ms: int = 20
+    on_back: Callable[[], None] | None = None
+
+
+class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
+    """One shard inside the live flow (see the module rules)."""
+
+    def __init__(self, config: ShardConfig, shard: int | None = None) -> None:
+        self._c = config
+        self._shard = -1
+        self._store: ShardStore | None = None
+        self._cache: OrderedDict[str, UserState] = OrderedDict()
+        self._offsets: dict[str, int] | None = None  # read from Redis at the first activation
+        self._next_due: int | None = None
+        self._backoff: dict[str, int] = {}
+        self._held_until = 0  # a due timer was held back by the watermark until then
+        if shard is not None:
+            self._bind(shard)
+
+    @property
+    def _shard_store(self) -> ShardStore:
+        assert self._store is not None, "bound at the first item"
+        return self._store
+
+    def _bind(self, shard: int) -> None:
+        """Bytewax's builder does not know the key: the first item (or the snapshot) tells."""
+        if self._store is None:
+            self._shard = shard
+            keys = self._c.keys.shard(shard)
+            self._store = ShardStore(self._c.client, keys, self._c.ttl_ms)
+
+    # -- Bytewax entry points ---------------------------------------------------------
+
+    def on_batch(self, values: list[Stamped | Wake]) -> tuple[Iterable[ShardReport], bool]:
+        events = [v for v in values if isinstance(v, Stamped)]
+        first = values[0]
+        shards = self._c.keys.shards
+        self._bind(first.shard if isinstance(first, Wake) else shard_of(first.event.key, shards))
+        try:
+            self._start()
+            engine = self._c.runtime.current()
+            report = self._apply(engine, events) if events else self._timers()
+            return [report], StatefulBatchLogic.RETAIN
+        finally:  # they no longer hold the watermark back (flows.watermark rules)
+            self._c.watermark.applied((v.partition, v.now) for v in events if v.partition)
+
+    def on_notify(self) -> tuple[Iterable[ShardReport], bool]:
+        if self._store is None:
+            return [], StatefulBatchLogic.RETAIN
+        self._start()
+        return [self._timers()], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[ShardReport], bool]:
+        """The input ended (a bounded run): wait for what was sent and confirm it."""
+        if self._store is None:
+            return [], StatefulBatchLogic.RETAIN
+        self._start()
+        self._c.emitter.flush()
+        write = ShardWrite()
+        self._collect(write)
+        if not write.empty():
+            self._commit(write)
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self._store is None:
+            return None
+        now = self._c.clock()
+        wake: list[int] = []
+        if self._next_due is not None:
+            wake.append(max(self._next_due, self._held_until))
+        if self._c.emitter.outstanding(self._shard):
+            wake.append(now + self._c.confirm_ms)
+        if not wake:
+            return None
+        return datetime.fromtimestamp(max(min(wake), now) / 1000, UTC)
+
+    def snapshot(self) -> int:
+        """Only which shard this is: its shoppers, timers and offsets are all in Redis."""
+        return self._shard
+
+    # -- events -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._offsets is None:
+            self._offsets = self._retrying("reading a shard's offsets", self._shard_store.offsets)
+            self._next_due = self._retrying("reading a shard's timers", self._shard_store.next_due)
+
+    def _apply(self, engine: Engine, events: list[Stamped]) -> ShardReport:
+        assert self._offsets is not None
+        write = ShardWrite()
+        fresh = self._fresh(events, write)
+        by_user: dict[str, list[Stamped]] = {}
+        for item in fresh:
+            by_user.setdefault(item.event.key, []).append(item)
+        states = self._states(list(by_user))
+        actions: list[Action] = []
+        records: dict[str, Record] = {}
+        for identity, items in by_user.items():
+            state = states[identity] or UserState(key=identity)
+            mine: list[Action] = []
+            counts: Counter[str] = Counter()
+            try:
+                changed = self._run(engine, state, items, mine, counts)
+            except Exception:  # one event's failure must not stop everyone
+                mine, counts = [], Counter()
+                state, changed = self._isolate(engine, identity, items, mine, counts, records)
+            actions.extend(mine)
+            write.counts.update(counts)
+            if changed:
+                prune(state, items[-1].now, engine.windows)
+                write.states.append((identity, dumps(state), engine.next_due(state)))
+            self._remember(identity, state)
+        return self._finish(write, actions, records)
+
+    def _fresh(self, events: list[Stamped], write: ShardWrite) -> list[Stamped]:
+        """The events the stored states do not reflect yet; records their offsets."""
+        assert self._offsets is not None
+        fresh: list[Stamped] = []
+        for item in events:
+            if not item.partition:
+                fresh.append(item)  # derived: its event id is what dedupes it
+                continue
+            if item.offset <= self._offsets.get(item.partition, -1):
+                write.counts["skipped"] += 1
+                continue
+            fresh.append(item)
+            write.offsets[item.partition] = max(item.offset, write.offsets.get(item.partition, -1))
+        return fresh
+
+    def _run(
+        self,
+        engine: Engine,
+        state: UserState,
+        items: list[Stamped],
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bool:
+        """The common path: one shopper's events at once; whether the state changed."""
+        changed = False
+        for item in items:
+            outcome, fired, caused = engine.handle(state, item.event, item.now)
+            counts[outcome] += 1
+            actions.extend(fired)
+            actions.extend(_caused(caused, item.ingested))
+            changed = changed or outcome == "applied" or bool(fired)
+        return changed
+
+    def _isolate(
+        self,
+        engine: Engine,
+        identity: str,
+        items: list[Stamped],
+        actions: list[Action],
+        counts: Counter[str],
+        records: dict[str, Record],
+    ) -> tuple[UserState, bool]:
+        """Redo a shopper's events from its stored state, one at a time (see the rules)."""
+        store = self._shard_store
+        stored = self._retrying("reading a shopper's state", lambda: store.load(identity))
+        state = stored or UserState(key=identity)
+        for item in items:
+            before = dumps(state)
+            try:
+                outcome, fired, caused = engine.handle(state, item.event, item.now)
+                dumps(state)
+            except Exception as exc:  # see the module rules
+                state = loads(before)
+                counts["failed"] += 1
+                letter = _dead_letter(item, exc, self._c.dlq_topic)
+                if letter is not None:
+                    records[f"dead:{item.partition}:{item.offset}"] = letter
+                continue
+            counts[outcome] += 1
+            actions.extend(fired)
+            actions.extend(_caused(caused, item.ingested))
+        return state, True
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _timers(self) -> ShardReport:
+        """Fire the steps due by the watermark (and confirm acknowledgements)."""
+        write = ShardWrite()
+        actions: list[Action] = []
+        now = self._c.clock()
+        due = self._next_due
+        if due is not None and due <= now:
+            until = min(now, self._c.watermark.value())
+            if due > until:
+                self._held_until = now + RETRY_MS
+            else:
+                self._fire(self._c.runtime.current(), until, now, write, actions)
+        return self._finish(write, actions, {})
+
+    def _fire(
+        self, engine: Engine, until: int, now: int, write: ShardWrite, actions: list[Action]
+    ) -> None:
+        identities = self._retrying(
+            "reading due timers", lambda: self._shard_store.due(until, self._c.timer_batch)
+        )
+        states = self._states(identities)
+        for identity in identities:
+            state = states[identity]
+            if state is None:  # expired or deleted: nothing left to run
+                write.forgotten.append(identity)
+                continue
+            try:
+                fired = engine.advance(state, until)
+                data = dumps(state)
+            except Exception as exc:  # a broken step must not stop everyone
+                self._cache.pop(identity, None)
+                write.looks[identity] = now + self._timer_failed(identity, exc)
+                write.counts["errors.timer"] += 1
+                continue
+            self._backoff.pop(identity, None)
+            actions.extend(fired)
+            write.states.append((identity, data, engine.next_due(state)))
+            self._remember(identity, state)
+        if len(identities) == self._c.timer_batch:
+            self._held_until = 0  # more are due: look again at once
+
+    def _timer_failed(self, identity: str, exc: Exception) -> int:
+        low, high = TIMER_BACKOFF_MS
+        wait = min(high, max(low, self._backoff.get(identity, 0) * 2))
+        self._backoff[identity] = wait
+        if len(self._backoff) > 10_000:
+            self._backoff.pop(next(iter(self._backoff)))
+        _report_once(
+            f"a timer of user {identity!r} failed ({type(exc).__name__}: {exc}); "
+            f"retrying in {wait / 1000:g} s (counted as errors.timer)"
+        )
+        return wait
+
+    # -- the write --------------------------------------------------------------------
+
+    def _finish(
+        self, write: ShardWrite, actions: list[Action], records: dict[str, Record]
+    ) -> ShardReport:
+        """Commit the batch, then produce its records; the report for the flow's output."""
+        topic = self._c.actions_topic
+        for action in actions:
+            write.counts[f"actions.{action.status}"] += 1
+            if action.reason is not None:  # e.g. actions.suppressed.template_error
+                write.counts[f"actions.{action.status}.{action.reason}"] += 1
+            records[action.action_id] = action_record(action, topic)
+        write.outbox = {rid: pack(r) for rid, r in records.items()}
+        write.counts["actions.emitted"] += len(actions)
+        write.counts.update({f"ended.{k}": v for k, v in self._c.runtime.drain_ended().items()})
+        self._collect(write)
+        if write.empty():
+            return ShardReport(self._shard)
+        write.counts["batches"] += 1
+        self._commit(write)
+        self._c.emitter.send(self._shard, records)
+        counts = {k: v for k, v in write.counts.items() if v}
+        return ShardReport(self._shard, actions, counts)
+
+    def _collect(self, write: ShardWrite) -> None:
+        confirmed, acked = self._c.emitter.collect(self._shard)
+        write.confirmed, write.acked = confirmed, acked
+
+    def _commit(self, write: ShardWrite) -> None:
+        now = self._c.clock()
+        self._next_due = self._retrying(
+            "storing states and their actions", lambda: self._shard_store.commit(write, now)
+        )
+        if self._offsets is not None:
+            self._offsets.update(write.offsets)
+
+    # -- states -----------------------------------------------------------------------
+
+    def _states(self, identities: Sequence[str]) -> dict[str, UserState | None]:
+        """The states of ``identities``: cached ones, the rest in one ``MGET``."""
+        found: dict[str, UserState | None] = {}
+        missing: list[str] = []
+        for identity in identities:
+            state = self._cache.get(identity)
+            if state is None:
+                missing.append(identity)
+            else:
+                found[identity] = state
+        if missing:
+            store = self._shard_store
+            data = self._retrying("reading shoppers' states", lambda: store.read(missing))
+            for identity, raw in zip(missing, data, strict=True):
+                found[identity] = None if raw is None else loads(raw)
+        return found
+
+    def _remember(self, identity: str, state: UserState) -> None:
+        self._cache[identity] = state
+        self._cache.move_to_end(identity)
+        while len(self._cache) > self._c.cache_users:
+            self._cache.popitem(last=False)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        return retrying(what, call, on_back=self._c.on_back)
+
+
+def _caused(actions: list[Action], ingested: int | None) -> list[Action]:
+    if ingested is None:
+        return actions
+    return [msgspec.structs.replace(a, ingested_at=ingested) for a in actions]
+
+
+def _dead_letter(item: Stamped, exc: Exception, topic: str) -> Record | None:
+    """The dead letter of an event whose processing raised (None for a derived event)."""
+    if item.message is None:
+        return None
+    letter = to_dlq(Rejected(item.message, f"processing failed: {exc}"[:1000], type(exc).__name__))
+    return Record(topic, letter.key, letter.value, list(letter.headers))
+
+
+_reported: dict[str, float] = {}
+
+
+def _report_once(line: str, every_s: float = 10.0) -> None:
+    """A line on stderr, at most once per ``every_s`` seconds for the same kind of line."""
+    kind = line.split("(", 1)[-1][:60]
+    now = time.monotonic()
+    if now - _reported.get(kind, -every_s) >= every_s:
+        _reported[kind] = now
+        print(f"tetik run: {line}", file=sys.stderr, flush=True)

@@ -1,0 +1,210 @@
+"""Shoppers' states, timers and the shard's books in Redis: one shard, one slot, one write.
+
+Rules of this interface (the key layout is :mod:`flows.stores.keys`):
+
+* A shard has one writer at a time: the pipeline's :class:`~flows.pipeline.shard.ShardLogic`
+  for that shard. So a state read from Redis is never older than the shard's
+  own last write, and the shard may cache what it wrote.
+* :meth:`ShardStore.commit` writes one :class:`ShardWrite` in one
+  ``MULTI``/``EXEC``: the changed states (``SET ... PX ttl``), each one's next
+  due time in the timer index (``ZADD``, or ``ZREM`` when nothing is due), new
+  identities in the shopper index, the records to emit in the outbox, the
+  outbox entries Kafka acknowledged since (removed), the input offsets the
+  states now reflect, and the counters. It returns the shard's next due time.
+  A crash leaves either all of it or none of it.
+* The timer index holds one entry per shopper with a pending step, scored by
+  when to look (its due time, or later for a step that failed and backs off):
+  the pipeline keeps only the earliest score in memory, never the index.
+* A state lives as long as its longest window (``ttl_ms``) and at least a day
+  past its next due step.
+* Counters are per shard; :func:`read_stats` sums them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from engine.errors import ConfigError
+from engine.state import UserState, loads
+from engine.windows import WindowConfig
+from flows.stores.keys import Keys, ShardKeys
+
+DAY_MS = 86_400_000
+
+
+def state_ttl_ms(windows: WindowConfig) -> int:
+    """How long an idle shopper's state is worth keeping: its longest age limit."""
+    ages = [windows.default.max_age_ms, windows.cart_max_age_ms, windows.favorites_max_age_ms]
+    ages.extend(limits.max_age_ms for limits in windows.types.values())
+    return max(ages)
+
+
+@dataclass
+class ShardWrite:
+    """Everything one batch of a shard changed, written at once by :meth:`ShardStore.commit`."""
+
+    states: list[tuple[str, bytes, int | None]] = field(default_factory=list)  # id, data, due
+    outbox: dict[str, bytes] = field(default_factory=dict)  # record id -> packed record
+    confirmed: list[str] = field(default_factory=list)  # outbox ids Kafka acknowledged
+    acked: dict[int, int] = field(default_factory=dict)  # actions partition -> offset
+    offsets: dict[str, int] = field(default_factory=dict)  # input partition -> offset
+    counts: Counter[str] = field(default_factory=Counter)
+    looks: dict[str, int] = field(default_factory=dict)  # identity -> look again at (backoff)
+    forgotten: list[str] = field(default_factory=list)  # identities whose state is gone
+    sweep: dict[str, str] = field(default_factory=dict)  # sweep name -> cursor
+
+    def empty(self) -> bool:
+        return not (
+            self.states
+            or self.outbox
+            or self.confirmed
+            or self.offsets
+            or any(self.counts.values())
+            or self.looks
+            or self.forgotten
+            or self.sweep
+        )
+
+
+class ShardStore:
+    """One shard's keys in one Redis (or one Redis Cluster node: they share a slot)."""
+
+    def __init__(self, client: redis.Redis, keys: ShardKeys, ttl_ms: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_ms = ttl_ms
+
+    def read(self, identities: Sequence[str]) -> list[bytes | None]:
+        """The stored states of ``identities`` (None where there is none), one ``MGET``."""
+        if not identities:
+            return []
+        found: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
+            [self.keys.state(i) for i in identities]
+        )
+        return found
+
+    def load(self, identity: str) -> UserState | None:
+        data = self.read([identity])[0]
+        return None if data is None else loads(data)
+
+    def offsets(self) -> dict[str, int]:
+        """Input partition -> the highest offset this shard's stored states reflect."""
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.offsets)  # type: ignore[assignment]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def next_due(self) -> int | None:
+        """The earliest score in the timer index, or None when nothing is pending."""
+        first: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+            self.keys.timers, 0, 0, withscores=True
+        )
+        return int(first[0][1]) if first else None
+
+    def due(self, until: int, limit: int) -> list[str]:
+        """Up to ``limit`` identities whose timer score is at or before ``until``."""
+        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self.keys.timers, "-inf", until, start=0, num=limit
+        )
+        return [m.decode() for m in found]
+
+    def shoppers_after(self, cursor: str, limit: int) -> list[str]:
+        """Up to ``limit`` known identities after ``cursor``, in byte order (the sweep)."""
+        low = f"({cursor}" if cursor else "-"
+        found: list[bytes] = self.client.zrangebylex(  # type: ignore[assignment]
+            self.keys.shoppers, low, "+", start=0, num=limit
+        )
+        return [m.decode() for m in found]
+
+    def sweep_cursors(self) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.sweep)  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def outbox(self) -> dict[str, bytes]:
+        """Records written with their states and not yet confirmed as acknowledged."""
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.outbox)  # type: ignore[assignment]
+        return {k.decode(): v for k, v in raw.items()}
+
+    def acked(self) -> dict[int, int]:
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.acked)  # type: ignore[assignment]
+        return {int(k): int(v) for k, v in raw.items()}
+
+    def commit(self, write: ShardWrite, now: int) -> int | None:
+        """Write ``write`` in one transaction; return the shard's next due time."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        for identity, data, due in write.states:
+            ttl = self.ttl_ms
+            if due is not None:
+                ttl = max(ttl, due - now + DAY_MS)
+                pipe.zadd(keys.timers, {identity: due})
+            else:
+                pipe.zrem(keys.timers, identity)
+            pipe.set(keys.state(identity), data, px=ttl or None)
+            pipe.zadd(keys.shoppers, {identity: 0}, nx=True)
+        if write.looks:
+            pipe.zadd(keys.timers, write.looks, xx=True)
+        if write.forgotten:
+            pipe.zrem(keys.timers, *write.forgotten)
+            pipe.zrem(keys.shoppers, *write.forgotten)
+        if write.outbox:
+            pipe.hset(keys.outbox, mapping=write.outbox)  # type: ignore[arg-type]
+        if write.confirmed:
+            pipe.hdel(keys.outbox, *write.confirmed)
+        if write.acked:
+            pipe.hset(keys.acked, mapping={str(p): o for p, o in write.acked.items()})
+        if write.offsets:
+            pipe.hset(keys.offsets, mapping=write.offsets)  # type: ignore[arg-type]
+        if write.sweep:
+            pipe.hset(keys.sweep, mapping=write.sweep)  # type: ignore[arg-type]
+        for name, amount in write.counts.items():
+            if amount:
+                pipe.hincrby(keys.stats, name, amount)
+        pipe.zrange(keys.timers, 0, 0, withscores=True)
+        results: list[Any] = pipe.execute()
+        first = results[-1]
+        return int(first[0][1]) if first else None
+
+
+def read_stats(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Every counter of the deployment, summed over its shards."""
+    pipe = client.pipeline(transaction=False)
+    for shard in keys.all_shards():
+        pipe.hgetall(shard.stats)
+    pipe.hgetall(keys.stats)
+    total: Counter[str] = Counter()
+    for raw in pipe.execute():
+        total.update({k.decode(): int(v) for k, v in raw.items()})
+    return dict(total)
+
+
+def read_state(client: redis.Redis, keys: Keys, identity: str) -> UserState | None:
+    """One shopper's stored state (``tetik state``), or None."""
+    data: bytes | None = client.get(keys.state(identity))  # type: ignore[assignment]
+    return None if data is None else loads(data)
+
+
+def fix_layout(client: redis.Redis, keys: Keys) -> None:
+    """Record the shard count at the first start; refuse a different one after."""
+    client.hsetnx(keys.layout, "shards", keys.shards)
+    stored: bytes | None = client.hget(keys.layout, "shards")  # type: ignore[assignment]
+    if stored is not None and int(stored) != keys.shards:
+        raise ConfigError(
+            f"TETIK_SHARDS is {keys.shards} but this Redis holds {int(stored)} shards of "
+            f"prefix {keys.prefix!r}; set TETIK_SHARDS={int(stored)} (the shard count is "
+            "fixed per deployment) or use another TETIK_PREFIX"
+        )
+
+
+def states_of(
+    store: ShardStore, identities: Iterable[str], cached: Mapping[str, UserState]
+) -> dict[str, UserState | None]:
+    """The states of ``identities``: from ``cached``, the rest in one ``MGET``."""
+    wanted = [i for i in dict.fromkeys(identities) if i not in cached]
+    found: dict[str, UserState | None] = {i: cached[i] for i in identities if i in cached}
+    for identity, data in zip(wanted, store.read(wanted), strict=True):
+        found[identity] = None if data is None else loads(data)
+    return found

@@ -1,0 +1,151 @@
+"""Building the live pipeline in process: real Redis and Kafka, Bytewax's testing source and sink."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.testing import TestingSink, TestingSource, run_main
+from confluent_kafka import Producer
+
+from engine.journeys import Engine
+from engine.rules.loader import load_rules
+from flows.clock import wall_ms
+from flows.pipeline.dataflow import build_flow
+from flows.pipeline.shard import ShardConfig, ShardReport
+from flows.runtime import RulesRuntime
+from flows.stores.emissions import PRODUCER_CONFIG, Emitter
+from flows.stores.keys import Keys
+from flows.watermark import Watermark
+
+NOW = wall_ms()
+
+
+def message(offset: int, doc: dict[str, Any], partition: int = 0) -> KafkaSourceMessage[Any, Any]:
+    return KafkaSourceMessage(
+        key=str(doc.get("user_id", "")).encode(),
+        value=orjson.dumps(doc),
+        topic="events",
+        partition=partition,
+        offset=offset,
+        timestamp=(1, NOW),
+    )
+
+
+def event(n: int, user: str, kind: str, ts: int, **fields: Any) -> dict[str, Any]:
+    return {"event_id": f"e{n}", "type": kind, "ts": ts, "user_id": user, **fields}
+
+
+class _Holding(StatelessSourcePartition[Any]):
+    def __init__(
+        self, items: list[Any], until: Callable[[], bool], limit_s: float, idle: Callable[[], None]
+    ) -> None:
+        self._items: list[Any] | None = items
+        self._until = until
+        self._idle = idle
+        self._deadline = time.monotonic() + limit_s
+
+    def next_batch(self) -> list[Any]:
+        if self._items is not None:
+            items, self._items = self._items, None
+            return items
+        if self._until() or time.monotonic() > self._deadline:
+            raise StopIteration
+        self._idle()
+        time.sleep(0.01)
+        return []
+
+
+class HoldingSource(DynamicSource[Any]):
+    """Emits ``items`` (from worker 0), then stays open until ``until()`` (or ``limit_s``).
+
+    While open it calls ``idle()`` at each empty poll, as the Kafka source tells
+    the watermark that a partition is at its end.
+    """
+
+    def __init__(
+        self,
+        items: list[Any],
+        until: Callable[[], bool],
+        idle: Callable[[], None],
+        limit_s: float = 20,
+    ) -> None:
+        self._items = items
+        self._until = until
+        self._idle = idle
+        self._limit_s = limit_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Holding:
+        items = self._items if worker_index == 0 else []
+        return _Holding(items, self._until, self._limit_s, self._idle)
+
+
+@dataclass
+class Pipeline:
+    """One deployment's pieces for in-process runs (a prefix and topics of its own)."""
+
+    client: redis.Redis
+    bootstrap: str
+    prefix: str
+    rules: str
+    shards: int = 4
+    actions_topic: str = ""
+    dlq_topic: str = ""
+    reports: list[ShardReport] = field(default_factory=list)
+    dead: list[KafkaSinkMessage[Any, Any]] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.shards)
+
+    def config(self, engine: Engine | None = None, **overrides: Any) -> ShardConfig:
+        engine = engine or Engine(load_rules(self.rules, "rules.yaml"))
+        producer = Producer({"bootstrap.servers": self.bootstrap, **PRODUCER_CONFIG})
+        values: dict[str, Any] = {
+            "runtime": RulesRuntime(engine),
+            "watermark": Watermark([]),
+            "emitter": Emitter(producer, self.actions_topic),
+            "client": self.client,
+            "keys": self.keys,
+            "ttl_ms": 3_600_000,
+            "actions_topic": self.actions_topic,
+            "dlq_topic": self.dlq_topic,
+        }
+        values.update(overrides)
+        return ShardConfig(**values)
+
+    def run(self, messages: Iterable[KafkaSourceMessage[Any, Any]], **overrides: Any) -> None:
+        """One bounded run over ``messages`` (TestingSource), collecting reports and DLQ."""
+        flow = build_flow(
+            TestingSource(list(messages)),
+            TestingSink(self.dead),
+            TestingSink(self.reports),
+            self.config(**overrides),
+        )
+        run_main(flow)
+
+    def run_holding(
+        self, messages: list[Any], until: Callable[[], bool], **overrides: Any
+    ) -> None:
+        """A run that stays open after ``messages`` until ``until()``: for timers.
+
+        Partition 0 of ``events`` counts as read to its end once the messages are out.
+        """
+        config = self.config(**overrides)
+        watermark = config.watermark
+        flow = build_flow(
+            HoldingSource(messages, until, lambda: watermark.polled("0-events", 0, True)),
+            TestingSink(self.dead),
+            TestingSink(self.reports),
+            config,
+        )
+        run_main(flow)
+
+    def actions(self) -> list[Any]:
+        return [a for r in self.reports for a in r.actions]
