@@ -1,0 +1,1 @@
+"""Redis-backed stores: shopper states and timers, the outbox, deliveries, rules, deployment."""
