@@ -17,8 +17,8 @@ import orjson
 
 from engine.errors import TetikError
 from flows.deliver import add_commands
-from flows.rulestore import add_rules_commands, refuse_who
 from flows.servers.process import ServerStartError
+from flows.stores.rules import add_rules_commands, refuse_who
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

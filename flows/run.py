@@ -64,12 +64,12 @@ from flows.lifecycle import (
 )
 from flows.progress import Monitor
 from flows.retry import connect, retrying
-from flows.rulestore import RulesStore, default_who
 from flows.runtime import RulesRuntime
 from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
 from flows.store import BatchLoader, StateStore
+from flows.stores.rules import RulesStore, default_who
 from flows.trigger import OutcomeSink, build_trigger_flow
 from flows.watermark import SharedProgress, Watermark
 

@@ -32,7 +32,7 @@ from engine.errors import TetikError
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.windows import DEFAULT_CONFIG, WindowConfig
-from flows.rulestore import RulesStore, RulesVersion, RulesWatcher
+from flows.stores.rules import RulesStore, RulesVersion, RulesWatcher
 
 RETAINED_VERSIONS = 20  # older versions kept compiled for enrollments still in flight
 

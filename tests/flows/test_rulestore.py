@@ -23,7 +23,9 @@ from redis.retry import Retry
 
 from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
-from flows.rulestore import (
+from flows.runtime import RulesRuntime
+from flows.settings import Settings
+from flows.stores.rules import (
     RollbackError,
     RulesSignatureError,
     RulesStore,
@@ -37,8 +39,6 @@ from flows.rulestore import (
     push_rules,
     rollback_rules,
 )
-from flows.runtime import RulesRuntime
-from flows.settings import Settings
 
 pytestmark = pytest.mark.integration
 

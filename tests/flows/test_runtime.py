@@ -11,8 +11,8 @@ import redis
 from bench.core import rules_text
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
-from flows.rulestore import RulesStore, RulesWatcher
 from flows.runtime import RulesRuntime
+from flows.stores.rules import RulesStore, RulesWatcher
 
 pytestmark = pytest.mark.integration
 

@@ -99,7 +99,7 @@ from engine.rules.loader import load_rules
 from flows.settings import Settings, from_env
 
 Clock = Callable[[], int]
-Action = Literal["push", "rollback"]
+RulesChange = Literal["push", "rollback"]  # what an activation did
 HASH_LENGTH = 12
 AUTHOR_ENV = "TETIK_AUTHOR"
 SECRET_ENV = "TETIK_RULES_SECRET"
@@ -189,7 +189,7 @@ class Activation:
     version: int
     who: str
     at: int
-    action: Action
+    action: RulesChange
     previous: int | None = None
 
 
