@@ -19,7 +19,8 @@ After each batch the producer is flushed (every dead letter and feedback
 event acknowledged) and only then are the consumer offsets committed. A flush
 failure stops the job without committing, so the batch is read again.
 
-Exactly once, as far as it goes. The ledger is
+Exactly once, as far as it goes. The ledger
+(:class:`~flows.stores.deliveries.DeliveryLedger`) is
 ``SET {prefix}:delivered:{action_id} "<outcome> <adapter> <ms>" NX PX <retention>``,
 written right after the adapter returns, and checked before sending. So:
 
@@ -59,17 +60,17 @@ from channels.config import ChannelConfig, Resources, Router, default_config, lo
 from channels.onsite import read_inbox
 from channels.smtp import Recipient
 from engine.actions import Action
-from engine.durations import DAY
 from engine.errors import ConfigError
 from engine.events import CHANNELS
+from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings, from_env
 from flows.store import StateStore
+from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
 
 DEFAULT_GROUP: Final = "tetik-deliver"
 ACTIONS_TOPIC: Final = "actions"
 ACTIONS_DLQ_TOPIC: Final = "actions.dlq"
-LEDGER_TTL_MS: Final = 30 * DAY
 BATCH: Final = 500
 FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
 
@@ -118,31 +119,6 @@ class Tally:
         return "actions " + (" | ".join(parts) if parts else "none yet")
 
 
-class Ledger:
-    """Which actions already reached an outcome (see the module docstring)."""
-
-    def __init__(self, client: redis.Redis, prefix: str, ttl_ms: int = LEDGER_TTL_MS) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.ttl_ms = ttl_ms
-
-    def key(self, action_id: str) -> str:
-        return f"{self.prefix}:delivered:{action_id}"
-
-    def seen(self, action_id: str) -> str | None:
-        """The recorded outcome of an action, or None when it was never delivered."""
-        value = self.client.get(self.key(action_id))
-        return None if value is None else bytes(value).decode().split(" ", 1)[0]  # type: ignore[arg-type]
-
-    def record(self, result: Delivery) -> None:
-        value = f"{result.outcome} {result.adapter} {now_ms()}"
-        self.client.set(self.key(result.action_id), value, nx=True, px=self.ttl_ms)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def profile_email(store: StateStore) -> Recipient:
     """The SMTP recipient lookup: ``profile.email`` from the user's state."""
 
@@ -184,7 +160,9 @@ _decoder = msgspec.json.Decoder(Action)
 class Deliverer:
     """One consumer, one producer, the adapters and the ledger; see the module docstring."""
 
-    def __init__(self, router: Router, ledger: Ledger, producer: Producer, topics: Topics) -> None:
+    def __init__(
+        self, router: Router, ledger: DeliveryLedger, producer: Producer, topics: Topics
+    ) -> None:
         self.router = router
         self.ledger = ledger
         self.producer = producer
@@ -239,7 +217,7 @@ class Deliverer:
     def _feedback(self, action: Action, kind: str) -> None:
         # Engagement events exist only for the contract's channels and need an identity.
         if kind in FEEDBACK_KINDS and action.channel in CHANNELS and action.user_id:
-            value = feedback_event(action, kind, now_ms())
+            value = feedback_event(action, kind, wall_ms())
             self._produce(self.topics.events, action.user_id.encode(), value, [])
 
     def _dead_letter(self, message: Message, reason: str, extra: Headers) -> None:
@@ -302,7 +280,7 @@ def _source_headers(message: Message) -> Headers:
         ("tetik.source.topic", str(message.topic()).encode()),
         ("tetik.source.partition", str(message.partition()).encode()),
         ("tetik.source.offset", str(message.offset()).encode()),
-        ("tetik.error.at", str(now_ms()).encode()),
+        ("tetik.error.at", str(wall_ms()).encode()),
     ]
 
 
@@ -366,7 +344,10 @@ def run_deliver(
         router = Router(config or default_config(), _resources(settings, client))
         stack.callback(router.close)
         job = Deliverer(
-            router, Ledger(client, settings.prefix, ledger_ttl_ms), _producer(settings), topics
+            router,
+            DeliveryLedger(client, settings.prefix, ledger_ttl_ms),
+            _producer(settings),
+            topics,
         )
         consumer = _consumer(settings, group, consumer_config)
         stack.callback(consumer.close)
