@@ -14,15 +14,16 @@ Rules of this interface:
   - snapshots, and Redis holds another token: the directory belongs to
     another deployment: refused with one line (use an empty directory);
   - snapshots, and Redis holds no token at all: **Redis lost its data**
-    (restarted without persistence, flushed, or replaced). The action ledger
-    is gone with it, so resuming would send again what the last stretch
-    sent. Refused with one line, unless the operator passes
-    ``--recover-redis``: then the ledger is rebuilt from the ``actions``
-    topic (every action id found there counts as sent,
-    :func:`flows.ledger.rebuild_from_topic`), the token is restored, and the
-    engine resumes from its snapshots. Users who were not resident lose
-    their history (their state lived only in Redis); resident users and every
-    pending timer come back from the snapshots.
+    (restarted without persistence, flushed, or replaced). Shoppers' states,
+    timers and outboxes are gone with it, and the snapshots' offsets would
+    skip the events that built them. Refused with one line, unless the
+    operator passes ``--recover-redis``: then every action id in the
+    ``actions`` topic is remembered as sent
+    (:func:`flows.stores.emissions.rebuild_emitted`), the snapshots are
+    dropped so the engine re-reads the events topic from its start (as far
+    as its retention keeps), re-deriving every state and timer as
+    ``tetik replay`` would, and the actions it calls for again are not sent
+    twice. Events the topic no longer keeps are lost with Redis.
 
 * :meth:`Marker.check` runs whenever Redis answers again after a fault
   (:func:`flows.retry.retrying`'s ``on_back``): a missing token means Redis
@@ -131,11 +132,17 @@ def _recover_lost_redis(
             f"Redis lost this deployment's data ({token_key(prefix)} is missing, while "
             f"{directory} holds snapshots): resuming would send the last actions again. "
             "Restore Redis from its AOF/RDB, or run `tetik run --recover-redis` to rebuild "
-            "the action ledger from the actions topic and resume (see README, Failure modes)"
+            "the states from the events topic without sending again what was sent (see README, "
+            "Failure modes)"
         )
     rebuilt = recover()
+    for snapshot in Path(directory).glob("part-*.sqlite3"):
+        snapshot.unlink()  # their offsets would skip the events the lost states came from
     client.set(token_key(prefix), token)
-    say(f"Redis had lost its data: rebuilt the action ledger from {rebuilt} sent action(s)")
+    say(
+        f"Redis had lost its data: {rebuilt} sent action(s) remembered; re-reading the "
+        "events topic from its start to rebuild the shoppers' states"
+    )
     secure(Path(directory))
     return Marker(client, prefix, token)
 

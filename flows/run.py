@@ -2,20 +2,24 @@
 
 Rules of this job:
 
-* Before the dataflow starts, the job creates missing topics (``events``,
-  ``events.dlq``, ``actions``), pushes ``--rules`` when given (a file
-  identical to the active version changes nothing), and settles the action
-  ledger's pending claims (:func:`flows.ledger.resolve_pending`): that is
-  what makes a restart after SIGKILL emit each action exactly once.
-* Bytewax recovery is on: ``--recovery-dir`` (default ``$TETIK_RECOVERY_DIR``,
-  else ``./.tetik/recovery``; a fresh temporary directory when the servers
-  are embedded, since they start empty) keeps source offsets, user states
-  and pending timers, snapshotted every ``--snapshot-interval`` seconds
-  (default 1). A restart resumes from the last snapshot.
+* Before the dataflow starts, the job creates missing topics (one layout,
+  :meth:`flows.settings.Settings.topic_layout`), pushes ``--rules`` when
+  given (a file identical to the active version changes nothing), records or
+  checks the shard count, and settles what a crash left in the shards'
+  outboxes (:func:`flows.stores.emissions.settle_outboxes`): that is what
+  makes a restart after SIGKILL emit each action exactly once.
+* The dataflow is :func:`flows.pipeline.dataflow.build_flow`: shoppers'
+  states and timers live in Redis; Bytewax recovery (``--recovery-dir``,
+  default ``$TETIK_RECOVERY_DIR``, else ``./.tetik/recovery``; a fresh
+  temporary directory when the servers are embedded, since they start empty)
+  keeps only the input's offsets and clocks, snapshotted every
+  ``--snapshot-interval`` seconds (default 1).
 * ``--workers N`` runs N Bytewax workers (threads) per process and
-  ``--processes P`` starts P cooperating processes on loopback; a user's
-  events stay in order on one worker either way. The child processes die
-  with the parent.
+  ``--processes P`` starts P cooperating processes on loopback; the child
+  processes get the settings and options as one serialised object and die
+  with the parent. ``--process-id I --addresses A,B,...`` runs one process of
+  a cluster that spans hosts (each host runs its own ``tetik run``); process
+  0 prepares, the others wait for it.
 * SIGINT/SIGTERM stop cleanly at the next batch; a second one aborts.
 """
 
@@ -34,7 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import redis
+import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -43,41 +47,26 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import ConfigError, TetikError
-from engine.rules.loader import load_rules
 from flows.breaker import Breaker, Halt
 from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
-from flows.jobs import say
+from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
-from flows.ledger import (
-    PRODUCER_CONFIG,
-    ActionEmitter,
-    Ledger,
-    rebuild_from_topic,
-    resolve_pending,
-    retention_ms,
-)
-from flows.lifecycle import (
-    SourcePolicy,
-    StoppableKafkaSource,
-    remember_topic_id,
-    stop_on_signals,
-)
-from flows.progress import Monitor
-from flows.retry import connect, retrying
+from flows.lifecycle import SourcePolicy, StoppableKafkaSource, remember_topic_id, stop_on_signals
+from flows.pipeline.dataflow import DropSink, build_flow
+from flows.pipeline.deadletters import DeadLetterSink
+from flows.pipeline.shard import ShardConfig
+from flows.report import say
+from flows.retry import RedisClient, connect, retrying
 from flows.runtime import RulesRuntime
 from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
-from flows.store import BatchLoader, StateStore
+from flows.stores.emissions import PRODUCER_CONFIG, Emitter, rebuild_emitted, settle_outboxes
 from flows.stores.rules import RulesStore, default_who
-from flows.trigger import OutcomeSink, build_trigger_flow
+from flows.stores.states import fix_layout, read_stats
 from flows.watermark import SharedProgress, Watermark
 
-# How long the broker may hold an empty fetch. librdkafka's default (500 ms) showed
-# as a 140 ms median latency on tansu, which does not answer early when data
-# arrives; 5 ms kept tansu busy at 120% CPU at 800 events/s, and latency grew.
-# Measured at 800 events/s for 40 s: 20 ms gives a 27 ms median, tansu at 20%.
-LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "20"}
+READY_WAIT_S = 600.0  # how long a cluster's other processes wait for process 0 to prepare
 
 
 @dataclass(frozen=True)
@@ -92,25 +81,42 @@ class RunOptions:
     lateness_ms: int = 200
     batch_size: int = 1000
     recover_redis: bool = False
+    process_id: int = 0
+    addresses: tuple[str, ...] = ()  # a cluster's processes, host:port each
+
+    @property
+    def total_workers(self) -> int:
+        return self.workers * max(self.processes, len(self.addresses) or 1)
+
+
+class Launch(msgspec.Struct, frozen=True):
+    """Everything a child process needs, as one serialised object."""
+
+    settings: Settings
+    options: RunOptions
+    directory: str
 
 
 def prepare(settings: Settings, rules_file: str | None, who: str) -> None:
-    """Topics, rules and the ledger, before any worker starts (see the module rules)."""
+    """Topics, rules, the layout and the outboxes, before any worker starts."""
     wait_for_redis(settings)
     ensure_topics(
         settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
     )
-    rules = RulesStore(connect(settings.redis_url), settings.prefix)
+    client = connect(settings.redis_url)
+    fix_layout(client, settings.keys)
+    rules = RulesStore(client, settings.prefix)
     if rules_file is not None:
         version, created = rules.push_or_keep(Path(rules_file).read_bytes(), rules_file, who)
         state = "pushed" if created else "unchanged"
         say(f"rules version {version.version} ({version.hash}, {state}) active")
     if rules.active() is None:
         raise ConfigError("no rules are active: pass --rules FILE or run `tetik rules push FILE`")
-    ledger = _ledger(settings, rules)
-    settled = resolve_pending(ledger, settings.kafka_bootstrap, settings.actions_topic)
+    settled = settle_outboxes(
+        client, settings.keys, settings.kafka_bootstrap, settings.actions_topic
+    )
     if settled:
-        say(f"settled {settled} action(s) left pending by the last run")
+        say(f"settled {settled} record(s) left in the outboxes by the last run")
 
 
 def wait_for_redis(settings: Settings) -> None:
@@ -119,61 +125,56 @@ def wait_for_redis(settings: Settings) -> None:
     retrying("starting", client.ping, deadline_s=settings.redis_timeout_s)
 
 
-def _ledger(settings: Settings, rules: RulesStore) -> Ledger:
-    client = connect(settings.redis_url)
-    active = rules.active()
-    if active is None:
-        return Ledger(client, settings.prefix)
-    return Ledger(client, settings.prefix, retention_ms(load_rules(active.text, active.filename)))
-
-
 def live_flow(
     settings: Settings, options: RunOptions, halt: Halt, marker: Marker | None = None
 ) -> Dataflow:
-    """The trigger flow on the real topics and Redis of ``settings``.
+    """The live dataflow on the real topics and Redis of ``settings``.
 
     ``halt.stop`` ends the sources (signals, the dead-letter breaker);
     ``marker`` is checked whenever Redis answers again after a fault.
     """
-    stop = halt.stop
     client = connect(settings.redis_url)
-    rules = RulesStore(client, settings.prefix)
-    runtime = RulesRuntime.from_store(rules, settings.windows)
+    runtime = RulesRuntime.from_store(RulesStore(client, settings.prefix), settings.windows)
+    several = options.total_workers > options.workers
     watermark = Watermark(
         _partition_names(settings),
         lateness_ms=options.lateness_ms,
-        hold_unapplied=options.processes == 1,
+        hold_unapplied=not several,
         idle_timeout_ms=settings.idle_timeout_ms,
-        shared=SharedProgress(client, f"{settings.prefix}:watermark")
-        if options.processes > 1
-        else None,
+        shared=SharedProgress(client, f"{settings.prefix}:watermark") if several else None,
     )
-    brokers = [settings.kafka_bootstrap]
     source = StoppableKafkaSource(
-        brokers,
+        [settings.kafka_bootstrap],
         [settings.events_topic],
         tail=options.tail,
         batch_size=options.batch_size,
-        add_config=LOW_LATENCY_CONSUMER,
-        stop=stop,
+        add_config=settings.consumer_config(),
+        stop=halt.stop,
         fail=halt.request,
         clock=watermark,
         policy=_source_policy(settings, client),
     )
-    store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
-    ledger = Ledger(client, settings.prefix, retention_ms(runtime.engine.rules))
-    on_back = _checking(marker, halt)
-
-    def emitter() -> ActionEmitter:
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_CONFIG})
-        return ActionEmitter(ledger, producer, settings.actions_topic, settings.dlq_topic)
-
-    return build_trigger_flow(
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_CONFIG})
+    config = ShardConfig(
+        runtime=runtime,
+        watermark=watermark,
+        emitter=Emitter(producer, settings.actions_topic),
+        client=client,
+        keys=settings.keys,
+        ttl_ms=settings.state_ttl_ms,
+        actions_topic=settings.actions_topic,
+        dlq_topic=settings.dlq_topic,
+        cache_users=max(16, settings.cache_shoppers // settings.shards),
+        on_back=_checking(marker, halt),
+    )
+    dead_letters = DeadLetterSink(
+        settings.kafka_bootstrap, settings.dlq_topic, client, settings.keys
+    )
+    return build_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out
-        OutcomeSink(emitter, store, runtime, on_back),
-        BatchLoader(store, on_back),
-        runtime,
-        watermark,
+        dead_letters,
+        DropSink(),
+        config,
         breaker=Breaker(halt, settings.breaker),
     )
 
@@ -194,7 +195,7 @@ def _checking(marker: Marker | None, halt: Halt) -> Callable[[], None] | None:
 
 
 def _partition_names(settings: Settings) -> list[str]:
-    """Every partition of the events topic, named as Bytewax's Kafka source names them."""
+    """Every partition of the events topic, named as the Kafka source names them."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     deadline = time.monotonic() + settings.kafka_timeout_s
     metadata = wait_for_brokers(admin, settings.kafka_bootstrap, deadline, say)
@@ -205,12 +206,12 @@ def _partition_names(settings: Settings) -> list[str]:
     return [f"{p}-{topic}" for p in sorted(found.partitions)]
 
 
-def _source_policy(settings: Settings, client: redis.Redis) -> SourcePolicy:
+def _source_policy(settings: Settings, client: RedisClient) -> SourcePolicy:
     """The events topic's identity now, against the one recorded at the last start."""
     topic = settings.events_topic
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     current = topic_id(admin, topic, timeout=settings.kafka_timeout_s) or ""
-    previous = remember_topic_id(client, f"{settings.prefix}:topics", topic, current)
+    previous = remember_topic_id(client, f"{settings.prefix}:topics", topic, current)  # type: ignore[arg-type]
     if previous is not None:
         say(f"topic {topic!r} was recreated since the last start (id {previous}, now {current})")
     return SourcePolicy(
@@ -237,44 +238,78 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
     Returns 0 after a requested stop, 3 when the engine stopped on its own
     (the dead-letter breaker, Redis that lost its data), having said why.
     """
-    os.umask(0o077)  # recovery snapshots hold profile data (flows.deployment)
+    os.umask(0o077)  # recovery snapshots hold offsets and clocks (flows.deployment)
     base = from_env()
     with ExitStack() as stack:
         endpoints = stack.enter_context(servers(progress=say))
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
-        prepare(settings, rules_file, who or default_who())
+        client = connect(settings.redis_url)
+        if options.process_id == 0:
+            prepare(settings, rules_file, who or default_who())
         directory = options.recovery_dir or _default_recovery_dir(base, stack)
-        marker = claim_recovery_dir(
-            directory,
-            connect(settings.redis_url),
-            settings.prefix,
-            recover=_rebuild_ledger(settings) if options.recover_redis else None,
-            say=say,
-        )
+        if options.process_id == 0:
+            marker = claim_recovery_dir(
+                directory,
+                client,
+                settings.prefix,
+                recover=_rebuild(settings) if options.recover_redis else None,
+                say=say,
+            )
+        else:
+            marker = _await_ready(client, settings)
         halt = Halt(stop_on_signals())
         say(
-            f"running: {settings.events_topic} -> {settings.actions_topic}, recovery in "
-            f"{directory} every {options.snapshot_s:g}s (Ctrl-C stops)"
+            f"running: {settings.events_topic} -> {settings.actions_topic}, "
+            f"{settings.shards} shards, recovery in {directory} every {options.snapshot_s:g}s "
+            "(Ctrl-C stops)"
         )
-        monitor = Monitor(
-            StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
-        )
+        monitor = Monitor(lambda: read_stats(client, settings.keys))
         monitor.start()
         try:
-            if options.processes == 1:
-                code = _run_here(settings, options, directory, halt, marker)
-            else:
+            if options.processes > 1 and not options.addresses:
                 code = _run_processes(settings, options, directory, halt.stop)
+            else:
+                code = _run_here(settings, options, directory, halt, marker)
         finally:
             monitor.stop()
     return code
 
 
-def _rebuild_ledger(settings: Settings) -> Callable[[], int]:
+def token_of(client: RedisClient, settings: Settings) -> str | None:
+    raw = client.get(token_key(settings.prefix))
+    return raw.decode() if isinstance(raw, bytes) else None
+
+
+def _await_ready(client: RedisClient, settings: Settings) -> Marker:
+    """A cluster's process > 0: wait until process 0 has made the deployment ready.
+
+    Ready means the deployment's token and an active rules version exist;
+    Bytewax itself holds every process until all of them have connected, and
+    process 0 connects only after it has prepared.
+    """
+    deadline = time.monotonic() + READY_WAIT_S
+    rules = RulesStore(client, settings.prefix)  # type: ignore[arg-type]
+    said = False
+    while time.monotonic() < deadline:
+        token = token_of(client, settings)
+        if token is not None and rules.active() is not None:
+            return Marker(client, settings.prefix, token)  # type: ignore[arg-type]
+        if not said:
+            say("waiting for process 0 to prepare topics, rules and outboxes")
+            said = True
+        time.sleep(0.2)
+    raise TetikError(
+        "process 0 did not prepare the deployment within 10 minutes; "
+        "start it (tetik run --process-id 0 --addresses ...)"
+    )
+
+
+def _rebuild(settings: Settings) -> Callable[[], int]:
     def rebuild() -> int:
-        rules = RulesStore(connect(settings.redis_url), settings.prefix)
-        ledger = _ledger(settings, rules)
-        return rebuild_from_topic(ledger, settings.kafka_bootstrap, settings.actions_topic)
+        client = connect(settings.redis_url)
+        return rebuild_emitted(
+            client, settings.keys, settings.kafka_bootstrap, settings.actions_topic
+        )
 
     return rebuild
 
@@ -283,12 +318,16 @@ def _run_here(
     settings: Settings, options: RunOptions, directory: str, halt: Halt, marker: Marker | None
 ) -> int:
     flow = live_flow(settings, options, halt, marker)
+    cluster: dict[str, Any] = {}
+    if options.addresses:
+        cluster = {"process_id": options.process_id, "addresses": list(options.addresses)}
     return _run_flow(
         halt,
         flow,
         workers_per_process=options.workers,
         epoch_interval=timedelta(seconds=options.snapshot_s),
-        recovery_config=recovery_config(directory, options.workers * options.processes),
+        recovery_config=recovery_config(directory, options.total_workers),
+        **cluster,
     )
 
 
@@ -310,22 +349,20 @@ def _run_flow(halt: Halt, flow: Dataflow, **kwargs: Any) -> int:
 
 def _default_recovery_dir(base: Settings, stack: ExitStack) -> str:
     if base.redis_url and base.kafka_bootstrap:
-        return os.environ.get("TETIK_RECOVERY_DIR", str(Path(".tetik") / "recovery"))
+        return base.recovery_dir or str(Path(".tetik") / "recovery")
     return stack.enter_context(tempfile.TemporaryDirectory(prefix="tetik-recovery-"))
 
 
 def _run_processes(
     settings: Settings, options: RunOptions, directory: str, stop: threading.Event
 ) -> int:
-    """Start ``options.processes`` cooperating processes and wait for them."""
-    recovery_config(directory, options.workers * options.processes)
-    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(options.processes))
-    env = {
-        **os.environ,
-        "TETIK_REDIS_URL": settings.redis_url,
-        "TETIK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-    }
-    children = [_spawn(i, addresses, options, directory, env) for i in range(options.processes)]
+    """Start ``options.processes`` cooperating processes on loopback and wait for them."""
+    recovery_config(directory, options.total_workers)
+    addresses = tuple(f"127.0.0.1:{free_port()}" for _ in range(options.processes))
+    children = [
+        _spawn(Launch(settings, _child(options, i, addresses), directory))
+        for i in range(options.processes)
+    ]
     while any(child.poll() is None for child in children):
         failed = any(child.poll() not in (None, 0) for child in children)
         if stop.wait(0.2) or failed:
@@ -336,55 +373,36 @@ def _run_processes(
     return max(codes, default=0) if any(codes) else 0
 
 
-def _spawn(
-    index: int, addresses: str, options: RunOptions, directory: str, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "flows.run",
-        str(index),
-        addresses,
-        str(options.workers),
-        directory,
-        str(options.snapshot_s),
-        "1" if options.tail else "0",
-        str(options.lateness_ms),
-        str(options.processes),
-    ]
-    return subprocess.Popen(args, env=env, preexec_fn=die_with_parent_preexec())
+def _child(options: RunOptions, index: int, addresses: tuple[str, ...]) -> RunOptions:
+    values = {f: getattr(options, f) for f in RunOptions.__dataclass_fields__}
+    values.update(process_id=index, addresses=addresses)
+    return RunOptions(**values)
+
+
+def _spawn(launch: Launch) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "flows.run", msgspec.json.encode(launch).decode()]
+    return subprocess.Popen(args, preexec_fn=die_with_parent_preexec())
 
 
 def _process_main(argv: list[str]) -> int:
     """One process of a multi-process run (started by :func:`_run_processes`)."""
-    index, addresses, workers, directory, snapshot, tail, lateness, procs = argv
-    options = RunOptions(
-        workers=int(workers),
-        processes=int(procs),
-        snapshot_s=float(snapshot),
-        tail=tail == "1",
-        lateness_ms=int(lateness),
-    )
+    launch = msgspec.json.decode(argv[0], type=Launch)
     os.umask(0o077)
-    settings = from_env()
+    settings, options = launch.settings, launch.options
     halt = Halt(stop_on_signals())
     client = connect(settings.redis_url)
-    token = client.get(token_key(settings.prefix))
-    marker = None if token is None else Marker(client, settings.prefix, _text(token))
+    token = token_of(client, settings)
+    marker = None if token is None else Marker(client, settings.prefix, token)
     flow = live_flow(settings, options, halt, marker)
     return _run_flow(
         halt,
         flow,
         workers_per_process=options.workers,
-        process_id=int(index),
-        addresses=addresses.split(","),
+        process_id=options.process_id,
+        addresses=list(options.addresses),
         epoch_interval=timedelta(seconds=options.snapshot_s),
-        recovery_config=RecoveryConfig(directory),  # type: ignore[no-untyped-call]
+        recovery_config=RecoveryConfig(launch.directory),  # type: ignore[no-untyped-call]
     )
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self._next_due: int | None = None
         self._backoff: dict[str, int] = {}
         self._held_until = 0  # a due timer was held back by the watermark until then
+        self._recovering = False  # Redis lost its data: drop actions already in the topic
         if shard is not None:
             self._bind(shard)
 
@@ -179,6 +180,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         if self._offsets is None:
             self._offsets = self._retrying("reading a shard's offsets", self._shard_store.offsets)
             self._next_due = self._retrying("reading a shard's timers", self._shard_store.next_due)
+            self._recovering = self._retrying(
+                "reading a shard's state", self._shard_store.recovering
+            )
 
     def _apply(self, engine: Engine, events: list[Stamped]) -> ShardReport:
         assert self._offsets is not None
@@ -332,6 +336,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
     ) -> ShardReport:
         """Commit the batch, then produce its records; the report for the flow's output."""
         topic = self._c.actions_topic
+        if self._recovering and actions:
+            actions = self._not_yet_emitted(actions, write)
         for action in actions:
             write.counts[f"actions.{action.status}"] += 1
             if action.reason is not None:  # e.g. actions.suppressed.template_error
@@ -348,6 +354,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self._c.emitter.send(self._shard, records)
         counts = {k: v for k, v in write.counts.items() if v}
         return ShardReport(self._shard, actions, counts)
+
+    def _not_yet_emitted(self, actions: list[Action], write: ShardWrite) -> list[Action]:
+        store = self._shard_store
+        ids = [a.action_id for a in actions]
+        sent = self._retrying("reading sent actions", lambda: store.already_emitted(ids))
+        write.counts["actions.already_sent"] += len(sent)
+        return [a for a in actions if a.action_id not in sent]
 
     def _collect(self, write: ShardWrite) -> None:
         confirmed, acked = self._c.emitter.collect(self._shard)

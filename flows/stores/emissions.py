@@ -220,6 +220,43 @@ def settle_outboxes(
     return sum(len(box) for box in records.values())
 
 
+EMITTED_TTL_S = 7 * 86_400  # long enough to re-derive the lost states from the events topic
+
+
+def rebuild_emitted(client: redis.Redis, keys: Keys, bootstrap: str, topic: str) -> int:
+    """After Redis lost its data: remember every action id in ``topic``; return how many.
+
+    Each id goes to its shard's ``emitted`` set (the shard of the action's
+    identity, the record's key), for :data:`EMITTED_TTL_S`. While the set
+    exists the shard drops an action whose id it holds: re-deriving the lost
+    states from the events topic calls for those actions again, and they
+    were sent.
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "tetik-rebuild", "enable.auto.commit": False}
+    )
+    count = 0
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        last = time.monotonic()
+        while time.monotonic() - last < 1.5:
+            messages = [m for m in consumer.consume(500, 0.2) if m.error() is None and m.value()]
+            if messages:
+                last = time.monotonic()
+            pipe = client.pipeline(transaction=False)
+            for message in messages:
+                action = orjson.loads(message.value() or b"{}")
+                shard = keys.of(str(action.get("user_id", "")))
+                pipe.sadd(shard.emitted, str(action.get("action_id", "")))
+                pipe.expire(shard.emitted, EMITTED_TTL_S)
+                count += 1
+            pipe.execute()
+    finally:
+        consumer.close()
+    return count
+
+
 def _scan_start(
     stores: Iterable[ShardStore], records: Mapping[int, Mapping[str, Record]], topic: str
 ) -> dict[int, int]:

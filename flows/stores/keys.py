@@ -73,6 +73,11 @@ class ShardKeys:
         return f"{self.tag}:stats"
 
     @property
+    def emitted(self) -> str:
+        """Set: action ids already in the actions topic, after Redis lost its data."""
+        return f"{self.tag}:emitted"
+
+    @property
     def sweep(self) -> str:
         """Hash: sweep name -> its cursor (the last identity done) and run."""
         return f"{self.tag}:sweep"

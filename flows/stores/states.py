@@ -123,6 +123,17 @@ class ShardStore:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.sweep)  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def recovering(self) -> bool:
+        """Whether this shard re-derives states lost with Redis (an ``emitted`` set exists)."""
+        return bool(self.client.exists(self.keys.emitted))
+
+    def already_emitted(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the actions topic held when Redis was recovered."""
+        if not ids:
+            return set()
+        found: list[int] = self.client.smismember(self.keys.emitted, list(ids))  # type: ignore[assignment]
+        return {i for i, hit in zip(ids, found, strict=True) if hit}
+
     def outbox(self) -> dict[str, bytes]:
         """Records written with their states and not yet confirmed as acknowledged."""
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.outbox)  # type: ignore[assignment]
