@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import default_out, write_results
-from flows.jobs import say
+from flows.report import say
 
 WHAT = ("core", "e2e", "memory", "ingest", "compile", "all")
 ALL = ("core", "e2e", "memory")  # ingest and compile run on request

@@ -28,7 +28,7 @@ from engine.events import Event, decode_event
 from engine.journeys import Engine
 from engine.replay import replay, replay_events
 from engine.rules.loader import load_rules
-from flows.jobs import say
+from flows.report import say
 
 HEADER = """version: 1
 timezone: Europe/Istanbul

@@ -42,8 +42,8 @@ from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
-from flows.jobs import say
 from flows.kafka.topics import ensure_topics
+from flows.report import say
 from flows.servers.embedded import Endpoints, servers
 from flows.servers.process import die_with_parent_preexec, stop_child
 

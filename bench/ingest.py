@@ -29,9 +29,9 @@ from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply
 from flows.ingest import kafka_ingest_flow, now_ms
-from flows.jobs import say
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
+from flows.report import say
 from flows.servers.embedded import servers
 from flows.settings import Settings
 

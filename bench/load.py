@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import Producer
 
 from clickstream.generator import GeneratorConfig, generate_records
-from flows.console import percentile
+from flows.jobs.console import percentile
 from flows.kafka.producer import send_record
 
 _MARK = "\x00ts\x00"

@@ -59,9 +59,9 @@ from engine.events import decode_event
 from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG
 from flows.ingest import now_ms
-from flows.jobs import say
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
+from flows.report import say
 from flows.servers.embedded import Endpoints, servers
 from flows.store import StateStore, state_ttl_ms
 

@@ -29,7 +29,7 @@ from bench.core import rules_text
 from bench.report import table
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
-from flows.jobs import say
+from flows.report import say
 
 JOURNEYS = 10_000
 QUICK_JOURNEYS = 1_000

@@ -1,7 +1,7 @@
 """The ``tetik`` command line (SPEC section 5).
 
 Each subcommand is a small function that parses nothing itself: argparse does
-that, and the work lives in the module named after the job (``flows.demo``,
+that, and the work lives in the module named after the job (``flows.jobs.demo``,
 ``flows.ingest``...). Every user-facing failure is a :class:`TetikError` or a
 server start error, printed as one line, with exit code 2.
 """
@@ -16,25 +16,25 @@ from collections.abc import Sequence
 import orjson
 
 from engine.errors import TetikError
-from flows.deliver import add_commands
+from flows.jobs.deliver import add_commands
 from flows.servers.process import ServerStartError
 from flows.stores.rules import add_rules_commands, refuse_who
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from flows.jobs.demo import run_demo
 
     return run_demo(duration=args.duration, users=args.users, rate=args.rate, seed=args.seed)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.jobs import run_ingest
+    from flows.jobs.ingest import run_ingest
 
     return run_ingest(tail=not args.no_tail, workers=args.workers)
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
-    from flows.jobs import read_state
+    from flows.jobs.inspect import read_state
 
     view = read_state(args.user, redis_url=args.redis)
     if view is None:
@@ -56,13 +56,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from flows.jobs import produce_file
+    from flows.jobs.produce import produce_file
 
     return produce_file(args.file, rate=args.rate)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from flows.backtest import parse_until, run_replay
+    from flows.jobs.backtest import parse_until, run_replay
 
     try:
         until = None if args.until is None else parse_until(args.until)
@@ -80,7 +80,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules_validate(args: argparse.Namespace) -> int:
-    from flows.backtest import validate
+    from flows.jobs.backtest import validate
 
     return validate(args.file)
 

@@ -17,7 +17,6 @@ Rules of this interface:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -30,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from engine.errors import TetikError
+from flows.report import say
 
 __all__ = [
     "BrokerUnavailable",
@@ -50,15 +50,11 @@ class BrokerUnavailable(TetikError):
     """The Kafka brokers did not answer in time; the message says what to do."""
 
 
-def _stderr(line: str) -> None:
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
-
-
 def ensure_topics(
     bootstrap: str,
     topics: Mapping[str, int],
     timeout: float = 15.0,
-    warn: Callable[[str], None] = _stderr,
+    warn: Callable[[str], None] = say,
 ) -> None:
     """Create each missing topic (name -> partition count, replication 1) and wait for it.
 
@@ -88,7 +84,7 @@ def ensure_topics(
 
 
 def wait_for_brokers(
-    admin: AdminClient, bootstrap: str, deadline: float, warn: Callable[[str], None] = _stderr
+    admin: AdminClient, bootstrap: str, deadline: float, warn: Callable[[str], None] = say
 ) -> ClusterMetadata:
     """The cluster's metadata once a broker answers; BrokerUnavailable at ``deadline``."""
     said = False

@@ -5,7 +5,7 @@ Rules of this interface:
 * One key per action: ``SET {prefix}:delivered:{action_id} "<outcome> <adapter> <ms>"
   NX PX <ttl>``. :meth:`DeliveryLedger.record` is written right after the adapter
   returns ``delivered`` or ``bounced``; :meth:`DeliveryLedger.seen` is read before
-  sending, so an action in the ledger is never sent again (see :mod:`flows.deliver`
+  sending, so an action in the ledger is never sent again (see :mod:`flows.jobs.deliver`
   for what that guarantees, and where it stops).
 * NX: the first outcome recorded stays; a later one changes nothing.
 * The retention (default :data:`LEDGER_TTL_MS`, 30 days) must outlast the actions

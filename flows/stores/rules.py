@@ -96,6 +96,7 @@ from redis.client import Pipeline
 
 from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
+from flows.report import say
 from flows.settings import Settings, from_env
 
 Clock = Callable[[], int]
@@ -620,7 +621,7 @@ class RulesWatcher:
         self.store = store
         self.interval_ms = interval_ms
         self.clock = clock
-        self.report = report or _report
+        self.report = report or say
         self._current: RulesVersion | None = None
         self._refused: int | None = None  # the active number whose signature failed
         self._next_check: int | None = None  # None: check on the next poll
@@ -659,10 +660,6 @@ class RulesWatcher:
         self._refused = None
         self._current = found
         return found
-
-
-def _report(line: str) -> None:
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
 
 
 # -- the command line --------------------------------------------------------

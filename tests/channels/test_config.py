@@ -23,7 +23,7 @@ from channels.onsite import OnsiteChannel
 from channels.smtp import SmtpChannel
 from channels.webhook import WebhookChannel
 from engine.errors import ConfigError
-from flows.demo import _channels_config
+from flows.jobs.demo import _channels_config
 from tests.channels.support import MailCatcher, make_action
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

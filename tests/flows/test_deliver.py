@@ -27,7 +27,7 @@ from engine.actions import Action, to_json
 from engine.errors import ConfigError
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
-from flows.deliver import Tally, add_commands, run_deliver
+from flows.jobs.deliver import Tally, add_commands, run_deliver
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings

@@ -64,6 +64,7 @@ from engine.errors import ConfigError
 from engine.events import CHANNELS
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
+from flows.report import say
 from flows.settings import Settings, from_env
 from flows.store import StateStore
 from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
@@ -85,11 +86,6 @@ CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 500,
 }
-
-
-def say(line: str) -> None:
-    """Progress for humans on stderr (as ``flows.jobs.say``, without importing Bytewax)."""
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -37,17 +37,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from channels.onsite import read_inbox
 from clickstream.generator import GeneratorConfig, generate_records
 from engine.state import to_view
-from flows.console import ActionWatch, Snapshot, render
-from flows.jobs import say
+from flows.jobs.console import ActionWatch, Snapshot, render
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
+from flows.report import say
 from flows.servers.embedded import servers
 from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
 from flows.store import StateStore
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
-RULES = Path(__file__).resolve().parents[1] / "examples" / "demo" / "journeys.yaml"
+RULES = Path(__file__).resolve().parents[2] / "examples" / "demo" / "journeys.yaml"
 SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
 
 

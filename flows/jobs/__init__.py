@@ -1,0 +1,1 @@
+"""The jobs behind the command line: run, deliver, ingest, produce, replay, demo, state."""
