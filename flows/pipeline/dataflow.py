@@ -6,13 +6,17 @@ Steps (each owned by one module):
    Bytewax's ``TestingSource`` in tests).
 2. ``decode``: :func:`flows.pipeline.decode.decode_stamped` validates and
    stamps each message; invalid ones go to the ``dlq`` sink.
-3. ``wake``: every shard gets a :class:`~flows.pipeline.shard.Wake` at start,
+3. ``fanout``: inputs that belong to no single shopper (those a
+   :class:`~flows.pipeline.derive.Deriver` wants) are fanned out, paced, to
+   derived per-shopper events (:mod:`flows.pipeline.derive`), which join the
+   shoppers' own events.
+4. ``wake``: every shard gets a :class:`~flows.pipeline.shard.Wake` at start,
    so a shard whose shoppers wait on timers runs even before its next event.
-4. ``shards``: events are keyed by shard (:func:`flows.stores.keys.shard_of`
+5. ``shards``: events are keyed by shard (:func:`flows.stores.keys.shard_of`
    of the identity; one shopper's events stay in order on one worker), and
    :class:`~flows.pipeline.shard.ShardLogic` runs the journeys core on each
    batch, writes to Redis and emits through the outbox.
-5. ``reports``: what each activation did (actions, counts) goes to the
+6. ``reports``: what each activation did (actions, counts) goes to the
    ``reports`` sink: tests collect it; the live engine drops it.
 
 :func:`build_flow` takes its source and sinks, so tests run it in process with
@@ -21,6 +25,7 @@ Steps (each owned by one module):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
@@ -30,6 +35,7 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
+from flows.pipeline.derive import Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
 from flows.stores.keys import shard_of
 
@@ -78,6 +84,7 @@ def build_flow(
     config: ShardConfig,
     *,
     breaker: Counting | None = None,
+    derivers: Sequence[Deriver] = (),
     flow_id: str = "tetik",
 ) -> Dataflow:
     """The live engine's dataflow over any source of Kafka messages (see the module steps)."""
@@ -86,14 +93,17 @@ def build_flow(
     messages = op.input("events", flow, source)
     decoded = op.map("decode", messages, decode_stamped(config.watermark, breaker))
     split = op.branch("split", decoded, _is_rejected)
-    events = cast(Stream[Stamped | Wake], split.falses)
+    events = cast(Stream[Stamped], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
+    if derivers:
+        events = _fanned_out(events, derivers, config)
     wakes = cast(Stream[Stamped | Wake], op.input("wake", flow, WakeSource(shards)))
 
     def key(item: Stamped | Wake) -> str:
         return str(item.shard if isinstance(item, Wake) else shard_of(item.event.key, shards))
 
-    keyed = op.key_on("shard", op.merge("inputs", events, wakes), key)
+    inputs = op.merge("inputs", cast(Stream[Stamped | Wake], events), wakes)
+    keyed = op.key_on("shard", inputs, key)
 
     def builder(resume: int | None) -> ShardLogic:
         return ShardLogic(config, resume)
@@ -101,3 +111,18 @@ def build_flow(
     reports = op.key_rm("unkey", op.stateful_batch("shards", keyed, builder))
     op.output("reports", reports, reports_sink)
     return flow
+
+
+def _fanned_out(
+    events: Stream[Stamped], derivers: Sequence[Deriver], config: ShardConfig
+) -> Stream[Stamped]:
+    """Shoppers' own events, with the derived events of the inputs ``derivers`` want."""
+    split = op.branch("derived_inputs", events, wants_any(derivers))
+    fanout = FanoutConfig(derivers, config.watermark, config.clock)
+
+    def builder(resume: Any) -> FanoutLogic:
+        return FanoutLogic(fanout, resume)
+
+    keyed = op.key_on("fanout_key", split.trues, lambda _item: "fanout")
+    derived = op.key_rm("fanout_unkey", op.stateful_batch("fanout", keyed, builder))
+    return op.merge("with_derived", split.falses, derived)

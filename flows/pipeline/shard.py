@@ -52,6 +52,10 @@ from engine.journeys import Engine
 from engine.state import UserState, dumps, loads, prune
 from flows.clock import Clock, wall_ms
 from flows.pipeline.decode import Rejected, Stamped, to_dlq
+from flows.pipeline.sweep import PAGE as SWEEP_PAGE
+from flows.pipeline.sweep import Sweep, SweepMark
+from flows.pipeline.sweep import pack as pack_mark
+from flows.pipeline.sweep import unpack as unpack_mark
 from flows.retry import retrying
 from flows.stores.emissions import Emitter, Record, action_record, pack
 from flows.stores.keys import Keys, shard_of
@@ -94,6 +98,8 @@ class ShardConfig:
     timer_batch: int = 500
     confirm_ms: int = 20
     on_back: Callable[[], None] | None = None
+    sweeps: Sequence[Sweep] = ()
+    sweep_page: int = SWEEP_PAGE
 
 
 class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
@@ -109,6 +115,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self._backoff: dict[str, int] = {}
         self._held_until = 0  # a due timer was held back by the watermark until then
         self._recovering = False  # Redis lost its data: drop actions already in the topic
+        self._marks: dict[str, SweepMark] = {}
         if shard is not None:
             self._bind(shard)
 
@@ -143,7 +150,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         if self._store is None:
             return [], StatefulBatchLogic.RETAIN
         self._start()
-        return [self._timers()], StatefulBatchLogic.RETAIN
+        reports = [self._timers()]
+        if self._c.sweeps:
+            reports.append(self._sweeps())
+        return reports, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[ShardReport], bool]:
         """The input ended (a bounded run): wait for what was sent and confirm it."""
@@ -166,6 +176,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             wake.append(max(self._next_due, self._held_until))
         if self._c.emitter.outstanding(self._shard):
             wake.append(now + self._c.confirm_ms)
+        wake.extend(self._sweep_wakes(now))
         if not wake:
             return None
         return datetime.fromtimestamp(max(min(wake), now) / 1000, UTC)
@@ -183,6 +194,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             self._recovering = self._retrying(
                 "reading a shard's state", self._shard_store.recovering
             )
+            marks = self._retrying("reading a shard's sweeps", self._shard_store.sweep_cursors)
+            self._marks = {name: unpack_mark(text) for name, text in marks.items()}
 
     def _apply(self, engine: Engine, events: list[Stamped]) -> ShardReport:
         assert self._offsets is not None
@@ -316,6 +329,73 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             self._remember(identity, state)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
+
+    # -- sweeps -----------------------------------------------------------------------
+
+    def _sweep_wakes(self, now: int) -> list[int]:
+        """When each sweep wants to run next: now while a run is going on."""
+        wakes: list[int] = []
+        for sweep in self._c.sweeps:
+            mark = self._marks.get(sweep.name)
+            if mark is not None and not mark.done:
+                wakes.append(now)
+                continue
+            start = sweep.next_run(None if mark is None else mark.run, now)
+            if start is not None:
+                wakes.append(start)
+        return wakes
+
+    def _sweeps(self) -> ShardReport:
+        """One page of every sweep that is due or running (see flows.pipeline.sweep)."""
+        now = self._c.clock()
+        until = min(now, self._c.watermark.value())
+        write = ShardWrite()
+        actions: list[Action] = []
+        engine = self._c.runtime.current()
+        for sweep in self._c.sweeps:
+            mark = self._marks.get(sweep.name)
+            if mark is None or mark.done:
+                start = sweep.next_run(None if mark is None else mark.run, now)
+                if start is None or start > until:
+                    continue
+                mark = SweepMark(start)
+            self._marks[sweep.name] = self._page(sweep, mark, engine, until, write, actions)
+            write.sweep[sweep.name] = pack_mark(self._marks[sweep.name])
+        return self._finish(write, actions, {})
+
+    def _page(
+        self,
+        sweep: Sweep,
+        mark: SweepMark,
+        engine: Engine,
+        until: int,
+        write: ShardWrite,
+        actions: list[Action],
+    ) -> SweepMark:
+        store = self._shard_store
+        page = self._c.sweep_page
+        identities = self._retrying(
+            "reading known shoppers", lambda: store.shoppers_after(mark.cursor, page)
+        )
+        states = self._states(identities)
+        written = {identity for identity, _, _ in write.states}
+        for identity in identities:
+            state = states[identity]
+            event = sweep.event(identity, mark.run, until)
+            if state is None:
+                write.forgotten.append(identity)
+                continue
+            if event is None or identity in written:
+                continue
+            outcome, fired, caused = engine.handle(state, event, until)
+            write.counts[f"sweep.{sweep.name}"] += 1
+            if outcome == "applied" or fired or caused:
+                actions.extend(fired)
+                actions.extend(caused)
+                write.states.append((identity, dumps(state), engine.next_due(state)))
+            self._remember(identity, state)
+        cursor = identities[-1] if identities else mark.cursor
+        return SweepMark(mark.run, cursor, len(identities) < page)
 
     def _timer_failed(self, identity: str, exc: Exception) -> int:
         low, high = TIMER_BACKOFF_MS

@@ -130,9 +130,7 @@ class Pipeline:
         )
         run_main(flow)
 
-    def run_holding(
-        self, messages: list[Any], until: Callable[[], bool], **overrides: Any
-    ) -> None:
+    def run_holding(self, messages: list[Any], until: Callable[[], bool], **overrides: Any) -> None:
         """A run that stays open after ``messages`` until ``until()``: for timers.
 
         Partition 0 of ``events`` counts as read to its end once the messages are out.
