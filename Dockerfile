@@ -9,6 +9,7 @@ COPY flows flows
 COPY channels channels
 COPY clickstream clickstream
 COPY bench bench
+COPY cli cli
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

@@ -116,7 +116,7 @@ def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> Sys
         return System(name, argv, {}, events, output, lambda: int(client.get(counter) or 0))
     rules = workdir / "cart.yaml"
     rules.write_text(RULES)
-    argv = [python, "-m", "flows.cli", "run", "--rules", str(rules), "--workers", "1"]
+    argv = [python, "-m", "cli.main", "run", "--rules", str(rules), "--workers", "1"]
     argv += ["--recovery-dir", str(workdir / f"recovery-{run}")]
     env = {
         "TETIK_REDIS_URL": endpoints.redis_url,

@@ -41,7 +41,7 @@ class Engine:
     ) -> None:
         self._env = dict(env)
         self._argv = [
-            sys.executable, "-m", "flows.cli", "run", "--rules", str(rules),
+            sys.executable, "-m", "cli.main", "run", "--rules", str(rules),
             "--recovery-dir", str(workdir / "recovery"), "--snapshot-interval", SNAPSHOT_S,
             *extra,
         ]  # fmt: skip

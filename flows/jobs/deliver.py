@@ -40,9 +40,7 @@ The ledger's retention (default 30 days) must outlast the actions topic's.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 import threading
 import time
 from collections import Counter
@@ -56,8 +54,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from channels.base import Channel, Delivery
-from channels.config import ChannelConfig, Resources, Router, default_config, load_config
-from channels.onsite import read_inbox
+from channels.config import ChannelConfig, Resources, Router, default_config
 from channels.smtp import Recipient
 from engine.actions import Action
 from engine.errors import ConfigError
@@ -65,7 +62,7 @@ from engine.events import CHANNELS
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
 from flows.report import say
-from flows.settings import Settings, from_env
+from flows.settings import Settings
 from flows.store import StateStore
 from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
 
@@ -331,7 +328,7 @@ def run_deliver(
     asks for something the job cannot give; RuntimeError when dead letters or
     feedback cannot be written (offsets of that batch are then not committed).
     """
-    _require_servers(settings)
+    require_servers(settings)
     topics = Topics(actions_topic, dlq_topic, events_topic or settings.events_topic)
     _ensure_topics(settings, topics)
     with contextlib.ExitStack() as stack:
@@ -383,7 +380,7 @@ def _consumer(settings: Settings, group: str, extra: Mapping[str, Any] | None) -
     return Consumer({**base, **CONSUMER_DEFAULTS, **(extra or {})})
 
 
-def _require_servers(settings: Settings) -> None:
+def require_servers(settings: Settings) -> None:
     missing = [
         name
         for name, value in (
@@ -463,63 +460,3 @@ def _usable(message: Message) -> bool:
     if error.code() != KafkaError._PARTITION_EOF:
         say(f"consumer: {error.str()}")
     return False
-
-
-def add_commands(sub: Any) -> None:
-    """Register ``tetik deliver`` and ``tetik onsite`` on the top-level subparsers."""
-    deliver = sub.add_parser(
-        "deliver", help="deliver the engine's actions through channel adapters"
-    )
-    deliver.add_argument(
-        "--config", help="channel config YAML (default: onsite inbox, rest JSONL on stdout)"
-    )
-    deliver.add_argument(
-        "--group", default=DEFAULT_GROUP, help=f"consumer group (default {DEFAULT_GROUP})"
-    )
-    deliver.add_argument(
-        "--idle-exit", type=float, metavar="SECONDS", help="stop after this long without actions"
-    )
-    deliver.add_argument(
-        "--actions-topic", default=ACTIONS_TOPIC, help="topic to read (default actions)"
-    )
-    deliver.add_argument(
-        "--dlq-topic", default=ACTIONS_DLQ_TOPIC, help="dead letters (default actions.dlq)"
-    )
-    deliver.set_defaults(func=cmd_deliver)
-    onsite = sub.add_parser("onsite", help="print a user's onsite inbox as JSON (newest first)")
-    onsite.add_argument("user", help="identity key (user_id, else anon_id)")
-    onsite.set_defaults(func=cmd_onsite)
-
-
-def cmd_deliver(args: argparse.Namespace) -> int:
-    """``tetik deliver``: run until SIGINT/SIGTERM (or ``--idle-exit``)."""
-    from flows.lifecycle import stop_on_signals  # imports Bytewax: only when delivering
-
-    settings = from_env()
-    _require_servers(settings)
-    config = load_config(args.config) if args.config else default_config()
-    say(f"delivering {args.actions_topic} (group {args.group}; Ctrl-C stops)")
-    run_deliver(
-        settings,
-        config=config,
-        group=args.group,
-        actions_topic=args.actions_topic,
-        dlq_topic=args.dlq_topic,
-        stop=stop_on_signals(),
-        idle_exit=args.idle_exit,
-    )
-    return 0
-
-
-def cmd_onsite(args: argparse.Namespace) -> int:
-    """``tetik onsite USER``: the inbox a storefront would show, as JSON."""
-    settings = from_env()
-    if not settings.redis_url:
-        raise ConfigError("set TETIK_REDIS_URL to the Redis that `tetik deliver` writes inboxes to")
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        inbox = read_inbox(client, settings.prefix, args.user)
-    finally:
-        client.close()
-    sys.stdout.write(orjson.dumps(inbox, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0

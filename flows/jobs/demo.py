@@ -151,7 +151,7 @@ def _start(settings: Settings, tmp: Path, name: str, args: list[str]) -> subproc
     )
     log = (tmp / f"{name}.log").open("wb")
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         stdout=log,
         stderr=log,

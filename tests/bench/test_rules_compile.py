@@ -9,7 +9,7 @@ import pytest
 
 from bench.core import rules_text
 from bench.rules_compile import bench_compile, compile_once
-from flows.cli import main
+from cli.main import main
 
 
 def test_compile_figures_are_measured() -> None:

@@ -94,13 +94,13 @@ class Live:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a one-shot ``tetik`` command against this test's servers."""
-        command = [sys.executable, "-m", "flows.cli", *args]
+        command = [sys.executable, "-m", "cli.main", *args]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
 
     def start(self, *args: str, log: str = "run.log") -> subprocess.Popen[bytes]:
         """Start ``tetik run`` (recovery in the test's directory) in the background."""
         command = [
-            sys.executable, "-m", "flows.cli", "run",
+            sys.executable, "-m", "cli.main", "run",
             "--recovery-dir", str(self.workdir / "recovery"),
             "--snapshot-interval", "0.5", *args,
         ]  # fmt: skip

@@ -18,7 +18,7 @@ CART_LOG = EXAMPLES / "abandoned_cart.events.jsonl"
 
 def tetik(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -23,11 +23,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from channels.config import load_config
 from channels.onsite import read_inbox
+from cli.deliver import add_commands
 from engine.actions import Action, to_json
 from engine.errors import ConfigError
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
-from flows.jobs.deliver import Tally, add_commands, run_deliver
+from flows.jobs.deliver import Tally, run_deliver
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings

@@ -30,7 +30,7 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
     args = ["demo", "--duration", "8", "--rate", "400", "--users", "150"]
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -145,7 +145,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 def tetik(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=_env(settings),
         capture_output=True,
         text=True,
@@ -185,7 +185,7 @@ def test_tetik_state_prints_the_users_state(setup: Setup) -> None:
 def test_tetik_state_without_redis_says_what_to_set() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "state", "u1"],
+        [sys.executable, "-m", "cli.main", "state", "u1"],
         env=env,
         capture_output=True,
         text=True,

@@ -21,6 +21,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cli.rules import (
+    add_rules_commands,
+    history_rules,
+    list_rules,
+    open_store,
+    push_rules,
+    rollback_rules,
+)
 from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
 from flows.runtime import RulesRuntime
@@ -31,13 +39,7 @@ from flows.stores.rules import (
     RulesStore,
     RulesVersion,
     RulesWatcher,
-    add_rules_commands,
     default_who,
-    history_rules,
-    list_rules,
-    open_store,
-    push_rules,
-    rollback_rules,
 )
 
 pytestmark = pytest.mark.integration
@@ -729,7 +731,7 @@ def test_tetik_run_refuses_an_unsigned_active_version_in_one_line(
         TETIK_RULES_SECRET="s3cret",
     )
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run"],
+        [sys.executable, "-m", "cli.main", "run"],
         env=env,
         capture_output=True,
         text=True,

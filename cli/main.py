@@ -2,8 +2,11 @@
 
 Each subcommand is a small function that parses nothing itself: argparse does
 that, and the work lives in the module named after the job (``flows.jobs.demo``,
-``flows.ingest``...). Every user-facing failure is a :class:`TetikError` or a
-server start error, printed as one line, with exit code 2.
+``flows.jobs.ingest``...); ``tetik rules`` and ``tetik deliver`` have modules of
+their own here (:mod:`cli.rules`, :mod:`cli.deliver`). This package is the only
+place that imports flows, bench and chaos together. Every user-facing failure is
+a :class:`TetikError` or a server start error, printed as one line, with exit
+code 2.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from collections.abc import Sequence
 
 import orjson
 
+from cli.deliver import add_commands
+from cli.rules import add_rules_commands, refuse_who
 from engine.errors import TetikError
-from flows.jobs.deliver import add_commands
 from flows.servers.process import ServerStartError
-from flows.stores.rules import add_rules_commands, refuse_who
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -77,12 +80,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         out=args.out,
         include_suppressed=args.include_suppressed,
     )
-
-
-def _cmd_rules_validate(args: argparse.Namespace) -> int:
-    from flows.jobs.backtest import validate
-
-    return validate(args.file)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -190,10 +187,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
-    validate = rules_sub.add_parser("validate", help="check a rules file")
-    validate.add_argument("file")
-    validate.set_defaults(func=_cmd_rules_validate)
-    add_rules_commands(rules_sub)
+    add_rules_commands(rules_sub)  # validate, push, list, history, rollback
     add_commands(sub)  # deliver, onsite
 
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")

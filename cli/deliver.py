@@ -1,0 +1,87 @@
+"""``tetik deliver`` and ``tetik onsite``: the command line of the delivery job.
+
+Only parsing and printing live here; the job is :mod:`flows.jobs.deliver`, the
+inboxes :mod:`channels.onsite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+import redis
+
+from channels.config import default_config, load_config
+from channels.onsite import read_inbox
+from engine.errors import ConfigError
+from flows.jobs.deliver import (
+    ACTIONS_DLQ_TOPIC,
+    ACTIONS_TOPIC,
+    DEFAULT_GROUP,
+    require_servers,
+    run_deliver,
+)
+from flows.report import say
+from flows.settings import from_env
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``tetik deliver`` and ``tetik onsite`` on the top-level subparsers."""
+    deliver = sub.add_parser(
+        "deliver", help="deliver the engine's actions through channel adapters"
+    )
+    deliver.add_argument(
+        "--config", help="channel config YAML (default: onsite inbox, rest JSONL on stdout)"
+    )
+    deliver.add_argument(
+        "--group", default=DEFAULT_GROUP, help=f"consumer group (default {DEFAULT_GROUP})"
+    )
+    deliver.add_argument(
+        "--idle-exit", type=float, metavar="SECONDS", help="stop after this long without actions"
+    )
+    deliver.add_argument(
+        "--actions-topic", default=ACTIONS_TOPIC, help="topic to read (default actions)"
+    )
+    deliver.add_argument(
+        "--dlq-topic", default=ACTIONS_DLQ_TOPIC, help="dead letters (default actions.dlq)"
+    )
+    deliver.set_defaults(func=cmd_deliver)
+    onsite = sub.add_parser("onsite", help="print a user's onsite inbox as JSON (newest first)")
+    onsite.add_argument("user", help="identity key (user_id, else anon_id)")
+    onsite.set_defaults(func=cmd_onsite)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """``tetik deliver``: run until SIGINT/SIGTERM (or ``--idle-exit``)."""
+    from flows.lifecycle import stop_on_signals  # imports Bytewax: only when delivering
+
+    settings = from_env()
+    require_servers(settings)
+    config = load_config(args.config) if args.config else default_config()
+    say(f"delivering {args.actions_topic} (group {args.group}; Ctrl-C stops)")
+    run_deliver(
+        settings,
+        config=config,
+        group=args.group,
+        actions_topic=args.actions_topic,
+        dlq_topic=args.dlq_topic,
+        stop=stop_on_signals(),
+        idle_exit=args.idle_exit,
+    )
+    return 0
+
+
+def cmd_onsite(args: argparse.Namespace) -> int:
+    """``tetik onsite USER``: the inbox a storefront would show, as JSON."""
+    settings = from_env()
+    if not settings.redis_url:
+        raise ConfigError("set TETIK_REDIS_URL to the Redis that `tetik deliver` writes inboxes to")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        inbox = read_inbox(client, settings.prefix, args.user)
+    finally:
+        client.close()
+    sys.stdout.write(orjson.dumps(inbox, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
