@@ -41,10 +41,10 @@ from typing import Any
 
 import msgspec
 import orjson
-import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from engine.actions import Action, to_json
+from flows.retry import RedisClient
 from flows.stores.keys import Keys
 from flows.stores.states import ShardStore
 
@@ -194,7 +194,7 @@ def _say(line: str) -> None:
 
 
 def settle_outboxes(
-    client: redis.Redis, keys: Keys, bootstrap: str, actions_topic: str, idle_s: float = 1.5
+    client: RedisClient, keys: Keys, bootstrap: str, actions_topic: str, idle_s: float = 1.5
 ) -> int:
     """Settle what a crash left in the outboxes (see the module rules); return how many."""
     stores = [ShardStore(client, shard, 0) for shard in keys.all_shards()]
@@ -223,7 +223,7 @@ def settle_outboxes(
 EMITTED_TTL_S = 7 * 86_400  # long enough to re-derive the lost states from the events topic
 
 
-def rebuild_emitted(client: redis.Redis, keys: Keys, bootstrap: str, topic: str) -> int:
+def rebuild_emitted(client: RedisClient, keys: Keys, bootstrap: str, topic: str) -> int:
     """After Redis lost its data: remember every action id in ``topic``; return how many.
 
     Each id goes to its shard's ``emitted`` set (the shard of the action's

@@ -27,11 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from engine.errors import ConfigError
 from engine.state import UserState, loads
 from engine.windows import WindowConfig
+from flows.retry import RedisClient
 from flows.stores.keys import Keys, ShardKeys
 
 DAY_MS = 86_400_000
@@ -74,7 +73,7 @@ class ShardWrite:
 class ShardStore:
     """One shard's keys in one Redis (or one Redis Cluster node: they share a slot)."""
 
-    def __init__(self, client: redis.Redis, keys: ShardKeys, ttl_ms: int) -> None:
+    def __init__(self, client: RedisClient, keys: ShardKeys, ttl_ms: int) -> None:
         self.client = client
         self.keys = keys
         self.ttl_ms = ttl_ms
@@ -180,7 +179,7 @@ class ShardStore:
         return int(first[0][1]) if first else None
 
 
-def read_stats(client: redis.Redis, keys: Keys) -> dict[str, int]:
+def read_stats(client: RedisClient, keys: Keys) -> dict[str, int]:
     """Every counter of the deployment, summed over its shards."""
     pipe = client.pipeline(transaction=False)
     for shard in keys.all_shards():
@@ -192,13 +191,13 @@ def read_stats(client: redis.Redis, keys: Keys) -> dict[str, int]:
     return dict(total)
 
 
-def read_state(client: redis.Redis, keys: Keys, identity: str) -> UserState | None:
+def read_state(client: RedisClient, keys: Keys, identity: str) -> UserState | None:
     """One shopper's stored state (``tetik state``), or None."""
     data: bytes | None = client.get(keys.state(identity))  # type: ignore[assignment]
     return None if data is None else loads(data)
 
 
-def fix_layout(client: redis.Redis, keys: Keys) -> None:
+def fix_layout(client: RedisClient, keys: Keys) -> None:
     """Record the shard count at the first start; refuse a different one after."""
     client.hsetnx(keys.layout, "shards", keys.shards)
     stored: bytes | None = client.hget(keys.layout, "shards")  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""Building the live pipeline in process: real Redis and Kafka, Bytewax's testing source and sink."""
+"""The live pipeline in process: real Redis and Kafka, Bytewax testing source and sink."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -19,6 +18,7 @@ from engine.rules.loader import load_rules
 from flows.clock import wall_ms
 from flows.pipeline.dataflow import build_flow
 from flows.pipeline.shard import ShardConfig, ShardReport
+from flows.retry import RedisClient
 from flows.runtime import RulesRuntime
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter
 from flows.stores.keys import Keys
@@ -90,7 +90,7 @@ class HoldingSource(DynamicSource[Any]):
 class Pipeline:
     """One deployment's pieces for in-process runs (a prefix and topics of its own)."""
 
-    client: redis.Redis
+    client: RedisClient
     bootstrap: str
     prefix: str
     rules: str

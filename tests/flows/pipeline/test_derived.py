@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import redis
 from bytewax.testing import TestingSink, run_main
 
 from engine.events import Event
@@ -16,6 +15,7 @@ from flows.kafka.topics import ensure_topics
 from flows.pipeline.dataflow import build_flow
 from flows.pipeline.derive import derived_id
 from flows.pipeline.sweep import Every
+from flows.retry import RedisClient
 from flows.stores.states import read_stats
 from tests.flows.live import read_topic
 from tests.flows.pipeline.support import NOW, HoldingSource, Pipeline, event, message
@@ -64,8 +64,8 @@ class Announce:
 
 
 @pytest.fixture
-def pipeline(redis_client: redis.Redis, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(redis_client, kafka_bootstrap, unique, RULES)
+def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
+    p = Pipeline(store_client, kafka_bootstrap, unique, RULES)
     p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
     ensure_topics(kafka_bootstrap, {p.actions_topic: 2, p.dlq_topic: 1})
     return p
@@ -96,7 +96,7 @@ def run_with_derivers(pipeline: Pipeline, messages: list[Any], page: int, **over
 def test_an_input_fans_out_to_each_shopper_once_through_the_shards(pipeline: Pipeline) -> None:
     targets = [f"s{i}" for i in range(30)]
     run_with_derivers(pipeline, [message(0, announce(0, targets))], page=7)
-    pushes = [a for a in read_topic(pipeline.bootstrap, pipeline.actions_topic)]
+    pushes = list(read_topic(pipeline.bootstrap, pipeline.actions_topic))
     assert sorted(a["user_id"] for a in pushes) == sorted(targets)
     assert {a["channel"] for a in pushes} == {"push"}
     stored = pipeline.client.get(pipeline.keys.state("s3"))
@@ -118,7 +118,8 @@ def test_a_large_fanout_is_paced_and_other_shoppers_go_on_meanwhile(pipeline: Pi
     later = [message(i + 1, event(i + 1, f"u{i}", "signup", NOW - 4000 + i)) for i in range(5)]
     run_with_derivers(pipeline, [message(0, announce(0, targets)), *later], page=100)
     order = [a.channel for r in pipeline.reports for a in r.actions]
-    assert order.count("push") == 3000 and order.count("email") == 5
+    assert order.count("push") == 3000
+    assert order.count("email") == 5
     last_push = max(i for i, c in enumerate(order) if c == "push")
     assert order.index("email") < last_push  # the signups did not wait for the fan-out
 

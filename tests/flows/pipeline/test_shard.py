@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import orjson
 import pytest
-import redis
 
 from engine.actions import to_dict
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
+from flows.kafka.topics import ensure_topics
+from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
-from flows.kafka.topics import ensure_topics
 from tests.flows.live import read_topic
 from tests.flows.pipeline.support import NOW, Pipeline, event, message
 
@@ -40,8 +40,8 @@ journeys:
 
 
 @pytest.fixture
-def pipeline(redis_client: redis.Redis, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(redis_client, kafka_bootstrap, unique, RULES)
+def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
+    p = Pipeline(store_client, kafka_bootstrap, unique, RULES)
     p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
     ensure_topics(kafka_bootstrap, {p.actions_topic: 2, p.dlq_topic: 1})
     return p
@@ -77,7 +77,8 @@ def test_states_live_in_their_shard_and_the_worker_keeps_no_shopper_past_its_cac
         identity = f"u{i}"
         store = ShardStore(pipeline.client, pipeline.keys.of(identity), 0)
         state = store.load(identity)
-        assert state is not None and state.key == identity
+        assert state is not None
+        assert state.key == identity
         assert shard_of(identity, pipeline.shards) == store.keys.shard
     due = [ShardStore(pipeline.client, s, 0).next_due() for s in pipeline.keys.all_shards()]
     assert min(d for d in due if d is not None) == NOW - 1000 + 60_000  # the 1-minute wait
@@ -114,7 +115,8 @@ def test_due_timers_fire_from_the_redis_index_at_their_due_time(pipeline: Pipeli
     assert [(a.user_id, a.at) for a in emails] == [("a", start + 60_000)]
     assert sorted(a.action_id for a in pipeline.actions()) == replayed(docs, until=NOW)
     state = ShardStore(pipeline.client, pipeline.keys.of("a"), 0).load("a")
-    assert state is not None and Engine(load_rules(RULES, "r")).next_due(state) is None
+    assert state is not None
+    assert Engine(load_rules(RULES, "r")).next_due(state) is None
     assert pipeline.client.zscore(pipeline.keys.of("a").timers, "a") is None  # nothing pending
     assert state.entered  # the journey is remembered for re-entry
 
