@@ -46,6 +46,7 @@ from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.servers.embedded import Endpoints, servers
 from flows.servers.process import die_with_parent_preexec, stop_child
+from flows.settings import from_env
 
 SYSTEMS = ("passthrough", "tetik", "handwritten")
 RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run
@@ -91,11 +92,18 @@ class System:
     env: dict[str, str]
     events: str
     output: str
+    layout: dict[str, int]  # the topics the bench creates for it, with partition counts
     processed: Callable[[], int] = field(default=lambda: 0)
 
 
 def _topics(name: str, run: str) -> tuple[str, str]:
     return f"bench-{run}-{name}-events", f"bench-{run}-{name}-out"
+
+
+# Every system reads 4 event partitions and writes 1 output partition: the output
+# watch tails partition 0 (bench.watch), and the three are measured alike.
+EVENTS_PARTITIONS = 4
+OUTPUT_PARTITIONS = 1
 
 
 def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> System:
@@ -107,13 +115,14 @@ def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> Sys
     if name == "passthrough":
         argv = [python, "-m", "bench.passthrough", "--bootstrap", boot]
         argv += ["--events", events, "--out", output]
-        return System(name, argv, {}, events, output)
+        return System(name, argv, {}, events, output, _layout(events, output))
     if name == "handwritten":
         argv = [python, "-m", "bench.handwritten", "--bootstrap", boot]
         argv += ["--redis", endpoints.redis_url, "--events", events, "--actions", output]
         argv += ["--prefix", prefix]
         counter = f"{prefix}:hw:processed"
-        return System(name, argv, {}, events, output, lambda: int(client.get(counter) or 0))
+        layout = _layout(events, output)
+        return System(name, argv, {}, events, output, layout, lambda: int(client.get(counter) or 0))
     rules = workdir / "cart.yaml"
     rules.write_text(RULES)
     argv = [python, "-m", "cli.main", "run", "--rules", str(rules), "--workers", "1"]
@@ -125,8 +134,18 @@ def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> Sys
         "TETIK_EVENTS_TOPIC": events,
         "TETIK_ACTIONS_TOPIC": output,
         "TETIK_DLQ_TOPIC": f"{events}.dlq",
+        "TETIK_ACTIONS_DLQ_TOPIC": f"{output}.dlq",
+        # The bench's layout, told to tetik as to any deployment, so tetik run's own
+        # topic set-up agrees with the topics made here.
+        "TETIK_EVENTS_PARTITIONS": str(EVENTS_PARTITIONS),
+        "TETIK_ACTIONS_PARTITIONS": str(OUTPUT_PARTITIONS),
     }
-    return System(name, argv, env, events, output, lambda: _tetik_processed(client, prefix))
+    layout = from_env(env).topic_layout()
+    return System(name, argv, env, events, output, layout, lambda: _tetik_processed(client, prefix))
+
+
+def _layout(events: str, output: str) -> dict[str, int]:
+    return {events: EVENTS_PARTITIONS, output: OUTPUT_PARTITIONS}
 
 
 def _tetik_processed(client: redis.Redis, prefix: str) -> int:
@@ -238,7 +257,7 @@ class Runner:
         self.sessions += 1
         run = f"{RUN}{self.sessions}"
         system = make_system(self.name, self.endpoints, run, self.workdir)
-        ensure_topics(self.endpoints.kafka_bootstrap, {system.events: 4, system.output: 1})
+        ensure_topics(self.endpoints.kafka_bootstrap, system.layout)
         self.load.topic(system.events)
         watch = OutputWatch(self.endpoints.kafka_bootstrap, system.output)
         if system.name == "passthrough":

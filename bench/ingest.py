@@ -94,7 +94,7 @@ def bench_ingest(*, quick: bool = False, users: int = 0, events: int = 0) -> dic
             events_topic=f"bench-{time.time_ns()}",
             prefix="bench",
         )
-        ensure_topics(settings.kafka_bootstrap, {settings.events_topic: 4, settings.dlq_topic: 1})
+        ensure_topics(settings.kafka_bootstrap, settings.topic_layout())
         say("producing to the embedded broker")
         produce_records(settings.kafka_bootstrap, settings.events_topic, records)
         say("measuring: core (no I/O)")

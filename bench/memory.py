@@ -179,7 +179,7 @@ def engine_rss(endpoints: Endpoints, users: int, workdir: Path) -> dict[str, Any
     """
     run = f"mem{uuid.uuid4().hex[:6]}-{users}"
     system = dataclasses.replace(make_system("tetik", endpoints, run, workdir), name=f"tetik-{run}")
-    ensure_topics(endpoints.kafka_bootstrap, {system.events: 4, system.output: 1})
+    ensure_topics(endpoints.kafka_bootstrap, system.layout)
     keys: set[bytes | None] = set()
     records = stamped(live_records(users), keys)
     boot, total = endpoints.kafka_bootstrap, users * EVENTS_PER_USER

@@ -7,6 +7,7 @@ inboxes :mod:`channels.onsite`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -16,13 +17,7 @@ import redis
 from channels.config import default_config, load_config
 from channels.onsite import read_inbox
 from engine.errors import ConfigError
-from flows.jobs.deliver import (
-    ACTIONS_DLQ_TOPIC,
-    ACTIONS_TOPIC,
-    DEFAULT_GROUP,
-    require_servers,
-    run_deliver,
-)
+from flows.jobs.deliver import DEFAULT_GROUP, require_servers, run_deliver
 from flows.report import say
 from flows.settings import from_env
 
@@ -42,10 +37,11 @@ def add_commands(sub: Any) -> None:
         "--idle-exit", type=float, metavar="SECONDS", help="stop after this long without actions"
     )
     deliver.add_argument(
-        "--actions-topic", default=ACTIONS_TOPIC, help="topic to read (default actions)"
+        "--actions-topic", help="topic to read (default $TETIK_ACTIONS_TOPIC, else actions)"
     )
     deliver.add_argument(
-        "--dlq-topic", default=ACTIONS_DLQ_TOPIC, help="dead letters (default actions.dlq)"
+        "--dlq-topic",
+        help="dead letters (default $TETIK_ACTIONS_DLQ_TOPIC, else actions.dlq)",
     )
     deliver.set_defaults(func=cmd_deliver)
     onsite = sub.add_parser("onsite", help="print a user's onsite inbox as JSON (newest first)")
@@ -58,17 +54,16 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from flows.lifecycle import stop_on_signals  # imports Bytewax: only when delivering
 
     settings = from_env()
+    settings = dataclasses.replace(
+        settings,
+        actions_topic=args.actions_topic or settings.actions_topic,
+        actions_dlq_topic=args.dlq_topic or settings.actions_dlq_topic,
+    )
     require_servers(settings)
     config = load_config(args.config) if args.config else default_config()
-    say(f"delivering {args.actions_topic} (group {args.group}; Ctrl-C stops)")
+    say(f"delivering {settings.actions_topic} (group {args.group}; Ctrl-C stops)")
     run_deliver(
-        settings,
-        config=config,
-        group=args.group,
-        actions_topic=args.actions_topic,
-        dlq_topic=args.dlq_topic,
-        stop=stop_on_signals(),
-        idle_exit=args.idle_exit,
+        settings, config=config, group=args.group, stop=stop_on_signals(), idle_exit=args.idle_exit
     )
     return 0
 

@@ -67,8 +67,6 @@ from flows.store import StateStore
 from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
 
 DEFAULT_GROUP: Final = "tetik-deliver"
-ACTIONS_TOPIC: Final = "actions"
-ACTIONS_DLQ_TOPIC: Final = "actions.dlq"
 BATCH: Final = 500
 FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
 
@@ -140,11 +138,15 @@ def feedback_event(action: Action, kind: str, at: int) -> bytes:
 
 @dataclass(frozen=True)
 class Topics:
-    """Where the job reads and writes."""
+    """Where the job reads and writes: the topics of its settings."""
 
-    actions: str = ACTIONS_TOPIC
-    dlq: str = ACTIONS_DLQ_TOPIC
-    events: str = "events"
+    actions: str
+    dlq: str
+    events: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        return cls(settings.actions_topic, settings.actions_dlq_topic, settings.events_topic)
 
 
 _decoder = msgspec.json.Decoder(Action)
@@ -308,9 +310,6 @@ def run_deliver(
     *,
     config: ChannelConfig | None = None,
     group: str = DEFAULT_GROUP,
-    actions_topic: str = ACTIONS_TOPIC,
-    dlq_topic: str = ACTIONS_DLQ_TOPIC,
-    events_topic: str | None = None,
     stop: threading.Event | None = None,
     idle_exit: float | None = None,
     max_actions: int | None = None,
@@ -321,16 +320,21 @@ def run_deliver(
 ) -> Tally:
     """Deliver actions until ``stop`` is set, ``idle_exit`` seconds pass without a
     record (counted once partitions are assigned), or ``max_actions`` records are
-    handled. ``config`` defaults to :func:`channels.config.default_config`;
-    ``events_topic`` to ``settings.events_topic``. Returns the tally.
+    handled. It reads ``settings.actions_topic`` and writes dead letters to
+    ``settings.actions_dlq_topic`` and feedback to ``settings.events_topic``; missing
+    topics are created as :meth:`~flows.settings.Settings.topic_layout` lays them out,
+    as every job does. ``config`` defaults to :func:`channels.config.default_config`.
+    Returns the tally.
 
     Raises ConfigError when Redis or Kafka is not configured, or the config
     asks for something the job cannot give; RuntimeError when dead letters or
     feedback cannot be written (offsets of that batch are then not committed).
     """
     require_servers(settings)
-    topics = Topics(actions_topic, dlq_topic, events_topic or settings.events_topic)
-    _ensure_topics(settings, topics)
+    topics = Topics.of(settings)
+    ensure_topics(
+        settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
+    )
     with contextlib.ExitStack() as stack:
         client = redis.Redis.from_url(settings.redis_url)
         stack.callback(client.close)
@@ -348,16 +352,6 @@ def run_deliver(
         _loop(job, consumer, Limits(idle_exit, max_actions), stop or threading.Event(), watch)
     progress(job.tally.line())
     return job.tally
-
-
-def _ensure_topics(settings: Settings, topics: Topics) -> None:
-    """Create missing topics with the configured layout (existing ones keep their counts)."""
-    wanted = {
-        topics.actions: settings.actions_partitions,
-        topics.dlq: settings.actions_dlq_partitions,
-        topics.events: settings.events_partitions,
-    }
-    ensure_topics(settings.kafka_bootstrap, wanted, timeout=settings.kafka_timeout_s)
 
 
 def _resources(settings: Settings, client: redis.Redis) -> Resources:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from bytewax.run import cli_main
 
 from flows.ingest import kafka_ingest_flow
-from flows.jobs.produce import ensure_event_topics
 from flows.jobs.progress import Monitor
+from flows.kafka.topics import ensure_topics
 from flows.lifecycle import stop_on_signals
 from flows.report import say
 from flows.servers.embedded import servers
@@ -19,7 +19,9 @@ def run_ingest(*, tail: bool = True, workers: int = 1) -> int:
     base = from_env()
     with servers(progress=say) as endpoints:
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
-        ensure_event_topics(settings)
+        ensure_topics(
+            settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
+        )
         stop = stop_on_signals()
         store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
         say(f"ingesting {settings.events_topic} -> {settings.redis_url} (Ctrl-C stops)")

@@ -1,4 +1,8 @@
-"""``tetik produce FILE``: send a JSONL file of events to the events topic (and create it)."""
+"""``tetik produce FILE``: send a JSONL file of events to the events topic.
+
+Missing topics are created first, as every job creates them:
+:meth:`flows.settings.Settings.topic_layout`.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,7 @@ from engine.errors import ConfigError
 from flows.kafka.producer import identity_of, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
-from flows.settings import Settings, from_env
-
-
-def ensure_event_topics(settings: Settings, partitions: int | None = None) -> None:
-    """Create ``events`` and ``events.dlq`` if missing (existing ones are kept).
-
-    Partition counts from the settings' topic layout unless ``partitions`` is given.
-    """
-    events = partitions or settings.events_partitions
-    wanted = {settings.events_topic: events, settings.dlq_topic: settings.dlq_partitions}
-    ensure_topics(settings.kafka_bootstrap, wanted, timeout=settings.kafka_timeout_s)
+from flows.settings import from_env
 
 
 def produce_file(path: str, rate: float = 0.0) -> int:
@@ -28,7 +22,9 @@ def produce_file(path: str, rate: float = 0.0) -> int:
     settings = from_env()
     if not settings.kafka_bootstrap:
         raise ConfigError("set TETIK_KAFKA_BOOTSTRAP to the Kafka the engine reads from")
-    ensure_event_topics(settings)
+    ensure_topics(
+        settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
+    )
     lines = (line for line in Path(path).read_bytes().splitlines() if line.strip())
     records = ((identity_of(line), line) for line in lines)
     sent = produce_records(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e import SYSTEMS, Plan, bench_e2e
+from bench.e2e import SYSTEMS, Plan, bench_e2e, make_system
 from bench.report import write_results
 from flows.servers.embedded import Endpoints
+from flows.settings import from_env
 
 TINY = Plan(
     step_s=1.0,
@@ -60,3 +61,14 @@ def test_ratios_and_result_files(e2e: dict, tmp_path: Path) -> None:  # type: ig
     assert [p.name for p in paths] == ["bench.json", "bench.md", "latency.png"]
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
     assert "| tetik | >= " in paths[1].read_text()  # a lower bound: not saturated
+
+
+def test_tetik_is_told_the_topic_layout_the_bench_creates_for_it(tmp_path: Path) -> None:
+    """The bench creates tetik's topics before ``tetik run`` starts. Run's own set-up
+    (Settings.topic_layout, from the environment the bench gives it) must ask for the
+    same counts, or it runs on topics laid out otherwise than it was configured
+    (it was: the bench made the actions topic with 1 partition, run's layout said 4)."""
+    endpoints = Endpoints(redis_url="redis://127.0.0.1:1/0", kafka_bootstrap="127.0.0.1:1")
+    system = make_system("tetik", endpoints, "layout", tmp_path)
+    assert system.layout == from_env(system.env).topic_layout()
+    assert system.layout[system.output] == 1  # bench.watch tails partition 0 of the output

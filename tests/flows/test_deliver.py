@@ -8,6 +8,7 @@ concurrently in one test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import threading
 import time
@@ -69,12 +70,13 @@ class World:
         return f"g-{self.settings.prefix}"
 
     @property
-    def rerun_topics(self) -> dict[str, str]:
+    def rerun_settings(self) -> Settings:
         """Re-runs write elsewhere, so the first run's topics stay as it left them."""
-        return {
-            "dlq_topic": f"{self.dlq_topic}-rerun",
-            "events_topic": f"{self.settings.events_topic}-rerun",
-        }
+        return dataclasses.replace(
+            self.settings,
+            actions_dlq_topic=f"{self.dlq_topic}-rerun",
+            events_topic=f"{self.settings.events_topic}-rerun",
+        )
 
 
 def _actions() -> dict[str, Action]:
@@ -125,8 +127,18 @@ def world(
     redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     unique = f"t{uuid.uuid4().hex[:12]}"
-    settings = Settings(redis_url, kafka_bootstrap, events_topic=f"events-{unique}", prefix=unique)
     actions_topic, dlq_topic = f"actions-{unique}", f"actions.dlq-{unique}"
+    settings = Settings(
+        redis_url,
+        kafka_bootstrap,
+        events_topic=f"events-{unique}",
+        dlq_topic=f"events.dlq-{unique}",
+        actions_topic=actions_topic,
+        actions_dlq_topic=dlq_topic,
+        prefix=unique,
+        events_partitions=2,
+        actions_partitions=2,
+    )
     ensure_topics(kafka_bootstrap, {actions_topic: 2, dlq_topic: 1, settings.events_topic: 2})
     tmp = tmp_path_factory.mktemp("deliver")
     for hook in serve_hooks(HookServer(paths={"/push": 503})):
@@ -141,16 +153,14 @@ def world(
             yield world
 
 
-def _run(world: World, group: str, **extra: object) -> Tally:
-    options: dict[str, object] = {"dlq_topic": world.dlq_topic, **extra}
+def _run(world: World, group: str, settings: Settings | None = None, **extra: object) -> Tally:
     return run_deliver(
-        world.settings,
+        settings or world.settings,
         config=load_config(world.config_path),
         group=group,
-        actions_topic=world.actions_topic,
         idle_exit=IDLE_EXIT,
         progress_every=0.2,
-        **options,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -289,22 +299,20 @@ def test_reruns_send_nothing_twice(
     The failed push action is not in the ledger, so a new group re-drives it.
     """
     results: dict[str, Tally] = {}
-    rerun = world.rerun_topics
-    same = threading.Thread(target=lambda: results.update(same=_run(world, world.group, **rerun)))
+    rerun = world.rerun_settings
+    same = threading.Thread(target=lambda: results.update(same=_run(world, world.group, rerun)))
     limited = threading.Thread(
-        target=lambda: results.update(
-            limited=_run(world, f"{world.group}-k", max_actions=3, **rerun)
-        )
+        target=lambda: results.update(limited=_run(world, f"{world.group}-k", rerun, max_actions=3))
     )
     same.start()
     limited.start()
     _env(world, monkeypatch)
-    monkeypatch.setenv("TETIK_EVENTS_TOPIC", rerun["events_topic"])
+    monkeypatch.setenv("TETIK_EVENTS_TOPIC", rerun.events_topic)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:  # the CLI path, in the main thread (it installs signal handlers)
         argv = ["deliver", "--config", str(world.config_path), "--group", f"{world.group}-new"]
         argv += ["--idle-exit", str(IDLE_EXIT), "--actions-topic", world.actions_topic]
-        assert _cli([*argv, "--dlq-topic", rerun["dlq_topic"]]) == 0
+        assert _cli([*argv, "--dlq-topic", rerun.actions_dlq_topic]) == 0
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
@@ -347,3 +355,41 @@ def test_a_set_stop_event_ends_the_job_before_any_record(world: World) -> None:
     start = time.monotonic()
     assert _run(world, f"{world.group}-stopped", stop=stop).total() == 0
     assert time.monotonic() - start < 2.0
+
+
+def _cli_in_main_thread(argv: list[str]) -> int:
+    """``_cli``, restoring the signal handlers that ``tetik deliver`` installs."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        return _cli(argv)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+
+
+def test_tetik_deliver_reads_the_actions_topic_of_tetik_actions_topic(
+    redis_url: str,
+    kafka_bootstrap: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The topic ``tetik run`` writes (TETIK_ACTIONS_TOPIC) is the one deliver reads."""
+    actions_topic = f"{unique}.actions"
+    for name, value in {
+        "TETIK_REDIS_URL": redis_url,
+        "TETIK_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TETIK_PREFIX": unique,
+        "TETIK_EVENTS_TOPIC": f"{unique}.events",
+        "TETIK_ACTIONS_TOPIC": actions_topic,
+        "TETIK_ACTIONS_DLQ_TOPIC": f"{unique}.actions.dlq",
+    }.items():
+        monkeypatch.setenv(name, value)
+    ensure_topics(kafka_bootstrap, {actions_topic: 1})
+    action = make_action(1, user_id="u1", channel="onsite", content={"body": "b"})
+    produce_records(kafka_bootstrap, actions_topic, [(b"u1", to_json(action))])
+    argv = ["deliver", "--idle-exit", str(IDLE_EXIT), "--group", f"g-{unique}"]
+    assert _cli_in_main_thread(argv) == 0
+    inbox = read_inbox(redis.Redis.from_url(redis_url), unique, "u1")
+    assert [m["action_id"] for m in inbox] == [action.action_id]
+    assert f"delivering {actions_topic} " in capsys.readouterr().err
