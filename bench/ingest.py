@@ -28,12 +28,17 @@ from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply
-from flows.ingest import kafka_ingest_flow, now_ms
+from flows.breaker import Halt
+from flows.clock import wall_ms as now_ms
+from flows.jobs.ingest import ingest_flow
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
+from flows.retry import connect
+from flows.run import RunOptions
 from flows.servers.embedded import servers
 from flows.settings import Settings
+from flows.stores.states import fix_layout
 
 
 def _core_rate(records: Sequence[tuple[bytes | None, bytes]]) -> float:
@@ -102,7 +107,9 @@ def bench_ingest(*, quick: bool = False, users: int = 0, events: int = 0) -> dic
         say("measuring: decode_only flow (Kafka -> decode)")
         rates["decode_only"] = _timed(_decode_only_flow(settings), len(records))
         say("measuring: ingest flow (Kafka -> decode -> state -> Redis)")
-        rates["ingest"] = _timed(kafka_ingest_flow(settings, tail=False), len(records))
+        fix_layout(connect(settings.redis_url), settings.keys)
+        flow = ingest_flow(settings, RunOptions(tail=False), Halt())
+        rates["ingest"] = _timed(flow, len(records))
     result = {
         "events": len(records),
         "users": users,

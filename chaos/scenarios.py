@@ -54,6 +54,9 @@ from chaos.compare import dead_letters, recovery, tally
 from chaos.run import Deployment
 from chaos.servers import Servers, Unavailable, scenario_servers
 from chaos.workload import stream
+from flows.settings import from_env
+from flows.stores.keys import Keys
+from flows.stores.states import read_stats
 
 __all__ = ["SCENARIOS", "Context", "Result", "Size", "sizes"]
 
@@ -455,7 +458,8 @@ def _throughput(dep: Deployment, good: int, bar: Bar) -> float | None:
     released: float | None = None
     while time.monotonic() < deadline:
         dep.wait(0.01)
-        done = sum(int(v or 0) for v in client.hmget(f"{dep.name}:stats", fields))
+        stats = read_stats(client, Keys(dep.name, from_env().shards))
+        done = sum(stats.get(f, 0) for f in fields)
         bar.update(done / good, f"{done:,}/{good:,} good events")
         if released is None and done >= WARMUP:  # the engine is up and warm: go
             dep.feed.go.set()

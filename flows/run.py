@@ -126,15 +126,22 @@ def wait_for_redis(settings: Settings) -> None:
 
 
 def live_flow(
-    settings: Settings, options: RunOptions, halt: Halt, marker: Marker | None = None
+    settings: Settings,
+    options: RunOptions,
+    halt: Halt,
+    marker: Marker | None = None,
+    runtime: RulesRuntime | None = None,
 ) -> Dataflow:
     """The live dataflow on the real topics and Redis of ``settings``.
 
     ``halt.stop`` ends the sources (signals, the dead-letter breaker);
     ``marker`` is checked whenever Redis answers again after a fault.
+    ``runtime`` is the rules to run (default: the active version of the rules
+    store, followed as it changes; ``tetik ingest`` passes rules without journeys).
     """
     client = connect(settings.redis_url)
-    runtime = RulesRuntime.from_store(RulesStore(client, settings.prefix), settings.windows)
+    if runtime is None:
+        runtime = RulesRuntime.from_store(RulesStore(client, settings.prefix), settings.windows)
     several = options.total_workers > options.workers
     watermark = Watermark(
         _partition_names(settings),

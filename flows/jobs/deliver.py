@@ -63,8 +63,8 @@ from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.settings import Settings
-from flows.store import StateStore
 from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
+from flows.stores.states import Shoppers
 
 DEFAULT_GROUP: Final = "tetik-deliver"
 BATCH: Final = 500
@@ -110,7 +110,7 @@ class Tally:
         return "actions " + (" | ".join(parts) if parts else "none yet")
 
 
-def profile_email(store: StateStore) -> Recipient:
+def profile_email(store: Shoppers) -> Recipient:
     """The SMTP recipient lookup: ``profile.email`` from the user's state."""
 
     def lookup(user_id: str) -> str | None:
@@ -361,7 +361,7 @@ def _resources(settings: Settings, client: redis.Redis) -> Resources:
         redis=client,
         prefix=settings.prefix,
         kafka_bootstrap=settings.kafka_bootstrap,
-        recipient=profile_email(StateStore(client, settings.prefix)),
+        recipient=profile_email(Shoppers(client, settings.keys)),
     )
 
 

@@ -41,10 +41,11 @@ from flows.jobs.console import ActionWatch, Snapshot, render
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
+from flows.retry import connect
 from flows.servers.embedded import servers
 from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
-from flows.store import StateStore
+from flows.stores.states import Shoppers
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
 RULES = Path(__file__).resolve().parents[2] / "examples" / "demo" / "journeys.yaml"
@@ -117,7 +118,7 @@ def _live(
     ]
     watch = ActionWatch(settings.kafka_bootstrap, settings.actions_topic)
     watch.start()
-    store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
+    store = Shoppers(connect(settings.redis_url), settings.keys)
     keys: collections.Counter[bytes] = collections.Counter()
     try:
         sent = _stream(settings, stop, traffic, keys, watch, store, children)
@@ -191,7 +192,7 @@ def _stream(
     traffic: Traffic,
     keys: collections.Counter[bytes],
     watch: ActionWatch,
-    store: StateStore,
+    store: Shoppers,
     children: list[subprocess.Popen[bytes]],
 ) -> int:
     """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view."""
@@ -222,7 +223,7 @@ def _stream(
 
 def _view_loop(
     watch: ActionWatch,
-    store: StateStore,
+    store: Shoppers,
     sent: list[int],
     done: threading.Event,
     stop: threading.Event,
@@ -248,7 +249,7 @@ def _view_loop(
 
 def _summary(
     settings: Settings,
-    store: StateStore,
+    store: Shoppers,
     data: Snapshot,
     sent: int,
     catcher: MailCatcher,
@@ -294,7 +295,7 @@ def _deliveries(settings: Settings, catcher: MailCatcher, tmp: Path) -> None:
         )
 
 
-def _show_sample(store: StateStore, keys: collections.Counter[bytes]) -> None:
+def _show_sample(store: Shoppers, keys: collections.Counter[bytes]) -> None:
     known = [(n, k) for k, n in keys.items() if k and k.startswith(b"u")]
     if not known:
         return

@@ -1,17 +1,37 @@
-"""``tetik ingest``: Kafka events -> shopper states in Redis, until stopped."""
+"""``tetik ingest``: Kafka events -> shopper states in Redis, until stopped.
+
+Ingest is the live pipeline (:mod:`flows.pipeline`) with rules that hold no
+journey: the same decoding, dead letters, shards, clock and state writes, and
+no action. Without a recovery directory it reads the topic from its start at
+every start; events the shards' states already reflect are skipped.
+"""
 
 from __future__ import annotations
 
+from bytewax.dataflow import Dataflow
 from bytewax.run import cli_main
 
-from flows.ingest import kafka_ingest_flow
+from engine.journeys import Engine
+from engine.rules.loader import load_rules
+from flows.breaker import Halt
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics
 from flows.lifecycle import stop_on_signals
 from flows.report import say
+from flows.retry import connect
+from flows.run import RunOptions, live_flow
+from flows.runtime import RulesRuntime
 from flows.servers.embedded import servers
-from flows.settings import from_env
-from flows.store import StateStore
+from flows.settings import Settings, from_env
+from flows.stores.states import Shoppers, fix_layout
+
+NO_JOURNEYS = "version: 1\njourneys: []\n"
+
+
+def ingest_flow(settings: Settings, options: RunOptions, halt: Halt) -> Dataflow:
+    """The live pipeline with rules that hold no journey (see the module docstring)."""
+    engine = Engine(load_rules(NO_JOURNEYS, "<ingest>"), settings.windows)
+    return live_flow(settings, options, halt, runtime=RulesRuntime(engine))
 
 
 def run_ingest(*, tail: bool = True, workers: int = 1) -> int:
@@ -22,12 +42,15 @@ def run_ingest(*, tail: bool = True, workers: int = 1) -> int:
         ensure_topics(
             settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
         )
-        stop = stop_on_signals()
-        store = StateStore.from_url(settings.redis_url, settings.prefix, settings.windows)
+        client = connect(settings.redis_url)
+        fix_layout(client, settings.keys)
+        halt = Halt(stop_on_signals())
+        flow = ingest_flow(settings, RunOptions(workers=workers, tail=tail), halt)
         say(f"ingesting {settings.events_topic} -> {settings.redis_url} (Ctrl-C stops)")
-        monitor = Monitor(store.stats)
+        monitor = Monitor(Shoppers(client, settings.keys).stats)
         monitor.start()
-        flow = kafka_ingest_flow(settings, tail=tail, stop=stop)
-        cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]
-        monitor.stop()
+        try:
+            cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]
+        finally:
+            monitor.stop()
     return 0

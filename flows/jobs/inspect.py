@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from engine.errors import ConfigError
 from engine.state import to_view
+from flows.retry import connect
 from flows.settings import from_env
-from flows.store import StateStore
+from flows.stores.states import Shoppers
 
 
 def read_state(user: str, redis_url: str | None = None) -> dict[str, Any] | None:
@@ -21,5 +20,5 @@ def read_state(user: str, redis_url: str | None = None) -> dict[str, Any] | None
             "no Redis to read from: set TETIK_REDIS_URL (or pass --redis URL) to the Redis "
             "the engine writes to (`make demo` prints a sample user's state itself)"
         )
-    state = StateStore(redis.Redis.from_url(url), settings.prefix).load(user)
+    state = Shoppers(connect(url), settings.keys).load(user)
     return None if state is None else to_view(state)

@@ -109,6 +109,13 @@ def build_flow(
         return ShardLogic(config, resume)
 
     reports = op.key_rm("unkey", op.stateful_batch("shards", keyed, builder))
+    if breaker is not None:  # events whose processing failed count as dead letters too
+
+        def count_failed(_step: str, report: ShardReport) -> None:
+            if report.counts.get("failed"):
+                breaker.record(True, report.counts["failed"])
+
+        op.inspect("count_failed", reports, count_failed)
     op.output("reports", reports, reports_sink)
     return flow
 

@@ -212,15 +212,15 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             mine: list[Action] = []
             counts: Counter[str] = Counter()
             try:
-                changed = self._run(engine, state, items, mine, counts)
+                data = self._run(engine, state, items, mine, counts)
             except Exception:  # one event's failure must not stop everyone
                 mine, counts = [], Counter()
-                state, changed = self._isolate(engine, identity, items, mine, counts, records)
+                state = self._isolate(engine, identity, items, mine, counts, records)
+                data = self._pruned(engine, state, items[-1].now)
             actions.extend(mine)
             write.counts.update(counts)
-            if changed:
-                prune(state, items[-1].now, engine.windows)
-                write.states.append((identity, dumps(state), engine.next_due(state)))
+            if data is not None:
+                write.states.append((identity, data, engine.next_due(state)))
             self._remember(identity, state)
         return self._finish(write, actions, records)
 
@@ -246,8 +246,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         items: list[Stamped],
         actions: list[Action],
         counts: Counter[str],
-    ) -> bool:
-        """The common path: one shopper's events at once; whether the state changed."""
+    ) -> bytes | None:
+        """The common path: one shopper's events at once; the new state bytes if it changed."""
         changed = False
         for item in items:
             outcome, fired, caused = engine.handle(state, item.event, item.now)
@@ -255,7 +255,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             actions.extend(fired)
             actions.extend(_caused(caused, item.ingested))
             changed = changed or outcome == "applied" or bool(fired)
-        return changed
+        return self._pruned(engine, state, items[-1].now) if changed else None
+
+    @staticmethod
+    def _pruned(engine: Engine, state: UserState, now: int) -> bytes:
+        prune(state, now, engine.windows)
+        return dumps(state)
 
     def _isolate(
         self,
@@ -265,7 +270,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         actions: list[Action],
         counts: Counter[str],
         records: dict[str, Record],
-    ) -> tuple[UserState, bool]:
+    ) -> UserState:
         """Redo a shopper's events from its stored state, one at a time (see the rules)."""
         store = self._shard_store
         stored = self._retrying("reading a shopper's state", lambda: store.load(identity))
@@ -285,7 +290,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             counts[outcome] += 1
             actions.extend(fired)
             actions.extend(_caused(caused, item.ingested))
-        return state, True
+        return state
 
     # -- timers -----------------------------------------------------------------------
 

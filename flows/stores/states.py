@@ -218,3 +218,21 @@ def states_of(
     for identity, data in zip(wanted, store.read(wanted), strict=True):
         found[identity] = None if data is None else loads(data)
     return found
+
+
+class Shoppers:
+    """Reading shoppers' states and the counters from outside the pipeline.
+
+    For ``tetik state``, the demo, ``tetik deliver`` (profile e-mail
+    addresses) and the fault suite; only the pipeline writes.
+    """
+
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def load(self, identity: str) -> UserState | None:
+        return read_state(self.client, self.keys, identity)
+
+    def stats(self) -> dict[str, int]:
+        return read_stats(self.client, self.keys)

@@ -18,9 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient
 
-from engine.actions import Action, to_json
 from flows.kafka.topics import ensure_topics, wait_for_topic
-from flows.ledger import Ledger, resolve_pending
 from flows.servers import apache_kafka as ak
 from flows.servers import embedded
 from flows.servers.apache_kafka import (
@@ -33,6 +31,7 @@ from flows.servers.apache_kafka import (
 from flows.servers.embedded import servers
 from flows.servers.process import EmbeddedServer, ServerStartError, free_port
 from tests.flows.forwarder import Forwarder
+from tests.flows.pipeline.test_emissions import settle_check
 
 READ_TIMEOUT_S = 30.0
 
@@ -142,25 +141,11 @@ def test_keyed_round_trip_keeps_each_keys_order(apache_kafka: EmbeddedServer, un
 
 
 @pytest.mark.apache_kafka
-def test_the_ledger_settles_pending_claims_from_apache_kafka(
+def test_the_outboxes_settle_against_apache_kafka(
     apache_kafka: EmbeddedServer, redis_client: redis.Redis, unique: str
 ) -> None:
-    """As in test_ledger, on Apache Kafka: id1 reached the topic before the crash, id2 not."""
-    topic = f"{unique}.actions"
-    ensure_topics(apache_kafka.bootstrap, {topic: 1})
-    ledger = Ledger(redis_client, unique, retention=60_000)
-    actions = [
-        Action(
-            action_id=f"id{n}", at=n, user_id=f"u{n}", journey="j", step="0",
-            channel="email", template=None, status="sent", rules_version="v",
-        )
-        for n in (1, 2)
-    ]  # fmt: skip
-    produce(apache_kafka.bootstrap, topic, [to_json(actions[0])])
-    ledger.claim(actions)
-    assert resolve_pending(ledger, apache_kafka.bootstrap, topic, idle_s=0.5) == 2
-    assert ledger.pending() == set()
-    assert ledger.claim(actions) == [actions[1]]  # id1 was confirmed, id2 released
+    """As in test_emissions, on Apache Kafka: what Kafka has is not sent again."""
+    settle_check(redis_client, apache_kafka.bootstrap, unique)
 
 
 @pytest.fixture(scope="module")

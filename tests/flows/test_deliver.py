@@ -33,7 +33,7 @@ from flows.jobs.deliver import Tally, run_deliver
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
-from flows.store import StateStore
+from flows.stores.states import ShardStore, ShardWrite
 from tests.channels.support import (
     HookServer,
     MailCatcher,
@@ -110,8 +110,9 @@ def _store_email(settings: Settings, user: str, address: str) -> None:
     event["attributes"] = {"email": address}
     state = UserState(key=user)
     apply(state, decode_event(orjson.dumps(event)), 2)
-    store = StateStore(redis.Redis.from_url(settings.redis_url), settings.prefix)
-    store.write([(user, dumps(state))], {})
+    keys = settings.keys
+    store = ShardStore(redis.Redis.from_url(settings.redis_url), keys.of(user), 0)
+    store.commit(ShardWrite(states=[(user, dumps(state), None)]), 0)
 
 
 def _produce(world: World) -> None:

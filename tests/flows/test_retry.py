@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.actions import Action
-from flows.ledger import Ledger
 from flows.retry import RedisUnavailable, connect, retrying
 from flows.servers.embedded import start_redis
 from flows.servers.process import EmbeddedServer
+from flows.stores.keys import Keys
+from flows.stores.states import ShardStore, ShardWrite
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,6 @@ def freeze(server: EmbeddedServer, seconds: float) -> threading.Thread:
     )
     thread.start()
     return thread
-
-
-def action(n: int) -> Action:
-    return Action(
-        action_id=f"id{n}", at=n, user_id=f"u{n}", journey="j", step="0", channel="email",
-        template=None, status="sent", rules_version="v",
-    )  # fmt: skip
 
 
 def test_a_step_waits_through_a_frozen_redis_and_says_so(
@@ -81,17 +74,21 @@ def test_start_up_gives_up_after_its_deadline_with_one_line() -> None:
     assert lines  # it said it was waiting
 
 
-def test_a_claim_retried_through_a_freeze_is_neither_lost_nor_doubled(
+def test_a_shard_write_retried_through_a_freeze_is_neither_lost_nor_doubled(
     private_redis: tuple[EmbeddedServer, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, url = private_redis
     monkeypatch.setattr("flows.retry.SOCKET_TIMEOUT_S", 0.3)
-    ledger = Ledger(connect(url), "t")
-    actions = [action(i) for i in range(50)]
+    store = ShardStore(connect(url), Keys("t", 4).shard(1), ttl_ms=60_000)
+    outbox = {f"id{i}": f"record {i}".encode() for i in range(50)}
+    write = ShardWrite(
+        states=[("u1", b"state bytes", 5_000)], outbox=outbox, offsets={"0-events": 41}
+    )
     thread = freeze(server, 1.5)
-    claimed = retrying("claiming", lambda: ledger.claim(actions, "batch-1"), report=print)
+    due = retrying("storing states and their actions", lambda: store.commit(write, 0))
     thread.join()
-    # Whether or not the first attempt ran inside the frozen server, the batch owns them all.
-    assert [a.action_id for a in claimed] == [a.action_id for a in actions]
-    assert ledger.claim(actions) == []
-    assert len(ledger.pending()) == 50
+    # Whether or not the first attempt ran inside the frozen server, it is all there, once.
+    assert due == 5_000
+    assert store.read(["u1"]) == [b"state bytes"]
+    assert store.outbox() == outbox
+    assert store.offsets() == {"0-events": 41}

@@ -24,6 +24,8 @@ from engine.journeys import Engine
 from engine.replay import FOREVER
 from engine.rules.loader import load_rules
 from engine.state import UserState
+from flows.stores.keys import Keys
+from flows.stores.states import read_stats
 from tests.flows.live import (
     RULES,
     Live,
@@ -241,10 +243,10 @@ def test_rules_push_switches_the_running_engine(session: Live, redis_url: str) -
     first_v2 = next(a["at"] for a in probe_actions if a["rules_version"] == v2)
     print(f"rules push -> first action of the new version: {first_v2 - pushed_at} ms")
     assert all(a["rules_version"] == v2 for a in probe_actions if a["at"] >= pushed_at + 1000)
-    stats = redis.Redis.from_url(redis_url).hgetall(f"{session.name}:stats")
+    stats = read_stats(redis.Redis.from_url(redis_url), Keys(session.name))
     total = len(phase_a) + len(phase_b) + len(probes.docs)
-    assert int(stats[b"applied"]) == total
-    assert int(stats[b"ended.journey_removed"]) == 3  # the three browse enrollments
+    assert stats["applied"] == total
+    assert stats["ended.journey_removed"] == 3  # the three browse enrollments
 
 
 class ProbeStream(threading.Thread):
