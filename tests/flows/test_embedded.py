@@ -250,7 +250,9 @@ def test_start_retries_on_a_port_taken_meanwhile(
         squatter.listen()
         ports = iter([squatter.getsockname()[1]])
         real_free_port = process.free_port
-        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(
+            process, "free_port", lambda *host: next(ports, None) or real_free_port(*host)
+        )
         server, _ = STARTERS[kind]()
         with server:
             assert server.port != squatter.getsockname()[1]
@@ -403,6 +405,43 @@ def test_tansu_advertises_the_port_it_is_given(unique: str) -> None:
         assert msg is not None
         assert msg.value() == b"through the forwarder"
         assert forwarder.accepted >= 1
+
+
+@pytest.mark.integration
+def test_servers_listen_on_the_embedded_host(
+    monkeypatch: pytest.MonkeyPatch, started: list[EmbeddedServer], unique: str
+) -> None:
+    """TETIK_EMBEDDED_HOST: valkey binds it (protected mode off), tansu listens on and
+    advertises it; 127.0.0.2 is another loopback address, nothing answers on .1."""
+    monkeypatch.setenv(embedded.EMBEDDED_HOST_ENV, "127.0.0.2")
+    with servers(kafka=True) as found:
+        valkey, tansu = started
+        assert found.redis_url == f"redis://127.0.0.2:{valkey.port}/0"
+        assert found.kafka_bootstrap == f"127.0.0.2:{tansu.port}"
+        client = redis.Redis.from_url(found.redis_url)
+        assert client.config_get("bind")["bind"] == "127.0.0.2"
+        assert client.config_get("protected-mode") == {"protected-mode": "no"}
+        client.close()
+        assert not process.redis_answers(valkey.port)  # 127.0.0.1: nobody there
+        admin = AdminClient({"bootstrap.servers": found.kafka_bootstrap})
+        brokers = admin.list_topics(timeout=10).brokers.values()
+        assert [f"{b.host}:{b.port}" for b in brokers] == [found.kafka_bootstrap]  # advertised
+        ensure_topics(found.kafka_bootstrap, {f"{unique}.t": 1})
+        producer = Producer({"bootstrap.servers": found.kafka_bootstrap})
+        producer.produce(f"{unique}.t", b"on 127.0.0.2")
+        assert producer.flush(10) == 0
+
+
+def test_embedded_host_is_loopback_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(embedded.EMBEDDED_HOST_ENV, raising=False)
+    monkeypatch.delenv(embedded.KAFKA_BOOTSTRAP_ENV, raising=False)
+    assert embedded.embedded_host("apache") == "127.0.0.1"
+    monkeypatch.setenv(embedded.EMBEDDED_HOST_ENV, "10.0.0.1")
+    assert embedded.embedded_host("tansu") == "10.0.0.1"
+    with pytest.raises(ServerStartError, match="valkey and tansu only"):
+        embedded.embedded_host("apache")  # the embedded Apache Kafka stays on loopback
+    monkeypatch.setenv(embedded.KAFKA_BOOTSTRAP_ENV, "kafka:9092")  # then none is started
+    assert embedded.embedded_host("apache") == "10.0.0.1"
 
 
 def test_unknown_embedded_kafka_kind_says_which_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
