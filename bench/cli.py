@@ -1,13 +1,21 @@
-"""``tetik bench``: run the benchmarks, then write JSON, Markdown and a plot."""
+"""``tetik bench``: run the benchmarks, then write JSON, Markdown and a plot.
+
+The benchmarks that start a Kafka broker (``e2e``, ``memory``) measure on the one
+that :func:`bench.e2e.choose_broker` picks: ``--broker tansu|apache`` (``broker``
+here), else ``TETIK_EMBEDDED_KAFKA``, else Apache Kafka where Java 17 and Maven are
+present, else tansu. Each of their results names it (``broker``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.report import default_out, write_results
+from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
 WHAT = ("core", "e2e", "memory", "ingest", "compile", "all")
@@ -30,18 +38,66 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     }
 
 
-def run_bench(what: str, *, quick: bool = False, out: str | None = None) -> int:
-    """Run ``what`` (one benchmark or ``all``); write the result files to ``out``."""
+def run_bench(
+    what: str, *, quick: bool = False, out: str | None = None, broker: str | None = None
+) -> int:
+    """Run ``what`` (one benchmark or ``all``); write the result files to ``out``.
+
+    ``broker`` ("tansu" or "apache", default: chosen as the module says) is the
+    embedded Kafka broker of the benchmarks that start one.
+    """
     names = ALL if what == "all" else (what,)
     benches = _benches()
     results: dict[str, Any] = {}
     started = time.monotonic()
     for name in names:
         say(f"bench {name}{' (quick)' if quick else ''}")
-        results[name] = benches[name](quick=quick)
+        if name == "e2e":
+            results[name] = benches[name](quick=quick, broker=broker)
+        elif name == "memory":
+            results[name] = _with_broker(benches[name], quick, broker)
+        else:
+            results[name] = benches[name](quick=quick)
     seconds = time.monotonic() - started
-    params = {"what": what, "quick": quick, "seconds": round(seconds, 1)}
+    params = {"what": what, "quick": quick, "seconds": round(seconds, 1), "broker": broker}
     for path in write_results(Path(out) if out else default_out(), results, params):
         say(f"wrote {path}")
     say(f"bench finished in {seconds:.0f} s")
     return 0
+
+
+def _with_broker(
+    bench: Callable[..., dict[str, Any]], quick: bool, broker: str | None
+) -> dict[str, Any]:
+    """Run ``bench`` (which starts its servers with flows' ``servers()``) on the chosen
+    broker, and record that broker in its result."""
+    from bench.e2e import SERVER_NAMES, broker_version, choose_broker
+    from flows.servers.apache_kafka import EMBEDDED_KAFKA_ENV
+    from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV
+
+    kind, why = choose_broker(broker)
+    external = os.environ.get(KAFKA_BOOTSTRAP_ENV, "")
+    if external:  # servers() uses it and starts none
+        used = {
+            "name": "external", "version": "", "bootstrap": external, "why": KAFKA_BOOTSTRAP_ENV,
+        }  # fmt: skip
+    else:
+        used = {"name": SERVER_NAMES[kind], "version": broker_version(kind), "why": why}
+    say(f"bench: measuring on {broker_label(used)} ({used['why']})")
+    with _environ(EMBEDDED_KAFKA_ENV, kind):
+        result = bench(quick=quick)
+    return {**result, "broker": used}
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block; the previous state after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

@@ -1,8 +1,8 @@
 """``tetik bench e2e``: the live engine against two baselines, on the same input.
 
-Three systems run in turn on the same servers (embedded Valkey and tansu, or
-those of ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP``), each as a child
-process with its own fresh topics, each fed the same seeded clickstream:
+Three systems run in turn on the same servers (embedded Valkey and a Kafka
+broker, or those of ``TETIK_REDIS_URL`` / ``TETIK_KAFKA_BOOTSTRAP``), each as a
+child process with its own fresh topics, each fed the same seeded clickstream:
 
 * ``passthrough``: Bytewax Kafka -> decode -> Kafka, one record per event
   (:mod:`bench.passthrough`), the framework's floor;
@@ -18,12 +18,21 @@ half the highest sustained rate. Per step: the rate actually sent, the rate
 processed, the backlog at the step's end, the end-to-end latency of
 event-caused outputs (:mod:`bench.watch`), timer lateness, and the CPU of the
 system, the broker, Redis and the load generator.
+
+The broker (:func:`choose_broker`): ``--broker tansu|apache`` if given, else
+``TETIK_EMBEDDED_KAFKA`` if set, else a real Apache Kafka
+(:mod:`flows.servers.apache_kafka`) where Java 17 and Maven (or its cached
+jars) are present, else the embedded tansu. The result names the broker it
+measured (``broker``: name, version, bootstrap and why it was chosen), as does
+the terminal output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,15 +49,25 @@ import redis
 from bench.journey import RULES
 from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
+from bench.report import broker_label
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
+from engine.errors import ConfigError
 from flows.kafka.topics import ensure_topics
 from flows.report import say
-from flows.servers.embedded import Endpoints, servers
-from flows.servers.process import die_with_parent_preexec, stop_child
+from flows.servers.apache_kafka import (
+    EMBEDDED_KAFKA_ENV,
+    ensure_jars,
+    find_java,
+    kafka_version,
+)
+from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV, Endpoints, find_kafka_binary, servers
+from flows.servers.process import ServerStartError, die_with_parent_preexec, stop_child
 from flows.settings import from_env
 
 SYSTEMS = ("passthrough", "tetik", "handwritten")
+BROKERS = ("tansu", "apache")  # --broker: the embedded tansu, or a real Apache Kafka
+SERVER_NAMES = {"tansu": "tansu", "apache": "apache-kafka"}  # as EmbeddedServer.name
 RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run
 SATURATED_SHARE = 0.9  # processed / sent below this: the step is past saturation
 SATURATED_LAG_S = 0.5  # or a backlog of more than this many seconds of input at the end
@@ -410,19 +429,101 @@ def _p99_at(result: dict[str, Any], rate: float) -> float | None:
     return None
 
 
+def choose_broker(requested: str | None = None) -> tuple[str, str]:
+    """The embedded broker to measure on ("tansu" or "apache") and why it was chosen:
+    ``requested`` (``--broker``), else ``TETIK_EMBEDDED_KAFKA``, else Apache Kafka where
+    it can run here, else tansu. An unknown name, or ``requested`` together with
+    ``TETIK_KAFKA_BOOTSTRAP`` (which would win), is a ConfigError."""
+    if requested and os.environ.get(KAFKA_BOOTSTRAP_ENV):
+        raise ConfigError(
+            f"--broker {requested} and {KAFKA_BOOTSTRAP_ENV} both name a broker: drop one"
+        )
+    if requested:
+        return _known_broker(requested, "--broker"), "--broker"
+    configured = os.environ.get(EMBEDDED_KAFKA_ENV, "").strip()
+    if configured:
+        return _known_broker(configured, EMBEDDED_KAFKA_ENV), EMBEDDED_KAFKA_ENV
+    missing = apache_missing()
+    if missing is None:
+        return "apache", "Java 17 and Maven are present"
+    return "tansu", f"no Apache Kafka: {missing}"
+
+
+def _known_broker(name: str, source: str) -> str:
+    kind = name.strip().lower()
+    if kind not in BROKERS:
+        raise ConfigError(f"unknown broker {name!r} ({source}): use one of {', '.join(BROKERS)}")
+    return kind
+
+
+def apache_missing() -> str | None:
+    """What Apache Kafka lacks to run here (Java 17; Maven unless the jars are cached),
+    or None when it can run."""
+    if find_java() is None:
+        return "no Java 17 or newer (JAVA_HOME, PATH)"
+    if shutil.which("mvn") is None:
+        try:
+            ensure_jars()  # returns at once when cached; without Maven it cannot fetch
+        except ServerStartError:
+            return f"no Maven to fetch the Apache Kafka {kafka_version()} jars"
+    return None
+
+
+def broker_version(kind: str) -> str:
+    """The version of the embedded broker ``kind`` that a start would run ("" if unknown)."""
+    if kind == "apache":
+        return kafka_version()
+    binary = find_kafka_binary()
+    if binary is None:
+        return ""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"\d+\.\d+(?:\.\d+)?", done.stdout)
+    return match.group(0) if match else ""
+
+
+def measured_broker(endpoints: Endpoints, why: str) -> dict[str, str]:
+    """The broker of ``endpoints``: name and version of the one started, or "external"
+    (unknown version) for ``TETIK_KAFKA_BOOTSTRAP``; its bootstrap; why it was chosen."""
+    server = endpoints.servers.get("kafka")
+    if server is None:
+        name, version, why = "external", "", KAFKA_BOOTSTRAP_ENV
+    else:
+        name, version = server.name, server.version
+    return {"name": name, "version": version, "bootstrap": endpoints.kafka_bootstrap, "why": why}
+
+
 def bench_e2e(
-    *, quick: bool = False, plan: Plan | None = None, systems: tuple[str, ...] = SYSTEMS
+    *,
+    quick: bool = False,
+    plan: Plan | None = None,
+    systems: tuple[str, ...] = SYSTEMS,
+    broker: str | None = None,
 ) -> dict[str, Any]:
-    """Run every system through the plan on one set of servers; return the figures."""
+    """Run every system through the plan on one set of servers; return the figures.
+
+    ``broker`` ("tansu" or "apache") is the embedded broker to start; by default
+    :func:`choose_broker` picks it. ``TETIK_KAFKA_BOOTSTRAP`` overrides it (an external
+    broker, named "external" in the result).
+    """
     plan = plan or (QUICK if quick else Plan())
+    kind, why = choose_broker(broker)
     results: dict[str, dict[str, Any]] = {}
     with (
-        servers(progress=say) as endpoints,
+        servers(progress=say, kafka_server=kind) as endpoints,
         tempfile.TemporaryDirectory(prefix="tetik-e2e-") as tmp,
     ):
+        measured = measured_broker(endpoints, why)
+        label = broker_label(measured)
+        say(f"e2e: measuring on {label} at {measured['bootstrap']} ({measured['why']})")
         workdir = Path(tmp)
         for name in systems:
             results[name] = Runner(name, plan, endpoints, workdir).run()
-            say(f"e2e {name}: max sustained {results[name]['max_sustained_per_s']:,.0f} events/s")
+            best = results[name]["max_sustained_per_s"]
+            say(f"e2e {name}: max sustained {best:,.0f} events/s on {label}")
     ratios = compare(results) if set(results) == set(SYSTEMS) else {}
-    return {"plan": plan.__dict__, "systems": results, "ratios": ratios}
+    return {"plan": plan.__dict__, "broker": measured, "systems": results, "ratios": ratios}

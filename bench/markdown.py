@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.report import table
+from bench.report import broker_label, table
 
 Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
 
@@ -59,12 +59,16 @@ def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
     results = doc["results"]
     parts = ["# tetik bench", _machine(doc), "## Goals", goals_table(results)]
+    if "broker" in results.get("e2e", {}):
+        parts.append(f"Live figures measured on {broker_line(results['e2e']['broker'])}.")
     if "core" in results:
         parts += ["## Core (pure engine, no I/O)", core_table(results["core"])]
     if "e2e" in results:
         parts += ["## Live, end to end", e2e_tables(results["e2e"])]
     if "memory" in results:
         parts += ["## Memory", memory_table(results["memory"])]
+        if "broker" in results["memory"]:
+            parts.append(f"Broker: {broker_line(results['memory']['broker'])}.")
     return "\n\n".join(parts) + "\n"
 
 
@@ -114,8 +118,15 @@ def core_table(core: dict[str, Any]) -> str:
     )
 
 
+def broker_line(broker: dict[str, str]) -> str:
+    """``**apache-kafka 4.4.0** at 127.0.0.1:PORT (why it was chosen)``."""
+    where = f" at {broker['bootstrap']}" if broker.get("bootstrap") else ""
+    return f"**{broker_label(broker)}**{where} ({broker.get('why', '-')})"
+
+
 def e2e_tables(e2e: dict[str, Any]) -> str:
-    parts = [_summary(e2e)]
+    parts = [f"Broker: {broker_line(e2e['broker'])}."] if "broker" in e2e else []
+    parts.append(_summary(e2e))
     for name, result in e2e["systems"].items():
         parts.append(f"**{name}**: max sustained {_max(result)} events/s")
         parts.append(step_table(result["steps"] + [{**result["half_load"], "half": True}]))

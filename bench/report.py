@@ -1,10 +1,12 @@
 """Result files of ``tetik bench``: JSON, a Markdown report, a latency plot.
 
 One run writes three files to its output directory: ``bench.json`` (the
-machine, versions, parameters and every figure), ``bench.md`` (tables, and the
-goals of the benchmark issue with each figure against its goal) and
-``latency.png`` (latency percentiles against offered load; needs matplotlib,
-the ``bench`` extra, and is skipped with a note without it).
+machine, versions, parameters and every figure, with the Kafka broker each
+benchmark that starts one measured on, under its ``broker``), ``bench.md``
+(tables, and the goals of the benchmark issue with each figure against its
+goal; it names the broker) and ``latency.png`` (latency percentiles against
+offered load, the broker in its title; needs matplotlib, the ``bench`` extra,
+and is skipped with a note without it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def default_out() -> Path:
     return RESULTS / time.strftime("%Y%m%d-%H%M%S")
 
 
+def broker_label(broker: dict[str, str]) -> str:
+    """``apache-kafka 4.4.0``, ``tansu 0.6.0``, ``external``: a broker's name and version."""
+    return f"{broker['name']} {broker.get('version', '')}".strip()
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -98,7 +105,10 @@ def plot(e2e: dict[str, Any], path: Path) -> Path | None:
     ax.axhline(25, color="black", linewidth=0.6)
     ax.text(ax.get_xlim()[0], 26, " goal: tetik p99 <= 25 ms at half load", fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="offered load (events/s)")
-    ax.set(ylabel="event -> output on Kafka (ms)", title="End-to-end latency by offered load")
+    title = "End-to-end latency by offered load"
+    if "broker" in e2e:
+        title += f" ({broker_label(e2e['broker'])})"
+    ax.set(ylabel="event -> output on Kafka (ms)", title=title)
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
