@@ -64,6 +64,8 @@ from flows.servers.apache_kafka import (
 from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV, Endpoints, find_kafka_binary, servers
 from flows.servers.process import ServerStartError, die_with_parent_preexec, stop_child
 from flows.settings import from_env
+from flows.stores.keys import Keys
+from flows.stores.states import read_stats
 
 SYSTEMS = ("passthrough", "tetik", "handwritten")
 BROKERS = ("tansu", "apache")  # --broker: the embedded tansu, or a real Apache Kafka
@@ -168,8 +170,8 @@ def _layout(events: str, output: str) -> dict[str, int]:
 
 
 def _tetik_processed(client: redis.Redis, prefix: str) -> int:
-    stats = client.hmget(f"{prefix}:stats", ["applied", "duplicate", "stale", "invalid"])
-    return sum(int(v or 0) for v in stats)
+    stats = read_stats(client, Keys(prefix, from_env().shards))
+    return sum(stats.get(k, 0) for k in ("applied", "duplicate", "stale", "invalid", "skipped"))
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -85,6 +85,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.run import RunOptions, run_engine
 
+    addresses = _cluster(args)
     options = RunOptions(
         workers=args.workers,
         processes=args.processes,
@@ -92,15 +93,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         snapshot_s=args.snapshot_interval,
         lateness_ms=args.lateness_ms,
         recover_redis=args.recover_redis,
+        process_id=args.process_id or 0,
+        addresses=addresses,
     )
     refuse_who(args.who)
     return run_engine(args.rules, options)
 
 
+def _cluster(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``host:port`` of each process of a cluster across hosts (``--addresses``)."""
+    addresses = tuple(a.strip() for a in (args.addresses or "").split(",") if a.strip())
+    if args.process_id is None and not addresses:
+        return ()
+    if not addresses or args.process_id is None:
+        raise TetikError("--process-id and --addresses go together (one process of a cluster)")
+    if args.processes > 1:
+        raise TetikError("--processes starts a cluster on this host; --addresses spans hosts")
+    if not 0 <= args.process_id < len(addresses):
+        raise TetikError(
+            f"--process-id must be 0 to {len(addresses) - 1} ({len(addresses)} addresses)"
+        )
+    return addresses
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench
 
-    return run_bench(args.what, quick=args.quick, out=args.out)
+    return run_bench(args.what, quick=args.quick, out=args.out, broker=args.broker)
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
@@ -140,6 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--who", help=argparse.SUPPRESS)  # refused: the author is TETIK_AUTHOR
     run.add_argument("--workers", type=int, default=1, help="Bytewax workers per process")
     run.add_argument("--processes", type=int, default=1, help="cooperating processes")
+    run.add_argument(
+        "--process-id",
+        type=int,
+        help="this process's index in --addresses (a cluster across hosts; 0 prepares)",
+    )
+    run.add_argument(
+        "--addresses",
+        help="host:port of every process of the cluster, comma-separated, the same on each",
+    )
     run.add_argument(
         "--recovery-dir", help="Bytewax recovery directory (default: $TETIK_RECOVERY_DIR)"
     )
@@ -200,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="reduced sizes, under a minute")
     bench.add_argument(
         "--out", help="directory for bench.json, bench.md, latency.png (default bench/results/TIME)"
+    )
+    bench.add_argument(
+        "--broker",
+        choices=["tansu", "apache"],
+        help="Kafka broker to start for e2e and memory (default: TETIK_EMBEDDED_KAFKA, "
+        "else Apache Kafka where Java 17 and Maven are present, else tansu)",
     )
     bench.set_defaults(func=_cmd_bench)
 
