@@ -51,7 +51,7 @@ def test_a_redis_that_lost_its_data_is_refused_then_recovered_exactly_once(
     assert emitted_before
     first.kill()  # actions newer than the last snapshot are in the topic
     first.wait()
-    server.restart()  # Redis comes back empty: ledger, states, rules, marker gone
+    server.restart()  # Redis comes back empty: states, timers, outboxes, rules, marker gone
 
     refused = session.start("--rules", rules, log="refused.log")
     assert refused.wait(timeout=60) == 2
@@ -67,7 +67,7 @@ def test_a_redis_that_lost_its_data_is_refused_then_recovered_exactly_once(
     emitted = wait_for_actions(session.bootstrap, session.actions, len(expected), timeout=40)
     time.sleep(0.5)
     assert session.stop(recovered) == 0, session.log("recovered.log")
-    assert "rebuilt the action ledger from" in session.log("recovered.log")
+    assert "sent action(s) remembered" in session.log("recovered.log")
     counts = tally(expected, emitted)
     print(f"redis lost and recovered: {counts}")
     assert counts.duplicates == counts.missing == counts.unexpected == 0, counts
