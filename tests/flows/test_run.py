@@ -143,7 +143,7 @@ def test_a_second_signal_is_not_needed_to_stop(session: Live, redis_url: str) ->
     wait_for_actions(session.bootstrap, session.actions, 2, settle=0.2)
     assert session.stop(proc, signal.SIGTERM) == 0, session.log()
     client = redis.Redis.from_url(redis_url)
-    assert client.exists(f"{session.name}:state:u1")
+    assert client.exists(Keys(session.name).state("u1"))
 
 
 HOT_V1 = """\
