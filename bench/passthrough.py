@@ -24,8 +24,8 @@ from bytewax.run import cli_main
 
 from engine.errors import InvalidEvent
 from engine.events import decode_event
-from flows.lifecycle import StoppableKafkaSource, stop_on_signals
-from flows.run import RunOptions
+from flows.jobs.run import RunOptions
+from flows.pipeline.source import StoppableKafkaSource, stop_on_signals
 from flows.settings import LOW_LATENCY_CONSUMER
 
 Message = KafkaSourceMessage[bytes | None, bytes | None]

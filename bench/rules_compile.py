@@ -14,7 +14,7 @@ mode), the journey mix of the core benchmark. Measured, in this process:
   are freed.
 
 The live engine compiles a pushed version on a background thread
-(:mod:`flows.runtime`), so these figures are how long a switch takes to
+(:mod:`flows.pipeline.rules_runtime`), so these figures are how long a switch takes to
 become ready, not a pause of the processing.
 """
 

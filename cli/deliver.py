@@ -51,7 +51,7 @@ def add_commands(sub: Any) -> None:
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     """``tetik deliver``: run until SIGINT/SIGTERM (or ``--idle-exit``)."""
-    from flows.lifecycle import stop_on_signals  # imports Bytewax: only when delivering
+    from flows.pipeline.source import stop_on_signals  # imports Bytewax: only when delivering
 
     settings = from_env()
     settings = dataclasses.replace(

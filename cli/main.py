@@ -83,7 +83,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import RunOptions, run_engine
+    from flows.jobs.run import RunOptions, run_engine
 
     addresses = _cluster(args)
     options = RunOptions(

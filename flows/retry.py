@@ -29,7 +29,7 @@ Rules of this interface:
   claims carry a batch token; state writes are whole values). Counters in
   ``{prefix}:stats`` may over-count one batch after a lost reply.
 * ``on_back`` runs once Redis answers again after a fault: the live engine
-  checks there that Redis did not come back empty (:mod:`flows.deployment`).
+  checks there that Redis did not come back empty (:mod:`flows.stores.deployment`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ variable                           default    topic
 
 They apply when a topic is created; an existing topic keeps its count (see
 :func:`flows.kafka.topics.ensure_topics`). The Kafka source's fault policy
-(:mod:`flows.lifecycle`) reads ``TETIK_KAFKA_TIMEOUT_S`` (30: how long start-up
+(:mod:`flows.pipeline.source`) reads ``TETIK_KAFKA_TIMEOUT_S`` (30: how long start-up
 waits for the brokers), ``TETIK_IDLE_TIMEOUT_MS`` (30000: after this long
 without a message or an answer from a partition, it no longer holds timers
 back) and ``TETIK_RESET_OFFSETS`` (empty, or ``earliest``: go on from the
@@ -48,7 +48,7 @@ import orjson
 
 from engine.errors import ConfigError
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
-from flows.breaker import BreakerConfig
+from flows.pipeline.breaker import BreakerConfig
 from flows.stores.keys import DEFAULT_SHARDS, Keys
 from flows.stores.states import state_ttl_ms
 
@@ -78,7 +78,7 @@ class Settings:
     kafka_timeout_s: float = 30.0
     idle_timeout_ms: int = 30_000
     reset_offsets: str = ""
-    # The dead-letter circuit breaker (flows.breaker): TETIK_DLQ_MAX_SHARE (0.5),
+    # The dead-letter circuit breaker (flows.pipeline.breaker): TETIK_DLQ_MAX_SHARE (0.5),
     # TETIK_DLQ_WINDOW_S (60) and TETIK_DLQ_MIN_RECORDS (1000).
     breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
     # How long start-up waits for Redis (TETIK_REDIS_TIMEOUT_S, 60).

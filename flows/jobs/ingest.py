@@ -13,14 +13,14 @@ from bytewax.run import cli_main
 
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
-from flows.breaker import Halt
 from flows.jobs.progress import Monitor
+from flows.jobs.run import RunOptions, live_flow
 from flows.kafka.topics import ensure_topics
-from flows.lifecycle import stop_on_signals
+from flows.pipeline.breaker import Halt
+from flows.pipeline.rules_runtime import RulesRuntime
+from flows.pipeline.source import stop_on_signals
 from flows.report import say
 from flows.retry import connect
-from flows.run import RunOptions, live_flow
-from flows.runtime import RulesRuntime
 from flows.servers.embedded import servers
 from flows.settings import Settings, from_env
 from flows.stores.states import Shoppers, fix_layout

@@ -2,7 +2,7 @@
 
 Steps (each owned by one module):
 
-1. ``events``: the input (the real Kafka source, :mod:`flows.lifecycle`, or
+1. ``events``: the input (the real Kafka source, :mod:`flows.pipeline.source`, or
    Bytewax's ``TestingSource`` in tests).
 2. ``decode``: :func:`flows.pipeline.decode.decode_stamped` validates and
    stamps each message; invalid ones go to the ``dlq`` sink.

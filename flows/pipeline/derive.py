@@ -84,7 +84,7 @@ _decode_event = msgspec.json.Decoder(Event).decode
 @dataclass(frozen=True)
 class FanoutConfig:
     derivers: Sequence[Deriver]
-    watermark: Any  # flows.watermark.Watermark: the input is applied once taken
+    watermark: Any  # flows.pipeline.watermark.Watermark: the input is applied once taken
     clock: Any  # flows.clock.Clock
     page: int = PAGE
 

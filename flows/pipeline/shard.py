@@ -21,7 +21,7 @@ Rules of this interface:
   are read again and skipped, so nothing is applied or emitted twice, and the
   Bytewax snapshot holds offsets only, never shoppers.
 * **Timers**: the shard keeps in memory only the earliest due time of its
-  timer index. Once the watermark (:mod:`flows.watermark`) has passed it, up to
+  timer index. Once the watermark (:mod:`flows.pipeline.watermark`) has passed it, up to
   ``timer_batch`` due shoppers are popped at once and advanced to the
   watermark, each step at its due time, and written in one transaction.
 * **Failures stay with their record**: a shopper whose events raise is redone
@@ -85,8 +85,8 @@ class ShardReport:
 class ShardConfig:
     """What every shard of a process shares (built once by the dataflow's owner)."""
 
-    runtime: Any  # flows.runtime.RulesRuntime (current(), drain_ended())
-    watermark: Any  # flows.watermark.Watermark (value(), applied())
+    runtime: Any  # flows.pipeline.rules_runtime.RulesRuntime (current(), drain_ended())
+    watermark: Any  # flows.pipeline.watermark.Watermark (value(), applied())
     emitter: Emitter
     client: Any  # redis.Redis or RedisCluster
     keys: Keys
@@ -143,7 +143,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             engine = self._c.runtime.current()
             report = self._apply(engine, events) if events else self._timers()
             return [report], StatefulBatchLogic.RETAIN
-        finally:  # they no longer hold the watermark back (flows.watermark rules)
+        finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
             self._c.watermark.applied((v.partition, v.now) for v in events if v.partition)
 
     def on_notify(self) -> tuple[Iterable[ShardReport], bool]:

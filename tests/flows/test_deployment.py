@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from engine.errors import ConfigError
-from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
+from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
 
 pytestmark = pytest.mark.integration
 

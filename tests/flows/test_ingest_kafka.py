@@ -18,13 +18,13 @@ from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps, to_view
-from flows.breaker import Halt
 from flows.clock import wall_ms as now_ms
 from flows.jobs.ingest import ingest_flow
+from flows.jobs.run import RunOptions
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
+from flows.pipeline.breaker import Halt
 from flows.retry import connect
-from flows.run import RunOptions
 from flows.settings import Settings
 from flows.stores.states import Shoppers, fix_layout
 

@@ -31,7 +31,7 @@ from cli.rules import (
 )
 from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
-from flows.runtime import RulesRuntime
+from flows.pipeline.rules_runtime import RulesRuntime
 from flows.settings import Settings
 from flows.stores.rules import (
     RollbackError,

@@ -17,12 +17,12 @@ from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from flows.clock import wall_ms
 from flows.pipeline.dataflow import build_flow
+from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.shard import ShardConfig, ShardReport
+from flows.pipeline.watermark import Watermark
 from flows.retry import RedisClient
-from flows.runtime import RulesRuntime
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter
 from flows.stores.keys import Keys
-from flows.watermark import Watermark
 
 NOW = wall_ms()
 

@@ -21,8 +21,8 @@ from engine.events import MAX_FUTURE_MS, Event
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.state import UserState
-from flows.breaker import Breaker, BreakerConfig, Halt
 from flows.kafka.topics import ensure_topics
+from flows.pipeline.breaker import Breaker, BreakerConfig, Halt
 from flows.pipeline.dataflow import build_flow
 from flows.retry import RedisClient
 from flows.stores.states import Shoppers

@@ -12,7 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Producer
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka.topics import ensure_topics, topic_id
-from flows.lifecycle import (
+from flows.pipeline.source import (
     Resume,
     SourcePolicy,
     StoppableKafkaSource,

@@ -6,7 +6,7 @@ panic. tetik instead catches SIGINT/SIGTERM itself and sets a
 then ends at its next batch, so the dataflow flushes its sinks and returns
 normally. A partition that must stop the engine (see the policy below) calls
 the source's ``fail`` with one line (the live flow passes
-:meth:`flows.breaker.Halt.request`, which ends the sources and makes the job
+:meth:`flows.pipeline.breaker.Halt.request`, which ends the sources and makes the job
 exit with that line, never a traceback); without ``fail`` it prints the line
 and sets the stop event.
 
@@ -18,7 +18,7 @@ Rules of the source (each partition is read by one consumer, by assignment,
 with ``auto.offset.reset=error``: librdkafka never moves an offset silently):
 
 * **Snapshot.** A partition snapshots ``{"offset", "clock", "topic_id"}``:
-  the next offset to read, its clock (:meth:`flows.watermark.Watermark.reached`,
+  the next offset to read, its clock (:meth:`flows.pipeline.watermark.Watermark.reached`,
   restored at the next start) and the topic's id. A bare offset (snapshots
   written before this format) is accepted.
 * **Caught up.** A poll reports ``at_end`` only when the consumer stands at
@@ -132,7 +132,7 @@ def say(line: str) -> None:
 
 
 class PartitionClock(Protocol):
-    """What the source tells the live flow's clock (:class:`flows.watermark.Watermark`)."""
+    """What the source tells the live flow's clock (:class:`flows.pipeline.watermark.Watermark`)."""
 
     def polled(self, partition: str, count: int, at_end: bool = True) -> None: ...
 

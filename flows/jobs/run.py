@@ -19,7 +19,11 @@ Rules of this job:
   processes get the settings and options as one serialised object and die
   with the parent. ``--process-id I --addresses A,B,...`` runs one process of
   a cluster that spans hosts (each host runs its own ``tetik run``); process
-  0 prepares, the others wait for it.
+  0 prepares (and makes the recovery partitions), the others wait for it.
+  Every process of a cluster must see the same recovery directory (shared
+  storage across hosts): Bytewax finds each partition's snapshots there, and
+  only process 0 ever creates partitions, so two processes never race to
+  initialise them (concurrent ``init_db_dir`` fails with "database is locked").
 * SIGINT/SIGTERM stop cleanly at the next batch; a second one aborts.
 """
 
@@ -47,24 +51,29 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import ConfigError, TetikError
-from flows.breaker import Breaker, Halt
-from flows.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
-from flows.lifecycle import SourcePolicy, StoppableKafkaSource, remember_topic_id, stop_on_signals
+from flows.pipeline.breaker import Breaker, Halt
 from flows.pipeline.dataflow import DropSink, build_flow
 from flows.pipeline.deadletters import DeadLetterSink
+from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.shard import ShardConfig
+from flows.pipeline.source import (
+    SourcePolicy,
+    StoppableKafkaSource,
+    remember_topic_id,
+    stop_on_signals,
+)
+from flows.pipeline.watermark import SharedProgress, Watermark
 from flows.report import say
 from flows.retry import RedisClient, connect, retrying
-from flows.runtime import RulesRuntime
 from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
+from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter, rebuild_emitted, settle_outboxes
 from flows.stores.rules import RulesStore, default_who
 from flows.stores.states import fix_layout, read_stats
-from flows.watermark import SharedProgress, Watermark
 
 READY_WAIT_S = 600.0  # how long a cluster's other processes wait for process 0 to prepare
 
@@ -245,7 +254,7 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
     Returns 0 after a requested stop, 3 when the engine stopped on its own
     (the dead-letter breaker, Redis that lost its data), having said why.
     """
-    os.umask(0o077)  # recovery snapshots hold offsets and clocks (flows.deployment)
+    os.umask(0o077)  # recovery snapshots hold offsets and clocks (flows.stores.deployment)
     base = from_env()
     with ExitStack() as stack:
         endpoints = stack.enter_context(servers(progress=say))
@@ -333,9 +342,17 @@ def _run_here(
         flow,
         workers_per_process=options.workers,
         epoch_interval=timedelta(seconds=options.snapshot_s),
-        recovery_config=recovery_config(directory, options.total_workers),
+        recovery_config=_cluster_recovery(directory, options),
         **cluster,
     )
+
+
+def _cluster_recovery(directory: str, options: RunOptions) -> RecoveryConfig:
+    """Process 0 makes the partitions; the others find them when the cluster has
+    connected, which process 0 does only once they exist (see the module rules)."""
+    if options.process_id == 0:
+        return recovery_config(directory, options.total_workers)
+    return RecoveryConfig(directory)  # type: ignore[no-untyped-call]
 
 
 def _run_flow(halt: Halt, flow: Dataflow, **kwargs: Any) -> int:
@@ -387,7 +404,7 @@ def _child(options: RunOptions, index: int, addresses: tuple[str, ...]) -> RunOp
 
 
 def _spawn(launch: Launch) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "flows.run", msgspec.json.encode(launch).decode()]
+    args = [sys.executable, "-m", "flows.jobs.run", msgspec.json.encode(launch).decode()]
     return subprocess.Popen(args, preexec_fn=die_with_parent_preexec())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from flows.watermark import SharedProgress, Watermark
+from flows.pipeline.watermark import SharedProgress, Watermark
 
 
 class Clock:

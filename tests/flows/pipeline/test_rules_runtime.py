@@ -11,12 +11,12 @@ import redis
 from bench.core import rules_text
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
-from flows.runtime import RulesRuntime
+from flows.pipeline.rules_runtime import RulesRuntime
 from flows.stores.rules import RulesStore, RulesWatcher
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 CART = (EXAMPLES / "abandoned_cart.yaml").read_text()
 WELCOME = (EXAMPLES / "welcome_series.yaml").read_text()
 BROKEN = "version: 1\njourneys:\n  - id: x\n    trigger: {event: add_to_crt}\n    steps: [exit]\n"
