@@ -47,20 +47,14 @@ from __future__ import annotations
 
 import heapq
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import orjson
 import redis
 
-Clock = Callable[[], int]
-
-
-def wall_ms() -> int:
-    """The wall clock in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
+from flows.clock import Clock, wall_ms
 
 
 @dataclass

@@ -91,9 +91,9 @@ from redis.client import Pipeline
 
 from engine.errors import ConfigError
 from engine.rules.loader import load_rules
+from flows.clock import Clock, wall_ms
 from flows.report import say
 
-Clock = Callable[[], int]
 RulesChange = Literal["push", "rollback"]  # what an activation did
 HASH_LENGTH = 12
 AUTHOR_ENV = "TETIK_AUTHOR"
@@ -109,11 +109,6 @@ class RollbackError(ConfigError):
 
 class RulesSignatureError(ConfigError):
     """The active version is unsigned or badly signed while TETIK_RULES_SECRET is set."""
-
-
-def now_ms() -> int:
-    """Wall-clock epoch milliseconds: when a version was pushed or activated."""
-    return time.time_ns() // 1_000_000
 
 
 def monotonic_ms() -> int:
@@ -241,7 +236,7 @@ class RulesStore:
         self,
         client: redis.Redis,
         prefix: str = "tetik",
-        clock: Clock = now_ms,
+        clock: Clock = wall_ms,
         secret: str | bytes | None = None,
     ) -> None:
         self.client = client
