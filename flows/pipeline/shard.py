@@ -208,7 +208,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         actions: list[Action] = []
         records: dict[str, Record] = {}
         for identity, items in by_user.items():
-            state = states[identity] or UserState(key=identity)
+            stored = states[identity]
+            if stored is None:
+                write.new.add(identity)
+            state = stored or UserState(key=identity)
+            before = engine.next_due(state) if stored is not None else None
             mine: list[Action] = []
             counts: Counter[str] = Counter()
             try:
@@ -220,7 +224,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             actions.extend(mine)
             write.counts.update(counts)
             if data is not None:
-                write.states.append((identity, data, engine.next_due(state)))
+                write.state(identity, data, engine.next_due(state), before)
             self._remember(identity, state)
         return self._finish(write, actions, records)
 
@@ -330,7 +334,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
                 continue
             self._backoff.pop(identity, None)
             actions.extend(fired)
-            write.states.append((identity, data, engine.next_due(state)))
+            write.state(identity, data, engine.next_due(state), before=until)  # it was indexed
             self._remember(identity, state)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
@@ -392,12 +396,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
                 continue
             if event is None or identity in written:
                 continue
+            before = engine.next_due(state)
             outcome, fired, caused = engine.handle(state, event, until)
             write.counts[f"sweep.{sweep.name}"] += 1
             if outcome == "applied" or fired or caused:
                 actions.extend(fired)
                 actions.extend(caused)
-                write.states.append((identity, dumps(state), engine.next_due(state)))
+                write.state(identity, dumps(state), engine.next_due(state), before)
             self._remember(identity, state)
         cursor = identities[-1] if identities else mark.cursor
         return SweepMark(mark.run, cursor, len(identities) < page)

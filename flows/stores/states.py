@@ -15,6 +15,9 @@ Rules of this interface (the key layout is :mod:`flows.stores.keys`):
 * The timer index holds one entry per shopper with a pending step, scored by
   when to look (its due time, or later for a step that failed and backs off):
   the pipeline keeps only the earliest score in memory, never the index.
+* Only what changed is written: a shopper enters the shopper index when its
+  first state is written (``new``), and leaves the timer index when its last
+  due step is done (``cleared``).
 * A state lives as long as its longest window (``ttl_ms``) and at least a day
   past its next due step.
 * Counters are per shard; :func:`read_stats` sums them.
@@ -56,6 +59,14 @@ class ShardWrite:
     looks: dict[str, int] = field(default_factory=dict)  # identity -> look again at (backoff)
     forgotten: list[str] = field(default_factory=list)  # identities whose state is gone
     sweep: dict[str, str] = field(default_factory=dict)  # sweep name -> cursor
+    new: set[str] = field(default_factory=set)  # identities not in the shopper index yet
+    cleared: set[str] = field(default_factory=set)  # had a due step, now have none
+
+    def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
+        """Queue a shopper's new state; ``before`` is its due time as it was read."""
+        self.states.append((identity, data, due))
+        if due is None and before is not None:
+            self.cleared.add(identity)
 
     def empty(self) -> bool:
         return not (
@@ -151,10 +162,11 @@ class ShardStore:
             if due is not None:
                 ttl = max(ttl, due - now + DAY_MS)
                 pipe.zadd(keys.timers, {identity: due})
-            else:
+            elif identity in write.cleared:
                 pipe.zrem(keys.timers, identity)
             pipe.set(keys.state(identity), data, px=ttl or None)
-            pipe.zadd(keys.shoppers, {identity: 0}, nx=True)
+        if write.new:
+            pipe.zadd(keys.shoppers, dict.fromkeys(write.new, 0), nx=True)
         if write.looks:
             pipe.zadd(keys.timers, write.looks, xx=True)
         if write.forgotten:
