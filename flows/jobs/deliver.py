@@ -21,7 +21,7 @@ failure stops the job without committing, so the batch is read again.
 
 Exactly once, as far as it goes. The ledger
 (:class:`~flows.stores.deliveries.DeliveryLedger`) is
-``SET {prefix}:delivered:{action_id} "<outcome> <adapter> <ms>" NX PX <retention>``,
+``SET {P:delivered:ACTION_ID} "<outcome> <adapter> <ms>" NX PX <retention>``,
 written right after the adapter returns, and checked before sending. So:
 
 * the same action twice in the topic, a re-read after a crash before the

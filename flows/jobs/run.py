@@ -70,7 +70,7 @@ from flows.retry import RedisClient, connect, retrying
 from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
-from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
+from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter, rebuild_emitted, settle_outboxes
 from flows.stores.rules import RulesStore, default_who
 from flows.stores.states import fix_layout, read_stats
@@ -157,7 +157,7 @@ def live_flow(
         lateness_ms=options.lateness_ms,
         hold_unapplied=not several,
         idle_timeout_ms=settings.idle_timeout_ms,
-        shared=SharedProgress(client, f"{settings.prefix}:watermark") if several else None,
+        shared=SharedProgress(client, settings.keys.watermark) if several else None,
     )
     source = StoppableKafkaSource(
         [settings.kafka_bootstrap],
@@ -227,7 +227,7 @@ def _source_policy(settings: Settings, client: RedisClient) -> SourcePolicy:
     topic = settings.events_topic
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     current = topic_id(admin, topic, timeout=settings.kafka_timeout_s) or ""
-    previous = remember_topic_id(client, f"{settings.prefix}:topics", topic, current)  # type: ignore[arg-type]
+    previous = remember_topic_id(client, settings.keys.topics, topic, current)  # type: ignore[arg-type]
     if previous is not None:
         say(f"topic {topic!r} was recreated since the last start (id {previous}, now {current})")
     return SourcePolicy(
@@ -292,7 +292,7 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
 
 
 def token_of(client: RedisClient, settings: Settings) -> str | None:
-    raw = client.get(token_key(settings.prefix))
+    raw = client.get(settings.keys.recovery)
     return raw.decode() if isinstance(raw, bytes) else None
 
 

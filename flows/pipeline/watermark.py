@@ -33,7 +33,8 @@ Rules of this interface:
 * A partition that has not reported yet holds the value at 0: no timer
   fires before every partition has been heard from.
 * With several processes, each publishes its partitions' progress to Redis
-  (:class:`SharedProgress`) and reads the others', at most every
+  (:class:`SharedProgress`, one hash: :attr:`flows.stores.keys.Keys.watermark`)
+  and reads the others', at most every
   ``share_ms``; a report older than ``stale_ms`` counts as not heard from
   (so the reports of a crashed run are ignored after a restart).
 * A partition's clock survives a restart: the source snapshots

@@ -2,11 +2,13 @@
 
 Rules of this interface:
 
-* One key per action: ``SET {prefix}:delivered:{action_id} "<outcome> <adapter> <ms>"
-  NX PX <ttl>``. :meth:`DeliveryLedger.record` is written right after the adapter
-  returns ``delivered`` or ``bounced``; :meth:`DeliveryLedger.seen` is read before
-  sending, so an action in the ledger is never sent again (see :mod:`flows.jobs.deliver`
-  for what that guarantees, and where it stops).
+* One key per action, :meth:`flows.stores.keys.Keys.delivered` (``{P:delivered:A}``:
+  a tag of its own, so on a Redis Cluster the ledger spreads over every node):
+  ``SET key "<outcome> <adapter> <ms>" NX PX <ttl>``. :meth:`DeliveryLedger.record`
+  is written right after the adapter returns ``delivered`` or ``bounced``;
+  :meth:`DeliveryLedger.seen` is read before sending, so an action in the ledger is
+  never sent again (see :mod:`flows.jobs.deliver` for what that guarantees, and where
+  it stops).
 * NX: the first outcome recorded stays; a later one changes nothing.
 * The retention (default :data:`LEDGER_TTL_MS`, 30 days) must outlast the actions
   topic's, or an action re-read after its key expired is sent again.
@@ -21,6 +23,7 @@ import redis
 from channels.base import Delivery
 from engine.durations import DAY
 from flows.clock import Clock, wall_ms
+from flows.stores.keys import Keys
 
 __all__ = ["LEDGER_TTL_MS", "DeliveryLedger"]
 
@@ -41,9 +44,10 @@ class DeliveryLedger:
         self.prefix = prefix
         self.ttl_ms = ttl_ms
         self.clock = clock
+        self._keys = Keys(prefix)
 
     def key(self, action_id: str) -> str:
-        return f"{self.prefix}:delivered:{action_id}"
+        return self._keys.delivered(action_id)
 
     def seen(self, action_id: str) -> str | None:
         """The recorded outcome of an action, or None when it was never delivered."""

@@ -2,8 +2,9 @@
 
 Rules of this interface:
 
-* A deployment is one Redis (with its key prefix) plus its Kafka topics. Its
-  marker is ``{prefix}:recovery`` in Redis: a random token made on the first
+* A deployment is one Redis or Redis Cluster (with its key prefix) plus its
+  Kafka topics. Its marker is ``{prefix}:recovery`` in Redis
+  (:attr:`flows.stores.keys.Keys.recovery`): a random token made on the first
   start. The recovery directory keeps the same token in ``tetik.json``, so
   Bytewax snapshots (offsets, resident users, pending timers) are only ever
   resumed against the servers they were taken with.
@@ -46,14 +47,11 @@ import orjson
 import redis
 
 from engine.errors import ConfigError, TetikError
+from flows.stores.keys import Keys
 
 
 class RedisDataLost(TetikError):
     """Redis no longer holds this deployment's marker: it lost its data."""
-
-
-def token_key(prefix: str) -> str:
-    return f"{prefix}:recovery"
 
 
 class Marker:
@@ -61,7 +59,7 @@ class Marker:
 
     def __init__(self, client: redis.Redis, prefix: str, token: str) -> None:
         self._client = client
-        self._key = token_key(prefix)
+        self._key = Keys(prefix).recovery
         self.token = token
 
     def check(self) -> None:
@@ -96,7 +94,7 @@ def claim_recovery_dir(
 ) -> Marker:
     """Tie ``directory`` to this deployment (see the module rules); its marker."""
     path = Path(directory)
-    key = token_key(prefix)
+    key = Keys(prefix).recovery
     marker_file = path / "tetik.json"
     if not any(path.glob("part-*.sqlite3")):
         client.set(key, os.urandom(8).hex(), nx=True)
@@ -129,7 +127,7 @@ def _recover_lost_redis(
 ) -> Marker:
     if recover is None:
         raise RedisDataLost(
-            f"Redis lost this deployment's data ({token_key(prefix)} is missing, while "
+            f"Redis lost this deployment's data ({Keys(prefix).recovery} is missing, while "
             f"{directory} holds snapshots): resuming would send the last actions again. "
             "Restore Redis from its AOF/RDB, or run `tetik run --recover-redis` to rebuild "
             "the states from the events topic without sending again what was sent (see README, "
@@ -138,7 +136,7 @@ def _recover_lost_redis(
     rebuilt = recover()
     for snapshot in Path(directory).glob("part-*.sqlite3"):
         snapshot.unlink()  # their offsets would skip the events the lost states came from
-    client.set(token_key(prefix), token)
+    client.set(Keys(prefix).recovery, token)
     say(
         f"Redis had lost its data: {rebuilt} sent action(s) remembered; re-reading the "
         "events topic from its start to rebuild the shoppers' states"

@@ -10,14 +10,49 @@ Rules of this interface:
 * Every key of one shard carries the hash tag ``{PREFIX:S}``, so all of a
   shard's keys are in one Redis Cluster slot and a shard's batch write (states,
   timers, outbox, offsets, counters) is one ``MULTI``/``EXEC`` on one node.
-* Deployment-wide keys carry the tag ``{PREFIX}``.
-* Nothing outside this module spells a key.
+* Deployment-wide keys carry the tag ``{PREFIX}`` (:attr:`Keys.tag`): the
+  layout, the deployment marker, the watermark's shared progress, the events
+  topic's id, the deployment's own counters and the rules store
+  (:class:`RulesKeys`), whose WATCH/MULTI transactions span its keys and its
+  channel.
+* A key that is only ever touched alone, or with its own companion, carries a
+  tag of its own entity instead, so that such keys spread over every node of a
+  cluster rather than fill the deployment's slot: one per delivered action
+  (:meth:`Keys.delivered`) and one per onsite inbox (:meth:`Keys.inbox` and
+  :meth:`Keys.inbox_order`, which its script writes together).
+* The prefix may not hold ``{`` or ``}`` (they would move the tags):
+  :class:`Keys` refuses it with a :class:`~engine.errors.ConfigError`.
+* Nothing outside this module spells a key; the baseline of ``tetik bench``
+  (``bench/handwritten.py``) keeps its own keys, as a hand-written service would.
+
+The keys (``P`` the prefix, ``s`` a shard, ``U`` a shopper, ``A`` an action id)::
+
+    {P:s}:state:U         string  a shopper's state           the shard's batch write
+    {P:s}:timers          zset    identity -> next due ms     the shard's batch write
+    {P:s}:shoppers        zset    every known identity        the shard's batch write
+    {P:s}:outbox          hash    record id -> unacked record the shard's batch write, settle
+    {P:s}:acked           hash    actions partition -> offset the shard's batch write
+    {P:s}:offsets         hash    input partition -> offset   the shard's batch write
+    {P:s}:stats           hash    counter -> value            the shard's batch write
+    {P:s}:emitted         set     ids sent before Redis lost  --recover-redis
+    {P:s}:sweep           hash    sweep -> cursor             the shard's batch write
+    {P}:stats             hash    counters of no shard        the dead-letter sink
+    {P}:layout            hash    shards                      tetik run (first start)
+    {P}:recovery          string  the deployment's token      tetik run (first start)
+    {P}:watermark         hash    partition -> progress       tetik run, several processes
+    {P}:topics            hash    topic -> its id             tetik run (each start)
+    {P}:rules:...         see RulesKeys                       tetik rules, tetik run --rules
+    {P:delivered:A}       string  the action's outcome        tetik deliver
+    {P:onsite:U}          hash    action id -> message        tetik deliver (onsite)
+    {P:onsite:U}:order    zset    action id -> its time       tetik deliver (onsite)
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+
+from engine.errors import ConfigError
 
 DEFAULT_SHARDS = 8
 
@@ -84,14 +119,76 @@ class ShardKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class RulesKeys:
+    """The rules store's keys and channel (:mod:`flows.stores.rules`), all under the
+    deployment's tag: an activation WATCHes and writes several of them at once."""
+
+    tag: str
+
+    @property
+    def seq(self) -> str:
+        """String: the last version number given out (INCR)."""
+        return f"{self.tag}:rules:seq"
+
+    @property
+    def meta(self) -> str:
+        """Hash: version -> JSON {hash, who, at, journeys, filename, note, signature}."""
+        return f"{self.tag}:rules:meta"
+
+    @property
+    def text(self) -> str:
+        """Hash: version -> the rules file's bytes."""
+        return f"{self.tag}:rules:text"
+
+    @property
+    def by_hash(self) -> str:
+        """Hash: hash (12 hex) -> the first version with that text."""
+        return f"{self.tag}:rules:by_hash"
+
+    @property
+    def active(self) -> str:
+        """String: the active version number (the one GET engines poll)."""
+        return f"{self.tag}:rules:active"
+
+    @property
+    def changes(self) -> str:
+        """String: the change counter, +1 per activation."""
+        return f"{self.tag}:rules:changes"
+
+    @property
+    def log(self) -> str:
+        """Stream: the hash-chained activation history."""
+        return f"{self.tag}:rules:log"
+
+    @property
+    def history(self) -> str:
+        """List: an older tetik's history (read, then moved into :attr:`log`)."""
+        return f"{self.tag}:rules:history"
+
+    @property
+    def changed(self) -> str:
+        """Pub/sub channel: the newly active version number, on every activation
+        (published inside the activation's transaction, hence tagged like a key)."""
+        return f"{self.tag}:rules:changed"
+
+
+@dataclass(frozen=True, slots=True)
 class Keys:
     """The key layout of one deployment (``prefix``) with ``shards`` shards."""
 
     prefix: str = "tetik"
     shards: int = DEFAULT_SHARDS
 
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ConfigError(
+                f"TETIK_PREFIX {self.prefix!r} holds {{ or }}, which Redis Cluster reads as "
+                "a hash tag; choose a prefix without braces"
+            )
+
     @property
     def tag(self) -> str:
+        """The deployment-wide hash tag, ``{PREFIX}``."""
         return f"{{{self.prefix}}}"
 
     def shard(self, shard: int) -> ShardKeys:
@@ -116,3 +213,45 @@ class Keys:
     def layout(self) -> str:
         """Hash: the deployment's fixed layout (``shards``)."""
         return f"{self.tag}:layout"
+
+    @property
+    def recovery(self) -> str:
+        """String: the deployment's token (:mod:`flows.stores.deployment`)."""
+        return f"{self.tag}:recovery"
+
+    @property
+    def watermark(self) -> str:
+        """Hash: input partition -> its progress, shared by a run's processes."""
+        return f"{self.tag}:watermark"
+
+    @property
+    def topics(self) -> str:
+        """Hash: topic -> its id at the last start (a recreated topic shows)."""
+        return f"{self.tag}:topics"
+
+    @property
+    def rules(self) -> RulesKeys:
+        """The rules store's keys."""
+        return RulesKeys(self.tag)
+
+    def delivered(self, action_id: str) -> str:
+        """String: the outcome ``tetik deliver`` recorded for an action (its own tag)."""
+        return f"{{{self.prefix}:delivered:{action_id}}}"
+
+    def inbox(self, user: str) -> str:
+        """Hash: a shopper's onsite inbox, action id -> message (its own tag)."""
+        return f"{{{self.prefix}:onsite:{user}}}"
+
+    def inbox_order(self, user: str) -> str:
+        """Sorted set: the inbox's action ids by time (the inbox's tag)."""
+        return f"{self.inbox(user)}:order"
+
+    @property
+    def inboxes(self) -> str:
+        """A SCAN pattern that matches every inbox (not their order sets)."""
+        return f"{{{self.prefix}:onsite:*}}"
+
+    def inbox_user(self, key: str | bytes) -> str:
+        """The shopper whose inbox ``key`` (one :attr:`inboxes` matched) is."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[len(f"{{{self.prefix}:onsite:") : -1]

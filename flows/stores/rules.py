@@ -16,7 +16,7 @@ Rules of this interface:
   inactive version creates a new version noted ``same as version N``.
 * Every activation (push or rollback) is one MULTI/EXEC transaction: it sets the
   active version, bumps the change counter, appends to the activation history and
-  publishes the version number on ``{prefix}:rules:changed``. A crash leaves the
+  publishes the version number on ``{P}:rules:changed``. A crash leaves the
   whole activation or none of it. Concurrent pushes and rollbacks are serialised
   by WATCH on the active version, the sequence and the history (a loser retries).
 * :meth:`RulesStore.rollback` without a version re-activates the version that was
@@ -60,17 +60,20 @@ Signed pushes:
   signed or checked. Whoever can write Redis can still re-activate an older
   correctly signed version; the history check flags that.
 
-Redis keys (``P`` is the prefix)::
+Redis keys (:class:`flows.stores.keys.RulesKeys`; ``P`` is the prefix). All
+carry the deployment's hash tag ``{P}``, so on a Redis Cluster every
+activation's WATCH, reads and MULTI/EXEC run on one slot; the channel carries
+it too, since it is published inside the transaction::
 
-    P:rules:seq      string  last version number given out (INCR)
-    P:rules:meta     hash    version -> JSON {hash, who, at, journeys, filename, note, signature}
-    P:rules:text     hash    version -> the rules file's bytes
-    P:rules:by_hash  hash    hash (12 hex) -> first version with that text
-    P:rules:active   string  the active version number (the one GET engines poll)
-    P:rules:changes  string  change counter: +1 per activation
-    P:rules:log      stream  {entry: JSON {version, who, at, action, previous}, prev, digest, alg}
-    P:rules:history  list    an older tetik's history (read, then moved into P:rules:log)
-    P:rules:changed  channel the newly active version number, on every activation
+    {P}:rules:seq      string  last version number given out (INCR)
+    {P}:rules:meta     hash    version -> JSON {hash, who, at, journeys, filename, note, signature}
+    {P}:rules:text     hash    version -> the rules file's bytes
+    {P}:rules:by_hash  hash    hash (12 hex) -> first version with that text
+    {P}:rules:active   string  the active version number (the one GET engines poll)
+    {P}:rules:changes  string  change counter: +1 per activation
+    {P}:rules:log      stream  {entry: JSON {version, who, at, action, previous}, prev, digest, alg}
+    {P}:rules:history  list    an older tetik's history (read, then moved into {P}:rules:log)
+    {P}:rules:changed  channel the newly active version number, on every activation
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ from engine.errors import ConfigError
 from engine.rules.loader import load_rules
 from flows.clock import Clock, wall_ms
 from flows.report import say
+from flows.retry import connect
+from flows.stores.keys import Keys
 
 RulesChange = Literal["push", "rollback"]  # what an activation did
 HASH_LENGTH = 12
@@ -225,7 +230,8 @@ class _Entry:
 
 
 class RulesStore:
-    """Rules versions of one prefix in one Redis database (see the module rules).
+    """Rules versions of one prefix in one Redis database or Redis Cluster (see the
+    module rules).
 
     ``secret`` signs pushes and the history and is checked on reads; None
     (the default) takes ``TETIK_RULES_SECRET`` from the environment, "" means
@@ -246,17 +252,17 @@ class RulesStore:
             self.secret = secret_from_env()
         else:
             self.secret = (secret.encode() if isinstance(secret, str) else secret) or None
-        base = f"{prefix}:rules"
-        self.seq_key, self.meta_key, self.text_key = f"{base}:seq", f"{base}:meta", f"{base}:text"
-        self.hash_key, self.active_key = f"{base}:by_hash", f"{base}:active"
-        self.changes_key, self.history_key = f"{base}:changes", f"{base}:history"
-        self.log_key = f"{base}:log"
-        self.channel = f"{base}:changed"
+        keys = Keys(prefix).rules
+        self.seq_key, self.meta_key, self.text_key = keys.seq, keys.meta, keys.text
+        self.hash_key, self.active_key = keys.by_hash, keys.active
+        self.changes_key, self.history_key = keys.changes, keys.history
+        self.log_key = keys.log
+        self.channel = keys.changed
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "tetik") -> RulesStore:
-        """A store on the Redis at ``url``."""
-        return cls(redis.Redis.from_url(url), prefix)
+        """A store on the Redis (or ``redis+cluster://`` Redis Cluster) at ``url``."""
+        return cls(connect(url), prefix)
 
     # -- reads ---------------------------------------------------------------
 
@@ -483,7 +489,9 @@ class RulesStore:
             prev = self._append(pipe, prev, raw)
         if chain.legacy:
             pipe.delete(self.history_key)  # moved into the stream
-        pipe.publish(self.channel, str(entry.version))
+        # A cluster pipeline refuses pipe.publish(); PUBLISH itself is routed by its
+        # channel, which carries the keys' tag, so it stays inside the transaction.
+        pipe.execute_command("PUBLISH", self.channel, str(entry.version))  # type: ignore[no-untyped-call]
 
     def _append(self, pipe: Pipeline, prev: str, raw: bytes) -> str:
         alg = _HASHED if self.secret is None else _SIGNED

@@ -263,7 +263,7 @@ def test_outcomes_come_back_as_valid_engagement_events(world: World) -> None:
 
 def test_the_ledger_holds_final_outcomes_only(world: World) -> None:
     client = redis.Redis.from_url(world.settings.redis_url)
-    key = f"{world.settings.prefix}:delivered:{{}}".format
+    key = world.settings.keys.delivered
     for name in ("mailed", "no_address", "sms", "onsite", "whatsapp"):
         assert client.pttl(key(world.actions[name].action_id)) > 0, name
     for name in ("push_down", "suppressed"):

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from engine.errors import ConfigError
-from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir, token_key
+from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir
+from flows.stores.keys import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_a_new_directory_is_adopted_and_made_private(
 ) -> None:
     directory = tmp_path / "recovery"
     marker = claim_recovery_dir(str(directory), redis_client, unique)
-    assert redis_client.get(token_key(unique)) == marker.token.encode()
+    assert redis_client.get(Keys(unique).recovery) == marker.token.encode()
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / "tetik.json").stat().st_mode) == 0o600
     marker.check()  # Redis holds the token
@@ -44,7 +45,7 @@ def test_another_deployments_directory_is_refused(
 ) -> None:
     claim_recovery_dir(str(tmp_path), redis_client, unique)
     snapshot_in(tmp_path)
-    redis_client.set(token_key(unique), "someone-else")
+    redis_client.set(Keys(unique).recovery, "someone-else")
     with pytest.raises(ConfigError, match="another deployment"):
         claim_recovery_dir(str(tmp_path), redis_client, unique)
 
@@ -54,10 +55,10 @@ def test_redis_that_lost_its_data_is_refused_unless_recovered(
 ) -> None:
     first = claim_recovery_dir(str(tmp_path), redis_client, unique)
     snapshot_in(tmp_path)
-    redis_client.delete(token_key(unique))  # Redis restarted without persistence
+    redis_client.delete(Keys(unique).recovery)  # Redis restarted without persistence
     with pytest.raises(RedisDataLost, match="--recover-redis"):
         claim_recovery_dir(str(tmp_path), redis_client, unique)
-    assert redis_client.get(token_key(unique)) is None  # refusing changed nothing
+    assert redis_client.get(Keys(unique).recovery) is None  # refusing changed nothing
     rebuilt: list[int] = []
     lines: list[str] = []
 
@@ -76,9 +77,9 @@ def test_redis_that_lost_its_data_is_refused_unless_recovered(
 
 
 def test_the_marker_catches_redis_coming_back_empty(redis_client: redis.Redis, unique: str) -> None:
-    redis_client.set(token_key(unique), "t1")
+    redis_client.set(Keys(unique).recovery, "t1")
     marker = Marker(redis_client, unique, "t1")
     marker.check()
-    redis_client.delete(token_key(unique))
+    redis_client.delete(Keys(unique).recovery)
     with pytest.raises(RedisDataLost, match="came back without this deployment's data"):
         marker.check()

@@ -1,4 +1,8 @@
-"""Versioned rules in a real Redis: push, list, rollback and the engine's watcher."""
+"""Versioned rules in a real Redis: push, list, rollback and the engine's watcher.
+
+Every test that touches the store runs twice: on the session's Redis and on its
+three-master Redis Cluster (``server_url``), where an activation's WATCH/MULTI
+must stay on the one slot of the deployment's hash tag."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +37,9 @@ from cli.rules import (
 from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
 from flows.pipeline.rules_runtime import RulesRuntime
+from flows.retry import connect
 from flows.settings import Settings
+from flows.stores.keys import Keys
 from flows.stores.rules import (
     RollbackError,
     RulesSignatureError,
@@ -87,14 +94,30 @@ def plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TETIK_RULES_SECRET", raising=False)
 
 
-@pytest.fixture
-def store(redis_client: redis.Redis, unique: str) -> RulesStore:
-    return RulesStore(redis_client, unique)
+@pytest.fixture(params=["redis", "cluster"])
+def server_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The session's Redis, or its Redis Cluster (``redis+cluster://``)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("valkey_cluster").url)
+    return redis_url
 
 
 @pytest.fixture
-def settings(redis_url: str, unique: str) -> Settings:
-    return Settings(redis_url=redis_url, prefix=unique)
+def client(server_url: str) -> Iterator[redis.Redis]:
+    """A client on ``server_url``, made as the engine makes them (flows.retry.connect)."""
+    made = connect(server_url)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(client: redis.Redis, unique: str) -> RulesStore:
+    return RulesStore(client, unique)
+
+
+@pytest.fixture
+def settings(server_url: str, unique: str) -> Settings:
+    return Settings(redis_url=server_url, prefix=unique)
 
 
 @pytest.fixture
@@ -146,17 +169,19 @@ def test_versions_are_numbered_from_one_oldest_first(store: RulesStore) -> None:
     assert store.active_version() == 3
 
 
-def test_rejected_push_changes_nothing(
-    store: RulesStore, redis_client: redis.Redis, unique: str
-) -> None:
+def test_rejected_push_changes_nothing(store: RulesStore, client: redis.Redis, unique: str) -> None:
+    def written() -> dict[bytes, bytes]:  # every key of the prefix, on every master
+        return {key: client.dump(key) for key in client.scan_iter(match=f"*{unique}*")}
+
     with pytest.raises(RulesError) as first:
         store.push(BAD, "bad.yaml", who="ana")
-    assert redis_client.keys(f"{unique}:*") == []  # not even the sequence
+    assert written() == {}  # not even the sequence
     push(store, CART)
-    keys = {key: redis_client.dump(key) for key in redis_client.keys(f"{unique}:*")}
+    keys = written()
+    assert keys
     with pytest.raises(RulesError) as second:
         store.push(BAD, "bad.yaml", who="ana")
-    assert {key: redis_client.dump(key) for key in redis_client.keys(f"{unique}:*")} == keys
+    assert written() == keys
     assert (store.active_version(), len(store.versions()), store.changes()) == (1, 1, 1)
     for error in (first.value, second.value):
         assert re.fullmatch(r"bad\.yaml:4:22: unknown event type 'add_to_crt'.*", str(error))
@@ -178,9 +203,9 @@ def test_pushing_an_older_text_is_a_new_version_noted_as_such(store: RulesStore)
     assert store.push(WINBACK.read_bytes(), "w.yaml", note="black friday").note == "black friday"
 
 
-def test_concurrent_pushes_get_distinct_numbers_without_gaps(redis_url: str, unique: str) -> None:
+def test_concurrent_pushes_get_distinct_numbers_without_gaps(server_url: str, unique: str) -> None:
     paths = sorted(EXAMPLES.glob("*.yaml"))
-    stores = [RulesStore(redis.Redis.from_url(redis_url), unique) for _ in paths]
+    stores = [RulesStore(connect(server_url), unique) for _ in paths]
     with ThreadPoolExecutor(len(paths)) as pool:
         pushed = list(pool.map(push, stores, paths))
     assert sorted(v.version for v in pushed) == list(range(1, len(paths) + 1))
@@ -200,9 +225,9 @@ def test_by_hash_finds_the_first_version_with_that_text(store: RulesStore) -> No
     assert store.get(99) is None
 
 
-def test_push_publishes_the_version_number(store: RulesStore, redis_url: str) -> None:
-    listener = redis.Redis.from_url(redis_url).pubsub()
-    listener.subscribe(f"{store.prefix}:rules:changed")
+def test_push_publishes_the_version_number(store: RulesStore, server_url: str) -> None:
+    listener = connect(server_url).pubsub()
+    listener.subscribe(Keys(store.prefix).rules.changed)
     assert listener.get_message(timeout=2)["type"] == "subscribe"
     push(store, CART)
     push(store, WELCOME)
@@ -280,8 +305,8 @@ def test_watcher_first_poll_returns_the_active_version(store: RulesStore) -> Non
     assert watcher.poll() is None
 
 
-def test_watcher_gets_at_most_once_per_interval(redis_client: redis.Redis, unique: str) -> None:
-    store = CountingStore(redis_client, unique)
+def test_watcher_gets_at_most_once_per_interval(client: redis.Redis, unique: str) -> None:
+    store = CountingStore(client, unique)
     push(store, CART)
     clock = Clock()
     watcher = RulesWatcher(store, interval_ms=200, clock=clock)
@@ -299,12 +324,12 @@ def test_watcher_gets_at_most_once_per_interval(redis_client: redis.Redis, uniqu
 
 
 def test_watcher_sees_another_clients_push_within_its_interval(
-    store: RulesStore, redis_url: str
+    store: RulesStore, server_url: str
 ) -> None:
     watcher = RulesWatcher(store, interval_ms=50)
     push(store, CART)
     assert watcher.poll() is not None
-    other = RulesStore(redis.Redis.from_url(redis_url), store.prefix)
+    other = RulesStore(connect(server_url), store.prefix)
     pushed = push(other, WELCOME, who="other")
     start = time.monotonic()
     seen = None
@@ -426,9 +451,12 @@ def test_cli_needs_tetik_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_commands_parse_and_honour_tetik_prefix(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str, unique: str, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    server_url: str,
+    unique: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("TETIK_REDIS_URL", redis_url)
+    monkeypatch.setenv("TETIK_REDIS_URL", server_url)
     monkeypatch.setenv("TETIK_PREFIX", unique)
     parser = argparse.ArgumentParser(prog="tetik")
     rules = parser.add_subparsers(dest="command").add_parser("rules")
@@ -441,7 +469,7 @@ def test_commands_parse_and_honour_tetik_prefix(
         args = parser.parse_args(["rules", *argv])
         with pytest.raises(ConfigError, match=r"^--who is not accepted: .* TETIK_AUTHOR=NAME"):
             args.func(args)
-    store = RulesStore(redis.Redis.from_url(redis_url), unique)
+    store = RulesStore(connect(server_url), unique)
     assert store.versions()[0].who == "dev"
     assert [a.who for a in store.history()] == ["dev", "dev", "dev"]
     assert store.active_version() == 1
@@ -587,14 +615,14 @@ def test_an_older_list_history_is_read_then_moved_into_the_stream(store: RulesSt
 # -- signed pushes ----------------------------------------------------------------
 
 
-def signed(redis_client: redis.Redis, unique: str, secret: str = "s3cret") -> RulesStore:
-    return RulesStore(redis_client, unique, secret=secret)
+def signed(client: redis.Redis, unique: str, secret: str = "s3cret") -> RulesStore:
+    return RulesStore(client, unique, secret=secret)
 
 
 def test_a_secret_signs_pushes_and_the_engine_accepts_them(
-    redis_client: redis.Redis, unique: str
+    client: redis.Redis, unique: str
 ) -> None:
-    store = signed(redis_client, unique)
+    store = signed(client, unique)
     version = push(store, CART)
     assert re.fullmatch(r"[0-9a-f]{64}", version.signature)
     assert store.active() == version
@@ -606,22 +634,22 @@ def test_a_secret_signs_pushes_and_the_engine_accepts_them(
 
 
 def test_the_secret_comes_from_the_environment(
-    redis_client: redis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TETIK_RULES_SECRET", "from-env")
-    assert push(RulesStore(redis_client, unique), CART).signature
-    assert RulesStore(redis_client, unique).active() is not None
+    assert push(RulesStore(client, unique), CART).signature
+    assert RulesStore(client, unique).active() is not None
     with pytest.raises(RulesSignatureError, match="bad signature"):
-        signed(redis_client, unique, "another").active()
-    assert RulesStore(redis_client, unique, secret="").active() is not None  # "" is no secret
+        signed(client, unique, "another").active()
+    assert RulesStore(client, unique, secret="").active() is not None  # "" is no secret
 
 
 def test_an_unsigned_version_is_refused_in_one_line(
-    store: RulesStore, redis_client: redis.Redis, unique: str
+    store: RulesStore, client: redis.Redis, unique: str
 ) -> None:
     push(store, CART)  # no secret
     with pytest.raises(RulesSignatureError) as refused:
-        signed(redis_client, unique).active()
+        signed(client, unique).active()
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("rules version 1 (")
@@ -629,31 +657,29 @@ def test_an_unsigned_version_is_refused_in_one_line(
 
 
 def test_text_or_author_altered_in_redis_is_a_bad_signature(
-    redis_client: redis.Redis, unique: str
+    client: redis.Redis, unique: str
 ) -> None:
-    store = signed(redis_client, unique)
+    store = signed(client, unique)
     push(store, CART)
     hostile = WELCOME.read_bytes()
-    redis_client.hset(store.text_key, "1", hostile)
+    client.hset(store.text_key, "1", hostile)
     with pytest.raises(RulesSignatureError, match=r"bad signature: .* altered in Redis"):
         store.active()
-    redis_client.hset(store.text_key, "1", CART.read_bytes())
+    client.hset(store.text_key, "1", CART.read_bytes())
     assert store.active() is not None
-    meta = orjson.loads(redis_client.hget(store.meta_key, "1") or b"{}")
-    redis_client.hset(store.meta_key, "1", orjson.dumps({**meta, "who": "someone-else"}))
+    meta = orjson.loads(client.hget(store.meta_key, "1") or b"{}")
+    client.hset(store.meta_key, "1", orjson.dumps({**meta, "who": "someone-else"}))
     with pytest.raises(RulesSignatureError, match="bad signature"):
         store.active()
 
 
-def test_the_watcher_refuses_a_bad_version_once_and_stays(
-    redis_client: redis.Redis, unique: str
-) -> None:
-    store = signed(redis_client, unique)
+def test_the_watcher_refuses_a_bad_version_once_and_stays(client: redis.Redis, unique: str) -> None:
+    store = signed(client, unique)
     first = push(store, CART)
     clock, lines = Clock(), list[str]()
     watcher = RulesWatcher(store, interval_ms=200, clock=clock, report=lines.append)
     assert watcher.poll() == first
-    unsigned = push(RulesStore(redis_client, unique, secret=""), WELCOME)  # Redis write access
+    unsigned = push(RulesStore(client, unique, secret=""), WELCOME)  # Redis write access
     for now in (200, 400, 600):
         clock.now = now
         assert watcher.poll() is None
@@ -669,20 +695,20 @@ def test_the_watcher_refuses_a_bad_version_once_and_stays(
 
 
 def test_with_a_secret_the_unsigned_active_text_is_pushed_again_signed(
-    store: RulesStore, redis_client: redis.Redis, unique: str
+    store: RulesStore, client: redis.Redis, unique: str
 ) -> None:
     push(store, CART)
-    again, created = signed(redis_client, unique).push_or_keep(CART.read_bytes(), "c.yaml")
+    again, created = signed(client, unique).push_or_keep(CART.read_bytes(), "c.yaml")
     assert (again.version, created, again.note) == (2, True, "same as version 1")
     assert again.signature
-    assert signed(redis_client, unique).active() == again
+    assert signed(client, unique).active() == again
 
 
 def test_a_rollback_to_an_unsigned_version_is_refused(
-    store: RulesStore, redis_client: redis.Redis, unique: str
+    store: RulesStore, client: redis.Redis, unique: str
 ) -> None:
     push(store, CART)
-    secure = signed(redis_client, unique)
+    secure = signed(client, unique)
     push(secure, WELCOME)
     with pytest.raises(RollbackError, match=r"cannot roll back: rules version 1 .* not signed"):
         secure.rollback(1)
@@ -690,12 +716,12 @@ def test_a_rollback_to_an_unsigned_version_is_refused(
 
 
 def test_a_signed_history_catches_an_entry_forged_without_the_secret(
-    redis_client: redis.Redis, unique: str
+    client: redis.Redis, unique: str
 ) -> None:
-    store = signed(redis_client, unique)
+    store = signed(client, unique)
     push(store, CART)
     push(store, WELCOME)
-    [(_, last)] = redis_client.xrevrange(store.log_key, count=1)
+    [(_, last)] = client.xrevrange(store.log_key, count=1)
     forged = orjson.dumps(
         {"version": 1, "who": "ana", "at": 1, "action": "rollback", "previous": 2}
     )
@@ -703,16 +729,16 @@ def test_a_signed_history_catches_an_entry_forged_without_the_secret(
     for alg in (b"hmac-sha256", b"sha256"):  # a guessed MAC, or a plain hash link
         data = b"tetik.rules.history.v1\n" + prev + b"\n" + forged
         digest = hashlib.sha256(data).hexdigest()
-        added = redis_client.xadd(
+        added = client.xadd(
             store.log_key, {"entry": forged, "prev": prev, "digest": digest, "alg": alg}
         )
-        redis_client.set(store.active_key, 1)
+        client.set(store.active_key, 1)
         line = store.check_history().line()
         assert "entry 3 (stream id" in line, line
         assert "forged" in line
-        redis_client.xdel(store.log_key, added)
-    unkeyed = RulesStore(redis_client, unique, secret="")
-    redis_client.set(store.active_key, 2)
+        client.xdel(store.log_key, added)
+    unkeyed = RulesStore(client, unique, secret="")
+    client.set(store.active_key, 2)
     assert unkeyed.check_history().line() == (
         "rules history intact: 2 activations, hash links checked; set TETIK_RULES_SECRET "
         "to check its signatures"
@@ -720,12 +746,12 @@ def test_a_signed_history_catches_an_entry_forged_without_the_secret(
 
 
 def test_tetik_run_refuses_an_unsigned_active_version_in_one_line(
-    store: RulesStore, redis_url: str, kafka_bootstrap: str, unique: str
+    store: RulesStore, server_url: str, kafka_bootstrap: str, unique: str
 ) -> None:
     push(store, CART)  # pushed without the secret
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
     env.update(
-        TETIK_REDIS_URL=redis_url,
+        TETIK_REDIS_URL=server_url,
         TETIK_KAFKA_BOOTSTRAP=kafka_bootstrap,
         TETIK_PREFIX=unique,
         TETIK_RULES_SECRET="s3cret",
