@@ -62,7 +62,7 @@ import yaml
 from channels.base import Channel, RetryPolicy
 from channels.jsonl import JsonlChannel
 from channels.kafka import DEFAULT_TOPIC, KafkaChannel
-from channels.onsite import DEFAULT_MAX_ITEMS, DEFAULT_TTL_MS, OnsiteChannel
+from channels.onsite import DEFAULT_MAX_ITEMS, DEFAULT_TTL_MS, InboxKeys, OnsiteChannel
 from channels.smtp import Recipient, SmtpChannel
 from channels.webhook import WebhookChannel
 from engine.durations import parse_duration
@@ -359,12 +359,26 @@ def _explain(message: str, kind: type[_Options]) -> str:
     return message
 
 
+_Redis = redis.Redis  # the field ``Resources.redis`` hides the module in the class body
+
+
+def _plain_connect(url: str) -> _Redis:
+    return redis.Redis.from_url(url)
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What adapters take from the running job rather than from the file."""
+    """What adapters take from the running job rather than from the file.
+
+    ``inbox_keys`` names the onsite inboxes (tetik's key layout,
+    ``flows.stores.keys.Keys``); ``connect`` opens the Redis of an onsite
+    ``url:`` (the deliver job gives ``flows.retry.connect``, which also opens a
+    ``redis+cluster://`` URL).
+    """
 
     redis: redis.Redis | None = None
-    prefix: str = "tetik"
+    inbox_keys: InboxKeys | None = None
+    connect: Callable[[str], _Redis] = _plain_connect
     kafka_bootstrap: str = ""
     recipient: Recipient | None = None
     stop: threading.Event | None = None
@@ -444,12 +458,14 @@ def _env(adapter: str, option: str, name: str, env: Mapping[str, str]) -> str:
 
 
 def _onsite(options: OnsiteOptions, res: Resources) -> Channel:
-    client = redis.Redis.from_url(options.url) if options.url else res.redis
+    client = res.connect(options.url) if options.url else res.redis
     if client is None:
         raise ConfigError("onsite adapter: set TETIK_REDIS_URL or give `url:` (a Redis URL)")
+    if res.inbox_keys is None:
+        raise ConfigError("onsite adapter: needs the inboxes' keys (the deliver job gives them)")
     return OnsiteChannel(
         client,
-        res.prefix,
+        res.inbox_keys,
         ttl_ms=round(options.ttl * 1000),
         max_items=options.max_items,
         retry=options.policy(),

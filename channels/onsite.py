@@ -1,11 +1,19 @@
 """The onsite adapter: a per-user inbox in Redis that the storefront reads.
 
-Layout (one inbox per identity key; ``{user}`` is ``action.user_id``):
+Layout (one inbox per identity key; ``user`` is ``action.user_id``). The keys
+are named by the caller's :class:`InboxKeys` -- tetik's key layout,
+:class:`flows.stores.keys.Keys` -- so nothing here spells a key:
 
-* ``{prefix}:onsite:{user}`` -- a hash ``action_id -> message JSON`` (the
-  SPEC section 4 action object, so the storefront renders ``content``);
-* ``{prefix}:onsite:{user}:order`` -- a sorted set of the same action ids,
-  scored by the action's ``at``, so the inbox reads newest first.
+* ``keys.inbox(user)`` -- a hash ``action_id -> message JSON`` (the SPEC
+  section 4 action object, so the storefront renders ``content``);
+  ``{P:onsite:USER}`` with prefix ``P``;
+* ``keys.inbox_order(user)`` -- a sorted set of the same action ids, scored
+  by the action's ``at``, so the inbox reads newest first;
+  ``{P:onsite:USER}:order``.
+
+Both keys of one inbox share a hash tag (the script below writes them
+together, which a Redis Cluster allows only within one slot); different
+inboxes have different tags, so they spread over a cluster's nodes.
 
 Rules:
 
@@ -25,7 +33,7 @@ Rules:
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import redis
@@ -56,14 +64,16 @@ return added
 """
 
 
-def inbox_key(prefix: str, user: str) -> str:
-    """The hash of one user's inbox messages."""
-    return f"{prefix}:onsite:{user}"
+class InboxKeys(Protocol):
+    """Where a user's inbox lives: the two keys must share a Redis Cluster slot."""
 
+    def inbox(self, user: str) -> str:
+        """The hash of one user's inbox messages."""
+        ...
 
-def order_key(prefix: str, user: str) -> str:
-    """The sorted set that orders one user's inbox."""
-    return f"{prefix}:onsite:{user}:order"
+    def inbox_order(self, user: str) -> str:
+        """The sorted set that orders one user's inbox."""
+        ...
 
 
 class OnsiteChannel:
@@ -74,7 +84,7 @@ class OnsiteChannel:
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "tetik",
+        keys: InboxKeys,
         *,
         ttl_ms: int = DEFAULT_TTL_MS,
         max_items: int = DEFAULT_MAX_ITEMS,
@@ -84,7 +94,7 @@ class OnsiteChannel:
         if ttl_ms < 1 or max_items < 1:
             raise ValueError(f"ttl_ms and max_items must be >= 1, got {ttl_ms}, {max_items}")
         self.client = client
-        self.prefix = prefix
+        self.keys = keys
         self.ttl_ms = ttl_ms
         self.max_items = max_items
         self.retry = retry or RetryPolicy()
@@ -96,7 +106,7 @@ class OnsiteChannel:
         return delivery(action, self.name, result, tries)
 
     def _attempt(self, action: Action) -> Attempt:
-        keys = [inbox_key(self.prefix, action.user_id), order_key(self.prefix, action.user_id)]
+        keys = [self.keys.inbox(action.user_id), self.keys.inbox_order(action.user_id)]
         args: list[bytes | str | int] = [
             action.action_id,
             to_json(action),
@@ -119,10 +129,10 @@ class OnsiteChannel:
 _message = msgspec.json.Decoder(dict[str, Any])
 
 
-def read_inbox(client: redis.Redis, prefix: str, user: str) -> list[dict[str, Any]]:
+def read_inbox(client: redis.Redis, keys: InboxKeys, user: str) -> list[dict[str, Any]]:
     """A user's inbox messages, newest first (empty when there is none)."""
     pipe = client.pipeline(transaction=True)
-    pipe.zrevrange(order_key(prefix, user), 0, -1)
-    pipe.hgetall(inbox_key(prefix, user))
+    pipe.zrevrange(keys.inbox_order(user), 0, -1)
+    pipe.hgetall(keys.inbox(user))
     ids, messages = pipe.execute()
     return [_message.decode(messages[i]) for i in ids if i in messages]

@@ -12,13 +12,13 @@ import sys
 from typing import Any
 
 import orjson
-import redis
 
 from channels.config import default_config, load_config
 from channels.onsite import read_inbox
 from engine.errors import ConfigError
 from flows.jobs.deliver import DEFAULT_GROUP, require_servers, run_deliver
 from flows.report import say
+from flows.retry import connect
 from flows.settings import from_env
 
 
@@ -73,9 +73,9 @@ def cmd_onsite(args: argparse.Namespace) -> int:
     settings = from_env()
     if not settings.redis_url:
         raise ConfigError("set TETIK_REDIS_URL to the Redis that `tetik deliver` writes inboxes to")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
-        inbox = read_inbox(client, settings.prefix, args.user)
+        inbox = read_inbox(client, settings.keys, args.user)
     finally:
         client.close()
     sys.stdout.write(orjson.dumps(inbox, option=orjson.OPT_INDENT_2).decode() + "\n")

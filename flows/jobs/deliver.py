@@ -62,6 +62,7 @@ from engine.events import CHANNELS
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
 from flows.report import say
+from flows.retry import connect
 from flows.settings import Settings
 from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
 from flows.stores.states import Shoppers
@@ -336,7 +337,7 @@ def run_deliver(
         settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
     )
     with contextlib.ExitStack() as stack:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings.redis_url)
         stack.callback(client.close)
         router = Router(config or default_config(), _resources(settings, client))
         stack.callback(router.close)
@@ -359,7 +360,8 @@ def _resources(settings: Settings, client: redis.Redis) -> Resources:
     # retries instead of dead-lettering it; a second Ctrl-C aborts (nothing committed).
     return Resources(
         redis=client,
-        prefix=settings.prefix,
+        inbox_keys=settings.keys,
+        connect=connect,
         kafka_bootstrap=settings.kafka_bootstrap,
         recipient=profile_email(Shoppers(client, settings.keys)),
     )

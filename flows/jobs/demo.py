@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from aiosmtpd.controller import Controller
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -283,12 +282,12 @@ def _deliveries(settings: Settings, catcher: MailCatcher, tmp: Path) -> None:
         f"  delivered: {catcher.count:,} emails to the SMTP catcher, {lines:,} push/sms/"
         "whatsapp messages to deliveries.jsonl"
     )
-    client = redis.Redis.from_url(settings.redis_url)
-    found = client.scan_iter(match=f"{settings.prefix}:onsite:*", count=1000)
-    inboxes = [key for key in found if not key.endswith(b":order")]
+    client = connect(settings.redis_url)
+    keys = settings.keys
+    inboxes = list(client.scan_iter(match=keys.inboxes, count=1000))
     if inboxes:
-        user = inboxes[0].decode().rsplit(":", 1)[-1]
-        items = read_inbox(client, settings.prefix, user)
+        user = keys.inbox_user(inboxes[0])
+        items = read_inbox(client, keys, user)
         print(
             f"  onsite inboxes: {len(inboxes):,}; `tetik onsite {user}` shows {len(items)} "
             f"message(s), latest: {orjson.dumps(items[0]).decode() if items else '-'}"

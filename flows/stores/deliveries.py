@@ -10,6 +10,9 @@ Rules of this interface:
   never sent again (see :mod:`flows.jobs.deliver` for what that guarantees, and where
   it stops).
 * NX: the first outcome recorded stays; a later one changes nothing.
+* Redis faults are retried until Redis answers (:func:`flows.retry.retrying`, one
+  line per wait): both calls are idempotent, and the client comes from
+  :func:`flows.retry.connect`, which leaves retrying to it.
 * The retention (default :data:`LEDGER_TTL_MS`, 30 days) must outlast the actions
   topic's, or an action re-read after its key expired is sent again.
 """
@@ -23,6 +26,7 @@ import redis
 from channels.base import Delivery
 from engine.durations import DAY
 from flows.clock import Clock, wall_ms
+from flows.retry import retrying
 from flows.stores.keys import Keys
 
 __all__ = ["LEDGER_TTL_MS", "DeliveryLedger"]
@@ -51,10 +55,16 @@ class DeliveryLedger:
 
     def seen(self, action_id: str) -> str | None:
         """The recorded outcome of an action, or None when it was never delivered."""
-        value = self.client.get(self.key(action_id))
+        value = retrying(
+            "reading the delivery ledger", lambda: self.client.get(self.key(action_id))
+        )
         return None if value is None else bytes(value).decode().split(" ", 1)[0]  # type: ignore[arg-type]
 
     def record(self, result: Delivery) -> None:
         """Note ``result``'s outcome, unless the action has one already."""
         value = f"{result.outcome} {result.adapter} {self.clock()}"
-        self.client.set(self.key(result.action_id), value, nx=True, px=self.ttl_ms)
+        key = self.key(result.action_id)
+        retrying(
+            "writing the delivery ledger",
+            lambda: self.client.set(key, value, nx=True, px=self.ttl_ms),
+        )

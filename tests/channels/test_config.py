@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from channels.config import (
     ChannelConfig,
@@ -19,11 +20,14 @@ from channels.config import (
     parse_config,
 )
 from channels.jsonl import JsonlChannel
-from channels.onsite import OnsiteChannel
+from channels.onsite import OnsiteChannel, read_inbox
 from channels.smtp import SmtpChannel
 from channels.webhook import WebhookChannel
 from engine.errors import ConfigError
 from flows.jobs.demo import _channels_config
+from flows.retry import connect
+from flows.servers.valkey_cluster import ValkeyCluster
+from flows.stores.keys import Keys
 from tests.channels.support import MailCatcher, make_action
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -126,12 +130,27 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_default_routing_onsite_inbox_else_jsonl_on_stdout(redis_client: redis.Redis) -> None:
-    router = Router(default_config(), Resources(redis=redis_client))
+    router = Router(default_config(), Resources(redis=redis_client, inbox_keys=Keys()))
     assert isinstance(router.channel_for("onsite"), OnsiteChannel)
     email = router.channel_for("email")
     assert isinstance(email, JsonlChannel)
     assert email.path == "-"
     router.close()
+
+
+@pytest.mark.integration
+def test_an_onsite_url_is_opened_by_the_jobs_connect(
+    valkey_cluster: ValkeyCluster, unique: str
+) -> None:
+    """The deliver job passes flows.retry.connect: a ``redis+cluster://`` URL works."""
+    routes = {"onsite": {"adapter": "onsite", "url": valkey_cluster.url}}
+    keys = Keys(unique)
+    resources = Resources(inbox_keys=keys, connect=connect)
+    onsite = Router(parse_config(routes), resources).channel_for("onsite")
+    assert isinstance(onsite, OnsiteChannel)
+    assert isinstance(onsite.client, RedisCluster)
+    assert onsite.send(make_action(1, user_id="u1")).outcome == "delivered"
+    assert [m["action_id"] for m in read_inbox(onsite.client, keys, "u1")] == ["act-0001"]
 
 
 def test_router_builds_each_route_and_falls_back_to_default(tmp_path: Path) -> None:
@@ -151,6 +170,7 @@ def test_without_default_an_unlisted_channel_has_no_adapter() -> None:
     ("routes", "needle"),
     [
         ({"onsite": {"adapter": "onsite"}}, "TETIK_REDIS_URL"),
+        ({"onsite": {"adapter": "onsite", "url": "redis://127.0.0.1:1"}}, "the inboxes' keys"),
         ({"push": {"adapter": "kafka"}}, "TETIK_KAFKA_BOOTSTRAP"),
         ({"email": {"adapter": "smtp", "sender": "a@b", "password_env": "NOPE_X"}}, "NOPE_X"),
         ({"sms": {"adapter": "webhook", "url": "ftp://h/x"}}, "not http"),
@@ -289,7 +309,8 @@ def test_the_example_channel_config_loads_and_builds(redis_client: redis.Redis) 
         "TETIK_WEBHOOK_SECRET": "whsec_1",
         "TETIK_SMS_AUTH": "Bearer a",
     }
-    router = Router(config, Resources(redis_client, recipient=lambda _u: None, env=env))
+    resources = Resources(redis_client, Keys(), recipient=lambda _u: None, env=env)
+    router = Router(config, resources)
     sms, email = router.channel_for("sms"), router.channel_for("email")
     assert isinstance(sms, WebhookChannel)
     assert sms.secret == "whsec_1"
@@ -302,7 +323,7 @@ def test_the_demo_config_talks_plain_smtp_to_its_loopback_catcher(
 ) -> None:
     catcher, port = mail
     config = load_config(_channels_config(tmp_path, port))
-    resources = Resources(redis_client, recipient=lambda _u: "ayse@example.com")
+    resources = Resources(redis_client, Keys(), recipient=lambda _u: "ayse@example.com")
     email = Router(config, resources).channel_for("email")
     assert isinstance(email, SmtpChannel)
     assert email.send(make_action(1)).outcome == "delivered"

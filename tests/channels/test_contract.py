@@ -26,6 +26,8 @@ from channels.onsite import OnsiteChannel, read_inbox
 from channels.smtp import SmtpChannel
 from channels.webhook import WebhookChannel
 from flows.kafka.topics import ensure_topics
+from flows.retry import connect
+from flows.stores.keys import Keys
 from tests.channels.support import (
     FAST_RETRY,
     HookServer,
@@ -143,11 +145,12 @@ def _smtp(tls: TlsFiles) -> Iterator[Harness]:
 
 
 def _onsite(redis_url: str, unique: str) -> Iterator[Harness]:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
+    keys = Keys(unique)
 
     def received(_n: int) -> list[Received]:
-        users = {k.decode().split(":")[2] for k in client.scan_iter(f"{unique}:onsite:*")}
-        messages = [m for user in sorted(users) for m in read_inbox(client, unique, user)]
+        users = {keys.inbox_user(k) for k in client.scan_iter(match=keys.inboxes)}
+        messages = [m for user in sorted(users) for m in read_inbox(client, keys, user)]
         return [Received(m["action_id"], m["content"]) for m in messages]
 
     def down() -> OnsiteChannel:
@@ -155,9 +158,9 @@ def _onsite(redis_url: str, unique: str) -> Iterator[Harness]:
         dead = redis.Redis(
             port=closed_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        return OnsiteChannel(dead, unique, retry=FAST_RETRY)
+        return OnsiteChannel(dead, keys, retry=FAST_RETRY)
 
-    yield Harness(OnsiteChannel(client, unique, retry=FAST_RETRY), received, True, down)
+    yield Harness(OnsiteChannel(client, keys, retry=FAST_RETRY), received, True, down)
     client.close()
 
 

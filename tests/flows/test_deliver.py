@@ -32,7 +32,9 @@ from engine.state import UserState, apply, dumps
 from flows.jobs.deliver import Tally, run_deliver
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
+from flows.retry import connect
 from flows.settings import Settings
+from flows.stores.keys import Keys
 from flows.stores.states import ShardStore, ShardWrite
 from tests.channels.support import (
     HookServer,
@@ -207,7 +209,7 @@ def test_each_sent_action_reaches_its_target_once(world: World) -> None:
     assert mail.message["X-Tetik-Action-Id"] == a["mailed"].action_id
     [sms] = world.hook.on("/sms")  # produced twice, delivered once
     assert sms.headers["Idempotency-Key"] == a["sms"].action_id
-    inbox = read_inbox(redis.Redis.from_url(world.settings.redis_url), world.settings.prefix, "u1")
+    inbox = read_inbox(connect(world.settings.redis_url), world.settings.keys, "u1")
     assert [m["action_id"] for m in inbox] == [a["onsite"].action_id]
     lines = [orjson.loads(line) for line in world.jsonl.read_bytes().splitlines()]
     assert [doc["action_id"] for doc in lines] == [a["whatsapp"].action_id]
@@ -391,6 +393,6 @@ def test_tetik_deliver_reads_the_actions_topic_of_tetik_actions_topic(
     produce_records(kafka_bootstrap, actions_topic, [(b"u1", to_json(action))])
     argv = ["deliver", "--idle-exit", str(IDLE_EXIT), "--group", f"g-{unique}"]
     assert _cli_in_main_thread(argv) == 0
-    inbox = read_inbox(redis.Redis.from_url(redis_url), unique, "u1")
+    inbox = read_inbox(connect(redis_url), Keys(unique), "u1")
     assert [m["action_id"] for m in inbox] == [action.action_id]
     assert f"delivering {actions_topic} " in capsys.readouterr().err

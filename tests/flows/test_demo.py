@@ -46,6 +46,9 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     assert dlq == invalid > 0
     assert _number(r"delivered: ([\d,]+) emails to the SMTP catcher", summary) > 0
     assert "jobs exited with codes run=0 deliver=0" in summary
+    # The inboxes are found by the key layout's pattern and read back whole.
+    assert _number(r"onsite inboxes: ([\d,]+);", summary) > 0
+    assert _number(r"`tetik onsite [^`]+` shows (\d+) message", summary) > 0
     pids = [int(p) for p in re.findall(r"\(pid (\d+)", output)]
     assert len(pids) == 4  # valkey, tansu, run and deliver children
     assert not [pid for pid in pids if _alive(pid)]
