@@ -62,6 +62,7 @@ from flows.clock import wall_ms as now_ms
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
+from flows.retry import connect
 from flows.servers.embedded import Endpoints, servers
 from flows.stores.keys import Keys
 from flows.stores.states import ShardStore, ShardWrite, state_ttl_ms
@@ -219,7 +220,7 @@ def measure_size(endpoints: Endpoints, users: int, workdir: Path) -> dict[str, A
     Redis is measured first so that the engine's own writes do not land in the
     used_memory delta.
     """
-    client = redis.Redis.from_url(endpoints.redis_url)
+    client = connect(endpoints.redis_url)
     prefix = f"mem-{uuid.uuid4().hex[:6]}-{users}"
     say(f"bench memory: {users:,} users, Redis")
     row = {"size": users, **redis_bytes(client, users, prefix)}

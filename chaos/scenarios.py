@@ -47,13 +47,13 @@ from typing import Any
 
 import msgspec
 import orjson
-import redis
 
 from bench.progress import Bar
 from chaos.compare import dead_letters, recovery, tally
 from chaos.run import Deployment
 from chaos.servers import Servers, Unavailable, scenario_servers
 from chaos.workload import stream
+from flows.retry import connect
 from flows.settings import from_env
 from flows.stores.keys import Keys
 from flows.stores.states import read_stats
@@ -452,7 +452,7 @@ def backlog_run(ctx: Context, name: str, share: float) -> Result:
 def _throughput(dep: Deployment, good: int, bar: Bar) -> float | None:
     """Good events/s of the burst after the warm-up: from its release until the engine
     has processed every good event (None: it never did)."""
-    client = redis.Redis.from_url(dep.redis_url)
+    client = connect(dep.redis_url)
     fields = ["applied", "duplicate", "stale"]
     deadline = time.monotonic() + 60 + good / 500
     released: float | None = None
