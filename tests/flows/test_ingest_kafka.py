@@ -164,8 +164,11 @@ def tetik(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def snapshot(store: Shoppers) -> dict[bytes, bytes | None]:
-    pattern = f"{{{store.keys.prefix}:*}}:state:*"
-    keys = sorted(store.client.scan_iter(match=pattern, count=1000))
+    keys = sorted(
+        key
+        for shard in store.keys.all_shards()
+        for key in store.client.scan_iter(match=shard.state("*"), count=1000)
+    )
     return {key: store.client.get(key) for key in keys}
 
 

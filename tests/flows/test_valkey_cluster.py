@@ -18,6 +18,7 @@ from redis.exceptions import CrossSlotTransactionError, RedisClusterException
 
 from flows.retry import RedisUnavailable, RedisUrlError, cluster_url, connect, parse_cluster_url
 from flows.servers.valkey_cluster import ValkeyCluster, valkey_cluster
+from flows.stores.keys import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -117,26 +118,26 @@ def test_a_script_over_keys_of_one_hash_tag_runs_atomically(
 def test_a_transaction_over_hash_tagged_keys_works(
     cluster_client: RedisCluster, unique: str
 ) -> None:
-    tag = f"{{{unique}:3}}"
+    shard = Keys(unique).shard(3)
     pipe = cluster_client.pipeline(transaction=True)
-    pipe.hset(f"{tag}:state:U1", mapping={"step": "1", "at": "5"})
-    pipe.zadd(f"{tag}:timers", {"U1": 5})
-    pipe.incr(f"{tag}:stats")
+    pipe.hset(shard.state("U1"), mapping={"step": "1", "at": "5"})
+    pipe.zadd(shard.timers, {"U1": 5})
+    pipe.hincrby(shard.stats, "applied", 1)
     assert pipe.execute() == [2, 1, 1]
-    assert cluster_client.hgetall(f"{tag}:state:U1") == {b"step": b"1", b"at": b"5"}
-    assert cluster_client.zrangebyscore(f"{tag}:timers", 0, 10) == [b"U1"]
+    assert cluster_client.hgetall(shard.state("U1")) == {b"step": b"1", b"at": b"5"}
+    assert cluster_client.zrangebyscore(shard.timers, 0, 10) == [b"U1"]
 
     def read_then_write(pipe: redis.client.Pipeline) -> int:
-        count = int(pipe.get(f"{tag}:stats") or 0)
+        count = int(pipe.hget(shard.stats, "applied") or 0)
         pipe.multi()
-        pipe.set(f"{tag}:stats", count + 10)
+        pipe.hset(shard.stats, "applied", count + 10)
         return count
 
     seen = cluster_client.transaction(
-        read_then_write, f"{tag}:stats", f"{tag}:timers", value_from_callable=True
+        read_then_write, shard.stats, shard.timers, value_from_callable=True
     )
     assert seen == 1
-    assert cluster_client.get(f"{tag}:stats") == b"11"
+    assert cluster_client.hget(shard.stats, "applied") == b"11"
 
 
 def test_a_cross_slot_multi_key_command_fails_clearly(
@@ -162,7 +163,7 @@ def test_shard_tags_spread_over_all_three_masters(
 ) -> None:
     owners: dict[tuple[str, int], int] = {}
     for shard in range(32):
-        node = cluster_client.get_node_from_key(f"{{tetik:{shard}}}:timers")
+        node = cluster_client.get_node_from_key(Keys().shard(shard).timers)
         owners[(node.host, node.port)] = owners.get((node.host, node.port), 0) + 1
     assert set(owners) == set(valkey_cluster.nodes)
     assert min(owners.values()) >= 5  # roughly even, not all but one on a master

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from flows.pipeline.watermark import SharedProgress, Watermark
+from flows.retry import RedisClient
+from flows.stores.keys import Keys
 
 
 class Clock:
@@ -106,10 +107,10 @@ def test_a_restored_clock_comes_back_and_never_runs_backwards() -> None:
 
 @pytest.mark.integration
 def test_processes_share_progress_and_ignore_stale_reports(
-    redis_client: redis.Redis, unique: str
+    store_client: RedisClient, unique: str
 ) -> None:
     clock = Clock(100_000)
-    shared = SharedProgress(redis_client, f"{unique}:wm", stale_ms=3000)
+    shared = SharedProgress(store_client, Keys(unique).watermark, stale_ms=3000)  # type: ignore[arg-type]
     one = Watermark(["0-e", "1-e"], clock=clock, shared=shared, share_ms=0)
     two = Watermark(["0-e", "1-e"], clock=clock, shared=shared, share_ms=0)
     one.polled("0-e", 10)
