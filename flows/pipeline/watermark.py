@@ -9,8 +9,10 @@ Rules of this interface:
   timers fire early).
 * Timers fire only once :meth:`Watermark.value` has passed their due time.
   It is the minimum over every partition of the input: the event time read
-  so far on a partition that is behind, or the wall clock minus
-  ``lateness_ms`` on a partition that is caught up. So after an outage the
+  so far on a partition that is behind, or, on a partition that is caught
+  up, the later of that and the wall clock minus ``lateness_ms`` (a
+  partition with steady traffic lets timers fire as soon as its events pass
+  their due time; a quiet one, ``lateness_ms`` after the wall clock does). So after an outage the
   backlog is applied in event-time order with the timers that fell due
   meanwhile: a cart bought while the engine was down ends the cart journey
   before its reminder's timer can fire.
@@ -196,7 +198,10 @@ class Watermark:
             seen = {**self._seen, **{n: p.public() for n, p in self._mine.items()}}
             if not self._expected.issubset(seen):
                 return 0
-            values = [now - self._lateness if p.idle else p.reached for p in seen.values()]
+            floor = now - self._lateness
+            values = [
+                min(max(p.reached, floor), now) if p.idle else p.reached for p in seen.values()
+            ]
         return min(values, default=now - self._lateness)
 
     def _progress(self, partition: str, now: int) -> Progress:
