@@ -48,6 +48,23 @@ def session(redis_url: str, kafka_bootstrap: str, unique: str, tmp_path: Path) -
         yield found
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    kafka_bootstrap: str,
+    unique: str,
+    tmp_path: Path,
+) -> Iterator[Live]:
+    """A session on the session's Redis, or on its three-master Redis Cluster
+    (``TETIK_REDIS_URL=redis+cluster://...``): the same actions are expected of both."""
+    url = redis_url
+    if request.param == "cluster":
+        url = request.getfixturevalue("valkey_cluster").url
+    with live(url, kafka_bootstrap, unique, tmp_path) as found:
+        yield found
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -66,7 +83,8 @@ def shoppers(start: int, users: int, first: int = 0) -> list[dict[str, Any]]:
     return sorted(docs, key=lambda d: d["ts"])
 
 
-def test_live_actions_equal_replay(session: Live) -> None:
+def test_live_actions_equal_replay(any_redis: Live) -> None:
+    session = any_redis
     docs = shoppers(now_ms() + 500, 24)
     proc = session.start("--rules", str(session.rules_file()))
     produce(session.bootstrap, session.events, [*docs, docs[3]])  # the last one is redelivered
@@ -78,15 +96,24 @@ def test_live_actions_equal_replay(session: Live) -> None:
     assert all("ingested_at" in a for a in emitted if a["journey"] != "cart")
     dlq = read_topic(session.bootstrap, f"{session.name}.events.dlq", idle_s=0.5)
     assert dlq == [{"type": "nonsense"}]
+    counts = tally(expected, emitted)
+    assert counts.duplicates == counts.missing == counts.unexpected == 0, counts
+    shown = session.cli("state", "u1")  # `tetik state` reads the same Redis (or cluster)
+    assert shown.returncode == 0, shown.stderr
+    state = orjson.loads(shown.stdout)
+    u1 = {d["event_id"] for d in docs if d["user_id"] == "u1"}
+    assert (state["user"], state["events_applied"]) == ("u1", len(u1))
 
 
-def test_kill_and_restart_emits_every_action_once(session: Live) -> None:
+def test_kill_and_restart_emits_every_action_once(any_redis: Live) -> None:
     """SIGKILL mid-stream and while catching up, purchases while down: each action once.
 
     The first kill lands after a stretch of emitted actions newer than the
     last recovery snapshot, so the restart processes it again (the ledger
     must drop them); carts bought while the engine is down get no reminder.
+    On one Redis and on a Redis Cluster alike.
     """
+    session = any_redis
     rules = str(session.rules_file())
     first = session.start("--rules", rules)
     warmup = [event(1, "w0", "purchase", now_ms())]
