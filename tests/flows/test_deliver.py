@@ -370,17 +370,26 @@ def _cli_in_main_thread(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, handlers[1])
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def server_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The session's Redis, or its three-master Redis Cluster (``redis+cluster://``)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("valkey_cluster").url)
+    return redis_url
+
+
 def test_tetik_deliver_reads_the_actions_topic_of_tetik_actions_topic(
-    redis_url: str,
+    server_url: str,
     kafka_bootstrap: str,
     unique: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The topic ``tetik run`` writes (TETIK_ACTIONS_TOPIC) is the one deliver reads."""
+    """The topic ``tetik run`` writes (TETIK_ACTIONS_TOPIC) is the one deliver reads;
+    on one Redis and on a Redis Cluster, with ``tetik onsite`` reading the inbox back."""
     actions_topic = f"{unique}.actions"
     for name, value in {
-        "TETIK_REDIS_URL": redis_url,
+        "TETIK_REDIS_URL": server_url,
         "TETIK_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "TETIK_PREFIX": unique,
         "TETIK_EVENTS_TOPIC": f"{unique}.events",
@@ -393,6 +402,10 @@ def test_tetik_deliver_reads_the_actions_topic_of_tetik_actions_topic(
     produce_records(kafka_bootstrap, actions_topic, [(b"u1", to_json(action))])
     argv = ["deliver", "--idle-exit", str(IDLE_EXIT), "--group", f"g-{unique}"]
     assert _cli_in_main_thread(argv) == 0
-    inbox = read_inbox(connect(redis_url), Keys(unique), "u1")
+    client, keys = connect(server_url), Keys(unique)
+    inbox = read_inbox(client, keys, "u1")
     assert [m["action_id"] for m in inbox] == [action.action_id]
     assert f"delivering {actions_topic} " in capsys.readouterr().err
+    assert client.get(keys.delivered(action.action_id)).startswith(b"delivered onsite ")
+    assert _cli(["onsite", "u1"]) == 0
+    assert [m["action_id"] for m in orjson.loads(capsys.readouterr().out)] == [action.action_id]
