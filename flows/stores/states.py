@@ -5,8 +5,10 @@ Rules of this interface (the key layout is :mod:`flows.stores.keys`):
 * A shard has one writer at a time: the pipeline's :class:`~flows.pipeline.shard.ShardLogic`
   for that shard. So a state read from Redis is never older than the shard's
   own last write, and the shard may cache what it wrote.
-* :meth:`ShardStore.commit` writes one :class:`ShardWrite` in one
-  ``MULTI``/``EXEC``: the changed states (``SET ... PX ttl``), each one's next
+* :meth:`ShardStore.commit` writes one :class:`ShardWrite` atomically, in
+  one script call over the shard's keys (one round trip, one command for
+  redis-py to pack: a ``MULTI`` of one command per shopper cost a third of
+  the batch): the changed states (``SET ... PX ttl``), each one's next
   due time in the timer index (``ZADD``, or ``ZREM`` when nothing is due), new
   identities in the shopper index, the records to emit in the outbox, the
   outbox entries Kafka acknowledged since (removed), the input offsets the
@@ -88,6 +90,7 @@ class ShardStore:
         self.client = client
         self.keys = keys
         self.ttl_ms = ttl_ms
+        self._commit = client.register_script(_COMMIT)  # local: hashes the script, no call
 
     def read(self, identities: Sequence[str]) -> list[bytes | None]:
         """The stored states of ``identities`` (None where there is none), one ``MGET``."""
@@ -154,41 +157,104 @@ class ShardStore:
         return {int(k): int(v) for k, v in raw.items()}
 
     def commit(self, write: ShardWrite, now: int) -> int | None:
-        """Write ``write`` in one transaction; return the shard's next due time."""
+        """Write ``write`` atomically (one script call); return the shard's next due time."""
         keys = self.keys
-        pipe = self.client.pipeline(transaction=True)
+        state_keys: list[str] = []
+        args: list[Any] = [len(write.states)]
         for identity, data, due in write.states:
-            ttl = self.ttl_ms
-            if due is not None:
-                ttl = max(ttl, due - now + DAY_MS)
-                pipe.zadd(keys.timers, {identity: due})
-            elif identity in write.cleared:
-                pipe.zrem(keys.timers, identity)
-            pipe.set(keys.state(identity), data, px=ttl or None)
-        if write.new:
-            pipe.zadd(keys.shoppers, dict.fromkeys(write.new, 0), nx=True)
-        if write.looks:
-            pipe.zadd(keys.timers, write.looks, xx=True)
-        if write.forgotten:
-            pipe.zrem(keys.timers, *write.forgotten)
-            pipe.zrem(keys.shoppers, *write.forgotten)
-        if write.outbox:
-            pipe.hset(keys.outbox, mapping=write.outbox)  # type: ignore[arg-type]
-        if write.confirmed:
-            pipe.hdel(keys.outbox, *write.confirmed)
-        if write.acked:
-            pipe.hset(keys.acked, mapping={str(p): o for p, o in write.acked.items()})
-        if write.offsets:
-            pipe.hset(keys.offsets, mapping=write.offsets)  # type: ignore[arg-type]
-        if write.sweep:
-            pipe.hset(keys.sweep, mapping=write.sweep)  # type: ignore[arg-type]
-        for name, amount in write.counts.items():
-            if amount:
-                pipe.hincrby(keys.stats, name, amount)
-        pipe.zrange(keys.timers, 0, 0, withscores=True)
-        results: list[Any] = pipe.execute()
-        first = results[-1]
-        return int(first[0][1]) if first else None
+            ttl = self.ttl_ms if due is None else max(self.ttl_ms, due - now + DAY_MS)
+            flag = ("n" if identity in write.new else "") + (
+                "c" if identity in write.cleared else ""
+            )
+            state_keys.append(keys.state(identity))
+            args += [identity, data, "" if due is None else due, ttl, flag]
+        stored = {identity for identity, _, _ in write.states}
+        new = [i for i in write.new if i not in stored]  # new without a state of their own
+        args += [len(new), *new]
+        args += _pairs(write.looks.items())
+        args += [len(write.forgotten), *write.forgotten]
+        args += _pairs(write.outbox.items())
+        args += [len(write.confirmed), *write.confirmed]
+        args += _pairs(write.acked.items())
+        args += _pairs(write.offsets.items())
+        args += _pairs(write.sweep.items())
+        args += _pairs((k, v) for k, v in write.counts.items() if v)
+        shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
+        first = self._commit(keys=[*shard, keys.stats, keys.sweep, *state_keys], args=args)
+        return None if first is None else int(float(first))
+
+
+def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
+    flat: list[Any] = []
+    for key, value in items:
+        flat += [key, value]
+    return [len(flat) // 2, *flat]
+
+
+# One shard's batch write (ShardStore.commit): every key is the shard's (one slot).
+# KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, then one per state.
+# ARGV: the states (identity, data, due or '', ttl, flags: n = new, c = cleared), then
+# counted sections: new-only identities, looks, forgotten, outbox, confirmed, acked,
+# offsets, sweep marks, counters.
+_COMMIT = """
+local a = 0
+local function take() a = a + 1; return ARGV[a] end
+local timers, shoppers, outbox = KEYS[1], KEYS[2], KEYS[3]
+local n = tonumber(take())
+for i = 1, n do
+  local id, data, due, ttl, flag = take(), take(), take(), take(), take()
+  if due ~= '' then
+    redis.call('ZADD', timers, due, id)
+  elseif string.find(flag, 'c', 1, true) then
+    redis.call('ZREM', timers, id)
+  end
+  if ttl == '0' then
+    redis.call('SET', KEYS[7 + i], data)
+  else
+    redis.call('SET', KEYS[7 + i], data, 'PX', ttl)
+  end
+  if string.find(flag, 'n', 1, true) then
+    redis.call('ZADD', shoppers, 'NX', 0, id)
+  end
+end
+n = tonumber(take())
+for i = 1, n do redis.call('ZADD', shoppers, 'NX', 0, take()) end
+n = tonumber(take())
+for i = 1, n do
+  local id, score = take(), take()
+  redis.call('ZADD', timers, 'XX', score, id)
+end
+n = tonumber(take())
+for i = 1, n do
+  local id = take()
+  redis.call('ZREM', timers, id)
+  redis.call('ZREM', shoppers, id)
+end
+n = tonumber(take())
+for i = 1, n do
+  local id, record = take(), take()
+  redis.call('HSET', outbox, id, record)
+end
+n = tonumber(take())
+for i = 1, n do redis.call('HDEL', outbox, take()) end
+for _, target in ipairs({KEYS[4], KEYS[5], KEYS[7]}) do
+  n = tonumber(take())
+  for i = 1, n do
+    local field, value = take(), take()
+    redis.call('HSET', target, field, value)
+  end
+end
+n = tonumber(take())
+for i = 1, n do
+  local field, value = take(), take()
+  redis.call('HINCRBY', KEYS[6], field, value)
+end
+local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')
+if #first == 0 then
+  return false
+end
+return first[2]
+"""
 
 
 def read_stats(client: RedisClient, keys: Keys) -> dict[str, int]:
