@@ -9,7 +9,7 @@ Rules of this interface:
   keys live.
 * Every key of one shard carries the hash tag ``{PREFIX:S}``, so all of a
   shard's keys are in one Redis Cluster slot and a shard's batch write (states,
-  timers, outbox, offsets, counters) is one ``MULTI``/``EXEC`` on one node.
+  timers, outbox, offsets, counters) is one atomic script call on one node.
 * Deployment-wide keys carry the tag ``{PREFIX}`` (:attr:`Keys.tag`): the
   layout, the deployment marker, the watermark's shared progress, the events
   topic's id, the deployment's own counters and the rules store
