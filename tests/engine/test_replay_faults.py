@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import orjson
 
-from engine.actions import Action
-from engine.events import MAX_FUTURE_MS, Event
+from engine.events import MAX_FUTURE_MS
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
-from engine.state import UserState
+from tests.engine.faulty import FaultyEngine
 
 RULES = """\
 version: 1
@@ -27,18 +26,6 @@ journeys:
 NOW = 1_714_557_600_000
 
 
-class FaultyEngine(Engine):
-    """The real engine, raising half-way for events named ``poison*`` (as a bug would)."""
-
-    def handle(
-        self, state: UserState, event: Event, now: int
-    ) -> tuple[str, list[Action], list[Action]]:
-        result = super().handle(state, event, now)
-        if event.event_id.startswith("poison"):
-            raise ZeroDivisionError("injected")
-        return result
-
-
 def line(event_id: str, kind: str, user: str, ts: int = NOW) -> bytes:
     return orjson.dumps({"event_id": event_id, "type": kind, "ts": ts, "user_id": user})
 
@@ -53,7 +40,7 @@ def test_a_poison_event_is_left_out_as_if_it_never_came() -> None:
     ]
     actions = replay(engine, lines, drain=True, stats=stats)
     assert [(a.user_id, a.journey) for a in actions] == [("u1", "welcome"), ("u2", "welcome")]
-    assert stats.failed == ["poison-1: ZeroDivisionError: injected"]
+    assert stats.failed == ["poison-1: OverflowError: injected"]
     assert stats.events == 2
 
 

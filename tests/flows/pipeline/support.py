@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from flows.clock import wall_ms
+from flows.kafka.topics import ensure_topics
 from flows.pipeline.dataflow import build_flow
 from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.shard import ShardConfig, ShardReport
@@ -100,13 +101,32 @@ class Pipeline:
     reports: list[ShardReport] = field(default_factory=list)
     dead: list[KafkaSinkMessage[Any, Any]] = field(default_factory=list)
 
+    @classmethod
+    def create(
+        cls,
+        client: RedisClient,
+        bootstrap: str,
+        unique: str,
+        rules: str,
+        shards: int = 4,
+        partitions: int = 1,
+    ) -> Pipeline:
+        """A pipeline with topics of its own (``UNIQUE.actions``, ``UNIQUE.dlq``)."""
+        p = cls(client, bootstrap, unique, rules, shards=shards)
+        p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
+        ensure_topics(bootstrap, {p.actions_topic: partitions, p.dlq_topic: 1})
+        return p
+
     @property
     def keys(self) -> Keys:
         return Keys(self.prefix, self.shards)
 
     def config(self, engine: Engine | None = None, **overrides: Any) -> ShardConfig:
         engine = engine or Engine(load_rules(self.rules, "rules.yaml"))
-        producer = Producer({"bootstrap.servers": self.bootstrap, **PRODUCER_CONFIG})
+        # log_level 2: the session's broker stops before these producers are collected
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, **PRODUCER_CONFIG, "log_level": 2}
+        )
         values: dict[str, Any] = {
             "runtime": RulesRuntime(engine),
             "watermark": Watermark([]),

@@ -11,7 +11,6 @@ import pytest
 from bytewax.testing import TestingSink, run_main
 
 from engine.events import Event
-from flows.kafka.topics import ensure_topics
 from flows.pipeline.dataflow import build_flow
 from flows.pipeline.derive import derived_id
 from flows.pipeline.sweep import Every
@@ -65,10 +64,7 @@ class Announce:
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(store_client, kafka_bootstrap, unique, RULES)
-    p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-    ensure_topics(kafka_bootstrap, {p.actions_topic: 2, p.dlq_topic: 1})
-    return p
+    return Pipeline.create(store_client, kafka_bootstrap, unique, RULES, partitions=2)
 
 
 def announce(n: int, targets: list[str]) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from engine.rules.loader import load_rules
 from engine.state import cart_count, cart_total
 from engine.windows import WindowConfig, WindowLimits
 from flows.jobs.ingest import NO_JOURNEYS
-from flows.kafka.topics import ensure_topics
 from flows.retry import RedisClient
 from flows.stores.states import Shoppers
 from tests.flows.pipeline.support import NOW, Pipeline
@@ -52,10 +51,7 @@ def shopping() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(store_client, kafka_bootstrap, unique, NO_JOURNEYS)
-    p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-    ensure_topics(kafka_bootstrap, {p.actions_topic: 1, p.dlq_topic: 1})
-    return p
+    return Pipeline.create(store_client, kafka_bootstrap, unique, NO_JOURNEYS)
 
 
 def shoppers(pipeline: Pipeline) -> Shoppers:

@@ -2,9 +2,9 @@
 
 A poison event goes to the dead-letter topic with its reason, exception class
 and source; its shopper's other events and everyone else's go on. The engine
-is the real one; ``FaultyEngine`` injects the faults a bug would cause (an
-exception in processing, a state that no longer serialises) for events whose
-id starts with ``poison``.
+is the real one; ``tests.engine.faulty.FaultyEngine`` injects the faults a bug would cause
+(an exception in processing, a state that no longer serialises) for events
+whose id starts with ``poison``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from engine.actions import Action
-from engine.events import MAX_FUTURE_MS, Event
-from engine.journeys import Engine
+from engine.events import MAX_FUTURE_MS
 from engine.rules.loader import load_rules
-from engine.state import UserState
-from flows.kafka.topics import ensure_topics
 from flows.pipeline.breaker import Breaker, BreakerConfig, Halt
 from flows.pipeline.dataflow import build_flow
 from flows.retry import RedisClient
 from flows.stores.states import Shoppers
+from tests.engine.faulty import FaultyEngine
 from tests.flows.pipeline.support import NOW, Pipeline, message
 
 pytestmark = pytest.mark.integration
@@ -41,30 +38,13 @@ journeys:
 """
 
 
-class FaultyEngine(Engine):
-    """The real engine, plus the faults of a bug for events named ``poison*``."""
-
-    def handle(
-        self, state: UserState, event: Event, now: int
-    ) -> tuple[str, list[Action], list[Action]]:
-        result = super().handle(state, event, now)
-        if event.event_id.startswith("poison-raise"):
-            raise OverflowError("injected: processing failed half-way")
-        if event.event_id.startswith("poison-state"):
-            state.profile["points"] = 2**70  # msgpack cannot hold it: dumps raises
-        return result
-
-
 def signup(n: int, user: str) -> dict[str, Any]:
     return {"event_id": f"e{n}", "type": "signup", "ts": NOW - 1000 + n, "user_id": user}
 
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(store_client, kafka_bootstrap, unique, RULES)
-    p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-    ensure_topics(kafka_bootstrap, {p.actions_topic: 1, p.dlq_topic: 1})
-    return p
+    return Pipeline.create(store_client, kafka_bootstrap, unique, RULES)
 
 
 def run(pipeline: Pipeline, messages: list[Any], breaker: Breaker | None = None) -> None:

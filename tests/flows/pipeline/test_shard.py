@@ -13,7 +13,6 @@ from engine.actions import to_dict
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
-from flows.kafka.topics import ensure_topics
 from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
@@ -41,10 +40,7 @@ journeys:
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(store_client, kafka_bootstrap, unique, RULES)
-    p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-    ensure_topics(kafka_bootstrap, {p.actions_topic: 2, p.dlq_topic: 1})
-    return p
+    return Pipeline.create(store_client, kafka_bootstrap, unique, RULES, partitions=2)
 
 
 def replayed(docs: list[dict[str, object]], until: int | None = None) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from flows.kafka.topics import ensure_topics
 from flows.pipeline.decode import Stamped, decode_stamped
 from flows.pipeline.shard import ShardLogic, Wake
 from flows.retry import RedisClient
@@ -36,10 +35,7 @@ journeys:
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    p = Pipeline(store_client, kafka_bootstrap, unique, RULES, shards=1)
-    p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-    ensure_topics(kafka_bootstrap, {p.actions_topic: 1, p.dlq_topic: 1})
-    return p
+    return Pipeline.create(store_client, kafka_bootstrap, unique, RULES, shards=1)
 
 
 def batch(pipeline: Pipeline, count: int) -> list[Stamped | Wake]:
@@ -53,7 +49,7 @@ def batch(pipeline: Pipeline, count: int) -> list[Stamped | Wake]:
 def test_a_crash_after_the_redis_write_loses_no_action_and_sends_none_twice(
     pipeline: Pipeline,
 ) -> None:
-    dead = Producer({"bootstrap.servers": "127.0.0.1:1", **PRODUCER_CONFIG})
+    dead = Producer({"bootstrap.servers": "127.0.0.1:1", **PRODUCER_CONFIG, "log_level": 2})
     config = pipeline.config(emitter=Emitter(dead, pipeline.actions_topic))
     items = batch(pipeline, 5)
     assert {shard_of(i.event.key, 1) for i in items} == {0}  # type: ignore[union-attr]
@@ -69,7 +65,7 @@ def test_a_crash_after_the_redis_write_loses_no_action_and_sends_none_twice(
     assert settle_outboxes(pipeline.client, pipeline.keys, pipeline.bootstrap,
                            pipeline.actions_topic, idle_s=0.5) == 5  # fmt: skip
     # Bytewax resumes from an older snapshot: the same events come again.
-    live = Producer({"bootstrap.servers": pipeline.bootstrap, **PRODUCER_CONFIG})
+    live = Producer({"bootstrap.servers": pipeline.bootstrap, **PRODUCER_CONFIG, "log_level": 2})
     again = ShardLogic(pipeline.config(emitter=Emitter(live, pipeline.actions_topic)), 0)
     (report,), _ = again.on_batch(items)
     assert report.actions == []
