@@ -16,7 +16,7 @@ import orjson
 from channels.config import default_config, load_config
 from channels.onsite import read_inbox
 from engine.errors import ConfigError
-from flows.jobs.deliver import DEFAULT_GROUP, require_servers, run_deliver
+from flows.jobs.deliver import require_servers, run_deliver
 from flows.report import say
 from flows.retry import connect
 from flows.settings import from_env
@@ -31,7 +31,9 @@ def add_commands(sub: Any) -> None:
         "--config", help="channel config YAML (default: onsite inbox, rest JSONL on stdout)"
     )
     deliver.add_argument(
-        "--group", default=DEFAULT_GROUP, help=f"consumer group (default {DEFAULT_GROUP})"
+        "--group",
+        default=None,
+        help="consumer group (default $TETIK_DELIVER_GROUP, else tetik-deliver)",
     )
     deliver.add_argument(
         "--idle-exit", type=float, metavar="SECONDS", help="stop after this long without actions"
@@ -61,9 +63,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     )
     require_servers(settings)
     config = load_config(args.config) if args.config else default_config()
-    say(f"delivering {settings.actions_topic} (group {args.group}; Ctrl-C stops)")
+    group = args.group or settings.deliver_group
+    say(f"delivering {settings.actions_topic} (group {group}; Ctrl-C stops)")
     run_deliver(
-        settings, config=config, group=args.group, stop=stop_on_signals(), idle_exit=args.idle_exit
+        settings, config=config, group=group, stop=stop_on_signals(), idle_exit=args.idle_exit
     )
     return 0
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import orjson
@@ -49,6 +50,7 @@ import orjson
 from engine.errors import ConfigError
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
 from flows.pipeline.breaker import BreakerConfig
+from flows.stores.emissions import PRODUCER_CONFIG as EXACTLY_ONCE_PRODUCER
 from flows.stores.keys import DEFAULT_SHARDS, Keys
 from flows.stores.states import state_ttl_ms
 
@@ -57,6 +59,10 @@ from flows.stores.states import state_ttl_ms
 # arrives; 5 ms kept tansu busy at 120% CPU at 800 events/s, and latency grew.
 # Measured at 800 events/s for 40 s: 20 ms gives a 27 ms median, tansu at 20%.
 LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "20"}
+# Records other than the engine's outbox (deliveries' feedback, produced files):
+# batched a little, acknowledged by every in-sync replica.
+RECORDS_PRODUCER: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
+DAY_MS = 86_400_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,11 @@ class Settings:
     shards: int = DEFAULT_SHARDS
     cache_shoppers: int = 4096
     recovery_dir: str = ""
+    # tetik deliver: its consumer group (TETIK_DELIVER_GROUP) and how long a
+    # delivered action id is remembered (TETIK_DELIVERY_TTL_DAYS, 30; it must
+    # outlast the actions topic's retention).
+    deliver_group: str = "tetik-deliver"
+    delivery_ttl_ms: int = 30 * DAY_MS
 
     @property
     def keys(self) -> Keys:
@@ -97,7 +108,20 @@ class Settings:
         """How long an idle shopper's state is kept: its longest window."""
         return state_ttl_ms(self.windows)
 
-    def consumer_config(self) -> dict[str, str]:
+    def kafka_client(self) -> dict[str, Any]:
+        """The connection every Kafka client of this deployment starts from."""
+        return {"bootstrap.servers": self.kafka_bootstrap}
+
+    def producer_config(self, *, exactly_once: bool = False) -> dict[str, Any]:
+        """A producer's settings: the outbox's (idempotent, never gives up) or plain records'."""
+        purpose = EXACTLY_ONCE_PRODUCER if exactly_once else RECORDS_PRODUCER
+        return {**self.kafka_client(), **purpose}
+
+    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+        """A consumer's settings in consumer group ``group``."""
+        return {**self.kafka_client(), "group.id": group, **extra}
+
+    def engine_consumer_config(self) -> dict[str, str]:
         """Extra librdkafka settings of the engine's event consumers."""
         return dict(LOW_LATENCY_CONSUMER)
 
@@ -148,6 +172,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         shards=_count(env, "TETIK_SHARDS", DEFAULT_SHARDS),
         cache_shoppers=_count(env, "TETIK_CACHE_SHOPPERS", 4096),
         recovery_dir=env.get("TETIK_RECOVERY_DIR", ""),
+        deliver_group=env.get("TETIK_DELIVER_GROUP", "tetik-deliver"),
+        delivery_ttl_ms=_count(env, "TETIK_DELIVERY_TTL_DAYS", 30) * DAY_MS,
     )
 
 

@@ -64,10 +64,9 @@ from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.retry import connect
 from flows.settings import Settings
-from flows.stores.deliveries import LEDGER_TTL_MS, DeliveryLedger
+from flows.stores.deliveries import DeliveryLedger
 from flows.stores.states import Shoppers
 
-DEFAULT_GROUP: Final = "tetik-deliver"
 BATCH: Final = 500
 FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
 
@@ -310,11 +309,11 @@ def run_deliver(
     settings: Settings,
     *,
     config: ChannelConfig | None = None,
-    group: str = DEFAULT_GROUP,
+    group: str = "",
     stop: threading.Event | None = None,
     idle_exit: float | None = None,
     max_actions: int | None = None,
-    ledger_ttl_ms: int = LEDGER_TTL_MS,
+    ledger_ttl_ms: int = 0,
     progress_every: float = 10.0,
     progress: Callable[[str], None] = say,
     consumer_config: Mapping[str, Any] | None = None,
@@ -343,11 +342,11 @@ def run_deliver(
         stack.callback(router.close)
         job = Deliverer(
             router,
-            DeliveryLedger(client, settings.prefix, ledger_ttl_ms),
+            DeliveryLedger(client, settings.prefix, ledger_ttl_ms or settings.delivery_ttl_ms),
             _producer(settings),
             topics,
         )
-        consumer = _consumer(settings, group, consumer_config)
+        consumer = _consumer(settings, group or settings.deliver_group, consumer_config)
         stack.callback(consumer.close)
         watch = _Progress(progress, progress_every, job.tally)
         _loop(job, consumer, Limits(idle_exit, max_actions), stop or threading.Event(), watch)
@@ -368,12 +367,11 @@ def _resources(settings: Settings, client: redis.Redis) -> Resources:
 
 
 def _producer(settings: Settings) -> Producer:
-    return Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"})
+    return Producer(settings.producer_config())
 
 
 def _consumer(settings: Settings, group: str, extra: Mapping[str, Any] | None) -> Consumer:
-    base = {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group}
-    return Consumer({**base, **CONSUMER_DEFAULTS, **(extra or {})})
+    return Consumer(settings.consumer_config(group, **CONSUMER_DEFAULTS, **(extra or {})))
 
 
 def require_servers(settings: Settings) -> None:

@@ -71,7 +71,7 @@ from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
 from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir
-from flows.stores.emissions import PRODUCER_CONFIG, Emitter, rebuild_emitted, settle_outboxes
+from flows.stores.emissions import Emitter, rebuild_emitted, settle_outboxes
 from flows.stores.rules import RulesStore, default_who
 from flows.stores.states import fix_layout, read_stats
 
@@ -164,13 +164,13 @@ def live_flow(
         [settings.events_topic],
         tail=options.tail,
         batch_size=options.batch_size,
-        add_config=settings.consumer_config(),
+        add_config=settings.engine_consumer_config(),
         stop=halt.stop,
         fail=halt.request,
         clock=watermark,
         policy=_source_policy(settings, client),
     )
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_CONFIG})
+    producer = Producer(settings.producer_config(exactly_once=True))
     config = ShardConfig(
         runtime=runtime,
         watermark=watermark,
@@ -184,7 +184,7 @@ def live_flow(
         on_back=_checking(marker, halt),
     )
     dead_letters = DeadLetterSink(
-        settings.kafka_bootstrap, settings.dlq_topic, client, settings.keys
+        settings.producer_config(exactly_once=True), settings.dlq_topic, client, settings.keys
     )
     return build_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out

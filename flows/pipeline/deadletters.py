@@ -12,6 +12,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSinkMessage
@@ -19,7 +20,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
 from flows.retry import RedisClient, retrying
-from flows.stores.emissions import PRODUCER_CONFIG, wait_for_acks
+from flows.stores.emissions import wait_for_acks
 from flows.stores.keys import Keys
 
 
@@ -45,14 +46,16 @@ class _DeadLetters(StatelessSinkPartition[KafkaSinkMessage[Any, Any]]):
 
 
 class DeadLetterSink(DynamicSink[KafkaSinkMessage[Any, Any]]):
-    """Dead letters to ``topic`` on ``bootstrap`` (see the module rules)."""
+    """Dead letters to ``topic`` with a producer of ``producer`` settings (see the module rules)."""
 
-    def __init__(self, bootstrap: str, topic: str, client: RedisClient, keys: Keys) -> None:
-        self._bootstrap = bootstrap
+    def __init__(
+        self, producer: Mapping[str, Any], topic: str, client: RedisClient, keys: Keys
+    ) -> None:
+        self._producer = dict(producer)
         self._topic = topic
         self._client = client
         self._keys = keys
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetters:
-        producer = Producer({"bootstrap.servers": self._bootstrap, **PRODUCER_CONFIG})
+        producer = Producer(self._producer)
         return _DeadLetters(producer, self._topic, self._client, self._keys)

@@ -29,3 +29,20 @@ def test_a_child_gets_every_option_and_setting_of_the_parent() -> None:
     assert decoded.settings == settings
     assert decoded.settings.shards == 16
     assert decoded.settings.actions_topic == "acts"
+
+
+def test_settings_own_the_kafka_clients_and_the_delivery_knobs() -> None:
+    settings = from_env(
+        {"TETIK_DELIVER_GROUP": "g1", "TETIK_DELIVERY_TTL_DAYS": "45"}
+    ).with_endpoints("redis://h:1/0", "k:9092")
+    assert settings.kafka_client() == {"bootstrap.servers": "k:9092"}
+    outbox = settings.producer_config(exactly_once=True)
+    assert (outbox["enable.idempotence"], outbox["message.timeout.ms"]) == (True, 0)
+    assert settings.producer_config()["acks"] == "all"
+    assert settings.consumer_config("g2", **{"fetch.wait.max.ms": 50}) == {
+        "bootstrap.servers": "k:9092",
+        "group.id": "g2",
+        "fetch.wait.max.ms": 50,
+    }
+    assert settings.deliver_group == "g1"
+    assert settings.delivery_ttl_ms == 45 * 86_400_000
