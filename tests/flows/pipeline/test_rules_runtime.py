@@ -81,7 +81,7 @@ def test_current_does_not_block_while_a_big_version_compiles(store: RulesStore) 
     assert runtime.engine.version == short(big)
     assert len(runtime.engine.rules.journeys) == 3000
     assert compiling > 0.3  # a compile long enough for the check below to mean something
-    assert max(took) < min(0.1, compiling / 4), (max(took), compiling)
+    assert max(took) < compiling / 4, (max(took), compiling)  # blocking would take it all
     assert len(took) > 10  # many batches ran on the old version meanwhile
 
 
