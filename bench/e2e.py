@@ -19,6 +19,15 @@ processed, the backlog at the step's end, the end-to-end latency of
 event-caused outputs (:mod:`bench.watch`), timer lateness, and the CPU of the
 system, the broker, Redis and the load generator.
 
+Timer lateness is that of the step's own enrollments: the outputs a timer
+fired (``at``, no ``ingested_at``) that were due from ``WAIT_MS`` after the
+step's first send to ``WAIT_MS`` after its last (:data:`bench.journey.WAIT_MS`,
+the journey's wait), each its output record's Kafka timestamp minus ``at``. A
+step ends only once the system has drained and those are due (plus
+:data:`TIMER_GRACE_S`), so late ones are counted, not cut off. ``tetik run``'s
+watermark holds timers back by its ``--lateness-ms`` (200 by default):
+``Plan.lateness_ms`` passes another value (None: run's default).
+
 The broker (:func:`choose_broker`): ``--broker tansu|apache`` if given, else
 ``TETIK_EMBEDDED_KAFKA`` if set, else a real Apache Kafka
 (:mod:`flows.servers.apache_kafka`) where Java 17 and Maven (or its cached
@@ -30,6 +39,7 @@ the terminal output.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -46,7 +56,7 @@ from typing import Any
 
 import redis
 
-from bench.journey import RULES
+from bench.journey import RULES, WAIT_MS
 from bench.load import LoadProcess, StepDone
 from bench.progress import Bar
 from bench.report import broker_label
@@ -71,8 +81,12 @@ SYSTEMS = ("passthrough", "tetik", "handwritten")
 BROKERS = ("tansu", "apache")  # --broker: the embedded tansu, or a real Apache Kafka
 SERVER_NAMES = {"tansu": "tansu", "apache": "apache-kafka"}  # as EmbeddedServer.name
 RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run
+# Sessions are numbered across every run of this process: two bench_e2e calls in one
+# process (tests) must not share topics or Redis keys.
+_SESSIONS = itertools.count(1)
 SATURATED_SHARE = 0.9  # processed / sent below this: the step is past saturation
 SATURATED_LAG_S = 0.5  # or a backlog of more than this many seconds of input at the end
+TIMER_GRACE_S = 0.5  # a step's timers are read this long after the last is due
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class Plan:
     seed: int = 11
     # A fresh system and topics for every step (see Runner); quick runs keep one.
     restart_each_step: bool = True
+    # tetik run --lateness-ms (how long its watermark holds timers back); None: its default.
+    lateness_ms: int | None = None
 
 
 QUICK = Plan(
@@ -127,8 +143,20 @@ EVENTS_PARTITIONS = 4
 OUTPUT_PARTITIONS = 1
 
 
-def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> System:
-    """The command line and progress counter of ``name`` for this run."""
+def make_system(
+    name: str,
+    endpoints: Endpoints,
+    run: str,
+    workdir: Path,
+    *,
+    rules: str = RULES,
+    run_args: tuple[str, ...] = (),
+) -> System:
+    """The command line and progress counter of ``name`` for this run.
+
+    For ``tetik``: ``rules`` is the rules text it runs (default: the journey of
+    :mod:`bench.journey`) and ``run_args`` are more ``tetik run`` options.
+    """
     events, output = _topics(name, run)
     prefix = f"bench-{run}-{name}"
     client = redis.Redis.from_url(endpoints.redis_url)
@@ -144,10 +172,10 @@ def make_system(name: str, endpoints: Endpoints, run: str, workdir: Path) -> Sys
         counter = f"{prefix}:hw:processed"
         layout = _layout(events, output)
         return System(name, argv, {}, events, output, layout, lambda: int(client.get(counter) or 0))
-    rules = workdir / "cart.yaml"
-    rules.write_text(RULES)
-    argv = [python, "-m", "cli.main", "run", "--rules", str(rules), "--workers", "1"]
-    argv += ["--recovery-dir", str(workdir / f"recovery-{run}")]
+    path = workdir / f"rules-{run}.yaml"
+    path.write_text(rules)
+    argv = [python, "-m", "cli.main", "run", "--rules", str(path), "--workers", "1"]
+    argv += ["--recovery-dir", str(workdir / f"recovery-{run}"), *run_args]
     env = {
         "TETIK_REDIS_URL": endpoints.redis_url,
         "TETIK_KAFKA_BOOTSTRAP": boot,
@@ -276,8 +304,10 @@ class Runner:
     ) -> tuple[Probe, OutputWatch, dict[str, int]]:
         """Start the system on fresh topics and keys, and warm it up."""
         self.sessions += 1
-        run = f"{RUN}{self.sessions}"
-        system = make_system(self.name, self.endpoints, run, self.workdir)
+        run = f"{RUN}{next(_SESSIONS)}"
+        late = self.plan.lateness_ms
+        extra = () if late is None else ("--lateness-ms", str(late))
+        system = make_system(self.name, self.endpoints, run, self.workdir, run_args=extra)
         ensure_topics(self.endpoints.kafka_bootstrap, system.layout)
         self.load.topic(system.events)
         watch = OutputWatch(self.endpoints.kafka_bootstrap, system.output)
@@ -365,7 +395,10 @@ def measure(
     lag = probe.sent - probe.processed()
     drain_start = time.monotonic()
     drained = probe.drain(plan.drain_s)
-    caused, fired = watch.between(done.started_ms, done.ended_ms)
+    drain_s = time.monotonic() - drain_start
+    _await_timers(probe, done.ended_ms + WAIT_MS)
+    caused, _ = watch.between(done.started_ms, done.ended_ms)
+    _, fired = watch.between(done.started_ms + WAIT_MS, done.ended_ms + WAIT_MS)
     return {
         "offered_per_s": rate,
         "sent": done.sent,
@@ -374,7 +407,7 @@ def measure(
         "sustained_per_s": sustained,
         "lag_events": lag,
         "lag_s": lag / rate,
-        "drain_s": round(time.monotonic() - drain_start, 2) if drained else None,
+        "drain_s": round(drain_s, 2) if drained else None,
         "saturated": sustained < SATURATED_SHARE * done.sent / seconds
         or lag / rate > SATURATED_LAG_S,
         "latency_ms": summary(caused),
@@ -382,6 +415,16 @@ def measure(
         "producer_ack_ms": {"p50": done.ack_p50_ms, "p99": done.ack_p99_ms},
         "cpu_pct": cpu,
     }
+
+
+def _await_timers(probe: Probe, last_due_ms: int) -> None:
+    """Wait until the step's last timer is due, plus :data:`TIMER_GRACE_S` (not for the
+    passthrough, which has no timers)."""
+    if probe.system.name == "passthrough":
+        return
+    while (wait := (last_due_ms - time.time_ns() // 1_000_000) / 1000 + TIMER_GRACE_S) > 0:
+        probe.check()
+        time.sleep(min(wait, 0.25))
 
 
 def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.e2e import SYSTEMS, Plan, bench_e2e, make_system
+from bench.journey import RULES
 from bench.report import write_results
 from flows.servers.embedded import Endpoints
 from flows.settings import from_env
@@ -49,6 +50,10 @@ def test_each_system_processes_the_same_input(e2e: dict) -> None:  # type: ignor
     assert systems["passthrough"]["steps"][0]["latency_ms"]["count"] == 400
     carts = [systems[n]["steps"][0]["latency_ms"]["count"] for n in ("tetik", "handwritten")]
     assert carts[0] == carts[1] > 0
+    # The step's own enrollments' emails, each after the wait: counted once due, not cut off.
+    fired = [systems[n]["steps"][0]["timer_lateness_ms"] for n in ("tetik", "handwritten")]
+    assert fired[0]["count"] == fired[1]["count"] == carts[0]
+    assert systems["passthrough"]["steps"][0]["timer_lateness_ms"]["count"] == 0
 
 
 @pytest.mark.integration
@@ -72,3 +77,15 @@ def test_tetik_is_told_the_topic_layout_the_bench_creates_for_it(tmp_path: Path)
     system = make_system("tetik", endpoints, "layout", tmp_path)
     assert system.layout == from_env(system.env).topic_layout()
     assert system.layout[system.output] == 1  # bench.watch tails partition 0 of the output
+
+
+def test_lateness_reaches_tetik_run_only_when_the_plan_sets_it(tmp_path: Path) -> None:
+    endpoints = Endpoints(redis_url="redis://127.0.0.1:1/0", kafka_bootstrap="127.0.0.1:1")
+    default = make_system("tetik", endpoints, "default", tmp_path)
+    assert "--lateness-ms" not in default.argv
+    late = make_system("tetik", endpoints, "late", tmp_path, run_args=("--lateness-ms", "20"))
+    assert late.argv[-2:] == ["--lateness-ms", "20"]
+    rules = late.argv[late.argv.index("--rules") + 1]
+    assert Path(rules).read_text() == RULES
+    other = make_system("tetik", endpoints, "other", tmp_path, rules="version: 1\n")
+    assert Path(other.argv[other.argv.index("--rules") + 1]).read_text() == "version: 1\n"
