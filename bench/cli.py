@@ -1,6 +1,6 @@
 """``tetik bench``: run the benchmarks, then write JSON, Markdown and a plot.
 
-The benchmarks that start a Kafka broker (``e2e``, ``memory``) measure on the one
+The benchmarks that start a Kafka broker (``e2e``, ``memory``, ``scale``) measure on the one
 that :func:`bench.e2e.choose_broker` picks: ``--broker tansu|apache`` (``broker``
 here), else ``TETIK_EMBEDDED_KAFKA``, else Apache Kafka where Java 17 and Maven are
 present, else tansu. Each of their results names it (``broker``).
@@ -18,8 +18,8 @@ from typing import Any
 from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
-WHAT = ("core", "e2e", "memory", "ingest", "compile", "all")
-ALL = ("core", "e2e", "memory")  # ingest and compile run on request
+WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "all")
+ALL = ("core", "e2e", "memory", "scale")  # ingest and compile run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -28,11 +28,13 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.ingest import bench_ingest
     from bench.memory import bench_memory
     from bench.rules_compile import bench_compile
+    from bench.scale import bench_scale
 
     return {
         "core": bench_core,
         "e2e": bench_e2e,
         "memory": bench_memory,
+        "scale": bench_scale,
         "ingest": bench_ingest,
         "compile": bench_compile,
     }
@@ -54,7 +56,7 @@ def run_bench(
         say(f"bench {name}{' (quick)' if quick else ''}")
         if name == "e2e":
             results[name] = benches[name](quick=quick, broker=broker)
-        elif name == "memory":
+        elif name in ("memory", "scale"):
             results[name] = _with_broker(benches[name], quick, broker)
         else:
             results[name] = benches[name](quick=quick)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.report import broker_label, table
+from bench.scale import scale_tables
 
 Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
 
@@ -46,6 +47,41 @@ GOALS: list[Goal] = [
         "<= 25 ms",
     ),
     (
+        "e2e",
+        "timer lateness p99 at half load (ms after due)",
+        lambda r: r["systems"]["tetik"]["half_load"]["timer_lateness_ms"]["p99"],
+        lambda v: v <= 50,
+        "<= 50 ms",
+    ),
+    (
+        "scale",
+        "worker memory per pending enrollment (30k shoppers, 30-day waits, bytes)",
+        lambda r: r["pending"]["bytes_per_enrollment"],
+        lambda v: v <= 256,
+        "<= 256",
+    ),
+    (
+        "scale",
+        "1M shoppers with pending waits (quick: 100k): engine peak RSS (MiB)",
+        lambda r: r["base"]["rss_peak_mib"],
+        lambda v: v <= 1024,
+        "<= 1,024",
+    ),
+    (
+        "scale",
+        "1M shoppers with pending waits (quick: 100k): Redis bytes per shopper",
+        lambda r: r["base"]["redis_bytes_per_shopper"],
+        lambda v: v <= 2048,
+        "<= 2,048",
+    ),
+    (
+        "scale",
+        "restart after kill -9, 100k pending (quick: 20k): processing again (s)",
+        lambda r: r["restart"]["processing_s"],
+        lambda v: v <= 10,
+        "<= 10 s",
+    ),
+    (
         "memory",
         "Redis bytes per active user (largest size)",
         lambda r: r["sizes"][-1]["used_memory_delta_per_user"],
@@ -59,6 +95,8 @@ def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
     results = doc["results"]
     parts = ["# tetik bench", _machine(doc), "## Goals", goals_table(results)]
+    if doc["params"].get("quick"):
+        parts.append("A quick run: reduced sizes and steps, so the verdicts are indicative.")
     if "broker" in results.get("e2e", {}):
         parts.append(f"Live figures measured on {broker_line(results['e2e']['broker'])}.")
     if "core" in results:
@@ -69,6 +107,8 @@ def render(doc: dict[str, Any]) -> str:
         parts += ["## Memory", memory_table(results["memory"])]
         if "broker" in results["memory"]:
             parts.append(f"Broker: {broker_line(results['memory']['broker'])}.")
+    if "scale" in results:
+        parts += ["## Scale (pending enrollments, one worker)", scale_section(results["scale"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -174,14 +214,21 @@ def step_table(steps: list[dict[str, Any]]) -> str:
                 f"{s['lag_events']:,}",
                 *(_ms(lat[p]) for p in ("p50", "p95", "p99", "p99.9")),
                 f"{lat['count']:,}",
-                _ms(s["timer_lateness_ms"]["p50"]),
+                _lateness(s["timer_lateness_ms"]),
                 " / ".join(_pct(cpu.get(k)) for k in ("system", "kafka", "redis", "load")),
                 "yes" if s["saturated"] else "",
             ]
         )
     header = ["offered ev/s", "sustained ev/s", "backlog at end", "p50", "p95", "p99"]
-    header += ["p99.9", "samples", "timer late p50", "CPU % sys/kafka/redis/load", "saturated"]
+    header += ["p99.9", "samples", "timer late p50 / p99 (n)", "CPU % sys/kafka/redis/load"]
+    header += ["saturated"]
     return table(header, rows)
+
+
+def _lateness(late: dict[str, Any]) -> str:
+    if not late.get("count"):
+        return "-"
+    return f"{_ms(late['p50'])} / {_ms(late['p99'])} ({late['count']:,})"
 
 
 def _ms(value: float | None) -> str:
@@ -210,3 +257,11 @@ def memory_table(memory: dict[str, Any]) -> str:
         )
     header = ["Redis users", "events/user", "Redis B/user", "MEMORY USAGE B/key"]
     return table([*header, "engine users", "engine RSS MiB", "RSS B/user"], rows)
+
+
+def scale_section(scale: dict[str, Any]) -> str:
+    """The scale figures (see bench.scale), with the broker they were measured on."""
+    parts = [scale_tables(scale)]
+    if "broker" in scale:
+        parts.append(f"Broker: {broker_line(scale['broker'])}.")
+    return "\n\n".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.markdown import goals_table, memory_table
+from bench.markdown import goals_table, memory_table, step_table
 
 
 def _core(per_s: float, ratio: float) -> dict[str, Any]:
@@ -43,3 +43,16 @@ def test_memory_table_with_rss() -> None:
     rss = {"rss_users": 7, "rss_idle_mib": 64.0, "rss_mib": 70.0, "rss_per_user_bytes": 900.0}
     memory["sizes"][0].update(rss)
     assert "| 10 | 5.0 | 1,100 | 1 | 7 | 64 -> 70 | 900 |" in memory_table(memory)
+
+
+def test_timer_lateness_goal_and_step_column() -> None:
+    late = {"count": 216, "p50": 205, "p95": 208, "p99": 210, "p99.9": 210, "max": 210}
+    half = {"timer_lateness_ms": late}
+    text = goals_table({"e2e": {"ratios": {}, "systems": {"tetik": {"half_load": half}}}})
+    assert "| timer lateness p99 at half load (ms after due) | <= 50 ms | 210 | missed |" in text
+    step = {"offered_per_s": 2_000, "sustained_per_s": 1_990, "lag_events": 0,
+            "latency_ms": dict.fromkeys(("p50", "p95", "p99", "p99.9"), 5) | {"count": 1},
+            "timer_lateness_ms": late, "cpu_pct": {}, "saturated": False}  # fmt: skip
+    assert "| 205 / 210 (216) |" in step_table([step])
+    none = {**step, "timer_lateness_ms": {"count": 0, "p50": None, "p99": None}}
+    assert "| 1 | - |" in step_table([none])
