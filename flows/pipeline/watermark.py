@@ -75,7 +75,10 @@ class Progress:
     def hold(self) -> int | None:
         """The smallest clock of an event stamped and not yet applied, if any."""
         while self.inflight and self.done[self.inflight[0]] > 0:
-            self.done[heapq.heappop(self.inflight)] -= 1
+            clock = heapq.heappop(self.inflight)
+            self.done[clock] -= 1
+            if not self.done[clock]:
+                del self.done[clock]
         return self.inflight[0] if self.inflight else None
 
     def public(self) -> Progress:
@@ -156,10 +159,14 @@ class Watermark:
         if not self._hold:
             return
         with self._lock:
+            touched: set[str] = set()
             for partition, clock in events:
                 progress = self._mine.get(partition)
                 if progress is not None:
                     progress.done[clock] += 1
+                    touched.add(partition)
+            for partition in touched:  # drop what is applied now: the heap stays small
+                self._mine[partition].hold()
 
     def polled(self, partition: str, count: int, at_end: bool = True) -> None:
         """The source read ``count`` messages from ``partition``.

@@ -290,7 +290,7 @@ def _ids_in_topic(
         consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in partitions])
         found: set[str] = set()
         last = time.monotonic()
-        while time.monotonic() - last < idle_s and found != wanted:
+        while time.monotonic() - last < idle_s and not wanted <= found:
             for msg in consumer.consume(500, 0.2):
                 value = msg.value()
                 if msg.error() is None and value:

@@ -75,15 +75,18 @@ def shoppers(start: int, users: int) -> list[dict[str, object]]:
 class ShardWriters:
     """Redis MONITOR in a thread: which client addresses wrote the states of which shards.
 
-    Every state write of shard ``s`` names a key ``{PREFIX:s}:state:...``
-    (flows.stores.keys); MONITOR prints each command with its client's address.
+    Every batch write of shard ``s`` is one script call whose first key is
+    ``{PREFIX:s}:timers`` (flows.stores.states.ShardStore.commit); MONITOR prints
+    each command with its client's address.
     """
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self._sock = socket.create_connection((host, port), timeout=5)
         self._sock.sendall(b"MONITOR\r\n")
         self._line = re.compile(
-            rb'\[\d+ ([\d.]+):\d+\] "SET" "\{' + re.escape(prefix.encode()) + rb":(\d+)\}:state:"
+            rb'\[\d+ ([\d.]+):\d+\] "EVAL(?:SHA)?" "(?:[^"\\]|\\.)*" "\d+" "\{'
+            + re.escape(prefix.encode())
+            + rb':(\d+)\}:timers"'
         )
         self.by_host: dict[str, set[int]] = {}
         self._stop = threading.Event()

@@ -23,3 +23,13 @@ def test_a_partition_that_is_behind_holds_timers_at_what_it_read() -> None:
     mark.stamp("0-e", 900_000)
     mark.polled("0-e", 1, at_end=False)
     assert mark.value() == 900_000
+
+
+def test_applied_events_leave_nothing_behind() -> None:
+    """Each stamped event is held until applied, then forgotten (no growth per event)."""
+    mark = Watermark(["0-t"], clock=lambda: 10**13)
+    for i in range(10_000):
+        clock = mark.stamp("0-t", 1_700_000_000_000 + i)
+        mark.applied([("0-t", clock)])
+    progress = mark._mine["0-t"]
+    assert (len(progress.inflight), len(progress.done)) == (0, 0)
