@@ -443,6 +443,9 @@ def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ratios[f"p99_half_load_tetik_vs_{base}"] = _ratio(
             tetik["half_load"]["latency_ms"]["p99"], other["half_load"]["latency_ms"]["p99"]
         )
+    ratios["p99_half_load_tetik_vs_passthrough_same_load"] = _same_load_ratio(
+        tetik, systems["passthrough"]
+    )
     common = _common_rate(systems)
     ratios["common_rate_per_s"] = common
     if common is not None:
@@ -450,6 +453,17 @@ def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for base in ("passthrough", "handwritten"):
             ratios[f"p99_common_rate_tetik_vs_{base}"] = _ratio(p99["tetik"], p99[base])
     return ratios
+
+
+def _same_load_ratio(tetik: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """tetik's p99 at its half load over the baseline's p99 at the step nearest that rate."""
+    half = tetik["half_load"]
+    rate = half.get("offered_per_s")
+    steps = [s for s in [*base["steps"], base["half_load"]] if s and not s.get("saturated")]
+    if rate is None or not steps:
+        return None
+    nearest = min(steps, key=lambda s: abs(s["offered_per_s"] - rate))
+    return _ratio(half["latency_ms"]["p99"], nearest["latency_ms"]["p99"])
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
