@@ -281,6 +281,8 @@ def _trim_oldest(mapping: dict[str, Any], limit: int, ts_of: Any) -> None:
 
 def prune(state: UserState, now: int, config: WindowConfig = DEFAULT_CONFIG) -> None:
     """Drop everything older than its age limit at clock ``now``."""
+    if state.events and now - state.first_seen < _shortest_age(config):
+        return  # everything kept came at or after first_seen: nothing is old enough yet
     for name in list(state.windows):
         window = state.windows[name]
         _forget(state, evict_older(window, now - config.limits(name).max_age_ms))
@@ -292,6 +294,12 @@ def prune(state: UserState, now: int, config: WindowConfig = DEFAULT_CONFIG) -> 
     fav_cutoff = now - config.favorites_max_age_ms
     for pid in [p for p, ts in state.favorites.items() if ts < fav_cutoff]:
         del state.favorites[pid]
+
+
+def _shortest_age(config: WindowConfig) -> int:
+    ages = [config.default.max_age_ms, config.cart_max_age_ms, config.favorites_max_age_ms]
+    ages.extend(limits.max_age_ms for limits in config.types.values())
+    return min(ages)
 
 
 def cart_total(state: UserState) -> float:
