@@ -25,7 +25,7 @@ step's first send to ``WAIT_MS`` after its last (:data:`bench.journey.WAIT_MS`,
 the journey's wait), each its output record's Kafka timestamp minus ``at``. A
 step ends only once the system has drained and those are due (plus
 :data:`TIMER_GRACE_S`), so late ones are counted, not cut off. ``tetik run``'s
-watermark holds timers back by its ``--lateness-ms`` (200 by default):
+watermark holds timers back by its ``--lateness-ms`` (20 by default):
 ``Plan.lateness_ms`` passes another value (None: run's default).
 
 The broker (:func:`choose_broker`): ``--broker tansu|apache`` if given, else

@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         "--snapshot-interval", type=float, default=1.0, help="seconds between snapshots"
     )
     run.add_argument(
-        "--lateness-ms", type=int, default=200, help="how long timers wait for late events"
+        "--lateness-ms", type=int, default=20, help="how long timers wait for late events"
     )
     run.add_argument(
         "--recover-redis",

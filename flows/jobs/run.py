@@ -29,6 +29,7 @@ Rules of this job:
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ class RunOptions:
     recovery_dir: str = ""
     snapshot_s: float = 1.0
     tail: bool = True
-    lateness_ms: int = 200
+    lateness_ms: int = 20
     batch_size: int = 1000
     recover_redis: bool = False
     process_id: int = 0
@@ -355,8 +356,22 @@ def _cluster_recovery(directory: str, options: RunOptions) -> RecoveryConfig:
     return RecoveryConfig(directory)  # type: ignore[no-untyped-call]
 
 
+def _quiet_gc() -> None:
+    """Fewer, shorter collections while the engine runs (a latency tail, see the README).
+
+    What exists at start (compiled rules, modules) is frozen out of every
+    collection; young objects are collected every 50,000 allocations instead
+    of 700, so a batch's short-lived objects die young without a collection
+    pausing the worker mid-batch.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _run_flow(halt: Halt, flow: Dataflow, **kwargs: Any) -> int:
     """Run ``flow``; 3 with one line when it stopped on its own (see run_engine)."""
+    _quiet_gc()
     try:
         cli_main(flow, **kwargs)  # type: ignore[no-untyped-call]
     except BytewaxRuntimeError as exc:

@@ -124,7 +124,7 @@ class Watermark:
         self,
         partitions: Iterable[str] = (),
         *,
-        lateness_ms: int = 200,
+        lateness_ms: int = 20,
         idle_timeout_ms: int = 30_000,
         clock: Clock = wall_ms,
         shared: SharedProgress | None = None,

@@ -36,7 +36,7 @@ def test_no_timer_fires_before_every_partition_has_reported() -> None:
 
 def test_a_partition_behind_holds_the_watermark_at_its_event_time() -> None:
     clock = Clock(100_000)
-    mark = Watermark(["0-e", "1-e"], clock=clock)
+    mark = Watermark(["0-e", "1-e"], clock=clock, lateness_ms=200)
     mark.polled("0-e", 0)
     mark.polled("1-e", 500)  # a backlog
     mark.stamp("1-e", 40_000)
