@@ -20,6 +20,10 @@ Rules of this interface:
   input from its last snapshot, which may be older than Redis: those events
   are read again and skipped, so nothing is applied or emitted twice, and the
   Bytewax snapshot holds offsets only, never shoppers.
+* **The cache** holds the bytes of the states the shard last wrote or read
+  (``cache_users`` of them, least recently used out), decoded per batch: the
+  only copy of a shopper between batches is Redis's, and the worker holds no
+  object graph for the garbage collector to walk.
 * **Timers**: the shard keeps in memory only the earliest due time of its
   timer index. Once the watermark (:mod:`flows.pipeline.watermark`) has passed it, up to
   ``timer_batch`` due shoppers are popped at once and advanced to the
@@ -109,7 +113,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self._c = config
         self._shard = -1
         self._store: ShardStore | None = None
-        self._cache: OrderedDict[str, UserState] = OrderedDict()
+        # The bytes this shard last wrote (or read) per shopper: no object graphs for the
+        # garbage collector to walk (a cache of decoded states made its pauses the p99).
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._offsets: dict[str, int] | None = None  # read from Redis at the first activation
         self._next_due: int | None = None
         self._backoff: dict[str, int] = {}
@@ -225,7 +231,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             write.counts.update(counts)
             if data is not None:
                 write.state(identity, data, engine.next_due(state), before)
-            self._remember(identity, state)
+                self._remember(identity, data)
         return self._finish(write, actions, records)
 
     def _fresh(self, events: list[Stamped], write: ShardWrite) -> list[Stamped]:
@@ -335,7 +341,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             self._backoff.pop(identity, None)
             actions.extend(fired)
             write.state(identity, data, engine.next_due(state), before=until)  # it was indexed
-            self._remember(identity, state)
+            self._remember(identity, data)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
 
@@ -402,8 +408,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             if outcome == "applied" or fired or caused:
                 actions.extend(fired)
                 actions.extend(caused)
-                write.state(identity, dumps(state), engine.next_due(state), before)
-            self._remember(identity, state)
+                data = dumps(state)
+                write.state(identity, data, engine.next_due(state), before)
+                self._remember(identity, data)
         cursor = identities[-1] if identities else mark.cursor
         return SweepMark(mark.run, cursor, len(identities) < page)
 
@@ -471,20 +478,22 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         found: dict[str, UserState | None] = {}
         missing: list[str] = []
         for identity in identities:
-            state = self._cache.get(identity)
-            if state is None:
+            cached = self._cache.get(identity)
+            if cached is None:
                 missing.append(identity)
             else:
-                found[identity] = state
+                found[identity] = loads(cached)
         if missing:
             store = self._shard_store
             data = self._retrying("reading shoppers' states", lambda: store.read(missing))
             for identity, raw in zip(missing, data, strict=True):
                 found[identity] = None if raw is None else loads(raw)
+                if raw is not None:
+                    self._remember(identity, raw)
         return found
 
-    def _remember(self, identity: str, state: UserState) -> None:
-        self._cache[identity] = state
+    def _remember(self, identity: str, data: bytes) -> None:
+        self._cache[identity] = data
         self._cache.move_to_end(identity)
         while len(self._cache) > self._c.cache_users:
             self._cache.popitem(last=False)
