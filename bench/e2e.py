@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +71,12 @@ from flows.servers.apache_kafka import (
     kafka_version,
 )
 from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV, Endpoints, find_kafka_binary, servers
-from flows.servers.process import ServerStartError, die_with_parent_preexec, stop_child
+from flows.servers.process import (
+    ServerStartError,
+    binary_version,
+    die_with_parent_preexec,
+    stop_child,
+)
 from flows.settings import from_env
 from flows.stores.keys import Keys
 from flows.stores.states import read_stats
@@ -535,14 +539,7 @@ def broker_version(kind: str) -> str:
     binary = find_kafka_binary()
     if binary is None:
         return ""
-    try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    match = re.search(r"\d+\.\d+(?:\.\d+)?", done.stdout)
-    return match.group(0) if match else ""
+    return binary_version(binary)
 
 
 def measured_broker(endpoints: Endpoints, why: str) -> dict[str, str]:

@@ -71,7 +71,7 @@ from flows.retry import RedisClient, connect, retrying
 from flows.servers.embedded import servers
 from flows.servers.process import die_with_parent_preexec, free_port
 from flows.settings import Settings, from_env
-from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir
+from flows.stores.deployment import Marker, RedisDataLost, claim_recovery_dir, current_marker
 from flows.stores.emissions import Emitter, rebuild_emitted, settle_outboxes
 from flows.stores.rules import RulesStore, default_who
 from flows.stores.states import fix_layout, read_stats
@@ -292,11 +292,6 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
     return code
 
 
-def token_of(client: RedisClient, settings: Settings) -> str | None:
-    raw = client.get(settings.keys.recovery)
-    return raw.decode() if isinstance(raw, bytes) else None
-
-
 def _await_ready(client: RedisClient, settings: Settings) -> Marker:
     """A cluster's process > 0: wait until process 0 has made the deployment ready.
 
@@ -308,9 +303,9 @@ def _await_ready(client: RedisClient, settings: Settings) -> Marker:
     rules = RulesStore(client, settings.prefix)  # type: ignore[arg-type]
     said = False
     while time.monotonic() < deadline:
-        token = token_of(client, settings)
-        if token is not None and rules.active() is not None:
-            return Marker(client, settings.prefix, token)  # type: ignore[arg-type]
+        marker = current_marker(client, settings.prefix)  # type: ignore[arg-type]
+        if marker is not None and rules.active() is not None:
+            return marker
         if not said:
             say("waiting for process 0 to prepare topics, rules and outboxes")
             said = True
@@ -430,8 +425,7 @@ def _process_main(argv: list[str]) -> int:
     settings, options = launch.settings, launch.options
     halt = Halt(stop_on_signals())
     client = connect(settings.redis_url)
-    token = token_of(client, settings)
-    marker = None if token is None else Marker(client, settings.prefix, token)
+    marker = current_marker(client, settings.prefix)
     flow = live_flow(settings, options, halt, marker)
     return _run_flow(
         halt,

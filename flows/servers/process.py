@@ -278,7 +278,7 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _binary_version(binary: str) -> str:
+def binary_version(binary: str) -> str:
     """The version printed by ``binary --version`` (e.g. "8.1.8"), or "" if unknown."""
     try:
         done = subprocess.run(
@@ -377,7 +377,7 @@ def start_server(
         except BaseException:
             server.stop()
             raise
-        server.version = _binary_version(binary) if version is None else version
+        server.version = binary_version(binary) if version is None else version
         return server
     if port:
         raise ServerStartError(f"{name} cannot listen on {host}:{port}: the port is in use.")

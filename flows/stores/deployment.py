@@ -148,3 +148,9 @@ def _recover_lost_redis(
 def _token(client: redis.Redis, key: str) -> str:
     raw = client.get(key)
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def current_marker(client: redis.Redis, prefix: str) -> Marker | None:
+    """The deployment's marker as Redis holds it now (None before the first start)."""
+    raw = client.get(Keys(prefix).recovery)
+    return Marker(client, prefix, raw.decode()) if isinstance(raw, bytes) else None

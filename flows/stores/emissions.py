@@ -32,7 +32,6 @@ the broker is away.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,6 +43,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from engine.actions import Action, to_json
+from flows.report import say
 from flows.retry import RedisClient
 from flows.stores.keys import Keys
 from flows.stores.states import ShardStore
@@ -156,7 +156,7 @@ class Emitter:
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.05)
                 if time.monotonic() - waited > FLUSH_REPORT_S:
-                    _say(f"Kafka's producer queue is full ({len(self._producer)}); waiting")
+                    say(f"Kafka's producer queue is full ({len(self._producer)}); waiting")
                     waited = time.monotonic()
 
     def _on_delivery(self, shard: int, rid: str, topic: str) -> Callable[[Any, Any], None]:
@@ -183,14 +183,10 @@ def wait_for_acks(producer: Producer) -> None:
     """Flush ``producer``, saying every few seconds while Kafka does not answer."""
     started = time.monotonic()
     while producer.flush(FLUSH_REPORT_S) > 0:
-        _say(
+        say(
             f"Kafka has not acknowledged {len(producer)} record(s) for "
             f"{time.monotonic() - started:.0f} s; waiting (nothing is lost or sent twice)"
         )
-
-
-def _say(line: str) -> None:
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
 
 
 def settle_outboxes(

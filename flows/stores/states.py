@@ -28,7 +28,7 @@ Rules of this interface (the key layout is :mod:`flows.stores.keys`):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,17 +285,6 @@ def fix_layout(client: RedisClient, keys: Keys) -> None:
             f"prefix {keys.prefix!r}; set TETIK_SHARDS={int(stored)} (the shard count is "
             "fixed per deployment) or use another TETIK_PREFIX"
         )
-
-
-def states_of(
-    store: ShardStore, identities: Iterable[str], cached: Mapping[str, UserState]
-) -> dict[str, UserState | None]:
-    """The states of ``identities``: from ``cached``, the rest in one ``MGET``."""
-    wanted = [i for i in dict.fromkeys(identities) if i not in cached]
-    found: dict[str, UserState | None] = {i: cached[i] for i in identities if i in cached}
-    for identity, data in zip(wanted, store.read(wanted), strict=True):
-        found[identity] = None if data is None else loads(data)
-    return found
 
 
 class Shoppers:
