@@ -7,6 +7,11 @@ Rules of this interface:
   assumes). What was sent, in order, is kept: :meth:`Feed.valid_lines` is the
   log that replay runs on, :meth:`Feed.poison` the records that must end in
   ``events.dlq``. Only records the broker acknowledged count.
+* Each record's delay from its ``ts`` to the broker's acknowledgement is
+  measured: a shopper whose event reached the broker later than the engine's
+  lateness allows is named by :meth:`Feed.late_events` (a loaded machine can
+  hold a record back for seconds; no engine can order a timer after an event
+  it has not been given).
 * One request in flight per connection: a retried batch (a broker restart)
   cannot overtake the next one, so each partition keeps the ``ts`` order.
 * ``rate`` > 0 paces the records (records/s) until :meth:`Feed.finish` or
@@ -40,6 +45,11 @@ PRODUCER_CONFIG = {
 }
 
 
+# Acknowledgements later than this after the record's ts are remembered (for
+# :meth:`Feed.late_events`); the engine's lateness is never below it.
+LATE_NOTE_MS = 20
+
+
 class Feed(threading.Thread):
     """Sends ``records`` to ``topic`` on ``bootstrap`` (see the module rules)."""
 
@@ -61,6 +71,11 @@ class Feed(threading.Thread):
         self._halt = threading.Event()
         self._sent: list[tuple[bytes, str]] = []  # (value, poison kind or "")
         self._acked: list[bool] = []
+        self._keys: list[bytes] = []
+        self._stamps: list[int] = []  # each record's ts (ms), for the acknowledgement delay
+        self._late: list[tuple[bytes, int, int]] = []  # (key, ts, delay ms) over LATE_NOTE_MS
+        self.worst_ack_ms = 0  # the longest ts -> acknowledged delay seen (a slow broker)
+        self.worst_ack_at = 0  # the ts of that record
         self.failures: list[str] = []
         self.last_ts = 0
         self.valid_sent = 0
@@ -95,6 +110,8 @@ class Feed(threading.Thread):
         index = len(self._sent)
         self._sent.append((value, record.kind))
         self._acked.append(False)
+        self._stamps.append(now)
+        self._keys.append(record.key)
         if not record.kind:
             self.last_ts = now
             self.valid_sent += 1
@@ -103,8 +120,25 @@ class Feed(threading.Thread):
     def _ack(self, index: int, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
             self._acked[index] = True
+            delay = time.time_ns() // 1_000_000 - self._stamps[index]
+            if delay > self.worst_ack_ms:
+                self.worst_ack_ms, self.worst_ack_at = delay, self._stamps[index]
+            if delay > LATE_NOTE_MS:
+                self._late.append((self._keys[index], self._stamps[index], delay))
         else:
             self.failures.append(str(err))
+
+    def late_events(self, lateness_ms: int, return_ms: int) -> dict[str, list[tuple[int, int]]]:
+        """Per shopper, ``(ts, reached)`` of each event that reached the broker more than
+        ``lateness_ms`` after its ts (``reached``: its acknowledgement less the answer's
+        ``return_ms``). The engine cannot order a timer after an event it has not been
+        given (ARCHITECTURE, the clock)."""
+        late: dict[str, list[tuple[int, int]]] = {}
+        for key, ts, delay in self._late:
+            if delay - return_ms > lateness_ms:
+                shopper = key.decode(errors="replace")
+                late.setdefault(shopper, []).append((ts, ts + delay - return_ms))
+        return late
 
     def finish(self, timeout: float = 150) -> None:
         """Stop sending and wait until every record is acknowledged (or failed)."""

@@ -27,6 +27,7 @@ COLUMNS = (
     ("missing", 7),
     ("unexp", 5),
     ("diff", 4),
+    ("excused", 7),
     ("dead-lettered", 13),
     ("exits", 5),
     ("faults", 6),
@@ -55,7 +56,7 @@ def _cells(result: Result) -> list[str]:
     ratio = "-" if result.throughput_ratio is None else f"{result.throughput_ratio:.2f}"
     numbers = (
         result.events, result.expected, result.emitted, result.duplicate,
-        result.missing, result.unexpected, result.different,
+        result.missing, result.unexpected, result.different, result.excused,
     )  # fmt: skip
     return [
         result.scenario,

@@ -30,8 +30,10 @@ with ``auto.offset.reset=error``: librdkafka never moves an offset silently):
   watermark that lags its log, so standing at that mark once proves nothing
   (found by ``tetik chaos``'s slow-broker scenario: reminders fired ahead of
   purchases already in the broker). Once caught up, a partition following
-  live traffic settles for :data:`LIVE_SETTLE_S` (30 ms) only; a full batch
-  (a backlog) or a new consumer brings the long settle back. With the long
+  live traffic settles for :data:`LIVE_SETTLE_S` (30 ms) only, once its
+  consumer has been open :data:`LIVE_AFTER_S` (5 s: a restarted engine reads
+  the backlog of its absence in parts); a full batch (a backlog) or a new
+  consumer brings the long settle back. With the long
   settle always, a partition with gaps in its traffic held timers up to
   300 ms (the timers' p99 at any load). After the broker was away, a partition
   is not caught up for :data:`BACK_GRACE_S` (10 s) once it answers again:
@@ -116,6 +118,13 @@ END_SETTLE_S = 0.3
 # suffices: the long one is for a backlog (tansu's lagging mark). A full batch means
 # a backlog again, and so does a new consumer. 30 ms: about one fetch wait.
 LIVE_SETTLE_S = 0.03
+# A new consumer (a start, a restart after a crash) reads the backlog of the
+# time it was away in parts, each answered with a mark that lags the log
+# (tansu): standing at one such mark for 30 ms proves nothing. It keeps the
+# long settle until it has been open this long (found by ``tetik chaos``'s
+# slow-broker scenario: a reminder fired 1.5 s after a restart, ahead of a
+# purchase already in the broker).
+LIVE_AFTER_S = 5.0
 # After the broker comes back, a partition does not count as caught up for this
 # long: storefront producers buffered what they sent during the outage and
 # deliver it late (librdkafka reconnects with backoff up to 10 s), and a timer
@@ -246,6 +255,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         self._end_since: float | None = None  # when the position reached the mark
         self._end_high = -1  # the mark it reached
         self._live = False  # caught up since the consumer opened, no backlog since
+        self._opened = 0.0  # when the current consumer opened (monotonic)
         self._back_at: float | None = None  # when the broker answered again
         self._away_since: float | None = None  # the broker went away, or we doubt the topic
         self._why = ""
@@ -290,6 +300,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
     def _open(self, offset: int) -> Consumer:
         """A fresh consumer at ``offset``: it knows no high watermark before it fetches."""
         consumer = Consumer({**self._spec.config, "error_cb": self._on_error, "logger": _QUIET})
+        self._opened = time.monotonic()
         consumer.assign([TopicPartition(self._spec.topic, self._spec.index, offset)])
         return consumer
 
@@ -338,7 +349,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         settle = LIVE_SETTLE_S if self._live else END_SETTLE_S
         if now - self._end_since < settle:
             return False
-        self._live = True
+        self._live = now - self._opened >= LIVE_AFTER_S
         return True
 
     def _report(self, count: int, at_end: bool) -> None:

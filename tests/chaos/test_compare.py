@@ -67,6 +67,23 @@ def test_each_kind_of_wrong_output_is_counted(expected: list[dict[str, Any]]) ->
     assert not counts.clean
 
 
+def test_a_discrepancy_that_began_while_an_event_was_in_transit_is_excused(
+    expected: list[dict[str, Any]],
+) -> None:
+    u2 = next(a for a in expected if a["user_id"] == "u2")
+    reminder = {**u2, "action_id": "e" * 32, "at": T0 + 1_100}  # fired ahead of the purchase
+    knock_on = {**u2, "action_id": "d" * 32, "at": T0 + 5_000}  # what followed for u2
+    u1_stray = {**expected[0], "action_id": "c" * 32, "at": T0 + 1_100}
+    live = [*expected, reminder, knock_on, u1_stray, expected[0]]  # and one duplicate
+    # u2's purchase (ts T0+1000) reached the broker at T0+1500; u1's event was late too,
+    # but reached it before u1's stray action: the engine had it in time
+    late = {"u2": [(T0 + 1_000, T0 + 1_500)], "u1": [(T0 + 200, T0 + 1_000)]}
+    counts = tally(expected, live, late=late)
+    assert (counts.excused, counts.unexpected, counts.duplicate) == (2, 1, 1)
+    assert counts.examples["unexpected"] == ["c" * 32]
+    assert tally(expected, live).unexpected == 3  # nothing excused without late events
+
+
 def test_recovery_is_measured_from_each_fault_end() -> None:
     def emitted(ms: int, ingested: int | None) -> Emitted:
         action = {"action_id": str(ms)} | ({} if ingested is None else {"ingested_at": ingested})
