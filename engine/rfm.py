@@ -33,7 +33,8 @@ Rules of this interface:
   does every user while the boundaries are not yet computed or the base is
   empty.
 * :class:`RfmBook` keeps boundaries by refresh instant: :meth:`RfmBook.at`
-  gives those in force at a time (the latest refresh at or before it), so a
+  gives those in force at a time (the latest refresh at or before it; none
+  before the first), so a
   timer that replay fires lazily sees the boundaries the live engine would
   have had at its due time.
 * Pure Python, no numpy: scoring one user is three short comparisons. The
@@ -174,6 +175,7 @@ class RfmBook:
         self.keep = keep
         self._bounds: list[RfmBounds] = []
         self._ats: list[int] = []
+        self._pruned = False  # whether older refreshes were dropped
 
     def __len__(self) -> int:
         return len(self._bounds)
@@ -192,13 +194,18 @@ class RfmBook:
         self._ats.append(bounds.at)
         if self.keep is not None and len(self._bounds) > self.keep:
             del self._bounds[0], self._ats[0]
+            self._pruned = True
 
     def at(self, now: int) -> RfmBounds | None:
-        """The boundaries in force at ``now``: the latest refresh at or before it
-        (the earliest held when ``now`` precedes them all; None when empty)."""
-        if not self._bounds:
-            return None
-        return self._bounds[max(bisect.bisect_right(self._ats, now) - 1, 0)]
+        """The boundaries in force at ``now``: the latest refresh at or before it.
+
+        None before the first refresh (nothing was computed then); when ``now``
+        precedes every refresh kept but older ones were dropped, the oldest kept.
+        """
+        index = bisect.bisect_right(self._ats, now) - 1
+        if index < 0:
+            return self._bounds[0] if self._pruned else None
+        return self._bounds[index]
 
 
 def refresh_instant(now: int, refresh_ms: int) -> int:
