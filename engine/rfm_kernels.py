@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 
-def _cached(dispatcher: Any) -> Any:
+def with_disk_cache(dispatcher: Any) -> Any:
     """``dispatcher`` with its on-disk cache enabled wherever one can be written."""
     try:
         dispatcher.enable_caching()
@@ -70,4 +70,4 @@ def _score_arrays(
     return r, f, m
 
 
-score_arrays = _cached(numba.njit(nogil=True)(_score_arrays))
+score_arrays = with_disk_cache(numba.njit(nogil=True)(_score_arrays))
