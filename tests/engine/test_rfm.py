@@ -256,3 +256,31 @@ def test_the_base_tracks_changes_and_grows() -> None:
     base.update("u5", None)  # u5 is no longer a buyer (its window emptied)
     assert base.changed
     assert base.bounds(NOW).buyers == 2999
+
+
+def test_the_kernel_cache_falls_back_to_a_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numba
+
+    from engine.rfm_kernels import with_disk_cache
+
+    class Dispatcher:
+        """Stands for a numba dispatcher whose cache locations are read-only."""
+
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+            self.cached = False
+
+        def enable_caching(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("cannot cache function: no locator available")
+            self.cached = True
+
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    assert with_disk_cache(Dispatcher(0)).cached
+    assert numba.config.CACHE_DIR == ""  # the usual locations work: left alone
+    assert with_disk_cache(Dispatcher(1)).cached
+    assert "tetik-numba-" in numba.config.CACHE_DIR
+    assert not with_disk_cache(Dispatcher(2)).cached  # nowhere: compiled per process
