@@ -18,8 +18,8 @@ from typing import Any
 from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
-WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "all")
-ALL = ("core", "e2e", "memory", "scale")  # ingest and compile run on request
+WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "all")
+ALL = ("core", "e2e", "memory", "scale")  # ingest, compile and rfm run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -27,6 +27,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.e2e import bench_e2e
     from bench.ingest import bench_ingest
     from bench.memory import bench_memory
+    from bench.rfm import bench_rfm
     from bench.rules_compile import bench_compile
     from bench.scale import bench_scale
 
@@ -37,6 +38,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "scale": bench_scale,
         "ingest": bench_ingest,
         "compile": bench_compile,
+        "rfm": bench_rfm,
     }
 
 

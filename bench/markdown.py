@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.report import broker_label, table
+from bench.rfm import rfm_table
 from bench.scale import scale_tables
 
 Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
@@ -82,6 +83,13 @@ GOALS: list[Goal] = [
         "<= 10 s",
     ),
     (
+        "rfm",
+        "RFM boundaries over 1M shoppers (quick: 100k), the engine's implementation (s)",
+        lambda r: r["bounds_s_engine"],
+        lambda v: v <= 2.0,
+        "<= 2 s",
+    ),
+    (
         "memory",
         "Redis bytes per active user (largest size)",
         lambda r: r["sizes"][-1]["used_memory_delta_per_user"],
@@ -109,6 +117,8 @@ def render(doc: dict[str, Any]) -> str:
             parts.append(f"Broker: {broker_line(results['memory']['broker'])}.")
     if "scale" in results:
         parts += ["## Scale (pending enrollments, one worker)", scale_section(results["scale"])]
+    if "rfm" in results:
+        parts += ["## RFM over the whole base", rfm_table(results["rfm"])]
     return "\n\n".join(parts) + "\n"
 
 

@@ -26,12 +26,17 @@ Rules of this interface:
   ``ended["journey_removed"]``; one whose version is not retained continues
   on the current version if its next step still exists there, else ends as
   ``version_unavailable``.
+* RFM (SPEC section 9): :attr:`Engine.rfm` is the base's boundaries by
+  refresh instant (:class:`~engine.rfm.RfmBook`), None until someone computes
+  them (replay: :mod:`engine.rfm_base`); :meth:`Engine.use_rfm` sets it for
+  every retained version. :attr:`Engine.uses_rfm` says whether any condition
+  calls ``rfm()``, so that nobody computes boundaries that nothing reads.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +44,9 @@ from engine.actions import Action, action_id
 from engine.events import Event
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
+from engine.rfm import RfmBook
 from engine.rules.context import Context
-from engine.rules.model import Branch, ExitStep, Journey, Rules, Send, Step, Wait
+from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
 from engine.rules.templates import render_message
 from engine.state import (
     Enrollment,
@@ -115,11 +121,23 @@ class Engine:
         self.exit_types: set[str] = set(self.exits)
         for old in self.retired.values():
             self.exit_types |= old.exit_types
+        self.rfm: RfmBook | None = None
+        self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
+            old.uses_rfm for old in self.retired.values()
+        )
 
     def successor(self, rules: Rules) -> Engine:
         """The engine of a new rules version; in-flight enrollments stay on theirs."""
         retired = {**self.retired, self.version: self}
-        return Engine(rules, self.windows, retired)
+        engine = Engine(rules, self.windows, retired)
+        engine.use_rfm(self.rfm)
+        return engine
+
+    def use_rfm(self, book: RfmBook | None) -> None:
+        """Read ``rfm()`` from ``book`` here and in every retained version."""
+        self.rfm = book
+        for old in self.retired.values():
+            old.rfm = book
 
     # -- entry points -------------------------------------------------------------
 
@@ -145,7 +163,7 @@ class Engine:
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
         if candidates:
-            ctx = Context(state, now, event=event)
+            ctx = Context(state, now, event=event, rfm=self.rfm)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         return outcome, fired, actions
@@ -208,7 +226,7 @@ class Engine:
         program = self.programs.get(enrollment.journey)
         if program is None or enrollment.journey not in self.exits.get(event.type, ()):
             return False
-        ctx = Context(state, now, event=event, entry=enrollment.entry, actions=enrollment.actions)
+        ctx = Context(state, now, event, enrollment.entry, enrollment.actions, rfm=self.rfm)
         for rule in program.journey.exits:
             if rule.event == event.type and (rule.cond is None or rule.cond.holds(ctx)):
                 return True
@@ -272,7 +290,7 @@ class Engine:
                     return
                 enrollment.pc = program.after[step.path]
             elif isinstance(step, Branch):
-                ctx = Context(state, now, event, enrollment.entry, enrollment.actions)
+                ctx = Context(state, now, event, enrollment.entry, enrollment.actions, rfm=self.rfm)
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
             elif isinstance(step, ExitStep):
                 break
@@ -354,6 +372,22 @@ def _template_vars(state: UserState, enrollment: Enrollment, now: int) -> dict[s
 
 def _event_vars(event: Event) -> dict[str, Any]:
     return {f: getattr(event, f) for f in event.__struct_fields__ if getattr(event, f) is not None}
+
+
+def conditions(rules: Rules) -> Iterator[Condition]:
+    """Every compiled condition of the rules' journeys."""
+    for journey in rules.journeys:
+        for cond in (journey.trigger.cond, journey.audience, *(e.cond for e in journey.exits)):
+            if cond is not None:
+                yield cond
+        yield from _branch_conditions(journey.steps)
+
+
+def _branch_conditions(steps: Iterable[Step]) -> Iterator[Condition]:
+    for step in steps:
+        if isinstance(step, Branch):
+            yield step.cond
+            yield from _branch_conditions((*step.then, *step.otherwise))
 
 
 def _next(state: UserState) -> tuple[int, str] | None:

@@ -19,6 +19,11 @@ Rules of this interface:
   if it never came, as the live engine dead-letters it: the run starts again
   without it, and :attr:`ReplayStats.failed` lists it with the exception.
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
+* When a condition calls ``rfm()``, the base's RFM boundaries are computed
+  over every user in memory at each refresh instant ``k * rfm_refresh``
+  before an event at or after it is handled, and once more after the last
+  event for the timers that fire later (:class:`engine.rfm_base.RfmRefresher`);
+  a timer fired lazily reads those in force at its due time.
 """
 
 from __future__ import annotations
@@ -26,12 +31,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.actions import Action
 from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
 from engine.journeys import Engine, replay_order
 from engine.state import UserState
+
+if TYPE_CHECKING:
+    from engine.rfm_base import RfmRefresher
 
 FOREVER = 2**62
 
@@ -120,6 +129,15 @@ def replay_events(
         return actions
 
 
+def _rfm_refresher(engine: Engine) -> RfmRefresher | None:
+    """Replay's RFM refreshes, when the rules call ``rfm()`` (numpy is loaded only then)."""
+    if not engine.uses_rfm:
+        return None
+    from engine.rfm_base import RfmRefresher
+
+    return RfmRefresher(engine)
+
+
 def _run(
     engine: Engine,
     events: Sequence[Event],
@@ -131,6 +149,7 @@ def _run(
     states: dict[str, UserState] = {}
     actions: list[Action] = []
     clock = 0
+    rfm = _rfm_refresher(engine)
     for event in events:
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
@@ -139,11 +158,17 @@ def _run(
         if state is None:
             state = states[event.key] = UserState(key=event.key)
         stats.events += 1
+        if rfm is not None:
+            rfm.before(clock)
         try:
             actions.extend(engine.on_event(state, event, clock))
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
+        if rfm is not None:
+            rfm.after(state)
     end = FOREVER if drain else (until if until is not None else clock)
+    if rfm is not None:
+        rfm.before(end)
     for state in states.values():
         try:
             actions.extend(engine.advance(state, end))

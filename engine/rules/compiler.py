@@ -22,6 +22,11 @@ Rules of this interface:
   ``true`` result makes :meth:`Condition.holds` true.
 * Beyond SPEC section 2: list literals (``event.category in ['shoes', 'bags']``)
   and ``not in``.
+* A field of a call's result (``rfm().r``) must be one the function's record
+  type names (:attr:`~engine.rules.typed.Typed.fields`), else an error with a
+  "did you mean"; a field of ``null`` is ``null``.
+* ``Condition.calls`` names the functions the expression calls, so the engine
+  knows whether the rules need base-wide figures such as ``rfm()``'s.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import ExpressionError
+from engine.events import suggest
 from engine.rules import functions, operators
 from engine.rules.model import Condition
 from engine.rules.names import resolve
-from engine.rules.nodes import Binary, Call, ListLit, Literal, Name, Node, Unary
+from engine.rules.nodes import Attr, Binary, Call, ListLit, Literal, Name, Node, Unary, children
 from engine.rules.parser import parse
-from engine.rules.typed import Typed, article, constant
+from engine.rules.typed import Typed, article, constant, cut
 
 _QUOTE_LIMIT = 40
 # Every character str.splitlines() breaks at, with the blanks around it.
@@ -64,7 +70,19 @@ def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Cond
             )
     except ExpressionError as exc:
         raise ExpressionError(f"{scope.where}: {exc.message}", exc.offset) from None
-    return Condition(text, typed.fn)
+    return Condition(text, typed.fn, calls=_calls(root))
+
+
+def _calls(root: Node) -> frozenset[str]:
+    """The names of the functions called anywhere in ``root``."""
+    found: set[str] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Call):
+            found.add(node.name)
+        stack.extend(children(node))
+    return frozenset(found)
 
 
 def _quote(text: str, node: Node) -> str:
@@ -93,6 +111,8 @@ class _Compiler:
             return operators.binary(self, node)
         if isinstance(node, Call):
             return functions.call(self, node)
+        if isinstance(node, Attr):
+            return self.attribute(node)
         return self.list_literal(node)
 
     def where(self, node: Node) -> Typed:
@@ -105,6 +125,25 @@ class _Compiler:
 
     def quote(self, node: Node) -> str:
         return _quote(self.text, node)
+
+    def attribute(self, node: Attr) -> Typed:
+        base = self.expr(node.base)
+        if base.fields is None:
+            raise ExpressionError(
+                f"{self.quote(node.base)} is {article(base.type)}, it has no field "
+                f"{cut(node.name)!r}",
+                node.offset,
+            )
+        found = base.fields.get(node.name)
+        if found is None:
+            raise ExpressionError(
+                f"{self.quote(node.base)} has no field {cut(node.name)!r}"
+                f"{suggest(node.name, base.fields) or '; its fields: ' + ', '.join(base.fields)}",
+                node.offset,
+            )
+        type_, read = found
+        get = base.fn
+        return Typed(type_, lambda ctx: None if (v := get(ctx)) is None else read(v))
 
     def list_literal(self, node: ListLit) -> Typed:
         items = [self.expr(item) for item in node.items]

@@ -12,6 +12,9 @@ Rules of this interface:
 * ``actions`` holds the ``action_id`` of every action this enrollment emitted,
   for ``engaged(CHANNEL [, KIND])``.
 * ``it`` is bound only inside a window function's ``WHERE`` argument.
+* ``rfm`` holds the base's RFM boundaries by refresh instant (the engine's
+  :class:`~engine.rfm.RfmBook`); ``rfm()`` reads those in force at ``now``.
+  None: no boundaries, so ``rfm()`` is ``null``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from engine.events import Event
+from engine.rfm import RfmBook
 from engine.state import UserState
 from engine.windows import Stored
 
@@ -34,3 +38,4 @@ class Context:
     entry: Event | None = None
     actions: Collection[str] = field(default_factory=frozenset)
     it: Stored | None = None
+    rfm: RfmBook | None = None

@@ -22,20 +22,26 @@ Rules of this interface:
   engagement kinds; without KIND, ``engaged`` means opened or clicked. It is
   true when the engagement window holds a record of that channel and kind
   whose ``action_id`` is one of this enrollment's actions (``ctx.actions``).
+* ``rfm()`` -> a record with fields ``r``, ``f``, ``m`` (numbers 1-5) and
+  ``score`` (the string ``"545"``), scored by :func:`engine.rfm.score` against
+  the boundaries in force at ``now`` (``ctx.rfm``); ``null`` without purchases
+  or boundaries, and so are its fields (``rfm().r``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, Final
 
 from engine.errors import ExpressionError
 from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
+from engine.rfm import RfmScore, rfm_inputs, score
 from engine.rules import scans
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
-from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Typed, article, cut
+from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Type, Typed, article, cut
 
 SIGNATURES: Final = {
     "count": "count(TYPE [, WITHIN] [, WHERE])",
@@ -46,6 +52,13 @@ SIGNATURES: Final = {
     "engaged": "engaged(CHANNEL [, KIND])",
     "in_cart": "in_cart(PRODUCT)",
     "favorited": "favorited(PRODUCT)",
+    "rfm": "rfm()",
+}
+RFM_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
+    "r": ("number", attrgetter("r")),
+    "f": ("number", attrgetter("f")),
+    "m": ("number", attrgetter("m")),
+    "score": ("string", attrgetter("score")),
 }
 DEFAULT_KINDS: Final = frozenset({"opened", "clicked"})
 _TYPE = re.compile(TYPE_PATTERN)
@@ -303,6 +316,22 @@ def _favorited(cx: Checker, node: Call) -> Typed:
     )
 
 
+# -- the customer base ---------------------------------------------------------------
+
+
+def _rfm(cx: Checker, node: Call) -> Typed:
+    _arity(node, 0, 0)
+
+    def rfm(ctx: Any) -> RfmScore | None:
+        book = ctx.rfm
+        if book is None:
+            return None
+        bounds = book.at(ctx.now)
+        return None if bounds is None else score(bounds, rfm_inputs(ctx.state))
+
+    return Typed("record", rfm, fields=RFM_FIELDS)
+
+
 _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "count": _count,
     "exists": _exists,
@@ -312,4 +341,5 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "engaged": _engaged,
     "in_cart": _in_cart,
     "favorited": _favorited,
+    "rfm": _rfm,
 }

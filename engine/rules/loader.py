@@ -27,6 +27,8 @@ Rules of this interface:
 
 Decisions where the SPEC is silent:
 
+* ``rfm_refresh`` (default ``1h``, at least ``1m``): how often the base's RFM
+  boundaries are recomputed (:mod:`engine.rfm`).
 * ``version: 1`` is required; ``journeys`` is required (an empty list is allowed);
   a journey needs ``id``, ``trigger`` and at least one step; ``timezone``
   defaults to ``UTC``.
@@ -92,7 +94,7 @@ from typing import Final, Literal, ParamSpec, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from engine.durations import MAX_DURATION_MS, format_duration, parse_duration
+from engine.durations import HOUR, MAX_DURATION_MS, MINUTE, format_duration, parse_duration
 from engine.errors import ExpressionError, RulesError, one_line
 from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
 from engine.rules.compiler import Scope, compile_expression
@@ -128,7 +130,11 @@ MAX_TEMPLATE_CHARS: Final = 32_768
 MAX_TEMPLATE_FIELDS: Final = 10_000
 TYPO_CUTOFF: Final = 0.85
 
-TOP_KEYS: Final = ("version", "timezone", "quiet_hours", "consent", "caps", "templates", "journeys")
+TOP_KEYS: Final = (
+    "version", "timezone", "quiet_hours", "consent", "caps", "templates", "journeys",
+    "rfm_refresh",
+)  # fmt: skip
+MIN_RFM_REFRESH: Final = MINUTE
 JOURNEY_KEYS: Final = ("id", "name", "trigger", "key", "audience", "reentry", "exit", "steps")
 STEP_KEYS: Final = {
     "wait": ("wait",),
@@ -386,6 +392,18 @@ def _duration(node: Node, what: str) -> int:
     return ms
 
 
+def _rfm_refresh(node: Node) -> int:
+    """``rfm_refresh``: how often the base's RFM boundaries are recomputed (at least 1m)."""
+    ms = _duration(node, "rfm_refresh")
+    if ms < MIN_RFM_REFRESH:
+        raise _at(
+            node,
+            f"rfm_refresh {format_duration(ms)} is too short: the boundaries are computed over "
+            "the whole customer base, at most once a minute (e.g. 1h, the default)",
+        )
+    return ms
+
+
 def _channel(node: Node, what: str = "channel", choices: Sequence[str] = CHANNELS) -> str:
     """One of ``choices`` (the SPEC's channels unless told otherwise)."""
     name = _text(node, what)
@@ -619,6 +637,7 @@ class _Loader:
         caps = self._field(fields, "caps", self._caps, _NO_CAPS)
         templates: Templates = self._field(fields, "templates", self._templates, {})
         journeys = self._field(fields, "journeys", self._journeys, _NO_JOURNEYS, required=need)
+        rfm_refresh = self._field(fields, "rfm_refresh", _rfm_refresh, HOUR)
         return Rules(
             journeys=journeys,
             version=version,
@@ -628,6 +647,7 @@ class _Loader:
             caps=caps,
             templates=templates,
             source_hash=self.source_hash,
+            rfm_refresh=rfm_refresh,
         )
 
     def _version(self, node: Node) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.durations import HOUR
 from engine.rules.context import Context
 
 ConsentDefault = Literal["opt_in", "opt_out"]
@@ -26,6 +27,7 @@ class Condition:
 
     source: str
     fn: Callable[[Context], Any]
+    calls: frozenset[str] = frozenset()  # functions the expression calls, e.g. {"rfm"}
 
     def holds(self, ctx: Context) -> bool:
         """True when the expression evaluates to ``true`` (``null`` is false)."""
@@ -129,3 +131,4 @@ class Rules:
     caps: tuple[Cap, ...] = ()
     templates: Templates = field(default_factory=dict)
     source_hash: str = ""  # sha256 of the file's bytes: the rules_version of actions
+    rfm_refresh: int = HOUR  # ms between recomputations of the base's RFM boundaries

@@ -5,7 +5,8 @@ Rules of this interface:
 * Nodes are frozen and hold no behaviour; the compiler gives them meaning.
 * Every node has ``offset``, the 0-based position of the token that names it
   (the operator of a :class:`Binary` or :class:`Unary`, the first name of a
-  :class:`Name`, the function name of a :class:`Call`), where errors about the
+  :class:`Name`, the function name of a :class:`Call`, the field name of an
+  :class:`Attr`), where errors about the
   node point; and ``start``/``end``, the slice of the source text it covers
   (parentheses included), which error messages quote.
 """
@@ -83,7 +84,18 @@ class Call:
     end: int
 
 
-Node = Literal | ListLit | Name | Unary | Binary | Call
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """``call(...).field``: a field of a function's result, such as ``rfm().r``."""
+
+    base: Node
+    name: str
+    offset: int
+    start: int
+    end: int
+
+
+Node = Literal | ListLit | Name | Unary | Binary | Call | Attr
 
 
 def children(node: Node) -> tuple[Node, ...]:
@@ -96,4 +108,6 @@ def children(node: Node) -> tuple[Node, ...]:
         return node.args
     if isinstance(node, ListLit):
         return node.items
+    if isinstance(node, Attr):
+        return (node.base,)
     return ()

@@ -12,6 +12,8 @@ Rules of this interface:
   ``a < b < c`` is an error, not Python's ``a < b and b < c``.
 * Only a bare identifier can be called (``count(...)``); dotted names are
   field paths (``event.props.size``); the names after a dot may be keywords.
+  A call may be followed by fields of its result (``rfm().r``), which the
+  compiler checks against the function's result type.
 * Nesting is bounded (:data:`MAX_NESTING` brackets and prefix operators,
   :data:`MAX_DEPTH` tree levels) so that no expression can exhaust Python's
   stack in the parser, the compiler or at evaluation.
@@ -26,7 +28,7 @@ from typing import Final
 from engine.errors import ExpressionError
 from engine.rules.lexer import Token, tokenize
 from engine.rules.names import FUNCTIONS
-from engine.rules.nodes import Binary, Call, ListLit, Literal, Name, Node, Unary, children
+from engine.rules.nodes import Attr, Binary, Call, ListLit, Literal, Name, Node, Unary, children
 from engine.rules.typed import cut
 
 MAX_DEPTH: Final = 100  # levels of the tree
@@ -265,7 +267,26 @@ class _Parser:
         args = self.items(")")
         closing = self.close(opening, ")")
         self.nesting -= 1
-        return Call(name.text, args, name.offset, name.offset, closing.offset + 1)
+        node: Node = Call(name.text, args, name.offset, name.offset, closing.offset + 1)
+        while self.at("."):
+            node = self.attribute(node)
+        if self.at("(") and isinstance(node, Attr):
+            raise ExpressionError(
+                f"{cut(node.name)!r} is a field of a result, not a function; "
+                f"the functions are {', '.join(FUNCTIONS)}",
+                node.offset,
+            )
+        return node
+
+    def attribute(self, base: Node) -> Node:
+        """``base.name`` after a call: a field of its result."""
+        dot = self.advance()
+        part = self.peek
+        if part.kind not in ("name", "keyword"):
+            at = dot.offset if part.kind == "eof" else part.offset
+            raise ExpressionError(f"expected a field name after '.', found {_describe(part)}", at)
+        self.advance()
+        return Attr(base, part.text, part.offset, base.start, part.offset + len(part.text))
 
 
 def _hint(token: Token) -> str:

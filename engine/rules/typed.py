@@ -3,8 +3,10 @@
 Rules of this interface:
 
 * A :data:`Type` is what the compiler knows before any event arrives:
-  ``number``, ``string``, ``bool``, ``list``, ``null`` (the literal), or
-  ``any`` (profile attributes, ``props``: checked only at run time).
+  ``number``, ``string``, ``bool``, ``list``, ``null`` (the literal), ``record``
+  (a function's result with named fields, such as ``rfm()``: its
+  :attr:`Typed.fields` say which, read as ``rfm().r``), or ``any`` (profile
+  attributes, ``props``: checked only at run time).
 * Any value may also be ``None`` at run time (a missing field); a
   :class:`Typed` with ``sure=True`` promises it never is, and always is of its
   type, so operators may skip their run-time guards.
@@ -16,7 +18,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
@@ -25,7 +27,7 @@ from engine.rules.context import Context
 if TYPE_CHECKING:
     from engine.rules.nodes import Node
 
-Type = Literal["number", "string", "bool", "list", "null", "any"]
+Type = Literal["number", "string", "bool", "list", "null", "record", "any"]
 Fn = Callable[[Context], Any]
 Reader = Callable[[Any], Any]  # a field of an event or a stored record
 
@@ -37,6 +39,7 @@ _ARTICLES: Final = {
     "bool": "a condition (true/false)",
     "list": "a list",
     "null": "null",
+    "record": "a record",
     "any": "anything",
 }
 # A constant's function is called once, at compile time, with no context at all.
@@ -52,6 +55,8 @@ class Typed:
     sure: bool = False  # never None at run time, always of `type`
     const: bool = False  # `fn` ignores its context and returns `value`
     value: Any = None
+    # A record's fields: name -> (type, reader of that field from the record value).
+    fields: Mapping[str, tuple[Type, Reader]] | None = None
 
 
 class Checker(Protocol):
