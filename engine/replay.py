@@ -144,9 +144,11 @@ def _run(
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
     end = FOREVER if drain else (until if until is not None else clock)
+    # Recheck and broadcast instants run up to the clock's end, never to FOREVER.
+    horizon = until if until is not None else clock
     for state in states.values():
         try:
-            actions.extend(engine.advance(state, end))
+            actions.extend(engine.advance(state, end, instants_until=horizon))
         except Exception as exc:  # a bug: live reports it and retries later; nothing fires
             stats.failed.append(f"timers of {state.key}: {type(exc).__name__}: {exc}")
     stats.users = len(states)

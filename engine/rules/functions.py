@@ -46,6 +46,7 @@ SIGNATURES: Final = {
     "engaged": "engaged(CHANNEL [, KIND])",
     "in_cart": "in_cart(PRODUCT)",
     "favorited": "favorited(PRODUCT)",
+    "in_segment": "in_segment('NAME')",  # compiled by engine.rules.segment_refs
 }
 DEFAULT_KINDS: Final = frozenset({"opened", "clicked"})
 _TYPE = re.compile(TYPE_PATTERN)

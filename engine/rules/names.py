@@ -33,7 +33,17 @@ from engine.state import _revenue as purchase_revenue  # one rule for the revenu
 from engine.state import cart_count, cart_total
 
 ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now")
-FUNCTIONS: Final = ("count", "exists", "sum", "last", "since", "engaged", "in_cart", "favorited")
+FUNCTIONS: Final = (
+    "count",
+    "exists",
+    "sum",
+    "last",
+    "since",
+    "engaged",
+    "in_cart",
+    "favorited",
+    "in_segment",
+)
 
 
 @dataclass(frozen=True, slots=True)

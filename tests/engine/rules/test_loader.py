@@ -339,7 +339,7 @@ REJECTIONS = [
         "timezone: Europe/Istanbul",
         "colour: blue",
         "2:1: unknown key 'colour' in the rules file; allowed: version, timezone, quiet_hours, "
-        "consent, caps, templates, journeys",
+        "consent, caps, templates, segments, segment_recheck, journeys",
     ),
     # quiet hours
     (
