@@ -203,13 +203,14 @@ class Engine:
             self.watch.prepare(state)
         horizon = until if instants_until is None else min(until, instants_until)
         while state.events:  # a user not seen yet has no instants before their first event
-            instant = self._next_instant(state, horizon)
-            if instant is None:
+            found = self._next_instant(state, horizon)
+            if found is None:
                 break
+            instant, recheck = found
             due = _next(state)
             if due is not None and due[0] <= instant:
                 self._fire_timers(state, instant, actions)  # timers first at the same ms
-            self._at_instant(state, instant, actions)
+            self._at_instant(state, instant, recheck, actions)
         state.clock = max(state.clock, horizon)
         return self._fire_timers(state, until, actions)
 
@@ -238,28 +239,27 @@ class Engine:
         first = None if due is None else due[0]
         if instants and self.timed and state.events:
             found = self._next_instant(state, user_clock(state) + _LOOKAHEAD)
-            if found is not None and (first is None or found < first):
-                first = found
+            if found is not None and (first is None or found[0] < first):
+                first = found[0]
         return first
 
     # -- segments and broadcasts (SPEC section 9) -----------------------------------
 
-    def _next_instant(self, state: UserState, horizon: int) -> int | None:
-        """The next recheck or broadcast instant in (user clock, horizon]."""
-        best = None
-        if self.watch is not None:
-            best = self.watch.next_recheck(state, horizon)
+    def _next_instant(self, state: UserState, horizon: int) -> tuple[int, bool] | None:
+        """The next recheck or broadcast instant in (user clock, horizon], and whether
+        segments are rechecked at it."""
+        recheck = self.watch.next_recheck(state, horizon) if self.watch is not None else None
+        best = recheck
         if self.broadcasts is not None:
             found = self.broadcasts.due(state, horizon if best is None else best)
             if found is not None and (best is None or found[0] < best):
                 best = found[0]
-        return best
+        return None if best is None else (best, best == recheck)
 
-    def _at_instant(self, state: UserState, when: int, out: list[Action]) -> None:
+    def _at_instant(self, state: UserState, when: int, recheck: bool, out: list[Action]) -> None:
         """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
-        watch = self.watch
-        if watch is not None and watch.next_recheck(state, when) == when:
-            changes = watch.recheck_at(state, when)
+        if recheck and self.watch is not None:
+            changes = self.watch.recheck_at(state, when)
             if changes:
                 self._segment_entries(state, changes, latest_event(state), when, out)
         found = self.broadcasts.due(state, when) if self.broadcasts is not None else None

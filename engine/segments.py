@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -50,6 +50,8 @@ from engine.state import UserState
 from engine.windows import since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
+_CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._changes
+_UNKNOWN: Final = -1
 _RECORD_FIELDS: Final = (
     "product_id",
     "category",
@@ -107,9 +109,6 @@ class SegmentWatch:
         self.every = tuple(every)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
         self.continuous = any(s.deps.continuous for s in self.timed)
-        self.agings = {a for s in self.timed for a in s.deps.agings}
-        self.thresholds = {t for s in self.timed for t in s.deps.thresholds}
-        self.moments = sorted({m for s in self.timed for m in s.deps.moments})
 
     def remember(self, older: SegmentWatch) -> None:
         """Know an older version's definitions, to re-baseline only what changed."""
@@ -127,6 +126,7 @@ class SegmentWatch:
             state.segment_defs = self.fingerprint
             return
         old = self.known.get(state.segment_defs, {}) if state.segment_defs else {}
+        state.__dict__.pop(_CHANGES, None)
         for name in [n for n in state.segments if n not in self.prints]:
             del state.segments[name]
         at = user_clock(state)
@@ -149,6 +149,12 @@ class SegmentWatch:
             segments = self.by_type.get(event.type, self.every)
         if not segments:
             return []
+        cache = state.__dict__.get(_CHANGES)
+        if cache is not None:  # their windows changed: their moments of change may have
+            known = cache[1]
+            for seg in segments:
+                known.pop(seg.name, None)
+            cache[2] = _UNKNOWN
         return _evaluate(state, segments, now)
 
     # -- recheck instants ---------------------------------------------------------
@@ -160,37 +166,91 @@ class SegmentWatch:
         step = self.recheck
         clock = user_clock(state)
         previous = clock // step * step  # the last instant at or before the clock
+        if previous + step > until:
+            return None  # no instant in (clock, until]: the common case between events
         if self.continuous:
-            instant = previous + step
+            instant, due = previous + step, self.timed
         else:
-            change = self.earliest_change(state, previous)
-            if change is None:
+            cache = self._cache(state)
+            first = cache[2]
+            known = first != _UNKNOWN and (first is None or first > previous)
+            if known and (first is None or -(-first // step) * step > until):
+                return None  # the earliest moment found before still holds, after until
+            changes = self._changes(state, previous)
+            first = cache[2] = min((c for c, _ in changes if c is not None), default=None)
+            if first is None:
                 return None
-            instant = -(-change // step) * step  # the first instant at or after it
-        return instant if instant <= until else None
+            instant = -(-first // step) * step  # the first instant at or after it
+            due = tuple(s for c, s in changes if c is not None and c <= instant)
+        if instant > until:
+            return None
+        # Which segments to evaluate there, kept beside the state (never serialised).
+        state.__dict__["_recheck"] = (state.events, clock, instant, due)
+        return instant
+
+    def _cache(self, state: UserState) -> list[Any]:
+        """[fingerprint, segment -> its next moment of change, the earliest of them
+        (``_UNKNOWN`` after an event touched one)], beside the state."""
+        cache: list[Any] | None = state.__dict__.get(_CHANGES)
+        if cache is None or cache[0] != self.fingerprint:
+            cache = state.__dict__[_CHANGES] = [self.fingerprint, {}, _UNKNOWN]
+        return cache
+
+    def _changes(self, state: UserState, after: int) -> list[tuple[int | None, Segment]]:
+        """Each timed segment's first moment of change after ``after``.
+
+        Kept beside the state (never serialised) and reused while still ahead:
+        a moment only moves when the segment's own windows change, and
+        :meth:`after_event` forgets the segments an event can touch.
+        """
+        known = self._cache(state)[1]
+        memo: dict[tuple[str, str, int], int | None] = {}
+        found = []
+        for seg in self.timed:
+            change = known.get(seg.name, _UNKNOWN)
+            if change is _UNKNOWN or (change is not None and change <= after):
+                change = known[seg.name] = _change_after(state, seg, after, memo)
+            found.append((change, seg))
+        return found
 
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
-        """Evaluate the timed segments at the instant ``at``; the enters and exits."""
-        return _evaluate(state, self.timed, at)
+        """At the instant ``at``, evaluate the timed segments that may have changed since
+        the previous instant (found by :meth:`next_recheck`); the enters and exits."""
+        cached = state.__dict__.get("_recheck")
+        due = self.timed
+        if cached is not None and cached[:3] == (state.events, user_clock(state), at):
+            due = cached[3]
+        return _evaluate(state, due, at)
 
-    def earliest_change(self, state: UserState, after: int) -> int | None:
-        """The first moment after ``after`` when a timed segment's value may change."""
-        best: int | None = None
-        windows = state.windows
-        for type_, within in self.agings:
+
+def _change_after(
+    state: UserState, seg: Segment, after: int, memo: dict[tuple[str, str, int], int | None]
+) -> int | None:
+    """The first moment after ``after`` when ``seg``'s value may change with time alone
+    (None: not before the user's next event); ``memo`` shares terms between segments."""
+    best: int | None = None
+    windows = state.windows
+    deps = seg.deps
+    for type_, within in deps.agings:
+        key = ("a", type_, within)
+        if key not in memo:
+            memo[key] = None
             window = windows.get(type_)
             if window:
                 # A record counts while now <= ts + within: it leaves at ts + within + 1.
                 index = since_index(window, after - within)
                 if index < len(window):
-                    best = _earlier(best, window[index].ts + within + 1)
-        for type_, limit in self.thresholds:
-            window = windows.get(type_)
-            if window:
-                best = _first_after(best, window[-1].ts + limit, after)
-        for moment in self.moments:
-            best = _first_after(best, moment, after)
-        return best
+                    memo[key] = window[index].ts + within + 1
+        found = memo[key]
+        if found is not None:
+            best = _earlier(best, found)
+    for type_, limit in deps.thresholds:
+        window = windows.get(type_)
+        if window:
+            best = _first_after(best, window[-1].ts + limit, after)
+    for moment in deps.moments:
+        best = _first_after(best, moment, after)
+    return best
 
 
 def _evaluate(state: UserState, segments: Iterable[Segment], now: int) -> list[Change]:

@@ -19,7 +19,8 @@ Rules of this interface:
   ``favorites``/``favorited`` on favorite events, ``profile.F`` on ``profile``,
   window functions on their TYPE), and how it changes with time alone: a
   WITHIN window when its oldest record leaves it (``agings``), ``since(TYPE)``
-  or ``now`` compared with a number literal when it passes that number
+  or ``now`` compared with a number literal when it passes that number, and
+  ``exists(TYPE, WITHIN)`` when its newest record leaves the window
   (``thresholds``, ``moments``), anything else that reads the clock
   (``since`` in other positions, ``now``, ``between``, ``since_first``) at any
   moment (``continuous``). A function this module does not know (added by a
@@ -229,7 +230,10 @@ class _Collect:
             self.continuous = True
         for arg in node.args[1:]:
             within = _duration(arg)
-            if within is not None and node.name in _RANGED:
+            if within is not None and node.name == "exists" and len(node.args) == 2:
+                # exists(T, W) changes only when the newest record leaves the window.
+                self.thresholds.add((type_, within))
+            elif within is not None and node.name in _RANGED:
                 self.agings.add((type_, within))
             elif isinstance(arg, Name) and node.name in ("sum", "last", "first"):
                 continue  # a FIELD argument
