@@ -5,9 +5,16 @@ Rules of this interface:
 * :meth:`Engine.on_event` first fires the user's timers due at or before
   ``now`` (each at its due time), then applies the event to the state
   windows, then checks exits of the user's active enrollments, then
-  triggers. A duplicate or stale event changes nothing and emits nothing.
+  triggers, then re-evaluates the watched segments the event can change
+  (:mod:`engine.segments`), then enters the journeys of those segment
+  changes (``trigger: {segment: S}``), in file order. A duplicate or stale
+  event changes nothing and emits nothing.
 * :meth:`Engine.advance` fires the timers due at or before ``until``, in due
-  order, each at its due time; :meth:`Engine.next_due` says when to call it.
+  order, each at its due time, and, in time order with them (timers first at
+  the same millisecond), the segment recheck and broadcast instants in (the
+  user's clock, ``until``] (:mod:`engine.broadcasts`); ``UserState.clock``
+  then moves to ``until``. :meth:`Engine.next_due` says when to call it for
+  timers (with ``instants=True``, also for those instants).
 * Steps run at once until a ``wait`` (or a quiet-hours deferral); a wait
   counts from the moment the step before it completed.
 * A send whose template is over its rendering budget or output cap
