@@ -106,3 +106,20 @@ def test_bad_files_are_one_line_errors(tmp_path: Path) -> None:
     when = tetik("segments", "--rules", str(rules), "--events", str(log), "--at", "tomorrow")
     assert when.returncode == 2
     assert when.stderr.startswith("tetik segments: --at: ")
+
+
+def test_validate_warns_about_a_broadcast_already_past(tmp_path: Path) -> None:
+    rules = tmp_path / "b.yaml"
+    rules.write_text(
+        "version: 1\njourneys:\n"
+        '  - {id: old, trigger: {schedule: "2020-01-01T09:00"}, steps: [{send: email}]}\n'
+        '  - {id: new, trigger: {schedule: "2099-01-01T09:00"}, steps: [{send: email}]}\n'
+    )
+    done = tetik("rules", "validate", str(rules))
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"{rules}: OK, 2 journeys")
+    assert done.stderr.splitlines() == [
+        f"{rules}:3:35: warning: journey old: schedule 2020-01-01T09:00 has passed; a live "
+        "engine does not send a broadcast whose time came before its rules were pushed (a "
+        "backtest over a log that spans it still fires it)"
+    ]
