@@ -6,6 +6,12 @@ per-event time is compared with the 10-journey run of the same process.
 Replay end to end (JSONL bytes -> decode -> engine -> sorted actions) is
 measured with the 100-journey rules.
 
+Segments (SPEC section 9): the 10-journey rules again with 10 segments
+defined, once with no journey watching them (one audience uses
+``in_segment``) and once each watched by a ``trigger: {segment: S}`` journey
+(memberships kept, re-evaluated after events and at hourly recheck
+instants), as a ratio of per-event time to the plain 10-journey run.
+
 The journey mix: ten journeys on standard events (cart, browse, search,
 favorite, welcome, post-purchase, win-back, category, consent, login) with
 window conditions, waits, sends, branches, caps and quiet hours; beyond ten,
@@ -113,6 +119,39 @@ BASE = [
 """,
 ]
 
+SEGMENTS = """segments:
+  loyal: "count(purchase, 365d) >= 3"
+  big_spender: "sum(purchase, revenue, 365d) > 500"
+  browsing: "count(view_product, 1d) >= 5"
+  lapsed: "since(purchase) > 30d"
+  cart_full: "cart.count >= 3"
+  fav_fan: "count(add_favorite, 30d) >= 2"
+  searcher: "count(search, 1d) >= 3"
+  never_bought: "exists(signup) and count(purchase) == 0"
+  hot_browser: "exists(view_category, 1h) and exists(view_product, 1h)"
+  vip_lapsed: "in_segment('loyal') and since(purchase) > 14d"
+"""
+SEGMENT_AUDIENCE = """  - id: seg_audience
+    trigger: login
+    audience: "in_segment('big_spender')"
+    reentry: 1d
+    steps: [{send: onsite}]
+"""
+
+
+def segment_rules(watched: bool) -> str:
+    """The 10-journey rules with 10 segments, each watched by a journey or none."""
+    body = rules_text(10).replace("journeys:\n", SEGMENTS + "journeys:\n")
+    body += SEGMENT_AUDIENCE
+    if watched:
+        for name in [line.split(":")[0].strip() for line in SEGMENTS.splitlines()[1:]]:
+            body += (
+                f"  - id: on_{name}\n    trigger: {{segment: {name}}}\n"
+                "    reentry: 7d\n    steps: [{send: onsite}]\n"
+            )
+    return body
+
+
 STANDARD = ["view_product", "add_to_cart", "add_favorite", "search", "view_category", "login"]
 
 
@@ -190,6 +229,7 @@ def bench_core(*, quick: bool = False, events: int = 0) -> dict[str, Any]:
                 seconds, emitted[count] = _core_run(engine, decoded)
                 runs[count].append(seconds)
         rows = {n: _row(len(decoded), runs[n], emitted[n]) for n in engines}
+        segments = segments_cost(decoded)
         say("bench core: replay end to end (100 journeys, JSONL -> sorted actions)")
         engine = Engine(load_rules(rules_text(100), "<bench 100>"))
         start = time.perf_counter()
@@ -213,10 +253,35 @@ def bench_core(*, quick: bool = False, events: int = 0) -> dict[str, Any]:
     )
     print(f"1,000 journeys / 10 journeys per-event time: {ratio:.2f}x")
     print(f"replay end to end (100 journeys): {replay_rate:,.0f} events/s")
+    print(
+        "10 segments / none, per-event time: "
+        f"{segments['ratio_defined']:.2f}x defined, {segments['ratio_watched']:.2f}x watched"
+    )
     result = {
         "events": len(decoded),
         "core": {str(n): r for n, r in rows.items()},
         "ratio_1000_vs_10": ratio,
         "replay_events_per_s": replay_rate,
+        "segments": segments,
     }
     return result
+
+
+def segments_cost(decoded: list[Event]) -> dict[str, float]:
+    """Per-event time with 10 segments (defined; watched) over without, best of 3 each."""
+    engines = {
+        "none": Engine(load_rules(rules_text(10), "<bench 10>")),
+        "defined": Engine(load_rules(segment_rules(False), "<bench segments>")),
+        "watched": Engine(load_rules(segment_rules(True), "<bench segments watched>")),
+    }
+    best: dict[str, float] = dict.fromkeys(engines, float("inf"))
+    for repeat in range(REPEATS):
+        for name, engine in engines.items():
+            say(f"bench core: 10 journeys, segments {name} (run {repeat + 1} of {REPEATS})")
+            best[name] = min(best[name], _core_run(engine, decoded)[0])
+    per_event = {name: seconds / len(decoded) * 1e6 for name, seconds in best.items()}
+    return {
+        **{f"us_per_event_{name}": us for name, us in per_event.items()},
+        "ratio_defined": per_event["defined"] / per_event["none"],
+        "ratio_watched": per_event["watched"] / per_event["none"],
+    }

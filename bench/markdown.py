@@ -165,6 +165,18 @@ def core_table(core: dict[str, Any]) -> str:
         f"{head}\n\n{core['events']:,} generated events. 1,000 / 10 journeys per-event time: "
         f"{core['ratio_1000_vs_10']:.2f}x. Replay end to end (JSONL -> sorted actions, "
         f"100 journeys): {core['replay_events_per_s']:,.0f} events/s."
+        + _segments_line(core.get("segments"))
+    )
+
+
+def _segments_line(segments: dict[str, float] | None) -> str:
+    """The cost of 10 segments over none (older results have no such figure)."""
+    if not segments:
+        return ""
+    return (
+        f" 10 segments / none, per-event time (10 journeys): "
+        f"{segments['ratio_defined']:.2f}x defined, {segments['ratio_watched']:.2f}x each "
+        "watched by a journey."
     )
 
 

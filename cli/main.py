@@ -82,6 +82,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_segments(args: argparse.Namespace) -> int:
+    from flows.jobs.backtest import parse_until
+    from flows.jobs.segment_report import run_segments
+
+    try:
+        at = None if args.at is None else parse_until(args.at)
+    except ValueError as exc:
+        print(f"tetik segments: --at: {exc}", file=sys.stderr)
+        return 2
+    return run_segments(args.rules, args.events, at=at, out=args.out)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.jobs.run import RunOptions, run_engine
 
@@ -212,6 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="write actions here (default: stdout)")
     rp.add_argument("--include-suppressed", action="store_true", help="also suppressed actions")
     rp.set_defaults(func=_cmd_replay)
+
+    seg = sub.add_parser("segments", help="segment memberships of every user, replaying a log")
+    seg.add_argument("--rules", required=True, help="rules YAML file")
+    seg.add_argument("--events", required=True, help="JSONL event log")
+    seg.add_argument("--at", help="replay to this time (epoch ms or RFC 3339; default: last event)")
+    seg.add_argument("--out", help="write the JSON lines here (default: stdout)")
+    seg.set_defaults(func=_cmd_segments)
 
     rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")

@@ -5,9 +5,16 @@ Rules of this interface:
 * :meth:`Engine.on_event` first fires the user's timers due at or before
   ``now`` (each at its due time), then applies the event to the state
   windows, then checks exits of the user's active enrollments, then
-  triggers. A duplicate or stale event changes nothing and emits nothing.
+  triggers, then re-evaluates the watched segments the event can change
+  (:mod:`engine.segments`), then enters the journeys of those segment
+  changes (``trigger: {segment: S}``), in file order. A duplicate or stale
+  event changes nothing and emits nothing.
 * :meth:`Engine.advance` fires the timers due at or before ``until``, in due
-  order, each at its due time; :meth:`Engine.next_due` says when to call it.
+  order, each at its due time, and, in time order with them (timers first at
+  the same millisecond), the segment recheck and broadcast instants in (the
+  user's clock, ``until``] (:mod:`engine.broadcasts`); ``UserState.clock``
+  then moves to ``until``. :meth:`Engine.next_due` says when to call it for
+  timers (with ``instants=True``, also for those instants).
 * Steps run at once until a ``wait`` (or a quiet-hours deferral); a wait
   counts from the moment the step before it completed.
 * A send whose template is over its rendering budget or output cap
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.actions import Action, action_id
+from engine.broadcasts import Broadcasts
 from engine.events import Event
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
@@ -48,6 +56,7 @@ from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
 from engine.rules.templates import render_message
+from engine.segments import Change, SegmentWatch, latest_event, user_clock, watched_names
 from engine.state import (
     Enrollment,
     Entered,
@@ -59,6 +68,7 @@ from engine.state import (
 from engine.windows import DEFAULT_CONFIG, WindowConfig
 
 MAX_ENTRY_HISTORY = 2000  # (journey, key) pairs remembered per user for re-entry rules
+_LOOKAHEAD = 3650 * 86_400_000  # next_due(instants=True) looks this far ahead (10 years)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,7 @@ class Engine:
         rules: Rules,
         windows: WindowConfig = DEFAULT_CONFIG,
         retired: Mapping[str, Engine] | None = None,
+        activated_at: int | None = None,
     ) -> None:
         self.rules = rules
         self.windows = windows
@@ -114,7 +125,8 @@ class Engine:
         by_type: dict[str, list[tuple[int, Journey]]] = {}
         self.exits: dict[str, set[str]] = {}
         for position, journey in enumerate(rules.journeys):
-            by_type.setdefault(journey.trigger.event, []).append((position, journey))
+            if journey.trigger.event:
+                by_type.setdefault(journey.trigger.event, []).append((position, journey))
             for rule in journey.exits:
                 self.exits.setdefault(rule.event, set()).add(journey.id)
         self.triggers = {kind: TriggerIndex(pairs) for kind, pairs in by_type.items()}
@@ -125,19 +137,49 @@ class Engine:
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
         )
+        self._segments_and_broadcasts(activated_at)
 
-    def successor(self, rules: Rules) -> Engine:
-        """The engine of a new rules version; in-flight enrollments stay on theirs."""
+    def _segments_and_broadcasts(self, activated_at: int | None) -> None:
+        """Watched segments, segment-triggered journeys and broadcasts (SPEC section 9)."""
+        rules = self.rules
+        self.segment_journeys = tuple(
+            j
+            for j in rules.journeys
+            if j.trigger.segment is not None and j.trigger.schedule is None
+        )
+        names = watched_names(rules)
+        self.watch = SegmentWatch(rules, names) if names else None
+        if self.watch is not None:
+            for old in self.retired.values():
+                if old.watch is not None:
+                    self.watch.remember(old.watch)
+        broadcasts = Broadcasts(rules, activated_at)
+        self.broadcasts = broadcasts if broadcasts.journeys else None
+        # Whether advance has instants to run besides timers (recheck, broadcast).
+        self.timed = self.broadcasts is not None or (
+            self.watch is not None and bool(self.watch.timed)
+        )
+
+    def successor(self, rules: Rules, activated_at: int | None = None) -> Engine:
+        """The engine of a new rules version; in-flight enrollments stay on theirs.
+
+        ``activated_at`` (live: the moment the version takes over) keeps a
+        broadcast whose instant is already past from being sent late.
+        """
         retired = {**self.retired, self.version: self}
-        engine = Engine(rules, self.windows, retired)
+        engine = Engine(rules, self.windows, retired, activated_at)
         engine.use_rfm(self.rfm)
         return engine
 
     def use_rfm(self, book: RfmBook | None) -> None:
         """Read ``rfm()`` from ``book`` here and in every retained version."""
         self.rfm = book
+        if self.watch is not None:
+            self.watch.rfm = book
         for old in self.retired.values():
             old.rfm = book
+            if old.watch is not None:
+                old.watch.rfm = book
 
     # -- entry points -------------------------------------------------------------
 
@@ -153,7 +195,12 @@ class Engine:
         the user's due timers fired, and the actions the event itself caused."""
         if self.retired and state.enrollments:
             self._retire(state)
-        fired = self.advance(state, now) if state.enrollments else []
+        watch = self.watch
+        if watch is not None:
+            watch.prepare(state)
+        elif state.segment_defs:
+            _forget_segments(state)
+        fired = self.advance(state, now) if state.enrollments or self.timed else []
         actions: list[Action] = []
         outcome = apply(state, event, now, self.windows)
         if outcome != "applied":
@@ -166,11 +213,38 @@ class Engine:
             ctx = Context(state, now, event=event, rfm=self.rfm)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
+        if watch is not None:
+            changes = watch.after_event(state, event, now)
+            if changes:
+                self._segment_entries(state, changes, event, now, actions)
         return outcome, fired, actions
 
-    def advance(self, state: UserState, until: int) -> list[Action]:
-        """Run every step due at or before ``until``, each at its due time."""
+    def advance(
+        self, state: UserState, until: int, *, instants_until: int | None = None
+    ) -> list[Action]:
+        """Run every step due at or before ``until``, each at its due time, and, in
+        time order with them, the recheck and broadcast instants in (the user's
+        clock, ``until``] (or ``instants_until`` when earlier: ``--drain``)."""
         actions: list[Action] = []
+        if not self.timed:
+            return self._fire_timers(state, until, actions)
+        if self.watch is not None:
+            self.watch.prepare(state)
+        horizon = until if instants_until is None else min(until, instants_until)
+        while state.events:  # a user not seen yet has no instants before their first event
+            found = self._next_instant(state, horizon)
+            if found is None:
+                break
+            instant, recheck = found
+            due = _next(state)
+            if due is not None and due[0] <= instant:
+                self._fire_timers(state, instant, actions)  # timers first at the same ms
+            self._at_instant(state, instant, recheck, actions)
+        state.clock = max(state.clock, horizon)
+        return self._fire_timers(state, until, actions)
+
+    def _fire_timers(self, state: UserState, until: int, actions: list[Action]) -> list[Action]:
+        """Run every enrollment step due at or before ``until``, each at its due time."""
         while True:
             due = _next(state)
             if due is None or due[0] > until:
@@ -182,10 +256,72 @@ class Engine:
             if owner is not None:
                 owner._run(state, slot, enrollment, when, None, actions)
 
-    def next_due(self, state: UserState) -> int | None:
-        """When :meth:`advance` next has work for this user (epoch ms), or None."""
+    def next_due(self, state: UserState, *, instants: bool = False) -> int | None:
+        """When :meth:`advance` next has work for this user (epoch ms), or None.
+
+        Enrollment timers only, unless ``instants``: a live shard's timer index
+        must not hold every shopper's next recheck instant (a sweep advances
+        idle shoppers instead). With ``instants``, also the next recheck or
+        broadcast instant (looked for up to 10 years after the user's clock).
+        """
         due = _next(state)
-        return None if due is None else due[0]
+        first = None if due is None else due[0]
+        if instants and self.timed and state.events:
+            found = self._next_instant(state, user_clock(state) + _LOOKAHEAD)
+            if found is not None and (first is None or found[0] < first):
+                first = found[0]
+        return first
+
+    # -- segments and broadcasts (SPEC section 9) -----------------------------------
+
+    def _next_instant(self, state: UserState, horizon: int) -> tuple[int, bool] | None:
+        """The next recheck or broadcast instant in (user clock, horizon], and whether
+        segments are rechecked at it."""
+        recheck = self.watch.next_recheck(state, horizon) if self.watch is not None else None
+        best = recheck
+        if self.broadcasts is not None:
+            found = self.broadcasts.due(state, horizon if best is None else best)
+            if found is not None and (best is None or found[0] < best):
+                best = found[0]
+        return None if best is None else (best, best == recheck)
+
+    def _at_instant(self, state: UserState, when: int, recheck: bool, out: list[Action]) -> None:
+        """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
+        if recheck and self.watch is not None:
+            changes = self.watch.recheck_at(state, when)
+            if changes:
+                self._segment_entries(state, changes, latest_event(state), when, out)
+        found = self.broadcasts.due(state, when) if self.broadcasts is not None else None
+        if found is not None and found[0] == when:
+            self._broadcast(state, found[1], when, out)
+        state.clock = when
+
+    def _broadcast(
+        self, state: UserState, journeys: list[Journey], when: int, out: list[Action]
+    ) -> None:
+        """Enroll the user in each broadcast of this instant whose segment holds."""
+        entry = latest_event(state)
+        ctx = Context(state, when, event=entry, rfm=self.rfm)
+        for journey in journeys:
+            name = journey.trigger.segment
+            if name is not None and not self.rules.segments[name].cond.holds(ctx):
+                continue
+            self._maybe_enter(state, journey, entry, ctx, out)
+
+    def _segment_entries(
+        self,
+        state: UserState,
+        changes: list[Change],
+        entry: Event | None,
+        now: int,
+        out: list[Action],
+    ) -> None:
+        """Enter the journeys triggered by these segment changes, in file order."""
+        changed = set(changes)
+        ctx = Context(state, now, event=entry, rfm=self.rfm)
+        for journey in self.segment_journeys:
+            if (journey.trigger.segment, journey.trigger.on) in changed:
+                self._maybe_enter(state, journey, entry, ctx, out)
 
     # -- exits and entries --------------------------------------------------------
 
@@ -233,7 +369,12 @@ class Engine:
         return False
 
     def _maybe_enter(
-        self, state: UserState, journey: Journey, event: Event, ctx: Context, out: list[Action]
+        self,
+        state: UserState,
+        journey: Journey,
+        event: Event | None,
+        ctx: Context,
+        out: list[Action],
     ) -> None:
         """Enter when the trigger's condition, re-entry rule and audience allow it."""
         # The condition first: it is the cheapest way to say no to most journeys.
@@ -375,7 +516,9 @@ def _event_vars(event: Event) -> dict[str, Any]:
 
 
 def conditions(rules: Rules) -> Iterator[Condition]:
-    """Every compiled condition of the rules' journeys."""
+    """Every compiled condition of the rules' segments and journeys."""
+    for segment in rules.segments.values():
+        yield segment.cond
     for journey in rules.journeys:
         for cond in (journey.trigger.cond, journey.audience, *(e.cond for e in journey.exits)):
             if cond is not None:
@@ -399,12 +542,21 @@ def _next(state: UserState) -> tuple[int, str] | None:
     return best
 
 
-def _enrollment_key(journey: Journey, event: Event) -> str | None:
-    """The enrollment key of a trigger event ("" for unkeyed journeys; None: no entry)."""
+def _enrollment_key(journey: Journey, event: Event | None) -> str | None:
+    """The enrollment key of a trigger event ("" for unkeyed journeys; None: no entry);
+    a broadcast's is its schedule, so that each schedule enrolls a user once."""
+    if journey.trigger.schedule is not None:
+        return journey.trigger.schedule.text
     if journey.key is None:
         return ""
     value = getattr(event, journey.key, None)
     return None if value is None else str(value)
+
+
+def _forget_segments(state: UserState) -> None:
+    """The rules watch no segment any more: drop the stored memberships."""
+    state.segments.clear()
+    state.segment_defs = ""
 
 
 def _reentry_allows(journey: Journey, entered: Entered | None, now: int) -> bool:

@@ -9,7 +9,9 @@ Rules of this interface:
   their next event, gives the same actions as one global timer queue.
 * After the last event the clock stops there, unless ``until`` (events after
   it are not applied, timers up to it fire) or ``drain`` (every pending timer
-  fires).
+  fires). Segment recheck and broadcast instants (:mod:`engine.segments`,
+  :mod:`engine.broadcasts`) run for every user up to where the clock stops:
+  ``until``, else the last event, even with ``drain``.
 * A bad line is reported through ``on_error(line_number, reason)`` and
   skipped; nothing else stops the run. A bad line is one that does not
   decode, or whose ``ts`` is more than a day after ``received`` (the moment
@@ -53,6 +55,7 @@ class ReplayStats:
     events: int = 0
     invalid: int = 0
     users: int = 0
+    clock: int = 0  # where the virtual clock stopped (the last event, or until)
     actions: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # "event_id: ExceptionClass: message"
 
@@ -75,12 +78,16 @@ def replay(
     on_error: Callable[[int, str], None] = lambda _n, _r: None,
     stats: ReplayStats | None = None,
     received: int | None = None,
+    states: dict[str, UserState] | None = None,
 ) -> list[Action]:
-    """Run ``engine`` over JSONL ``lines``; return every action in SPEC order."""
+    """Run ``engine`` over JSONL ``lines``; return every action in SPEC order.
+
+    ``states``, when given, receives every user's state at the end (``tetik segments``).
+    """
     stats = stats if stats is not None else ReplayStats()
     reference = received if received is not None else time.time_ns() // 1_000_000
     events = _decode(lines, on_error, stats, reference)
-    return replay_events(engine, events, until=until, drain=drain, stats=stats)
+    return replay_events(engine, events, until=until, drain=drain, stats=stats, states=states)
 
 
 def _decode(
@@ -111,6 +118,7 @@ def replay_events(
     until: int | None = None,
     drain: bool = False,
     stats: ReplayStats | None = None,
+    states: dict[str, UserState] | None = None,
 ) -> list[Action]:
     """Run ``engine`` over decoded events on the virtual clock; actions in SPEC order."""
     stats = stats if stats is not None else ReplayStats()
@@ -118,14 +126,17 @@ def replay_events(
     skipped: set[int] = set()
     while True:
         run = ReplayStats(stats.lines, 0, stats.invalid)
+        if states is not None:
+            states.clear()  # a restart without a poison event begins again from nothing
         try:
-            actions = _run(engine, log, skipped, until, drain, run)
+            actions = _run(engine, log, skipped, until, drain, run, states)
         except _Poison as poison:
             skipped.add(id(poison.event))
             error = poison.error
             stats.failed.append(f"{poison.event.event_id}: {type(error).__name__}: {error}")
             continue
         stats.events, stats.users, stats.actions = run.events, run.users, run.actions
+        stats.clock = run.clock
         return actions
 
 
@@ -145,8 +156,9 @@ def _run(
     until: int | None,
     drain: bool,
     stats: ReplayStats,
+    keep: dict[str, UserState] | None = None,
 ) -> list[Action]:
-    states: dict[str, UserState] = {}
+    states: dict[str, UserState] = {} if keep is None else keep
     actions: list[Action] = []
     clock = 0
     rfm = _rfm_refresher(engine)
@@ -167,11 +179,14 @@ def _run(
         if rfm is not None:
             rfm.after(state)
     end = FOREVER if drain else (until if until is not None else clock)
+    # Recheck and broadcast instants run up to the clock's end, never to FOREVER.
+    horizon = until if until is not None else clock
+    stats.clock = horizon
     if rfm is not None:
         rfm.before(end)
     for state in states.values():
         try:
-            actions.extend(engine.advance(state, end))
+            actions.extend(engine.advance(state, end, instants_until=horizon))
         except Exception as exc:  # a bug: live reports it and retries later; nothing fires
             stats.failed.append(f"timers of {state.key}: {type(exc).__name__}: {exc}")
     stats.users = len(states)

@@ -108,6 +108,13 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     entered: dict[str, Entered] = {}
     sends: list[Sent] = []
     types_dropped: int = 0
+    # SPEC section 9 (engine.segments): the latest `now` the engine ran this user at,
+    # when the rules have recheck or broadcast instants; the watched segments the user
+    # is in (name -> entered at; at most one per segment of the rules); the fingerprint
+    # of the definitions they were computed with.
+    clock: int = 0
+    segments: dict[str, int] = {}
+    segment_defs: str = ""
 
 
 def _ids(state: UserState) -> set[int]:
@@ -343,6 +350,7 @@ def to_view(state: UserState) -> dict[str, Any]:
         "profile": dict(state.profile),
         "windows": {name: [_record_view(r) for r in w] for name, w in state.windows.items()},
         "custom_types_dropped": state.types_dropped,
+        "segments": dict(state.segments),
     }
 
 

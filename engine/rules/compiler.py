@@ -32,6 +32,7 @@ Rules of this interface:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.errors import ExpressionError
@@ -41,6 +42,8 @@ from engine.rules.model import Condition
 from engine.rules.names import resolve
 from engine.rules.nodes import Attr, Binary, Call, ListLit, Literal, Name, Node, Unary, children
 from engine.rules.parser import parse
+from engine.rules.segment_refs import FUNCTION as IN_SEGMENT
+from engine.rules.segment_refs import segment_call
 from engine.rules.typed import Typed, article, constant, cut
 
 _QUOTE_LIMIT = 40
@@ -55,6 +58,8 @@ class Scope:
     event: bool = True  # `event.F` allowed (trigger.if, audience, exit.if, step if)
     entry: bool = False  # `entry.F` allowed (exit.if, step if)
     where: str = "expression"  # e.g. "trigger.if", "exit.if", "step 4.if": used in messages
+    # The segments `in_segment('NAME')` may name (None: not compiled, the file is rejected).
+    segments: Mapping[str, Condition | None] | None = None
 
 
 def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Condition:
@@ -99,6 +104,7 @@ class _Compiler:
         self.text = text
         bound = (("event", scope.event), ("entry", scope.entry))
         self.allowed = frozenset(name for name, on in bound if on)
+        self.segments = scope.segments
 
     def expr(self, node: Node) -> Typed:
         if isinstance(node, Literal):
@@ -110,6 +116,8 @@ class _Compiler:
         if isinstance(node, Binary):
             return operators.binary(self, node)
         if isinstance(node, Call):
+            if node.name == IN_SEGMENT:
+                return segment_call(node, self.segments)
             return functions.call(self, node)
         if isinstance(node, Attr):
             return self.attribute(node)

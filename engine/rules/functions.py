@@ -53,6 +53,7 @@ SIGNATURES: Final = {
     "in_cart": "in_cart(PRODUCT)",
     "favorited": "favorited(PRODUCT)",
     "rfm": "rfm()",
+    "in_segment": "in_segment('NAME')",  # compiled by engine.rules.segment_refs
 }
 RFM_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
     "r": ("number", attrgetter("r")),

@@ -87,7 +87,8 @@ import hashlib
 import re
 import zoneinfo
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal, ParamSpec, TypeVar
 
@@ -97,6 +98,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from engine.durations import HOUR, MAX_DURATION_MS, MINUTE, format_duration, parse_duration
 from engine.errors import ExpressionError, RulesError, one_line
 from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
+from engine.rules import segment_defs
 from engine.rules.compiler import Scope, compile_expression
 from engine.rules.model import (
     Branch,
@@ -109,12 +111,17 @@ from engine.rules.model import (
     QuietHours,
     RenderFn,
     Rules,
+    Schedule,
+    Segment,
     Send,
     Step,
     Trigger,
     Wait,
     longest_wait,
 )
+from engine.rules.nodes import Node as Expr
+from engine.rules.parser import parse
+from engine.rules.segment_refs import referenced
 from engine.rules.templates import TemplateProblem, compile_template
 
 P = ParamSpec("P")
@@ -131,10 +138,13 @@ MAX_TEMPLATE_FIELDS: Final = 10_000
 TYPO_CUTOFF: Final = 0.85
 
 TOP_KEYS: Final = (
-    "version", "timezone", "quiet_hours", "consent", "caps", "templates", "journeys",
-    "rfm_refresh",
+    "version", "timezone", "quiet_hours", "consent", "caps", "templates", "segments",
+    "segment_recheck", "rfm_refresh", "journeys",
 )  # fmt: skip
 MIN_RFM_REFRESH: Final = MINUTE
+MAX_SEGMENTS: Final = 1_000
+MIN_RECHECK_MS: Final = 60_000
+DEFAULT_RECHECK_MS: Final = 3_600_000
 JOURNEY_KEYS: Final = ("id", "name", "trigger", "key", "audience", "reentry", "exit", "steps")
 STEP_KEYS: Final = {
     "wait": ("wait",),
@@ -151,6 +161,7 @@ _ID = re.compile(r"^[a-z0-9_-]+\Z")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\Z")
 _COUNT = re.compile(r"^\d+\Z")
+_WALL = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?\Z")
 _NULL = "tag:yaml.org,2002:null"
 _ESCAPE_LENGTH: Final = {"x": 4, "u": 6, "U": 10}  # other double-quote escapes are 2 chars
 # Stands in for a part that failed to compile: a file with a problem never yields Rules.
@@ -195,6 +206,8 @@ def summary(rules: Rules, filename: str | None = None) -> str:
             (rules.caps, "cap"),
         )
     )
+    if rules.segments:
+        counts += f", {_plural(len(rules.segments), 'segment')}"
     prefix = f"{filename}: " if filename else ""
     return f"{prefix}OK, {counts} (version {rules.source_hash[:12]})"
 
@@ -492,6 +505,8 @@ class _Loader:
     nodes: int = 0  # entries of mappings and lists visited (aliases count each use)
     template_fields: int = 0
     wait_nodes: dict[tuple[str, str], Node] = field(default_factory=dict)  # (where, path)
+    # segment name -> compiled condition (None until compiled, or if it did not compile)
+    segment_conds: dict[str, Condition | None] = field(default_factory=dict)
 
     def load(self) -> Rules | None:
         """The compiled rules, or None when a problem was recorded."""
@@ -636,6 +651,10 @@ class _Loader:
         consent = self._field(fields, "consent", self._consent, self._consent_defaults({}))
         caps = self._field(fields, "caps", self._caps, _NO_CAPS)
         templates: Templates = self._field(fields, "templates", self._templates, {})
+        recheck = self._field(fields, "segment_recheck", self._recheck, DEFAULT_RECHECK_MS)
+        segments = self._field(
+            fields, "segments", lambda n: self._segments(n, timezone), dict[str, Segment]()
+        )
         journeys = self._field(fields, "journeys", self._journeys, _NO_JOURNEYS, required=need)
         rfm_refresh = self._field(fields, "rfm_refresh", _rfm_refresh, HOUR)
         return Rules(
@@ -648,6 +667,8 @@ class _Loader:
             templates=templates,
             source_hash=self.source_hash,
             rfm_refresh=rfm_refresh,
+            segments=segments,
+            segment_recheck=recheck,
         )
 
     def _version(self, node: Node) -> int:
@@ -821,6 +842,12 @@ class _Loader:
             fields, "steps", lambda n: self._steps(n, "", where, 0), _NO_STEPS, required=need
         )
         self._check_span(steps, where)
+        if trigger is not None and not trigger.event and "key" in fields:
+            self._report(
+                fields["key"][0],
+                f"{where}: `key` needs an event trigger; a segment or schedule trigger has no "
+                "event to take the key from (remove `key`)",
+            )
         return Journey(
             id=jid,
             trigger=trigger or Trigger(""),
@@ -882,6 +909,8 @@ class _Loader:
     def _expression(self, node: Node, scope: Scope) -> Condition:
         """Compile one expression; its error points at the offending character."""
         source = _text(node, scope.where)
+        if scope.segments is None:
+            scope = replace(scope, segments=self.segment_conds)
         try:
             return compile_expression(source, scope)
         except ExpressionError as exc:
@@ -902,6 +931,12 @@ class _Loader:
         return self._expression(node, Scope(event=True, entry=False, where=f"{where} audience"))
 
     def _trigger(self, node: Node, where: str) -> Trigger:
+        if isinstance(node, MappingNode):
+            keys = {k.value for k, _ in node.value if isinstance(k, ScalarNode)}
+            if "schedule" in keys:
+                return self._schedule_trigger(node)
+            if "segment" in keys and "event" not in keys:
+                return self._segment_trigger(node)
         scope = Scope(event=True, entry=False, where=f"{where} trigger.if")
         return Trigger(*self._event_ref(node, scope, "trigger"))
 
@@ -1032,3 +1067,131 @@ class _Loader:
             fields, "else", lambda n: self._steps(n, f"{path}.else", where, depth + 1), _NO_STEPS
         )
         return Branch(path, cond, then, otherwise)
+
+    # ---- segments and broadcasts (SPEC section 9) -------------------------------
+
+    @staticmethod
+    def _recheck(node: Node) -> int:
+        ms = _duration(node, "segment_recheck")
+        if ms < MIN_RECHECK_MS:
+            raise _at(node, "segment_recheck must be at least 1m (each recheck evaluates segments)")
+        return ms
+
+    def _segments(self, node: Node, timezone: str) -> dict[str, Segment]:
+        """Check names, refuse cycles, then compile in dependency order."""
+        pairs = self._pairs(node, "segments")
+        if len(pairs) > MAX_SEGMENTS:
+            raise _at(pairs[MAX_SEGMENTS][1], f"more than {MAX_SEGMENTS:,} segments")
+        values: dict[str, Node] = {}
+        for name, key, value in pairs:
+            if not _ID.match(name):
+                self._report(key, f"segment name {name!r} must match [a-z0-9_-]+")
+                continue
+            values[name] = value
+            self.segment_conds[name] = None
+        trees = {
+            name: self._try(None, self._segment_tree, name, value) for name, value in values.items()
+        }
+        refs = {name: referenced(tree) if tree is not None else [] for name, tree in trees.items()}
+        order, cycles = segment_defs.compile_order(refs)
+        for name, call, loop in cycles:
+            message = (
+                f"segment {name}: segments use each other in a cycle: {' -> '.join(loop)}; "
+                "a segment cannot depend on itself, directly or through others"
+            )
+            line, column = self._offset(values[name], call.offset)
+            self.problems.add(_Problem(line, column, message))
+        skipped = segment_defs.in_cycle(cycles)
+        compiled: dict[str, Segment] = {}
+        for name in order:
+            tree = trees[name]
+            if tree is None or name in skipped:
+                continue
+            segment = self._try(None, self._segment, name, values[name], tree, compiled, timezone)
+            if segment is not None:
+                compiled[name] = segment
+                self.segment_conds[name] = segment.cond
+        return {name: compiled[name] for name in values if name in compiled}
+
+    def _segment_tree(self, name: str, node: Node) -> Expr:
+        """The parsed segment, refused where it reads `event`, `entry` or `engaged`."""
+        try:
+            tree = parse(_text(node, f"segment {name}"))
+            segment_defs.check_segment_tree(tree)
+        except ExpressionError as exc:
+            line, column = self._offset(node, exc.offset)
+            raise _Reject(_Problem(line, column, f"segment {name}: {exc.message}")) from None
+        return tree
+
+    def _segment(
+        self, name: str, node: Node, tree: Expr, compiled: dict[str, Segment], timezone: str
+    ) -> Segment:
+        scope = Scope(
+            event=False, entry=False, where=f"segment {name}", segments=self.segment_conds
+        )
+        cond = self._expression(node, scope)
+        uses = {ref for ref, _ in referenced(tree)}
+        deps = segment_defs.analyse(tree, {r: compiled[r].deps for r in uses if r in compiled})
+        prints = [compiled[r].fingerprint for r in uses if r in compiled]
+        return Segment(name, cond, deps, segment_defs.fingerprint(cond.source, prints, timezone))
+
+    def _segment_ref(self, node: Node) -> str:
+        name = _text(node, "segment")
+        if name not in self.segment_conds:
+            known = self.segment_conds
+            hint = suggest(name, known) or (
+                f"; segments defined: {', '.join(sorted(known))}"
+                if known
+                else "; define it under the top-level `segments:`"
+            )
+            raise _at(node, f"unknown segment {name!r}{hint}")
+        return name
+
+    def _segment_trigger(self, node: Node) -> Trigger:
+        """``{segment: S}`` (on entering) or ``{segment: S, on: exit}`` (on leaving)."""
+        fields = self._fields(node, ("segment", "on"), "a segment trigger")
+        segment = self._field(fields, "segment", self._segment_ref, "")
+        on: Literal["enter", "exit"] = self._field(fields, "on", self._on, "enter")
+        return Trigger("", segment=segment, on=on)
+
+    @staticmethod
+    def _on(node: Node) -> Literal["enter", "exit"]:
+        text = _text(node, "on")
+        if text not in ("enter", "exit"):
+            raise _at(node, f"on {text!r} must be enter or exit{suggest(text, ('enter', 'exit'))}")
+        return "enter" if text == "enter" else "exit"
+
+    def _schedule_trigger(self, node: Node) -> Trigger:
+        """``{schedule: "2026-11-20T09:00", segment: S, local: true}``: a broadcast."""
+        fields = self._fields(node, ("schedule", "segment", "local"), "a schedule trigger")
+        local = self._field(fields, "local", self._local, False)
+        schedule = self._field(fields, "schedule", lambda n: _schedule(n, local), None)
+        segment = self._field(fields, "segment", self._segment_ref, None)
+        return Trigger("", segment=segment, schedule=schedule)
+
+    @staticmethod
+    def _local(node: Node) -> bool:
+        text = _text(node, "local")
+        if text not in ("true", "false"):
+            raise _at(node, f"local {text!r} must be true or false")
+        return text == "true"
+
+
+def _schedule(node: Node, local: bool) -> Schedule:
+    """A wall time without offset: ``2026-11-20T09:00`` (seconds optional)."""
+    text = _text(node, "schedule")
+    match = _WALL.match(text)
+    wall = None
+    if match:
+        try:
+            year, month, day, hour, minute, second = (int(p or 0) for p in match.groups())
+            wall = datetime(year, month, day, hour, minute, second)
+        except ValueError:
+            wall = None
+    if wall is None:
+        raise _at(
+            node,
+            f"schedule {text!r} is not a wall time; write YYYY-MM-DDTHH:MM, e.g. "
+            "\"2026-11-20T09:00\" (the rules' timezone, or each user's with local: true)",
+        )
+    return Schedule(text, wall, local, node.start_mark.line, node.start_mark.column)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from engine.durations import HOUR
@@ -76,9 +77,28 @@ def longest_wait(steps: Sequence[Step]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """A broadcast's wall time (``2026-11-20T09:00``): in the rules' zone, or in each
+    user's own zone when ``local``; ``line``/``column`` (0-based) place it in the file."""
+
+    text: str
+    wall: datetime  # naive
+    local: bool = False
+    line: int = 0
+    column: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Trigger:
+    """What starts an enrollment: an event (``event``), entering or leaving a segment
+    (``segment`` with ``on``; ``event`` is ""), or a broadcast (``schedule``, with an
+    optional ``segment`` whose members it enrolls)."""
+
     event: str
     cond: Condition | None = None
+    segment: str | None = None
+    on: Literal["enter", "exit"] = "enter"
+    schedule: Schedule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +140,40 @@ Templates = Mapping[str, Mapping[str, Mapping[str, RenderFn]]]
 
 
 @dataclass(frozen=True, slots=True)
+class Deps:
+    """What a segment's value can change with (engine.rules.segment_defs analyses it).
+
+    ``types``: the event types whose arrival can change it (``every_type``: any);
+    with time alone it changes when a record leaves a WITHIN window (``agings``:
+    (TYPE, WITHIN)), when ``since(TYPE)`` passes a constant (``thresholds``: (TYPE,
+    D)), when ``now`` passes a constant (``moments``), or at any moment
+    (``continuous``: evaluated at every recheck instant).
+    """
+
+    types: frozenset[str] = frozenset()
+    every_type: bool = False
+    continuous: bool = False
+    agings: frozenset[tuple[str, int]] = frozenset()
+    thresholds: frozenset[tuple[str, int]] = frozenset()
+    moments: frozenset[int] = frozenset()
+
+    @property
+    def timed(self) -> bool:
+        """Whether the value can change with time alone."""
+        return bool(self.continuous or self.agings or self.thresholds or self.moments)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A named condition over one user's state (SPEC section 9)."""
+
+    name: str
+    cond: Condition
+    deps: Deps = Deps()
+    fingerprint: str = ""  # of its text and of the segments it uses: changes with either
+
+
+@dataclass(frozen=True, slots=True)
 class Rules:
     """A whole compiled rules file."""
 
@@ -132,3 +186,5 @@ class Rules:
     templates: Templates = field(default_factory=dict)
     source_hash: str = ""  # sha256 of the file's bytes: the rules_version of actions
     rfm_refresh: int = HOUR  # ms between recomputations of the base's RFM boundaries
+    segments: Mapping[str, Segment] = field(default_factory=dict)  # in file order
+    segment_recheck: int = 3_600_000  # ms between recheck instants (epoch-aligned)

@@ -35,6 +35,7 @@ from engine.state import cart_count, cart_total
 ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now")
 FUNCTIONS: Final = (
     "count", "exists", "sum", "last", "since", "engaged", "in_cart", "favorited", "rfm",
+    "in_segment",
 )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.actions import Action, to_json
+from engine.broadcasts import passed
 from engine.errors import RulesError
 from engine.events import parse_ts
 from engine.journeys import Engine
@@ -40,6 +41,8 @@ def validate(path: str) -> int:
     if rules is None:
         return 1
     print(summary(rules, path))
+    for warning in passed(rules, time.time_ns() // 1_000_000, path):  # broadcasts already past
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -339,7 +339,7 @@ REJECTIONS = [
         "timezone: Europe/Istanbul",
         "colour: blue",
         "2:1: unknown key 'colour' in the rules file; allowed: version, timezone, quiet_hours, "
-        "consent, caps, templates, journeys, rfm_refresh",
+        "consent, caps, templates, segments, segment_recheck, rfm_refresh, journeys",
     ),
     # quiet hours
     (

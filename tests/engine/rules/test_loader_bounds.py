@@ -126,7 +126,7 @@ def test_nesting_up_to_the_limit_is_fine() -> None:
     found = problems(deep(MAX_YAML_DEPTH - 1, flow=True))
     assert found == [
         "r.yaml:2:1: unknown key 'x' in the rules file; allowed: version, timezone, "
-        "quiet_hours, consent, caps, templates, journeys, rfm_refresh"
+        "quiet_hours, consent, caps, templates, segments, segment_recheck, rfm_refresh, journeys"
     ]
 
 
