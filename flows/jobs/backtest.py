@@ -25,7 +25,7 @@ def parse_until(text: str) -> int:
     return parse_ts(text)
 
 
-def _load(path: str) -> Rules | None:
+def load_rules(path: str) -> Rules | None:
     """The compiled rules, or None after printing every problem to stderr."""
     try:
         return load_rules_file(path)
@@ -37,7 +37,7 @@ def _load(path: str) -> Rules | None:
 
 def validate(path: str) -> int:
     """Exit 0 with a one-line summary, or 1 with every problem."""
-    rules = _load(path)
+    rules = load_rules(path)
     if rules is None:
         return 1
     print(summary(rules, path))
@@ -46,7 +46,7 @@ def validate(path: str) -> int:
     return 0
 
 
-def _lines(path: str) -> Iterator[bytes]:
+def event_lines(path: str) -> Iterator[bytes]:
     """The file's lines, with a progress line on stderr every two seconds."""
     start = last = time.monotonic()
     with Path(path).open("rb") as handle:
@@ -68,13 +68,13 @@ def run_replay(
     include_suppressed: bool,
 ) -> int:
     """The backtest; exit 2 for a bad rules file (the errors are printed)."""
-    rules = _load(rules_path)
+    rules = load_rules(rules_path)
     if rules is None:
         return 2
     stats = ReplayStats()
     actions = replay(
         Engine(rules),
-        _lines(events_path),
+        event_lines(events_path),
         until=until,
         drain=drain,
         on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),

@@ -33,7 +33,7 @@ from engine.rfm import RfmBook, rfm_inputs, score
 from engine.rfm_base import base_bounds
 from engine.segments import members_at
 from engine.state import UserState
-from flows.jobs.backtest import _lines, _load
+from flows.jobs.backtest import event_lines, load_rules
 
 
 def base_book(states: Mapping[str, UserState], at: int) -> RfmBook:
@@ -55,7 +55,7 @@ def rfm_view(book: RfmBook, state: UserState) -> dict[str, int] | None:
 
 def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str | None) -> int:
     """Replay to ``at`` and write each known user's segments; exit 2 for bad files."""
-    rules = _load(rules_path)
+    rules = load_rules(rules_path)
     if rules is None:
         return 2
     try:
@@ -70,7 +70,7 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
     stats = ReplayStats()
     replay(
         Engine(rules),
-        _lines(events_path),
+        event_lines(events_path),
         until=at,
         on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),
         stats=stats,
