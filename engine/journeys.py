@@ -314,7 +314,9 @@ class Engine:
     ) -> Action:
         enrollment_id = f"{enrollment.key}\x1f{enrollment.seq}"
         return Action(
-            action_id=action_id(state.key, enrollment.journey, enrollment_id, step.path),
+            action_id=action_id(
+                enrollment.origin or state.key, enrollment.journey, enrollment_id, step.path
+            ),
             at=now,
             user_id=state.key,
             journey=enrollment.journey,

@@ -16,6 +16,8 @@ Rules of this interface:
   it drops the custom type whose newest record is oldest, whole, and counts
   it in ``UserState.types_dropped``.
 * :func:`dumps` / :func:`loads` round-trip the state exactly (msgpack).
+* ``UserState.merged`` lists the anonymous ids merged into this user
+  (:mod:`engine.identity`), the latest :data:`MAX_MERGED`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from engine.windows import (
 
 Outcome = Literal["applied", "duplicate", "stale"]
 STATE_VERSION = 1
+MAX_MERGED = 100  # anonymous ids remembered per user (engine.identity)
 
 
 class CartLine(msgspec.Struct, array_like=True, gc=False):
@@ -71,6 +74,10 @@ class Enrollment(msgspec.Struct, kw_only=True, omit_defaults=True):
     due: int | None = None
     actions: list[str] = []
     rules_version: str = ""
+    # The identity key its action ids hash ("" = the state's key). Set when an
+    # anonymous id's enrollment moves to a user (engine.identity), so its later
+    # steps keep ids of the same family and never collide with the user's own.
+    origin: str = ""
 
 
 class Entered(msgspec.Struct, array_like=True, gc=False):
@@ -108,6 +115,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     entered: dict[str, Entered] = {}
     sends: list[Sent] = []
     types_dropped: int = 0
+    merged: list[str] = []  # anonymous ids merged in, oldest first, at most MAX_MERGED
 
 
 def _ids(state: UserState) -> set[int]:
@@ -117,6 +125,11 @@ def _ids(state: UserState) -> set[int]:
         cache = {record.h for window in state.windows.values() for record in window}
         state.__dict__["_ids"] = cache
     return cache
+
+
+def reset_ids(state: UserState) -> None:
+    """Forget the cached id hashes after the windows changed wholesale (a merge)."""
+    state.__dict__.pop("_ids", None)
 
 
 def _forget(state: UserState, dropped: list[Stored]) -> None:
@@ -343,6 +356,7 @@ def to_view(state: UserState) -> dict[str, Any]:
         "profile": dict(state.profile),
         "windows": {name: [_record_view(r) for r in w] for name, w in state.windows.items()},
         "custom_types_dropped": state.types_dropped,
+        "merged": list(state.merged),
     }
 
 
