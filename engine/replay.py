@@ -184,7 +184,7 @@ def _one(
     state = states.get(key)
     if state is None:
         state = states[key] = UserState(key=key)
-    stats.identity_conflicts += resolution.conflict
+    stats.identity_conflicts += int(resolution.conflict)
     anon = resolution.link
     if anon is not None:
         links[anon] = key
