@@ -15,7 +15,9 @@ Rules of this interface:
   reason ``template_error``, like ``no_consent`` and ``capped``: it does not
   count against caps, the journey goes on, and nothing else is affected.
 * Each enrollment runs every step path at most once, so an action id (a hash
-  of identity, journey, enrollment and path) is emitted at most once.
+  of identity, journey, enrollment and path) is emitted at most once. The
+  identity is the key the enrollment started under: ``Enrollment.origin``
+  when it moved from an anonymous id to a user (:mod:`engine.identity`).
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
 * Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
