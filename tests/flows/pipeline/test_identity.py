@@ -15,6 +15,7 @@ import pytest
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
+from flows.jobs.inspect import state_view
 from flows.pipeline.identity import read_links
 from flows.retry import RedisClient
 from flows.stores.keys import shard_of
@@ -118,6 +119,11 @@ def test_a_cart_left_anonymously_and_bought_after_login_on_another_shard_sends_n
     stats = read_stats(pipeline.client, pipeline.keys)
     assert stats["identity.linked"] == 1
     assert stats["identity.merged"] == 1
+    shown = state_view(pipeline.client, pipeline.keys, anon)  # `tetik state ANON`
+    assert shown is not None
+    assert (shown["user"], shown["merged"], shown["linked_from"]) == (user, [anon], anon)
+    assert shown == {**state_view(pipeline.client, pipeline.keys, user), "linked_from": anon}
+    assert state_view(pipeline.client, pipeline.keys, "nobody") is None
 
 
 def test_events_after_the_login_are_merged_in_order_and_anonymous_ones_follow_the_link(
