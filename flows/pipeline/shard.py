@@ -612,7 +612,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             items = [first, *sorted(later, key=lambda item: item.event.ts)]
         else:
             conflict = linked != state.key
-            counts["identity.handoff_missing" if not conflict else "identity.conflicts"] += 1
+            counts["identity.handoff_missing" if not conflict else "identity.hold_conflict"] += 1
             items = [_untagged(item, hold.anon, conflict) for item in items]
         for item in items:
             before = dumps(state)
