@@ -12,6 +12,10 @@ Rules of this interface:
   as an endless series of :class:`Outgoing` records. Each record's ``ts`` is
   filled in when it is sent (the shopper's clock is the wall clock), so the
   log replay compares against is the log as produced, whatever the pace.
+* Half the sessions start logged out (:data:`ANON_RATIO`; the generator's
+  default is 0.3), and logged-out visitors log in or sign up as they go, so
+  every scenario merges anonymous ids into users across shards under its
+  faults (``identity.merged`` in the engine's counters).
 * With ``poison_share`` > 0, that share of records is poison: one of
   :data:`POISON_KINDS`, each invalid in its own way (bad JSON, missing fields,
   integers of 2**64, a ``ts`` in the year 9999, over 64 KiB, bad UTF-8). A
@@ -32,7 +36,15 @@ from typing import Any
 from bench.load import Template, template
 from clickstream.generator import GeneratorConfig, generate_records
 
-__all__ = ["LONGEST_JOURNEY_MS", "POISON_KINDS", "RULES", "Outgoing", "poison_value", "stream"]
+__all__ = [
+    "ANON_RATIO",
+    "LONGEST_JOURNEY_MS",
+    "POISON_KINDS",
+    "RULES",
+    "Outgoing",
+    "poison_value",
+    "stream",
+]
 
 RULES = """\
 version: 1
@@ -85,6 +97,7 @@ journeys:
       - send: email
 """
 LONGEST_JOURNEY_MS = 4_000
+ANON_RATIO = 0.5  # share of sessions that start logged out (then log in or sign up)
 
 POISON_KINDS = (
     "bad_json",
@@ -121,7 +134,7 @@ class Outgoing:
 
 def stream(seed: int, users: int, poison_share: float = 0.0) -> Iterator[Outgoing]:
     """An endless seeded clickstream, with ``poison_share`` of poison records mixed in."""
-    cfg = GeneratorConfig(users=users, events=10**12, seed=seed)
+    cfg = GeneratorConfig(users=users, events=10**12, seed=seed, anon_ratio=ANON_RATIO)
     mixer = random.Random(seed * 7_919 + 13)
     numbers = itertools.count(1)
     for key, value in generate_records(cfg):

@@ -22,7 +22,9 @@ Rules of this interface:
   reason ``template_error``, like ``no_consent`` and ``capped``: it does not
   count against caps, the journey goes on, and nothing else is affected.
 * Each enrollment runs every step path at most once, so an action id (a hash
-  of identity, journey, enrollment and path) is emitted at most once.
+  of identity, journey, enrollment and path) is emitted at most once. The
+  identity is the key the enrollment started under: ``Enrollment.origin``
+  when it moved from an anonymous id to a user (:mod:`engine.identity`).
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
 * Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
@@ -473,7 +475,9 @@ class Engine:
     ) -> Action:
         enrollment_id = f"{enrollment.key}\x1f{enrollment.seq}"
         return Action(
-            action_id=action_id(state.key, enrollment.journey, enrollment_id, step.path),
+            action_id=action_id(
+                enrollment.origin or state.key, enrollment.journey, enrollment_id, step.path
+            ),
             at=now,
             user_id=state.key,
             journey=enrollment.journey,

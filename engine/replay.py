@@ -20,6 +20,13 @@ Rules of this interface:
 * An event whose processing raises (a bug, never expected) is left out as
   if it never came, as the live engine dead-letters it: the run starts again
   without it, and :attr:`ReplayStats.failed` lists it with the exception.
+* Identity (SPEC section 7, :mod:`engine.identity`): the links live in
+  memory for the run. Each event is resolved to its identity key; at a link
+  event the anonymous id's state (its due timers fired first) merges into the
+  user's before the event is handled, and the anonymous id's later events go
+  to the user. :class:`ReplayStats` counts the merges (``merged``), the
+  ``identity_conflict`` events and the enrollments ended (``ended``, e.g.
+  ``merged``).
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
 * When a condition calls ``rfm()``, the base's RFM boundaries are computed
   over every user in memory at each refresh instant ``k * rfm_refresh``
@@ -31,6 +38,7 @@ Rules of this interface:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -38,6 +46,7 @@ from typing import TYPE_CHECKING
 from engine.actions import Action
 from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
+from engine.identity import link, resolve
 from engine.journeys import Engine, replay_order
 from engine.state import UserState
 
@@ -58,6 +67,9 @@ class ReplayStats:
     clock: int = 0  # where the virtual clock stopped (the last event, or until)
     actions: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # "event_id: ExceptionClass: message"
+    merged: int = 0  # anonymous ids merged into a user at their link event
+    identity_conflicts: int = 0  # events naming another user for an already linked anon_id
+    ended: dict[str, int] = field(default_factory=dict)  # enrollments ended, by reason
 
 
 class _Poison(Exception):
@@ -137,6 +149,8 @@ def replay_events(
             continue
         stats.events, stats.users, stats.actions = run.events, run.users, run.actions
         stats.clock = run.clock
+        stats.merged, stats.identity_conflicts = run.merged, run.identity_conflicts
+        stats.ended = run.ended
         return actions
 
 
@@ -159,6 +173,8 @@ def _run(
     keep: dict[str, UserState] | None = None,
 ) -> list[Action]:
     states: dict[str, UserState] = {} if keep is None else keep
+    links: dict[str, str] = {}  # anon_id -> user_id, permanent
+    ended = Counter(engine.ended)
     actions: list[Action] = []
     clock = 0
     rfm = _rfm_refresher(engine)
@@ -166,18 +182,17 @@ def _run(
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
         clock = max(clock, event.ts)
-        state = states.get(event.key)
-        if state is None:
-            state = states[event.key] = UserState(key=event.key)
         stats.events += 1
         if rfm is not None:
             rfm.before(clock)
         try:
-            actions.extend(engine.on_event(state, event, clock))
+            state, merged = _one(engine, states, links, event, clock, actions, stats)
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
         if rfm is not None:
             rfm.after(state)
+            if merged is not None:
+                rfm.base.update(merged, None)  # the anonymous id is part of the user now
     end = FOREVER if drain else (until if until is not None else clock)
     # Recheck and broadcast instants run up to the clock's end, never to FOREVER.
     horizon = until if until is not None else clock
@@ -190,6 +205,34 @@ def _run(
         except Exception as exc:  # a bug: live reports it and retries later; nothing fires
             stats.failed.append(f"timers of {state.key}: {type(exc).__name__}: {exc}")
     stats.users = len(states)
+    stats.ended = {reason: n for reason, n in (engine.ended - ended).items() if n}
     for action in actions:
         stats.actions[action.status] = stats.actions.get(action.status, 0) + 1
     return replay_order(actions)
+
+
+def _one(
+    engine: Engine,
+    states: dict[str, UserState],
+    links: dict[str, str],
+    event: Event,
+    clock: int,
+    actions: list[Action],
+    stats: ReplayStats,
+) -> tuple[UserState, str | None]:
+    """Handle one event for its identity, merging an anonymous id at its link; the
+    user's state, and the anonymous id merged into it (None: none)."""
+    resolution = resolve(event, links)
+    key = resolution.key
+    state = states.get(key)
+    if state is None:
+        state = states[key] = UserState(key=key)
+    stats.identity_conflicts += int(resolution.conflict)
+    anon = resolution.link
+    if anon is not None:
+        links[anon] = key
+        linked = link(engine, state, states.pop(anon, None), anon, clock)
+        actions.extend(linked.fired)
+        stats.merged += linked.merge.merged
+    actions.extend(engine.on_event(state, resolution.event, clock))
+    return state, anon

@@ -16,6 +16,12 @@ Rules of this interface:
   it drops the custom type whose newest record is oldest, whole, and counts
   it in ``UserState.types_dropped``.
 * :func:`dumps` / :func:`loads` round-trip the state exactly (msgpack).
+* ``UserState.merged`` lists the anonymous ids merged into this user
+  (:mod:`engine.identity`), the latest :data:`MAX_MERGED`.
+* ``UserState.linking`` and ``UserState.holding`` are the live engine's
+  identity hand-over across shards (:mod:`flows.pipeline.identity`): the link
+  an anonymous id waits to make, and the events a user holds until an
+  anonymous id's state reaches it; each holds at most :data:`MAX_HELD` events.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from engine.windows import (
 
 Outcome = Literal["applied", "duplicate", "stale"]
 STATE_VERSION = 1
+MAX_MERGED = 100  # anonymous ids remembered per user (engine.identity)
+MAX_HELD = 1_000  # events one identity holds while a link is handed over (live only)
 
 
 class CartLine(msgspec.Struct, array_like=True, gc=False):
@@ -71,6 +79,10 @@ class Enrollment(msgspec.Struct, kw_only=True, omit_defaults=True):
     due: int | None = None
     actions: list[str] = []
     rules_version: str = ""
+    # The identity key its action ids hash ("" = the state's key). Set when an
+    # anonymous id's enrollment moves to a user (engine.identity), so its later
+    # steps keep ids of the same family and never collide with the user's own.
+    origin: str = ""
 
 
 class Entered(msgspec.Struct, array_like=True, gc=False):
@@ -85,6 +97,35 @@ class Sent(msgspec.Struct, array_like=True, gc=False):
 
     ts: int
     channel: str
+
+
+class Held(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An event kept, not applied yet, while a link is handed over between shards.
+
+    ``route``/``anon`` are the live resolver's tag (``via``, ``link`` or
+    ``conflict`` and the anonymous id it names; "" when untagged).
+    """
+
+    event: bytes  # the event's JSON (engine.events.encode_event)
+    now: int  # the clock it is applied at
+    ingested: int | None = None
+    route: str = ""
+    anon: str = ""
+
+
+class Linking(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """An anonymous id's pending link to ``user``, made once the clock passes ``at``."""
+
+    user: str
+    at: int
+    held: list[Held] = []  # its events at or after ``at``: they travel to the user
+
+
+class Holding(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """A user waiting for anonymous id ``anon``'s state (or its conflict answer)."""
+
+    anon: str
+    held: list[Held] = []  # the link event first, then every later event of the user
 
 
 class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
@@ -115,6 +156,9 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     clock: int = 0
     segments: dict[str, int] = {}
     segment_defs: str = ""
+    merged: list[str] = []  # anonymous ids merged in, oldest first, at most MAX_MERGED
+    linking: Linking | None = None  # live only: this anonymous id's pending link
+    holding: Holding | None = None  # live only: events held until a merge
 
 
 def _ids(state: UserState) -> set[int]:
@@ -124,6 +168,11 @@ def _ids(state: UserState) -> set[int]:
         cache = {record.h for window in state.windows.values() for record in window}
         state.__dict__["_ids"] = cache
     return cache
+
+
+def reset_ids(state: UserState) -> None:
+    """Forget the cached id hashes after the windows changed wholesale (a merge)."""
+    state.__dict__.pop("_ids", None)
 
 
 def _forget(state: UserState, dropped: list[Stored]) -> None:
@@ -351,7 +400,20 @@ def to_view(state: UserState) -> dict[str, Any]:
         "windows": {name: [_record_view(r) for r in w] for name, w in state.windows.items()},
         "custom_types_dropped": state.types_dropped,
         "segments": dict(state.segments),
+        "merged": list(state.merged),
+        **_handover_view(state),
     }
+
+
+def _handover_view(state: UserState) -> dict[str, Any]:
+    """A pending link or hold, shown only while there is one."""
+    view: dict[str, Any] = {}
+    if state.linking is not None:
+        link = state.linking
+        view["linking"] = {"user": link.user, "at": link.at, "held": len(link.held)}
+    if state.holding is not None:
+        view["holding"] = {"anon": state.holding.anon, "held": len(state.holding.held)}
+    return view
 
 
 def _line_view(pid: str, line: CartLine) -> dict[str, Any]:

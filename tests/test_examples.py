@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.actions import Action
+from engine.actions import Action, action_id
 from engine.events import parse_ts
 from engine.journeys import Engine
-from engine.replay import replay
+from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -142,3 +142,53 @@ def test_the_demo_journeys_cover_the_example_scenarios_with_short_waits() -> Non
     waits = [step.ms for j in rules.journeys for step in j.steps if hasattr(step, "ms")]
     assert waits
     assert max(waits) <= 60_000  # seconds, so a one-minute demo shows every step
+
+
+# -- identity: login merge (SPEC section 7) ------------------------------------------
+# a1 carts, logs in as u1 and buys (no reminder); a2 gives push consent and a
+# name while logged out, then logs in as u2 (both reminders, with the name);
+# a3's first reminder fires before its signup as u3, whose welcome counts the
+# merged cart; u5 and its device a5 both hold a p6 cart enrollment (u5's is
+# older and stays); lm-9 comes twice (merges nothing twice); u4 logs in on
+# a1's device (a conflict: a1 stays u1's, so its later cart goes to u1).
+
+
+def test_login_merge() -> None:
+    assert run("login_merge") == [
+        (day(0, "10:20"), "u5", "1", "email", "cart_reminder", "sent"),  # 30m after 09:50
+        (day(0, "10:30"), "a3", "1", "email", "cart_reminder", "sent"),  # before the signup
+        (day(0, "10:30"), "u2", "1", "email", "cart_reminder", "sent"),  # a2's, moved
+        (day(0, "10:40"), "u3", "0", "email", "welcome", "sent"),
+        (day(0, "11:30"), "u2", "3", "push", "cart_reminder", "sent"),  # a2's push consent
+        (day(0, "12:35"), "u1", "1", "email", "cart_reminder", "sent"),  # a1's p5 -> u1
+    ]  # u1 bought p1 after the login: no reminder for a1 or u1
+
+
+def test_login_merge_suppressed() -> None:
+    suppressed = [r for r in run("login_merge", include_suppressed=True) if r[5] != "sent"]
+    assert suppressed == [  # no push consent for u5, u3 (nor a3 before), u1
+        (day(0, "11:20"), "u5", "3", "push", "cart_reminder", "suppressed"),
+        (day(0, "11:30"), "u3", "3", "push", "cart_reminder", "suppressed"),
+        (day(0, "13:35"), "u1", "3", "push", "cart_reminder", "suppressed"),
+    ]
+
+
+def test_login_merge_ids_content_and_counts() -> None:
+    engine = Engine(load_rules_file(EXAMPLES / "login_merge.yaml"))
+    lines = (EXAMPLES / "login_merge.events.jsonl").read_bytes().splitlines()
+    stats = ReplayStats()
+    found = {
+        (a.user_id, a.journey, a.step): a for a in replay(engine, lines, drain=True, stats=stats)
+    }
+    moved = found["u2", "abandoned_cart", "1"]
+    assert moved.action_id == action_id("a2", "abandoned_cart", "p2\x1f1", "1")
+    assert moved.content == {
+        "subject": "Deniz, sepetin seni bekliyor",
+        "body": "p2 hala sepetinde.",
+    }
+    assert found["u3", "welcome", "0"].content == {
+        "subject": "Hos geldin",
+        "body": "Sepetinde 1 urun var.",
+    }
+    assert (stats.merged, stats.identity_conflicts, stats.ended) == (4, 1, {"merged": 1})
+    assert stats.users == 5  # u1..u5; the device ids merged into their users

@@ -91,10 +91,21 @@ def run_replay(
     print(
         f"\rreplay: {stats.events:,} events, {stats.invalid:,} invalid lines, "
         f"{stats.users:,} users -> {stats.actions.get('sent', 0):,} sent, "
-        f"{stats.actions.get('suppressed', 0):,} suppressed",
+        f"{stats.actions.get('suppressed', 0):,} suppressed{_identity_note(stats)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _identity_note(stats: ReplayStats) -> str:
+    """Identity stitching counts (SPEC section 7), when the log had any links."""
+    if not (stats.merged or stats.identity_conflicts):
+        return ""
+    ended = stats.ended.get("merged", 0)
+    return (
+        f"; {stats.merged:,} anonymous ids merged ({ended:,} enrollments ended as merged), "
+        f"{stats.identity_conflicts:,} identity_conflict"
+    )
 
 
 def _write(handle: BinaryIO, actions: list[Action]) -> None:

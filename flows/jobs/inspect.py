@@ -1,4 +1,10 @@
-"""``tetik state USER``: a shopper's state as the engine left it in Redis."""
+"""``tetik state ID``: a shopper's state as the engine left it in Redis.
+
+``ID`` is a user id, an anonymous id that was never linked, or a linked
+anonymous id: then the state shown is its user's (found through the links
+hash of the anonymous id's shard, :mod:`flows.pipeline.identity`), with the
+ids that user merged (``merged``) and the id asked for (``linked_from``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.state import to_view
-from flows.retry import connect
+from flows.pipeline.identity import read_links
+from flows.retry import RedisClient, connect
 from flows.settings import from_env
+from flows.stores.keys import Keys
 from flows.stores.states import Shoppers
 
 
@@ -20,5 +28,17 @@ def read_state(user: str, redis_url: str | None = None) -> dict[str, Any] | None
             "no Redis to read from: set TETIK_REDIS_URL (or pass --redis URL) to the Redis "
             "the engine writes to (`make demo` prints a sample user's state itself)"
         )
-    state = Shoppers(connect(url), settings.keys).load(user)
-    return None if state is None else to_view(state)
+    return state_view(connect(url), settings.keys, user)
+
+
+def state_view(client: RedisClient, keys: Keys, identity: str) -> dict[str, Any] | None:
+    """The view of ``identity``'s state, or of the user a linked anonymous id belongs to."""
+    shoppers = Shoppers(client, keys)
+    state = shoppers.load(identity)
+    if state is not None:
+        return to_view(state)
+    user = read_links(client, keys, [identity])[identity]
+    state = None if user is None else shoppers.load(user)
+    if state is None:
+        return None
+    return {**to_view(state), "linked_from": identity}

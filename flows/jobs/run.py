@@ -181,6 +181,7 @@ def live_flow(
         ttl_ms=settings.state_ttl_ms,
         actions_topic=settings.actions_topic,
         dlq_topic=settings.dlq_topic,
+        events_topic=settings.events_topic,
         cache_users=max(16, settings.cache_shoppers // settings.shards),
         on_back=_checking(marker, halt),
     )

@@ -10,13 +10,17 @@ Steps (each owned by one module):
    :class:`~flows.pipeline.derive.Deriver` wants) are fanned out, paced, to
    derived per-shopper events (:mod:`flows.pipeline.derive`), which join the
    shoppers' own events.
-4. ``wake``: every shard gets a :class:`~flows.pipeline.shard.Wake` at start,
+4. ``resolve``: each event's identity (:class:`flows.pipeline.identity.Resolver`):
+   an anonymous id's event goes to its user once linked, and an event that
+   links an anonymous id also sends a :class:`~flows.pipeline.identity.LinkRequest`
+   to the anonymous id's shard (SPEC section 7).
+5. ``wake``: every shard gets a :class:`~flows.pipeline.shard.Wake` at start,
    so a shard whose shoppers wait on timers runs even before its next event.
-5. ``shards``: events are keyed by shard (:func:`flows.stores.keys.shard_of`
+6. ``shards``: events are keyed by shard (:func:`flows.stores.keys.shard_of`
    of the identity; one shopper's events stay in order on one worker), and
    :class:`~flows.pipeline.shard.ShardLogic` runs the journeys core on each
    batch, writes to Redis and emits through the outbox.
-6. ``reports``: what each activation did (actions, counts) goes to the
+7. ``reports``: what each activation did (actions, counts) goes to the
    ``reports`` sink: tests collect it; the live engine drops it.
 
 :func:`build_flow` takes its source and sinks, so tests run it in process with
@@ -36,6 +40,7 @@ from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
 from flows.pipeline.derive import Deriver, FanoutConfig, FanoutLogic, wants_any
+from flows.pipeline.identity import LinkRequest, Resolver, identity_of
 from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
 from flows.stores.keys import shard_of
 
@@ -97,12 +102,14 @@ def build_flow(
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
     if derivers:
         events = _fanned_out(events, derivers, config)
-    wakes = cast(Stream[Stamped | Wake], op.input("wake", flow, WakeSource(shards)))
+    resolver = Resolver(config.client, config.keys)
+    resolved = op.flat_map_batch("resolve", events, resolver)
+    wakes = cast(Stream[Stamped | LinkRequest | Wake], op.input("wake", flow, WakeSource(shards)))
 
-    def key(item: Stamped | Wake) -> str:
-        return str(item.shard if isinstance(item, Wake) else shard_of(item.event.key, shards))
+    def key(item: Stamped | LinkRequest | Wake) -> str:
+        return str(item.shard if isinstance(item, Wake) else shard_of(identity_of(item), shards))
 
-    inputs = op.merge("inputs", cast(Stream[Stamped | Wake], events), wakes)
+    inputs = op.merge("inputs", cast(Stream[Stamped | LinkRequest | Wake], resolved), wakes)
     keyed = op.key_on("shard", inputs, key)
 
     def builder(resume: int | None) -> ShardLogic:

@@ -46,6 +46,20 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """The identity resolver's tag on an event (:mod:`flows.pipeline.identity`).
+
+    ``kind``: ``via`` (an anonymous-only event re-keyed to the user ``anon`` is
+    linked to, or a login the link already covers), ``link`` (the event asks
+    to link ``anon`` to its user) or ``conflict`` (``anon`` is linked to
+    another user).
+    """
+
+    kind: str
+    anon: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stamped:
     """A valid event with the clock it is applied at, and where and when it was read.
 
@@ -58,6 +72,7 @@ class Stamped:
     ingested: int | None = None
     message: KafkaSourceMessage[Any, Any] | None = None
     partition: str = ""
+    route: Route | None = None  # set by the identity resolver
 
     @property
     def offset(self) -> int:

@@ -33,6 +33,13 @@ Rules of this interface:
   a dead letter (in the outbox, so it is not lost), as if it never came; a
   shopper whose timer raises is looked at again later (1 s, doubling to 10
   min), counted ``errors.timer``.
+* **Identity** (:mod:`flows.pipeline.identity`, SPEC section 7): a
+  :class:`~flows.pipeline.identity.LinkRequest` puts a pending link in the
+  anonymous id's state and its time in the timer index; when the watermark
+  passes it, the link, the hand-off and the deletion of the anonymous id's
+  state are one commit. A user's event tagged for an id it has not merged
+  holds the user's events until the hand-off (or a conflict) is there; the
+  shard polls its waiting users every activation and merges in one commit.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
   shard's next write, or by a write of their own within ``confirm_ms`` when
   the shard is idle.
@@ -52,10 +59,23 @@ import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from engine.actions import Action
+from engine.identity import link
 from engine.journeys import Engine
-from engine.state import UserState, dumps, loads, prune
+from engine.state import MAX_HELD, Holding, Linking, UserState, dumps, loads, prune
 from flows.clock import Clock, wall_ms
-from flows.pipeline.decode import Rejected, Stamped, to_dlq
+from flows.pipeline.decode import Rejected, Route, Stamped, to_dlq
+from flows.pipeline.identity import (
+    POLL_MS,
+    Handoff,
+    LinkRequest,
+    delete_handoffs,
+    held,
+    identity_of,
+    pack_handoff,
+    read_handoffs,
+    read_links,
+    unheld,
+)
 from flows.pipeline.sweep import PAGE as SWEEP_PAGE
 from flows.pipeline.sweep import Sweep, SweepMark
 from flows.pipeline.sweep import pack as pack_mark
@@ -67,6 +87,9 @@ from flows.stores.states import ShardStore, ShardWrite
 
 TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to 10 min
 RETRY_MS = 10  # a due timer held back by the watermark looks again this much later
+HOLD_LOOK_MS = 100  # a holding user's due timer looks again this much later
+
+Item = Stamped | LinkRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,7 @@ class ShardConfig:
     ttl_ms: int
     actions_topic: str
     dlq_topic: str
+    events_topic: str = ""  # where an anonymous id's late event is forwarded to its user
     clock: Clock = wall_ms
     cache_users: int = 1_000  # per shard
     timer_batch: int = 500
@@ -106,7 +130,7 @@ class ShardConfig:
     sweep_page: int = SWEEP_PAGE
 
 
-class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
+class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
     """One shard inside the live flow (see the module rules)."""
 
     def __init__(self, config: ShardConfig, shard: int | None = None) -> None:
@@ -122,6 +146,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self._held_until = 0  # a due timer was held back by the watermark until then
         self._recovering = False  # Redis lost its data: drop actions already in the topic
         self._marks: dict[str, SweepMark] = {}
+        self._waiting: dict[str, str] = {}  # user -> the anonymous id its held events wait for
         if shard is not None:
             self._bind(shard)
 
@@ -139,16 +164,21 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
 
     # -- Bytewax entry points ---------------------------------------------------------
 
-    def on_batch(self, values: list[Stamped | Wake]) -> tuple[Iterable[ShardReport], bool]:
-        events = [v for v in values if isinstance(v, Stamped)]
+    def on_batch(
+        self, values: list[Stamped | LinkRequest | Wake]
+    ) -> tuple[Iterable[ShardReport], bool]:
+        items = [v for v in values if not isinstance(v, Wake)]
+        events = [v for v in items if isinstance(v, Stamped)]
         first = values[0]
         shards = self._c.keys.shards
-        self._bind(first.shard if isinstance(first, Wake) else shard_of(first.event.key, shards))
+        self._bind(first.shard if isinstance(first, Wake) else shard_of(identity_of(first), shards))
         try:
             self._start()
             engine = self._c.runtime.current()
-            report = self._apply(engine, events) if events else self._timers()
-            return [report], StatefulBatchLogic.RETAIN
+            reports = [self._apply(engine, items) if items else self._timers()]
+            if self._waiting:
+                reports.append(self._settle(engine))
+            return reports, StatefulBatchLogic.RETAIN
         finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
             self._c.watermark.applied((v.partition, v.now) for v in events if v.partition)
 
@@ -157,6 +187,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             return [], StatefulBatchLogic.RETAIN
         self._start()
         reports = [self._timers()]
+        if self._waiting:
+            reports.append(self._settle(self._c.runtime.current()))
         if self._c.sweeps:
             reports.append(self._sweeps())
         return reports, StatefulBatchLogic.RETAIN
@@ -182,6 +214,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             wake.append(max(self._next_due, self._held_until))
         if self._c.emitter.outstanding(self._shard):
             wake.append(now + self._c.confirm_ms)
+        if self._waiting:
+            wake.append(now + POLL_MS)
         wake.extend(self._sweep_wakes(now))
         if not wake:
             return None
@@ -202,23 +236,30 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             )
             marks = self._retrying("reading a shard's sweeps", self._shard_store.sweep_cursors)
             self._marks = {name: unpack_mark(text) for name, text in marks.items()}
+            self._waiting = self._retrying("reading waiting users", self._shard_store.waiting)
 
-    def _apply(self, engine: Engine, events: list[Stamped]) -> ShardReport:
+    def _apply(self, engine: Engine, events: list[Item]) -> ShardReport:
         assert self._offsets is not None
         write = ShardWrite()
         fresh = self._fresh(events, write)
-        by_user: dict[str, list[Stamped]] = {}
+        by_user: dict[str, list[Item]] = {}
         for item in fresh:
-            by_user.setdefault(item.event.key, []).append(item)
+            by_user.setdefault(identity_of(item), []).append(item)
         states = self._states(list(by_user))
+        links = self._links_of(by_user, states)
         actions: list[Action] = []
         records: dict[str, Record] = {}
         for identity, items in by_user.items():
             stored = states[identity]
+            linked = links.get(identity)
+            if stored is None and linked is not None:  # moved to its user: forward
+                items = self._linked_away(linked, items, records, write.counts)
+                if not items:
+                    continue
             if stored is None:
                 write.new.add(identity)
             state = stored or UserState(key=identity)
-            before = engine.next_due(state) if stored is not None else None
+            before = self._due(engine, state) if stored is not None else None
             mine: list[Action] = []
             counts: Counter[str] = Counter()
             try:
@@ -230,14 +271,16 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             actions.extend(mine)
             write.counts.update(counts)
             if data is not None:
-                write.state(identity, data, engine.next_due(state), before)
+                write.state(identity, data, self._due(engine, state), before)
                 self._remember(identity, data)
+                if state.holding is not None and identity not in self._waiting:
+                    write.waiting[identity] = state.holding.anon
         return self._finish(write, actions, records)
 
-    def _fresh(self, events: list[Stamped], write: ShardWrite) -> list[Stamped]:
+    def _fresh(self, events: list[Item], write: ShardWrite) -> list[Item]:
         """The events the stored states do not reflect yet; records their offsets."""
         assert self._offsets is not None
-        fresh: list[Stamped] = []
+        fresh: list[Item] = []
         for item in events:
             if not item.partition:
                 fresh.append(item)  # derived: its event id is what dedupes it
@@ -253,19 +296,94 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self,
         engine: Engine,
         state: UserState,
-        items: list[Stamped],
+        items: list[Item],
         actions: list[Action],
         counts: Counter[str],
     ) -> bytes | None:
         """The common path: one shopper's events at once; the new state bytes if it changed."""
         changed = False
         for item in items:
-            outcome, fired, caused = engine.handle(state, item.event, item.now)
-            counts[outcome] += 1
-            actions.extend(fired)
-            actions.extend(_caused(caused, item.ingested))
-            changed = changed or outcome == "applied" or bool(fired)
+            changed = self._one(engine, state, item, actions, counts) or changed
         return self._pruned(engine, state, items[-1].now) if changed else None
+
+    def _one(
+        self,
+        engine: Engine,
+        state: UserState,
+        item: Item,
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bool:
+        """One item for one identity: kept for a hand-over, or handled; True if it changed."""
+        if isinstance(item, LinkRequest):
+            return _requested(state, item, counts)
+        event, route = item.event, item.route
+        pending = state.linking
+        if pending is not None and event.user_id is None and event.ts >= pending.at:
+            if len(pending.held) < MAX_HELD:  # it travels to the user with the hand-off
+                pending.held.append(held(item))
+                counts["identity.kept"] += 1
+                return True
+            counts["identity.kept_over"] += 1
+        hold = state.holding
+        if hold is not None:
+            if len(hold.held) < MAX_HELD:
+                hold.held.append(held(item))
+                counts["identity.held"] += 1
+                return True
+            counts["identity.held_over"] += 1  # past the bound: applied now, out of turn
+        elif route is not None and route.kind != "conflict" and _unmerged(state, route.anon):
+            state.holding = Holding(anon=route.anon, held=[held(item)])
+            counts["identity.held"] += 1
+            return True
+        if route is not None and route.kind == "conflict":
+            counts["identity_conflict"] += 1
+        outcome, fired, caused = engine.handle(state, event, item.now)
+        counts[outcome] += 1
+        actions.extend(fired)
+        actions.extend(_caused(caused, item.ingested))
+        return outcome == "applied" or bool(fired)
+
+    @staticmethod
+    def _due(engine: Engine, state: UserState) -> int | None:
+        """When the shard must look at ``state`` next: a step, or a pending link's time."""
+        due = engine.next_due(state)
+        if state.linking is not None:
+            due = state.linking.at if due is None else min(due, state.linking.at)
+        return due
+
+    def _links_of(
+        self, by_user: dict[str, list[Item]], states: dict[str, UserState | None]
+    ) -> dict[str, str]:
+        """The links of this shard's anonymous ids that have no state but events here."""
+        anons = [
+            identity
+            for identity, items in by_user.items()
+            if states[identity] is None and any(_anonymous(item) for item in items)
+        ]
+        if not anons:
+            return {}
+        store = self._shard_store
+        users = self._retrying("reading links", lambda: store.links(anons))
+        return {anon: user for anon, user in zip(anons, users, strict=True) if user is not None}
+
+    def _linked_away(
+        self, user: str, items: list[Item], records: dict[str, Record], counts: Counter[str]
+    ) -> list[Item]:
+        """An anonymous id already moved to ``user``: its own events are forwarded to
+        the events topic keyed by the user, link requests dropped; the rest stays."""
+        rest: list[Item] = []
+        topic = self._c.events_topic
+        for item in items:
+            if isinstance(item, LinkRequest):
+                counts["identity.link_known"] += 1
+            elif item.event.user_id is None and item.message is not None and topic:
+                value = item.message.value
+                records[f"fwd:{item.partition}:{item.offset}"] = Record(topic, user.encode(), value)
+                counts["identity.forwarded"] += 1
+            else:
+                rest.append(item)
+        return rest
 
     @staticmethod
     def _pruned(engine: Engine, state: UserState, now: int) -> bytes:
@@ -276,7 +394,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         self,
         engine: Engine,
         identity: str,
-        items: list[Stamped],
+        items: list[Item],
         actions: list[Action],
         counts: Counter[str],
         records: dict[str, Record],
@@ -287,8 +405,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         state = stored or UserState(key=identity)
         for item in items:
             before = dumps(state)
+            mine: list[Action] = []
+            done: Counter[str] = Counter()
             try:
-                outcome, fired, caused = engine.handle(state, item.event, item.now)
+                self._one(engine, state, item, mine, done)
                 dumps(state)
             except Exception as exc:  # see the module rules
                 state = loads(before)
@@ -297,9 +417,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
                 if letter is not None:
                     records[f"dead:{item.partition}:{item.offset}"] = letter
                 continue
-            counts[outcome] += 1
-            actions.extend(fired)
-            actions.extend(_caused(caused, item.ingested))
+            counts.update(done)
+            actions.extend(mine)
         return state
 
     # -- timers -----------------------------------------------------------------------
@@ -330,7 +449,15 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             if state is None:  # expired or deleted: nothing left to run
                 write.forgotten.append(identity)
                 continue
+            if state.holding is not None:  # its timers fire in turn with its held events
+                write.looks[identity] = now + HOLD_LOOK_MS
+                continue
             try:
+                pending = state.linking
+                if pending is not None and pending.at <= until:  # the link is due: hand over
+                    actions.extend(engine.advance(state, pending.at))
+                    self._hand_off(identity, state, pending, write)
+                    continue
                 fired = engine.advance(state, until)
                 data = dumps(state)
             except Exception as exc:  # a broken step must not stop everyone
@@ -340,7 +467,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
                 continue
             self._backoff.pop(identity, None)
             actions.extend(fired)
-            write.state(identity, data, engine.next_due(state), before=until)  # it was indexed
+            write.state(identity, data, self._due(engine, state), before=until)  # it was indexed
             self._remember(identity, data)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
@@ -400,7 +527,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
             if state is None:
                 write.forgotten.append(identity)
                 continue
-            if event is None or identity in written:
+            if event is None or identity in written or state.holding is not None:
                 continue
             before = engine.next_due(state)
             outcome, fired, caused = engine.handle(state, event, until)
@@ -413,6 +540,89 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
                 self._remember(identity, data)
         cursor = identities[-1] if identities else mark.cursor
         return SweepMark(mark.run, cursor, len(identities) < page)
+
+    # -- identity: the hand-over of an anonymous id to its user ------------------------
+
+    def _hand_off(self, anon: str, state: UserState, pending: Linking, write: ShardWrite) -> None:
+        """The link is due: link, hand-off and deletion go in this commit (module rules)."""
+        state.linking = None
+        record = Handoff(user=pending.user, at=pending.at, state=dumps(state), held=pending.held)
+        write.moved[anon] = (pending.user, pack_handoff(record))
+        write.counts["identity.linked"] += 1
+        self._cache.pop(anon, None)
+
+    def _settle(self, engine: Engine) -> ShardReport:
+        """Look for the hand-offs (or conflicts) waiting users wait for; merge in one commit."""
+        client, keys = self._c.client, self._c.keys
+        waiting = dict(self._waiting)
+        links = self._retrying("reading links", lambda: read_links(client, keys, waiting.values()))
+        answered = {user: anon for user, anon in waiting.items() if links.get(anon) is not None}
+        if not answered:
+            return ShardReport(self._shard)
+        mine = [anon for user, anon in answered.items() if links[anon] == user]
+        handoffs = self._retrying("reading hand-offs", lambda: read_handoffs(client, keys, mine))
+        states = self._states(list(answered))
+        write = ShardWrite()
+        actions: list[Action] = []
+        merged: list[str] = []
+        for user, anon in answered.items():
+            state = states[user]
+            if state is None or state.holding is None or state.holding.anon != anon:
+                write.waited.add(user)  # merged or given up before a crash: nothing waits
+                continue
+            handoff = handoffs.get(anon)
+            if handoff is not None and handoff.user == user and links[anon] == user:
+                merged.append(anon)
+            else:
+                handoff = None
+            data = self._resume(engine, state, links[anon] or "", handoff, actions, write.counts)
+            write.state(user, data, self._due(engine, state), before=0)  # it may be indexed
+            self._remember(user, data)
+            if state.holding is not None:  # a held event asks for another merge
+                write.waiting[user] = state.holding.anon
+            else:
+                write.waited.add(user)
+        report = self._finish(write, actions, {})
+        try:  # best effort: a hand-off left over expires, and merges nothing twice
+            delete_handoffs(client, keys, merged)
+        except Exception as exc:
+            _report_once(f"a hand-off was not deleted ({type(exc).__name__}: {exc})")
+        return report
+
+    def _resume(
+        self,
+        engine: Engine,
+        state: UserState,
+        linked: str,
+        handoff: Handoff | None,
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bytes:
+        """A hold answered: merge (with a hand-off), then the held events in order."""
+        hold = state.holding
+        assert hold is not None
+        state.holding = None
+        items = [unheld(kept) for kept in hold.held]
+        if handoff is not None:
+            first = items[0]  # the event that asked for the merge
+            joined = link(engine, state, loads(handoff.state), hold.anon, first.now)
+            actions.extend(joined.fired)
+            counts["identity.merged"] += int(joined.merge.merged)
+            later = items[1:] + [unheld(kept) for kept in handoff.held]
+            items = [first, *sorted(later, key=lambda item: item.event.ts)]
+        else:
+            conflict = linked != state.key
+            counts["identity.handoff_missing" if not conflict else "identity.hold_conflict"] += 1
+            items = [_untagged(item, hold.anon, conflict) for item in items]
+        for item in items:
+            before = dumps(state)
+            try:
+                self._one(engine, state, item, actions, counts)
+            except Exception as exc:  # a held event that raises is left out, as live does
+                state = _restore(state, before)
+                counts["failed"] += 1
+                _report_once(f"a held event of {state.key!r} failed ({type(exc).__name__}: {exc})")
+        return self._pruned(engine, state, max(item.now for item in items))
 
     def _timer_failed(self, identity: str, exc: Exception) -> int:
         low, high = TIMER_BACKOFF_MS
@@ -470,6 +680,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | Wake, ShardReport, int]):
         )
         if self._offsets is not None:
             self._offsets.update(write.offsets)
+        for user in write.waited:
+            self._waiting.pop(user, None)
+        self._waiting.update(write.waiting)
 
     # -- states -----------------------------------------------------------------------
 
@@ -508,9 +721,48 @@ def _caused(actions: list[Action], ingested: int | None) -> list[Action]:
     return [msgspec.structs.replace(a, ingested_at=ingested) for a in actions]
 
 
-def _dead_letter(item: Stamped, exc: Exception, topic: str) -> Record | None:
+def _requested(state: UserState, request: LinkRequest, counts: Counter[str]) -> bool:
+    """A link request for this anonymous id: the earliest in event time is the pending one."""
+    pending = state.linking
+    if pending is not None and (pending.at, pending.user) <= (request.ts, request.user):
+        counts["identity.link_pending"] += 1
+        return False
+    kept = [] if pending is None else pending.held
+    state.linking = Linking(user=request.user, at=request.ts, held=kept)
+    counts["identity.link_requested"] += 1
+    return True
+
+
+def _unmerged(state: UserState, anon: str) -> bool:
+    return anon != state.key and anon not in state.merged
+
+
+def _anonymous(item: Item) -> bool:
+    """A link request, or an event with only an anonymous id."""
+    return isinstance(item, LinkRequest) or item.event.user_id is None
+
+
+def _untagged(item: Stamped, anon: str, conflict: bool) -> Stamped:
+    """A held event whose merge will not come: a conflict, or no tag for ``anon``."""
+    route = item.route
+    if route is None or route.anon != anon:
+        return item
+    tag = Route("conflict", anon) if conflict and route.kind == "link" else None
+    return Stamped(item.event, item.now, item.ingested, item.message, item.partition, tag)
+
+
+def _restore(state: UserState, data: bytes) -> UserState:
+    """``state`` as it was (``data``), in place: the caller keeps its reference."""
+    old = loads(data)
+    for name in state.__struct_fields__:
+        setattr(state, name, getattr(old, name))
+    state.__dict__.clear()
+    return state
+
+
+def _dead_letter(item: Item, exc: Exception, topic: str) -> Record | None:
     """The dead letter of an event whose processing raised (None for a derived event)."""
-    if item.message is None:
+    if isinstance(item, LinkRequest) or item.message is None:
         return None
     letter = to_dlq(Rejected(item.message, f"processing failed: {exc}"[:1000], type(exc).__name__))
     return Record(topic, letter.key, letter.value, list(letter.headers))

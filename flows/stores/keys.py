@@ -36,6 +36,10 @@ The keys (``P`` the prefix, ``s`` a shard, ``U`` a shopper, ``A`` an action id):
     {P:s}:stats           hash    counter -> value            the shard's batch write
     {P:s}:emitted         set     ids sent before Redis lost  --recover-redis
     {P:s}:sweep           hash    sweep -> cursor             the shard's batch write
+    {P:s}:links           hash    anon id -> user id          the anon's shard's batch write
+    {P:s}:handoff:A       string  a linked anon's last state  the anon's shard; the user's
+                                                              shard deletes it (7-day TTL)
+    {P:s}:waiting         hash    user -> anon it waits for   the shard's batch write
     {P}:stats             hash    counters of no shard        the dead-letter sink
     {P}:layout            hash    shards                      tetik run (first start)
     {P}:recovery          string  the deployment's token      tetik run (first start)
@@ -116,6 +120,22 @@ class ShardKeys:
     def sweep(self) -> str:
         """Hash: sweep name -> its cursor (the last identity done) and run."""
         return f"{self.tag}:sweep"
+
+    @property
+    def links(self) -> str:
+        """Hash: anonymous id -> the user it is linked to, for the anonymous ids of
+        this shard (this shard is the one writer: the authority on its links)."""
+        return f"{self.tag}:links"
+
+    def handoff(self, anon: str) -> str:
+        """String: a linked anonymous id's final state for its user's shard to merge
+        (msgpack of ``flows.pipeline.identity.Handoff``)."""
+        return f"{self.tag}:handoff:{anon}"
+
+    @property
+    def waiting(self) -> str:
+        """Hash: user -> the anonymous id whose hand-off the user's held events wait for."""
+        return f"{self.tag}:waiting"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from flows.retry import RedisClient
 from flows.stores.keys import Keys, ShardKeys
 
 DAY_MS = 86_400_000
+HANDOFF_TTL_MS = 7 * DAY_MS  # a hand-off its user's shard never took expires after this
 
 
 def state_ttl_ms(windows: WindowConfig) -> int:
@@ -63,6 +64,11 @@ class ShardWrite:
     sweep: dict[str, str] = field(default_factory=dict)  # sweep name -> cursor
     new: set[str] = field(default_factory=set)  # identities not in the shopper index yet
     cleared: set[str] = field(default_factory=set)  # had a due step, now have none
+    # Identity (flows.pipeline.identity): anon -> (user, hand-off record) linked now,
+    # users that start waiting (user -> anon) and users done waiting.
+    moved: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    waited: set[str] = field(default_factory=set)
 
     def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
         """Queue a shopper's new state; ``before`` is its due time as it was read."""
@@ -80,6 +86,9 @@ class ShardWrite:
             or self.looks
             or self.forgotten
             or self.sweep
+            or self.moved
+            or self.waiting
+            or self.waited
         )
 
 
@@ -156,6 +165,18 @@ class ShardStore:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.acked)  # type: ignore[assignment]
         return {int(k): int(v) for k, v in raw.items()}
 
+    def links(self, anons: Sequence[str]) -> list[str | None]:
+        """The users ``anons`` (ids of this shard) are linked to (None: not linked)."""
+        if not anons:
+            return []
+        found: list[bytes | None] = self.client.hmget(self.keys.links, list(anons))  # type: ignore[assignment]
+        return [None if user is None else user.decode() for user in found]
+
+    def waiting(self) -> dict[str, str]:
+        """User -> the anonymous id whose hand-off its held events wait for."""
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.waiting)  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
     def commit(self, write: ShardWrite, now: int) -> int | None:
         """Write ``write`` atomically (one script call); return the shard's next due time."""
         keys = self.keys
@@ -179,8 +200,16 @@ class ShardStore:
         args += _pairs(write.offsets.items())
         args += _pairs(write.sweep.items())
         args += _pairs((k, v) for k, v in write.counts.items() if v)
+        args += _pairs(write.waiting.items())
+        args += [len(write.waited), *write.waited]
+        moved_keys: list[str] = []
+        args += [len(write.moved), HANDOFF_TTL_MS]
+        for anon, (user, record) in write.moved.items():
+            moved_keys += [keys.state(anon), keys.handoff(anon)]
+            args += [anon, user, record]
         shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
-        first = self._commit(keys=[*shard, keys.stats, keys.sweep, *state_keys], args=args)
+        books = [keys.stats, keys.sweep, keys.links, keys.waiting]
+        first = self._commit(keys=[*shard, *books, *state_keys, *moved_keys], args=args)
         return None if first is None else int(float(first))
 
 
@@ -192,10 +221,13 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 
 
 # One shard's batch write (ShardStore.commit): every key is the shard's (one slot).
-# KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, then one per state.
+# KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, links, waiting, then one
+# per state, then two per anonymous id linked now (its state, its hand-off).
 # ARGV: the states (identity, data, due or '', ttl, flags: n = new, c = cleared), then
 # counted sections: new-only identities, looks, forgotten, outbox, confirmed, acked,
-# offsets, sweep marks, counters.
+# offsets, sweep marks, counters, users that wait (user, anon), users done waiting,
+# then the linked anonymous ids (count, hand-off ttl, then anon, user, hand-off record):
+# each is linked, its hand-off written, its state and index entries deleted.
 _COMMIT = """
 local a = 0
 local function take() a = a + 1; return ARGV[a] end
@@ -209,9 +241,9 @@ for i = 1, n do
     redis.call('ZREM', timers, id)
   end
   if ttl == '0' then
-    redis.call('SET', KEYS[7 + i], data)
+    redis.call('SET', KEYS[9 + i], data)
   else
-    redis.call('SET', KEYS[7 + i], data, 'PX', ttl)
+    redis.call('SET', KEYS[9 + i], data, 'PX', ttl)
   end
   if string.find(flag, 'n', 1, true) then
     redis.call('ZADD', shoppers, 'NX', 0, id)
@@ -248,6 +280,24 @@ n = tonumber(take())
 for i = 1, n do
   local field, value = take(), take()
   redis.call('HINCRBY', KEYS[6], field, value)
+end
+n = tonumber(take())
+for i = 1, n do
+  local user, anon = take(), take()
+  redis.call('HSET', KEYS[9], user, anon)
+end
+n = tonumber(take())
+for i = 1, n do redis.call('HDEL', KEYS[9], take()) end
+n = tonumber(take())
+local handoff_ttl = take()
+local base = #KEYS - 2 * n
+for i = 1, n do
+  local anon, user, record = take(), take(), take()
+  redis.call('HSET', KEYS[8], anon, user)
+  redis.call('SET', KEYS[base + 2 * i], record, 'PX', handoff_ttl)
+  redis.call('DEL', KEYS[base + 2 * i - 1])
+  redis.call('ZREM', timers, anon)
+  redis.call('ZREM', shoppers, anon)
 end
 local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')
 if #first == 0 then

@@ -42,10 +42,12 @@ def public(cls: type) -> set[str]:
 
 
 def shard_keys(shard: ShardKeys, identities: list[str] = IDENTITIES) -> list[str]:
-    """Every key a shard has: each property but the tag, and states."""
-    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag", "state"})
+    """Every key a shard has: each property but the tag, states and hand-offs."""
+    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag", "state", "handoff"})
     assert {"timers", "outbox", "offsets", "stats", "shoppers", "acked"} <= set(names)
-    return [getattr(shard, name) for name in names] + [shard.state(i) for i in identities]
+    assert {"links", "waiting"} <= set(names)  # identity (flows.pipeline.identity)
+    per_identity = [shard.state(i) for i in identities] + [shard.handoff(i) for i in identities]
+    return [getattr(shard, name) for name in names] + per_identity
 
 
 def deployment_keys(keys: Keys) -> list[str]:

@@ -98,6 +98,7 @@ class Pipeline:
     shards: int = 4
     actions_topic: str = ""
     dlq_topic: str = ""
+    events_topic: str = ""
     reports: list[ShardReport] = field(default_factory=list)
     dead: list[KafkaSinkMessage[Any, Any]] = field(default_factory=list)
 
@@ -114,7 +115,8 @@ class Pipeline:
         """A pipeline with topics of its own (``UNIQUE.actions``, ``UNIQUE.dlq``)."""
         p = cls(client, bootstrap, unique, rules, shards=shards)
         p.actions_topic, p.dlq_topic = f"{unique}.actions", f"{unique}.dlq"
-        ensure_topics(bootstrap, {p.actions_topic: partitions, p.dlq_topic: 1})
+        p.events_topic = f"{unique}.events"
+        ensure_topics(bootstrap, {p.actions_topic: partitions, p.dlq_topic: 1, p.events_topic: 1})
         return p
 
     @property
@@ -136,6 +138,7 @@ class Pipeline:
             "ttl_ms": 3_600_000,
             "actions_topic": self.actions_topic,
             "dlq_topic": self.dlq_topic,
+            "events_topic": self.events_topic,
         }
         values.update(overrides)
         return ShardConfig(**values)
