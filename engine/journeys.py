@@ -16,6 +16,8 @@ Rules of this interface:
   count against caps, the journey goes on, and nothing else is affected.
 * Each enrollment runs every step path at most once, so an action id (a hash
   of identity, journey, enrollment and path) is emitted at most once.
+* Conditions read the state through the engine's ``windows`` (retention and
+  the rules' time zone for calendar months, set here from ``rules.timezone``).
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
 * Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
@@ -49,8 +51,9 @@ from engine.state import (
     apply,
     cart_count,
     cart_total,
+    ensure_rollups,
 )
-from engine.windows import DEFAULT_CONFIG, WindowConfig
+from engine.windows import DEFAULT_CONFIG, WindowConfig, with_timezone
 
 MAX_ENTRY_HISTORY = 2000  # (journey, key) pairs remembered per user for re-entry rules
 
@@ -100,7 +103,7 @@ class Engine:
         retired: Mapping[str, Engine] | None = None,
     ) -> None:
         self.rules = rules
-        self.windows = windows
+        self.windows = with_timezone(windows, rules.timezone)
         self.version = rules.source_hash[:12]
         self.retired = {v: e for v, e in (retired or {}).items() if v != self.version}
         self.ended: Counter[str] = Counter()
@@ -145,7 +148,7 @@ class Engine:
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
         if candidates:
-            ctx = Context(state, now, event=event)
+            ctx = Context(state, now, event=event, windows=self.windows)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         return outcome, fired, actions
@@ -153,6 +156,7 @@ class Engine:
     def advance(self, state: UserState, until: int) -> list[Action]:
         """Run every step due at or before ``until``, each at its due time."""
         actions: list[Action] = []
+        ensure_rollups(state, self.windows)  # a state from before rollups: its history first
         while True:
             due = _next(state)
             if due is None or due[0] > until:
@@ -208,7 +212,14 @@ class Engine:
         program = self.programs.get(enrollment.journey)
         if program is None or enrollment.journey not in self.exits.get(event.type, ()):
             return False
-        ctx = Context(state, now, event=event, entry=enrollment.entry, actions=enrollment.actions)
+        ctx = Context(
+            state,
+            now,
+            event=event,
+            entry=enrollment.entry,
+            actions=enrollment.actions,
+            windows=self.windows,
+        )
         for rule in program.journey.exits:
             if rule.event == event.type and (rule.cond is None or rule.cond.holds(ctx)):
                 return True
@@ -272,7 +283,9 @@ class Engine:
                     return
                 enrollment.pc = program.after[step.path]
             elif isinstance(step, Branch):
-                ctx = Context(state, now, event, enrollment.entry, enrollment.actions)
+                ctx = Context(
+                    state, now, event, enrollment.entry, enrollment.actions, windows=self.windows
+                )
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
             elif isinstance(step, ExitStep):
                 break

@@ -22,6 +22,10 @@ Rules of this interface:
   ``true`` result makes :meth:`Condition.holds` true.
 * Beyond SPEC section 2: list literals (``event.category in ['shoes', 'bags']``)
   and ``not in``.
+* ``Scope.timezone`` is the rules' time zone (``date('2024-01-01')`` and
+  calendar months are read in it). Warnings (a range that can only be
+  approximate, :mod:`engine.rules.history_calls`) do not stop the compile:
+  they are in ``Condition.warnings`` as ``(offset, "scope.where: message")``.
 """
 
 from __future__ import annotations
@@ -49,13 +53,15 @@ class Scope:
     event: bool = True  # `event.F` allowed (trigger.if, audience, exit.if, step if)
     entry: bool = False  # `entry.F` allowed (exit.if, step if)
     where: str = "expression"  # e.g. "trigger.if", "exit.if", "step 4.if": used in messages
+    timezone: str = "UTC"  # the rules' time zone: date() literals and calendar months
 
 
 def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Condition:
     """Parse, type-check and compile ``text``; see the module rules."""
+    compiler = _Compiler(text, scope)
     try:
         root = parse(text)
-        typed = _Compiler(text, scope).expr(root)
+        typed = compiler.expr(root)
         if boolean and typed.type not in ("bool", "any"):
             raise ExpressionError(
                 f"expected a condition (true/false), but {_quote(text, root)} is "
@@ -64,7 +70,8 @@ def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Cond
             )
     except ExpressionError as exc:
         raise ExpressionError(f"{scope.where}: {exc.message}", exc.offset) from None
-    return Condition(text, typed.fn)
+    warnings = tuple((offset, f"{scope.where}: {message}") for offset, message in compiler.warnings)
+    return Condition(text, typed.fn, warnings)
 
 
 def _quote(text: str, node: Node) -> str:
@@ -81,6 +88,15 @@ class _Compiler:
         self.text = text
         bound = (("event", scope.event), ("entry", scope.entry))
         self.allowed = frozenset(name for name, on in bound if on)
+        self.zone = scope.timezone
+        self.warnings: list[tuple[int, str]] = []
+
+    @property
+    def timezone(self) -> str:
+        return self.zone
+
+    def warn(self, offset: int, message: str) -> None:
+        self.warnings.append((offset, message))
 
     def expr(self, node: Node) -> Typed:
         if isinstance(node, Literal):

@@ -12,6 +12,9 @@ Rules of this interface:
 * ``actions`` holds the ``action_id`` of every action this enrollment emitted,
   for ``engaged(CHANNEL [, KIND])``.
 * ``it`` is bound only inside a window function's ``WHERE`` argument.
+* ``windows`` are the engine's bounds: window reads ignore records older than
+  their retention cutoff at ``now`` (:mod:`engine.retention`), and months are
+  those of its ``timezone`` (the rules'). The engine passes its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 
 from engine.events import Event
 from engine.state import UserState
-from engine.windows import Stored
+from engine.windows import DEFAULT_CONFIG, Stored, WindowConfig
 
 
 @dataclass(slots=True)
@@ -34,3 +37,4 @@ class Context:
     entry: Event | None = None
     actions: Collection[str] = field(default_factory=frozenset)
     it: Stored | None = None
+    windows: WindowConfig = DEFAULT_CONFIG

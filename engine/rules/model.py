@@ -26,6 +26,7 @@ class Condition:
 
     source: str
     fn: Callable[[Context], Any]
+    warnings: tuple[tuple[int, str], ...] = ()  # (offset in source, message): see the compiler
 
     def holds(self, ctx: Context) -> bool:
         """True when the expression evaluates to ``true`` (``null`` is false)."""
@@ -129,3 +130,4 @@ class Rules:
     caps: tuple[Cap, ...] = ()
     templates: Templates = field(default_factory=dict)
     source_hash: str = ""  # sha256 of the file's bytes: the rules_version of actions
+    warnings: tuple[str, ...] = ()  # "FILE:LINE:COL: warning: ..." lines (rules validate)

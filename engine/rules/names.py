@@ -33,7 +33,20 @@ from engine.state import _revenue as purchase_revenue  # one rule for the revenu
 from engine.state import cart_count, cart_total
 
 ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now")
-FUNCTIONS: Final = ("count", "exists", "sum", "last", "since", "engaged", "in_cart", "favorited")
+FUNCTIONS: Final = (
+    "count",
+    "exists",
+    "sum",
+    "last",
+    "since",
+    "first",
+    "since_first",
+    "date",
+    "between",
+    "engaged",
+    "in_cart",
+    "favorited",
+)
 
 
 @dataclass(frozen=True, slots=True)
