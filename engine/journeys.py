@@ -41,6 +41,7 @@ from engine.actions import Action, action_id
 from engine.events import Event
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
+from engine.retention import kept_cart
 from engine.rules.context import Context
 from engine.rules.model import Branch, ExitStep, Journey, Rules, Send, Step, Wait
 from engine.rules.templates import render_message
@@ -49,9 +50,9 @@ from engine.state import (
     Entered,
     UserState,
     apply,
-    cart_count,
-    cart_total,
     ensure_rollups,
+    lines_count,
+    lines_total,
 )
 from engine.windows import DEFAULT_CONFIG, WindowConfig, with_timezone
 
@@ -349,16 +350,19 @@ class Engine:
         fields = self.rules.templates.get(step.template, {}).get(channel)
         if fields is None:
             return None, None
-        content = render_message(fields, _template_vars(state, enrollment, now))
+        content = render_message(fields, _template_vars(state, enrollment, now, self.windows))
         return ("template_error", None) if content is None else (None, content)
 
 
-def _template_vars(state: UserState, enrollment: Enrollment, now: int) -> dict[str, Any]:
+def _template_vars(
+    state: UserState, enrollment: Enrollment, now: int, windows: WindowConfig
+) -> dict[str, Any]:
     entry = enrollment.entry
+    cart = kept_cart(state.cart, windows, now)  # the lines that count at `now`, pruned or not
     return {
         "profile": dict(state.profile),
         "entry": {} if entry is None else _event_vars(entry),
-        "cart": {"total": cart_total(state), "count": cart_count(state), "items": list(state.cart)},
+        "cart": {"total": lines_total(cart), "count": lines_count(cart), "items": list(cart)},
         "user_id": state.key,
         "journey": enrollment.journey,
         "now": now,

@@ -19,6 +19,10 @@ Rules of this interface:
   if it never came, as the live engine dead-letters it: the run starts again
   without it, and :attr:`ReplayStats.failed` lists it with the exception.
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
+* Memory: a user's state is pruned with :func:`engine.state.prune`, the live
+  engine's retention, at most once per :data:`PRUNE_EVERY` of virtual time
+  (after one of the user's events). Reads ignore what retention drops, pruned
+  or not (:mod:`engine.retention`), so this changes no action.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from engine.actions import Action
 from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
 from engine.journeys import Engine, replay_order
-from engine.state import UserState
+from engine.state import UserState, prune
 
 FOREVER = 2**62
+PRUNE_EVERY = 86_400_000  # virtual ms between two prunes of one user's state
 
 
 @dataclass
@@ -129,6 +134,7 @@ def _run(
     stats: ReplayStats,
 ) -> list[Action]:
     states: dict[str, UserState] = {}
+    pruned: dict[str, int] = {}  # user -> virtual time of the last prune
     actions: list[Action] = []
     clock = 0
     for event in events:
@@ -143,6 +149,9 @@ def _run(
             actions.extend(engine.on_event(state, event, clock))
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
+        if clock - pruned.get(event.key, 0) >= PRUNE_EVERY:
+            pruned[event.key] = clock
+            prune(state, clock, engine.windows)
     end = FOREVER if drain else (until if until is not None else clock)
     for state in states.values():
         try:

@@ -5,7 +5,9 @@ Rules of this interface:
 * :func:`kept_from` is the oldest ``ts`` a window of one event type keeps at
   ``now``: ``now - max_age`` of that type (:class:`~engine.windows.WindowConfig`).
   :func:`cart_kept_from` and :func:`favorites_kept_from` say the same for cart
-  lines and favorites. Everything that drops or reads by age uses them:
+  lines (by their latest change) and favorites; :func:`kept_cart` and
+  :func:`kept_favorites` are what counts of them at ``now``. Everything that
+  drops or reads by age uses them:
   :func:`engine.state.apply` (an older event is ``stale``),
   :func:`engine.state.prune` (drops what is older, to save memory) and every
   read of the rules language (a record, cart line or favorite older than the
@@ -27,7 +29,17 @@ Rules of this interface:
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 from engine.windows import Stored, WindowConfig
+
+
+class _Dated(Protocol):
+    @property
+    def ts(self) -> int: ...
+
+
+Line = TypeVar("Line", bound=_Dated)
 
 
 def kept_from(config: WindowConfig, event_type: str, now: int) -> int:
@@ -43,6 +55,22 @@ def cart_kept_from(config: WindowConfig, now: int) -> int:
 def favorites_kept_from(config: WindowConfig, now: int) -> int:
     """The oldest ``ts`` a favorite may have and still count."""
     return now - config.favorites_max_age_ms
+
+
+def kept_cart(cart: dict[str, Line], config: WindowConfig, now: int) -> dict[str, Line]:
+    """The cart lines that count at ``now`` (``cart`` itself when all of them do)."""
+    cutoff = cart_kept_from(config, now)
+    if all(line.ts >= cutoff for line in cart.values()):
+        return cart
+    return {pid: line for pid, line in cart.items() if line.ts >= cutoff}
+
+
+def kept_favorites(favorites: dict[str, int], config: WindowConfig, now: int) -> dict[str, int]:
+    """The favorites that count at ``now`` (``favorites`` itself when all of them do)."""
+    cutoff = favorites_kept_from(config, now)
+    if all(ts >= cutoff for ts in favorites.values()):
+        return favorites
+    return {pid: ts for pid, ts in favorites.items() if ts >= cutoff}
 
 
 def covered_from(

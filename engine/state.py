@@ -330,12 +330,22 @@ def _shortest_age(config: WindowConfig) -> int:
 
 def cart_total(state: UserState) -> float:
     """Sum of quantity x price over the cart (lines without a price count 0)."""
-    return round(sum((line.quantity * (line.price or 0.0) for line in state.cart.values()), 0.0), 2)
+    return lines_total(state.cart)
 
 
 def cart_count(state: UserState) -> int:
     """Number of items in the cart (the sum of quantities, as storefronts show it)."""
-    return sum(line.quantity for line in state.cart.values())
+    return lines_count(state.cart)
+
+
+def lines_total(lines: dict[str, CartLine]) -> float:
+    """:func:`cart_total` of some cart lines (those that count at a time, say)."""
+    return round(sum((line.quantity * (line.price or 0.0) for line in lines.values()), 0.0), 2)
+
+
+def lines_count(lines: dict[str, CartLine]) -> int:
+    """:func:`cart_count` of some cart lines."""
+    return sum(line.quantity for line in lines.values())
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -39,7 +39,7 @@ from typing import Any, Final
 from engine.errors import ExpressionError
 from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
 from engine.history import DETAILED_TYPES
-from engine.retention import kept_from
+from engine.retention import cart_kept_from, favorites_kept_from, kept_from
 from engine.rules import history_calls, scans
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
@@ -347,14 +347,24 @@ def _product(cx: Checker, node: Call) -> Fn:
 
 def _in_cart(cx: Checker, node: Call) -> Typed:
     find = _product(cx, node)
-    return Typed("bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.cart, sure=True)
+
+    def in_cart(ctx: Any) -> bool:
+        product = find(ctx)
+        line = ctx.state.cart.get(product) if type(product) is str else None
+        return line is not None and line.ts >= cart_kept_from(ctx.windows, ctx.now)
+
+    return Typed("bool", in_cart, sure=True)
 
 
 def _favorited(cx: Checker, node: Call) -> Typed:
     find = _product(cx, node)
-    return Typed(
-        "bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.favorites, sure=True
-    )
+
+    def favorited(ctx: Any) -> bool:
+        product = find(ctx)
+        ts = ctx.state.favorites.get(product) if type(product) is str else None
+        return ts is not None and ts >= favorites_kept_from(ctx.windows, ctx.now)
+
+    return Typed("bool", favorited, sure=True)
 
 
 _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
