@@ -84,10 +84,19 @@ def month_starts(timezone: str) -> tuple[int, ...]:
     )
 
 
+_LAST_HIT: dict[str, tuple[int, int, int]] = {}  # zone -> (start, end, index) last looked up
+
+
 def month_of(ts: int, timezone: str) -> int:
     """The index (months since 1970-01) of the month holding ``ts`` in ``timezone``."""
-    index = bisect.bisect_right(month_starts(timezone), ts) - 1
-    return min(max(index, 0), LAST_MONTH)
+    hit = _LAST_HIT.get(timezone)
+    if hit is not None and hit[0] <= ts < hit[1]:
+        return hit[2]  # the common case: the month of the previous event
+    starts = month_starts(timezone)
+    index = min(max(bisect.bisect_right(starts, ts) - 1, 0), LAST_MONTH)
+    if 0 < index < LAST_MONTH:
+        _LAST_HIT[timezone] = (starts[index], starts[index + 1], index)
+    return index
 
 
 def month_at_or_after(ts: int, timezone: str) -> int:
