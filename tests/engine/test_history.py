@@ -103,7 +103,9 @@ def test_types_without_detail_keep_counts_only() -> None:
         for i in range(3)
     ]
     roll = rollups_of(*views)["view_product"]
-    assert roll.months == [[0, 3]] and roll.cats == [] and roll.rev == 0.0
+    assert roll.months == [[0, 3]]
+    assert roll.cats == []
+    assert roll.rev == 0.0
     feb = month_of(views[0].ts, "Europe/Istanbul")
     assert months_total(roll, feb, feb + 1, lambda c: c == "shoes") == (0, 0)  # category unknown
     assert months_total(roll, feb, feb + 1, lambda c: c is None) == (3, 0)
@@ -123,7 +125,8 @@ def test_months_older_than_six_years_are_dropped_and_offsets_stay_small() -> Non
     # An event older than what is kept counts all-time only.
     rows = len(roll.months)
     record({"purchase": roll}, "purchase", first, "c0", 1.0, IST)
-    assert roll.n == 101 and len(roll.months) == rows
+    assert roll.n == 101
+    assert len(roll.months) == rows
 
 
 def test_categories_are_capped_per_month_and_per_table() -> None:
@@ -143,7 +146,8 @@ def test_categories_are_capped_per_month_and_per_table() -> None:
     ]
     assert len(rollups_of(*many)["purchase"].cats) == CATS_MAX
     long = rollups_of(purchase(base, 1.0, "x" * 200))["purchase"]
-    assert long.cats == [] and long.months[0][1] == 1
+    assert long.cats == []
+    assert long.months[0][1] == 1
 
 
 def test_custom_types_are_bounded_like_the_windows() -> None:
