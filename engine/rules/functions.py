@@ -175,10 +175,12 @@ def _range(
     if rest:
         raise ExpressionError(f"too many arguments: {SIGNATURES[node.name]}", rest[0].start)
     history_calls.warn_range(cx, type_, within, between_node, where_node, summed)
+    window_first = summed is not None and not (summed == "revenue" and type_ in DETAILED_TYPES)
     if where_node is None:
-        return scans.Range(type_, within, between=between)
+        return scans.Range(type_, within, between=between, window_first=window_first)
     where = _where(cx, where_node, node.name)  # type-checks the whole WHERE first
-    return scans.Range(type_, within, where, _key_match(cx, where_node), between)
+    window_first = window_first or not history_calls.buckets_answer(where_node, type_)
+    return scans.Range(type_, within, where, _key_match(cx, where_node), between, window_first)
 
 
 def _all_time(spec: scans.Range) -> bool:

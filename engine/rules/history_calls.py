@@ -194,6 +194,13 @@ def warn_range(
         )
 
 
+def buckets_answer(where_node: Node, event_type: str) -> bool:
+    """Whether monthly buckets answer this WHERE exactly: it reads only ``it.category``
+    (or no ``it`` field) and the type keeps categories in its months."""
+    fields = _it_fields(where_node)
+    return not fields or (fields == {"category"} and event_type in DETAILED_TYPES)
+
+
 def _it_fields(node: Node) -> set[str]:
     """The ``it.F`` fields a WHERE reads (not those of a nested window function's WHERE)."""
     if isinstance(node, Name):

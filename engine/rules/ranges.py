@@ -14,6 +14,11 @@ Rules of this interface:
   the window (which no longer has its older days), and a month holding ``hi``
   counts whole when it started before ``hi``. When no whole month fits, the
   window alone answers from ``max(lo, retention cutoff)``.
+* ``window_first``: when the buckets cannot answer the question exactly (a
+  WHERE on a field other than a purchase's ``category``, a ``sum`` of another
+  field than a purchase's ``revenue``), the month in which the window's cover
+  starts is read from the window (from its retention cutoff) rather than from
+  the buckets, so that whatever the window still holds is answered exactly.
 * In the bucket part a WHERE sees each event as a record whose only field is
   ``category`` (known for purchases, up to the bounds of
   :mod:`engine.history`; ``null`` otherwise): ``it.category == 'shoes'``,
@@ -44,7 +49,12 @@ _NO_MONTHS = (0, 0)
 
 
 def split(
-    ctx: Any, event_type: str, window: list[Stored] | None, lo: int, hi: int | None
+    ctx: Any,
+    event_type: str,
+    window: list[Stored] | None,
+    lo: int,
+    hi: int | None,
+    window_first: bool = False,
 ) -> tuple[tuple[int, int], int]:
     """((first month, end month) from buckets, start of the window part); see module rules."""
     config, now = ctx.windows, ctx.now
@@ -52,13 +62,16 @@ def split(
     if lo >= covered:
         return _NO_MONTHS, lo
     zone = config.timezone
+    kept = kept_from(config, event_type, now)
     first = max(month_at_or_after(lo, zone), month_of(now, zone) - KEEP_MONTHS)
-    end = month_at_or_after(covered, zone)
+    # The month the cover starts in comes whole from buckets, unless they cannot
+    # answer the question (window_first): then the window reads it, from its cutoff.
+    end = month_of(covered, zone) if window_first else month_at_or_after(covered, zone)
     if hi is not None:
         end = min(end, month_at_or_after(hi, zone))
     if first >= end:
-        return _NO_MONTHS, max(lo, kept_from(config, event_type, now))
-    return (first, end), month_start(end, zone)
+        return _NO_MONTHS, max(lo, kept)
+    return (first, end), max(month_start(end, zone), kept)
 
 
 def _records(window: list[Stored], lo: int, hi: int | None) -> list[Stored]:
@@ -84,12 +97,19 @@ def _category_test(ctx: Any, where: Fn | None, lo: int) -> Any:
     return test
 
 
-def count_span(ctx: Any, event_type: str, lo: int, hi: int | None, where: Fn | None) -> int:
+def count_span(
+    ctx: Any,
+    event_type: str,
+    lo: int,
+    hi: int | None,
+    where: Fn | None,
+    window_first: bool = False,
+) -> int:
     """How many events of ``event_type`` in ``[lo, hi)`` match ``where``."""
     if hi is not None and hi <= lo:
         return 0
     window = ctx.state.windows.get(event_type)
-    (first, end), start = split(ctx, event_type, window, lo, hi)
+    (first, end), start = split(ctx, event_type, window, lo, hi, window_first)
     total = 0
     if first < end:
         roll = ctx.state.rollups.get(event_type)
@@ -118,14 +138,16 @@ def sum_span(
     where: Fn | None,
     read: Reader,
     revenue: bool,
+    window_first: bool = False,
 ) -> int | float:
     """The total of a field over ``[lo, hi)``; ``revenue``: the field is a purchase's revenue."""
     if hi is not None and hi <= lo:
         return 0
     window = ctx.state.windows.get(event_type)
-    (first, end), start = split(ctx, event_type, window, lo, hi)
+    exact = revenue and event_type in DETAILED_TYPES
+    (first, end), start = split(ctx, event_type, window, lo, hi, window_first or not exact)
     result: int | float = 0
-    if first < end and revenue and event_type in DETAILED_TYPES:
+    if first < end and exact:
         roll = ctx.state.rollups.get(event_type)
         cents = months_total(roll, first, end, _category_test(ctx, where, lo))[1]
         result = cents / 100 if cents else 0
@@ -151,28 +173,41 @@ def bounds(ctx: Any, between: tuple[Fn, Fn]) -> tuple[int, int] | None:
     return lo, hi
 
 
-def between_counter(event_type: str, between: tuple[Fn, Fn], where: Fn | None) -> Fn:
+def between_counter(
+    event_type: str, between: tuple[Fn, Fn], where: Fn | None, window_first: bool
+) -> Fn:
     """``count(TYPE, between(FROM, TO) [, WHERE])``."""
 
     def count_between(ctx: Any) -> int:
         span = bounds(ctx, between)
-        return 0 if span is None else count_span(ctx, event_type, span[0], span[1], where)
+        if span is None:
+            return 0
+        return count_span(ctx, event_type, span[0], span[1], where, window_first)
 
     return count_between
 
 
-def between_finder(event_type: str, between: tuple[Fn, Fn], where: Fn | None) -> Fn:
+def between_finder(
+    event_type: str, between: tuple[Fn, Fn], where: Fn | None, window_first: bool
+) -> Fn:
     """``exists(TYPE, between(FROM, TO) [, WHERE])``."""
 
     def exists_between(ctx: Any) -> bool:
         span = bounds(ctx, between)
-        return span is not None and count_span(ctx, event_type, span[0], span[1], where) > 0
+        if span is None:
+            return False
+        return count_span(ctx, event_type, span[0], span[1], where, window_first) > 0
 
     return exists_between
 
 
 def between_summer(
-    event_type: str, between: tuple[Fn, Fn], where: Fn | None, read: Reader, revenue: bool
+    event_type: str,
+    between: tuple[Fn, Fn],
+    where: Fn | None,
+    read: Reader,
+    revenue: bool,
+    window_first: bool,
 ) -> Fn:
     """``sum(TYPE, FIELD, between(FROM, TO) [, WHERE])``."""
 
@@ -180,6 +215,6 @@ def between_summer(
         span = bounds(ctx, between)
         if span is None:
             return 0
-        return sum_span(ctx, event_type, span[0], span[1], where, read, revenue)
+        return sum_span(ctx, event_type, span[0], span[1], where, read, revenue, window_first)
 
     return sum_between

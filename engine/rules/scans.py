@@ -40,6 +40,7 @@ class Range:
     where: Fn | None = None  # a condition over ctx.it, or None for every record
     equals: tuple[Reader, Fn] | None = None  # (field of the record, value it must equal)
     between: tuple[Fn, Fn] | None = None  # FROM and TO (epoch ms): [FROM, TO) instead of within
+    window_first: bool = False  # monthly buckets cannot answer `where` (engine.rules.ranges)
 
 
 def start_of(
@@ -65,8 +66,9 @@ def counter(spec: Range) -> Fn:
     """``count``: how many records of the range match."""
     type_, within, where = spec.type, spec.within, spec.where
     reach = within or 0  # the span a too-long WITHIN reads (only used when it is set)
+    first = spec.window_first
     if spec.between is not None:
-        return ranges.between_counter(type_, spec.between, where)
+        return ranges.between_counter(type_, spec.between, where, spec.window_first)
     if spec.equals is not None:
         key, value = spec.equals
 
@@ -74,7 +76,7 @@ def counter(spec: Range) -> Fn:
             window = ctx.state.windows.get(type_)
             start = start_of(ctx, type_, window, within)
             if start is None:
-                return ranges.count_span(ctx, type_, ctx.now - reach, None, where)
+                return ranges.count_span(ctx, type_, ctx.now - reach, None, where, first)
             if not window:
                 return 0
             return countOf(map(key, recent(window, start)), value(ctx))
@@ -97,7 +99,7 @@ def counter(spec: Range) -> Fn:
         window = ctx.state.windows.get(type_)
         start = start_of(ctx, type_, window, within)
         if start is None:
-            return ranges.count_span(ctx, type_, ctx.now - reach, None, where)
+            return ranges.count_span(ctx, type_, ctx.now - reach, None, where, first)
         if not window:
             return 0
         saved = ctx.it  # a WHERE may sit inside another one's: restore the outer `it`
@@ -118,8 +120,9 @@ def finder(spec: Range) -> Fn:
     """``exists``: whether any record of the range matches."""
     type_, within, where = spec.type, spec.within, spec.where
     reach = within or 0  # the span a too-long WITHIN reads (only used when it is set)
+    first = spec.window_first
     if spec.between is not None:
-        return ranges.between_finder(type_, spec.between, where)
+        return ranges.between_finder(type_, spec.between, where, spec.window_first)
     if spec.equals is not None:
         key, value = spec.equals
 
@@ -127,7 +130,7 @@ def finder(spec: Range) -> Fn:
             window = ctx.state.windows.get(type_)
             start = start_of(ctx, type_, window, within)
             if start is None:
-                return ranges.count_span(ctx, type_, ctx.now - reach, None, where) > 0
+                return ranges.count_span(ctx, type_, ctx.now - reach, None, where, first) > 0
             return bool(window) and value(ctx) in map(key, recent(window, start))
 
         return exists_equal
@@ -147,7 +150,7 @@ def finder(spec: Range) -> Fn:
         window = ctx.state.windows.get(type_)
         start = start_of(ctx, type_, window, within)
         if start is None:
-            return ranges.count_span(ctx, type_, ctx.now - reach, None, where) > 0
+            return ranges.count_span(ctx, type_, ctx.now - reach, None, where, first) > 0
         if not window:
             return False
         saved = ctx.it
@@ -173,14 +176,15 @@ def summer(spec: Range, read: Reader, revenue: bool = False) -> Fn:
     """
     type_, within, where = spec.type, spec.within, spec.where
     reach = within or 0  # the span a too-long WITHIN reads (only used when it is set)
+    first = spec.window_first
     if spec.between is not None:
-        return ranges.between_summer(type_, spec.between, where, read, revenue)
+        return ranges.between_summer(type_, spec.between, where, read, revenue, spec.window_first)
 
     def total(ctx: Any) -> int | float:
         window = ctx.state.windows.get(type_)
         start = start_of(ctx, type_, window, within)
         if start is None:
-            return ranges.sum_span(ctx, type_, ctx.now - reach, None, where, read, revenue)
+            return ranges.sum_span(ctx, type_, ctx.now - reach, None, where, read, revenue, first)
         if not window:
             return 0
         saved = ctx.it
