@@ -133,13 +133,23 @@ def record(
             _make_room(rollups, config.custom_types_max)
         roll = rollups[event_type] = TypeRollup(first=ts, last=ts)
     roll.n += 1
-    roll.first = min(roll.first, ts)
-    roll.last = max(roll.last, ts)
-    detailed = event_type in DETAILED_TYPES
-    if detailed and revenue:
-        roll.rev = round(roll.rev + revenue, 9)
-    cents = _cents(revenue) if detailed and revenue else 0
-    _add(roll, month_of(ts, config.timezone), 1, cents, category, detailed)
+    if ts > roll.last:
+        roll.last = ts
+    if ts < roll.first:
+        roll.first = ts
+    zone = config.timezone
+    hit = _LAST_HIT.get(zone)
+    month = hit[2] if hit is not None and hit[0] <= ts < hit[1] else month_of(ts, zone)
+    if event_type in DETAILED_TYPES:
+        if revenue:
+            roll.rev = round(roll.rev + revenue, 9)
+        _add(roll, month, 1, _cents(revenue) if revenue else 0, category, True)
+        return
+    months = roll.months
+    if months and roll.base + months[-1][_OFF] == month:
+        months[-1][_N] += 1  # the common case: another event of the latest month
+    else:
+        _add(roll, month, 1, 0, None, False)
 
 
 def _cents(revenue: float) -> int:

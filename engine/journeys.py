@@ -157,7 +157,8 @@ class Engine:
     def advance(self, state: UserState, until: int) -> list[Action]:
         """Run every step due at or before ``until``, each at its due time."""
         actions: list[Action] = []
-        ensure_rollups(state, self.windows)  # a state from before rollups: its history first
+        if not state.rollups and state.windows:
+            ensure_rollups(state, self.windows)  # a state from before rollups: history first
         while True:
             due = _next(state)
             if due is None or due[0] > until:

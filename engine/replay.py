@@ -20,7 +20,7 @@ Rules of this interface:
   without it, and :attr:`ReplayStats.failed` lists it with the exception.
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
 * Memory: a user's state is pruned with :func:`engine.state.prune`, the live
-  engine's retention, at most once per :data:`PRUNE_EVERY` of virtual time
+  engine's retention, at most once per :data:`PRUNE_EVERY` (a week) of virtual time
   (after one of the user's events). Reads ignore what retention drops, pruned
   or not (:mod:`engine.retention`), so this changes no action.
 """
@@ -38,7 +38,7 @@ from engine.journeys import Engine, replay_order
 from engine.state import UserState, prune
 
 FOREVER = 2**62
-PRUNE_EVERY = 86_400_000  # virtual ms between two prunes of one user's state
+PRUNE_EVERY = 7 * 86_400_000  # virtual ms between two prunes of one user's state
 
 
 @dataclass
@@ -141,16 +141,18 @@ def _run(
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
         clock = max(clock, event.ts)
-        state = states.get(event.key)
+        key = event.key
+        state = states.get(key)
         if state is None:
-            state = states[event.key] = UserState(key=event.key)
+            state = states[key] = UserState(key=key)
+            pruned[key] = clock
         stats.events += 1
         try:
             actions.extend(engine.on_event(state, event, clock))
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
-        if clock - pruned.get(event.key, 0) >= PRUNE_EVERY:
-            pruned[event.key] = clock
+        if clock - pruned[key] >= PRUNE_EVERY:
+            pruned[key] = clock
             prune(state, clock, engine.windows)
     end = FOREVER if drain else (until if until is not None else clock)
     for state in states.values():

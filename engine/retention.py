@@ -60,17 +60,19 @@ def favorites_kept_from(config: WindowConfig, now: int) -> int:
 def kept_cart(cart: dict[str, Line], config: WindowConfig, now: int) -> dict[str, Line]:
     """The cart lines that count at ``now`` (``cart`` itself when all of them do)."""
     cutoff = cart_kept_from(config, now)
-    if all(line.ts >= cutoff for line in cart.values()):
-        return cart
-    return {pid: line for pid, line in cart.items() if line.ts >= cutoff}
+    for line in cart.values():
+        if line.ts < cutoff:
+            return {pid: line for pid, line in cart.items() if line.ts >= cutoff}
+    return cart
 
 
 def kept_favorites(favorites: dict[str, int], config: WindowConfig, now: int) -> dict[str, int]:
     """The favorites that count at ``now`` (``favorites`` itself when all of them do)."""
     cutoff = favorites_kept_from(config, now)
-    if all(ts >= cutoff for ts in favorites.values()):
-        return favorites
-    return {pid: ts for pid, ts in favorites.items() if ts >= cutoff}
+    for ts in favorites.values():
+        if ts < cutoff:
+            return {pid: ts for pid, ts in favorites.items() if ts >= cutoff}
+    return favorites
 
 
 def covered_from(

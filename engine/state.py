@@ -151,7 +151,8 @@ def apply(
         window, event.ts, limits.max_count
     ):
         return "stale"
-    ensure_rollups(state, config)
+    if not state.rollups and state.windows:
+        ensure_rollups(state, config)  # a state from before rollups
     revenue = _revenue(event)
     item = stored(event, h, revenue)
     if window is None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from operator import countOf
 from typing import Any
 
-from engine.retention import covered_from, kept_from
 from engine.rules import ranges
 from engine.rules.typed import NUMBERS, Fn, Reader
 from engine.windows import Stored, since_index
@@ -46,12 +45,19 @@ class Range:
 def start_of(
     ctx: Any, event_type: str, window: list[Stored] | None, within: int | None
 ) -> int | None:
-    """The oldest ``ts`` a scan reads; None when ``within`` reaches before the window's cover."""
-    now = ctx.now
+    """The oldest ``ts`` a scan reads; None when ``within`` reaches before the window's cover.
+
+    The same rule as :func:`engine.retention.covered_from`, with one lookup of the limits.
+    """
+    limits = ctx.windows.limits(event_type)
+    now: int = ctx.now
+    kept: int = now - limits.max_age_ms
     if within is None:
-        return kept_from(ctx.windows, event_type, now)
+        return kept
     start = now - within
-    return start if start >= covered_from(window, ctx.windows, event_type, now) else None
+    if start < kept or (window and len(window) >= limits.max_count and start <= window[0].ts):
+        return None
+    return start
 
 
 def recent(window: list[Stored], start: int) -> list[Stored]:
