@@ -11,7 +11,9 @@ Rules of this interface:
 * Months are those of the rules' ``timezone`` (``WindowConfig.timezone``, set
   by the engine from the rules). A month is an index, months since 1970-01
   (:func:`month_of`); its start comes from a table per time zone, so a month
-  costs a bisection per event, not a datetime.
+  costs a bisection per event (none for another event of the last month
+  looked up), not a datetime. Months already recorded keep their index when
+  the rules' zone changes: only events after the change follow the new zone.
 * A month row is a list of ints: ``[offset, count]``, where ``offset`` is the
   month index minus the rollup's ``base``. For :data:`DETAILED_TYPES`
   (``purchase``) it goes on ``[offset, count, cents, (cat, count, cents)...]``:
@@ -27,7 +29,9 @@ Rules of this interface:
   category. Custom event types are bounded like the windows': past
   ``custom_types_max`` the custom type last seen longest ago is dropped.
 * :func:`merge_rollups` adds another identity's rollups (counts and months
-  add, first is the minimum, last the maximum), for identity stitching.
+  add, first is the minimum, last the maximum), for identity stitching. It
+  cannot tell an event counted on both sides: the caller merges each
+  identity once (the identity merge remembers the ids it merged).
 * :func:`backfill` builds rollups from the windows of a state written before
   rollups existed (its first event after the upgrade, or its first timer).
 """
@@ -44,7 +48,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from engine.events import STANDARD_TYPES
-from engine.windows import Stored, WindowConfig
+from engine.windows import DEFAULT_CONFIG, Stored, WindowConfig
 
 DETAILED_TYPES: Final = frozenset({"purchase"})
 KEEP_MONTHS: Final = 72
@@ -271,7 +275,9 @@ def _make_room(rollups: dict[str, TypeRollup], limit: int) -> None:
 
 
 def merge_rollups(
-    into: dict[str, TypeRollup], other: Mapping[str, TypeRollup], config: WindowConfig
+    into: dict[str, TypeRollup],
+    other: Mapping[str, TypeRollup],
+    config: WindowConfig = DEFAULT_CONFIG,
 ) -> None:
     """Add ``other``'s rollups to ``into`` (identity stitching); ``other`` is unchanged.
 

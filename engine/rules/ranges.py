@@ -88,7 +88,7 @@ def _category_test(ctx: Any, where: Fn | None, lo: int) -> Any:
 
     def test(category: str | None) -> bool:
         saved = ctx.it
-        ctx.it = Stored(ts=lo, h=0, category=category)
+        ctx.it = Stored(ts=int(lo), h=0, category=category)
         try:
             return where(ctx) is True
         finally:
