@@ -62,6 +62,7 @@ import msgspec
 
 from engine.actions import Action
 from engine.events import STANDARD_TYPES, Event
+from engine.history import merge_rollups
 from engine.journeys import MAX_ENTRY_HISTORY, Engine
 from engine.rules.model import Rules
 from engine.state import (
@@ -167,7 +168,9 @@ def merge(
     # re-evaluates every watched segment (engine.segments), so a membership the
     # anonymous history brings is entered then. The clock is the later of the two.
     into.clock = max(into.clock, other.clock)
-    # ---- MERGE HOOK: all-time rollups (engine/history.py) merge here ----------
+    # All-time history: counts, revenue and months add (engine.history); an event
+    # both ids applied (the same event_id under each) counts twice there.
+    merge_rollups(into.rollups, other.rollups, config)
     return MergeResult(merged=True, records=records, moved=moved, ended=ended)
 
 

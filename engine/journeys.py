@@ -25,6 +25,8 @@ Rules of this interface:
   of identity, journey, enrollment and path) is emitted at most once. The
   identity is the key the enrollment started under: ``Enrollment.origin``
   when it moved from an anonymous id to a user (:mod:`engine.identity`).
+* Conditions read the state through the engine's ``windows`` (retention and
+  the rules' time zone for calendar months, set here from ``rules.timezone``).
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
 * Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
@@ -54,6 +56,7 @@ from engine.broadcasts import Broadcasts
 from engine.events import Event
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
+from engine.retention import kept_cart
 from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
@@ -64,10 +67,11 @@ from engine.state import (
     Entered,
     UserState,
     apply,
-    cart_count,
-    cart_total,
+    ensure_rollups,
+    lines_count,
+    lines_total,
 )
-from engine.windows import DEFAULT_CONFIG, WindowConfig
+from engine.windows import DEFAULT_CONFIG, WindowConfig, with_timezone
 
 MAX_ENTRY_HISTORY = 2000  # (journey, key) pairs remembered per user for re-entry rules
 _LOOKAHEAD = 3650 * 86_400_000  # next_due(instants=True) looks this far ahead (10 years)
@@ -119,7 +123,7 @@ class Engine:
         activated_at: int | None = None,
     ) -> None:
         self.rules = rules
-        self.windows = windows
+        self.windows = with_timezone(windows, rules.timezone)
         self.version = rules.source_hash[:12]
         self.retired = {v: e for v, e in (retired or {}).items() if v != self.version}
         self.ended: Counter[str] = Counter()
@@ -151,6 +155,8 @@ class Engine:
         )
         names = watched_names(rules)
         self.watch = SegmentWatch(rules, names) if names else None
+        if self.watch is not None:
+            self.watch.windows = self.windows
         if self.watch is not None:
             for old in self.retired.values():
                 if old.watch is not None:
@@ -212,7 +218,7 @@ class Engine:
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
         if candidates:
-            ctx = Context(state, now, event=event, rfm=self.rfm)
+            ctx = Context(state, now, event=event, rfm=self.rfm, windows=self.windows)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         if watch is not None:
@@ -228,6 +234,8 @@ class Engine:
         time order with them, the recheck and broadcast instants in (the user's
         clock, ``until``] (or ``instants_until`` when earlier: ``--drain``)."""
         actions: list[Action] = []
+        if not state.rollups and state.windows:
+            ensure_rollups(state, self.windows)  # a state from before rollups: history first
         if not self.timed:
             return self._fire_timers(state, until, actions)
         if self.watch is not None:
@@ -303,7 +311,7 @@ class Engine:
     ) -> None:
         """Enroll the user in each broadcast of this instant whose segment holds."""
         entry = latest_event(state)
-        ctx = Context(state, when, event=entry, rfm=self.rfm)
+        ctx = Context(state, when, event=entry, rfm=self.rfm, windows=self.windows)
         for journey in journeys:
             name = journey.trigger.segment
             if name is not None and not self.rules.segments[name].cond.holds(ctx):
@@ -320,7 +328,7 @@ class Engine:
     ) -> None:
         """Enter the journeys triggered by these segment changes, in file order."""
         changed = set(changes)
-        ctx = Context(state, now, event=entry, rfm=self.rfm)
+        ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
         for journey in self.segment_journeys:
             if (journey.trigger.segment, journey.trigger.on) in changed:
                 self._maybe_enter(state, journey, entry, ctx, out)
@@ -364,7 +372,15 @@ class Engine:
         program = self.programs.get(enrollment.journey)
         if program is None or enrollment.journey not in self.exits.get(event.type, ()):
             return False
-        ctx = Context(state, now, event, enrollment.entry, enrollment.actions, rfm=self.rfm)
+        ctx = Context(
+            state,
+            now,
+            event=event,
+            entry=enrollment.entry,
+            actions=enrollment.actions,
+            rfm=self.rfm,
+            windows=self.windows,
+        )
         for rule in program.journey.exits:
             if rule.event == event.type and (rule.cond is None or rule.cond.holds(ctx)):
                 return True
@@ -433,7 +449,15 @@ class Engine:
                     return
                 enrollment.pc = program.after[step.path]
             elif isinstance(step, Branch):
-                ctx = Context(state, now, event, enrollment.entry, enrollment.actions, rfm=self.rfm)
+                ctx = Context(
+                    state,
+                    now,
+                    event,
+                    enrollment.entry,
+                    enrollment.actions,
+                    rfm=self.rfm,
+                    windows=self.windows,
+                )
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
             elif isinstance(step, ExitStep):
                 break
@@ -499,16 +523,19 @@ class Engine:
         fields = self.rules.templates.get(step.template, {}).get(channel)
         if fields is None:
             return None, None
-        content = render_message(fields, _template_vars(state, enrollment, now))
+        content = render_message(fields, _template_vars(state, enrollment, now, self.windows))
         return ("template_error", None) if content is None else (None, content)
 
 
-def _template_vars(state: UserState, enrollment: Enrollment, now: int) -> dict[str, Any]:
+def _template_vars(
+    state: UserState, enrollment: Enrollment, now: int, windows: WindowConfig
+) -> dict[str, Any]:
     entry = enrollment.entry
+    cart = kept_cart(state.cart, windows, now)  # the lines that count at `now`, pruned or not
     return {
         "profile": dict(state.profile),
         "entry": {} if entry is None else _event_vars(entry),
-        "cart": {"total": cart_total(state), "count": cart_count(state), "items": list(state.cart)},
+        "cart": {"total": lines_total(cart), "count": lines_count(cart), "items": list(cart)},
         "user_id": state.key,
         "journey": enrollment.journey,
         "now": now,

@@ -33,6 +33,10 @@ Rules of this interface:
   before an event at or after it is handled, and once more after the last
   event for the timers that fire later (:class:`engine.rfm_base.RfmRefresher`);
   a timer fired lazily reads those in force at its due time.
+* Memory: a user's state is pruned with :func:`engine.state.prune`, the live
+  engine's retention, at most once per :data:`PRUNE_EVERY` (a week) of virtual time
+  (after one of the user's events). Reads ignore what retention drops, pruned
+  or not (:mod:`engine.retention`), so this changes no action.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
 from engine.identity import link, resolve
 from engine.journeys import Engine, replay_order
-from engine.state import UserState
+from engine.state import UserState, prune
 
 if TYPE_CHECKING:
     from engine.rfm_base import RfmRefresher
 
 FOREVER = 2**62
+PRUNE_EVERY = 7 * 86_400_000  # virtual ms between two prunes of one user's state
 
 
 @dataclass
@@ -175,6 +180,7 @@ def _run(
     states: dict[str, UserState] = {} if keep is None else keep
     links: dict[str, str] = {}  # anon_id -> user_id, permanent
     ended = Counter(engine.ended)
+    pruned: dict[str, int] = {}  # user -> virtual time of the last prune
     actions: list[Action] = []
     clock = 0
     rfm = _rfm_refresher(engine)
@@ -193,6 +199,12 @@ def _run(
             rfm.after(state)
             if merged is not None:
                 rfm.base.update(merged, None)  # the anonymous id is part of the user now
+        key = state.key
+        if key not in pruned:
+            pruned[key] = clock
+        elif clock - pruned[key] >= PRUNE_EVERY:
+            pruned[key] = clock
+            prune(state, clock, engine.windows)
     end = FOREVER if drain else (until if until is not None else clock)
     # Recheck and broadcast instants run up to the clock's end, never to FOREVER.
     horizon = until if until is not None else clock

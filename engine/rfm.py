@@ -92,24 +92,13 @@ class RfmBounds(msgspec.Struct, frozen=True, array_like=True, kw_only=True):
 
 
 def rfm_inputs(state: UserState) -> RfmInputs | None:
-    """A user's RFM measures, or None without a purchase.
-
-    THE one reader of RFM inputs. Today it reads the purchase window, so the
-    measures cover what the window keeps (400 days, 1,000 purchases by
-    default). TODO(issue 13, after the history merge): read the all-time
-    rollups (``engine/history.py``, ``UserState.rollups``) instead: last ts,
-    count and revenue sum of ``purchase``.
-    """
-    window = state.windows.get("purchase")
-    if not window:
+    """A user's RFM measures, or None without a purchase: THE one reader of RFM
+    inputs, from the all-time rollups (:mod:`engine.history`): the last
+    purchase's ts, the all-time purchase count and revenue."""
+    rollup = state.rollups.get("purchase")
+    if rollup is None or not rollup.n:
         return None
-    revenue: float = 0.0
-    for record in window:
-        value = record.revenue
-        if value is not None:
-            revenue += value
-    # Rounded like sum(purchase, revenue): float noise must not split equal spenders.
-    return RfmInputs(window[-1].ts, len(window), round(revenue, 9))
+    return RfmInputs(rollup.last, rollup.n, round(rollup.rev, 9))
 
 
 def interpolate(a: float, b: float, j: int) -> float:

@@ -48,7 +48,7 @@ from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Rules, Segment
 from engine.state import UserState
-from engine.windows import since_index
+from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
 _CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._changes
@@ -76,10 +76,16 @@ def user_clock(state: UserState) -> int:
     return max(state.clock, state.last_seen)
 
 
-def members_at(rules: Rules, state: UserState, at: int, rfm: RfmBook | None = None) -> list[str]:
+def members_at(
+    rules: Rules,
+    state: UserState,
+    at: int,
+    rfm: RfmBook | None = None,
+    windows: WindowConfig = DEFAULT_CONFIG,
+) -> list[str]:
     """Every segment of ``rules`` the user is in at ``at`` (sorted names); ``rfm``:
     the base's RFM boundaries, for segments that call ``rfm()``."""
-    ctx = Context(state, at, rfm=rfm)
+    ctx = Context(state, at, rfm=rfm, windows=windows)
     return sorted(name for name, seg in rules.segments.items() if seg.cond.holds(ctx))
 
 
@@ -112,6 +118,7 @@ class SegmentWatch:
         self.timed = tuple(s for s in self.watched if s.deps.timed)
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
+        self.windows: WindowConfig = DEFAULT_CONFIG  # the engine's: retention, months' zone
 
     def remember(self, older: SegmentWatch) -> None:
         """Know an older version's definitions, to re-baseline only what changed."""
@@ -133,7 +140,7 @@ class SegmentWatch:
         for name in [n for n in state.segments if n not in self.prints]:
             del state.segments[name]
         at = user_clock(state)
-        ctx = Context(state, at, rfm=self.rfm)
+        ctx = Context(state, at, rfm=self.rfm, windows=self.windows)
         for seg in self.watched:
             if old.get(seg.name) != seg.fingerprint:
                 if seg.cond.holds(ctx):
@@ -158,7 +165,7 @@ class SegmentWatch:
             for seg in segments:
                 known.pop(seg.name, None)
             cache[2] = _UNKNOWN
-        return _evaluate(state, segments, now, self.rfm)
+        return _evaluate(state, segments, now, self.rfm, self.windows)
 
     # -- recheck instants ---------------------------------------------------------
 
@@ -223,7 +230,7 @@ class SegmentWatch:
         due = self.timed
         if cached is not None and cached[:3] == (state.events, user_clock(state), at):
             due = cached[3]
-        return _evaluate(state, due, at, self.rfm)
+        return _evaluate(state, due, at, self.rfm, self.windows)
 
 
 def _change_after(
@@ -257,9 +264,13 @@ def _change_after(
 
 
 def _evaluate(
-    state: UserState, segments: Iterable[Segment], now: int, rfm: RfmBook | None
+    state: UserState,
+    segments: Iterable[Segment],
+    now: int,
+    rfm: RfmBook | None,
+    windows: WindowConfig,
 ) -> list[Change]:
-    ctx = Context(state, now, rfm=rfm)
+    ctx = Context(state, now, rfm=rfm, windows=windows)
     changes: list[Change] = []
     members = state.segments
     for seg in segments:

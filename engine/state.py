@@ -22,6 +22,12 @@ Rules of this interface:
   identity hand-over across shards (:mod:`flows.pipeline.identity`): the link
   an anonymous id waits to make, and the events a user holds until an
   anonymous id's state reaches it; each holds at most :data:`MAX_HELD` events.
+* Age limits come from one rule, :mod:`engine.retention`: :func:`apply` refuses
+  an event older than its type's cutoff and :func:`prune` drops what is older;
+  readers ignore it whether or not ``prune`` ran.
+* Every applied event is also added to the all-time rollups of its type
+  (``UserState.rollups``, :mod:`engine.history`); a state written before they
+  existed gets them from its windows at its next event (:func:`ensure_rollups`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from typing import Any, Literal
 import msgspec
 
 from engine.events import STANDARD_TYPES, Event, Scalar
+from engine.history import TypeRollup, backfill, rollups_view
+from engine.history import record as record_history
+from engine.retention import cart_kept_from, favorites_kept_from, kept_from
 from engine.windows import (
     DEFAULT_CONFIG,
     Stored,
@@ -159,6 +168,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     merged: list[str] = []  # anonymous ids merged in, oldest first, at most MAX_MERGED
     linking: Linking | None = None  # live only: this anonymous id's pending link
     holding: Holding | None = None  # live only: events held until a merge
+    rollups: dict[str, TypeRollup] = {}  # all-time history per event type (engine.history)
 
 
 def _ids(state: UserState) -> set[int]:
@@ -193,18 +203,30 @@ def apply(
         return "duplicate"
     limits = config.limits(event.type)
     window = state.windows.get(event.type)
-    if event.ts < now - limits.max_age_ms or _cannot_stay(window, event.ts, limits.max_count):
+    if event.ts < kept_from(config, event.type, now) or _cannot_stay(
+        window, event.ts, limits.max_count
+    ):
         return "stale"
-    record = stored(event, h, _revenue(event))
+    if not state.rollups and state.windows:
+        ensure_rollups(state, config)  # a state from before rollups
+    revenue = _revenue(event)
+    item = stored(event, h, revenue)
     if window is None:
         if event.type not in STANDARD_TYPES:
             _make_room_for_type(state, config.custom_types_max)
         window = state.windows[event.type] = []
     ids.add(h)
-    _forget(state, insert(window, record, limits))
+    _forget(state, insert(window, item, limits))
+    record_history(state.rollups, event.type, event.ts, event.category, revenue, config)
     _apply_effects(state, event, config)
     _touch(state, event)
     return "applied"
+
+
+def ensure_rollups(state: UserState, config: WindowConfig = DEFAULT_CONFIG) -> None:
+    """Give a state written before rollups existed its rollups, from its windows."""
+    if not state.rollups and state.windows:
+        backfill(state.rollups, state.windows, config)
 
 
 def _make_room_for_type(state: UserState, limit: int) -> None:
@@ -336,18 +358,23 @@ def _trim_oldest(mapping: dict[str, Any], limit: int, ts_of: Any) -> None:
 
 
 def prune(state: UserState, now: int, config: WindowConfig = DEFAULT_CONFIG) -> None:
-    """Drop everything older than its age limit at clock ``now``."""
+    """Drop everything older than its age limit at clock ``now`` (:mod:`engine.retention`).
+
+    Only memory changes: readers already ignore what this drops. Call it at the
+    latest clock the user was run at, never a later one. The rollups are not
+    pruned here (their months are bounded when a month is added).
+    """
     if state.events and now - state.first_seen < _shortest_age(config):
         return  # everything kept came at or after first_seen: nothing is old enough yet
     for name in list(state.windows):
         window = state.windows[name]
-        _forget(state, evict_older(window, now - config.limits(name).max_age_ms))
+        _forget(state, evict_older(window, kept_from(config, name, now)))
         if not window:
             del state.windows[name]
-    cart_cutoff = now - config.cart_max_age_ms
+    cart_cutoff = cart_kept_from(config, now)
     for pid in [p for p, line in state.cart.items() if line.ts < cart_cutoff]:
         del state.cart[pid]
-    fav_cutoff = now - config.favorites_max_age_ms
+    fav_cutoff = favorites_kept_from(config, now)
     for pid in [p for p, ts in state.favorites.items() if ts < fav_cutoff]:
         del state.favorites[pid]
 
@@ -360,12 +387,22 @@ def _shortest_age(config: WindowConfig) -> int:
 
 def cart_total(state: UserState) -> float:
     """Sum of quantity x price over the cart (lines without a price count 0)."""
-    return round(sum((line.quantity * (line.price or 0.0) for line in state.cart.values()), 0.0), 2)
+    return lines_total(state.cart)
 
 
 def cart_count(state: UserState) -> int:
     """Number of items in the cart (the sum of quantities, as storefronts show it)."""
-    return sum(line.quantity for line in state.cart.values())
+    return lines_count(state.cart)
+
+
+def lines_total(lines: dict[str, CartLine]) -> float:
+    """:func:`cart_total` of some cart lines (those that count at a time, say)."""
+    return round(sum((line.quantity * (line.price or 0.0) for line in lines.values()), 0.0), 2)
+
+
+def lines_count(lines: dict[str, CartLine]) -> int:
+    """:func:`cart_count` of some cart lines."""
+    return sum(line.quantity for line in lines.values())
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -401,6 +438,7 @@ def to_view(state: UserState) -> dict[str, Any]:
         "custom_types_dropped": state.types_dropped,
         "segments": dict(state.segments),
         "merged": list(state.merged),
+        "history": rollups_view(state.rollups),
         **_handover_view(state),
     }
 

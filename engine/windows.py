@@ -73,6 +73,9 @@ class WindowConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Distinct custom (non-standard) event types per user; past it the type whose
     # newest record is oldest is dropped whole (engine.state counts it).
     custom_types_max: int = 50
+    # The rules' time zone: calendar months of the long history (engine.history).
+    # The engine sets it from the rules; it is not a TETIK_WINDOWS setting.
+    timezone: str = "UTC"
 
     def limits(self, event_type: str) -> WindowLimits:
         """The limits for one event type (its override, else the default)."""
@@ -80,6 +83,13 @@ class WindowConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DEFAULT_CONFIG: Final = WindowConfig()
+
+
+def with_timezone(config: WindowConfig, timezone: str) -> WindowConfig:
+    """``config`` with the rules' time zone (itself when it already has it)."""
+    if config.timezone == timezone:
+        return config
+    return msgspec.structs.replace(config, timezone=timezone)
 
 
 def event_hash(event_id: str) -> int:

@@ -3,7 +3,8 @@
 ``TETIK_REDIS_URL`` and ``TETIK_KAFKA_BOOTSTRAP`` point at real servers; when
 unset, the commands start embedded ones (SPEC section 6) and fill them in.
 ``TETIK_WINDOWS`` (JSON, see :func:`engine.windows.config_from_mapping`)
-changes how much state each user keeps; ``TETIK_PREFIX`` namespaces the Redis
+changes how much state each user keeps, live and in ``tetik replay`` alike
+(:func:`windows_from_env`); ``TETIK_PREFIX`` namespaces the Redis
 keys so several deployments (or tests) can share one server.
 
 The topic layout has one owner, :meth:`Settings.topic_layout`, used by every
@@ -213,6 +214,15 @@ def _reset_offsets(text: str) -> str:
             "'earliest' goes on from the earliest event still kept when retention deleted some"
         )
     return text
+
+
+def windows_from_env(env: Mapping[str, str] | None = None) -> WindowConfig:
+    """The state bounds ``TETIK_WINDOWS`` sets (the defaults when unset), alone.
+
+    ``tetik replay`` reads them so a backtest keeps what the live engine keeps.
+    """
+    env = os.environ if env is None else env
+    return _windows(env.get("TETIK_WINDOWS", ""))
 
 
 def _windows(text: str) -> WindowConfig:

@@ -27,6 +27,10 @@ Rules of this interface:
   "did you mean"; a field of ``null`` is ``null``.
 * ``Condition.calls`` names the functions the expression calls, so the engine
   knows whether the rules need base-wide figures such as ``rfm()``'s.
+* ``Scope.timezone`` is the rules' time zone (``date('2024-01-01')`` and
+  calendar months are read in it). Warnings (a range that can only be
+  approximate, :mod:`engine.rules.history_calls`) do not stop the compile:
+  they are in ``Condition.warnings`` as ``(offset, "scope.where: message")``.
 """
 
 from __future__ import annotations
@@ -60,13 +64,15 @@ class Scope:
     where: str = "expression"  # e.g. "trigger.if", "exit.if", "step 4.if": used in messages
     # The segments `in_segment('NAME')` may name (None: not compiled, the file is rejected).
     segments: Mapping[str, Condition | None] | None = None
+    timezone: str = "UTC"  # the rules' time zone: date() literals and calendar months
 
 
 def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Condition:
     """Parse, type-check and compile ``text``; see the module rules."""
+    compiler = _Compiler(text, scope)
     try:
         root = parse(text)
-        typed = _Compiler(text, scope).expr(root)
+        typed = compiler.expr(root)
         if boolean and typed.type not in ("bool", "any"):
             raise ExpressionError(
                 f"expected a condition (true/false), but {_quote(text, root)} is "
@@ -75,7 +81,8 @@ def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Cond
             )
     except ExpressionError as exc:
         raise ExpressionError(f"{scope.where}: {exc.message}", exc.offset) from None
-    return Condition(text, typed.fn, calls=_calls(root))
+    warnings = tuple((offset, f"{scope.where}: {message}") for offset, message in compiler.warnings)
+    return Condition(text, typed.fn, calls=_calls(root), warnings=warnings)
 
 
 def _calls(root: Node) -> frozenset[str]:
@@ -105,6 +112,15 @@ class _Compiler:
         bound = (("event", scope.event), ("entry", scope.entry))
         self.allowed = frozenset(name for name, on in bound if on)
         self.segments = scope.segments
+        self.zone = scope.timezone
+        self.warnings: list[tuple[int, str]] = []
+
+    @property
+    def timezone(self) -> str:
+        return self.zone
+
+    def warn(self, offset: int, message: str) -> None:
+        self.warnings.append((offset, message))
 
     def expr(self, node: Node) -> Typed:
         if isinstance(node, Literal):

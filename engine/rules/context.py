@@ -15,6 +15,9 @@ Rules of this interface:
 * ``rfm`` holds the base's RFM boundaries by refresh instant (the engine's
   :class:`~engine.rfm.RfmBook`); ``rfm()`` reads those in force at ``now``.
   None: no boundaries, so ``rfm()`` is ``null``.
+* ``windows`` are the engine's bounds: window reads ignore records older than
+  their retention cutoff at ``now`` (:mod:`engine.retention`), and months are
+  those of its ``timezone`` (the rules'). The engine passes its own.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from engine.events import Event
 from engine.rfm import RfmBook
 from engine.state import UserState
-from engine.windows import Stored
+from engine.windows import DEFAULT_CONFIG, Stored, WindowConfig
 
 
 @dataclass(slots=True)
@@ -39,3 +42,4 @@ class Context:
     actions: Collection[str] = field(default_factory=frozenset)
     it: Stored | None = None
     rfm: RfmBook | None = None
+    windows: WindowConfig = DEFAULT_CONFIG

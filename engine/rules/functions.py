@@ -9,6 +9,12 @@ Rules of this interface:
   the latest record or ``null``, ``since(TYPE)`` -> ms from the latest record
   to ``now`` or ``null``, ``engaged(CHANNEL [, KIND])`` -> bool,
   ``in_cart(PRODUCT)`` / ``favorited(PRODUCT)`` -> bool.
+* Long history (SPEC section 8, :mod:`engine.rules.history_calls`):
+  ``count(TYPE)``, ``exists(TYPE)``, ``sum(purchase, revenue)`` and
+  ``since(TYPE)`` are all-time; ``first(TYPE)``, ``since_first(TYPE)``,
+  ``date('2024-01-01')``, and ``between(FROM, TO)`` in place of WITHIN.
+* Reads honour retention (:mod:`engine.retention`): ``last`` ignores a latest
+  record older than its type's cutoff at ``now``; see :mod:`engine.rules.scans`.
 * TYPE is a bare event type name (dots allowed: ``checkout.step``) or a quoted
   one. A bare name that is not standard but close to a standard type
   (``add_to_crt``) is refused with a suggestion; quoting it (``'signup_done'``)
@@ -37,18 +43,24 @@ from typing import Any, Final
 
 from engine.errors import ExpressionError
 from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
+from engine.history import DETAILED_TYPES
+from engine.retention import cart_kept_from, favorites_kept_from, kept_from
 from engine.rfm import RfmScore, rfm_inputs, score
-from engine.rules import scans
+from engine.rules import history_calls, scans
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
 from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Type, Typed, article, cut
 
 SIGNATURES: Final = {
-    "count": "count(TYPE [, WITHIN] [, WHERE])",
-    "exists": "exists(TYPE [, WITHIN] [, WHERE])",
-    "sum": "sum(TYPE, FIELD [, WITHIN] [, WHERE])",
+    "count": "count(TYPE [, WITHIN or between(FROM, TO)] [, WHERE])",
+    "exists": "exists(TYPE [, WITHIN or between(FROM, TO)] [, WHERE])",
+    "sum": "sum(TYPE, FIELD [, WITHIN or between(FROM, TO)] [, WHERE])",
     "last": "last(TYPE, FIELD)",
     "since": "since(TYPE)",
+    "first": "first(TYPE)",
+    "since_first": "since_first(TYPE)",
+    "date": "date('YYYY-MM-DD')",
+    "between": "between(FROM, TO)",
     "engaged": "engaged(CHANNEL [, KIND])",
     "in_cart": "in_cart(PRODUCT)",
     "favorited": "favorited(PRODUCT)",
@@ -161,17 +173,32 @@ def _where(cx: Checker, node: Node, function: str) -> Fn:
     return typed.fn
 
 
-def _range(cx: Checker, node: Call, type_: str, optional: tuple[Node, ...]) -> scans.Range:
-    """WITHIN and WHERE from the optional arguments, in that order."""
+def _range(
+    cx: Checker, node: Call, type_: str, optional: tuple[Node, ...], summed: str | None = None
+) -> scans.Range:
+    """WITHIN (or ``between``) and WHERE from the optional arguments, in that order."""
     rest = list(optional)
-    within = _within(rest.pop(0)) if rest and _is_within(rest[0]) else None
-    if not rest:
-        return scans.Range(type_, within)
-    where_node = rest.pop(0)
+    within = between = between_node = None
+    if rest and history_calls.is_between(rest[0]):
+        between_node = rest.pop(0)
+        assert isinstance(between_node, Call)
+        between = history_calls.between(cx, between_node, type_)
+    elif rest and _is_within(rest[0]):
+        within = _within(rest.pop(0))
+    where_node = rest.pop(0) if rest else None
     if rest:
         raise ExpressionError(f"too many arguments: {SIGNATURES[node.name]}", rest[0].start)
+    history_calls.warn_range(cx, type_, within, between_node, where_node, summed)
+    window_first = summed is not None and not (summed == "revenue" and type_ in DETAILED_TYPES)
+    if where_node is None:
+        return scans.Range(type_, within, between=between, window_first=window_first)
     where = _where(cx, where_node, node.name)  # type-checks the whole WHERE first
-    return scans.Range(type_, within, where, _key_match(cx, where_node))
+    window_first = window_first or not history_calls.buckets_answer(where_node, type_)
+    return scans.Range(type_, within, where, _key_match(cx, where_node), between, window_first)
+
+
+def _all_time(spec: scans.Range) -> bool:
+    return spec.within is None and spec.between is None and spec.where is None
 
 
 def _key_match(cx: Checker, node: Node) -> tuple[Reader, Fn] | None:
@@ -212,12 +239,16 @@ def _mentions_it(node: Node) -> bool:
 def _count(cx: Checker, node: Call) -> Typed:
     _arity(node, 1, 3)
     spec = _range(cx, node, event_type(node.args[0], "count"), node.args[1:])
+    if _all_time(spec):
+        return Typed("number", history_calls.all_time_count(spec.type), sure=True)
     return Typed("number", scans.counter(spec), sure=True)
 
 
 def _exists(cx: Checker, node: Call) -> Typed:
     _arity(node, 1, 3)
     spec = _range(cx, node, event_type(node.args[0], "exists"), node.args[1:])
+    if _all_time(spec):
+        return Typed("bool", history_calls.all_time_exists(spec.type), sure=True)
     return Typed("bool", scans.finder(spec), sure=True)
 
 
@@ -231,8 +262,12 @@ def _sum(cx: Checker, node: Call) -> Typed:
             f"but {cx.quote(node.args[1])} is {article(field.type)}",
             node.args[1].start,
         )
-    spec = _range(cx, node, type_, node.args[2:])
-    return Typed("number", scans.summer(spec, field.read), sure=True)
+    summed = history_calls.field_name(node.args[1])
+    spec = _range(cx, node, type_, node.args[2:], summed)
+    revenue = summed == "revenue" and type_ in DETAILED_TYPES
+    if revenue and _all_time(spec):
+        return Typed("number", history_calls.all_time_revenue(type_), sure=True)
+    return Typed("number", scans.summer(spec, field.read, revenue), sure=True)
 
 
 def _last(cx: Checker, node: Call) -> Typed:
@@ -240,19 +275,40 @@ def _last(cx: Checker, node: Call) -> Typed:
     type_ = event_type(node.args[0], "last")
     field = _field(node.args[1], "last")
     read = field.read
-    return Typed(
-        field.type,
-        lambda ctx: read(w[-1]) if (w := ctx.state.windows.get(type_)) else None,
-    )
+
+    def last(ctx: Any) -> Any:
+        window = ctx.state.windows.get(type_)
+        if not window or window[-1].ts < kept_from(ctx.windows, type_, ctx.now):
+            return None
+        return read(window[-1])
+
+    return Typed(field.type, last)
 
 
 def _since(cx: Checker, node: Call) -> Typed:
     _arity(node, 1, 1)
     type_ = event_type(node.args[0], "since")
-    return Typed(
-        "number",
-        lambda ctx: ctx.now - w[-1].ts if (w := ctx.state.windows.get(type_)) else None,
-    )
+    return Typed("number", history_calls.since_last(type_))
+
+
+def _first(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 1)
+    return history_calls.first(cx, node, event_type(node.args[0], "first"))
+
+
+def _since_first(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 1)
+    return history_calls.since_first(cx, node, event_type(node.args[0], "since_first"))
+
+
+def _date(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 1)
+    return history_calls.date(cx, node)
+
+
+def _between(cx: Checker, node: Call) -> Typed:
+    _arity(node, 2, 2)
+    return history_calls.misplaced_between(cx, node)
 
 
 # -- engagement, cart, favorites -----------------------------------------------
@@ -307,14 +363,24 @@ def _product(cx: Checker, node: Call) -> Fn:
 
 def _in_cart(cx: Checker, node: Call) -> Typed:
     find = _product(cx, node)
-    return Typed("bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.cart, sure=True)
+
+    def in_cart(ctx: Any) -> bool:
+        product = find(ctx)
+        line = ctx.state.cart.get(product) if type(product) is str else None
+        return line is not None and line.ts >= cart_kept_from(ctx.windows, ctx.now)
+
+    return Typed("bool", in_cart, sure=True)
 
 
 def _favorited(cx: Checker, node: Call) -> Typed:
     find = _product(cx, node)
-    return Typed(
-        "bool", lambda ctx: type(p := find(ctx)) is str and p in ctx.state.favorites, sure=True
-    )
+
+    def favorited(ctx: Any) -> bool:
+        product = find(ctx)
+        ts = ctx.state.favorites.get(product) if type(product) is str else None
+        return ts is not None and ts >= favorites_kept_from(ctx.windows, ctx.now)
+
+    return Typed("bool", favorited, sure=True)
 
 
 # -- the customer base ---------------------------------------------------------------
@@ -339,6 +405,10 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "sum": _sum,
     "last": _last,
     "since": _since,
+    "first": _first,
+    "since_first": _since_first,
+    "date": _date,
+    "between": _between,
     "engaged": _engaged,
     "in_cart": _in_cart,
     "favorited": _favorited,

@@ -21,6 +21,11 @@ Rules of this interface:
   a ``|`` block, else at the scalar's start.
 * ``Rules.source_hash`` is the sha256 (hex) of the file's bytes (UTF-8 for text);
   journeys keep file order; step paths follow SPEC section 4 (``"4.then.0"``).
+* Warnings do not reject the file: ``Rules.warnings`` holds them as
+  ``FILE:LINE:COL: warning: message`` lines in file order (today: ranges of the
+  long history that may be approximate, :mod:`engine.rules.history_calls`).
+  Expressions are compiled with the file's ``timezone`` (``date()`` literals,
+  calendar months).
 * :func:`summary` is the ``tetik rules validate`` line, prefixed ``FILE: `` when
   given a file name: ``rules.yaml: OK, 8 journeys, 3 templates, 2 caps (version
   <first 12 hex digits of source_hash>)``.
@@ -81,6 +86,7 @@ engine (each violation is a ``FILE:LINE:COL`` problem naming the limit):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -507,6 +513,8 @@ class _Loader:
     wait_nodes: dict[tuple[str, str], Node] = field(default_factory=dict)  # (where, path)
     # segment name -> compiled condition (None until compiled, or if it did not compile)
     segment_conds: dict[str, Condition | None] = field(default_factory=dict)
+    timezone: str = "UTC"  # the file's, once read: expressions compile with it
+    warnings: set[_Problem] = field(default_factory=set)
 
     def load(self) -> Rules | None:
         """The compiled rules, or None when a problem was recorded."""
@@ -551,9 +559,12 @@ class _Loader:
         A key or value quoted in a message may hold a line break (YAML allows
         ``\x85`` or ``\x1e`` in keys); it is written as ``\n``.
         """
+        return self._lines(self.problems)
+
+    def _lines(self, problems: set[_Problem], kind: str = "") -> list[str]:
         return [
-            one_line(f"{self.filename}:{p.line + 1}:{p.column + 1}: {p.message}")
-            for p in sorted(self.problems)
+            one_line(f"{self.filename}:{p.line + 1}:{p.column + 1}: {kind}{p.message}")
+            for p in sorted(problems)
         ]
 
     def _syntax(self, exc: yaml.MarkedYAMLError) -> None:
@@ -646,7 +657,7 @@ class _Loader:
         fields = self._fields(root, TOP_KEYS, "the rules file")
         need = (root, "the rules file")
         version = self._field(fields, "version", self._version, 1, required=need)
-        timezone = self._field(fields, "timezone", self._timezone, "UTC")
+        timezone = self.timezone = self._field(fields, "timezone", self._timezone, "UTC")
         quiet = self._field(fields, "quiet_hours", self._quiet_hours, None)
         consent = self._field(fields, "consent", self._consent, self._consent_defaults({}))
         caps = self._field(fields, "caps", self._caps, _NO_CAPS)
@@ -669,6 +680,7 @@ class _Loader:
             rfm_refresh=rfm_refresh,
             segments=segments,
             segment_recheck=recheck,
+            warnings=tuple(self._lines(self.warnings, "warning: ")),
         )
 
     def _version(self, node: Node) -> int:
@@ -912,10 +924,15 @@ class _Loader:
         if scope.segments is None:
             scope = replace(scope, segments=self.segment_conds)
         try:
-            return compile_expression(source, scope)
+            condition = compile_expression(
+                source, dataclasses.replace(scope, timezone=self.timezone)
+            )
         except ExpressionError as exc:
             line, column = self._offset(node, exc.offset)
             raise _Reject(_Problem(line, column, exc.message)) from None
+        for offset, message in condition.warnings:
+            self.warnings.add(_Problem(*self._offset(node, offset), message))
+        return condition
 
     def _offset(self, node: Node, offset: int) -> tuple[int, int]:
         """File position of a character of a one-line scalar; the node start otherwise."""

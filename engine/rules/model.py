@@ -29,6 +29,7 @@ class Condition:
     source: str
     fn: Callable[[Context], Any]
     calls: frozenset[str] = frozenset()  # functions the expression calls, e.g. {"rfm"}
+    warnings: tuple[tuple[int, str], ...] = ()  # (offset in source, message): see the compiler
 
     def holds(self, ctx: Context) -> bool:
         """True when the expression evaluates to ``true`` (``null`` is false)."""
@@ -188,3 +189,4 @@ class Rules:
     rfm_refresh: int = HOUR  # ms between recomputations of the base's RFM boundaries
     segments: Mapping[str, Segment] = field(default_factory=dict)  # in file order
     segment_recheck: int = 3_600_000  # ms between recheck instants (epoch-aligned)
+    warnings: tuple[str, ...] = ()  # "FILE:LINE:COL: warning: ..." lines (rules validate)

@@ -14,6 +14,8 @@ Rules of this interface:
   omitted (as the state windows store it), and ``items`` reads as the list of
   the items' product ids, like ``cart.items``.
 * A read never raises: a missing event, field or attribute is ``None``.
+* ``cart.*`` and ``favorites`` read the lines and favorites that count at
+  ``now`` (:mod:`engine.retention`), whether or not the state was pruned.
 * Unknown names raise :class:`~engine.errors.ExpressionError` at the bad part,
   with a "did you mean" suggestion when one is close.
 """
@@ -27,15 +29,16 @@ from typing import Any, Final
 
 from engine.errors import ExpressionError
 from engine.events import STANDARD_TYPES, suggest
+from engine.retention import kept_cart, kept_favorites
 from engine.rules.nodes import Name
 from engine.rules.typed import Reader, Type, Typed, article, cut
 from engine.state import _revenue as purchase_revenue  # one rule for the revenue default
-from engine.state import cart_count, cart_total
+from engine.state import lines_count, lines_total
 
 ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now")
 FUNCTIONS: Final = (
-    "count", "exists", "sum", "last", "since", "engaged", "in_cart", "favorited", "rfm",
-    "in_segment",
+    "count", "exists", "sum", "last", "since", "first", "since_first", "date", "between",
+    "engaged", "in_cart", "favorited", "rfm", "in_segment",
 )  # fmt: skip
 
 
@@ -98,10 +101,11 @@ RECORD_FIELDS: Final[Mapping[str, Field]] = {
     "revenue": Field("number", attrgetter("revenue")),
 }
 
+# Read from the cart lines that count at `now` (engine.retention.kept_cart).
 CART_FIELDS: Final[Mapping[str, Field]] = {
-    "total": Field("number", cart_total),
-    "count": Field("number", cart_count),
-    "items": Field("list", lambda state: list(state.cart)),
+    "total": Field("number", lines_total),
+    "count": Field("number", lines_count),
+    "items": Field("list", list),
 }
 
 
@@ -212,7 +216,9 @@ def _profile(node: Name) -> Typed:
 def _cart(node: Name) -> Typed:
     field = field_path(node, 1, CART_FIELDS, "cart")
     read = field.read
-    return Typed(field.type, lambda ctx: read(ctx.state), sure=True)
+    return Typed(
+        field.type, lambda ctx: read(kept_cart(ctx.state.cart, ctx.windows, ctx.now)), sure=True
+    )
 
 
 def _bare(node: Name) -> Typed:
@@ -221,4 +227,8 @@ def _bare(node: Name) -> Typed:
         raise ExpressionError(f"{root} has no fields", node.offsets[1])
     if root == "now":
         return Typed("number", lambda ctx: ctx.now, sure=True)
-    return Typed("list", lambda ctx: list(ctx.state.favorites), sure=True)
+    return Typed(
+        "list",
+        lambda ctx: list(kept_favorites(ctx.state.favorites, ctx.windows, ctx.now)),
+        sure=True,
+    )

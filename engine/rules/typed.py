@@ -74,6 +74,15 @@ class Checker(Protocol):
         """The source text of a node, for messages."""
         ...
 
+    @property
+    def timezone(self) -> str:
+        """The rules' time zone (IANA name): dates and calendar months are read in it."""
+        ...
+
+    def warn(self, offset: int, message: str) -> None:
+        """Record a warning at ``offset`` of the text; the compile goes on."""
+        ...
+
 
 def cut(text: str, limit: int = 80) -> str:
     """A name or token as messages show it: whole up to ``limit`` characters, else cut

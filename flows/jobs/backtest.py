@@ -1,4 +1,9 @@
-"""``tetik replay`` and ``tetik rules validate``: the rules engine on files, no servers."""
+"""``tetik replay`` and ``tetik rules validate``: the rules engine on files, no servers.
+
+Both print the rules' warnings (``FILE:LINE:COL: warning: ...``) on stderr; a
+warning never changes the exit code. ``tetik replay`` keeps the state bounds
+``TETIK_WINDOWS`` sets, as the live engine does (:func:`flows.settings.windows_from_env`).
+"""
 
 from __future__ import annotations
 
@@ -28,15 +33,18 @@ def parse_until(text: str) -> int:
 def load_rules(path: str) -> Rules | None:
     """The compiled rules, or None after printing every problem to stderr."""
     try:
-        return load_rules_file(path)
+        rules = load_rules_file(path)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
+    for warning in rules.warnings:
+        print(warning, file=sys.stderr)
+    return rules
 
 
 def validate(path: str) -> int:
-    """Exit 0 with a one-line summary, or 1 with every problem."""
+    """Exit 0 with a one-line summary (warnings before it, on stderr), or 1 with every problem."""
     rules = load_rules(path)
     if rules is None:
         return 1
@@ -71,9 +79,12 @@ def run_replay(
     rules = load_rules(rules_path)
     if rules is None:
         return 2
+    from flows.settings import windows_from_env  # the settings' owner (not needed by validate)
+
+    windows = windows_from_env()
     stats = ReplayStats()
     actions = replay(
-        Engine(rules),
+        Engine(rules, windows),
         event_lines(events_path),
         until=until,
         drain=drain,

@@ -34,6 +34,7 @@ from engine.rfm_base import base_bounds
 from engine.segments import members_at
 from engine.state import UserState
 from flows.jobs.backtest import event_lines, load_rules
+from flows.settings import windows_from_env
 
 
 def base_book(states: Mapping[str, UserState], at: int) -> RfmBook:
@@ -68,8 +69,9 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
         return 2
     states: dict[str, UserState] = {}
     stats = ReplayStats()
+    engine = Engine(rules, windows_from_env())  # TETIK_WINDOWS, as tetik replay and run
     replay(
-        Engine(rules),
+        engine,
         event_lines(events_path),
         until=at,
         on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),
@@ -82,7 +84,7 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
     counts = dict.fromkeys(rules.segments, 0)
     rows = []
     for key in sorted(known):
-        names = members_at(rules, known[key], moment, book)
+        names = members_at(rules, known[key], moment, book, engine.windows)
         for name in names:
             counts[name] += 1
         rows.append({"user_id": key, "segments": names, "rfm": rfm_view(book, known[key])})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,52 @@ def test_a_bad_rules_file_exits_2_and_prints_the_errors(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{bad}:1:" in done.stderr
     assert done.stdout == ""
+
+
+HISTORY_RULES = """\
+version: 1
+timezone: Europe/Istanbul
+consent: {email: opt_out, push: opt_out}
+journeys:
+  - id: late
+    trigger: {event: login, if: "count(purchase, between(date('2023-01-15'), now)) > 0"}
+    steps: [{send: email}]
+  - id: browsed
+    trigger: {event: login, if: "exists(view_product, it.product_id == 'a')"}
+    steps: [{send: push}]
+"""
+
+
+def test_validate_prints_warnings_and_still_exits_0(tmp_path: Path) -> None:
+    rules = tmp_path / "history.yaml"
+    rules.write_text(HISTORY_RULES)
+    done = tetik("rules", "validate", str(rules))
+    assert done.returncode == 0, done.stderr
+    assert "OK, 2 journeys" in done.stdout
+    warnings = done.stderr.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"{rules}:6:58: warning: journey late trigger.if: between's FROM")
+    assert warnings[1].startswith(f"{rules}:6:78: warning: journey late trigger.if: between's TO")
+
+
+def test_replay_keeps_what_tetik_windows_says(tmp_path: Path) -> None:
+    rules = tmp_path / "history.yaml"
+    rules.write_text(HISTORY_RULES)
+    log = tmp_path / "events.jsonl"
+    events = [
+        {"event_id": "v1", "type": "view_product", "ts": "2024-05-01T10:00:00Z", "product_id": "a"},
+        {"event_id": "v2", "type": "view_product", "ts": "2024-05-02T20:00:00Z", "product_id": "b"},
+        {"event_id": "l1", "type": "login", "ts": "2024-05-03T10:00:00Z"},
+    ]
+    log.write_bytes(b"".join(orjson.dumps({**e, "user_id": "u"}) + b"\n" for e in events))
+    args = [sys.executable, "-m", "cli.main", "replay", "--rules", str(rules), "--events", str(log)]
+    default = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    assert [a["journey"] for a in actions(default.stdout)] == ["browsed"]
+    # Views kept one day: the first view is gone at the login, as the live engine would have it.
+    env = {**os.environ, "TETIK_WINDOWS": '{"default": {"max_age": "1d"}}'}
+    short = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert actions(short.stdout) == []
+    env["TETIK_WINDOWS"] = "{not json"
+    bad = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2
+    assert "TETIK_WINDOWS is not JSON" in bad.stderr

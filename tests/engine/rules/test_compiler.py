@@ -509,7 +509,7 @@ VIEWS = views(
     ],
 )
 def test_window_functions(text: str, value: Any) -> None:
-    state = UserState(windows=VIEWS.windows, profile={})
+    state = UserState(windows=VIEWS.windows, rollups=VIEWS.rollups, profile={})
     result = run(text, state, event=ev("view_product", product_id="p1"))
     assert result == value
     assert type(result) is type(value)
@@ -794,12 +794,20 @@ def test_entry_is_available_in_exit_and_step_conditions() -> None:
 @pytest.mark.parametrize(
     ("text", "offset", "message"),
     [
-        ("count() > 0", 6, "missing argument: count(TYPE [, WITHIN] [, WHERE])"),
+        (
+            "count() > 0",
+            6,
+            "missing argument: count(TYPE [, WITHIN or between(FROM, TO)] [, WHERE])",
+        ),
         ("count(a, 1h, true, true) > 0", 19, "too many arguments: count(TYPE"),
         ("count(a, true, 1h) > 0", 15, "too many arguments"),
         ("exists()", 7, "missing argument: exists(TYPE"),
         ("exists(a, 1h, true, 1)", 20, "too many arguments"),
-        ("sum(purchase) > 0", 12, "missing argument: sum(TYPE, FIELD [, WITHIN] [, WHERE])"),
+        (
+            "sum(purchase) > 0",
+            12,
+            "missing argument: sum(TYPE, FIELD [, WITHIN or between(FROM, TO)] [, WHERE])",
+        ),
         ("sum(purchase, revenue, 1h, true, 1) > 0", 33, "too many arguments"),
         ("last(purchase) == 1", 13, "missing argument: last(TYPE, FIELD)"),
         ("last(purchase, price, 1h) == 1", 22, "too many arguments: last(TYPE, FIELD)"),
