@@ -31,6 +31,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from engine.history import (
@@ -152,17 +153,25 @@ def sum_span(
         cents = months_total(roll, first, end, _category_test(ctx, where, lo))[1]
         result = cents / 100 if cents else 0
     if window:
-        saved = ctx.it
-        try:
-            for record in _records(window, start, hi):
-                ctx.it = record
-                if where is None or where(ctx) is True:
-                    value = read(record)
-                    if type(value) in NUMBERS:
-                        result += value
-        finally:
-            ctx.it = saved
+        result += add_up(ctx, _records(window, start, hi), where, read)
     return round(result, 9) if type(result) is float else result
+
+
+def add_up(ctx: Any, records: Iterable[Stored], where: Fn | None, read: Reader) -> int | float:
+    """The total of ``read`` over the ``records`` ``where`` holds for (non-numbers add
+    nothing), ``it`` bound to each record in turn."""
+    saved = ctx.it
+    result: int | float = 0
+    try:
+        for record in records:
+            ctx.it = record
+            if where is None or where(ctx) is True:
+                value = read(record)
+                if type(value) in NUMBERS:
+                    result += value
+    finally:
+        ctx.it = saved
+    return result
 
 
 def bounds(ctx: Any, between: tuple[Fn, Fn]) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ from operator import countOf
 from typing import Any
 
 from engine.rules import ranges
-from engine.rules.typed import NUMBERS, Fn, Reader
+from engine.rules.typed import Fn, Reader
 from engine.windows import Stored, since_index
 
 
@@ -193,17 +193,7 @@ def summer(spec: Range, read: Reader, revenue: bool = False) -> Fn:
             return ranges.sum_span(ctx, type_, ctx.now - reach, None, where, read, revenue, first)
         if not window:
             return 0
-        saved = ctx.it
-        result: int | float = 0
-        try:
-            for record in recent(window, start):
-                ctx.it = record
-                if where is None or where(ctx) is True:
-                    value = read(record)
-                    if type(value) in NUMBERS:
-                        result += value
-        finally:
-            ctx.it = saved
+        result = ranges.add_up(ctx, recent(window, start), where, read)
         return round(result, 9) if type(result) is float else result
 
     return total
