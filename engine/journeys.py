@@ -134,6 +134,7 @@ class Engine:
         self.exit_types: set[str] = set(self.exits)
         for old in self.retired.values():
             self.exit_types |= old.exit_types
+        self.activated_at = activated_at  # live: when this version took over (None: replay)
         self.rfm: RfmBook | None = None
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()

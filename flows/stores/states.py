@@ -63,6 +63,10 @@ class ShardWrite:
     sweep: dict[str, str] = field(default_factory=dict)  # sweep name -> cursor
     new: set[str] = field(default_factory=set)  # identities not in the shopper index yet
     cleared: set[str] = field(default_factory=set)  # had a due step, now have none
+    # Segments and RFM (flows.pipeline.books): (segment, identity, member now) changes of
+    # stored memberships, and identity -> packed RFM inputs (b"": no longer a buyer).
+    members: list[tuple[str, str, bool]] = field(default_factory=list)
+    rfm: dict[str, bytes] = field(default_factory=dict)
 
     def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
         """Queue a shopper's new state; ``before`` is its due time as it was read."""
@@ -80,6 +84,8 @@ class ShardWrite:
             or self.looks
             or self.forgotten
             or self.sweep
+            or self.members
+            or self.rfm
         )
 
 
@@ -180,8 +186,33 @@ class ShardStore:
         args += _pairs(write.sweep.items())
         args += _pairs((k, v) for k, v in write.counts.items() if v)
         shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
-        first = self._commit(keys=[*shard, keys.stats, keys.sweep, *state_keys], args=args)
+        every = [*shard, keys.stats, keys.sweep, *state_keys]
+        every += _books(write, keys, len(every), args)
+        first = self._commit(keys=every, args=args)
         return None if first is None else int(float(first))
+
+    def members(self, name: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One ``SSCAN`` page of the shard's members of segment ``name``: (cursor, ids)."""
+        found: tuple[int, list[bytes]] = self.client.sscan(  # type: ignore[assignment]
+            self.keys.segment(name), cursor, count=count
+        )
+        return int(found[0]), [m.decode() for m in found[1]]
+
+    def member_count(self, name: str) -> int:
+        return int(self.client.scard(self.keys.segment(name)))
+
+
+def _books(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -> list[str]:
+    """The segments-and-RFM section of the commit (its own keys after every other key):
+    appends its arguments to ``args`` and returns its keys."""
+    names = sorted({name for name, _, _ in write.members})
+    where = {name: i + 2 for i, name in enumerate(names)}
+    args += [before + 1, len(names)]
+    args += [len(write.members)]
+    for name, identity, inside in write.members:
+        args += [where[name], identity, "1" if inside else ""]
+    args += _pairs(write.rfm.items())
+    return [keys.rfm, *(keys.segment(name) for name in names)]
 
 
 def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
@@ -195,7 +226,7 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 # KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, then one per state.
 # ARGV: the states (identity, data, due or '', ttl, flags: n = new, c = cleared), then
 # counted sections: new-only identities, looks, forgotten, outbox, confirmed, acked,
-# offsets, sweep marks, counters.
+# offsets, sweep marks, counters, then the segments-and-RFM section (see _books).
 _COMMIT = """
 local a = 0
 local function take() a = a + 1; return ARGV[a] end
@@ -248,6 +279,27 @@ n = tonumber(take())
 for i = 1, n do
   local field, value = take(), take()
   redis.call('HINCRBY', KEYS[6], field, value)
+end
+-- segments and RFM: KEYS[base] is the rfm hash, KEYS[base + 1..] the segments' sets
+local base = tonumber(take()) - 1
+take()
+n = tonumber(take())
+for i = 1, n do
+  local index, id, inside = tonumber(take()), take(), take()
+  if inside == '1' then
+    redis.call('SADD', KEYS[base + index], id)
+  else
+    redis.call('SREM', KEYS[base + index], id)
+  end
+end
+n = tonumber(take())
+for i = 1, n do
+  local id, packed = take(), take()
+  if packed == '' then
+    redis.call('HDEL', KEYS[base + 1], id)
+  else
+    redis.call('HSET', KEYS[base + 1], id, packed)
+  end
 end
 local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')
 if #first == 0 then
