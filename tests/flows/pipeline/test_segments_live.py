@@ -7,18 +7,23 @@ Valkey Cluster) and Kafka. The logs are in the recent past, so the live clock
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from bytewax.testing import TestingSink, run_main
+from redis.cluster import RedisCluster
 
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
+from engine.segments import members_at
 from engine.state import UserState
 from flows.clock import wall_ms
+from flows.jobs.segments_live import run_live_segments
 from flows.pipeline.dataflow import build_flow
 from flows.pipeline.rfm_live import RfmFollower, RfmRuntime, refresh
 from flows.pipeline.rules_runtime import RulesRuntime
@@ -26,6 +31,7 @@ from flows.pipeline.segment_sweeps import RulesSweep, SegmentRecheck
 from flows.pipeline.sweep import unpack
 from flows.retry import RedisClient
 from flows.stores.emissions import settle_outboxes
+from flows.stores.rules import RulesStore
 from flows.stores.states import ShardStore
 from tests.flows.live import read_topic
 from tests.flows.pipeline.support import NOW, HoldingSource, Pipeline, event, message
@@ -136,8 +142,6 @@ def run_live(
 
 
 def lines(docs: list[dict[str, Any]]) -> list[bytes]:
-    import orjson
-
     return [orjson.dumps(d) for d in docs]
 
 
@@ -164,7 +168,13 @@ def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pi
     return Pipeline.create(store_client, kafka_bootstrap, unique, RULES)
 
 
-def test_live_equals_replay_actions_and_memberships(pipeline: Pipeline) -> None:
+def test_live_equals_replay_actions_and_memberships(
+    pipeline: Pipeline, request: pytest.FixtureRequest
+) -> None:
+    if isinstance(pipeline.client, RedisCluster):
+        url = request.getfixturevalue("valkey_cluster").url
+    else:
+        url = request.getfixturevalue("redis_url")
     rules = load_rules(RULES, "rules.yaml")
     engine = Engine(rules, activated_at=START - MINUTE)
     runtime = RfmRuntime(RulesRuntime(engine), RfmFollower(pipeline.client, pipeline.keys, 0))
@@ -190,6 +200,38 @@ def test_live_equals_replay_actions_and_memberships(pipeline: Pipeline) -> None:
     replayed = {k: set(s.segments) for k, s in states.items() if s.segments}
     assert live_members(pipeline, watched) == replayed
     assert replayed["u5"] == {"buyer", "big"}
+    check_cli(pipeline, rules, states, url)
+
+
+def check_cli(pipeline: Pipeline, rules: Any, states: dict[str, UserState], url: str) -> None:
+    """``tetik segments --live``: counts from the sets, an export, every shopper's line."""
+    RulesStore(pipeline.client, pipeline.prefix).push(RULES, "rules.yaml", who="test")
+    env = {"TETIK_REDIS_URL": url, "TETIK_PREFIX": pipeline.prefix, "TETIK_SHARDS": "4"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        out = io.BytesIO()
+        assert run_live_segments(count=True, export=None, out=out) == 0
+        counted = out.getvalue().decode().splitlines()
+        out = io.BytesIO()
+        assert run_live_segments(count=False, export="buyer", out=out) == 0
+        exported = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        out = io.BytesIO()
+        assert run_live_segments(count=False, export=None, out=out) == 0
+        every = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    at = wall_ms()
+    replayed = {k: set(members_at(rules, s, at)) for k, s in states.items()}
+    assert counted == [
+        f"buyer: {sum('buyer' in s.segments for s in states.values())}",
+        f"fresh: {sum('fresh' in s.segments for s in states.values())}",
+        f"big: {sum('big' in s.segments for s in states.values())}",
+    ]
+    assert [r["user_id"] for r in exported] == sorted(
+        k for k, s in states.items() if "buyer" in s.segments
+    )
+    assert [r["user_id"] for r in every] == sorted(states)
+    assert {r["user_id"]: set(r["segments"]) for r in every} == replayed
+    assert all(r["rfm"] is not None for r in every if r["user_id"] in {"u0", "u5"})
 
 
 def test_a_recheck_sweep_finds_a_time_only_exit_for_a_shopper_without_events(
