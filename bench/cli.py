@@ -18,8 +18,8 @@ from typing import Any
 from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
-WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "all")
-ALL = ("core", "e2e", "memory", "scale")  # ingest, compile and rfm run on request
+WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "segments", "all")
+ALL = ("core", "e2e", "memory", "scale")  # ingest, compile, rfm and segments run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -30,6 +30,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.rfm import bench_rfm
     from bench.rules_compile import bench_compile
     from bench.scale import bench_scale
+    from bench.segments_live import bench_segments
 
     return {
         "core": bench_core,
@@ -39,6 +40,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "ingest": bench_ingest,
         "compile": bench_compile,
         "rfm": bench_rfm,
+        "segments": bench_segments,
     }
 
 
