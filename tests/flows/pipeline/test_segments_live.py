@@ -19,13 +19,15 @@ from redis.cluster import RedisCluster
 
 from engine.journeys import Engine
 from engine.replay import replay
+from engine.rfm import RfmInputs
 from engine.rules.loader import load_rules
 from engine.segments import members_at
 from engine.state import UserState
-from flows.clock import wall_ms
+from flows.clock import TestClock, wall_ms
 from flows.jobs.segments_live import run_live_segments
+from flows.pipeline.books import pack_inputs
 from flows.pipeline.dataflow import build_flow
-from flows.pipeline.rfm_live import RfmFollower, RfmRuntime, refresh
+from flows.pipeline.rfm_live import RfmClock, RfmFollower, RfmRuntime, refresh, stored_bounds
 from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.segment_sweeps import RulesSweep, SegmentRecheck
 from flows.pipeline.sweep import unpack
@@ -346,3 +348,25 @@ def test_a_broadcast_killed_halfway_reaches_every_member_once(pipeline: Pipeline
     ]
     assert sorted(a["user_id"] for a in sent) == sorted(members)  # each member once
     assert {a["at"] for a in sent} == {at}  # at its instant, not at a later sweep
+
+
+def test_the_rfm_clock_refreshes_once_per_instant_and_keeps_the_last_four(
+    pipeline: Pipeline,
+) -> None:
+    rules = load_rules(RULES, "rules.yaml")
+    runtime = RulesRuntime(Engine(rules))
+    shard = pipeline.keys.shard(0)
+    pipeline.client.hset(shard.rfm, "x", pack_inputs(RfmInputs(1_000, 2, 30.0)))
+    clock = TestClock(START)
+    ticker = RfmClock(runtime, pipeline.client, pipeline.keys, clock=clock)
+    for _ in range(6):
+        ticker.tick()
+        ticker.tick()  # the same instant: nothing more
+        clock.advance(MINUTE)
+    stored = stored_bounds(pipeline.client, pipeline.keys)
+    assert [b.at for b in stored] == [START + k * MINUTE for k in range(2, 6)]
+    assert {b.buyers for b in stored} == {1}
+    follower = RfmFollower(pipeline.client, pipeline.keys, 0)
+    book = RfmRuntime(runtime, follower).current().rfm
+    assert book is follower.book
+    assert book.at(START + 5 * MINUTE + 1) == stored[-1]
