@@ -54,9 +54,7 @@ def run_live_segments(*, count: bool, export: str | None, out: BinaryIO | None =
     """``tetik segments --live``; exit 2 for a usage problem (see the module rules)."""
     settings = from_env()
     if not settings.redis_url:
-        raise ConfigError(
-            "tetik segments --live reads the engine's Redis: set TETIK_REDIS_URL to it"
-        )
+        raise ConfigError("--live reads the engine's Redis: set TETIK_REDIS_URL to it")
     client = connect(settings.redis_url)
     active = RulesStore(client, settings.prefix).active()
     if active is None:
