@@ -18,8 +18,10 @@ from typing import Any
 from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
-WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "all")
-ALL = ("core", "e2e", "memory", "scale")  # ingest, compile, rfm and history run on request
+WHAT = (
+    "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments", "all",
+)  # fmt: skip
+ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -31,6 +33,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.rfm import bench_rfm
     from bench.rules_compile import bench_compile
     from bench.scale import bench_scale
+    from bench.segments_live import bench_segments
 
     return {
         "core": bench_core,
@@ -41,6 +44,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "compile": bench_compile,
         "rfm": bench_rfm,
         "history": bench_history,
+        "segments": bench_segments,
     }
 
 

@@ -86,12 +86,39 @@ def _cmd_segments(args: argparse.Namespace) -> int:
     from flows.jobs.backtest import parse_until
     from flows.jobs.segment_report import run_segments
 
+    if args.live:
+        return _live_segments(args)
+    if args.count or args.export is not None:
+        print("tetik segments: --count and --export read Redis: add --live", file=sys.stderr)
+        return 2
+    if not args.rules or not args.events:
+        print("tetik segments: --rules and --events are required (or --live)", file=sys.stderr)
+        return 2
+
     try:
         at = None if args.at is None else parse_until(args.at)
     except ValueError as exc:
         print(f"tetik segments: --at: {exc}", file=sys.stderr)
         return 2
     return run_segments(args.rules, args.events, at=at, out=args.out)
+
+
+def _live_segments(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.jobs.segments_live import run_live_segments
+
+    if args.rules or args.events or args.at:
+        print(
+            "tetik segments: --live reads the active rules and the states from Redis; "
+            "--rules, --events and --at are for a replay",
+            file=sys.stderr,
+        )
+        return 2
+    if args.out:
+        with Path(args.out).open("wb") as out:
+            return run_live_segments(count=args.count, export=args.export, out=out)
+    return run_live_segments(count=args.count, export=args.export)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -226,10 +253,14 @@ def _parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_replay)
 
     seg = sub.add_parser("segments", help="segment memberships of every user, replaying a log")
-    seg.add_argument("--rules", required=True, help="rules YAML file")
-    seg.add_argument("--events", required=True, help="JSONL event log")
+    seg.add_argument("--rules", help="rules YAML file (a replay)")
+    seg.add_argument("--events", help="JSONL event log (a replay)")
     seg.add_argument("--at", help="replay to this time (epoch ms or RFC 3339; default: last event)")
     seg.add_argument("--out", help="write the JSON lines here (default: stdout)")
+    seg.add_argument("--live", action="store_true", help="read from the live engine's Redis")
+    what = seg.add_mutually_exclusive_group()
+    what.add_argument("--count", action="store_true", help="with --live: members per segment")
+    what.add_argument("--export", metavar="NAME", help="with --live: the members of one segment")
     seg.set_defaults(func=_cmd_segments)
 
     rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")
@@ -240,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
         "what",
-        choices=["core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "all"],
+        choices=["core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "segments", "all"],
         nargs="?",
         default="all",
     )

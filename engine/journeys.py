@@ -14,7 +14,8 @@ Rules of this interface:
   the same millisecond), the segment recheck and broadcast instants in (the
   user's clock, ``until``] (:mod:`engine.broadcasts`); ``UserState.clock``
   then moves to ``until``. :meth:`Engine.next_due` says when to call it for
-  timers (with ``instants=True``, also for those instants).
+  timers and broadcast instants (with ``instants=True``, also for recheck
+  instants).
 * Steps run at once until a ``wait`` (or a quiet-hours deferral); a wait
   counts from the moment the step before it completed.
 * A send whose template is over its rendering budget or output cap
@@ -139,6 +140,7 @@ class Engine:
         self.exit_types: set[str] = set(self.exits)
         for old in self.retired.values():
             self.exit_types |= old.exit_types
+        self.activated_at = activated_at  # live: when this version took over (None: replay)
         self.rfm: RfmBook | None = None
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
@@ -269,18 +271,33 @@ class Engine:
     def next_due(self, state: UserState, *, instants: bool = False) -> int | None:
         """When :meth:`advance` next has work for this user (epoch ms), or None.
 
-        Enrollment timers only, unless ``instants``: a live shard's timer index
-        must not hold every shopper's next recheck instant (a sweep advances
-        idle shoppers instead). With ``instants``, also the next recheck or
-        broadcast instant (looked for up to 10 years after the user's clock).
+        Enrollment timers and broadcast instants, unless ``instants``: a live
+        shard's timer index holds each shopper's next broadcast instant (so a
+        broadcast goes out at its instant, paced by the timer batches) but not
+        every shopper's next recheck instant (a sweep advances idle shoppers
+        instead). With ``instants``, also the next recheck instant (looked for
+        up to 10 years after the user's clock).
         """
         due = _next(state)
         first = None if due is None else due[0]
-        if instants and self.timed and state.events:
-            found = self._next_instant(state, user_clock(state) + _LOOKAHEAD)
-            if found is not None and (first is None or found[0] < first):
-                first = found[0]
+        if not (self.timed and state.events):
+            return first
+        horizon = user_clock(state) + _LOOKAHEAD
+        if instants:
+            found = self._next_instant(state, horizon)
+            when = None if found is None else found[0]
+        else:
+            when = self._next_broadcast(state, horizon)
+        if when is not None and (first is None or when < first):
+            first = when
         return first
+
+    def _next_broadcast(self, state: UserState, horizon: int) -> int | None:
+        """The user's next broadcast instant in (user clock, horizon] (timer index)."""
+        if self.broadcasts is None:
+            return None
+        found = self.broadcasts.due(state, horizon)
+        return None if found is None else found[0]
 
     # -- segments and broadcasts (SPEC section 9) -----------------------------------
 

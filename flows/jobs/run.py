@@ -57,7 +57,9 @@ from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.pipeline.breaker import Breaker, Halt
 from flows.pipeline.dataflow import DropSink, build_flow
 from flows.pipeline.deadletters import DeadLetterSink
+from flows.pipeline.rfm_live import RfmClock, RfmFollower, RfmRuntime
 from flows.pipeline.rules_runtime import RulesRuntime
+from flows.pipeline.segment_sweeps import RulesSweep, SegmentRecheck
 from flows.pipeline.shard import ShardConfig
 from flows.pipeline.source import (
     SourcePolicy,
@@ -152,6 +154,7 @@ def live_flow(
     client = connect(settings.redis_url)
     if runtime is None:
         runtime = RulesRuntime.from_store(RulesStore(client, settings.prefix), settings.windows)
+    live = _segments_live(runtime, client, settings)
     several = options.total_workers > options.workers
     watermark = Watermark(
         _partition_names(settings),
@@ -173,7 +176,7 @@ def live_flow(
     )
     producer = Producer(settings.producer_config(exactly_once=True))
     config = ShardConfig(
-        runtime=runtime,
+        runtime=live,
         watermark=watermark,
         emitter=Emitter(producer, settings.actions_topic),
         client=client,
@@ -184,6 +187,7 @@ def live_flow(
         events_topic=settings.events_topic,
         cache_users=max(16, settings.cache_shoppers // settings.shards),
         on_back=_checking(marker, halt),
+        sweeps=[SegmentRecheck(live), RulesSweep(live)],
     )
     dead_letters = DeadLetterSink(
         settings.producer_config(exactly_once=True), settings.dlq_topic, client, settings.keys
@@ -195,6 +199,13 @@ def live_flow(
         config,
         breaker=Breaker(halt, settings.breaker),
     )
+
+
+def _segments_live(runtime: RulesRuntime, client: RedisClient, settings: Settings) -> RfmRuntime:
+    """Segments and RFM live (SPEC 9): the rules runtime whose engines read the stored
+    RFM boundaries, and this process's share of the refreshes (flows.pipeline.rfm_live)."""
+    RfmClock(runtime, client, settings.keys, report=say).start()
+    return RfmRuntime(runtime, RfmFollower(client, settings.keys))
 
 
 def _checking(marker: Marker | None, halt: Halt) -> Callable[[], None] | None:

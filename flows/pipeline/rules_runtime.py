@@ -18,6 +18,12 @@ Rules of this interface:
 * A version that fails to compile here (it was validated at push, so only a
   bug or a tampered store can do this) is reported once and skipped: the
   running version stays live.
+* Each version's engine is given the moment it took over (its latest
+  activation in the store's history, :func:`activated_at`), so a broadcast
+  whose instant came before that is not sent late
+  (:class:`engine.broadcasts.Broadcasts`); :attr:`RulesRuntime.activated_at`
+  says it for the running version (the sweep after a version change keys its
+  run on it, :mod:`flows.pipeline.segment_sweeps`).
 * Thread-safe: a process's workers share one runtime.
 """
 
@@ -74,9 +80,16 @@ class RulesRuntime:
             for v in store.versions(with_text=True)
             if v.version != active.version and not store.signature_problem(v)
         ]
-        for version in [*older[-RETAINED_VERSIONS:], active]:
+        for version in older[-RETAINED_VERSIONS:]:
             rules = load_rules(version.text, version.filename)
             engine = Engine(rules, windows) if engine is None else engine.successor(rules)
+        rules = load_rules(active.text, active.filename)
+        at = activated_at(store, active.version)
+        engine = (
+            Engine(rules, windows, activated_at=at)
+            if engine is None
+            else engine.successor(rules, at)
+        )
         assert engine is not None
         watcher = RulesWatcher(store, interval_ms=interval_ms)
         watcher.poll()  # the active version is the one compiled above
@@ -86,6 +99,11 @@ class RulesRuntime:
     def engine(self) -> Engine:
         """The engine now, without asking the store."""
         return self._engine
+
+    @property
+    def activated_at(self) -> int | None:
+        """When the running version took over (epoch ms; None: not known, e.g. tests)."""
+        return self._engine.activated_at
 
     @property
     def compiling(self) -> bool:
@@ -142,7 +160,9 @@ class RulesRuntime:
 
     def _compile(self, version: RulesVersion, base: Engine) -> Engine | None:
         try:
-            return base.successor(load_rules(version.text, version.filename))
+            watcher = self._watcher
+            at = None if watcher is None else activated_at(watcher.store, version.version)
+            return base.successor(load_rules(version.text, version.filename), at)
         except Exception as exc:  # a tampered store must not kill the compiler
             detail = str(exc) if isinstance(exc, TetikError) else f"{type(exc).__name__}: {exc}"
             self._report(
@@ -159,3 +179,11 @@ class RulesRuntime:
                 total.update(engine.ended)
                 engine.ended.clear()
             return total
+
+
+def activated_at(store: RulesStore, version: int) -> int | None:
+    """When ``version`` last became active (epoch ms), from the store's history."""
+    for entry in reversed(store.history(limit=5)):
+        if entry.version == version:
+            return entry.at
+    return None

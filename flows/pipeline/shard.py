@@ -63,6 +63,7 @@ from engine.identity import link
 from engine.journeys import Engine
 from engine.state import MAX_HELD, Holding, Linking, UserState, dumps, loads, prune
 from flows.clock import Clock, wall_ms
+from flows.pipeline import books
 from flows.pipeline.decode import Rejected, Route, Stamped, to_dlq
 from flows.pipeline.identity import (
     POLL_MS,
@@ -77,7 +78,7 @@ from flows.pipeline.identity import (
     unheld,
 )
 from flows.pipeline.sweep import PAGE as SWEEP_PAGE
-from flows.pipeline.sweep import Sweep, SweepMark
+from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
 from flows.pipeline.sweep import unpack as unpack_mark
 from flows.retry import retrying
@@ -126,7 +127,7 @@ class ShardConfig:
     timer_batch: int = 500
     confirm_ms: int = 20
     on_back: Callable[[], None] | None = None
-    sweeps: Sequence[Sweep] = ()
+    sweeps: Sequence[Sweep | Visiting] = ()
     sweep_page: int = SWEEP_PAGE
 
 
@@ -260,6 +261,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 write.new.add(identity)
             state = stored or UserState(key=identity)
             before = self._due(engine, state) if stored is not None else None
+            was = books.before(engine, stored)
             mine: list[Action] = []
             counts: Counter[str] = Counter()
             try:
@@ -272,6 +274,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             write.counts.update(counts)
             if data is not None:
                 write.state(identity, data, self._due(engine, state), before)
+                books.note(write, engine, identity, was, state)
                 self._remember(identity, data)
                 if state.holding is not None and identity not in self._waiting:
                     write.waiting[identity] = state.holding.anon
@@ -452,6 +455,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             if state.holding is not None:  # its timers fire in turn with its held events
                 write.looks[identity] = now + HOLD_LOOK_MS
                 continue
+            was = books.before(engine, state)
             try:
                 pending = state.linking
                 if pending is not None and pending.at <= until:  # the link is due: hand over
@@ -468,6 +472,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._backoff.pop(identity, None)
             actions.extend(fired)
             write.state(identity, data, self._due(engine, state), before=until)  # it was indexed
+            books.note(write, engine, identity, was, state)
             self._remember(identity, data)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
@@ -507,7 +512,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
 
     def _page(
         self,
-        sweep: Sweep,
+        sweep: Sweep | Visiting,
         mark: SweepMark,
         engine: Engine,
         until: int,
@@ -521,23 +526,38 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         )
         states = self._states(identities)
         written = {identity for identity, _, _ in write.states}
+        visit = getattr(sweep, "visit", None)  # a Visiting sweep (flows.pipeline.sweep)
         for identity in identities:
             state = states[identity]
-            event = sweep.event(identity, mark.run, until)
             if state is None:
                 write.forgotten.append(identity)
                 continue
-            if event is None or identity in written or state.holding is not None:
+            if identity in written or state.holding is not None:
                 continue
-            before = engine.next_due(state)
-            outcome, fired, caused = engine.handle(state, event, until)
-            write.counts[f"sweep.{sweep.name}"] += 1
-            if outcome == "applied" or fired or caused:
-                actions.extend(fired)
-                actions.extend(caused)
-                data = dumps(state)
-                write.state(identity, data, engine.next_due(state), before)
-                self._remember(identity, data)
+            before = self._due(engine, state)
+            was = books.before(engine, state)
+            if visit is not None:
+                visited = visit(engine, state, mark.run, until)
+                write.counts[f"sweep.{sweep.name}"] += 1
+                if visited is None:
+                    continue  # nothing changed: a quiet base costs reads only
+                fired, caused = visited, list[Action]()
+                full: bool = getattr(sweep, "full", False)
+            else:
+                event = sweep.event(identity, mark.run, until)  # type: ignore[union-attr]
+                if event is None:
+                    continue
+                outcome, fired, caused = engine.handle(state, event, until)
+                write.counts[f"sweep.{sweep.name}"] += 1
+                if not (outcome == "applied" or fired or caused):
+                    continue
+                full = False
+            actions.extend(fired)
+            actions.extend(caused)
+            data = dumps(state)
+            write.state(identity, data, self._due(engine, state), before)
+            books.note(write, engine, identity, was, state, full=full)
+            self._remember(identity, data)
         cursor = identities[-1] if identities else mark.cursor
         return SweepMark(mark.run, cursor, len(identities) < page)
 
@@ -642,6 +662,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self, write: ShardWrite, actions: list[Action], records: dict[str, Record]
     ) -> ShardReport:
         """Commit the batch, then produce its records; the report for the flow's output."""
+        books.forget(write, self._c.runtime.engine)
         topic = self._c.actions_topic
         if self._recovering and actions:
             actions = self._not_yet_emitted(actions, write)

@@ -21,6 +21,13 @@ Rules of this interface:
   (:func:`sweep_event_id`), so a re-processed page changes nothing twice.
 * A shopper added to the index after a run started is visited if its
   identity sorts after the cursor; either way the next run visits it.
+* A :class:`Visiting` sweep gives no event: its ``visit`` runs the engine on
+  the shopper's state itself (e.g. ``Engine.advance`` to the watermark, for
+  segment rechecks and broadcasts, :mod:`flows.pipeline.segment_sweeps`) and
+  returns the actions, or None when the state did not change: then nothing is
+  written, so a quiet base costs reads only. ``full`` asks the shard to
+  rewrite the shopper's stored memberships and RFM inputs with its state
+  (:mod:`flows.pipeline.books`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from typing import Protocol
 
 import msgspec
 
+from engine.actions import Action
 from engine.events import Event
+from engine.journeys import Engine
+from engine.state import UserState
 from flows.pipeline.derive import derived_id
 
 PAGE = 500  # shoppers one shard visits per activation
@@ -46,6 +56,20 @@ class Sweep(Protocol):
 
     def event(self, identity: str, run: int, now: int) -> Event | None:
         """The derived event for ``identity`` in run ``run`` (None: nothing for this one)."""
+        ...
+
+
+class Visiting(Protocol):
+    """A sweep that visits each shopper's state instead of giving it an event."""
+
+    name: str
+    full: bool
+
+    def next_run(self, last_run: int | None, now: int) -> int | None: ...
+
+    def visit(self, engine: Engine, state: UserState, run: int, until: int) -> list[Action] | None:
+        """Run ``engine`` on ``state`` (watermark ``until``); the actions, or None when
+        the state did not change."""
         ...
 
 

@@ -40,12 +40,16 @@ The keys (``P`` the prefix, ``s`` a shard, ``U`` a shopper, ``A`` an action id):
     {P:s}:handoff:A       string  a linked anon's last state  the anon's shard; the user's
                                                               shard deletes it (7-day TTL)
     {P:s}:waiting         hash    user -> anon it waits for   the shard's batch write
+    {P:s}:seg:NAME        set     the members of segment NAME the shard's batch write
+    {P:s}:rfm             hash    identity -> packed RFM inputs the shard's batch write
     {P}:stats             hash    counters of no shard        the dead-letter sink
     {P}:layout            hash    shards                      tetik run (first start)
     {P}:recovery          string  the deployment's token      tetik run (first start)
     {P}:watermark         hash    partition -> progress       tetik run, several processes
     {P}:topics            hash    topic -> its id             tetik run (each start)
     {P}:rules:...         see RulesKeys                       tetik rules, tetik run --rules
+    {P}:rfm:bounds        hash    refresh instant -> boundaries the RFM refresh (one claimer)
+    {P}:rfm:claim:T       string  who computes instant T      the RFM refresh (SET NX)
     {P:delivered:A}       string  the action's outcome        tetik deliver
     {P:onsite:U}          hash    action id -> message        tetik deliver (onsite)
     {P:onsite:U}:order    zset    action id -> its time       tetik deliver (onsite)
@@ -136,6 +140,15 @@ class ShardKeys:
     def waiting(self) -> str:
         """Hash: user -> the anonymous id whose hand-off the user's held events wait for."""
         return f"{self.tag}:waiting"
+
+    def segment(self, name: str) -> str:
+        """Set: the shard's members of the watched segment ``name`` (for export)."""
+        return f"{self.tag}:seg:{name}"
+
+    @property
+    def rfm(self) -> str:
+        """Hash: identity -> its packed RFM inputs (last ts, count, revenue); buyers only."""
+        return f"{self.tag}:rfm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +261,15 @@ class Keys:
     def topics(self) -> str:
         """Hash: topic -> its id at the last start (a recreated topic shows)."""
         return f"{self.tag}:topics"
+
+    @property
+    def rfm_bounds(self) -> str:
+        """Hash: RFM refresh instant -> the base's boundaries computed for it."""
+        return f"{self.tag}:rfm:bounds"
+
+    def rfm_claim(self, instant: int) -> str:
+        """String: set (NX) by the one process that computes the refresh at ``instant``."""
+        return f"{self.tag}:rfm:claim:{instant}"
 
     @property
     def rules(self) -> RulesKeys:

@@ -72,6 +72,10 @@ class ShardWrite:
     moved: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
     waited: set[str] = field(default_factory=set)
+    # Segments and RFM (flows.pipeline.books): (segment, identity, member now) changes of
+    # stored memberships, and identity -> packed RFM inputs (b"": no longer a buyer).
+    members: list[tuple[str, str, bool]] = field(default_factory=list)
+    rfm: dict[str, bytes] = field(default_factory=dict)
 
     def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
         """Queue a shopper's new state; ``before`` is its due time as it was read."""
@@ -92,6 +96,8 @@ class ShardWrite:
             or self.moved
             or self.waiting
             or self.waited
+            or self.members
+            or self.rfm
         )
 
 
@@ -211,9 +217,34 @@ class ShardStore:
             moved_keys += [keys.state(anon), keys.handoff(anon)]
             args += [anon, user, record]
         shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
-        books = [keys.stats, keys.sweep, keys.links, keys.waiting]
-        first = self._commit(keys=[*shard, *books, *state_keys, *moved_keys], args=args)
+        shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
+        every = [*shard, keys.stats, keys.sweep, keys.links, keys.waiting, *state_keys, *moved_keys]
+        every += _books(write, keys, len(every), args)
+        first = self._commit(keys=every, args=args)
         return None if first is None else int(float(first))
+
+    def members(self, name: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One ``SSCAN`` page of the shard's members of segment ``name``: (cursor, ids)."""
+        found: tuple[int, list[bytes]] = self.client.sscan(  # type: ignore[assignment]
+            self.keys.segment(name), cursor, count=count
+        )
+        return int(found[0]), [m.decode() for m in found[1]]
+
+    def member_count(self, name: str) -> int:
+        return int(self.client.scard(self.keys.segment(name)))
+
+
+def _books(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -> list[str]:
+    """The segments-and-RFM section of the commit (its own keys after every other key):
+    appends its arguments to ``args`` and returns its keys."""
+    names = sorted({name for name, _, _ in write.members})
+    where = {name: i + 2 for i, name in enumerate(names)}
+    args += [before + 1, len(names)]
+    args += [len(write.members)]
+    for name, identity, inside in write.members:
+        args += [where[name], identity, "1" if inside else ""]
+    args += _pairs(write.rfm.items())
+    return [keys.rfm, *(keys.segment(name) for name in names)]
 
 
 def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
@@ -225,17 +256,20 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 
 # One shard's batch write (ShardStore.commit): every key is the shard's (one slot).
 # KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, links, waiting, then one
-# per state, then two per anonymous id linked now (its state, its hand-off).
+# per state, then two per anonymous id linked now (its state, its hand-off), then the
+# segments-and-RFM section's keys (see _books).
 # ARGV: the states (identity, data, due or '', ttl, flags: n = new, c = cleared), then
 # counted sections: new-only identities, looks, forgotten, outbox, confirmed, acked,
 # offsets, sweep marks, counters, users that wait (user, anon), users done waiting,
 # then the linked anonymous ids (count, hand-off ttl, then anon, user, hand-off record):
-# each is linked, its hand-off written, its state and index entries deleted.
+# each is linked, its hand-off written, its state and index entries deleted; then the
+# segments-and-RFM section (see _books).
 _COMMIT = """
 local a = 0
 local function take() a = a + 1; return ARGV[a] end
 local timers, shoppers, outbox = KEYS[1], KEYS[2], KEYS[3]
 local n = tonumber(take())
+local nstates = n
 for i = 1, n do
   local id, data, due, ttl, flag = take(), take(), take(), take(), take()
   if due ~= '' then
@@ -293,14 +327,35 @@ n = tonumber(take())
 for i = 1, n do redis.call('HDEL', KEYS[9], take()) end
 n = tonumber(take())
 local handoff_ttl = take()
-local base = #KEYS - 2 * n
+local moved = 9 + nstates  -- the linked anonymous ids' keys follow the states'
 for i = 1, n do
   local anon, user, record = take(), take(), take()
   redis.call('HSET', KEYS[8], anon, user)
-  redis.call('SET', KEYS[base + 2 * i], record, 'PX', handoff_ttl)
-  redis.call('DEL', KEYS[base + 2 * i - 1])
+  redis.call('SET', KEYS[moved + 2 * i], record, 'PX', handoff_ttl)
+  redis.call('DEL', KEYS[moved + 2 * i - 1])
   redis.call('ZREM', timers, anon)
   redis.call('ZREM', shoppers, anon)
+end
+-- segments and RFM: KEYS[base] is the rfm hash, KEYS[base + 1..] the segments' sets
+local base = tonumber(take()) - 1
+take()
+n = tonumber(take())
+for i = 1, n do
+  local index, id, inside = tonumber(take()), take(), take()
+  if inside == '1' then
+    redis.call('SADD', KEYS[base + index], id)
+  else
+    redis.call('SREM', KEYS[base + index], id)
+  end
+end
+n = tonumber(take())
+for i = 1, n do
+  local id, packed = take(), take()
+  if packed == '' then
+    redis.call('HDEL', KEYS[base + 1], id)
+  else
+    redis.call('HSET', KEYS[base + 1], id, packed)
+  end
 end
 local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')
 if #first == 0 then

@@ -463,3 +463,29 @@ def test_a_broadcast_past_when_its_version_took_over_is_not_sent() -> None:
     assert late.advance(loads(dumps(state)), z("10T20:00")) == []
     early = base.successor(load(BROADCAST), activated_at=z("09T00:00"))
     assert [a.journey for a in early.advance(state, z("10T20:00"))] == ["bf_local", "bf_global"]
+
+
+def test_next_due_holds_broadcast_instants_but_not_recheck_instants() -> None:
+    """A live shard's timer index fires each member at its own broadcast instant."""
+    text = (
+        BROADCAST.replace(
+            '      buyers: "count(purchase) >= 1"\n',
+            '      buyers: "count(purchase) >= 1"\n      fresh: "exists(view_product, 2h)"\n',
+        )
+        + "      - {id: stale, trigger: {segment: fresh, on: exit}, steps: [{send: email}]}\n"
+    )
+    engine = Engine(load(text))
+    states: dict[str, UserState] = {}
+    for line in broadcast_log()[:4]:
+        e = decode_event(line)
+        engine.on_event(states.setdefault(e.key, UserState(key=e.key)), e, e.ts)
+    assert engine.next_due(states["u1"]) == z("10T06:30")  # 09:30 in Istanbul
+    assert engine.next_due(states["u2"]) == z("10T06:30")  # bf_global (then quiet hours)
+    # u3 viewed a product at 11:00: its rechecks that day are for a sweep, not the index
+    assert z("06T11:00") < engine.next_due(states["u3"], instants=True) <= z("06T14:00")
+    assert engine.next_due(states["u3"]) == z("10T06:30")
+    engine.advance(states["u1"], z("10T06:30"))
+    assert engine.next_due(states["u1"]) is None  # sent: nothing left to arm
+    late = Engine(load(HOT_V1)).successor(load(text), activated_at=z("10T12:00"))
+    assert late.next_due(states["u3"]) is None  # past when the version took over
+    assert late.next_due(states["u2"]) == z("10T13:30")  # local: still ahead in New York

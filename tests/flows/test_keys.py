@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 # Every public member of Keys, by what it is. A new key must be added here (the
 # test below fails until it is), so that its slot is checked.
-DEPLOYMENT_WIDE = {"stats", "layout", "recovery", "watermark", "topics"}
+DEPLOYMENT_WIDE = {"stats", "layout", "recovery", "watermark", "topics", "rfm_bounds"}
+DEPLOYMENT_SPELLED = {"rfm_claim"}  # a method: one key per RFM refresh instant
 OWN_TAG = {"delivered", "inbox", "inbox_order"}
 NOT_KEYS = {"prefix", "shards", "tag", "shard", "of", "state", "all_shards", "rules"}
 NOT_KEYS |= {"inboxes", "inbox_user"}  # a SCAN pattern and its inverse
@@ -42,23 +43,25 @@ def public(cls: type) -> set[str]:
 
 
 def shard_keys(shard: ShardKeys, identities: list[str] = IDENTITIES) -> list[str]:
-    """Every key a shard has: each property but the tag, states and hand-offs."""
-    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag", "state", "handoff"})
-    assert {"timers", "outbox", "offsets", "stats", "shoppers", "acked"} <= set(names)
+    """Every key a shard has: each property but the tag, states, hand-offs and segments."""
+    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag", "state", "handoff", "segment"})
+    assert {"timers", "outbox", "offsets", "stats", "shoppers", "acked", "rfm"} <= set(names)
     assert {"links", "waiting"} <= set(names)  # identity (flows.pipeline.identity)
     per_identity = [shard.state(i) for i in identities] + [shard.handoff(i) for i in identities]
-    return [getattr(shard, name) for name in names] + per_identity
+    segments = [shard.segment(name) for name in ("loyal", "a-b_c", "x}y", "ü")]
+    return [getattr(shard, name) for name in names] + per_identity + segments
 
 
 def deployment_keys(keys: Keys) -> list[str]:
     """Every deployment-wide key, the rules store's keys and channel included."""
     rules = [getattr(keys.rules, name) for name in sorted(public(RulesKeys) - {"tag"})]
     assert len(rules) == 9
-    return [getattr(keys, name) for name in sorted(DEPLOYMENT_WIDE)] + rules
+    claims = [keys.rfm_claim(instant) for instant in (0, 1_700_000_000_000)]
+    return [getattr(keys, name) for name in sorted(DEPLOYMENT_WIDE)] + rules + claims
 
 
 def test_every_member_of_the_layout_is_classified() -> None:
-    assert public(Keys) == DEPLOYMENT_WIDE | OWN_TAG | NOT_KEYS
+    assert public(Keys) == DEPLOYMENT_WIDE | DEPLOYMENT_SPELLED | OWN_TAG | NOT_KEYS
 
 
 @pytest.mark.parametrize("prefix", ["tetik", "t3a9c", "shop:eu-1", "ünï"])

@@ -121,3 +121,22 @@ def test_reactivating_the_running_version_cancels_a_pending_switch(store: RulesS
     for _ in range(20):
         assert runtime.current() is running
     assert runtime.switches == 0
+
+
+def test_each_version_knows_when_it_took_over(store: RulesStore) -> None:
+    """The moment a version became active reaches its engine (broadcasts past it are not
+    sent late), at start and after a push or a rollback."""
+    store.push(CART, "cart.yaml", who="test")
+    runtime = RulesRuntime.from_store(store, interval_ms=0)
+    first = store.history()[-1]
+    assert runtime.activated_at == first.at
+    time.sleep(0.01)
+    store.push(WELCOME, "welcome.yaml", who="test")
+    until_switched(runtime, 1)
+    pushed = store.history()[-1]
+    assert pushed.at > first.at
+    assert runtime.activated_at == pushed.at == runtime.current().activated_at
+    time.sleep(0.01)
+    store.rollback(who="test")
+    until_switched(runtime, 2)
+    assert runtime.activated_at == store.history()[-1].at > pushed.at
