@@ -16,6 +16,8 @@ Rules of this interface:
   it drops the custom type whose newest record is oldest, whole, and counts
   it in ``UserState.types_dropped``.
 * :func:`dumps` / :func:`loads` round-trip the state exactly (msgpack).
+* ``UserState.identified`` is true once an applied event carried a ``user_id``
+  (a guest, a shopper known only by ``anon_id``, stays false).
 * ``UserState.merged`` lists the anonymous ids merged into this user
   (:mod:`engine.identity`), the latest :data:`MAX_MERGED`.
 * ``UserState.linking`` and ``UserState.holding`` are the live engine's
@@ -169,6 +171,10 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     linking: Linking | None = None  # live only: this anonymous id's pending link
     holding: Holding | None = None  # live only: events held until a merge
     rollups: dict[str, TypeRollup] = {}  # all-time history per event type (engine.history)
+    # An applied event carried a user_id: the shopper is a known customer, not a guest
+    # (the rules' `anonymous` is its negation). A state written before this field says
+    # False until its next event with a user_id.
+    identified: bool = False
 
 
 def _ids(state: UserState) -> set[int]:
@@ -251,6 +257,8 @@ def _cannot_stay(window: list[Stored] | None, ts: int, max_count: int) -> bool:
 
 def _touch(state: UserState, event: Event) -> None:
     state.key = state.key or event.key
+    if event.user_id is not None:
+        state.identified = True
     state.first_seen = event.ts if state.events == 0 else min(state.first_seen, event.ts)
     state.last_seen = max(state.last_seen, event.ts)
     state.events += 1
@@ -438,6 +446,7 @@ def to_view(state: UserState) -> dict[str, Any]:
         "custom_types_dropped": state.types_dropped,
         "segments": dict(state.segments),
         "merged": list(state.merged),
+        "identified": state.identified,
         "history": rollups_view(state.rollups),
         **_handover_view(state),
     }

@@ -6,6 +6,7 @@ UTC+3, no daylight saving); each comment says which rule produces the line.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,117 @@ def test_login_merge_ids_content_and_counts() -> None:
     }
     assert (stats.merged, stats.identity_conflicts, stats.ended) == (4, 1, {"merged": 1})
     assert stats.users == 5  # u1..u5; the device ids merged into their users
+
+
+# -- Black Friday segments and broadcasts (SPEC sections 8-9, DOMAIN.md) --------------
+# One shopper per case (lines of black_friday.events.jsonl in brackets; Istanbul times):
+# - u_loyal1 [12-14, 18, 20, 25, 28]: 5 orders of 600 in 2024 -> loyal; push consent.
+# - u_loyal2 [15-17, 19, 22, 26, 33]: 5 of 800, lives in New York -> loyal; push consent.
+# - u_freq [21, 23, 27, 29, 34, 61]: 6 orders of 100 since June: 6 in 180d, 4 in 90d,
+#   2 in 30d (frequent_*), not loyal (basket 100); 2 at 20% off, 1 at 10% (discount_10/20).
+# - u_recent2 [41, 44, 56]: clicked an email 11-04, bought 11-05 (email_activated) and
+#   11-10, at 35% and 30% off (discount_*); 2 orders in 30d: frequent_1m, not 3m (> 2).
+# - u_shoes [35]: shoes 700 + 2 x 200 and beauty 50 on 10-20 -> 1,100 on shoes (items).
+# - u_shoes_recent [58, 59]: shoes 1,200 on 11-12: excluded as a buyer of the last 7
+#   days; clicked an SMS the day before (sms_activated).
+# - u_shoes_old [24]: shoes 1,500 on 07-01: 6 months only.
+# - u_mixed [36]: an order of 2,300 of which shoes 300: no shoes segment.
+# - u_dormant [1, 4, 7, 9]: 4 orders in 2023, one on Black Friday -> dormant, bf_2023.
+# - u_dormant_back [2, 5, 8, 11, 45]: 4 in 2023, then 11-05 2024: dormant at 11-01 only.
+# - u_bf_late [3, 6, 10]: 3 in 2023 (dormant needs > 3), last on 11-28 (the range ends
+#   before it).
+# - u_reg [37], u_reg_fav [30-32], u_reg_cart [53, 55], u_reg_views [39, 60, 62-64]:
+#   signed up, never bought; a favorite / a cart line / 3 views in 7 days narrow them.
+#   u_reg_fav's coupon copy (10-02) is too old for onsite_engaged; u_reg_views's
+#   spin_wheel is recent.
+# - u_email_late [38, 43, 46, 47]: clicked 11-01, bought 5 days later (not within 3d);
+#   only "opened" the 11-05 email; copied a coupon 11-06 (onsite_engaged).
+# - u_push [54, 57]: bought 8h after a push click. u_sms [40, 42]: bought before the click.
+# - a_guest [48, 49]: bought logged out (guest_buyers). a_visitor [50]: only looked.
+#   a_linked [51, 52]: bought logged out, then logged in as u_linked: not a guest.
+# RFM over the 16 buyers at 11-15 12:00: frequency boundaries [1, 1, 2, 5] orders (f=1 for
+# one order, 3 for two, 4 for 3-5, 5 for 6); recency boundaries at the last purchases of
+# u_loyal1 (09-10), u_mixed (10-25), u_email_late (11-06) and u_recent2 (11-10 12:00).
+
+BF_AT = at("2024-11-15T12:00:00+03:00")
+
+
+def bf_segments(tmp_path: Path, moment: int) -> dict[str, list[str]]:
+    """Members per segment, from ``tetik segments --at`` (flows.jobs.segment_report)."""
+    from flows.jobs.segment_report import run_segments
+
+    out = tmp_path / "segments.jsonl"
+    events = str(EXAMPLES / "black_friday.events.jsonl")
+    assert run_segments(str(EXAMPLES / "black_friday.yaml"), events, at=moment, out=str(out)) == 0
+    members: dict[str, list[str]] = {}
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        for name in row["segments"]:
+            members.setdefault(name, []).append(row["user_id"])
+    return members
+
+
+def test_black_friday_segments(tmp_path: Path) -> None:
+    assert bf_segments(tmp_path, BF_AT) == {
+        "loyal": ["u_loyal1", "u_loyal2"],
+        "frequent_6m": ["u_freq"],
+        "frequent_3m": ["u_freq"],
+        "frequent_1m": ["u_freq", "u_recent2"],
+        "shoes_1m": ["u_shoes"],
+        "shoes_3m": ["u_shoes"],
+        "shoes_6m": ["u_shoes", "u_shoes_old"],
+        "discount_10": ["u_freq", "u_recent2"],
+        "discount_20": ["u_freq", "u_recent2"],
+        "discount_30": ["u_recent2"],
+        "bf_2023": ["u_dormant"],
+        "dormant": ["u_dormant"],  # u_dormant_back bought on 11-05
+        "never_bought": ["u_reg", "u_reg_cart", "u_reg_fav", "u_reg_views"],
+        "never_bought_favorites": ["u_reg_fav"],
+        "never_bought_cart": ["u_reg_cart"],
+        "never_bought_viewers": ["u_reg_views"],
+        "champions": ["u_freq"],  # r 5, f 5
+        "at_risk": ["u_bf_late", "u_dormant", "u_loyal1", "u_loyal2"],  # r <= 2, 3+ orders
+        "new_customers": ["a_guest", "u_linked", "u_push", "u_shoes_recent"],  # r >= 4, 1 order
+        "hibernating": ["u_shoes_old"],  # r 1, 1 order
+        "email_activated": ["u_recent2"],
+        "push_activated": ["u_push"],
+        "sms_activated": ["u_shoes_recent"],
+        "onsite_engaged": ["u_email_late", "u_reg_views"],
+        "guest_buyers": ["a_guest"],
+    }
+
+
+def test_black_friday_dormant_at_2024_11_01(tmp_path: Path) -> None:
+    # The guide's date: 2023's Jan-Sep come from the monthly buckets, the rest from the window.
+    found = bf_segments(tmp_path, at("2024-11-01T00:00:00+03:00"))
+    assert found["dormant"] == ["u_dormant", "u_dormant_back"]
+
+
+def test_black_friday() -> None:
+    engine = Engine(load_rules_file(EXAMPLES / "black_friday.yaml"))
+    lines = (EXAMPLES / "black_friday.events.jsonl").read_bytes().splitlines()
+    actions = replay(engine, lines, until=at("2024-11-23T00:00:00+03:00"))
+    assert [_row(a) for a in actions] == [
+        # the dormant at 2024-11-01 10:00 Istanbul (u_dormant_back had not bought again yet)
+        (at("2024-11-01T10:00:00+03:00"), "u_dormant", "0", "email", "winback", "sent"),
+        (at("2024-11-01T10:00:00+03:00"), "u_dormant_back", "0", "email", "winback", "sent"),
+        # the loyal at 08:30 in their own zone; quiet until 09:00
+        (at("2024-11-20T09:00:00+03:00"), "u_loyal1", "0", "email", "early_access", "sent"),
+        (at("2024-11-20T09:00:00-05:00"), "u_loyal2", "0", "email", "early_access", "sent"),
+        # 14h later is 23:00 local, quiet: the push goes out at 09:00 the next morning
+        (at("2024-11-21T09:00:00+03:00"), "u_loyal1", "2", "push", "early_access", "sent"),
+        (at("2024-11-21T09:00:00-05:00"), "u_loyal2", "2", "push", "early_access", "sent"),
+    ]
+    assert actions[3].content == {"subject": "John, Black Friday senin icin erken basladi"}
+
+
+def test_black_friday_warns_only_about_last_years_weekend() -> None:
+    # After 2024-12-28 the 2023 weekend is older than the purchase window and no whole
+    # month fits in it: a true warning. The `it.ts` ranges of *_activated stay inside
+    # the window (no warning), the month-start ranges of dormant are exact.
+    rules = load_rules_file(EXAMPLES / "black_friday.yaml")
+    assert [w.split(": warning: ")[0].rsplit(":", 2)[1:] for w in rules.warnings] == [
+        ["36", "38"],
+        ["36", "58"],
+    ]
+    assert all("segment bf_2023: between's" in w for w in rules.warnings)

@@ -114,6 +114,7 @@ class _Compiler:
         self.segments = scope.segments
         self.zone = scope.timezone
         self.warnings: list[tuple[int, str]] = []
+        self.records: list[str] = []  # the event type `it` is a record of, per nested WHERE
 
     @property
     def timezone(self) -> str:
@@ -139,13 +140,19 @@ class _Compiler:
             return self.attribute(node)
         return self.list_literal(node)
 
-    def where(self, node: Node) -> Typed:
+    def where(self, node: Node, record_type: str = "") -> Typed:
         outer = self.allowed
         self.allowed = outer | {"it"}
+        self.records.append(record_type)
         try:
             return self.expr(node)
         finally:
+            self.records.pop()
             self.allowed = outer
+
+    @property
+    def record_type(self) -> str:
+        return self.records[-1] if self.records else ""
 
     def quote(self, node: Node) -> str:
         return _quote(self.text, node)

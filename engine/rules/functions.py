@@ -9,6 +9,10 @@ Rules of this interface:
   the latest record or ``null``, ``since(TYPE)`` -> ms from the latest record
   to ``now`` or ``null``, ``engaged(CHANNEL [, KIND])`` -> bool,
   ``in_cart(PRODUCT)`` / ``favorited(PRODUCT)`` -> bool.
+* ``sum_items(FIELD [, WITHIN or between(FROM, TO)] [, WHERE])`` -> number:
+  FIELD over the lines (items) of the purchases the window keeps, each line a
+  record for WHERE (:mod:`engine.rules.item_scans`), e.g. the spend in a
+  category: ``sum_items(revenue, 90d, it.category == 'shoes')``.
 * Long history (SPEC section 8, :mod:`engine.rules.history_calls`):
   ``count(TYPE)``, ``exists(TYPE)``, ``sum(purchase, revenue)`` and
   ``since(TYPE)`` are all-time; ``first(TYPE)``, ``since_first(TYPE)``,
@@ -46,7 +50,7 @@ from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTE
 from engine.history import DETAILED_TYPES
 from engine.retention import cart_kept_from, favorites_kept_from, kept_from
 from engine.rfm import RfmScore, rfm_inputs, score
-from engine.rules import history_calls, scans
+from engine.rules import history_calls, item_scans, scans
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
 from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Type, Typed, article, cut
@@ -55,6 +59,7 @@ SIGNATURES: Final = {
     "count": "count(TYPE [, WITHIN or between(FROM, TO)] [, WHERE])",
     "exists": "exists(TYPE [, WITHIN or between(FROM, TO)] [, WHERE])",
     "sum": "sum(TYPE, FIELD [, WITHIN or between(FROM, TO)] [, WHERE])",
+    "sum_items": "sum_items(FIELD [, WITHIN or between(FROM, TO)] [, WHERE])",
     "last": "last(TYPE, FIELD)",
     "since": "since(TYPE)",
     "first": "first(TYPE)",
@@ -161,8 +166,8 @@ def _within(node: Node) -> int:
     return node.value
 
 
-def _where(cx: Checker, node: Node, function: str) -> Fn:
-    typed = cx.where(node)
+def _where(cx: Checker, node: Node, function: str, record_type: str) -> Fn:
+    typed = cx.where(node, record_type)
     if typed.type not in ("bool", "any"):
         raise ExpressionError(
             f"WHERE of {function} must be a condition over it, e.g. it.price > 100, but "
@@ -192,7 +197,7 @@ def _range(
     window_first = summed is not None and not (summed == "revenue" and type_ in DETAILED_TYPES)
     if where_node is None:
         return scans.Range(type_, within, between=between, window_first=window_first)
-    where = _where(cx, where_node, node.name)  # type-checks the whole WHERE first
+    where = _where(cx, where_node, node.name, type_)  # type-checks the whole WHERE first
     window_first = window_first or not history_calls.buckets_answer(where_node, type_)
     return scans.Range(type_, within, where, _key_match(cx, where_node), between, window_first)
 
@@ -268,6 +273,32 @@ def _sum(cx: Checker, node: Call) -> Typed:
     if revenue and _all_time(spec):
         return Typed("number", history_calls.all_time_revenue(type_), sure=True)
     return Typed("number", scans.summer(spec, field.read, revenue), sure=True)
+
+
+def _sum_items(cx: Checker, node: Call) -> Typed:
+    """``sum_items(FIELD [, WITHIN or between(FROM, TO)] [, WHERE])`` over purchase lines."""
+    _arity(node, 1, 3)
+    field = _field(node.args[0], "sum_items")
+    if field.type not in ("number", "any"):
+        raise ExpressionError(
+            f"sum_items needs a number field of a purchase line (revenue, price, quantity or "
+            f"props.NAME), but {cx.quote(node.args[0])} is {article(field.type)}",
+            node.args[0].start,
+        )
+    rest = list(node.args[1:])
+    within = between = bounds = None
+    if rest and history_calls.is_between(rest[0]):
+        between_node = rest.pop(0)
+        assert isinstance(between_node, Call)
+        between = history_calls.between(cx, between_node, item_scans.PURCHASE, warn=False)
+        bounds = (between_node.args[0], between_node.args[1])
+    elif rest and _is_within(rest[0]):
+        within = _within(rest.pop(0))
+    where = _where(cx, rest.pop(0), "sum_items", item_scans.PURCHASE) if rest else None
+    if rest:
+        raise ExpressionError(f"too many arguments: {SIGNATURES['sum_items']}", rest[0].start)
+    item_scans.warn_range(cx, within, bounds)
+    return Typed("number", item_scans.summer(field.read, within, between, where), sure=True)
 
 
 def _last(cx: Checker, node: Call) -> Typed:
@@ -403,6 +434,7 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "count": _count,
     "exists": _exists,
     "sum": _sum,
+    "sum_items": _sum_items,
     "last": _last,
     "since": _since,
     "first": _first,

@@ -18,10 +18,12 @@ Rules of this interface:
 * Warnings (the load goes on; ``tetik rules validate`` prints them): a range
   that may be read from monthly buckets and so may be approximate, that is a
   ``between`` whose bound is not a constant month start in the rules' time
-  zone, a WITHIN longer than the type's window keeps by default, and with such
-  a range a WHERE on a field other than ``category`` (or on ``category`` of a
-  type whose months keep no categories), or a ``sum`` of a field other than a
-  purchase's ``revenue``.
+  zone (but not one that starts at ``it.ts`` of an enclosing WHERE's record
+  that the window always covers, :func:`inside_window`), a WITHIN longer
+  than the type's window keeps by default, and with such a range a WHERE on
+  a field other than ``category`` (or on ``category`` of a type whose months
+  keep no categories), or a ``sum`` of a field other than a purchase's
+  ``revenue``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from engine.durations import format_duration
 from engine.errors import ExpressionError
 from engine.history import DETAILED_TYPES, month_of, month_start
 from engine.rules.dates import FORMS, parse_date
-from engine.rules.nodes import Call, Literal, Name, Node, children
+from engine.rules.nodes import Binary, Call, Literal, Name, Node, children
 from engine.rules.typed import Checker, Fn, Typed, article, constant
 from engine.windows import DEFAULT_CONFIG
 
@@ -108,11 +110,13 @@ def misplaced_between(cx: Checker, node: Call) -> Typed:
     )
 
 
-def between(cx: Checker, node: Call, event_type: str) -> tuple[Fn, Fn]:
-    """FROM and TO of a ``between`` argument, compiled; warns when not exact month starts."""
+def between(cx: Checker, node: Call, event_type: str, warn: bool = True) -> tuple[Fn, Fn]:
+    """FROM and TO of a ``between`` argument, compiled; warns (unless ``warn`` is false)
+    when they are not exact month starts and FROM is not :func:`inside_window`."""
     if len(node.args) != 2:
         at = node.args[2].start if len(node.args) > 2 else node.end - 1
         raise ExpressionError(f"between takes two numbers, FROM and TO: {BETWEEN_EXAMPLE}", at)
+    warn = warn and not inside_window(cx, node.args[0], event_type)
     fns = []
     for arg, what in zip(node.args, ("FROM", "TO"), strict=True):
         typed = cx.expr(arg)
@@ -122,9 +126,29 @@ def between(cx: Checker, node: Call, event_type: str) -> tuple[Fn, Fn]:
                 f"now - 30d, but {cx.quote(arg)} is {article(typed.type)}",
                 arg.start,
             )
-        _warn_bound(cx, arg, typed, what, event_type)
+        if warn:
+            _warn_bound(cx, arg, typed, what, event_type)
         fns.append(typed.fn)
     return fns[0], fns[1]
+
+
+def inside_window(cx: Checker, bound: Node, event_type: str) -> bool:
+    """Whether FROM is always inside ``event_type``'s window (by default): ``it.ts`` or
+    ``it.ts +/- D`` (D a number) of an enclosing WHERE's record whose own window, D
+    included, reaches no further back, as in ``exists(engagement, 30d, it.kind ==
+    'clicked' and exists(purchase, between(it.ts, it.ts + 3d)))``. Such a range is read
+    from the window alone, exactly, so it deserves no warning."""
+    offset = 0
+    if isinstance(bound, Binary) and bound.op in ("+", "-"):
+        right = bound.right
+        if not (isinstance(right, Literal) and type(right.value) is int):
+            return False
+        offset = right.value if bound.op == "+" else -right.value
+        bound = bound.left
+    if not (isinstance(bound, Name) and bound.parts == ("it", "ts")) or not cx.record_type:
+        return False
+    reach = DEFAULT_CONFIG.limits(cx.record_type).max_age_ms - offset
+    return reach <= DEFAULT_CONFIG.limits(event_type).max_age_ms
 
 
 def _warn_bound(cx: Checker, arg: Node, typed: Typed, what: str, event_type: str) -> None:
@@ -169,7 +193,11 @@ def warn_range(
             f"({_window_age(event_type)} by default): the older part is read from monthly "
             "buckets in whole months, so it is approximate",
         )
-    elif between_node is None:
+    elif between_node is None or (
+        isinstance(between_node, Call)
+        and len(between_node.args) == 2
+        and inside_window(cx, between_node.args[0], event_type)
+    ):
         return
     if where_node is not None:
         fields = sorted(_it_fields(where_node) - {"category"})

@@ -5,7 +5,9 @@ Rules of this interface:
 * Roots: ``event.F``, ``entry.F`` (event fields, :data:`EVENT_FIELDS`),
   ``it.F`` (stored-record fields, :data:`RECORD_FIELDS`, only inside a WHERE
   argument), ``profile.F`` (one attribute, type ``any``), ``cart.total``,
-  ``cart.count``, ``cart.items``, ``favorites`` and ``now``. Which of
+  ``cart.count``, ``cart.items``, ``favorites``, ``now`` and ``anonymous``
+  (true while no event of the user carried a ``user_id``: a guest, known only
+  by ``anon_id``; ``UserState.identified``). Which of
   ``event``, ``entry`` and ``it`` a place allows is the caller's ``allowed``.
 * ``props`` (and a profile event's ``attributes``) are objects: ``event.props``
   reads the whole object and ``event.props.a.b`` digs into it; both are ``any``.
@@ -35,10 +37,10 @@ from engine.rules.typed import Reader, Type, Typed, article, cut
 from engine.state import _revenue as purchase_revenue  # one rule for the revenue default
 from engine.state import lines_count, lines_total
 
-ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now")
+ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now", "anonymous")
 FUNCTIONS: Final = (
-    "count", "exists", "sum", "last", "since", "first", "since_first", "date", "between",
-    "engaged", "in_cart", "favorited", "rfm", "in_segment",
+    "count", "exists", "sum", "sum_items", "last", "since", "first", "since_first", "date",
+    "between", "engaged", "in_cart", "favorited", "rfm", "in_segment",
 )  # fmt: skip
 
 
@@ -169,7 +171,7 @@ def resolve(node: Name, allowed: Container[str]) -> Typed:
         return _profile(node)
     if root == "cart":
         return _cart(node)
-    if root in ("favorites", "now"):
+    if root in ("favorites", "now", "anonymous"):
         return _bare(node)
     raise ExpressionError(_unknown(root), node.offset)
 
@@ -227,6 +229,8 @@ def _bare(node: Name) -> Typed:
         raise ExpressionError(f"{root} has no fields", node.offsets[1])
     if root == "now":
         return Typed("number", lambda ctx: ctx.now, sure=True)
+    if root == "anonymous":
+        return Typed("bool", lambda ctx: not ctx.state.identified, sure=True)
     return Typed(
         "list",
         lambda ctx: list(kept_favorites(ctx.state.favorites, ctx.windows, ctx.now)),

@@ -17,8 +17,9 @@ Rules of this interface:
   tree (:class:`~engine.rules.model.Deps`): the event types whose arrival can
   change its value (``cart.*``/``in_cart`` depend on cart events,
   ``favorites``/``favorited`` on favorite events, ``profile.F`` on ``profile``,
-  window functions on their TYPE), and how it changes with time alone: a
-  WITHIN window when its oldest record leaves it (``agings``), ``since(TYPE)``
+  window functions on their TYPE, ``sum_items`` on ``purchase``), and how it
+  changes with time alone: a WITHIN window when its oldest record leaves it
+  (``agings``), ``since(TYPE)``
   or ``now`` compared with a number literal when it passes that number, and
   ``exists(TYPE, WITHIN)`` when its newest record leaves the window
   (``thresholds``, ``moments``), anything else that reads the clock
@@ -209,6 +210,9 @@ class _Collect:
             return
         if name in _PLAIN:
             return
+        if name == "sum_items":
+            self._items(node)
+            return
         if name in ("in_cart", "favorited"):
             self.types |= CART_TYPES if name == "in_cart" else FAVORITE_TYPES
         elif name in _RANGED or name in _TYPED or name in _CLOCKED:
@@ -237,6 +241,16 @@ class _Collect:
                 self.agings.add((type_, within))
             elif isinstance(arg, Name) and node.name in ("sum", "last", "first"):
                 continue  # a FIELD argument
+            else:
+                self.visit(arg)
+
+    def _items(self, node: Call) -> None:
+        """``sum_items(FIELD [, WITHIN or between] [, WHERE])``: a window of purchases."""
+        self.types.add("purchase")
+        for arg in node.args[1:]:
+            within = _duration(arg)
+            if within is not None:
+                self.agings.add(("purchase", within))
             else:
                 self.visit(arg)
 

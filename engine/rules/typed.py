@@ -66,8 +66,13 @@ class Checker(Protocol):
         """Compile and type-check a sub-expression."""
         ...
 
-    def where(self, node: Node) -> Typed:
-        """Compile a WHERE argument, with ``it`` bound to the record being tested."""
+    def where(self, node: Node, record_type: str = "") -> Typed:
+        """Compile a WHERE argument, with ``it`` bound to a record of ``record_type``."""
+        ...
+
+    @property
+    def record_type(self) -> str:
+        """The event type of the record ``it`` is bound to here ("" outside a WHERE)."""
         ...
 
     def quote(self, node: Node) -> str:
