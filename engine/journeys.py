@@ -42,7 +42,12 @@ Rules of this interface:
   refresh instant (:class:`~engine.rfm.RfmBook`), None until someone computes
   them (replay: :mod:`engine.rfm_base`); :meth:`Engine.use_rfm` sets it for
   every retained version. :attr:`Engine.uses_rfm` says whether any condition
-  calls ``rfm()``, so that nobody computes boundaries that nothing reads.
+  calls ``rfm()`` (the live engine keeps the boundaries fresh then, also for
+  exports of segments no journey watches); :attr:`Engine.runs_rfm` whether
+  one that runs with the journeys does (a journey's, a watched or broadcast
+  segment's, or any segment's when one of those calls ``in_segment``): replay
+  computes boundaries at each refresh instant only then, so that nobody
+  computes boundaries that nothing reads.
 """
 
 from __future__ import annotations
@@ -144,6 +149,9 @@ class Engine:
         self.rfm: RfmBook | None = None
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
+        )
+        self.runs_rfm: bool = any("rfm" in cond.calls for cond in running(rules)) or any(
+            old.runs_rfm for old in self.retired.values()
         )
         self._segments_and_broadcasts(activated_at)
 
@@ -567,6 +575,21 @@ def conditions(rules: Rules) -> Iterator[Condition]:
     """Every compiled condition of the rules' segments and journeys."""
     for segment in rules.segments.values():
         yield segment.cond
+    yield from _journey_conditions(rules)
+
+
+def running(rules: Rules) -> list[Condition]:
+    """The conditions evaluated while the journeys run: the journeys', the segments
+    their triggers name, and every segment's when one of those calls ``in_segment``."""
+    found = list(_journey_conditions(rules))
+    named = {j.trigger.segment for j in rules.journeys if j.trigger.segment is not None}
+    found += [rules.segments[name].cond for name in named if name in rules.segments]
+    if any("in_segment" in cond.calls for cond in found):
+        return list(conditions(rules))
+    return found
+
+
+def _journey_conditions(rules: Rules) -> Iterator[Condition]:
     for journey in rules.journeys:
         for cond in (journey.trigger.cond, journey.audience, *(e.cond for e in journey.exits)):
             if cond is not None:

@@ -161,7 +161,7 @@ def replay_events(
 
 def _rfm_refresher(engine: Engine) -> RfmRefresher | None:
     """Replay's RFM refreshes, when the rules call ``rfm()`` (numpy is loaded only then)."""
-    if not engine.uses_rfm:
+    if not engine.runs_rfm:
         return None
     from engine.rfm_base import RfmRefresher
 
