@@ -39,6 +39,13 @@ Rules (the same journey tetik runs from :data:`bench.journey.RULES`):
   event-caused ones carry ``ingested_at`` (the consumed record's Kafka
   timestamp), timer-fired ones do not.
 
+* No identity stitching (SPEC section 7): a record's shopper is its
+  ``user_id``, else its ``anon_id``; a login does not merge the device's
+  enrollments or consent into the user's. tetik does, so the two emit the
+  same actions only on logs without anonymous sessions
+  (``tests/bench/test_handwritten.py``), and in ``tetik bench e2e`` tetik
+  does more work per event (the report says so).
+
 Redis keys, all under ``{prefix}:hw:`` and all with a TTL of :data:`TTL_S`
 (from the last write; for ``processed``, from its creation):
 ``processed`` (counter), ``seen:{event_id}`` (dedupe), ``consent:{identity}``

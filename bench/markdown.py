@@ -199,6 +199,8 @@ def broker_line(broker: dict[str, str]) -> str:
 def e2e_tables(e2e: dict[str, Any]) -> str:
     parts = [f"Broker: {broker_line(e2e['broker'])}."] if "broker" in e2e else []
     parts.append(_summary(e2e))
+    if e2e.get("work"):
+        parts.append(f"Not the same work: {e2e['work']}.")
     for name, result in e2e["systems"].items():
         parts.append(f"**{name}**: max sustained {_max(result)} events/s")
         parts.append(step_table(result["steps"] + [{**result["half_load"], "half": True}]))

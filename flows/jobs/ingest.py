@@ -4,6 +4,8 @@ Ingest is the live pipeline (:mod:`flows.pipeline`) with rules that hold no
 journey: the same decoding, dead letters, shards, clock and state writes, and
 no action. Without a recovery directory it reads the topic from its start at
 every start; events the shards' states already reflect are skipped.
+Without ``--tail`` it ends at the topic's end with every identity link
+settled (:mod:`flows.pipeline.bounded`): a backfill ends with every event applied.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from engine.rules.loader import load_rules
 from flows.jobs.progress import Monitor
 from flows.jobs.run import RunOptions, live_flow
 from flows.kafka.topics import ensure_topics
+from flows.pipeline.bounded import check_settled
 from flows.pipeline.breaker import Halt
 from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.source import stop_on_signals
@@ -53,4 +56,6 @@ def run_ingest(*, tail: bool = True, workers: int = 1) -> int:
             cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]
         finally:
             monitor.stop()
+        if not tail and not halt.stop.is_set():  # the end of the input settled every link
+            check_settled(client, settings.keys, "tetik ingest --no-tail")
     return 0

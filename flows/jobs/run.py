@@ -25,6 +25,9 @@ Rules of this job:
   only process 0 ever creates partitions, so two processes never race to
   initialise them (concurrent ``init_db_dir`` fails with "database is locked").
 * SIGINT/SIGTERM stop cleanly at the next batch; a second one aborts.
+* Without tail (a bounded run) the input's end settles every identity link
+  (:mod:`flows.pipeline.bounded`); the job then fails with one line if a
+  user still waits for a hand-off.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from confluent_kafka.admin import AdminClient
 from engine.errors import ConfigError, TetikError
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
+from flows.pipeline.bounded import check_settled
 from flows.pipeline.breaker import Breaker, Halt
 from flows.pipeline.dataflow import DropSink, build_flow
 from flows.pipeline.deadletters import DeadLetterSink
@@ -188,6 +192,7 @@ def live_flow(
         cache_users=max(16, settings.cache_shoppers // settings.shards),
         on_back=_checking(marker, halt),
         sweeps=[SegmentRecheck(live), RulesSweep(live)],
+        input_complete=None if options.tail else _not_stopped(halt),
     )
     dead_letters = DeadLetterSink(
         settings.producer_config(exactly_once=True), settings.dlq_topic, client, settings.keys
@@ -206,6 +211,11 @@ def _segments_live(runtime: RulesRuntime, client: RedisClient, settings: Setting
     RFM boundaries, and this process's share of the refreshes (flows.pipeline.rfm_live)."""
     RfmClock(runtime, client, settings.keys, report=say).start()
     return RfmRuntime(runtime, RfmFollower(client, settings.keys))
+
+
+def _not_stopped(halt: Halt) -> Callable[[], bool]:
+    """A bounded run's input is complete at its end unless a signal or the breaker stopped it."""
+    return lambda: not halt.stop.is_set()
 
 
 def _checking(marker: Marker | None, halt: Halt) -> Callable[[], None] | None:
@@ -301,6 +311,8 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
                 code = _run_here(settings, options, directory, halt, marker)
         finally:
             monitor.stop()
+        if code == 0 and not options.tail and not halt.stop.is_set() and options.process_id == 0:
+            check_settled(client, settings.keys, "tetik run")
     return code
 
 

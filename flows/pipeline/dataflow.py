@@ -20,7 +20,10 @@ Steps (each owned by one module):
    of the identity; one shopper's events stay in order on one worker), and
    :class:`~flows.pipeline.shard.ShardLogic` runs the journeys core on each
    batch, writes to Redis and emits through the outbox.
-7. ``reports``: what each activation did (actions, counts) goes to the
+7. ``settle`` (bounded runs only, :mod:`flows.pipeline.bounded`): once every
+   shard has decided its pending links at the end of the input, each shard's
+   waiting users merge; the shards' reports pass through it.
+8. ``reports``: what each activation did (actions, counts) goes to the
    ``reports`` sink: tests collect it; the live engine drops it.
 
 :func:`build_flow` takes its source and sinks, so tests run it in process with
@@ -38,6 +41,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from flows.pipeline.bounded import SettleLogic
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
 from flows.pipeline.derive import Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.identity import LinkRequest, Resolver, identity_of
@@ -115,7 +119,14 @@ def build_flow(
     def builder(resume: int | None) -> ShardLogic:
         return ShardLogic(config, resume)
 
-    reports = op.key_rm("unkey", op.stateful_batch("shards", keyed, builder))
+    shard_reports = op.stateful_batch("shards", keyed, builder)
+    if config.input_complete is not None:  # a bounded run (flows.pipeline.bounded)
+
+        def settler(resume: int | None) -> SettleLogic:
+            return SettleLogic(config, resume)
+
+        shard_reports = op.stateful_batch("settle", shard_reports, settler)
+    reports = op.key_rm("unkey", shard_reports)
     if breaker is not None:  # events whose processing failed count as dead letters too
 
         def count_failed(_step: str, report: ShardReport) -> None:

@@ -129,6 +129,9 @@ class ShardConfig:
     on_back: Callable[[], None] | None = None
     sweeps: Sequence[Sweep | Visiting] = ()
     sweep_page: int = SWEEP_PAGE
+    # A bounded run (flows.pipeline.bounded): True when the end of the input means every
+    # event was read (not a stop); None (live): the end of the input decides nothing.
+    input_complete: Callable[[], bool] | None = None
 
 
 class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
@@ -195,16 +198,42 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         return reports, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[ShardReport], bool]:
-        """The input ended (a bounded run): wait for what was sent and confirm it."""
+        """The input ended: at the end of a bounded run's input, decide the pending links
+        (:mod:`flows.pipeline.bounded`); then wait for what was sent and confirm it."""
         if self._store is None:
             return [], StatefulBatchLogic.RETAIN
         self._start()
+        reports: list[ShardReport] = []
+        complete = self._c.input_complete is not None and self._c.input_complete()
+        if complete:
+            reports.extend(self._decide_links(self._c.runtime.current()))
+        self._confirm_sent()
+        if complete:  # the settle step builds this shard's logic from it
+            reports.append(ShardReport(self._shard))
+        return reports, StatefulBatchLogic.RETAIN
+
+    def settle_waiting(self) -> list[ShardReport]:
+        """After every shard decided its links at the end of a bounded run's input: merge
+        the waiting users, round after round while a round answers someone (a merged
+        user's held events may wait for another anonymous id, decided too by then)."""
+        self._start()
+        engine = self._c.runtime.current()
+        reports: list[ShardReport] = []
+        while self._waiting:
+            before = dict(self._waiting)
+            reports.append(self._settle(engine))
+            if self._waiting == before:
+                break
+        self._confirm_sent()
+        return reports
+
+    def _confirm_sent(self) -> None:
+        """Wait until Kafka has every record sent, and confirm them (outbox entries removed)."""
         self._c.emitter.flush()
         write = ShardWrite()
         self._collect(write)
         if not write.empty():
             self._commit(write)
-        return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self._store is None:
@@ -562,6 +591,36 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         return SweepMark(mark.run, cursor, len(identities) < page)
 
     # -- identity: the hand-over of an anonymous id to its user ------------------------
+
+    def _decide_links(self, engine: Engine) -> list[ShardReport]:
+        """The input's end: every event of this shard was applied or kept, so each pending
+        link is due as if the watermark had passed it (timers up to its time, then the
+        hand-off), a page of the timer index per commit."""
+        store = self._shard_store
+        scheduled = self._retrying("reading the timer index", store.scheduled)
+        page = self._c.timer_batch
+        reports: list[ShardReport] = []
+        for start in range(0, len(scheduled), page):
+            identities = scheduled[start : start + page]
+            states = self._states(identities)
+            write = ShardWrite()
+            actions: list[Action] = []
+            for identity in identities:
+                state = states[identity]
+                pending = None if state is None else state.linking
+                if state is None or pending is None:
+                    continue
+                before = dumps(state)
+                try:  # as the watermark would: up to the link, never past the wall clock
+                    actions.extend(engine.advance(state, min(pending.at, self._c.clock())))
+                except Exception as exc:  # the link must still be made: without those steps
+                    state = _restore(state, before)
+                    write.counts["errors.timer"] += 1
+                    _report_once(f"a timer of {identity!r} failed ({type(exc).__name__}: {exc})")
+                self._hand_off(identity, state, pending, write)
+            if write.moved:
+                reports.append(self._finish(write, actions, {}))
+        return reports
 
     def _hand_off(self, anon: str, state: UserState, pending: Linking, write: ShardWrite) -> None:
         """The link is due: link, hand-off and deletion go in this commit (module rules)."""

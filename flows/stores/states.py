@@ -142,6 +142,11 @@ class ShardStore:
         )
         return [m.decode() for m in found]
 
+    def scheduled(self) -> list[str]:
+        """Every identity in the timer index, earliest first (the end of a bounded run)."""
+        found: list[bytes] = self.client.zrange(self.keys.timers, 0, -1)  # type: ignore[assignment]
+        return [m.decode() for m in found]
+
     def shoppers_after(self, cursor: str, limit: int) -> list[str]:
         """Up to ``limit`` known identities after ``cursor``, in byte order (the sweep)."""
         low = f"({cursor}" if cursor else "-"

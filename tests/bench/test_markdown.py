@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.markdown import goals_table, memory_table, step_table
+from bench.e2e import work_note
+from bench.markdown import e2e_tables, goals_table, memory_table, step_table
 
 
 def _core(per_s: float, ratio: float) -> dict[str, Any]:
@@ -56,3 +57,12 @@ def test_timer_lateness_goal_and_step_column() -> None:
     assert "| 205 / 210 (216) |" in step_table([step])
     none = {**step, "timer_lateness_ms": {"count": 0, "p50": None, "p99": None}}
     assert "| 1 | - |" in step_table([none])
+
+
+def test_the_e2e_report_says_the_baseline_does_not_stitch_identities() -> None:
+    note = work_note(0.3)
+    text = e2e_tables({"systems": {}, "ratios": {}, "work": note})
+    assert f"Not the same work: {note}." in text
+    assert "30% of the clickstream's sessions start logged out" in text
+    assert "the hand-written baseline does not" in text
+    assert "Not the same work" not in e2e_tables({"systems": {}, "ratios": {}})

@@ -104,6 +104,18 @@ def read_dlq(settings: Settings, expect: int) -> list[Message]:
     return found
 
 
+def device_events_of_linked_ids(records: list[tuple[bytes | None, bytes]]) -> list[str]:
+    """The ids of the valid events with only an anonymous id that some login links."""
+    events = []
+    for _, value in records:
+        try:
+            events.append(decode_event(value))
+        except InvalidEvent:
+            continue
+    linked = {e.anon_id for e in events if e.user_id is not None and e.anon_id is not None}
+    return [e.event_id for e in events if e.user_id is None and e.anon_id in linked]
+
+
 def invalid_count(records: list[tuple[bytes | None, bytes]]) -> int:
     bad = 0
     for _, value in records:
@@ -180,7 +192,13 @@ def test_reprocessing_the_topic_with_tetik_ingest_changes_no_state(setup: Setup)
     done = tetik(setup.settings, "ingest", "--no-tail")
     assert done.returncode == 0, done.stderr
     assert snapshot(setup.store) == before
-    assert setup.store.stats()["skipped"] == applied  # its offsets are in the states already
+    stats = setup.store.stats()
+    assert stats["applied"] == applied  # nothing applied twice
+    # Skipped by the shards' offsets, except a device's events applied to it before its link:
+    # re-read now, the resolver sends them to the user's shard, whose offsets do not cover
+    # them, and the user's merged window knows their ids (counted as duplicates).
+    assert stats["skipped"] + stats.get("duplicate", 0) == applied
+    assert stats.get("duplicate", 0) <= len(device_events_of_linked_ids(setup.records))
     assert "events" in done.stderr  # the progress line
 
 
