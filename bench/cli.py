@@ -19,7 +19,8 @@ from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
 WHAT = (
-    "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments", "all",
+    "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments",
+    "segments-replay", "all",
 )  # fmt: skip
 ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
@@ -34,6 +35,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.rules_compile import bench_compile
     from bench.scale import bench_scale
     from bench.segments_live import bench_segments
+    from bench.segments_replay import bench_segments_replay
 
     return {
         "core": bench_core,
@@ -45,6 +47,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "rfm": bench_rfm,
         "history": bench_history,
         "segments": bench_segments,
+        "segments-replay": bench_segments_replay,
     }
 
 

@@ -9,6 +9,7 @@ from bench.report import broker_label, table
 from bench.rfm import rfm_table
 from bench.scale import scale_tables
 from bench.segments_live import segments_table
+from bench.segments_replay import segments_replay_table
 
 Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
 
@@ -98,6 +99,20 @@ GOALS: list[Goal] = [
         "<= 60 s (quick: 6 s)",
     ),
     (
+        "segments-replay",
+        "tetik segments on 1M purchase events / 100k shoppers (quick: 100k / 10k) (s)",
+        lambda r: r["seconds"],
+        lambda v: v <= 30,
+        "<= 30 s",
+    ),
+    (
+        "history",
+        "all-time rollups of an active shopper with 2 years of history (msgpack bytes)",
+        lambda r: r["added_bytes"],
+        lambda v: v <= 1024,
+        "<= 1,024",
+    ),
+    (
         "memory",
         "Redis bytes per active user (largest size)",
         lambda r: r["sizes"][-1]["used_memory_delta_per_user"],
@@ -129,6 +144,8 @@ def render(doc: dict[str, Any]) -> str:
         parts += ["## RFM over the whole base", rfm_table(results["rfm"])]
     if "segments" in results:
         parts += ["## Segments, live", segments_table(results["segments"])]
+    if "segments-replay" in results:
+        parts += ["## tetik segments (replay)", segments_replay_table(results["segments-replay"])]
     return "\n\n".join(parts) + "\n"
 
 

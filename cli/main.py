@@ -271,7 +271,19 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
         "what",
-        choices=["core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "segments", "all"],
+        choices=[
+            "core",
+            "e2e",
+            "memory",
+            "scale",
+            "ingest",
+            "compile",
+            "rfm",
+            "history",
+            "segments",
+            "segments-replay",
+            "all",
+        ],  # bench.cli.WHAT (imported only when a bench runs)
         nargs="?",
         default="all",
     )

@@ -3,8 +3,9 @@
 Rules of this interface (SPEC section 9):
 
 * The log is replayed to ``T`` (``--at``, epoch ms or RFC 3339; default the
-  last event) exactly as ``tetik replay --until T`` does: events after ``T``
-  are not applied, timers and recheck instants up to ``T`` run.
+  last event) as ``tetik replay --until T`` does (events after ``T`` are not
+  applied), without the journeys: no segment reads what journeys keep
+  (enrollments, sends), so memberships do not depend on them.
 * Then every known user (one applied event at least) gets one JSON line,
   sorted by ``user_id``: ``{"user_id", "segments": [names, sorted], "rfm":
   {"r", "f", "m"} or null}``. Memberships are every segment of the rules
@@ -19,6 +20,7 @@ Rules of this interface (SPEC section 9):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,7 +71,9 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
         return 2
     states: dict[str, UserState] = {}
     stats = ReplayStats()
-    engine = Engine(rules, windows_from_env())  # TETIK_WINDOWS, as tetik replay and run
+    # Memberships depend on the shoppers' events only (no segment reads what journeys
+    # keep: enrollments, sends), so the replay runs without the journeys.
+    engine = Engine(dataclasses.replace(rules, journeys=()), windows_from_env())
     replay(
         engine,
         event_lines(events_path),

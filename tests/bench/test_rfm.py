@@ -45,3 +45,11 @@ def test_bench_rfm_measures_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     assert "| boundaries |" in shown
     assert "| score the base |" in shown
     assert "RFM boundaries over 1M shoppers" in (tmp_path / "bench.md").read_text()
+
+
+def test_the_command_line_offers_every_benchmark() -> None:
+    from bench.cli import WHAT
+    from cli.main import _parser
+
+    for name in WHAT:  # argparse exits on a name it does not offer
+        assert _parser().parse_args(["bench", name]).what == name
