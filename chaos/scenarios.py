@@ -37,7 +37,10 @@ Rules of this interface:
   ``broker-restart``, whose late deliveries the engine must handle), the
   engine never exited on its own (kills excepted) and, for ``poison``, every
   poison record is dead-lettered with a reason and (full size only) the
-  throughput ratio is at least ``Size.min_ratio``.
+  throughput ratio is at least ``Size.min_ratio``. A scenario whose replay
+  expects no segment-triggered action (``Result.segment_expected``, the
+  journeys of :data:`chaos.workload.SEGMENT_JOURNEYS`) fails: it did not
+  check segments.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from bench.progress import Bar
 from chaos.compare import dead_letters, recovery, tally
 from chaos.run import Deployment
 from chaos.servers import Servers, Unavailable, scenario_servers
-from chaos.workload import stream
+from chaos.workload import SEGMENT_JOURNEYS, stream
 from flows.jobs.run import RunOptions
 from flows.retry import connect
 from flows.settings import from_env
@@ -116,6 +119,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     why: str = ""
     events: int = 0
     expected: int = 0
+    segment_expected: int = 0  # of those, actions of segment-triggered journeys
     emitted: int = 0
     duplicate: int = 0
     missing: int = 0
@@ -262,6 +266,7 @@ def _judge(
         verdict="pass",
         events=dep.feed.sent,
         expected=counts.expected,
+        segment_expected=segment_actions(expected),
         emitted=counts.emitted,
         duplicate=counts.duplicate,
         missing=counts.missing,
@@ -280,7 +285,10 @@ def _judge(
         examples=counts.examples,
         workdir=str(dep.workdir),
     )
-    bar.close(f"{result.expected:,} expected, {result.emitted:,} emitted")
+    bar.close(
+        f"{result.expected:,} expected ({result.segment_expected:,} segment-triggered), "
+        f"{result.emitted:,} emitted"
+    )
     return verdict(result, ctx.size)
 
 
@@ -292,6 +300,11 @@ def _keep_evidence(
     (dep.workdir / "events.jsonl").write_bytes(b"\n".join(dep.feed.valid_lines()) + b"\n")
     for name, actions in (("expected.jsonl", expected), ("emitted.jsonl", emitted)):
         (dep.workdir / name).write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in actions))
+
+
+def segment_actions(expected: list[dict[str, Any]]) -> int:
+    """How many of replay's actions come from segment-triggered journeys."""
+    return sum(a["journey"] in SEGMENT_JOURNEYS for a in expected)
 
 
 def verdict(result: Result, size: Size) -> Result:
@@ -311,6 +324,8 @@ def verdict(result: Result, size: Size) -> Result:
     ]
     if not result.expected:
         problems.append("replay expected no action: the run proves nothing")
+    elif not result.segment_expected:
+        problems.append("replay expected no segment-triggered action: segments went unchecked")
     ratio = result.throughput_ratio
     judged = result.scenario == "poison" and size.min_ratio is not None
     if judged and (ratio is None or ratio < (size.min_ratio or 0)):
@@ -471,6 +486,7 @@ def backlog_run(ctx: Context, name: str, share: float) -> Result:
         verdict="pass",
         events=dep.feed.sent,
         expected=counts.expected,
+        segment_expected=segment_actions(expected),
         emitted=counts.emitted,
         duplicate=counts.duplicate,
         missing=counts.missing,

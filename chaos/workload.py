@@ -6,6 +6,13 @@ Rules of this interface:
   reminders fall due while the run goes on, exits on purchase (a reminder
   sent after its cart was bought is an *unexpected* action), a rolling cap,
   and no quiet hours (those would make the result depend on the hour).
+  A watched segment (``cart_keeper``: two carts or more, never bought) starts
+  :data:`SEGMENT_JOURNEYS` on entering and on leaving it (at the purchase),
+  so every scenario also compares segment-triggered actions with replay's,
+  across merges of anonymous ids too. Its condition depends on events only
+  (no window, ``since`` or ``now``): replay runs recheck instants only up to
+  the last event, the live engine also after it, so a segment that changed
+  with time alone could differ in the drain.
   :data:`LONGEST_JOURNEY_MS` bounds how long after the last event a timer can
   still fall due.
 * :func:`stream` is the seeded generator's clickstream (``clickstream.generator``)
@@ -41,6 +48,7 @@ __all__ = [
     "LONGEST_JOURNEY_MS",
     "POISON_KINDS",
     "RULES",
+    "SEGMENT_JOURNEYS",
     "Outgoing",
     "poison_value",
     "stream",
@@ -51,6 +59,8 @@ version: 1
 consent: {email: opt_out, push: opt_out, sms: opt_in, onsite: opt_out}
 caps:
   - {channel: any, max: 6, per: 1m}
+segments:
+  cart_keeper: "count(add_to_cart) >= 2 and count(purchase) == 0"
 journeys:
   - id: cart
     trigger: {event: add_to_cart, if: "event.price >= 20"}
@@ -95,7 +105,18 @@ journeys:
       - send: email
       - wait: 3s
       - send: email
+  - id: keeper_in
+    trigger: {segment: cart_keeper}
+    steps:
+      - send: onsite
+      - wait: 1s
+      - send: push
+  - id: keeper_out
+    trigger: {segment: cart_keeper, on: exit}
+    steps:
+      - send: email
 """
+SEGMENT_JOURNEYS = ("keeper_in", "keeper_out")
 LONGEST_JOURNEY_MS = 4_000
 ANON_RATIO = 0.5  # share of sessions that start logged out (then log in or sign up)
 

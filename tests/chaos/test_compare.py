@@ -11,8 +11,8 @@ import pytest
 from chaos.compare import Emitted, Poison, dead_letters, recovery, tally
 from chaos.report import table
 from chaos.run import expected_actions
-from chaos.scenarios import Result, sizes, verdict
-from chaos.workload import POISON_KINDS, poison_value, stream
+from chaos.scenarios import Result, segment_actions, sizes, verdict
+from chaos.workload import POISON_KINDS, SEGMENT_JOURNEYS, poison_value, stream
 from engine.errors import InvalidEvent
 from engine.events import decode_event
 
@@ -42,6 +42,30 @@ def expected() -> list[dict[str, Any]]:
     assert [(a["user_id"], a["journey"]) for a in actions].count(("u1", "cart")) == 3
     assert not [a for a in actions if a["user_id"] == "u2" and a["journey"] == "cart"][1:]
     return actions
+
+
+def test_the_rules_start_a_journey_on_entering_and_on_leaving_a_segment() -> None:
+    """Two carts put u1 in ``cart_keeper`` (onsite, a push 1 s later); the purchase
+    takes it out (an email); one cart (u2) is not enough."""
+    docs: list[dict[str, Any]] = [
+        {"event_id": "k1", "type": "add_to_cart", "ts": T0, "user_id": "u1",
+         "product_id": "p1", "price": 5.0},
+        {"event_id": "k2", "type": "add_to_cart", "ts": T0 + 100, "user_id": "u1",
+         "product_id": "p2", "price": 5.0},
+        {"event_id": "k3", "type": "add_to_cart", "ts": T0 + 100, "user_id": "u2",
+         "product_id": "p2", "price": 5.0},
+        {"event_id": "k4", "type": "purchase", "ts": T0 + 5_000, "user_id": "u1",
+         "order_id": "o1"},
+    ]  # fmt: skip
+    actions = expected_actions([orjson.dumps(d) for d in docs])
+    found = [(a["user_id"], a["journey"], a["channel"], a["at"]) for a in actions
+             if a["journey"] in SEGMENT_JOURNEYS]  # fmt: skip
+    assert found == [
+        ("u1", "keeper_in", "onsite", T0 + 100),
+        ("u1", "keeper_in", "push", T0 + 1_100),
+        ("u1", "keeper_out", "email", T0 + 5_000),
+    ]
+    assert segment_actions(actions) == 3
 
 
 def test_the_same_actions_in_another_order_are_clean(expected: list[dict[str, Any]]) -> None:
@@ -132,10 +156,12 @@ def test_the_stream_is_seeded_and_mixes_about_one_percent_of_poison() -> None:
 
 def test_verdicts_and_table_say_what_failed() -> None:
     size = sizes(short=False)
-    good = verdict(Result(scenario="kill", verdict="pass", expected=10, emitted=10), size)
+    good = verdict(
+        Result(scenario="kill", verdict="pass", expected=10, segment_expected=2, emitted=10), size
+    )
     bad = verdict(
-        Result(scenario="poison", verdict="pass", expected=10, emitted=11, duplicate=1,
-               poison_sent=5, dead_lettered=4, throughput_ratio=0.5),
+        Result(scenario="poison", verdict="pass", expected=10, segment_expected=2, emitted=11,
+               duplicate=1, poison_sent=5, dead_lettered=4, throughput_ratio=0.5),
         size,
     )  # fmt: skip
     skipped = Result(scenario="broker-restart", verdict="skipped", why="no Java here")
@@ -144,9 +170,11 @@ def test_verdicts_and_table_say_what_failed() -> None:
     assert bad.verdict == "FAIL"
     assert bad.why == ("1 duplicate; 1 poison not dead-lettered; throughput ratio 0.5 below 0.95")
     # The short run reports the ratio but does not judge it (too short to resolve 5 %).
-    slow = Result(scenario="poison", verdict="pass", expected=10, emitted=10, poison_sent=5,
-                  dead_lettered=5, throughput_ratio=0.5)  # fmt: skip
+    slow = Result(scenario="poison", verdict="pass", expected=10, segment_expected=2,
+                  emitted=10, poison_sent=5, dead_lettered=5, throughput_ratio=0.5)  # fmt: skip
     assert verdict(slow, sizes(short=True)).verdict == "pass"
+    unchecked = verdict(Result(scenario="kill", verdict="pass", expected=10, emitted=10), size)
+    assert unchecked.why == "replay expected no segment-triggered action: segments went unchecked"
     text = table([good, bad, skipped])
     assert "poison: FAIL: 1 duplicate" in text
     assert "broker-restart: skipped: no Java here" in text
