@@ -34,7 +34,7 @@ Rules of this interface:
   event for the timers that fire later (:class:`engine.rfm_base.RfmRefresher`);
   a timer fired lazily reads those in force at its due time.
 * Memory: a user's state is pruned with :func:`engine.state.prune`, the live
-  engine's retention, at most once per :data:`PRUNE_EVERY` (a week) of virtual time
+  engine's retention, at most once per :data:`PRUNE_EVERY` (30 days) of virtual time
   (after one of the user's events). Reads ignore what retention drops, pruned
   or not (:mod:`engine.retention`), so this changes no action.
 """
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from engine.rfm_base import RfmRefresher
 
 FOREVER = 2**62
-PRUNE_EVERY = 7 * 86_400_000  # virtual ms between two prunes of one user's state
+PRUNE_EVERY = 30 * 86_400_000  # virtual ms between two prunes of one user's state
 
 
 @dataclass

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 from engine.events import Event
 from engine.rfm import RfmBook
 from engine.state import UserState
 from engine.windows import DEFAULT_CONFIG, Stored, WindowConfig
+
+NOT_YET: Final = object()  # Context.rfm_score before rfm() ran
 
 
 @dataclass(slots=True)
@@ -43,3 +46,5 @@ class Context:
     it: Stored | None = None
     rfm: RfmBook | None = None
     windows: WindowConfig = DEFAULT_CONFIG
+    # rfm()'s answer once computed in this evaluation (it reads only state, now, rfm)
+    rfm_score: Any = NOT_YET

@@ -51,6 +51,7 @@ from engine.history import DETAILED_TYPES
 from engine.retention import cart_kept_from, favorites_kept_from, kept_from
 from engine.rfm import RfmScore, rfm_inputs, score
 from engine.rules import history_calls, item_scans, scans
+from engine.rules.context import NOT_YET
 from engine.rules.names import FUNCTIONS, RECORD_FIELDS, ROOTS, Field, field_path
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
 from engine.rules.typed import NUMBERS, Checker, Fn, Reader, Type, Typed, article, cut
@@ -421,11 +422,14 @@ def _rfm(cx: Checker, node: Call) -> Typed:
     _arity(node, 0, 0)
 
     def rfm(ctx: Any) -> RfmScore | None:
+        found = ctx.rfm_score
+        if found is not NOT_YET:  # segments and conditions asking again in one evaluation
+            return found  # type: ignore[no-any-return]
         book = ctx.rfm
-        if book is None:
-            return None
-        bounds = book.at(ctx.now)
-        return None if bounds is None else score(bounds, rfm_inputs(ctx.state))
+        bounds = None if book is None else book.at(ctx.now)
+        found = None if bounds is None else score(bounds, rfm_inputs(ctx.state))
+        ctx.rfm_score = found
+        return found
 
     return Typed("record", rfm, fields=RFM_FIELDS)
 
