@@ -231,9 +231,19 @@ def _change_after(
 ) -> int | None:
     """The first moment after ``after`` when ``seg``'s value may change with time alone
     (None: not before the user's next event); ``memo`` shares terms between segments."""
+    deps = seg.deps
+    drift = deps.drift
+    if drift != "any" and (drift == "const" or (drift == "falls") != (seg.name in state.segments)):
+        return None  # outside one that only falls, or inside one that only rises
     best: int | None = None
     windows = state.windows
-    deps = seg.deps
+    for type_, within, rank in deps.ranks:
+        window = windows.get(type_)
+        if window and len(window) >= rank:
+            # count >= rank holds while the rank-th newest record is in the window.
+            leaves = window[-rank].ts + within + 1
+            if leaves > after:
+                best = _earlier(best, leaves)
     for type_, within in deps.agings:
         key = ("a", type_, within)
         if key not in memo:
