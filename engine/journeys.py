@@ -147,6 +147,10 @@ class Engine:
             for j in rules.journeys
             if j.trigger.segment is not None and j.trigger.schedule is None
         )
+        self.segment_triggers: dict[Change, tuple[Journey, ...]] = {}
+        for journey in self.segment_journeys:  # file order
+            change = _change_of(journey)
+            self.segment_triggers[change] = (*self.segment_triggers.get(change, ()), journey)
         names = watched_names(rules)
         self.watch = SegmentWatch(rules, names) if names else None
         if self.watch is not None:
@@ -200,7 +204,12 @@ class Engine:
             watch.prepare(state)
         elif state.segment_defs:
             _forget_segments(state)
-        fired = self.advance(state, now) if state.enrollments or self.timed else []
+        if state.enrollments or (self.timed and not self._idle(state, now)):
+            fired = self.advance(state, now)
+        else:
+            fired = []
+            if self.timed:
+                state.clock = max(state.clock, now)  # what advance would have done
         actions: list[Action] = []
         outcome = apply(state, event, now, self.windows)
         if outcome != "applied":
@@ -285,11 +294,15 @@ class Engine:
                 best = found[0]
         return None if best is None else (best, best == recheck)
 
+    def _idle(self, state: UserState, until: int) -> bool:
+        """Whether :meth:`advance` has no instant to run up to ``until`` (a cheap test)."""
+        return self.broadcasts is None and self.watch is not None and self.watch.idle(state, until)
+
     def _at_instant(self, state: UserState, when: int, recheck: bool, out: list[Action]) -> None:
         """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
         if recheck and self.watch is not None:
             changes = self.watch.recheck_at(state, when)
-            if changes:
+            if changes and not self.segment_triggers.keys().isdisjoint(changes):
                 self._segment_entries(state, changes, latest_event(state), when, out)
         found = self.broadcasts.due(state, when) if self.broadcasts is not None else None
         if found is not None and found[0] == when:
@@ -317,10 +330,14 @@ class Engine:
         out: list[Action],
     ) -> None:
         """Enter the journeys triggered by these segment changes, in file order."""
-        changed = set(changes)
-        ctx = Context(state, now, event=entry, rfm=self.rfm)
-        for journey in self.segment_journeys:
-            if (journey.trigger.segment, journey.trigger.on) in changed:
+        if len(changes) == 1:
+            journeys = self.segment_triggers.get(changes[0], ())
+        else:  # in file order
+            changed = set(changes)
+            journeys = tuple(j for j in self.segment_journeys if _change_of(j) in changed)
+        if journeys:
+            ctx = Context(state, now, event=entry, rfm=self.rfm)
+            for journey in journeys:
                 self._maybe_enter(state, journey, entry, ctx, out)
 
     # -- exits and entries --------------------------------------------------------
@@ -551,6 +568,11 @@ def _enrollment_key(journey: Journey, event: Event | None) -> str | None:
         return ""
     value = getattr(event, journey.key, None)
     return None if value is None else str(value)
+
+
+def _change_of(journey: Journey) -> Change:
+    """The segment change a ``trigger: {segment: S}`` journey enters on."""
+    return (journey.trigger.segment or "", journey.trigger.on)
 
 
 def _forget_segments(state: UserState) -> None:

@@ -38,7 +38,8 @@ Rules of this interface:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -51,8 +52,11 @@ from engine.state import UserState
 from engine.windows import since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
-_CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._changes
-_UNKNOWN: Final = -1
+_CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
+_INSTANT: Final = "_recheck"  # transient: the instant next_recheck found, for recheck_at
+_STALE: Final = -1  # a moment of change to find again
+_NEVER: Final = 1 << 62  # no moment of change before the user's next event
+_NO_ACTIONS: Final[frozenset[str]] = frozenset()
 _RECORD_FIELDS: Final = (
     "product_id",
     "category",
@@ -89,6 +93,33 @@ def watched_names(rules: Rules) -> list[str]:
     return [name for name in rules.segments if name in named]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one kind of event re-evaluates: (name, compiled condition) pairs in file
+    order, and the moments of change it makes stale (its timed segments)."""
+
+    checks: tuple[tuple[str, Callable[[Context], Any]], ...]
+    # (name, its moment when the user is in it, when not): _NEVER where its drift
+    # says time alone cannot change it, else _STALE (found again at the next instant).
+    timed: tuple[tuple[str, int, int], ...]
+
+
+_AFTER_DRIFT: Final = {
+    "falls": (_STALE, _NEVER),
+    "rises": (_NEVER, _STALE),
+    "const": (_NEVER, _NEVER),
+    "any": (_STALE, _STALE),
+}
+
+
+def _plan(segments: Iterable[Segment]) -> _Plan:
+    chosen = tuple(segments)
+    return _Plan(
+        tuple((s.name, s.cond.fn) for s in chosen),
+        tuple((s.name, *_AFTER_DRIFT[s.deps.drift]) for s in chosen if s.deps.timed),
+    )
+
+
 class SegmentWatch:
     """The watched segments of one rules version and how to keep their memberships."""
 
@@ -109,6 +140,9 @@ class SegmentWatch:
             for t, segs in by_type.items()
         }
         self.every = tuple(every)
+        self.plans = {t: _plan(segs) for t, segs in self.by_type.items()}
+        self.every_plan = _plan(self.every)
+        self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
@@ -147,18 +181,24 @@ class SegmentWatch:
     def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
         """Re-evaluate what the applied ``event`` can change; the enters and exits."""
         if state.events == 1 or (event.user_id and event.anon_id):
-            segments: tuple[Segment, ...] = self.watched
+            plan = self.all_plan
         else:
-            segments = self.by_type.get(event.type, self.every)
-        if not segments:
+            plan = self.plans.get(event.type, self.every_plan)
+        if not plan.checks:
             return []
+        changes = _check(state, plan.checks, now, self.rfm)
         cache = state.__dict__.get(_CHANGES)
-        if cache is not None:  # their windows changed: their moments of change may have
-            known = cache[1]
-            for seg in segments:
-                known.pop(seg.name, None)
-            cache[2] = _UNKNOWN
-        return _evaluate(state, segments, now, self.rfm)
+        if plan.timed and cache is not None:  # their windows and memberships changed
+            moments, members = cache[1], state.segments
+            for name, inside, outside in plan.timed:
+                moments[name] = inside if name in members else outside
+        return changes
+
+    def idle(self, state: UserState, until: int) -> bool:
+        """Whether no recheck instant falls in (user clock, until] (cheap: no moments)."""
+        step = self.recheck
+        clock = state.clock if state.clock > state.last_seen else state.last_seen
+        return not self.timed or clock // step * step + step > until
 
     # -- recheck instants ---------------------------------------------------------
 
@@ -167,63 +207,61 @@ class SegmentWatch:
         if not self.timed:
             return None
         step = self.recheck
-        clock = user_clock(state)
+        clock = state.clock if state.clock > state.last_seen else state.last_seen
         previous = clock // step * step  # the last instant at or before the clock
         if previous + step > until:
             return None  # no instant in (clock, until]: the common case between events
         if self.continuous:
-            instant, due = previous + step, self.timed
+            instant = previous + step
         else:
-            cache = self._cache(state)
-            first = cache[2]
-            known = first != _UNKNOWN and (first is None or first > previous)
-            if known and (first is None or -(-first // step) * step > until):
-                return None  # the earliest moment found before still holds, after until
-            changes = self._changes(state, previous)
-            first = cache[2] = min((c for c, _ in changes if c is not None), default=None)
-            if first is None:
+            moments = self._moments(state)
+            first = min(moments.values())
+            if first <= previous:  # stale, or passed: find those again
+                first = self._refresh(state, moments, previous)
+            if first >= _NEVER:
                 return None
             instant = -(-first // step) * step  # the first instant at or after it
-            due = tuple(s for c, s in changes if c is not None and c <= instant)
-        if instant > until:
-            return None
-        # Which segments to evaluate there, kept beside the state (never serialised).
-        state.__dict__["_recheck"] = (state.events, clock, instant, due)
+            if instant > until:
+                return None
+        # recheck_at evaluates, at this instant, the segments whose moment has come.
+        state.__dict__[_INSTANT] = (state.events, clock, instant)
         return instant
 
-    def _cache(self, state: UserState) -> list[Any]:
-        """[fingerprint, segment -> its next moment of change, the earliest of them
-        (``_UNKNOWN`` after an event touched one)], beside the state."""
-        cache: list[Any] | None = state.__dict__.get(_CHANGES)
+    def _moments(self, state: UserState) -> dict[str, int]:
+        """Each timed segment's next moment of change (``_STALE``: to find again,
+        ``_NEVER``: none before the user's next event), kept beside the state."""
+        cache: tuple[str, dict[str, int]] | None = state.__dict__.get(_CHANGES)
         if cache is None or cache[0] != self.fingerprint:
-            cache = state.__dict__[_CHANGES] = [self.fingerprint, {}, _UNKNOWN]
-        return cache
+            cache = (self.fingerprint, {s.name: _STALE for s in self.timed})
+            state.__dict__[_CHANGES] = cache
+        return cache[1]
 
-    def _changes(self, state: UserState, after: int) -> list[tuple[int | None, Segment]]:
-        """Each timed segment's first moment of change after ``after``.
+    def _refresh(self, state: UserState, moments: dict[str, int], after: int) -> int:
+        """Find again the moments at or before ``after`` (module rules); the earliest.
 
-        Kept beside the state (never serialised) and reused while still ahead:
-        a moment only moves when the segment's own windows change, and
-        :meth:`after_event` forgets the segments an event can touch.
+        A moment only moves when the segment's own windows or its membership
+        change: :meth:`after_event` marks the segments an event can touch, and
+        an instant that evaluates a segment leaves its moment behind the clock.
         """
-        known = self._cache(state)[1]
         memo: dict[tuple[str, str, int], int | None] = {}
-        found = []
         for seg in self.timed:
-            change = known.get(seg.name, _UNKNOWN)
-            if change is _UNKNOWN or (change is not None and change <= after):
-                change = known[seg.name] = _change_after(state, seg, after, memo)
-            found.append((change, seg))
-        return found
+            if moments[seg.name] <= after:
+                found = _change_after(state, seg, after, memo)
+                moments[seg.name] = _NEVER if found is None else found
+        return min(moments.values())
 
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
         """At the instant ``at``, evaluate the timed segments that may have changed since
         the previous instant (found by :meth:`next_recheck`); the enters and exits."""
-        cached = state.__dict__.get("_recheck")
         due = self.timed
-        if cached is not None and cached[:3] == (state.events, user_clock(state), at):
-            due = cached[3]
-        return _evaluate(state, due, at, self.rfm)
+        if not self.continuous and state.__dict__.get(_INSTANT) == (
+            state.events,
+            user_clock(state),
+            at,
+        ):
+            moments = state.__dict__[_CHANGES][1]
+            due = tuple(s for s in self.timed if moments[s.name] <= at)
+        return _check(state, tuple((s.name, s.cond.fn) for s in due), at, self.rfm)
 
 
 def _change_after(
@@ -266,22 +304,26 @@ def _change_after(
     return best
 
 
-def _evaluate(
-    state: UserState, segments: Iterable[Segment], now: int, rfm: RfmBook | None
+def _check(
+    state: UserState,
+    checks: tuple[tuple[str, Callable[[Context], Any]], ...],
+    now: int,
+    rfm: RfmBook | None,
 ) -> list[Change]:
-    ctx = Context(state, now, rfm=rfm)
+    """Evaluate each (segment, condition) at ``now``; store and return the changes."""
+    ctx = Context(state, now, None, None, _NO_ACTIONS, None, rfm)
     changes: list[Change] = []
     members = state.segments
-    for seg in segments:
-        inside = seg.cond.holds(ctx)
-        if inside == (seg.name in members):
+    for name, fn in checks:
+        inside = fn(ctx) is True
+        if inside == (name in members):
             continue
         if inside:
-            members[seg.name] = now
-            changes.append((seg.name, "enter"))
+            members[name] = now
+            changes.append((name, "enter"))
         else:
-            del members[seg.name]
-            changes.append((seg.name, "exit"))
+            del members[name]
+            changes.append((name, "exit"))
     return changes
 
 
