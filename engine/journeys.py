@@ -240,7 +240,8 @@ class Engine:
         if self.watch is not None:
             self.watch.prepare(state)
         horizon = until if instants_until is None else min(until, instants_until)
-        while state.events:  # a user not seen yet has no instants before their first event
+        # A user not seen yet has no instants before their first event.
+        while state.events and not self._idle(state, horizon):
             found = self._next_instant(state, horizon)
             if found is None:
                 break

@@ -144,6 +144,9 @@ class SegmentWatch:
         self.every_plan = _plan(self.every)
         self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
+        self.timed_plan = _plan(self.timed)
+        self.timed_rows = tuple(zip(self.timed_plan.checks, self.timed_plan.timed, strict=True))
+        self.all_stale = dict.fromkeys((s.name for s in self.timed), _STALE)
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
 
@@ -253,15 +256,33 @@ class SegmentWatch:
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
         """At the instant ``at``, evaluate the timed segments that may have changed since
         the previous instant (found by :meth:`next_recheck`); the enters and exits."""
-        due = self.timed
-        if not self.continuous and state.__dict__.get(_INSTANT) == (
-            state.events,
-            user_clock(state),
-            at,
+        cache = state.__dict__.get(_CHANGES)
+        if (
+            self.continuous
+            or cache is None
+            or state.__dict__.get(_INSTANT) != (state.events, user_clock(state), at)
         ):
-            moments = state.__dict__[_CHANGES][1]
-            due = tuple(s for s in self.timed if moments[s.name] <= at)
-        return _check(state, tuple((s.name, s.cond.fn) for s in due), at, self.rfm)
+            if cache is not None:
+                cache[1].update(self.all_stale)
+            return _check(state, self.timed_plan.checks, at, self.rfm)
+        moments = cache[1]
+        ctx = Context(state, at, None, None, _NO_ACTIONS, None, self.rfm)
+        changes: list[Change] = []
+        members = state.segments
+        for (name, fn), (_, if_in, if_out) in self.timed_rows:
+            if moments[name] > at:
+                continue  # no moment of change since the previous instant
+            inside = fn(ctx) is True
+            moments[name] = if_in if inside else if_out
+            if inside == (name in members):
+                continue
+            if inside:
+                members[name] = at
+                changes.append((name, "enter"))
+            else:
+                del members[name]
+                changes.append((name, "exit"))
+        return changes
 
 
 def _change_after(
