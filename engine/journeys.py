@@ -159,6 +159,10 @@ class Engine:
                     self.watch.remember(old.watch)
         broadcasts = Broadcasts(rules, activated_at)
         self.broadcasts = broadcasts if broadcasts.journeys else None
+        # Without broadcasts, the watch alone says cheaply when advance has no instant.
+        self._watch_idle = (
+            self.watch.idle if self.watch is not None and self.broadcasts is None else None
+        )
         # Whether advance has instants to run besides timers (recheck, broadcast).
         self.timed = self.broadcasts is not None or (
             self.watch is not None and bool(self.watch.timed)
@@ -201,10 +205,12 @@ class Engine:
             self._retire(state)
         watch = self.watch
         if watch is not None:
-            watch.prepare(state)
+            if state.segment_defs != watch.fingerprint:
+                watch.prepare(state)
         elif state.segment_defs:
             _forget_segments(state)
-        if state.enrollments or (self.timed and not self._idle(state, now)):
+        idle = self._watch_idle
+        if state.enrollments or (self.timed and (idle is None or not idle(state, now))):
             fired = self.advance(state, now)
         else:
             fired = []
@@ -297,7 +303,7 @@ class Engine:
 
     def _idle(self, state: UserState, until: int) -> bool:
         """Whether :meth:`advance` has no instant to run up to ``until`` (a cheap test)."""
-        return self.broadcasts is None and self.watch is not None and self.watch.idle(state, until)
+        return self._watch_idle is not None and self._watch_idle(state, until)
 
     def _at_instant(self, state: UserState, when: int, recheck: bool, out: list[Action]) -> None:
         """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
