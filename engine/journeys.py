@@ -152,7 +152,7 @@ class Engine:
             change = _change_of(journey)
             self.segment_triggers[change] = (*self.segment_triggers.get(change, ()), journey)
         names = watched_names(rules)
-        self.watch = SegmentWatch(rules, names) if names else None
+        self.watch = SegmentWatch(rules, names, self.windows) if names else None
         if self.watch is not None:
             for old in self.retired.values():
                 if old.watch is not None:

@@ -44,12 +44,12 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from engine.events import Event
+from engine.events import STANDARD_TYPES, Event
 from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Rules, Segment
 from engine.state import UserState
-from engine.windows import since_index
+from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
 _CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
@@ -95,13 +95,16 @@ def watched_names(rules: Rules) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What one kind of event re-evaluates: (name, compiled condition) pairs in file
-    order, and the moments of change it makes stale (its timed segments)."""
+    """What one kind of event re-evaluates, in file order (see :func:`_plan`)."""
 
     checks: tuple[tuple[str, Callable[[Context], Any]], ...]
     # (name, its moment when the user is in it, when not): _NEVER where its drift
     # says time alone cannot change it, else _STALE (found again at the next instant).
     timed: tuple[tuple[str, int, int], ...]
+    # (name, condition, moment if in, if not (None: untimed), skip while in / while
+    # out / never (True, False, None)); see SegmentWatch.after_event.
+    rows: tuple[tuple[str, Callable[[Context], Any], int | None, int | None, bool | None], ...]
+    max_count: int = 0  # the event type's window bound: a record evicted may not delay
 
 
 _AFTER_DRIFT: Final = {
@@ -110,20 +113,33 @@ _AFTER_DRIFT: Final = {
     "const": (_NEVER, _NEVER),
     "any": (_STALE, _STALE),
 }
+_SKIP_WHILE_IN: Final = {"falls": True, "rises": False}
 
 
-def _plan(segments: Iterable[Segment]) -> _Plan:
+def _plan(segments: Iterable[Segment], type_: str | None = None, max_count: int = 0) -> _Plan:
+    """The plan after an event of ``type_`` (None: any type, nothing skipped)."""
     chosen = tuple(segments)
+    rows = []
+    for seg in chosen:
+        moments = _AFTER_DRIFT[seg.deps.drift] if seg.deps.timed else (None, None)
+        skip = None
+        if type_ in seg.deps.delays and type_ in STANDARD_TYPES:
+            skip = _SKIP_WHILE_IN.get(seg.deps.drift)
+        rows.append((seg.name, seg.cond.fn, *moments, skip))
     return _Plan(
         tuple((s.name, s.cond.fn) for s in chosen),
         tuple((s.name, *_AFTER_DRIFT[s.deps.drift]) for s in chosen if s.deps.timed),
+        tuple(rows),
+        max_count,
     )
 
 
 class SegmentWatch:
     """The watched segments of one rules version and how to keep their memberships."""
 
-    def __init__(self, rules: Rules, names: Iterable[str]) -> None:
+    def __init__(
+        self, rules: Rules, names: Iterable[str], windows: WindowConfig = DEFAULT_CONFIG
+    ) -> None:
         self.recheck = rules.segment_recheck
         self.watched: tuple[Segment, ...] = tuple(rules.segments[n] for n in names)
         self.prints: dict[str, str] = {s.name: s.fingerprint for s in self.watched}
@@ -140,7 +156,9 @@ class SegmentWatch:
             for t, segs in by_type.items()
         }
         self.every = tuple(every)
-        self.plans = {t: _plan(segs) for t, segs in self.by_type.items()}
+        self.plans = {
+            t: _plan(segs, t, windows.limits(t).max_count) for t, segs in self.by_type.items()
+        }
         self.every_plan = _plan(self.every)
         self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
@@ -182,19 +200,43 @@ class SegmentWatch:
     # -- after an event -----------------------------------------------------------
 
     def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
-        """Re-evaluate what the applied ``event`` can change; the enters and exits."""
+        """Re-evaluate what the applied ``event`` can change; the enters and exits.
+
+        A segment that reads the event's type only through ``count``/``exists``
+        over WITHIN (``Deps.delays``) is not re-evaluated when its drift says the
+        new record cannot change the membership: a member of one that only falls,
+        a non-member of one that only rises, while its moment of change is still
+        ahead (no change since the clock) and no record was evicted. The record
+        moves each of those counts as going back in time would.
+        """
         if state.events == 1 or (event.user_id and event.anon_id):
             plan = self.all_plan
         else:
             plan = self.plans.get(event.type, self.every_plan)
-        if not plan.checks:
+        if not plan.rows:
             return []
-        changes = _check(state, plan.checks, now, self.rfm)
-        cache = state.__dict__.get(_CHANGES)
-        if plan.timed and cache is not None:  # their windows and memberships changed
-            moments, members = cache[1], state.segments
-            for name, inside, outside in plan.timed:
-                moments[name] = inside if name in members else outside
+        of = self._moments(state) if plan.timed else {}
+        quiet = plan.max_count > 0 and now >= state.clock
+        if quiet:
+            quiet = len(state.windows[event.type]) < plan.max_count
+        ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm)
+        changes: list[Change] = []
+        members = state.segments
+        for name, fn, if_in, if_out, skip_while in plan.rows:
+            was = name in members
+            if skip_while is was and quiet and of[name] > now:
+                continue
+            inside = fn(ctx) is True
+            if if_in is not None and if_out is not None:  # so may have its moment
+                of[name] = if_in if inside else if_out
+            if inside == was:
+                continue
+            if inside:
+                members[name] = now
+                changes.append((name, "enter"))
+            else:
+                del members[name]
+                changes.append((name, "exit"))
         return changes
 
     def idle(self, state: UserState, until: int) -> bool:

@@ -151,6 +151,9 @@ class Deps:
     K): ``count(TYPE, WITHIN)`` compared with a number changes only when the K-th
     newest record leaves the window. ``drift``: which way the value can move with
     time alone (engine.rules.segment_drift): "const", "falls", "rises" or "any".
+    ``delays``: the types it reads only through ``count``/``exists`` over WITHIN: a
+    new record of one moves those as going back in time would, so it can only
+    delay a change the drift allows (engine.segments skips re-evaluating then).
     """
 
     types: frozenset[str] = frozenset()
@@ -161,6 +164,7 @@ class Deps:
     moments: frozenset[int] = frozenset()
     ranks: frozenset[tuple[str, int, int]] = frozenset()
     drift: Literal["const", "falls", "rises", "any"] = "any"
+    delays: frozenset[str] = frozenset()
 
     @property
     def timed(self) -> bool:

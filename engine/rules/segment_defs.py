@@ -62,6 +62,8 @@ _RANGED: Final = frozenset({"count", "exists", "sum"})
 _TYPED: Final = frozenset({"last", "first"})  # TYPE then nothing that reads the clock
 _CLOCKED: Final = frozenset({"since", "since_first"})
 _PLAIN: Final = frozenset({"date"})  # constants: depend on nothing
+_SHRINKING: Final = frozenset({"count", "exists"})  # over WITHIN: fewer records with time
+_STATE_TYPES: Final = {"cart": CART_TYPES, "favorites": FAVORITE_TYPES, "profile": PROFILE_TYPES}
 _COMPARISONS: Final = frozenset({"<", "<=", ">", ">=", "==", "!="})
 EVERYTHING: Final = Deps(every_type=True, continuous=True)
 # count(...) OP N is true while the (N + shift)-th newest record is in the window, or
@@ -156,6 +158,8 @@ class _Collect:
         self.thresholds: set[tuple[str, int]] = set()
         self.moments: set[int] = set()
         self.ranks: set[tuple[str, int, int]] = set()
+        # Types read otherwise than by count/exists over WITHIN (see Deps.delays).
+        self.otherwise: set[str] = set()
 
     def deps(self) -> Deps:
         return Deps(
@@ -166,6 +170,7 @@ class _Collect:
             thresholds=frozenset(self.thresholds),
             moments=frozenset(self.moments),
             ranks=frozenset(self.ranks),
+            delays=frozenset() if self.every_type else frozenset(self.types - self.otherwise),
         )
 
     def merge(self, deps: Deps) -> None:
@@ -176,6 +181,7 @@ class _Collect:
         self.thresholds |= deps.thresholds
         self.moments |= deps.moments
         self.ranks |= deps.ranks
+        self.otherwise |= deps.types - deps.delays
 
     def visit(self, node: Node) -> None:
         if self._comparison(node):
@@ -192,12 +198,9 @@ class _Collect:
         root = node.parts[0]
         if root == "now":
             self.continuous = True
-        elif root == "cart":
-            self.types |= CART_TYPES
-        elif root == "favorites":
-            self.types |= FAVORITE_TYPES
-        elif root == "profile":
-            self.types |= PROFILE_TYPES
+        elif root in _STATE_TYPES:
+            self.types |= _STATE_TYPES[root]
+            self.otherwise |= _STATE_TYPES[root]
 
     def _comparison(self, node: Node) -> bool:
         """A comparison whose moments of change are known (then its parts are done)."""
@@ -214,6 +217,7 @@ class _Collect:
             if isinstance(side, Call) and side.name == "since" and len(side.args) == 1:
                 type_ = event_type(side.args[0], "since")
                 self.types.add(type_)
+                self.otherwise.add(type_)  # null before the first record: not monotone
                 self.thresholds.add((type_, limit))
                 return True
             if isinstance(side, Name) and side.parts == ("now",):
@@ -248,7 +252,9 @@ class _Collect:
         if name in _PLAIN:
             return
         if name in ("in_cart", "favorited"):
-            self.types |= CART_TYPES if name == "in_cart" else FAVORITE_TYPES
+            read = CART_TYPES if name == "in_cart" else FAVORITE_TYPES
+            self.types |= read
+            self.otherwise |= read
         elif name in _RANGED or name in _TYPED or name in _CLOCKED:
             self._window(node)
             return
@@ -264,6 +270,8 @@ class _Collect:
             return
         type_ = event_type(node.args[0], node.name)
         self.types.add(type_)
+        if node.name not in _SHRINKING or not any(_duration(a) is not None for a in node.args):
+            self.otherwise.add(type_)
         if node.name in _CLOCKED:
             self.continuous = True
         for arg in node.args[1:]:

@@ -32,7 +32,7 @@ from engine.segments import Change, SegmentWatch, user_clock, watched_names
 from engine.state import UserState, dumps, loads
 
 PROPS = settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
     database=None,
     derandomize=True,
@@ -65,6 +65,11 @@ CONDITIONS = (
     "(now - now) == 0 and exists(view_product, 1h)",
     "count(add_favorite, 1d) >= 1 and not (since(view_product) > 1h)",
     "count(view_product, 2h) >= 2 or since(view_category) > 5h",
+    "exists(view_product, 1h) and count(view_product) < 4",
+    "count(view_product, 2h) >= 2 and not exists(view_product, 10m)",
+    "since(search) < 20m or count(search, 1h) >= 2",
+    "not (count(search, 1h) >= 2) and exists(signup)",
+    "count(view_product, 3h, it.product_id == 'p1') >= 1 and cart.count >= 1",
 )
 TYPES = (
     "view_product",
@@ -216,3 +221,19 @@ def test_the_watch_finds_what_evaluating_everything_everywhere_finds(
     for user, state in fast_states.items():
         assert rows(fast.advance(state, end)) == rows(naive.advance(naive_states[user], end))
         assert state.segments == naive_states[user].segments
+
+
+def test_a_member_whose_moment_has_passed_is_evaluated_at_the_next_event() -> None:
+    """A new view cannot keep a member of a falling segment in it when the window
+    emptied before the view: the exit is at the view, as evaluating shows."""
+    text = rules_text(["count(view_product, 1h) >= 3"], "1h")
+    views = [START + m * 60_000 for m in (60, 61, 62, 150)]  # 09:00, 09:01, 09:02, 10:30
+    log = [
+        decode_event(orjson.dumps({"event_id": f"v{i}", "type": "view_product", "ts": ts,
+                                   "user_id": "u0", "product_id": "p0"}))
+        for i, ts in enumerate(views)
+    ]  # fmt: skip
+    for engine in (Engine(load_rules(text, "r.yaml")), naive_engine(load_rules(text, "r.yaml"))):
+        state = UserState(key="u0")
+        out = [a for e in log for a in engine.on_event(state, e, e.ts)]
+        assert rows(out) == [(views[2], "u0", "s0_enter"), (views[3], "u0", "s0_exit")]

@@ -169,6 +169,7 @@ def test_trigger_and_setting_problems() -> None:
                 types=frozenset({"view_product"}),
                 agings=frozenset({("view_product", 86_400_000)}),
                 drift="falls",
+                delays=frozenset({"view_product"}),
             ),
         ),
         (
@@ -177,6 +178,7 @@ def test_trigger_and_setting_problems() -> None:
                 types=frozenset({"view_product"}),
                 ranks=frozenset({("view_product", 86_400_000, 3)}),
                 drift="falls",
+                delays=frozenset({"view_product"}),
             ),
         ),
         (
@@ -185,6 +187,7 @@ def test_trigger_and_setting_problems() -> None:
                 types=frozenset({"search"}),
                 ranks=frozenset({("search", 3_600_000, 5)}),
                 drift="rises",
+                delays=frozenset({"search"}),
             ),
         ),
         (
@@ -208,6 +211,15 @@ def test_trigger_and_setting_problems() -> None:
             Deps(
                 types=frozenset({"view_product", "purchase"}),
                 thresholds=frozenset({("view_product", 3_600_000), ("purchase", 86_400_000)}),
+                delays=frozenset({"view_product"}),  # since(purchase) is null before one
+            ),
+        ),
+        (
+            "exists(view_product, 1h) and count(view_product) < 9 and cart.count > 1",
+            Deps(
+                types=frozenset({"view_product", "add_to_cart", "remove_from_cart", "purchase"}),
+                thresholds=frozenset({("view_product", 3_600_000)}),
+                drift="falls",  # the 1h window only empties; the rest is constant in time
             ),
         ),
         ("count('checkout.step', 1h, it.ts > now - 5m) > 0", None),
