@@ -243,7 +243,7 @@ class Engine:
         actions: list[Action] = []
         if not self.timed:
             return self._fire_timers(state, until, actions)
-        if self.watch is not None:
+        if self.watch is not None and state.segment_defs != self.watch.fingerprint:
             self.watch.prepare(state)
         horizon = until if instants_until is None else min(until, instants_until)
         # A user not seen yet has no instants before their first event.

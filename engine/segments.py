@@ -215,7 +215,11 @@ class SegmentWatch:
             plan = self.plans.get(event.type, self.every_plan)
         if not plan.rows:
             return []
-        of = self._moments(state) if plan.timed else {}
+        cache = state.__dict__.get(_CHANGES)
+        if cache is not None and cache[0] == self.fingerprint:
+            of = cache[1]
+        else:
+            of = self._moments(state) if plan.timed else {}
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
