@@ -18,12 +18,12 @@ from typing import Any
 from bench.report import broker_label, default_out, write_results
 from flows.report import say
 
-WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "all")
-ALL = ("core", "e2e", "memory", "scale")  # ingest, compile and rfm run on request
+WHAT = ("core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "segments", "all")
+ALL = ("core", "e2e", "memory", "scale")  # ingest, compile, rfm and segments on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
-    from bench.core import bench_core
+    from bench.core import bench_core, bench_segments
     from bench.e2e import bench_e2e
     from bench.ingest import bench_ingest
     from bench.memory import bench_memory
@@ -39,6 +39,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "ingest": bench_ingest,
         "compile": bench_compile,
         "rfm": bench_rfm,
+        "segments": bench_segments,
     }
 
 

@@ -98,6 +98,26 @@ GOALS: list[Goal] = [
     ),
 ]
 
+# The segments issue: "the core's per-event cost with 10 segments defined <= 1.3x without",
+# for 10 segments defined and unwatched, and watched, against both baselines
+# (bench.core's docstring); `tetik bench core` and `tetik bench segments` measure them.
+SEGMENT_GOALS: list[tuple[str, str]] = [
+    ("ratio_defined", "10 segments defined, not watched / none"),
+    ("ratio_watched", "10 segments watched by 10 more journeys / none"),
+    ("ratio_watched_vs_journeys", "10 segments watched / the same 20 journeys without segments"),
+]
+GOALS += [
+    (
+        bench,
+        f"core per-event time, {name}",
+        lambda r, key=key: r["segments"][key],
+        lambda v: v <= 1.3,
+        "<= 1.3x",
+    )
+    for bench in ("core", "segments")
+    for key, name in SEGMENT_GOALS
+]
+
 
 def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
@@ -119,6 +139,8 @@ def render(doc: dict[str, Any]) -> str:
         parts += ["## Scale (pending enrollments, one worker)", scale_section(results["scale"])]
     if "rfm" in results:
         parts += ["## RFM over the whole base", rfm_table(results["rfm"])]
+    if "segments" in results:
+        parts += ["## Segments (pure engine)", segments_section(results["segments"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -173,11 +195,22 @@ def _segments_line(segments: dict[str, float] | None) -> str:
     """The cost of 10 segments over none (older results have no such figure)."""
     if not segments:
         return ""
-    return (
+    line = (
         f" 10 segments / none, per-event time (10 journeys): "
         f"{segments['ratio_defined']:.2f}x defined, {segments['ratio_watched']:.2f}x each "
-        "watched by a journey."
+        "watched by a journey"
     )
+    if "ratio_watched_vs_journeys" in segments:  # older results have only the above
+        line += (
+            f"; {segments['ratio_watched_vs_journeys']:.2f}x the same 20 journeys without "
+            "segments (the ten triggered by events with the segments' conditions)"
+        )
+    return line + "."
+
+
+def segments_section(result: dict[str, Any]) -> str:
+    """``tetik bench segments`` alone."""
+    return f"{result['events']:,} generated events." + _segments_line(result["segments"])
 
 
 def broker_line(broker: dict[str, str]) -> str:

@@ -240,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
         "what",
-        choices=["core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "all"],
+        choices=["core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "segments", "all"],
         nargs="?",
         default="all",
     )

@@ -56,3 +56,16 @@ def test_timer_lateness_goal_and_step_column() -> None:
     assert "| 205 / 210 (216) |" in step_table([step])
     none = {**step, "timer_lateness_ms": {"count": 0, "p50": None, "p99": None}}
     assert "| 1 | - |" in step_table([none])
+
+
+def test_segments_goals_from_either_bench() -> None:
+    segments = {"ratio_defined": 0.98, "ratio_watched": 1.6, "ratio_watched_vs_journeys": 1.25}
+    for bench in ("core", "segments"):
+        text = goals_table({bench: {"segments": segments}})
+        assert "10 segments defined, not watched / none | <= 1.3x | 0.98 | met |" in text
+        assert (
+            "| 10 segments watched by 10 more journeys / none | <= 1.3x | 1.60 | missed |" in text
+        )
+        assert "without segments | <= 1.3x | 1.25 | met |" in text
+    older = goals_table({"core": {"segments": {"ratio_defined": 1.0, "ratio_watched": 2.0}}})
+    assert "without segments | <= 1.3x | - | - |" in older  # results from before the baseline
