@@ -130,7 +130,7 @@ def _plan(segments: Iterable[Segment], type_: str | None = None, max_count: int 
         tuple((s.name, s.cond.fn) for s in chosen),
         tuple((s.name, *_AFTER_DRIFT[s.deps.drift]) for s in chosen if s.deps.timed),
         tuple(rows),
-        max_count,
+        max_count if any(row[-1] is not None for row in rows) else 0,
     )
 
 
@@ -223,13 +223,15 @@ class SegmentWatch:
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
-        ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm)
+        ctx = None
         changes: list[Change] = []
         members = state.segments
         for name, fn, if_in, if_out, skip_while in plan.rows:
             was = name in members
             if skip_while is was and quiet and of[name] > now:
                 continue
+            if ctx is None:
+                ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm)
             inside = fn(ctx) is True
             if if_in is not None and if_out is not None:  # so may have its moment
                 of[name] = if_in if inside else if_out
