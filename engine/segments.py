@@ -13,14 +13,26 @@ Rules of this interface:
   dependency analysis, :mod:`engine.rules.segment_defs`); all of them after a
   user's first applied event, and after an event carrying both ``user_id`` and
   ``anon_id`` (an identity link may merge a whole state in). It returns the
-  changes as ``(segment, "enter" | "exit")`` pairs.
+  changes as ``(segment, "enter" | "exit")`` pairs. It leaves out a segment
+  that reads the event's type only through ``count``/``exists`` over WITHIN
+  (``Deps.delays``) when the segment's drift says the new record cannot
+  change the membership, as long as its moment of change is still ahead: the
+  membership found is the same.
 * Time alone: the watched segments that change with time are re-evaluated at
   recheck instants ``k * segment_recheck`` (epoch-aligned, so replay and live
   evaluate at the same instants), for every instant in (the user's clock,
-  until]. :meth:`SegmentWatch.next_recheck` skips an instant when no moment of
-  change (a WITHIN window's oldest record leaving it, ``since(T)`` or ``now``
-  passing a constant) falls between the previous instant and it: the
-  membership found is the same as evaluating at every instant.
+  until]. Each segment's next moment of change (a WITHIN window's oldest
+  record leaving it, the K-th newest for ``count(T, W) OP K``, ``since(T)`` or
+  ``now`` passing a constant; none for a user outside a segment whose drift
+  only falls, or inside one that only rises) is kept beside the state and
+  found again only when an event or an instant may have moved it; an
+  instant evaluates only the segments whose moment has come, and
+  :meth:`SegmentWatch.next_recheck` skips instants before the earliest one:
+  the memberships found are the same as evaluating every segment at every
+  instant (tests/engine/test_segment_reference.py compares both).
+* The state must change only through the engine between two calls that keep
+  it in memory (those moments are kept beside it, never serialised; a state
+  loaded afresh finds them again).
 * Rules versions: ``UserState.segment_defs`` holds the fingerprint of the
   definitions a membership was computed with. A user met under other
   definitions is re-baselined silently (:meth:`SegmentWatch.prepare`): the
