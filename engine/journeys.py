@@ -246,8 +246,9 @@ class Engine:
         if self.watch is not None and state.segment_defs != self.watch.fingerprint:
             self.watch.prepare(state)
         horizon = until if instants_until is None else min(until, instants_until)
+        idle = self._watch_idle
         # A user not seen yet has no instants before their first event.
-        while state.events and not self._idle(state, horizon):
+        while state.events and (idle is None or not idle(state, horizon)):
             found = self._next_instant(state, horizon)
             if found is None:
                 break
@@ -300,10 +301,6 @@ class Engine:
             if found is not None and (best is None or found[0] < best):
                 best = found[0]
         return None if best is None else (best, best == recheck)
-
-    def _idle(self, state: UserState, until: int) -> bool:
-        """Whether :meth:`advance` has no instant to run up to ``until`` (a cheap test)."""
-        return self._watch_idle is not None and self._watch_idle(state, until)
 
     def _at_instant(self, state: UserState, when: int, recheck: bool, out: list[Action]) -> None:
         """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
