@@ -20,13 +20,14 @@ from flows.report import say
 
 WHAT = (
     "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments",
-    "segments-replay", "all",
+    "segments-core", "segments-replay", "all",
 )  # fmt: skip
 ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.core import bench_core
+    from bench.core import bench_segments as bench_segments_core
     from bench.e2e import bench_e2e
     from bench.history import bench_history
     from bench.ingest import bench_ingest
@@ -48,6 +49,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "history": bench_history,
         "segments": bench_segments,
         "segments-replay": bench_segments_replay,
+        "segments-core": bench_segments_core,
     }
 
 

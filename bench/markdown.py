@@ -121,6 +121,33 @@ GOALS: list[Goal] = [
     ),
 ]
 
+# The segments issue: "the core's per-event cost with 10 segments defined <= 1.3x without",
+# for 10 segments defined and unwatched, and watched, against both baselines
+# (bench.core's docstring); `tetik bench core` and `tetik bench segments-core` measure them.
+SEGMENT_GOALS: list[tuple[str, str]] = [
+    ("ratio_defined", "10 segments defined, not watched / none"),
+    ("ratio_watched", "10 segments watched by 10 more journeys / none"),
+    ("ratio_watched_vs_journeys", "10 segments watched / the same 20 journeys without segments"),
+]
+
+
+def _segment_ratio(key: str) -> Callable[[dict[str, Any]], float]:
+    """The reader of one segments-cost ratio in a core or segments-core result."""
+    return lambda result: float(result["segments"][key])
+
+
+GOALS += [
+    (
+        bench,
+        f"core per-event time, {name}",
+        _segment_ratio(key),
+        lambda v: v <= 1.3,
+        "<= 1.3x",
+    )
+    for bench in ("core", "segments-core")
+    for key, name in SEGMENT_GOALS
+]
+
 
 def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
@@ -146,6 +173,8 @@ def render(doc: dict[str, Any]) -> str:
         parts += ["## Segments, live", segments_table(results["segments"])]
     if "segments-replay" in results:
         parts += ["## tetik segments (replay)", segments_replay_table(results["segments-replay"])]
+    if "segments-core" in results:
+        parts += ["## Segments (pure engine)", segments_section(results["segments-core"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -200,11 +229,22 @@ def _segments_line(segments: dict[str, float] | None) -> str:
     """The cost of 10 segments over none (older results have no such figure)."""
     if not segments:
         return ""
-    return (
+    line = (
         f" 10 segments / none, per-event time (10 journeys): "
         f"{segments['ratio_defined']:.2f}x defined, {segments['ratio_watched']:.2f}x each "
-        "watched by a journey."
+        "watched by a journey"
     )
+    if "ratio_watched_vs_journeys" in segments:  # older results have only the above
+        line += (
+            f"; {segments['ratio_watched_vs_journeys']:.2f}x the same 20 journeys without "
+            "segments (the ten triggered by events with the segments' conditions)"
+        )
+    return line + "."
+
+
+def segments_section(result: dict[str, Any]) -> str:
+    """``tetik bench segments`` alone."""
+    return f"{result['events']:,} generated events." + _segments_line(result["segments"])
 
 
 def broker_line(broker: dict[str, str]) -> str:

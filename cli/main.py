@@ -281,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
             "rfm",
             "history",
             "segments",
+            "segments-core",
             "segments-replay",
             "all",
         ],  # bench.cli.WHAT (imported only when a bench runs)

@@ -163,8 +163,12 @@ class Engine:
             for j in rules.journeys
             if j.trigger.segment is not None and j.trigger.schedule is None
         )
+        self.segment_triggers: dict[Change, tuple[Journey, ...]] = {}
+        for journey in self.segment_journeys:  # file order
+            change = _change_of(journey)
+            self.segment_triggers[change] = (*self.segment_triggers.get(change, ()), journey)
         names = watched_names(rules)
-        self.watch = SegmentWatch(rules, names) if names else None
+        self.watch = SegmentWatch(rules, names, self.windows) if names else None
         if self.watch is not None:
             self.watch.windows = self.windows
         if self.watch is not None:
@@ -173,6 +177,10 @@ class Engine:
                     self.watch.remember(old.watch)
         broadcasts = Broadcasts(rules, activated_at)
         self.broadcasts = broadcasts if broadcasts.journeys else None
+        # Without broadcasts, the watch alone says cheaply when advance has no instant.
+        self._watch_idle = (
+            self.watch.idle if self.watch is not None and self.broadcasts is None else None
+        )
         # Whether advance has instants to run besides timers (recheck, broadcast).
         self.timed = self.broadcasts is not None or (
             self.watch is not None and bool(self.watch.timed)
@@ -215,10 +223,17 @@ class Engine:
             self._retire(state)
         watch = self.watch
         if watch is not None:
-            watch.prepare(state)
+            if state.segment_defs != watch.fingerprint:
+                watch.prepare(state)
         elif state.segment_defs:
             _forget_segments(state)
-        fired = self.advance(state, now) if state.enrollments or self.timed else []
+        idle = self._watch_idle
+        if state.enrollments or (self.timed and (idle is None or not idle(state, now))):
+            fired = self.advance(state, now)
+        else:
+            fired = []
+            if self.timed:
+                state.clock = max(state.clock, now)  # what advance would have done
         actions: list[Action] = []
         outcome = apply(state, event, now, self.windows)
         if outcome != "applied":
@@ -248,10 +263,12 @@ class Engine:
             ensure_rollups(state, self.windows)  # a state from before rollups: history first
         if not self.timed:
             return self._fire_timers(state, until, actions)
-        if self.watch is not None:
+        if self.watch is not None and state.segment_defs != self.watch.fingerprint:
             self.watch.prepare(state)
         horizon = until if instants_until is None else min(until, instants_until)
-        while state.events:  # a user not seen yet has no instants before their first event
+        idle = self._watch_idle
+        # A user not seen yet has no instants before their first event.
+        while state.events and (idle is None or not idle(state, horizon)):
             found = self._next_instant(state, horizon)
             if found is None:
                 break
@@ -324,7 +341,7 @@ class Engine:
         """Rechecks, then broadcasts, at one instant; the user's clock moves to it."""
         if recheck and self.watch is not None:
             changes = self.watch.recheck_at(state, when)
-            if changes:
+            if changes and not self.segment_triggers.keys().isdisjoint(changes):
                 self._segment_entries(state, changes, latest_event(state), when, out)
         found = self.broadcasts.due(state, when) if self.broadcasts is not None else None
         if found is not None and found[0] == when:
@@ -352,10 +369,14 @@ class Engine:
         out: list[Action],
     ) -> None:
         """Enter the journeys triggered by these segment changes, in file order."""
-        changed = set(changes)
-        ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
-        for journey in self.segment_journeys:
-            if (journey.trigger.segment, journey.trigger.on) in changed:
+        if len(changes) == 1:
+            journeys = self.segment_triggers.get(changes[0], ())
+        else:  # in file order
+            changed = set(changes)
+            journeys = tuple(j for j in self.segment_journeys if _change_of(j) in changed)
+        if journeys:
+            ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
+            for journey in journeys:
                 self._maybe_enter(state, journey, entry, ctx, out)
 
     # -- exits and entries --------------------------------------------------------
@@ -622,6 +643,11 @@ def _enrollment_key(journey: Journey, event: Event | None) -> str | None:
         return ""
     value = getattr(event, journey.key, None)
     return None if value is None else str(value)
+
+
+def _change_of(journey: Journey) -> Change:
+    """The segment change a ``trigger: {segment: S}`` journey enters on."""
+    return (journey.trigger.segment or "", journey.trigger.on)
 
 
 def _forget_segments(state: UserState) -> None:

@@ -13,14 +13,26 @@ Rules of this interface:
   dependency analysis, :mod:`engine.rules.segment_defs`); all of them after a
   user's first applied event, and after an event carrying both ``user_id`` and
   ``anon_id`` (an identity link may merge a whole state in). It returns the
-  changes as ``(segment, "enter" | "exit")`` pairs.
+  changes as ``(segment, "enter" | "exit")`` pairs. It leaves out a segment
+  that reads the event's type only through ``count``/``exists`` over WITHIN
+  (``Deps.delays``) when the segment's drift says the new record cannot
+  change the membership, as long as its moment of change is still ahead: the
+  membership found is the same.
 * Time alone: the watched segments that change with time are re-evaluated at
   recheck instants ``k * segment_recheck`` (epoch-aligned, so replay and live
   evaluate at the same instants), for every instant in (the user's clock,
-  until]. :meth:`SegmentWatch.next_recheck` skips an instant when no moment of
-  change (a WITHIN window's oldest record leaving it, ``since(T)`` or ``now``
-  passing a constant) falls between the previous instant and it: the
-  membership found is the same as evaluating at every instant.
+  until]. Each segment's next moment of change (a WITHIN window's oldest
+  record leaving it, the K-th newest for ``count(T, W) OP K``, ``since(T)`` or
+  ``now`` passing a constant; none for a user outside a segment whose drift
+  only falls, or inside one that only rises) is kept beside the state and
+  found again only when an event or an instant may have moved it; an
+  instant evaluates only the segments whose moment has come, and
+  :meth:`SegmentWatch.next_recheck` skips instants before the earliest one:
+  the memberships found are the same as evaluating every segment at every
+  instant (tests/engine/test_segment_reference.py compares both).
+* The state must change only through the engine between two calls that keep
+  it in memory (those moments are kept beside it, never serialised; a state
+  loaded afresh finds them again).
 * Rules versions: ``UserState.segment_defs`` holds the fingerprint of the
   definitions a membership was computed with. A user met under other
   definitions is re-baselined silently (:meth:`SegmentWatch.prepare`): the
@@ -38,12 +50,13 @@ Rules of this interface:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
 
-from engine.events import Event
+from engine.events import STANDARD_TYPES, Event
 from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Rules, Segment
@@ -51,8 +64,11 @@ from engine.state import UserState
 from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
-_CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._changes
-_UNKNOWN: Final = -1
+_CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
+_INSTANT: Final = "_recheck"  # transient: the instant next_recheck found, for recheck_at
+_STALE: Final = -1  # a moment of change to find again
+_NEVER: Final = 1 << 62  # no moment of change before the user's next event
+_NO_ACTIONS: Final[frozenset[str]] = frozenset()
 _RECORD_FIELDS: Final = (
     "product_id",
     "category",
@@ -95,10 +111,53 @@ def watched_names(rules: Rules) -> list[str]:
     return [name for name in rules.segments if name in named]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one kind of event re-evaluates, in file order (see :func:`_plan`)."""
+
+    checks: tuple[tuple[str, Callable[[Context], Any]], ...]
+    # (name, its moment when the user is in it, when not): _NEVER where its drift
+    # says time alone cannot change it, else _STALE (found again at the next instant).
+    timed: tuple[tuple[str, int, int], ...]
+    # (name, condition, moment if in, if not (None: untimed), skip while in / while
+    # out / never (True, False, None)); see SegmentWatch.after_event.
+    rows: tuple[tuple[str, Callable[[Context], Any], int | None, int | None, bool | None], ...]
+    max_count: int = 0  # the event type's window bound: a record evicted may not delay
+
+
+_AFTER_DRIFT: Final = {
+    "falls": (_STALE, _NEVER),
+    "rises": (_NEVER, _STALE),
+    "const": (_NEVER, _NEVER),
+    "any": (_STALE, _STALE),
+}
+_SKIP_WHILE_IN: Final = {"falls": True, "rises": False}
+
+
+def _plan(segments: Iterable[Segment], type_: str | None = None, max_count: int = 0) -> _Plan:
+    """The plan after an event of ``type_`` (None: any type, nothing skipped)."""
+    chosen = tuple(segments)
+    rows = []
+    for seg in chosen:
+        moments = _AFTER_DRIFT[seg.deps.drift] if seg.deps.timed else (None, None)
+        skip = None
+        if type_ in seg.deps.delays and type_ in STANDARD_TYPES:
+            skip = _SKIP_WHILE_IN.get(seg.deps.drift)
+        rows.append((seg.name, seg.cond.fn, *moments, skip))
+    return _Plan(
+        tuple((s.name, s.cond.fn) for s in chosen),
+        tuple((s.name, *_AFTER_DRIFT[s.deps.drift]) for s in chosen if s.deps.timed),
+        tuple(rows),
+        max_count if any(row[-1] is not None for row in rows) else 0,
+    )
+
+
 class SegmentWatch:
     """The watched segments of one rules version and how to keep their memberships."""
 
-    def __init__(self, rules: Rules, names: Iterable[str]) -> None:
+    def __init__(
+        self, rules: Rules, names: Iterable[str], windows: WindowConfig = DEFAULT_CONFIG
+    ) -> None:
         self.recheck = rules.segment_recheck
         self.watched: tuple[Segment, ...] = tuple(rules.segments[n] for n in names)
         self.prints: dict[str, str] = {s.name: s.fingerprint for s in self.watched}
@@ -115,7 +174,15 @@ class SegmentWatch:
             for t, segs in by_type.items()
         }
         self.every = tuple(every)
+        self.plans = {
+            t: _plan(segs, t, windows.limits(t).max_count) for t, segs in self.by_type.items()
+        }
+        self.every_plan = _plan(self.every)
+        self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
+        self.timed_plan = _plan(self.timed)
+        self.timed_rows = tuple(zip(self.timed_plan.checks, self.timed_plan.timed, strict=True))
+        self.all_stale = dict.fromkeys((s.name for s in self.timed), _STALE)
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
         self.windows: WindowConfig = DEFAULT_CONFIG  # the engine's: retention, months' zone
@@ -152,20 +219,56 @@ class SegmentWatch:
     # -- after an event -----------------------------------------------------------
 
     def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
-        """Re-evaluate what the applied ``event`` can change; the enters and exits."""
+        """Re-evaluate what the applied ``event`` can change; the enters and exits.
+
+        A segment that reads the event's type only through ``count``/``exists``
+        over WITHIN (``Deps.delays``) is not re-evaluated when its drift says the
+        new record cannot change the membership: a member of one that only falls,
+        a non-member of one that only rises, while its moment of change is still
+        ahead (no change since the clock) and no record was evicted. The record
+        moves each of those counts as going back in time would.
+        """
         if state.events == 1 or (event.user_id and event.anon_id):
-            segments: tuple[Segment, ...] = self.watched
+            plan = self.all_plan
         else:
-            segments = self.by_type.get(event.type, self.every)
-        if not segments:
+            plan = self.plans.get(event.type, self.every_plan)
+        if not plan.rows:
             return []
         cache = state.__dict__.get(_CHANGES)
-        if cache is not None:  # their windows changed: their moments of change may have
-            known = cache[1]
-            for seg in segments:
-                known.pop(seg.name, None)
-            cache[2] = _UNKNOWN
-        return _evaluate(state, segments, now, self.rfm, self.windows)
+        if cache is not None and cache[0] == self.fingerprint:
+            of = cache[1]
+        else:
+            of = self._moments(state) if plan.timed else {}
+        quiet = plan.max_count > 0 and now >= state.clock
+        if quiet:
+            quiet = len(state.windows[event.type]) < plan.max_count
+        ctx = None
+        changes: list[Change] = []
+        members = state.segments
+        for name, fn, if_in, if_out, skip_while in plan.rows:
+            was = name in members
+            if skip_while is was and quiet and of[name] > now:
+                continue
+            if ctx is None:
+                ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
+            inside = fn(ctx) is True
+            if if_in is not None and if_out is not None:  # so may have its moment
+                of[name] = if_in if inside else if_out
+            if inside == was:
+                continue
+            if inside:
+                members[name] = now
+                changes.append((name, "enter"))
+            else:
+                del members[name]
+                changes.append((name, "exit"))
+        return changes
+
+    def idle(self, state: UserState, until: int) -> bool:
+        """Whether no recheck instant falls in (user clock, until] (cheap: no moments)."""
+        step = self.recheck
+        clock = state.clock if state.clock > state.last_seen else state.last_seen
+        return not self.timed or clock // step * step + step > until
 
     # -- recheck instants ---------------------------------------------------------
 
@@ -174,63 +277,79 @@ class SegmentWatch:
         if not self.timed:
             return None
         step = self.recheck
-        clock = user_clock(state)
+        clock = state.clock if state.clock > state.last_seen else state.last_seen
         previous = clock // step * step  # the last instant at or before the clock
         if previous + step > until:
             return None  # no instant in (clock, until]: the common case between events
         if self.continuous:
-            instant, due = previous + step, self.timed
+            instant = previous + step
         else:
-            cache = self._cache(state)
-            first = cache[2]
-            known = first != _UNKNOWN and (first is None or first > previous)
-            if known and (first is None or -(-first // step) * step > until):
-                return None  # the earliest moment found before still holds, after until
-            changes = self._changes(state, previous)
-            first = cache[2] = min((c for c, _ in changes if c is not None), default=None)
-            if first is None:
+            moments = self._moments(state)
+            first = min(moments.values())
+            if first <= previous:  # stale, or passed: find those again
+                first = self._refresh(state, moments, previous)
+            if first >= _NEVER:
                 return None
             instant = -(-first // step) * step  # the first instant at or after it
-            due = tuple(s for c, s in changes if c is not None and c <= instant)
-        if instant > until:
-            return None
-        # Which segments to evaluate there, kept beside the state (never serialised).
-        state.__dict__["_recheck"] = (state.events, clock, instant, due)
+            if instant > until:
+                return None
+        # recheck_at evaluates, at this instant, the segments whose moment has come.
+        state.__dict__[_INSTANT] = (state.events, clock, instant)
         return instant
 
-    def _cache(self, state: UserState) -> list[Any]:
-        """[fingerprint, segment -> its next moment of change, the earliest of them
-        (``_UNKNOWN`` after an event touched one)], beside the state."""
-        cache: list[Any] | None = state.__dict__.get(_CHANGES)
+    def _moments(self, state: UserState) -> dict[str, int]:
+        """Each timed segment's next moment of change (``_STALE``: to find again,
+        ``_NEVER``: none before the user's next event), kept beside the state."""
+        cache: tuple[str, dict[str, int]] | None = state.__dict__.get(_CHANGES)
         if cache is None or cache[0] != self.fingerprint:
-            cache = state.__dict__[_CHANGES] = [self.fingerprint, {}, _UNKNOWN]
-        return cache
+            cache = (self.fingerprint, {s.name: _STALE for s in self.timed})
+            state.__dict__[_CHANGES] = cache
+        return cache[1]
 
-    def _changes(self, state: UserState, after: int) -> list[tuple[int | None, Segment]]:
-        """Each timed segment's first moment of change after ``after``.
+    def _refresh(self, state: UserState, moments: dict[str, int], after: int) -> int:
+        """Find again the moments at or before ``after`` (module rules); the earliest.
 
-        Kept beside the state (never serialised) and reused while still ahead:
-        a moment only moves when the segment's own windows change, and
-        :meth:`after_event` forgets the segments an event can touch.
+        A moment only moves when the segment's own windows or its membership
+        change: :meth:`after_event` marks the segments an event can touch, and
+        an instant that evaluates a segment leaves its moment behind the clock.
         """
-        known = self._cache(state)[1]
         memo: dict[tuple[str, str, int], int | None] = {}
-        found = []
         for seg in self.timed:
-            change = known.get(seg.name, _UNKNOWN)
-            if change is _UNKNOWN or (change is not None and change <= after):
-                change = known[seg.name] = _change_after(state, seg, after, memo)
-            found.append((change, seg))
-        return found
+            if moments[seg.name] <= after:
+                found = _change_after(state, seg, after, memo)
+                moments[seg.name] = _NEVER if found is None else found
+        return min(moments.values())
 
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
         """At the instant ``at``, evaluate the timed segments that may have changed since
         the previous instant (found by :meth:`next_recheck`); the enters and exits."""
-        cached = state.__dict__.get("_recheck")
-        due = self.timed
-        if cached is not None and cached[:3] == (state.events, user_clock(state), at):
-            due = cached[3]
-        return _evaluate(state, due, at, self.rfm, self.windows)
+        cache = state.__dict__.get(_CHANGES)
+        if (
+            self.continuous
+            or cache is None
+            or state.__dict__.get(_INSTANT) != (state.events, user_clock(state), at)
+        ):
+            if cache is not None:
+                cache[1].update(self.all_stale)
+            return _check(state, self.timed_plan.checks, at, self.rfm, self.windows)
+        moments = cache[1]
+        ctx = Context(state, at, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
+        changes: list[Change] = []
+        members = state.segments
+        for (name, fn), (_, if_in, if_out) in self.timed_rows:
+            if moments[name] > at:
+                continue  # no moment of change since the previous instant
+            inside = fn(ctx) is True
+            moments[name] = if_in if inside else if_out
+            if inside == (name in members):
+                continue
+            if inside:
+                members[name] = at
+                changes.append((name, "enter"))
+            else:
+                del members[name]
+                changes.append((name, "exit"))
+        return changes
 
 
 def _change_after(
@@ -238,9 +357,19 @@ def _change_after(
 ) -> int | None:
     """The first moment after ``after`` when ``seg``'s value may change with time alone
     (None: not before the user's next event); ``memo`` shares terms between segments."""
+    deps = seg.deps
+    drift = deps.drift
+    if drift != "any" and (drift == "const" or (drift == "falls") != (seg.name in state.segments)):
+        return None  # outside one that only falls, or inside one that only rises
     best: int | None = None
     windows = state.windows
-    deps = seg.deps
+    for type_, within, rank in deps.ranks:
+        window = windows.get(type_)
+        if window and len(window) >= rank:
+            # count >= rank holds while the rank-th newest record is in the window.
+            leaves = window[-rank].ts + within + 1
+            if leaves > after:
+                best = _earlier(best, leaves)
     for type_, within in deps.agings:
         key = ("a", type_, within)
         if key not in memo:
@@ -263,26 +392,27 @@ def _change_after(
     return best
 
 
-def _evaluate(
+def _check(
     state: UserState,
-    segments: Iterable[Segment],
+    checks: tuple[tuple[str, Callable[[Context], Any]], ...],
     now: int,
     rfm: RfmBook | None,
     windows: WindowConfig,
 ) -> list[Change]:
-    ctx = Context(state, now, rfm=rfm, windows=windows)
+    """Evaluate each (segment, condition) at ``now``; store and return the changes."""
+    ctx = Context(state, now, None, None, _NO_ACTIONS, None, rfm, windows)
     changes: list[Change] = []
     members = state.segments
-    for seg in segments:
-        inside = seg.cond.holds(ctx)
-        if inside == (seg.name in members):
+    for name, fn in checks:
+        inside = fn(ctx) is True
+        if inside == (name in members):
             continue
         if inside:
-            members[seg.name] = now
-            changes.append((seg.name, "enter"))
+            members[name] = now
+            changes.append((name, "enter"))
         else:
-            del members[seg.name]
-            changes.append((seg.name, "exit"))
+            del members[name]
+            changes.append((name, "exit"))
     return changes
 
 

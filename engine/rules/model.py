@@ -148,7 +148,13 @@ class Deps:
     with time alone it changes when a record leaves a WITHIN window (``agings``:
     (TYPE, WITHIN)), when ``since(TYPE)`` passes a constant (``thresholds``: (TYPE,
     D)), when ``now`` passes a constant (``moments``), or at any moment
-    (``continuous``: evaluated at every recheck instant).
+    (``continuous``: evaluated at every recheck instant). ``ranks`` (TYPE, WITHIN,
+    K): ``count(TYPE, WITHIN)`` compared with a number changes only when the K-th
+    newest record leaves the window. ``drift``: which way the value can move with
+    time alone (engine.rules.segment_drift): "const", "falls", "rises" or "any".
+    ``delays``: the types it reads only through ``count``/``exists`` over WITHIN: a
+    new record of one moves those as going back in time would, so it can only
+    delay a change the drift allows (engine.segments skips re-evaluating then).
     """
 
     types: frozenset[str] = frozenset()
@@ -157,11 +163,14 @@ class Deps:
     agings: frozenset[tuple[str, int]] = frozenset()
     thresholds: frozenset[tuple[str, int]] = frozenset()
     moments: frozenset[int] = frozenset()
+    ranks: frozenset[tuple[str, int, int]] = frozenset()
+    drift: Literal["const", "falls", "rises", "any"] = "any"
+    delays: frozenset[str] = frozenset()
 
     @property
     def timed(self) -> bool:
         """Whether the value can change with time alone."""
-        return bool(self.continuous or self.agings or self.thresholds or self.moments)
+        return bool(self.continuous or self.agings or self.thresholds or self.moments or self.ranks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,16 @@ Rules of this interface:
   (``agings``), ``since(TYPE)``
   or ``now`` compared with a number literal when it passes that number, and
   ``exists(TYPE, WITHIN)`` when its newest record leaves the window
-  (``thresholds``, ``moments``), anything else that reads the clock
+  (``thresholds``, ``moments``), ``count(TYPE, WITHIN) OP number`` when the
+  K-th newest record leaves the window, K found from OP and the number
+  (``ranks``: ``>= 3`` and ``< 3`` flip with the 3rd newest, ``> 3`` and
+  ``<= 3`` with the 4th), anything else that reads the clock
   (``since`` in other positions, ``now``, ``between``, ``since_first``) at any
-  moment (``continuous``). A function this module does not know (added by a
-  later part of the language, such as ``rfm()``) counts as depending on every
-  event type and on time, continuously: never too little.
+  moment (``continuous``); and which way the whole value can move with time
+  (``drift``, :mod:`engine.rules.segment_drift`). A function this module does
+  not know (added by a later part of the language, such as ``rfm()``) counts
+  as depending on every event type and on time, continuously: never too
+  little.
 * A record leaving a window for age (``count(view_product)`` without WITHIN,
   after 30 days) is not a change with time here: the window's retention is
   seen at the user's next event. SPEC section 9 names ``since``, WITHIN
@@ -40,12 +45,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Final
 
 from engine.errors import ExpressionError
 from engine.rules.functions import event_type
 from engine.rules.model import Deps
 from engine.rules.nodes import Binary, Call, Literal, Name, Node, Unary, children
+from engine.rules.segment_drift import drift
 from engine.rules.segment_refs import FUNCTION as IN_SEGMENT
 from engine.rules.segment_refs import referenced
 
@@ -56,8 +63,14 @@ _RANGED: Final = frozenset({"count", "exists", "sum"})
 _TYPED: Final = frozenset({"last", "first"})  # TYPE then nothing that reads the clock
 _CLOCKED: Final = frozenset({"since", "since_first"})
 _PLAIN: Final = frozenset({"date"})  # constants: depend on nothing
+_SHRINKING: Final = frozenset({"count", "exists"})  # over WITHIN: fewer records with time
+_STATE_TYPES: Final = {"cart": CART_TYPES, "favorites": FAVORITE_TYPES, "profile": PROFILE_TYPES}
 _COMPARISONS: Final = frozenset({"<", "<=", ">", ">=", "==", "!="})
 EVERYTHING: Final = Deps(every_type=True, continuous=True)
+# count(...) OP N is true while the (N + shift)-th newest record is in the window, or
+# false while it is (for < and <=): either way it flips when that record leaves.
+_RANK_SHIFT: Final = {">=": 0, ">": 1, "<": 0, "<=": 1}
+_MIRRORED: Final = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
 def check_segment_tree(root: Node) -> None:
@@ -131,7 +144,7 @@ def analyse(root: Node, known: Mapping[str, Deps]) -> Deps:
     """What ``root``'s value can change with; ``known`` holds the segments it names."""
     parts = _Collect(known)
     parts.visit(root)
-    return parts.deps()
+    return replace(parts.deps(), drift=drift(root, {n: d.drift for n, d in known.items()}))
 
 
 class _Collect:
@@ -145,6 +158,9 @@ class _Collect:
         self.agings: set[tuple[str, int]] = set()
         self.thresholds: set[tuple[str, int]] = set()
         self.moments: set[int] = set()
+        self.ranks: set[tuple[str, int, int]] = set()
+        # Types read otherwise than by count/exists over WITHIN (see Deps.delays).
+        self.otherwise: set[str] = set()
 
     def deps(self) -> Deps:
         return Deps(
@@ -154,6 +170,8 @@ class _Collect:
             agings=frozenset(self.agings),
             thresholds=frozenset(self.thresholds),
             moments=frozenset(self.moments),
+            ranks=frozenset(self.ranks),
+            delays=frozenset() if self.every_type else frozenset(self.types - self.otherwise),
         )
 
     def merge(self, deps: Deps) -> None:
@@ -163,9 +181,11 @@ class _Collect:
         self.agings |= deps.agings
         self.thresholds |= deps.thresholds
         self.moments |= deps.moments
+        self.ranks |= deps.ranks
+        self.otherwise |= deps.types - deps.delays
 
     def visit(self, node: Node) -> None:
-        if isinstance(node, Binary) and node.op in _COMPARISONS and self._threshold(node):
+        if self._comparison(node):
             return
         if isinstance(node, Name):
             self._name(node)
@@ -179,12 +199,15 @@ class _Collect:
         root = node.parts[0]
         if root == "now":
             self.continuous = True
-        elif root == "cart":
-            self.types |= CART_TYPES
-        elif root == "favorites":
-            self.types |= FAVORITE_TYPES
-        elif root == "profile":
-            self.types |= PROFILE_TYPES
+        elif root in _STATE_TYPES:
+            self.types |= _STATE_TYPES[root]
+            self.otherwise |= _STATE_TYPES[root]
+
+    def _comparison(self, node: Node) -> bool:
+        """A comparison whose moments of change are known (then its parts are done)."""
+        if not (isinstance(node, Binary) and node.op in _COMPARISONS):
+            return False
+        return self._threshold(node) or self._rank(node)
 
     def _threshold(self, node: Binary) -> bool:
         """``since(T) OP number`` or ``now OP number``: a known moment of change."""
@@ -195,11 +218,30 @@ class _Collect:
             if isinstance(side, Call) and side.name == "since" and len(side.args) == 1:
                 type_ = event_type(side.args[0], "since")
                 self.types.add(type_)
+                self.otherwise.add(type_)  # null before the first record: not monotone
                 self.thresholds.add((type_, limit))
                 return True
             if isinstance(side, Name) and side.parts == ("now",):
                 self.moments.add(limit)
                 return True
+        return False
+
+    def _rank(self, node: Binary) -> bool:
+        """``count(T, WITHIN) OP number``: it changes when the K-th newest record of T
+        leaves the window (``count >= K``), or never when K <= 0."""
+        sides = ((node.left, node.right, node.op), (node.right, node.left, _MIRRORED[node.op]))
+        for call, limit, op in sides:
+            if not (isinstance(call, Call) and call.name == "count" and len(call.args) == 2):
+                continue
+            number, within = _number(limit), _duration(call.args[1])
+            if number is None or within is None or op not in _RANK_SHIFT:
+                return False
+            type_ = event_type(call.args[0], "count")
+            self.types.add(type_)
+            rank = number + _RANK_SHIFT[op]
+            if rank > 0:
+                self.ranks.add((type_, within, rank))
+            return True
         return False
 
     def _call(self, node: Call) -> None:
@@ -214,7 +256,9 @@ class _Collect:
             self._items(node)
             return
         if name in ("in_cart", "favorited"):
-            self.types |= CART_TYPES if name == "in_cart" else FAVORITE_TYPES
+            read = CART_TYPES if name == "in_cart" else FAVORITE_TYPES
+            self.types |= read
+            self.otherwise |= read
         elif name in _RANGED or name in _TYPED or name in _CLOCKED:
             self._window(node)
             return
@@ -230,6 +274,8 @@ class _Collect:
             return
         type_ = event_type(node.args[0], node.name)
         self.types.add(type_)
+        if node.name not in _SHRINKING or not any(_duration(a) is not None for a in node.args):
+            self.otherwise.add(type_)
         if node.name in _CLOCKED:
             self.continuous = True
         for arg in node.args[1:]:
@@ -245,8 +291,10 @@ class _Collect:
                 self.visit(arg)
 
     def _items(self, node: Call) -> None:
-        """``sum_items(FIELD [, WITHIN or between] [, WHERE])``: a window of purchases."""
+        """``sum_items(FIELD [, WITHIN or between] [, WHERE])``: a window of purchases
+        (read as a sum, not a count: never skipped after a purchase, see Deps.delays)."""
         self.types.add("purchase")
+        self.otherwise.add("purchase")
         for arg in node.args[1:]:
             within = _duration(arg)
             if within is not None:

@@ -66,3 +66,14 @@ def test_the_e2e_report_says_the_baseline_does_not_stitch_identities() -> None:
     assert "30% of the clickstream's sessions start logged out" in text
     assert "the hand-written baseline does not" in text
     assert "Not the same work" not in e2e_tables({"systems": {}, "ratios": {}})
+
+
+def test_segments_goals_from_either_bench() -> None:
+    segments = {"ratio_defined": 0.98, "ratio_watched": 1.6, "ratio_watched_vs_journeys": 1.25}
+    for bench in ("core", "segments-core"):
+        text = goals_table({bench: {"segments": segments}})
+        assert "10 segments defined, not watched / none | <= 1.3x | 0.98 | met |" in text
+        assert "10 segments watched by 10 more journeys / none | <= 1.3x | 1.60 | missed |" in text
+        assert "without segments | <= 1.3x | 1.25 | met |" in text
+    older = goals_table({"core": {"segments": {"ratio_defined": 1.0, "ratio_watched": 2.0}}})
+    assert "without segments | <= 1.3x | - | - |" in older  # results from before the baseline

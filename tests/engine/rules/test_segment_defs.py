@@ -44,8 +44,12 @@ def test_segments_compile_with_defaults_and_summary() -> None:
     assert broadcast.schedule is not None
     assert broadcast.schedule.local
     assert (broadcast.schedule.wall.day, broadcast.schedule.wall.hour) == (20, 9)
-    # champions depends on loyal's window too, and changes as its 365d window ages.
-    assert rules.segments["champions"].deps.agings == {("purchase", 365 * 86_400_000)}
+    # champions depends on loyal's window too: it changes when loyal's 5th newest purchase
+    # leaves the 365d window; loyal only falls with time, the sum without WITHIN is constant.
+    champions = rules.segments["champions"].deps
+    assert champions.ranks == {("purchase", 365 * 86_400_000, 5)}
+    assert not champions.agings
+    assert (rules.segments["loyal"].deps.drift, champions.drift) == ("falls", "falls")
 
 
 def test_event_and_entry_are_refused_in_a_segment_with_a_suggestion() -> None:
@@ -149,27 +153,75 @@ def test_trigger_and_setting_problems() -> None:
 @pytest.mark.parametrize(
     ("text", "deps"),
     [
-        ("count(purchase) >= 2", Deps(types=frozenset({"purchase"}))),
+        ("count(purchase) >= 2", Deps(types=frozenset({"purchase"}), drift="const")),
         (
             "cart.total > 100",
-            Deps(types=frozenset({"add_to_cart", "remove_from_cart", "purchase"})),
+            Deps(types=frozenset({"add_to_cart", "remove_from_cart", "purchase"}), drift="const"),
         ),
-        ("favorited('p1')", Deps(types=frozenset({"add_favorite", "remove_favorite"}))),
-        ("profile.vip == true", Deps(types=frozenset({"profile"}))),
+        (
+            "favorited('p1')",
+            Deps(types=frozenset({"add_favorite", "remove_favorite"}), drift="const"),
+        ),
+        ("profile.vip == true", Deps(types=frozenset({"profile"}), drift="const")),
         (
             "count(view_product, 24h, it.price > 5) >= 3",
             Deps(
-                types=frozenset({"view_product"}), agings=frozenset({("view_product", 86_400_000)})
+                types=frozenset({"view_product"}),
+                agings=frozenset({("view_product", 86_400_000)}),
+                drift="falls",
+                delays=frozenset({"view_product"}),
+            ),
+        ),
+        (
+            "count(view_product, 24h) >= 3",
+            Deps(
+                types=frozenset({"view_product"}),
+                ranks=frozenset({("view_product", 86_400_000, 3)}),
+                drift="falls",
+                delays=frozenset({"view_product"}),
+            ),
+        ),
+        (
+            "4 >= count(search, 1h) or count(search, 1h) < 0",
+            Deps(
+                types=frozenset({"search"}),
+                ranks=frozenset({("search", 3_600_000, 5)}),
+                drift="rises",
+                delays=frozenset({"search"}),
             ),
         ),
         (
             "since(purchase) > 30d",
             Deps(
-                types=frozenset({"purchase"}), thresholds=frozenset({("purchase", 2_592_000_000)})
+                types=frozenset({"purchase"}),
+                thresholds=frozenset({("purchase", 2_592_000_000)}),
+                drift="rises",
             ),
         ),
-        ("now >= 1700000000000", Deps(moments=frozenset({1_700_000_000_000}))),
-        ("since(purchase) * 2 > 30d", Deps(types=frozenset({"purchase"}), continuous=True)),
+        (
+            "now >= 1700000000000",
+            Deps(moments=frozenset({1_700_000_000_000}), drift="rises"),
+        ),
+        (
+            "since(purchase) * 2 > 30d",
+            Deps(types=frozenset({"purchase"}), continuous=True),
+        ),
+        (
+            "exists(view_product, 1h) and since(purchase) > 1d",
+            Deps(
+                types=frozenset({"view_product", "purchase"}),
+                thresholds=frozenset({("view_product", 3_600_000), ("purchase", 86_400_000)}),
+                delays=frozenset({"view_product"}),  # since(purchase) is null before one
+            ),
+        ),
+        (
+            "exists(view_product, 1h) and count(view_product) < 9 and cart.count > 1",
+            Deps(
+                types=frozenset({"view_product", "add_to_cart", "remove_from_cart", "purchase"}),
+                thresholds=frozenset({("view_product", 3_600_000)}),
+                drift="falls",  # the 1h window only empties; the rest is constant in time
+            ),
+        ),
         ("count('checkout.step', 1h, it.ts > now - 5m) > 0", None),
     ],
 )
