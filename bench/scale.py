@@ -527,7 +527,7 @@ def scale_tables(result: dict[str, Any]) -> str:
         [name, f"{b['redis_before'].get(name, 0):,.2f}", f"{b['redis_after'].get(name, 0):,.2f}"]
         for name in INFO_FIELDS
     ]
-    startup = [[f"{line['s']:.2f}", line["line"].replace("|", "/")] for line in r["startup"]]
+    startup = [[f"{line['s']:.2f}", _cell(line["line"])] for line in r["startup"]]
     return "\n\n".join(
         [
             table(["figure", "value"], rows),
@@ -535,3 +535,9 @@ def scale_tables(result: dict[str, Any]) -> str:
             table(["s after restart", "engine output"], startup[:40]),
         ]
     )
+
+
+def _cell(line: str) -> str:
+    """An engine output line as one table cell: its live counter's carriage returns
+    (one line rewritten in place on a terminal) kept only as their last state."""
+    return line.rsplit("\r", 1)[-1].strip().replace("|", "/")

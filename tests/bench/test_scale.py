@@ -145,3 +145,10 @@ def test_scale_goals_met_and_missed() -> None:
     assert lines["restart after kill -9, 100k pending (quick: 20k): processing again (s)"].endswith(
         "| <= 10 s | 2.39 | met |"
     )
+
+
+def test_an_engine_line_rewritten_in_place_is_one_cell_of_its_last_state() -> None:
+    from bench.scale import _cell
+
+    assert _cell("events 1 applied\revents 301 | sent 3\r") == "events 301 / sent 3"
+    assert "\r" not in _cell("a\rb\rc")
