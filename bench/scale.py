@@ -540,4 +540,5 @@ def scale_tables(result: dict[str, Any]) -> str:
 def _cell(line: str) -> str:
     """An engine output line as one table cell: its live counter's carriage returns
     (one line rewritten in place on a terminal) kept only as their last state."""
-    return line.rsplit("\r", 1)[-1].strip().replace("|", "/")
+    parts = [part.strip() for part in line.split("\r") if part.strip()]
+    return (parts[-1] if parts else "").replace("|", "/")
