@@ -254,14 +254,8 @@ class SegmentWatch:
             inside = fn(ctx) is True
             if if_in is not None and if_out is not None:  # so may have its moment
                 of[name] = if_in if inside else if_out
-            if inside == was:
-                continue
-            if inside:
-                members[name] = now
-                changes.append((name, "enter"))
-            else:
-                del members[name]
-                changes.append((name, "exit"))
+            if inside != was:
+                _flip(members, changes, name, inside, now)
         return changes
 
     def idle(self, state: UserState, until: int) -> bool:
@@ -341,14 +335,8 @@ class SegmentWatch:
                 continue  # no moment of change since the previous instant
             inside = fn(ctx) is True
             moments[name] = if_in if inside else if_out
-            if inside == (name in members):
-                continue
-            if inside:
-                members[name] = at
-                changes.append((name, "enter"))
-            else:
-                del members[name]
-                changes.append((name, "exit"))
+            if inside != (name in members):
+                _flip(members, changes, name, inside, at)
         return changes
 
 
@@ -405,15 +393,19 @@ def _check(
     members = state.segments
     for name, fn in checks:
         inside = fn(ctx) is True
-        if inside == (name in members):
-            continue
-        if inside:
-            members[name] = now
-            changes.append((name, "enter"))
-        else:
-            del members[name]
-            changes.append((name, "exit"))
+        if inside != (name in members):
+            _flip(members, changes, name, inside, now)
     return changes
+
+
+def _flip(members: dict[str, int], changes: list[Change], name: str, inside: bool, at: int) -> None:
+    """Record that the user entered (``inside``) or left segment ``name`` at ``at``."""
+    if inside:
+        members[name] = at
+        changes.append((name, "enter"))
+    else:
+        del members[name]
+        changes.append((name, "exit"))
 
 
 def _earlier(best: int | None, candidate: int) -> int:
