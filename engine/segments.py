@@ -58,7 +58,7 @@ import msgspec
 
 from engine.events import STANDARD_TYPES, Event
 from engine.rfm import RfmBook
-from engine.rules.context import Context
+from engine.rules.context import NOT_YET, Context
 from engine.rules.model import Rules, Segment
 from engine.state import UserState
 from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
@@ -98,10 +98,11 @@ def members_at(
     at: int,
     rfm: RfmBook | None = None,
     windows: WindowConfig = DEFAULT_CONFIG,
+    rfm_score: Any = NOT_YET,
 ) -> list[str]:
     """Every segment of ``rules`` the user is in at ``at`` (sorted names); ``rfm``:
     the base's RFM boundaries, for segments that call ``rfm()``."""
-    ctx = Context(state, at, rfm=rfm, windows=windows)
+    ctx = Context(state, at, rfm=rfm, windows=windows, rfm_score=rfm_score)
     return sorted(name for name, seg in rules.segments.items() if seg.cond.holds(ctx))
 
 

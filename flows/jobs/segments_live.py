@@ -33,11 +33,12 @@ from typing import Any, BinaryIO
 import orjson
 
 from engine.errors import ConfigError
-from engine.rfm import RfmBook
+from engine.rfm import RfmBook, rfm_inputs, score
 from engine.rules.loader import load_rules
 from engine.rules.model import Rules
 from engine.segments import members_at, watched_names
 from engine.state import UserState, loads
+from engine.windows import WindowConfig, with_timezone
 from flows.clock import wall_ms
 from flows.jobs.segment_report import rfm_view
 from flows.pipeline.rfm_live import stored_bounds
@@ -82,8 +83,9 @@ def run_live_segments(*, count: bool, export: str | None, out: BinaryIO | None =
         identities = heapq.merge(*(_shoppers(client, shard) for shard in keys.all_shards()))
     counts = dict.fromkeys(rules.segments, 0)
     users = 0
+    windows = with_timezone(settings.windows, rules.timezone)  # as the engine reads them
     for state in _states(client, keys, identities):
-        row = _row(rules, state, now, book)
+        row = _row(rules, state, now, book, windows)
         for name in row["segments"]:
             counts[name] += 1
         users += 1
@@ -169,10 +171,10 @@ def _read(client: RedisClient, keys: Keys, identities: list[str]) -> Iterator[Us
                 yield state
 
 
-def _row(rules: Rules, state: UserState, now: int, book: RfmBook) -> dict[str, Any]:
-    at = RfmBook()
+def _row(
+    rules: Rules, state: UserState, now: int, book: RfmBook, windows: WindowConfig
+) -> dict[str, Any]:
     latest = book.at(now)
-    if latest is not None:
-        at.add(latest)
-    names = members_at(rules, state, now, at)
-    return {"user_id": state.key, "segments": names, "rfm": rfm_view(at, state)}
+    found = None if latest is None else score(latest, rfm_inputs(state))
+    names = members_at(rules, state, now, book, windows, found)
+    return {"user_id": state.key, "segments": names, "rfm": rfm_view(found)}

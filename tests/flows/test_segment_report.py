@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 
 from engine.events import parse_ts
 
@@ -139,3 +140,30 @@ def test_a_segment_on_rfm_is_scored_against_the_base_at_the_time_asked(tmp_path:
     members = {row["user_id"]: row["segments"] for row in map(orjson.loads, done.stdout.split())}
     assert members["d-1"] == ["buyers", "recent"]  # the latest buyer of the base
     assert members["zed"] == ["buyers"]
+
+
+def test_the_compiled_whole_base_scorer_gives_each_users_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import random
+
+    from engine.events import Event
+    from engine.state import UserState, apply
+    from flows.jobs import segment_report
+
+    rng = random.Random(5)
+    states: dict[str, UserState] = {}
+    now = parse_ts("2024-05-06T12:00:00Z")
+    for n in range(300):
+        state = states.setdefault(f"u{n}", UserState(key=f"u{n}"))
+        for k in range(rng.randrange(4)):  # a quarter never buy
+            revenue = float(rng.choice((10, 20, 20, 55.5)))
+            ts = now - rng.randrange(1, 200) * 3_600_000
+            event = Event(event_id=f"{n}-{k}", type="purchase", ts=ts, user_id=f"u{n}",
+                          revenue=revenue)  # fmt: skip
+            apply(state, event, now)
+    one_by_one = segment_report.base_scores(states, now)[1]
+    monkeypatch.setattr(segment_report, "WHOLE_BASE_FROM", 1)
+    whole_base = segment_report.base_scores(states, now)[1]
+    assert whole_base == one_by_one
+    assert sum(score is None for score in whole_base.values()) > 30  # non-buyers: no score
