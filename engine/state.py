@@ -170,6 +170,9 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     merged: list[str] = []  # anonymous ids merged in, oldest first, at most MAX_MERGED
     linking: Linking | None = None  # live only: this anonymous id's pending link
     holding: Holding | None = None  # live only: events held until a merge
+    # live only: this anonymous id's events that wait for the watermark to pass them
+    # (flows.pipeline.shard: a login read later from another partition may precede them)
+    deferred: list[Held] = []
     rollups: dict[str, TypeRollup] = {}  # all-time history per event type (engine.history)
     # An applied event carried a user_id: the shopper is a known customer, not a guest
     # (the rules' `anonymous` is its negation). A state written before this field says
@@ -460,6 +463,8 @@ def _handover_view(state: UserState) -> dict[str, Any]:
         view["linking"] = {"user": link.user, "at": link.at, "held": len(link.held)}
     if state.holding is not None:
         view["holding"] = {"anon": state.holding.anon, "held": len(state.holding.held)}
+    if state.deferred:
+        view["deferred"] = len(state.deferred)
     return view
 
 

@@ -87,6 +87,7 @@ from flows.stores.keys import Keys, shard_of
 from flows.stores.states import ShardStore, ShardWrite
 
 TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to 10 min
+EVERYTHING = 2**62  # _release up to here: every deferred event (a link is due, or the end)
 RETRY_MS = 10  # a due timer held back by the watermark looks again this much later
 HOLD_LOOK_MS = 100  # a holding user's due timer looks again this much later
 
@@ -357,6 +358,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 counts["identity.kept"] += 1
                 return True
             counts["identity.kept_over"] += 1
+        if self._defers(state, item):
+            state.deferred.append(held(item))
+            counts["identity.deferred"] += 1
+            return True
         hold = state.holding
         if hold is not None:
             if len(hold.held) < MAX_HELD:
@@ -376,12 +381,54 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         actions.extend(_caused(caused, item.ingested))
         return outcome == "applied" or bool(fired)
 
+    def _defers(self, state: UserState, item: Stamped) -> bool:
+        """Whether an event of an anonymous id waits for the watermark (module rules:
+        a login read later from a partition behind may come before it in event time)."""
+        event = item.event
+        if event.user_id is not None or item.route is not None or not item.partition:
+            return False
+        if state.deferred:
+            return len(state.deferred) < MAX_HELD  # after one that waits: in turn
+        mark: int = self._c.watermark.value()
+        return event.ts > mark
+
+    def _release(
+        self,
+        engine: Engine,
+        state: UserState,
+        until: int,
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bool:
+        """Apply the deferred events the watermark passed (``until``), in their order;
+        those at or after a pending link's time travel with the hand-off instead."""
+        ready = [kept for kept in state.deferred if kept.now <= until]
+        if not ready:
+            return False
+        state.deferred = [kept for kept in state.deferred if kept.now > until]
+        for kept in ready:
+            item = unheld(kept)
+            pending = state.linking
+            if pending is not None and item.event.ts >= pending.at:
+                pending.held.append(kept)
+                counts["identity.kept"] += 1
+                continue
+            outcome, fired, caused = engine.handle(state, item.event, kept.now)
+            counts[outcome] += 1
+            actions.extend(fired)
+            actions.extend(_caused(caused, kept.ingested))
+        return True
+
     @staticmethod
     def _due(engine: Engine, state: UserState) -> int | None:
-        """When the shard must look at ``state`` next: a step, or a pending link's time."""
+        """When the shard must look at ``state`` next: a step, a pending link's time, or
+        the clock of its first deferred event."""
         due = engine.next_due(state)
         if state.linking is not None:
             due = state.linking.at if due is None else min(due, state.linking.at)
+        if state.deferred:
+            first = min(kept.now for kept in state.deferred)
+            due = first if due is None else min(due, first)
         return due
 
     def _links_of(
@@ -486,8 +533,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 continue
             was = books.before(engine, state)
             try:
+                if state.deferred:
+                    self._release(engine, state, until, actions, write.counts)
                 pending = state.linking
                 if pending is not None and pending.at <= until:  # the link is due: hand over
+                    # every deferred event goes: before the link applied, after it with it
+                    self._release(engine, state, EVERYTHING, actions, write.counts)
                     actions.extend(engine.advance(state, pending.at))
                     self._hand_off(identity, state, pending, write)
                     continue
@@ -561,8 +612,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             if state is None:
                 write.forgotten.append(identity)
                 continue
-            if identity in written or state.holding is not None:
-                continue
+            if identity in written or state.holding is not None or state.deferred:
+                continue  # its timers and instants run when its events do
             before = self._due(engine, state)
             was = books.before(engine, state)
             if visit is not None:
@@ -607,18 +658,28 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             actions: list[Action] = []
             for identity in identities:
                 state = states[identity]
-                pending = None if state is None else state.linking
-                if state is None or pending is None:
+                if state is None or (state.linking is None and not state.deferred):
                     continue
+                due = self._due(engine, state)
                 before = dumps(state)
-                try:  # as the watermark would: up to the link, never past the wall clock
-                    actions.extend(engine.advance(state, min(pending.at, self._c.clock())))
+                try:  # as the watermark would: every event is in, never past the wall clock
+                    if state.deferred:
+                        self._release(engine, state, EVERYTHING, actions, write.counts)
+                    pending = state.linking
+                    if pending is not None:
+                        actions.extend(engine.advance(state, min(pending.at, self._c.clock())))
                 except Exception as exc:  # the link must still be made: without those steps
                     state = _restore(state, before)
                     write.counts["errors.timer"] += 1
                     _report_once(f"a timer of {identity!r} failed ({type(exc).__name__}: {exc})")
-                self._hand_off(identity, state, pending, write)
-            if write.moved:
+                pending = state.linking
+                if pending is not None:
+                    self._hand_off(identity, state, pending, write)
+                else:
+                    data = dumps(state)
+                    write.state(identity, data, self._due(engine, state), due)
+                    self._remember(identity, data)
+            if write.moved or write.states:
                 reports.append(self._finish(write, actions, {}))
         return reports
 

@@ -153,15 +153,27 @@ class Pipeline:
         )
         run_main(flow)
 
-    def run_holding(self, messages: list[Any], until: Callable[[], bool], **overrides: Any) -> None:
+    def run_holding(
+        self,
+        messages: list[Any],
+        until: Callable[[], bool],
+        partitions: int = 1,
+        **overrides: Any,
+    ) -> None:
         """A run that stays open after ``messages`` until ``until()``: for timers.
 
-        Partition 0 of ``events`` counts as read to its end once the messages are out.
+        Partitions 0..``partitions``-1 of ``events`` count as read to their end once
+        the messages are out.
         """
         config = self.config(**overrides)
         watermark = config.watermark
+
+        def idle() -> None:
+            for partition in range(partitions):
+                watermark.polled(f"{partition}-events", 0, True)
+
         flow = build_flow(
-            HoldingSource(messages, until, lambda: watermark.polled("0-events", 0, True)),
+            HoldingSource(messages, until, idle),
             TestingSink(self.dead),
             TestingSink(self.reports),
             config,

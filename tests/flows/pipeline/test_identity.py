@@ -183,3 +183,23 @@ def test_a_second_user_for_a_linked_anonymous_id_is_a_conflict_and_nothing_waits
     first_state = ShardStore(pipeline.client, pipeline.keys.of(first), 0).load(first)
     assert first_state is not None
     assert sorted(first_state.cart) == ["p1", "p2"]
+
+
+def test_a_device_event_read_before_the_login_it_follows_waits_for_it(
+    pipeline: Pipeline,
+) -> None:
+    """A storefront keys the device's events by the device id, the login by the user: on
+    another partition, behind, the login comes later than a cart the device left after
+    it. The cart waits for the watermark (the login is read meanwhile), so it is the
+    user's, with the user's action ids, as in replay (README "Identity")."""
+    anon, user = apart("dev", "cust")
+    login = doc(1, "login", START, user=user, anon=anon)
+    cart = doc(2, "add_to_cart", START + 5_000, anon=anon, product_id="p1", price=30.0)
+    messages = [message(0, cart, partition=1), message(0, login, partition=0)]  # cart first
+    pipeline.run_holding(messages, lambda: settled(pipeline, merges=1), partitions=2)
+    emitted = sorted(a["action_id"] for a in read_topic(pipeline.bootstrap, pipeline.actions_topic))
+    assert emitted == replayed([login, cart])
+    email = next(a for a in pipeline.actions() if a.channel == "email")
+    assert email.user_id == user
+    stats = read_stats(pipeline.client, pipeline.keys)
+    assert stats["identity.deferred"] == 1
