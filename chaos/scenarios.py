@@ -478,6 +478,8 @@ def backlog_run(ctx: Context, name: str, share: float) -> Result:
             dep.close()
     emitted = [e.action for e in dep.watch.actions()]
     counts = tally(expected, emitted)
+    if counts.examples:
+        _keep_evidence(dep, expected, emitted)
     letters = dead_letters(dep.feed.poison(), dep.watch.dead_letters())
     ctx.log(f"{name}: {rate or 0:,.0f} good events/s, {counts}, {letters}")
     bar.close(f"{rate or 0:,.0f} good events/s")

@@ -98,7 +98,7 @@ from flows.stores.keys import Keys
 
 POLL_MS = 10  # a shard with waiting users looks for their hand-offs this often
 CACHE_LINKS = 100_000  # links the resolver remembers (they are permanent)
-NOT_LINKED_MS = 200  # how long the resolver trusts that an id is not linked
+NOT_LINKED_MS = 0  # trust in "not linked": none (a stale answer costs a late forward)
 LINK_PARTITION = "link:"  # a link request's offsets are their own family per partition
 
 

@@ -382,11 +382,19 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         return outcome == "applied" or bool(fired)
 
     def _defers(self, state: UserState, item: Stamped) -> bool:
-        """Whether an event of an anonymous id waits for the watermark (module rules:
-        a login read later from a partition behind may come before it in event time)."""
-        event = item.event
-        if event.user_id is not None or item.route is not None or not item.partition:
+        """Whether an event waits for the watermark before it is applied (module rules):
+        one shopper's events can come from two partitions (a device's, keyed by the
+        device, and its user's), which are read independently, so an anonymous id's
+        event, a device's event routed to its user and any event of a user with linked
+        devices is applied once every partition has passed it, in event time."""
+        event, route = item.event, item.route
+        if not item.partition or state.holding is not None:
             return False
+        if route is not None:
+            if route.kind != "via" or _unmerged(state, route.anon):
+                return False  # a link, a conflict, or a merge to wait for: held instead
+        elif event.user_id is not None and not state.merged:
+            return False  # a user's own events, one partition: in order as read
         if state.deferred:
             return len(state.deferred) < MAX_HELD  # after one that waits: in turn
         mark: int = self._c.watermark.value()
@@ -406,8 +414,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if not ready:
             return False
         state.deferred = [kept for kept in state.deferred if kept.now > until]
-        for kept in ready:
-            item = unheld(kept)
+        items = sorted(((unheld(kept), kept) for kept in ready), key=lambda pair: pair[0].event.ts)
+        for item, kept in items:
             pending = state.linking
             if pending is not None and item.event.ts >= pending.at:
                 pending.held.append(kept)
