@@ -242,12 +242,13 @@ class Engine:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
+        ctx = None
         if candidates:
             ctx = Context(state, now, event=event, rfm=self.rfm, windows=self.windows)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         if watch is not None:
-            changes = watch.after_event(state, event, now)
+            changes = watch.after_event(state, event, now, ctx)
             if changes:
                 self._segment_entries(state, changes, event, now, actions)
         return outcome, fired, actions

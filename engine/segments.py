@@ -219,8 +219,14 @@ class SegmentWatch:
 
     # -- after an event -----------------------------------------------------------
 
-    def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
+    def after_event(
+        self, state: UserState, event: Event, now: int, ctx: Context | None = None
+    ) -> list[Change]:
         """Re-evaluate what the applied ``event`` can change; the enters and exits.
+
+        ``ctx``: the caller's context of this user at ``now``, when it has one
+        (a segment reads neither ``event`` nor ``entry`` nor ``actions``), to
+        spare building another.
 
         A segment that reads the event's type only through ``count``/``exists``
         over WITHIN (``Deps.delays``) is not re-evaluated when its drift says the
@@ -243,7 +249,6 @@ class SegmentWatch:
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
-        ctx = None
         changes: list[Change] = []
         members = state.segments
         for name, fn, if_in, if_out, skip_while in plan.rows:
