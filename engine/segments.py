@@ -10,9 +10,11 @@ Rules of this interface:
   membership.
 * :meth:`SegmentWatch.after_event` re-evaluates, at the event's ``now``, the
   watched segments whose value can depend on that event's type (the loader's
-  dependency analysis, :mod:`engine.rules.segment_defs`); all of them after a
-  user's first applied event, and after an event carrying both ``user_id`` and
-  ``anon_id`` (an identity link may merge a whole state in). It returns the
+  dependency analysis, :mod:`engine.rules.segment_defs`); after a user's first
+  applied event, also every one that may hold for a user with no events
+  (:func:`engine.segment_first.false_when_empty`: the others stay empty), and
+  all of them after an event carrying both ``user_id`` and ``anon_id`` (an
+  identity link may merge a whole state in). It returns the
   changes as ``(segment, "enter" | "exit")`` pairs. It leaves out a segment
   that reads the event's type only through ``count``/``exists`` over WITHIN
   (``Deps.delays``) when the segment's drift says the new record cannot
@@ -60,6 +62,7 @@ from engine.events import STANDARD_TYPES, Event
 from engine.rfm import RfmBook
 from engine.rules.context import NOT_YET, Context
 from engine.rules.model import Rules, Segment
+from engine.segment_first import false_when_empty
 from engine.state import UserState
 from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 
@@ -124,6 +127,8 @@ class _Plan:
     # out / never (True, False, None)); see SegmentWatch.after_event.
     rows: tuple[tuple[str, Callable[[Context], Any], int | None, int | None, bool | None], ...]
     max_count: int = 0  # the event type's window bound: a record evicted may not delay
+    # A first event: (name, moment when not in) of the timed segments known false.
+    settled: tuple[tuple[str, int], ...] = ()
 
 
 _AFTER_DRIFT: Final = {
@@ -179,6 +184,12 @@ class SegmentWatch:
             t: _plan(segs, t, windows.limits(t).max_count) for t, segs in self.by_type.items()
         }
         self.every_plan = _plan(self.every)
+        # A user's first event: also the segments that may hold without any event.
+        maybe = {s for s in self.watched if not false_when_empty(s, windows)}
+        self.first_plans = {
+            t: self._first_plan({*segs, *maybe}, order) for t, segs in self.by_type.items()
+        }
+        self.first_plan = self._first_plan({*self.every, *maybe}, order)
         self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
         self.timed_plan = _plan(self.timed)
@@ -187,6 +198,17 @@ class SegmentWatch:
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
         self.windows: WindowConfig = DEFAULT_CONFIG  # the engine's: retention, months' zone
+
+    def _first_plan(self, chosen: set[Segment], order: Mapping[str, int]) -> _Plan:
+        """The plan after a user's first event: ``chosen`` evaluated, nothing skipped,
+        and the other timed segments given the moment of a user outside them."""
+        plan = _plan(sorted(chosen, key=lambda s: order[s.name]))
+        settled = tuple(
+            (s.name, _AFTER_DRIFT[s.deps.drift][1])
+            for s in self.watched
+            if s.deps.timed and s not in chosen
+        )
+        return _Plan(plan.checks, plan.timed, plan.rows, plan.max_count, settled)
 
     def remember(self, older: SegmentWatch) -> None:
         """Know an older version's definitions, to re-baseline only what changed."""
@@ -235,17 +257,21 @@ class SegmentWatch:
         ahead (no change since the clock) and no record was evicted. The record
         moves each of those counts as going back in time would.
         """
-        if state.events == 1 or (event.user_id and event.anon_id):
+        if event.user_id and event.anon_id:
             plan = self.all_plan
+        elif state.events == 1:
+            plan = self.first_plans.get(event.type, self.first_plan)
         else:
             plan = self.plans.get(event.type, self.every_plan)
-        if not plan.rows:
+        if not plan.rows and not plan.settled:
             return []
         cache = state.__dict__.get(_CHANGES)
         if cache is not None and cache[0] == self.fingerprint:
             of = cache[1]
         else:
-            of = self._moments(state) if plan.timed else {}
+            of = self._moments(state) if plan.timed or plan.settled else {}
+        for name, moment in plan.settled:
+            of[name] = moment
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
