@@ -127,7 +127,7 @@ class _Plan:
     # out / never (True, False, None)); see SegmentWatch.after_event.
     rows: tuple[tuple[str, Callable[[Context], Any], int | None, int | None, bool | None], ...]
     max_count: int = 0  # the event type's window bound: a record evicted may not delay
-    # A first event: (name, moment when not in) of the timed segments known false.
+    # A first event: (name, _NEVER) for the timed segments known false (not evaluated).
     settled: tuple[tuple[str, int], ...] = ()
 
 
@@ -200,14 +200,11 @@ class SegmentWatch:
         self.windows: WindowConfig = DEFAULT_CONFIG  # the engine's: retention, months' zone
 
     def _first_plan(self, chosen: set[Segment], order: Mapping[str, int]) -> _Plan:
-        """The plan after a user's first event: ``chosen`` evaluated, nothing skipped,
-        and the other timed segments given the moment of a user outside them."""
+        """The plan after a user's first event: ``chosen`` evaluated, nothing skipped;
+        the other timed segments cannot change before the user's next event (no
+        record of their types, no moment: :func:`engine.segment_first.false_when_empty`)."""
         plan = _plan(sorted(chosen, key=lambda s: order[s.name]))
-        settled = tuple(
-            (s.name, _AFTER_DRIFT[s.deps.drift][1])
-            for s in self.watched
-            if s.deps.timed and s not in chosen
-        )
+        settled = tuple((s.name, _NEVER) for s in self.watched if s.deps.timed and s not in chosen)
         return _Plan(plan.checks, plan.timed, plan.rows, plan.max_count, settled)
 
     def remember(self, older: SegmentWatch) -> None:
@@ -275,14 +272,14 @@ class SegmentWatch:
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
+        if ctx is None:
+            ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
         changes: list[Change] = []
         members = state.segments
         for name, fn, if_in, if_out, skip_while in plan.rows:
             was = name in members
             if skip_while is was and quiet and of[name] > now:
                 continue
-            if ctx is None:
-                ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
             inside = fn(ctx) is True
             if if_in is not None and if_out is not None:  # so may have its moment
                 of[name] = if_in if inside else if_out
