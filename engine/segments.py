@@ -69,6 +69,9 @@ from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 Change = tuple[str, Literal["enter", "exit"]]
 _CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
 _INSTANT: Final = "_recheck"  # transient: the instant next_recheck found, for recheck_at
+# Transient: a lower bound of the user's moments of change that next_recheck found ahead
+# of every instant up to its `until`; dropped whenever a moment may go below it.
+_QUIET: Final = "_segment_quiet"
 _STALE: Final = -1  # a moment of change to find again
 _NEVER: Final = 1 << 62  # no moment of change before the user's next event
 _NO_ACTIONS: Final[frozenset[str]] = frozenset()
@@ -224,6 +227,7 @@ class SegmentWatch:
             return
         old = self.known.get(state.segment_defs, {}) if state.segment_defs else {}
         state.__dict__.pop(_CHANGES, None)
+        state.__dict__.pop(_QUIET, None)
         for name in [n for n in state.segments if n not in self.prints]:
             del state.segments[name]
         at = user_clock(state)
@@ -276,22 +280,31 @@ class SegmentWatch:
             ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
         changes: list[Change] = []
         members = state.segments
+        stale = False
         for name, fn, if_in, if_out, skip_while in plan.rows:
             was = name in members
             if skip_while is was and quiet and of[name] > now:
                 continue
             inside = fn(ctx) is True
             if if_in is not None and if_out is not None:  # so may have its moment
-                of[name] = if_in if inside else if_out
+                moment = of[name] = if_in if inside else if_out
+                stale = stale or moment == _STALE
             if inside != was:
                 _flip(members, changes, name, inside, now)
+        if stale:
+            state.__dict__.pop(_QUIET, None)
         return changes
 
     def idle(self, state: UserState, until: int) -> bool:
-        """Whether no recheck instant falls in (user clock, until] (cheap: no moments)."""
+        """Whether :meth:`next_recheck` would find no instant in (user clock, until]:
+        none falls there, or the moments it last found are all after the last one
+        (cheap: no moments looked at)."""
         step = self.recheck
         clock = state.clock if state.clock > state.last_seen else state.last_seen
-        return not self.timed or clock // step * step + step > until
+        if not self.timed or clock // step * step + step > until:
+            return True
+        quiet: int | None = state.__dict__.get(_QUIET)
+        return quiet is not None and (quiet >= _NEVER or -(-quiet // step) * step > until)
 
     # -- recheck instants ---------------------------------------------------------
 
@@ -311,10 +324,9 @@ class SegmentWatch:
             first = min(moments.values())
             if first <= previous:  # stale, or passed: find those again
                 first = self._refresh(state, moments, previous)
-            if first >= _NEVER:
-                return None
             instant = -(-first // step) * step  # the first instant at or after it
-            if instant > until:
+            if first >= _NEVER or instant > until:
+                state.__dict__[_QUIET] = first  # idle says so until a moment goes lower
                 return None
         # recheck_at evaluates, at this instant, the segments whose moment has come.
         state.__dict__[_INSTANT] = (state.events, clock, instant)
@@ -327,6 +339,7 @@ class SegmentWatch:
         if cache is None or cache[0] != self.fingerprint:
             cache = (self.fingerprint, {s.name: _STALE for s in self.timed})
             state.__dict__[_CHANGES] = cache
+            state.__dict__.pop(_QUIET, None)
         return cache[1]
 
     def _refresh(self, state: UserState, moments: dict[str, int], after: int) -> int:
@@ -346,6 +359,7 @@ class SegmentWatch:
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
         """At the instant ``at``, evaluate the timed segments that may have changed since
         the previous instant (found by :meth:`next_recheck`); the enters and exits."""
+        state.__dict__.pop(_QUIET, None)  # the moments found here may be stale
         cache = state.__dict__.get(_CHANGES)
         if (
             self.continuous
