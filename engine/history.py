@@ -132,6 +132,19 @@ def record(
 ) -> None:
     """Add one applied event to the rollup of its type."""
     roll = rollups.get(event_type)
+    if roll is not None and event_type not in DETAILED_TYPES:
+        hit = _LAST_HIT.get(config.timezone)
+        months = roll.months
+        if hit is not None and hit[0] <= ts < hit[1] and months:
+            newest = months[-1]
+            if roll.base + newest[_OFF] == hit[2]:  # the common case: the latest month again
+                roll.n += 1
+                if ts > roll.last:
+                    roll.last = ts
+                if ts < roll.first:
+                    roll.first = ts
+                newest[_N] += 1
+                return
     if roll is None:
         if event_type not in STANDARD_TYPES:
             _make_room(rollups, config.custom_types_max)

@@ -242,14 +242,15 @@ class Engine:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
         candidates = index.candidates(event) if index is not None else ()
+        ctx = None
         if candidates:
             ctx = Context(state, now, event=event, rfm=self.rfm, windows=self.windows)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         if watch is not None:
-            changes = watch.after_event(state, event, now)
+            changes = watch.after_event(state, event, now, ctx)
             if changes:
-                self._segment_entries(state, changes, event, now, actions)
+                self._segment_entries(state, changes, event, now, actions, ctx)
         return outcome, fired, actions
 
     def advance(
@@ -367,15 +368,18 @@ class Engine:
         entry: Event | None,
         now: int,
         out: list[Action],
+        ctx: Context | None = None,
     ) -> None:
-        """Enter the journeys triggered by these segment changes, in file order."""
+        """Enter the journeys triggered by these segment changes, in file order
+        (``ctx``: the caller's, with ``entry`` as its event, when it has one)."""
         if len(changes) == 1:
             journeys = self.segment_triggers.get(changes[0], ())
         else:  # in file order
             changed = set(changes)
             journeys = tuple(j for j in self.segment_journeys if _change_of(j) in changed)
         if journeys:
-            ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
+            if ctx is None:
+                ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
             for journey in journeys:
                 self._maybe_enter(state, journey, entry, ctx, out)
 

@@ -3,7 +3,8 @@
 Rules of this interface:
 
 * :func:`kept_from` is the oldest ``ts`` a window of one event type keeps at
-  ``now``: ``now - max_age`` of that type (:class:`~engine.windows.WindowConfig`).
+  ``now``: ``now - max_age`` of that type (:class:`~engine.windows.WindowConfig`;
+  :func:`limits_kept_from` is the same from the type's limits already looked up).
   :func:`cart_kept_from` and :func:`favorites_kept_from` say the same for cart
   lines (by their latest change) and favorites; :func:`kept_cart` and
   :func:`kept_favorites` are what counts of them at ``now``. Everything that
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
-from engine.windows import Stored, WindowConfig
+from engine.windows import Stored, WindowConfig, WindowLimits
 
 
 class _Dated(Protocol):
@@ -44,7 +45,12 @@ Line = TypeVar("Line", bound=_Dated)
 
 def kept_from(config: WindowConfig, event_type: str, now: int) -> int:
     """The oldest ``ts`` a window of ``event_type`` keeps at ``now`` (epoch ms)."""
-    return now - config.limits(event_type).max_age_ms
+    return limits_kept_from(config.limits(event_type), now)
+
+
+def limits_kept_from(limits: WindowLimits, now: int) -> int:
+    """:func:`kept_from` for a caller that already holds the type's limits."""
+    return now - limits.max_age_ms
 
 
 def cart_kept_from(config: WindowConfig, now: int) -> int:

@@ -10,9 +10,11 @@ Rules of this interface:
   membership.
 * :meth:`SegmentWatch.after_event` re-evaluates, at the event's ``now``, the
   watched segments whose value can depend on that event's type (the loader's
-  dependency analysis, :mod:`engine.rules.segment_defs`); all of them after a
-  user's first applied event, and after an event carrying both ``user_id`` and
-  ``anon_id`` (an identity link may merge a whole state in). It returns the
+  dependency analysis, :mod:`engine.rules.segment_defs`); after a user's first
+  applied event, also every one that may hold for a user with no events
+  (:func:`engine.segment_first.false_when_empty`: the others stay empty), and
+  all of them after an event carrying both ``user_id`` and ``anon_id`` (an
+  identity link may merge a whole state in). It returns the
   changes as ``(segment, "enter" | "exit")`` pairs. It leaves out a segment
   that reads the event's type only through ``count``/``exists`` over WITHIN
   (``Deps.delays``) when the segment's drift says the new record cannot
@@ -60,12 +62,16 @@ from engine.events import STANDARD_TYPES, Event
 from engine.rfm import RfmBook
 from engine.rules.context import NOT_YET, Context
 from engine.rules.model import Rules, Segment
+from engine.segment_first import false_when_empty
 from engine.state import UserState
 from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
 _CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
 _INSTANT: Final = "_recheck"  # transient: the instant next_recheck found, for recheck_at
+# Transient: a lower bound of the user's moments of change that next_recheck found ahead
+# of every instant up to its `until`; dropped whenever a moment may go below it.
+_QUIET: Final = "_segment_quiet"
 _STALE: Final = -1  # a moment of change to find again
 _NEVER: Final = 1 << 62  # no moment of change before the user's next event
 _NO_ACTIONS: Final[frozenset[str]] = frozenset()
@@ -124,6 +130,8 @@ class _Plan:
     # out / never (True, False, None)); see SegmentWatch.after_event.
     rows: tuple[tuple[str, Callable[[Context], Any], int | None, int | None, bool | None], ...]
     max_count: int = 0  # the event type's window bound: a record evicted may not delay
+    # A first event: (name, _NEVER) for the timed segments known false (not evaluated).
+    settled: tuple[tuple[str, int], ...] = ()
 
 
 _AFTER_DRIFT: Final = {
@@ -179,6 +187,12 @@ class SegmentWatch:
             t: _plan(segs, t, windows.limits(t).max_count) for t, segs in self.by_type.items()
         }
         self.every_plan = _plan(self.every)
+        # A user's first event: also the segments that may hold without any event.
+        maybe = {s for s in self.watched if not false_when_empty(s, windows)}
+        self.first_plans = {
+            t: self._first_plan({*segs, *maybe}, order) for t, segs in self.by_type.items()
+        }
+        self.first_plan = self._first_plan({*self.every, *maybe}, order)
         self.all_plan = _plan(self.watched)
         self.timed = tuple(s for s in self.watched if s.deps.timed)
         self.timed_plan = _plan(self.timed)
@@ -187,6 +201,14 @@ class SegmentWatch:
         self.continuous = any(s.deps.continuous for s in self.timed)
         self.rfm: RfmBook | None = None  # the engine's, for segments that call rfm()
         self.windows: WindowConfig = DEFAULT_CONFIG  # the engine's: retention, months' zone
+
+    def _first_plan(self, chosen: set[Segment], order: Mapping[str, int]) -> _Plan:
+        """The plan after a user's first event: ``chosen`` evaluated, nothing skipped;
+        the other timed segments cannot change before the user's next event (no
+        record of their types, no moment: :func:`engine.segment_first.false_when_empty`)."""
+        plan = _plan(sorted(chosen, key=lambda s: order[s.name]))
+        settled = tuple((s.name, _NEVER) for s in self.watched if s.deps.timed and s not in chosen)
+        return _Plan(plan.checks, plan.timed, plan.rows, plan.max_count, settled)
 
     def remember(self, older: SegmentWatch) -> None:
         """Know an older version's definitions, to re-baseline only what changed."""
@@ -205,6 +227,7 @@ class SegmentWatch:
             return
         old = self.known.get(state.segment_defs, {}) if state.segment_defs else {}
         state.__dict__.pop(_CHANGES, None)
+        state.__dict__.pop(_QUIET, None)
         for name in [n for n in state.segments if n not in self.prints]:
             del state.segments[name]
         at = user_clock(state)
@@ -219,8 +242,14 @@ class SegmentWatch:
 
     # -- after an event -----------------------------------------------------------
 
-    def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
+    def after_event(
+        self, state: UserState, event: Event, now: int, ctx: Context | None = None
+    ) -> list[Change]:
         """Re-evaluate what the applied ``event`` can change; the enters and exits.
+
+        ``ctx``: the caller's context of this user at ``now``, when it has one
+        (a segment reads neither ``event`` nor ``entry`` nor ``actions``), to
+        spare building another.
 
         A segment that reads the event's type only through ``count``/``exists``
         over WITHIN (``Deps.delays``) is not re-evaluated when its drift says the
@@ -229,41 +258,53 @@ class SegmentWatch:
         ahead (no change since the clock) and no record was evicted. The record
         moves each of those counts as going back in time would.
         """
-        if state.events == 1 or (event.user_id and event.anon_id):
+        if event.user_id and event.anon_id:
             plan = self.all_plan
+        elif state.events == 1:
+            plan = self.first_plans.get(event.type, self.first_plan)
         else:
             plan = self.plans.get(event.type, self.every_plan)
-        if not plan.rows:
+        if not plan.rows and not plan.settled:
             return []
         cache = state.__dict__.get(_CHANGES)
         if cache is not None and cache[0] == self.fingerprint:
             of = cache[1]
         else:
-            of = self._moments(state) if plan.timed else {}
+            of = self._moments(state) if plan.timed or plan.settled else {}
+        for name, moment in plan.settled:
+            of[name] = moment
         quiet = plan.max_count > 0 and now >= state.clock
         if quiet:
             quiet = len(state.windows[event.type]) < plan.max_count
-        ctx = None
+        if ctx is None:
+            ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
         changes: list[Change] = []
         members = state.segments
+        stale = False
         for name, fn, if_in, if_out, skip_while in plan.rows:
             was = name in members
             if skip_while is was and quiet and of[name] > now:
                 continue
-            if ctx is None:
-                ctx = Context(state, now, None, None, _NO_ACTIONS, None, self.rfm, self.windows)
             inside = fn(ctx) is True
             if if_in is not None and if_out is not None:  # so may have its moment
-                of[name] = if_in if inside else if_out
+                moment = of[name] = if_in if inside else if_out
+                stale = stale or moment == _STALE
             if inside != was:
                 _flip(members, changes, name, inside, now)
+        if stale:
+            state.__dict__.pop(_QUIET, None)
         return changes
 
     def idle(self, state: UserState, until: int) -> bool:
-        """Whether no recheck instant falls in (user clock, until] (cheap: no moments)."""
+        """Whether :meth:`next_recheck` would find no instant in (user clock, until]:
+        none falls there, or the moments it last found are all after the last one
+        (cheap: no moments looked at)."""
         step = self.recheck
         clock = state.clock if state.clock > state.last_seen else state.last_seen
-        return not self.timed or clock // step * step + step > until
+        if not self.timed or clock // step * step + step > until:
+            return True
+        quiet: int | None = state.__dict__.get(_QUIET)
+        return quiet is not None and (quiet >= _NEVER or -(-quiet // step) * step > until)
 
     # -- recheck instants ---------------------------------------------------------
 
@@ -283,10 +324,9 @@ class SegmentWatch:
             first = min(moments.values())
             if first <= previous:  # stale, or passed: find those again
                 first = self._refresh(state, moments, previous)
-            if first >= _NEVER:
-                return None
             instant = -(-first // step) * step  # the first instant at or after it
-            if instant > until:
+            if first >= _NEVER or instant > until:
+                state.__dict__[_QUIET] = first  # idle says so until a moment goes lower
                 return None
         # recheck_at evaluates, at this instant, the segments whose moment has come.
         state.__dict__[_INSTANT] = (state.events, clock, instant)
@@ -299,6 +339,7 @@ class SegmentWatch:
         if cache is None or cache[0] != self.fingerprint:
             cache = (self.fingerprint, {s.name: _STALE for s in self.timed})
             state.__dict__[_CHANGES] = cache
+            state.__dict__.pop(_QUIET, None)
         return cache[1]
 
     def _refresh(self, state: UserState, moments: dict[str, int], after: int) -> int:
@@ -318,6 +359,7 @@ class SegmentWatch:
     def recheck_at(self, state: UserState, at: int) -> list[Change]:
         """At the instant ``at``, evaluate the timed segments that may have changed since
         the previous instant (found by :meth:`next_recheck`); the enters and exits."""
+        state.__dict__.pop(_QUIET, None)  # the moments found here may be stale
         cache = state.__dict__.get(_CHANGES)
         if (
             self.continuous

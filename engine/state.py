@@ -41,7 +41,7 @@ import msgspec
 from engine.events import STANDARD_TYPES, Event, Scalar
 from engine.history import TypeRollup, backfill, rollups_view
 from engine.history import record as record_history
-from engine.retention import cart_kept_from, favorites_kept_from, kept_from
+from engine.retention import cart_kept_from, favorites_kept_from, kept_from, limits_kept_from
 from engine.windows import (
     DEFAULT_CONFIG,
     Stored,
@@ -212,9 +212,7 @@ def apply(
         return "duplicate"
     limits = config.limits(event.type)
     window = state.windows.get(event.type)
-    if event.ts < kept_from(config, event.type, now) or _cannot_stay(
-        window, event.ts, limits.max_count
-    ):
+    if event.ts < limits_kept_from(limits, now) or _cannot_stay(window, event.ts, limits.max_count):
         return "stale"
     if not state.rollups and state.windows:
         ensure_rollups(state, config)  # a state from before rollups

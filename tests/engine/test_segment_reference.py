@@ -95,7 +95,9 @@ class NaiveWatch(SegmentWatch):
         super().__init__(rules, names)
         self.timed = self.watched
 
-    def after_event(self, state: UserState, event: Event, now: int) -> list[Change]:
+    def after_event(
+        self, state: UserState, event: Event, now: int, ctx: Context | None = None
+    ) -> list[Change]:
         if state.events == 1 or (event.user_id and event.anon_id):
             due: Iterable[Segment] = self.watched
         else:
