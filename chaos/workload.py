@@ -153,9 +153,12 @@ class Outgoing:
         return poison_value(self.kind, self.number, self.key.decode(), now_ms)
 
 
-def stream(seed: int, users: int, poison_share: float = 0.0) -> Iterator[Outgoing]:
-    """An endless seeded clickstream, with ``poison_share`` of poison records mixed in."""
-    cfg = GeneratorConfig(users=users, events=10**12, seed=seed, anon_ratio=ANON_RATIO)
+def stream(
+    seed: int, users: int, poison_share: float = 0.0, anon_ratio: float = ANON_RATIO
+) -> Iterator[Outgoing]:
+    """An endless seeded clickstream, with ``poison_share`` of poison records mixed in
+    and ``anon_ratio`` of its sessions starting logged out."""
+    cfg = GeneratorConfig(users=users, events=10**12, seed=seed, anon_ratio=anon_ratio)
     mixer = random.Random(seed * 7_919 + 13)
     numbers = itertools.count(1)
     for key, value in generate_records(cfg):
