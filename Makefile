@@ -28,7 +28,7 @@ format: $(STAMP)
 # The whole suite on the embedded servers (a short fuzz run included); the Apache
 # Kafka subset needs Java 17 and runs in `make test-kafka` (.ci/run, where Java is).
 test: lint
-	$(BIN)/python -m pytest -m "not apache_kafka"
+	$(BIN)/python -m pytest -m "not apache_kafka and not scenario"
 
 test-kafka: $(STAMP)
 	$(BIN)/python -m pytest -m apache_kafka
@@ -44,6 +44,7 @@ chaos: $(STAMP)
 	$(BIN)/tetik chaos --kills 200
 
 chaos-short: $(STAMP)
+	$(BIN)/python -m pytest -m scenario
 	$(BIN)/tetik chaos --short
 
 # The full benchmark (about 10 minutes); writes the figures the README shows.

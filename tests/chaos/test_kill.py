@@ -10,7 +10,7 @@ import pytest
 
 from chaos.scenarios import Context, kill, sizes
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.scenario]
 
 
 def test_random_kills_lose_and_double_nothing(tmp_path: Path) -> None:

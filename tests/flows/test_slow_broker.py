@@ -31,7 +31,7 @@ from tests.flows.live import (
     wait_for_actions,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 
 @pytest.fixture(params=[40, 100], ids=["40ms", "100ms"])
