@@ -64,7 +64,7 @@ from engine.rules.context import NOT_YET, Context
 from engine.rules.model import Rules, Segment
 from engine.segment_first import false_when_empty
 from engine.state import UserState
-from engine.windows import DEFAULT_CONFIG, WindowConfig, since_index
+from engine.windows import DEFAULT_CONFIG, Stored, WindowConfig, since_index
 
 Change = tuple[str, Literal["enter", "exit"]]
 _CHANGES: Final = "_segment_changes"  # transient: SegmentWatch._moments
@@ -75,21 +75,7 @@ _QUIET: Final = "_segment_quiet"
 _STALE: Final = -1  # a moment of change to find again
 _NEVER: Final = 1 << 62  # no moment of change before the user's next event
 _NO_ACTIONS: Final[frozenset[str]] = frozenset()
-_RECORD_FIELDS: Final = (
-    "product_id",
-    "category",
-    "price",
-    "quantity",
-    "query",
-    "order_id",
-    "revenue",
-    "items",
-    "channel",
-    "granted",
-    "kind",
-    "action_id",
-    "props",
-)
+_RECORD_FIELDS: Final = tuple(f for f in Stored.__struct_fields__ if f not in ("ts", "h"))
 
 
 def user_clock(state: UserState) -> int:

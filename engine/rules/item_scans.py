@@ -29,6 +29,7 @@ from engine.durations import format_duration
 from engine.retention import kept_from
 from engine.rules import history_calls
 from engine.rules.nodes import Node
+from engine.rules.ranges import add_up
 from engine.rules.typed import NUMBERS, Checker, Fn, Reader
 from engine.windows import DEFAULT_CONFIG, Stored, since_index
 
@@ -82,21 +83,8 @@ def summer(read: Reader, within: int | None, between: tuple[Fn, Fn] | None, wher
             lo = max(lo, start)
         elif within is not None:
             lo = max(lo, ctx.now - within)
-        records = window[since_index(window, lo) :]
-        saved = ctx.it
-        result: int | float = 0
-        try:
-            for record in records:
-                if hi is not None and record.ts >= hi:
-                    break
-                for line in lines(record):
-                    ctx.it = line
-                    if where is None or where(ctx) is True:
-                        value = read(line)
-                        if type(value) in NUMBERS:
-                            result += value
-        finally:
-            ctx.it = saved
+        records = window[since_index(window, lo) : None if hi is None else since_index(window, hi)]
+        result = add_up(ctx, (line for record in records for line in lines(record)), where, read)
         return round(result, 9) if type(result) is float else result
 
     return sum_items

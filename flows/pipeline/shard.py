@@ -147,6 +147,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._offsets: dict[str, int] | None = None  # read from Redis at the first activation
         self._next_due: int | None = None
+        self._batch_mark: int | None = None  # the watermark as this batch read it (_defers)
         self._backoff: dict[str, int] = {}
         self._held_until = 0  # a due timer was held back by the watermark until then
         self._recovering = False  # Redis lost its data: drop actions already in the topic
@@ -271,6 +272,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
 
     def _apply(self, engine: Engine, events: list[Item]) -> ShardReport:
         assert self._offsets is not None
+        self._batch_mark = None  # the watermark, read when an event first needs it
         write = ShardWrite()
         fresh = self._fresh(events, write)
         by_user: dict[str, list[Item]] = {}
@@ -397,8 +399,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return False  # a user's own events, one partition: in order as read
         if state.deferred:
             return len(state.deferred) < MAX_HELD  # after one that waits: in turn
-        mark: int = self._c.watermark.value()
-        return event.ts > mark
+        if self._batch_mark is None:  # once per batch: the lock and the exchange cost
+            self._batch_mark = self._c.watermark.value()
+        return event.ts > self._batch_mark
 
     def _release(
         self,
