@@ -68,6 +68,11 @@ ENGAGEMENT_KINDS: Final = ("delivered", "opened", "clicked", "bounced", "unsubsc
 PRODUCT_TYPES: Final = frozenset(
     {"view_product", "add_to_cart", "remove_from_cart", "add_favorite", "remove_favorite"}
 )
+# SPEC section 10: the catalog's feed (the only type without an identity) and the
+# events the engine derives from it for each interested shopper (engine.catalog).
+PRODUCT_UPDATE: Final = "product_update"
+DERIVED_TYPES: Final = ("price_drop", "back_in_stock")
+VIAS: Final = ("cart", "favorite", "view")  # strongest first
 
 # \Z, not $: `$` also matches before a trailing newline.
 TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.:-]{0,63}\Z"
@@ -128,6 +133,15 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
     action_id: Str | None = None
     kind: EngagementKind | None = None
     props: dict[Str, Any] | None = None
+    # product_update (SPEC section 10)
+    stock: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | None = None
+    name: Str | None = None
+    url: Str | None = None
+    image: Str | None = None
+    # price_drop / back_in_stock, derived by the engine (engine.catalog)
+    old_price: Price | None = None
+    drop_pct: float | None = None
+    via: Literal["cart", "favorite", "view"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.ts, int):
@@ -139,7 +153,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
                 f"ts {self.ts} is after 2100-01-01; send epoch milliseconds (13 digits today)"
             )
         _check_floats(self)
-        if not (self.user_id or self.anon_id):
+        if self.type == PRODUCT_UPDATE:
+            if self.user_id or self.anon_id:
+                raise ValueError(
+                    "product_update events carry no user_id or anon_id (a product, not a "
+                    "shopper); send the shopper's own event separately"
+                )
+        elif not (self.user_id or self.anon_id):
             raise ValueError("one of user_id or anon_id is required (the identity key)")
         _check_type_fields(self)
         if self.props is not None:
@@ -183,7 +203,7 @@ def _require(event: Event, *fields: str) -> None:
 def _check_type_fields(event: Event) -> None:
     """Required fields per standard type; custom types need only the basics."""
     kind = event.type
-    if kind in PRODUCT_TYPES:
+    if kind in PRODUCT_TYPES or kind == PRODUCT_UPDATE:
         _require(event, "product_id")
     elif kind == "view_category":
         _require(event, "category")
@@ -218,7 +238,7 @@ def _check_attributes(attributes: dict[str, Any]) -> None:
 
 def _check_floats(event: Event) -> None:
     """Floats must be finite (JSON has no infinity, but 1e999 decodes to one)."""
-    for name in ("price", "revenue"):
+    for name in ("price", "revenue", "old_price", "drop_pct"):
         value = getattr(event, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} {value} is not a finite number")

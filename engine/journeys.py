@@ -59,6 +59,7 @@ from typing import Any
 
 from engine.actions import Action, action_id
 from engine.broadcasts import Broadcasts
+from engine.catalog import CatalogReader
 from engine.events import Event
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
@@ -66,7 +67,7 @@ from engine.retention import kept_cart
 from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
-from engine.rules.templates import render_message
+from engine.rules.templates import product_vars, render_message
 from engine.segments import Change, SegmentWatch, latest_event, user_clock, watched_names
 from engine.state import (
     Enrollment,
@@ -147,6 +148,7 @@ class Engine:
             self.exit_types |= old.exit_types
         self.activated_at = activated_at  # live: when this version took over (None: replay)
         self.rfm: RfmBook | None = None
+        self.catalog: CatalogReader | None = None  # product(), bought_together(): SPEC 10
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
         )
@@ -195,7 +197,15 @@ class Engine:
         retired = {**self.retired, self.version: self}
         engine = Engine(rules, self.windows, retired, activated_at)
         engine.use_rfm(self.rfm)
+        engine.use_catalog(self.catalog)
         return engine
+
+    def use_catalog(self, catalog: CatalogReader | None) -> None:
+        """Read ``product()`` and ``bought_together()`` from ``catalog``, here and in
+        every retained version."""
+        self.catalog = catalog
+        for old in self.retired.values():
+            old.catalog = catalog
 
     def use_rfm(self, book: RfmBook | None) -> None:
         """Read ``rfm()`` from ``book`` here and in every retained version."""
@@ -244,7 +254,9 @@ class Engine:
         candidates = index.candidates(event) if index is not None else ()
         ctx = None
         if candidates:
-            ctx = Context(state, now, event=event, rfm=self.rfm, windows=self.windows)
+            ctx = Context(
+                state, now, event=event, rfm=self.rfm, windows=self.windows, catalog=self.catalog
+            )
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         if watch is not None:
@@ -354,7 +366,9 @@ class Engine:
     ) -> None:
         """Enroll the user in each broadcast of this instant whose segment holds."""
         entry = latest_event(state)
-        ctx = Context(state, when, event=entry, rfm=self.rfm, windows=self.windows)
+        ctx = Context(
+            state, when, event=entry, rfm=self.rfm, windows=self.windows, catalog=self.catalog
+        )
         for journey in journeys:
             name = journey.trigger.segment
             if name is not None and not self.rules.segments[name].cond.holds(ctx):
@@ -379,7 +393,14 @@ class Engine:
             journeys = tuple(j for j in self.segment_journeys if _change_of(j) in changed)
         if journeys:
             if ctx is None:
-                ctx = Context(state, now, event=entry, rfm=self.rfm, windows=self.windows)
+                ctx = Context(
+                    state,
+                    now,
+                    event=entry,
+                    rfm=self.rfm,
+                    windows=self.windows,
+                    catalog=self.catalog,
+                )
             for journey in journeys:
                 self._maybe_enter(state, journey, entry, ctx, out)
 
@@ -429,6 +450,7 @@ class Engine:
             entry=enrollment.entry,
             actions=enrollment.actions,
             rfm=self.rfm,
+            catalog=self.catalog,
             windows=self.windows,
         )
         for rule in program.journey.exits:
@@ -506,6 +528,7 @@ class Engine:
                     enrollment.entry,
                     enrollment.actions,
                     rfm=self.rfm,
+                    catalog=self.catalog,
                     windows=self.windows,
                 )
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
@@ -573,16 +596,23 @@ class Engine:
         fields = self.rules.templates.get(step.template, {}).get(channel)
         if fields is None:
             return None, None
-        content = render_message(fields, _template_vars(state, enrollment, now, self.windows))
+        content = render_message(
+            fields, _template_vars(state, enrollment, now, self.windows, self.catalog)
+        )
         return ("template_error", None) if content is None else (None, content)
 
 
 def _template_vars(
-    state: UserState, enrollment: Enrollment, now: int, windows: WindowConfig
+    state: UserState,
+    enrollment: Enrollment,
+    now: int,
+    windows: WindowConfig,
+    catalog: CatalogReader | None,
 ) -> dict[str, Any]:
     entry = enrollment.entry
     cart = kept_cart(state.cart, windows, now)  # the lines that count at `now`, pruned or not
     return {
+        **product_vars(catalog, None if entry is None else entry.product_id),
         "profile": dict(state.profile),
         "entry": {} if entry is None else _event_vars(entry),
         "cart": {"total": lines_total(cart), "count": lines_count(cart), "items": list(cart)},

@@ -28,6 +28,15 @@ Rules of this interface:
   ``identity_conflict`` events and the enrollments ended (``ended``, e.g.
   ``merged``).
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
+* The catalog (SPEC section 10, :mod:`engine.catalog`) lives in memory for
+  the run and is what ``product()`` and ``bought_together()`` read. A
+  ``product_update`` changes it at its position in the log; when it lowers
+  the price or restocks, each shopper the interest index lists
+  (:mod:`engine.interest`, kept after every event when the log has updates)
+  gets the derived events :func:`engine.catalog.derive` decides, applied at
+  once at the update's clock, shoppers in sorted key order
+  (:attr:`ReplayStats.derived` counts them). Every applied purchase counts
+  toward ``bought_together``.
 * When a condition calls ``rfm()``, the base's RFM boundaries are computed
   over every user in memory at each refresh instant ``k * rfm_refresh``
   before an event at or after it is handled, and once more after the last
@@ -48,9 +57,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.actions import Action
+from engine.bought_together import pairs
+from engine.catalog import Catalog, change_of, derive
 from engine.errors import InvalidEvent
-from engine.events import Event, check_not_future, decode_event
+from engine.events import PRODUCT_UPDATE, Event, check_not_future, decode_event
 from engine.identity import link, resolve
+from engine.interest import InterestIndex, touched
 from engine.journeys import Engine, replay_order
 from engine.state import UserState, prune
 
@@ -75,6 +87,7 @@ class ReplayStats:
     merged: int = 0  # anonymous ids merged into a user at their link event
     identity_conflicts: int = 0  # events naming another user for an already linked anon_id
     ended: dict[str, int] = field(default_factory=dict)  # enrollments ended, by reason
+    derived: int = 0  # price_drop / back_in_stock events derived from product updates
 
 
 class _Poison(Exception):
@@ -155,7 +168,7 @@ def replay_events(
         stats.events, stats.users, stats.actions = run.events, run.users, run.actions
         stats.clock = run.clock
         stats.merged, stats.identity_conflicts = run.merged, run.identity_conflicts
-        stats.ended = run.ended
+        stats.ended, stats.derived = run.ended, run.derived
         return actions
 
 
@@ -184,6 +197,7 @@ def _run(
     actions: list[Action] = []
     clock = 0
     rfm = _rfm_refresher(engine)
+    shop = _Shop(engine, any(e.type == PRODUCT_UPDATE for e in events))
     for event in events:
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
@@ -192,7 +206,14 @@ def _run(
         if rfm is not None:
             rfm.before(clock)
         try:
-            state, merged = _one(engine, states, links, event, clock, actions, stats)
+            if event.type == PRODUCT_UPDATE:
+                for derived in shop.fan_out(event, states):
+                    state, _ = _one(engine, states, links, derived, clock, actions, stats, shop)
+                    stats.derived += 1
+                    if rfm is not None:
+                        rfm.after(state)
+                continue
+            state, merged = _one(engine, states, links, event, clock, actions, stats, shop)
         except Exception as exc:  # a bug; live dead-letters the event, replay leaves it out
             raise _Poison(event, exc) from exc
         if rfm is not None:
@@ -231,6 +252,7 @@ def _one(
     clock: int,
     actions: list[Action],
     stats: ReplayStats,
+    shop: _Shop,
 ) -> tuple[UserState, str | None]:
     """Handle one event for its identity, merging an anonymous id at its link; the
     user's state, and the anonymous id merged into it (None: none)."""
@@ -246,5 +268,45 @@ def _one(
         linked = link(engine, state, states.pop(anon, None), anon, clock)
         actions.extend(linked.fired)
         stats.merged += linked.merge.merged
-    actions.extend(engine.on_event(state, resolution.event, clock))
+        shop.merged(anon, state, clock)
+    event = resolution.event
+    cart_before = list(state.cart) if event.type == "purchase" and event.items is None else ()
+    outcome, fired, caused = engine.handle(state, event, clock)
+    actions.extend(fired)
+    actions.extend(caused)
+    if outcome == "applied":
+        shop.applied(state, event, cart_before, clock)
     return state, anon
+
+
+class _Shop:
+    """Replay's catalog, interest index and bought-together counts (SPEC section 10)."""
+
+    def __init__(self, engine: Engine, updates: bool) -> None:
+        self.engine = engine
+        self.catalog = Catalog()
+        engine.use_catalog(self.catalog)
+        self.index = InterestIndex() if updates else None
+
+    def applied(self, state: UserState, event: Event, cart_before: Iterable[str], now: int) -> None:
+        if event.type == "purchase" and event.items:
+            self.catalog.together.record(pairs(event))
+        if self.index is not None:
+            products = touched(event, cart_before)
+            if products:
+                self.index.refresh(state, products, now, self.engine.windows)
+
+    def merged(self, anon: str, state: UserState, now: int) -> None:
+        if self.index is not None:
+            self.index.merge(anon, state, now, self.engine.windows)
+
+    def fan_out(self, update: Event, states: dict[str, UserState]) -> Iterator[Event]:
+        """Apply ``update`` to the catalog; the events it derives, shopper by shopper."""
+        record = self.catalog.update(update)
+        if record is None or self.index is None or not change_of(record):
+            return
+        for key in self.index.shoppers(update.product_id or "", update.ts):
+            state = states.get(key)
+            if state is None:
+                continue
+            yield from derive(update, record, state, self.engine.windows)

@@ -47,6 +47,10 @@ class Stored(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, g
     kind: str | None = None
     action_id: str | None = None
     props: dict[str, Any] | None = None
+    # price_drop / back_in_stock (SPEC section 10)
+    old_price: float | None = None
+    drop_pct: float | None = None
+    via: str | None = None
 
 
 class WindowLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +119,9 @@ def stored(event: Event, h: int, revenue: float | None) -> Stored:
         kind=event.kind,
         action_id=event.action_id,
         props=event.props,
+        old_price=event.old_price,
+        drop_pct=event.drop_pct,
+        via=event.via,
     )
 
 

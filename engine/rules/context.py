@@ -15,6 +15,9 @@ Rules of this interface:
 * ``rfm`` holds the base's RFM boundaries by refresh instant (the engine's
   :class:`~engine.rfm.RfmBook`); ``rfm()`` reads those in force at ``now``.
   None: no boundaries, so ``rfm()`` is ``null``.
+* ``catalog`` answers ``product(ID)`` and ``bought_together(ID, N)``
+  (:class:`~engine.catalog.CatalogReader`); None: no catalog, both are
+  ``null`` and ``[]``.
 * ``windows`` are the engine's bounds: window reads ignore records older than
   their retention cutoff at ``now`` (:mod:`engine.retention`), and months are
   those of its ``timezone`` (the rules'). The engine passes its own.
@@ -26,6 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from engine.catalog import CatalogReader
 from engine.events import Event
 from engine.rfm import RfmBook
 from engine.state import UserState
@@ -48,3 +52,4 @@ class Context:
     windows: WindowConfig = DEFAULT_CONFIG
     # rfm()'s answer once computed in this evaluation (it reads only state, now, rfm)
     rfm_score: Any = NOT_YET
+    catalog: CatalogReader | None = None

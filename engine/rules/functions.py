@@ -36,6 +36,12 @@ Rules of this interface:
   ``score`` (the string ``"545"``), scored by :func:`engine.rfm.score` against
   the boundaries in force at ``now`` (``ctx.rfm``); ``null`` without purchases
   or boundaries, and so are its fields (``rfm().r``).
+* The catalog (SPEC section 10, ``ctx.catalog``): ``product(PRODUCT)`` -> a
+  record with the product's latest ``name``, ``url``, ``image``, ``category``,
+  ``price``, ``stock`` and ``props`` (``product(event.product_id).stock``);
+  ``null`` for a product the catalog has not seen, and so are its fields.
+  ``bought_together(PRODUCT, N)`` -> the list of up to N product ids most often
+  bought in the same orders (:mod:`engine.bought_together`; N at most 100).
 """
 
 from __future__ import annotations
@@ -72,12 +78,20 @@ SIGNATURES: Final = {
     "favorited": "favorited(PRODUCT)",
     "rfm": "rfm()",
     "in_segment": "in_segment('NAME')",  # compiled by engine.rules.segment_refs
+    "product": "product(PRODUCT)",
+    "bought_together": "bought_together(PRODUCT, N)",
 }
 RFM_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
     "r": ("number", attrgetter("r")),
     "f": ("number", attrgetter("f")),
     "m": ("number", attrgetter("m")),
     "score": ("string", attrgetter("score")),
+}
+PRODUCT_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
+    **{name: ("string", attrgetter(name)) for name in ("name", "url", "image", "category")},
+    "price": ("number", attrgetter("price")),
+    "stock": ("number", attrgetter("stock")),
+    "props": ("any", attrgetter("props")),
 }
 DEFAULT_KINDS: Final = frozenset({"opened", "clicked"})
 _TYPE = re.compile(TYPE_PATTERN)
@@ -383,12 +397,16 @@ def _engaged(cx: Checker, node: Call) -> Typed:
 
 def _product(cx: Checker, node: Call) -> Fn:
     _arity(node, 1, 1)
-    product = cx.expr(node.args[0])
+    return _product_id(cx, node, node.args[0])
+
+
+def _product_id(cx: Checker, node: Call, arg: Node) -> Fn:
+    product = cx.expr(arg)
     if product.type not in ("string", "any"):
         raise ExpressionError(
-            f"{node.name} needs a product id (a string), but {cx.quote(node.args[0])} is "
+            f"{node.name} needs a product id (a string), but {cx.quote(arg)} is "
             f"{article(product.type)}",
-            node.args[0].start,
+            arg.start,
         )
     return product.fn
 
@@ -434,6 +452,43 @@ def _rfm(cx: Checker, node: Call) -> Typed:
     return Typed("record", rfm, fields=RFM_FIELDS)
 
 
+# -- the catalog ---------------------------------------------------------------------
+
+
+def _catalog_product(cx: Checker, node: Call) -> Typed:
+    find = _product(cx, node)
+
+    def product(ctx: Any) -> Any:
+        catalog = ctx.catalog
+        pid = find(ctx)
+        return None if catalog is None or type(pid) is not str else catalog.product(pid)
+
+    return Typed("record", product, fields=PRODUCT_FIELDS)
+
+
+def _bought_together(cx: Checker, node: Call) -> Typed:
+    _arity(node, 2, 2)
+    find = _product_id(cx, node, node.args[0])
+    count = cx.expr(node.args[1])
+    if count.type not in ("number", "any"):
+        raise ExpressionError(
+            f"bought_together's N is how many product ids to return (a number), but "
+            f"{cx.quote(node.args[1])} is {article(count.type)}",
+            node.args[1].start,
+        )
+    how_many = count.fn
+
+    def bought_together(ctx: Any) -> list[str]:
+        catalog = ctx.catalog
+        pid = find(ctx)
+        n = how_many(ctx)
+        if catalog is None or type(pid) is not str or not isinstance(n, int | float):
+            return []
+        return catalog.bought_together(pid, int(n))  # type: ignore[no-any-return]
+
+    return Typed("list", bought_together, sure=True)
+
+
 _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "count": _count,
     "exists": _exists,
@@ -449,4 +504,6 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "in_cart": _in_cart,
     "favorited": _favorited,
     "rfm": _rfm,
+    "product": _catalog_product,
+    "bought_together": _bought_together,
 }

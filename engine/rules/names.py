@@ -40,7 +40,8 @@ from engine.state import lines_count, lines_total
 ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now", "anonymous")
 FUNCTIONS: Final = (
     "count", "exists", "sum", "sum_items", "last", "since", "first", "since_first", "date",
-    "between", "engaged", "in_cart", "favorited", "rfm", "in_segment",
+    "between", "engaged", "in_cart", "favorited", "rfm", "in_segment", "product",
+    "bought_together",
 )  # fmt: skip
 
 
@@ -68,10 +69,21 @@ def _item_ids(source: Any) -> list[str] | None:
 _SHARED: Final[Mapping[str, Field]] = {
     **{
         name: Field("string", attrgetter(name))
-        for name in ("product_id", "category", "query", "order_id", "channel", "kind", "action_id")
+        for name in (
+            "product_id",
+            "category",
+            "query",
+            "order_id",
+            "channel",
+            "kind",
+            "action_id",
+            "via",
+        )
     },
     "ts": Field("number", attrgetter("ts")),
     "price": Field("number", attrgetter("price")),
+    "old_price": Field("number", attrgetter("old_price")),
+    "drop_pct": Field("number", attrgetter("drop_pct")),
     "quantity": Field("number", _quantity_of_record),
     "granted": Field("bool", attrgetter("granted")),
     "items": Field("list", _item_ids),
@@ -82,8 +94,9 @@ EVENT_FIELDS: Final[Mapping[str, Field]] = {
     **_SHARED,
     **{
         name: Field("string", attrgetter(name))
-        for name in ("event_id", "type", "user_id", "anon_id")
+        for name in ("event_id", "type", "user_id", "anon_id", "name", "url", "image")
     },
+    "stock": Field("number", attrgetter("stock")),
     "revenue": Field("number", purchase_revenue),
     "attributes": Field("any", attrgetter("attributes"), nested=True),
 }

@@ -12,7 +12,10 @@ Rules of this interface:
 * The variables a template may use are :data:`RENDER_VARIABLES`, which the runtime
   passes: ``profile`` (attributes), ``entry`` and ``event`` (events), ``cart``
   (``total``, ``count``, ``items``), ``user_id``, ``journey`` (its id) and ``now``
-  (epoch ms); loop and ``set`` variables and Jinja's globals (``range``,
+  (epoch ms), and from the catalog (SPEC section 10, :func:`product_vars`)
+  ``product`` (the entry event's product's fields, ``product.name``; called,
+  ``product(ID)`` gives another product's) and ``bought_together(ID, N)``
+  (a list of product ids); loop and ``set`` variables and Jinja's globals (``range``,
   ``dict``, ``cycler``, ``joiner``, ``namespace``; not ``lipsum``) are allowed too.
 * :func:`render_message` renders every field of one message under one budget
   and returns ``None`` when the message is over it: the engine then suppresses
@@ -78,7 +81,9 @@ from jinja2.utils import _PassArg
 from engine.events import suggest
 from engine.rules.model import RenderFn
 
-RENDER_VARIABLES: Final = ("profile", "entry", "event", "cart", "user_id", "journey", "now")
+RENDER_VARIABLES: Final = (
+    "profile", "entry", "event", "cart", "user_id", "journey", "now", "product", "bought_together",
+)  # fmt: skip
 MAX_OUTPUT_CHARS: Final = 65_536  # all fields of one message together
 MAX_WORK: Final = 10_000  # steps of one message
 MAX_PRODUCED_CHARS: Final = 1_048_576  # text built while rendering one message
@@ -435,6 +440,34 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         return _charge(fn(*head, value, *rest, **kwargs), budget)
 
     return guarded
+
+
+class ProductVars(dict[str, Any]):
+    """``product`` in a template: the entry product's fields, callable as ``product(ID)``."""
+
+    def __init__(self, fields: Mapping[str, Any], catalog: Any) -> None:
+        super().__init__(fields)
+        self._catalog = catalog
+
+    def __call__(self, product_id: Any) -> dict[str, Any]:
+        if self._catalog is None or type(product_id) is not str:
+            return {}
+        record = self._catalog.product(product_id)
+        return {} if record is None else record.fields()
+
+
+def product_vars(catalog: Any, product_id: str | None) -> dict[str, Any]:
+    """The catalog's template variables for an entry event about ``product_id``."""
+    product = ProductVars({}, catalog)
+    if product_id is not None:
+        product = ProductVars(product(product_id), catalog)
+
+    def bought_together(pid: Any, n: Any = 3) -> list[str]:
+        if catalog is None or type(pid) is not str or type(n) is not int:
+            return []
+        return list(catalog.bought_together(pid, n))
+
+    return {"product": product, "bought_together": bought_together}
 
 
 def _environment() -> _Sandbox:

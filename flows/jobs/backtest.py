@@ -100,12 +100,18 @@ def run_replay(
     else:
         _write(sys.stdout.buffer, kept)
     print(
-        f"\rreplay: {stats.events:,} events, {stats.invalid:,} invalid lines, "
+        f"\rreplay: {stats.events:,} events{_derived_note(stats)}, "
+        f"{stats.invalid:,} invalid lines, "
         f"{stats.users:,} users -> {stats.actions.get('sent', 0):,} sent, "
         f"{stats.actions.get('suppressed', 0):,} suppressed{_identity_note(stats)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _derived_note(stats: ReplayStats) -> str:
+    """Events derived from catalog updates (SPEC section 10), when there were any."""
+    return f" (+{stats.derived:,} derived from product updates)" if stats.derived else ""
 
 
 def _identity_note(stats: ReplayStats) -> str:

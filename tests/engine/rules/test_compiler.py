@@ -399,7 +399,8 @@ def test_every_declared_field_reads_without_error() -> None:
 def test_plain_event_fields_read_as_the_raw_attribute() -> None:
     assert {
         "event_id", "type", "ts", "user_id", "anon_id", "product_id", "category", "price",
-        "query", "order_id", "channel", "granted", "kind", "action_id",
+        "query", "order_id", "channel", "granted", "kind", "action_id", "via", "old_price",
+        "drop_pct", "stock", "name", "url", "image",
     } == PLAIN_EVENT_FIELDS  # fmt: skip
     for event in (
         VIEW,

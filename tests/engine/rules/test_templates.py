@@ -49,6 +49,8 @@ def test_render_variables_are_the_documented_ones() -> None:
         "user_id",
         "journey",
         "now",
+        "product",
+        "bought_together",
     }
 
 
