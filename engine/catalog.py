@@ -165,9 +165,13 @@ class Catalog:
         self.together = BoughtTogether()
 
     def update(self, event: Event) -> Product | None:
-        """Apply a ``product_update``; the product after it (None: it was stale)."""
+        """Apply a ``product_update``; the product after it (None: it was stale, or the
+        latest update seen again, which changes nothing the second time)."""
         pid = event.product_id or ""
-        record = apply_update(self.products.get(pid), event)
+        before = self.products.get(pid)
+        if before is not None and before.event == event.event_id:
+            return None
+        record = apply_update(before, event)
         if record is not None:
             self.products[pid] = record
         return record

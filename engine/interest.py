@@ -110,6 +110,19 @@ def touched(event: Event, cart_before: Iterable[str]) -> set[str]:
     return set()
 
 
+def products_of(state: UserState, now: int, windows: WindowConfig) -> set[str]:
+    """Every product ``state`` may be interested in at ``now`` (a superset: its cart,
+    its favorites and the products it viewed in the last 30 days)."""
+    found = set(state.cart) | set(state.favorites)
+    oldest = now - VIEW_INTEREST_MS
+    for record in reversed(state.windows.get("view_product") or ()):
+        if record.ts < oldest:
+            break
+        if record.product_id:
+            found.add(record.product_id)
+    return found
+
+
 class InterestIndex:
     """The interest index in memory: product -> shopper -> :class:`Interest`."""
 

@@ -7,8 +7,9 @@ Steps (each owned by one module):
 2. ``decode``: :func:`flows.pipeline.decode.decode_stamped` validates and
    stamps each message; invalid ones go to the ``dlq`` sink.
 3. ``fanout``: inputs that belong to no single shopper (those a
-   :class:`~flows.pipeline.derive.Deriver` wants) are fanned out, paced, to
-   derived per-shopper events (:mod:`flows.pipeline.derive`), which join the
+   :class:`~flows.pipeline.derive.Deriver` wants: always the catalog's
+   ``product_update``, :mod:`flows.pipeline.catalog_fanout`) are fanned out,
+   paced, to per-shopper items (:mod:`flows.pipeline.derive`), which join the
    shoppers' own events.
 4. ``resolve``: each event's identity (:class:`flows.pipeline.identity.Resolver`):
    an anonymous id's event goes to its user once linked, and an event that
@@ -42,10 +43,12 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from flows.pipeline.bounded import SettleLogic
+from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
 from flows.pipeline.derive import Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.identity import LinkRequest, Resolver, identity_of
 from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
+from flows.stores.catalog import CatalogStore
 from flows.stores.keys import shard_of
 
 
@@ -104,8 +107,8 @@ def build_flow(
     split = op.branch("split", decoded, _is_rejected)
     events = cast(Stream[Stamped], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
-    if derivers:
-        events = _fanned_out(events, derivers, config)
+    catalog = ProductDeriver(CatalogStore(config.client, config.keys), shards)
+    events = _fanned_out(events, [catalog, *derivers], config)
     resolver = Resolver(config.client, config.keys)
     resolved = op.flat_map_batch("resolve", events, resolver)
     wakes = cast(Stream[Stamped | LinkRequest | Wake], op.input("wake", flow, WakeSource(shards)))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
+from engine.catalog import Product
 from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
 from flows.clock import wall_ms
@@ -60,6 +61,16 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Fanout:
+    """A product update's fan-out to one shopper (:mod:`flows.pipeline.catalog_fanout`):
+    the shopper's shard decides the derived events from the shopper's state
+    (:func:`engine.catalog.derive`), with the product as that update made it."""
+
+    identity: str
+    record: Product
+
+
+@dataclass(frozen=True, slots=True)
 class Stamped:
     """A valid event with the clock it is applied at, and where and when it was read.
 
@@ -73,6 +84,7 @@ class Stamped:
     message: KafkaSourceMessage[Any, Any] | None = None
     partition: str = ""
     route: Route | None = None  # set by the identity resolver
+    fanout: Fanout | None = None  # a product update on its way to one interested shopper
 
     @property
     def offset(self) -> int:

@@ -1,11 +1,13 @@
 """Derived events: an input that belongs to no single shopper, fanned out to many.
 
-A product update reaches every shopper who cares about the product, a
-broadcast every member of a segment. A :class:`Deriver` (one small interface
-per kind of fan-out) says which inputs it takes and, page by page, which
-shoppers get which derived event. :class:`FanoutLogic` runs the pages and
-sends each derived event through the same keyed step as ordinary events, to
-the shopper's shard.
+A product update reaches every shopper who cares about the product
+(:mod:`flows.pipeline.catalog_fanout`). A :class:`Deriver` (one small
+interface per kind of fan-out) says which inputs it takes, what taking one
+does (:meth:`Deriver.take`: the catalog applies an update at once) and, page
+by page, which shoppers get what: a derived event, or a :class:`Fanout` of
+the input to a shopper whose shard decides the derived events from the
+shopper's state. :class:`FanoutLogic` runs the pages and sends each through
+the same keyed step as ordinary events, to the shopper's shard.
 
 Rules of this interface:
 
@@ -13,6 +15,10 @@ Rules of this interface:
   the shopper: re-processing the input (after a crash) derives the same ids,
   and the shard's state drops an event id it already holds
   (``duplicate``), so nothing fans out twice.
+* The pages of an input start once the watermark has passed its ``ts``:
+  every shopper's event up to the input's time has been applied by then
+  (:mod:`flows.pipeline.watermark`), so whoever became interested before
+  the input is listed.
 * Fan-out is paced: at most ``page`` derived events per activation, so a
   fan-out to 100,000 shoppers never stalls other shoppers' events, which
   interleave with it. Ordering: a derived event is applied at its input's
@@ -28,7 +34,6 @@ Rules of this interface:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,17 +42,15 @@ from typing import Any, Protocol
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
+from engine.catalog import derived_id
 from engine.events import Event
-from flows.pipeline.decode import Stamped
+from flows.pipeline.decode import Fanout, Stamped
 
 PAGE = 2_000  # derived events a fan-out emits per activation
 PACE_MS = 1  # how soon a fan-out with more to go looks again
+GATE_MS = 10  # how soon a fan-out waiting for the watermark looks again
 
-
-def derived_id(source_id: str, identity: str) -> str:
-    """The id of the event derived from input ``source_id`` for ``identity``."""
-    digest = hashlib.blake2b(f"{source_id}\x1f{identity}".encode(), digest_size=16)
-    return f"d-{digest.hexdigest()}"
+__all__ = ["Deriver", "FanoutConfig", "FanoutLogic", "Job", "derived_id", "wants_any"]
 
 
 class Deriver(Protocol):
@@ -59,8 +62,16 @@ class Deriver(Protocol):
         """Whether ``event`` is an input of this fan-out rather than a shopper's event."""
         ...
 
-    def page(self, event: Event, cursor: str, limit: int) -> tuple[list[Event], str | None]:
-        """Up to ``limit`` derived events after ``cursor``, and the next cursor (None: done).
+    def take(self, event: Event) -> bytes | None:
+        """Take an input (once, or again after a crash): what its pages need, or None
+        when it fans out to no one."""
+        ...
+
+    def page(
+        self, event: Event, data: bytes, cursor: str, limit: int
+    ) -> tuple[list[Event | Fanout], str | None]:
+        """Up to ``limit`` derived events or fan-outs after ``cursor``, and the next
+        cursor (None: done). ``data`` is what :meth:`take` returned.
 
         Each derived event carries its shopper's identity and the
         :func:`derived_id` of ``event``'s id and that identity.
@@ -75,6 +86,9 @@ class Job(msgspec.Struct, array_like=True, frozen=True):
     event: bytes  # msgspec JSON of the input Event
     now: int
     cursor: str = ""
+    data: bytes = b""  # what the deriver's take() returned
+    ts: int = 0  # the input's event time: its pages start once the watermark passes it
+    started: bool = False
 
 
 _encode = msgspec.json.Encoder().encode
@@ -100,7 +114,10 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Stamped], bool]:
         for item in values:
             deriver = next(d for d in self._c.derivers if d.wants(item.event))
-            self._jobs.append(Job(deriver.name, _encode(item.event), item.now))
+            data = deriver.take(item.event)
+            if data is not None:
+                job = Job(deriver.name, _encode(item.event), item.now, data=data, ts=item.event.ts)
+                self._jobs.append(job)
         # The inputs are taken: they no longer hold their partitions back.
         self._c.watermark.applied((v.partition, v.now) for v in values if v.partition)
         return self._step(), StatefulBatchLogic.RETAIN
@@ -111,7 +128,12 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
     def notify_at(self) -> datetime | None:
         if not self._jobs:
             return None
-        return datetime.fromtimestamp((self._c.clock() + PACE_MS) / 1000, UTC)
+        pace = GATE_MS if self._gated(self._jobs[0]) else PACE_MS
+        return datetime.fromtimestamp((self._c.clock() + pace) / 1000, UTC)
+
+    def _gated(self, job: Job) -> bool:
+        """Whether ``job`` waits for the watermark to pass its input (module rules)."""
+        return not job.started and self._c.watermark.value() < job.ts
 
     def snapshot(self) -> list[Job]:
         return list(self._jobs)
@@ -121,13 +143,19 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
         if not self._jobs:
             return []
         job = self._jobs[0]
+        if self._gated(job):
+            return []
         event = _decode_event(job.event)
-        derived, cursor = self._by_name[job.deriver].page(event, job.cursor, self._c.page)
+        page = self._by_name[job.deriver].page
+        derived, cursor = page(event, job.data, job.cursor, self._c.page)
         if cursor is None:
             self._jobs.pop(0)
         else:
-            self._jobs[0] = msgspec.structs.replace(job, cursor=cursor)
-        return [Stamped(d, job.now) for d in derived]
+            self._jobs[0] = msgspec.structs.replace(job, cursor=cursor, started=True)
+        return [
+            Stamped(d, job.now) if isinstance(d, Event) else Stamped(event, job.now, fanout=d)
+            for d in derived
+        ]
 
 
 def wants_any(derivers: Sequence[Deriver]) -> Any:

@@ -147,7 +147,9 @@ def unpack_handoff(data: bytes) -> Handoff:
 
 def identity_of(item: Stamped | LinkRequest) -> str:
     """The identity whose shard takes ``item``."""
-    return item.anon if isinstance(item, LinkRequest) else item.event.key
+    if isinstance(item, LinkRequest):
+        return item.anon
+    return item.event.key if item.fanout is None else item.fanout.identity
 
 
 def held(item: Stamped) -> Held:

@@ -59,7 +59,11 @@ import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from engine.actions import Action
+from engine.bought_together import pairs
+from engine.catalog import derive
+from engine.events import Event
 from engine.identity import link
+from engine.interest import interest_of, products_of, touched
 from engine.journeys import Engine
 from engine.state import MAX_HELD, Holding, Linking, UserState, dumps, loads, prune
 from flows.clock import Clock, wall_ms
@@ -82,6 +86,7 @@ from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
 from flows.pipeline.sweep import unpack as unpack_mark
 from flows.retry import retrying
+from flows.stores.catalog import RedisCatalog, drop_interest, pack_interest
 from flows.stores.emissions import Emitter, Record, action_record, pack
 from flows.stores.keys import Keys, shard_of
 from flows.stores.states import ShardStore, ShardWrite
@@ -133,6 +138,11 @@ class ShardConfig:
     # A bounded run (flows.pipeline.bounded): True when the end of the input means every
     # event was read (not a stop); None (live): the end of the input decides nothing.
     input_complete: Callable[[], bool] | None = None
+    catalog: RedisCatalog | None = None  # product(), bought_together(): built from client
+
+    def __post_init__(self) -> None:
+        if self.catalog is None:
+            self.catalog = RedisCatalog(self.client, self.keys)
 
 
 class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
@@ -153,6 +163,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._recovering = False  # Redis lost its data: drop actions already in the topic
         self._marks: dict[str, SweepMark] = {}
         self._waiting: dict[str, str] = {}  # user -> the anonymous id its held events wait for
+        # The catalog (SPEC section 10): per identity, the products whose interest this
+        # activation's applied events may have changed, and the purchases to count.
+        self._touched: dict[str, set[str]] = {}
+        self._bought: dict[str, list[Event]] = {}
         if shard is not None:
             self._bind(shard)
 
@@ -260,6 +274,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
     # -- events -----------------------------------------------------------------------
 
     def _start(self) -> None:
+        catalog = self._c.catalog
+        assert catalog is not None
+        engine = self._c.runtime.current()
+        if engine.catalog is not catalog:  # a new rules version: it reads the same catalog
+            engine.use_catalog(catalog)
+        catalog.begin()  # a batch sees one version of each product it reads
         if self._offsets is None:
             self._offsets = self._retrying("reading a shard's offsets", self._shard_store.offsets)
             self._next_due = self._retrying("reading a shard's timers", self._shard_store.next_due)
@@ -289,6 +309,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 items = self._linked_away(linked, items, records, write.counts)
                 if not items:
                     continue
+            if stored is None and all(_fanned(item) for item in items):
+                write.counts["catalog.no_state"] += len(items)  # interest outlived the state
+                continue
             if stored is None:
                 write.new.add(identity)
             state = stored or UserState(key=identity)
@@ -300,6 +323,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 data = self._run(engine, state, items, mine, counts)
             except Exception:  # one event's failure must not stop everyone
                 mine, counts = [], Counter()
+                self._bought.pop(identity, None)  # counted again as the events are redone
                 state = self._isolate(engine, identity, items, mine, counts, records)
                 data = self._pruned(engine, state, items[-1].now)
             actions.extend(mine)
@@ -307,6 +331,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             if data is not None:
                 write.state(identity, data, self._due(engine, state), before)
                 books.note(write, engine, identity, was, state)
+                self._note_catalog(write, engine, state)
                 self._remember(identity, data)
                 if state.holding is not None and identity not in self._waiting:
                     write.waiting[identity] = state.holding.anon
@@ -352,6 +377,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         """One item for one identity: kept for a hand-over, or handled; True if it changed."""
         if isinstance(item, LinkRequest):
             return _requested(state, item, counts)
+        if item.fanout is not None:
+            return self._fan_in(engine, state, item, actions, counts)
         event, route = item.event, item.route
         pending = state.linking
         if pending is not None and event.user_id is None and event.ts >= pending.at:
@@ -377,11 +404,54 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return True
         if route is not None and route.kind == "conflict":
             counts["identity_conflict"] += 1
-        outcome, fired, caused = engine.handle(state, event, item.now)
+        outcome, fired, caused = self._handle(engine, state, event, item.now)
         counts[outcome] += 1
         actions.extend(fired)
         actions.extend(_caused(caused, item.ingested))
         return outcome == "applied" or bool(fired)
+
+    def _fan_in(
+        self,
+        engine: Engine,
+        state: UserState,
+        item: Stamped,
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bool:
+        """A product update fanned out to this shopper: the events it derives for them
+        (:func:`engine.catalog.derive`), each handled like the shopper's own."""
+        assert item.fanout is not None
+        changed = False
+        for event in derive(item.event, item.fanout.record, state, engine.windows):
+            counts[f"catalog.{event.type}"] += 1
+            derived = Stamped(event, item.now, item.ingested)
+            changed = self._one(engine, state, derived, actions, counts) or changed
+        return changed
+
+    def _handle(
+        self, engine: Engine, state: UserState, event: Event, now: int
+    ) -> tuple[str, list[Action], list[Action]]:
+        """:meth:`engine.journeys.Engine.handle`, remembering what the catalog needs."""
+        cart = list(state.cart) if event.type == "purchase" and event.items is None else ()
+        result = engine.handle(state, event, now)
+        if result[0] == "applied":
+            products = touched(event, cart)
+            if products:
+                self._touched.setdefault(state.key, set()).update(products)
+            if event.type == "purchase" and event.items:
+                self._bought.setdefault(state.key, []).append(event)
+        return result
+
+    def _note_catalog(self, write: ShardWrite, engine: Engine, state: UserState) -> None:
+        """Queue the shopper's interest entries and purchases with its state's write."""
+        key = state.key
+        products = self._touched.pop(key, None)
+        if products:
+            for pid in products:
+                found = interest_of(state, pid, state.last_seen, engine.windows)
+                write.interest[(pid, key)] = b"" if found is None else pack_interest(found)
+        for event in self._bought.pop(key, ()):
+            write.together.update(pairs(event))
 
     def _defers(self, state: UserState, item: Stamped) -> bool:
         """Whether an event waits for the watermark before it is applied (module rules):
@@ -424,7 +494,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 pending.held.append(kept)
                 counts["identity.kept"] += 1
                 continue
-            outcome, fired, caused = engine.handle(state, item.event, kept.now)
+            outcome, fired, caused = self._handle(engine, state, item.event, kept.now)
             counts[outcome] += 1
             actions.extend(fired)
             actions.extend(_caused(caused, kept.ingested))
@@ -564,6 +634,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             actions.extend(fired)
             write.state(identity, data, self._due(engine, state), before=until)  # it was indexed
             books.note(write, engine, identity, was, state)
+            self._note_catalog(write, engine, state)
             self._remember(identity, data)
         if len(identities) == self._c.timer_batch:
             self._held_until = 0  # more are due: look again at once
@@ -689,6 +760,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 else:
                     data = dumps(state)
                     write.state(identity, data, self._due(engine, state), due)
+                    self._note_catalog(write, engine, state)
                     self._remember(identity, data)
             if write.moved or write.states:
                 reports.append(self._finish(write, actions, {}))
@@ -697,6 +769,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
     def _hand_off(self, anon: str, state: UserState, pending: Linking, write: ShardWrite) -> None:
         """The link is due: link, hand-off and deletion go in this commit (module rules)."""
         state.linking = None
+        windows = self._c.runtime.current().windows
+        drop_interest(write.interest, state, state.last_seen, windows)  # the user's now
+        self._touched.pop(anon, None)
+        for event in self._bought.pop(anon, ()):
+            write.together.update(pairs(event))
         record = Handoff(user=pending.user, at=pending.at, state=dumps(state), held=pending.held)
         write.moved[anon] = (pending.user, pack_handoff(record))
         write.counts["identity.linked"] += 1
@@ -728,6 +805,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 handoff = None
             data = self._resume(engine, state, links[anon] or "", handoff, actions, write.counts)
             write.state(user, data, self._due(engine, state), before=0)  # it may be indexed
+            self._note_catalog(write, engine, state)
             self._remember(user, data)
             if state.holding is not None:  # a held event asks for another merge
                 write.waiting[user] = state.holding.anon
@@ -756,7 +834,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         items = [unheld(kept) for kept in hold.held]
         if handoff is not None:
             first = items[0]  # the event that asked for the merge
-            joined = link(engine, state, loads(handoff.state), hold.anon, first.now)
+            anon_state = loads(handoff.state)
+            merged = products_of(anon_state, anon_state.last_seen, engine.windows)
+            self._touched.setdefault(state.key, set()).update(merged)  # its interest moves
+            joined = link(engine, state, anon_state, hold.anon, first.now)
             actions.extend(joined.fired)
             counts["identity.merged"] += int(joined.merge.merged)
             later = items[1:] + [unheld(kept) for kept in handoff.held]
@@ -889,9 +970,13 @@ def _unmerged(state: UserState, anon: str) -> bool:
     return anon != state.key and anon not in state.merged
 
 
+def _fanned(item: Item) -> bool:
+    return isinstance(item, Stamped) and item.fanout is not None
+
+
 def _anonymous(item: Item) -> bool:
     """A link request, or an event with only an anonymous id."""
-    return isinstance(item, LinkRequest) or item.event.user_id is None
+    return isinstance(item, LinkRequest) or (item.fanout is None and item.event.user_id is None)
 
 
 def _untagged(item: Stamped, anon: str, conflict: bool) -> Stamped:

@@ -42,6 +42,10 @@ The keys (``P`` the prefix, ``s`` a shard, ``U`` a shopper, ``A`` an action id):
     {P:s}:waiting         hash    user -> anon it waits for   the shard's batch write
     {P:s}:seg:NAME        set     the members of segment NAME the shard's batch write
     {P:s}:rfm             hash    identity -> packed RFM inputs the shard's batch write
+    {P:s}:interest:PID    hash    identity -> packed interest the shard's batch write; the
+                                                              fan-out prunes lapsed entries
+    {P:s}:together:PID    hash    partner -> orders with both the shard's batch write
+    {P:product:PID}       string  a product's catalog fields  the fan-out stage (alone)
     {P}:stats             hash    counters of no shard        the dead-letter sink
     {P}:layout            hash    shards                      tetik run (first start)
     {P}:recovery          string  the deployment's token      tetik run (first start)
@@ -149,6 +153,16 @@ class ShardKeys:
     def rfm(self) -> str:
         """Hash: identity -> its packed RFM inputs (last ts, count, revenue); buyers only."""
         return f"{self.tag}:rfm"
+
+    def interest(self, product_id: str) -> str:
+        """Hash: identity -> its packed interest in the product (``flows.stores.catalog``),
+        for the shard's shoppers interested in ``product_id`` (SPEC section 10)."""
+        return f"{self.tag}:interest:{product_id}"
+
+    def together(self, product_id: str) -> str:
+        """Hash: partner product -> how often the shard's shoppers bought it in one order
+        with ``product_id`` (bounded: ``engine.bought_together``)."""
+        return f"{self.tag}:together:{product_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +293,11 @@ class Keys:
     def delivered(self, action_id: str) -> str:
         """String: the outcome ``tetik deliver`` recorded for an action (its own tag)."""
         return f"{{{self.prefix}:delivered:{action_id}}}"
+
+    def product(self, product_id: str) -> str:
+        """String: a product's latest catalog fields (msgpack of ``engine.catalog.Product``),
+        tagged by the product: written by the fan-out stage alone."""
+        return f"{{{self.prefix}:product:{product_id}}}"
 
     def inbox(self, user: str) -> str:
         """Hash: a shopper's onsite inbox, action id -> message (its own tag)."""

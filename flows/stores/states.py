@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.bought_together import MAX_PARTNERS
 from engine.errors import ConfigError
 from engine.history import RETENTION_MS
 from engine.state import UserState, loads
@@ -76,6 +77,10 @@ class ShardWrite:
     # stored memberships, and identity -> packed RFM inputs (b"": no longer a buyer).
     members: list[tuple[str, str, bool]] = field(default_factory=list)
     rfm: dict[str, bytes] = field(default_factory=dict)
+    # The catalog (flows.stores.catalog): (product, identity) -> packed interest (b"":
+    # none now), and (product, partner) -> orders that bought both, to add.
+    interest: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    together: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
         """Queue a shopper's new state; ``before`` is its due time as it was read."""
@@ -98,6 +103,8 @@ class ShardWrite:
             or self.waited
             or self.members
             or self.rfm
+            or self.interest
+            or self.together
         )
 
 
@@ -225,6 +232,7 @@ class ShardStore:
         shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
         every = [*shard, keys.stats, keys.sweep, keys.links, keys.waiting, *state_keys, *moved_keys]
         every += _books(write, keys, len(every), args)
+        every += _catalog(write, keys, len(every), args)
         first = self._commit(keys=every, args=args)
         return None if first is None else int(float(first))
 
@@ -250,6 +258,22 @@ def _books(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -> 
         args += [where[name], identity, "1" if inside else ""]
     args += _pairs(write.rfm.items())
     return [keys.rfm, *(keys.segment(name) for name in names)]
+
+
+def _catalog(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -> list[str]:
+    """The catalog section of the commit (interest entries, bought-together counts),
+    its keys after the segments': appends its arguments and returns its keys."""
+    interest = sorted({pid for pid, _ in write.interest})
+    together = sorted({pid for pid, _ in write.together})
+    where = {pid: before + 1 + i for i, pid in enumerate(interest)}
+    args += [len(write.interest)]
+    for (pid, identity), packed in write.interest.items():
+        args += [where[pid], identity, packed]
+    where = {pid: before + 1 + len(interest) + i for i, pid in enumerate(together)}
+    args += [len(write.together), 2 * MAX_PARTNERS, MAX_PARTNERS]
+    for (pid, partner), count in write.together.items():
+        args += [where[pid], partner, count]
+    return [*(keys.interest(pid) for pid in interest), *(keys.together(pid) for pid in together)]
 
 
 def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
@@ -360,6 +384,37 @@ for i = 1, n do
     redis.call('HDEL', KEYS[base + 1], id)
   else
     redis.call('HSET', KEYS[base + 1], id, packed)
+  end
+end
+-- the catalog: interest entries (b'' deletes), then bought-together increments, each
+-- product's hash trimmed to its most frequent partners once it passes the bound
+n = tonumber(take())
+for i = 1, n do
+  local index, id, packed = tonumber(take()), take(), take()
+  if packed == '' then
+    redis.call('HDEL', KEYS[index], id)
+  else
+    redis.call('HSET', KEYS[index], id, packed)
+  end
+end
+n = tonumber(take())
+local bound, keep = tonumber(take()), tonumber(take())
+local grown = {}
+for i = 1, n do
+  local index, partner, count = tonumber(take()), take(), take()
+  redis.call('HINCRBY', KEYS[index], partner, count)
+  grown[index] = true
+end
+for index, _ in pairs(grown) do
+  if redis.call('HLEN', KEYS[index]) > bound then
+    local flat = redis.call('HGETALL', KEYS[index])
+    local rows = {}
+    for i = 1, #flat, 2 do rows[#rows + 1] = {flat[i], tonumber(flat[i + 1])} end
+    table.sort(rows, function(x, y)
+      if x[2] ~= y[2] then return x[2] > y[2] end
+      return x[1] < y[1]
+    end)
+    for i = keep + 1, #rows do redis.call('HDEL', KEYS[index], rows[i][1]) end
   end
 end
 local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')

@@ -12,6 +12,7 @@ from bytewax.testing import TestingSink, run_main
 
 from engine.events import Event
 from flows.pipeline.dataflow import build_flow
+from flows.pipeline.decode import Fanout
 from flows.pipeline.derive import derived_id
 from flows.pipeline.sweep import Every
 from flows.retry import RedisClient
@@ -48,7 +49,12 @@ class Announce:
     def wants(self, event: Event) -> bool:
         return event.type == "announce"
 
-    def page(self, event: Event, cursor: str, limit: int) -> tuple[list[Event], str | None]:
+    def take(self, event: Event) -> bytes | None:
+        return b""
+
+    def page(
+        self, event: Event, data: bytes, cursor: str, limit: int
+    ) -> tuple[list[Event | Fanout], str | None]:
         targets: list[str] = (event.props or {})["to"]
         start = int(cursor or 0)
         chunk = targets[start : start + limit]
