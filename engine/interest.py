@@ -6,7 +6,8 @@ Rules of this interface:
   counts: :func:`engine.retention.cart_kept_from`), while it is a favorite
   (likewise), or for :data:`VIEW_INTEREST_MS` (30 days) after they last viewed
   it. :func:`interest_of` answers from the shopper's own state at a moment
-  ``at``, reading only records at or before ``at``: the strongest ``via``
+  ``at``, reading only records at or before ``at`` (a cart line or a favorite
+  added, or last changed, after ``at`` does not count): the strongest ``via``
   (``cart``, then ``favorite``, then ``view``), the price they last saw (the
   ``price`` of their latest view, add-to-cart or add-favorite of the product
   that carried one, else None) and until when the interest lasts
@@ -81,11 +82,11 @@ def interest_of(state: UserState, pid: str, at: int, windows: WindowConfig) -> I
     ends: list[int] = []
     vias: list[str] = []
     line = state.cart.get(pid)
-    if line is not None and cart_kept_from(windows, at) <= line.ts:
+    if line is not None and cart_kept_from(windows, at) <= line.ts <= at:
         vias.append("cart")
         ends.append(line.ts + windows.cart_max_age_ms)
     favorite = state.favorites.get(pid)
-    if favorite is not None and favorites_kept_from(windows, at) <= favorite:
+    if favorite is not None and favorites_kept_from(windows, at) <= favorite <= at:
         vias.append("favorite")
         ends.append(favorite + windows.favorites_max_age_ms)
     oldest = max(at - VIEW_INTEREST_MS, kept_from(windows, "view_product", at))
