@@ -13,11 +13,13 @@ Rules of this interface:
   ``category`` and ``props`` become the event's fields; ``ts``, ``event_id``
   and ``type`` (which must be ``product_update``) are the event's own; every
   other key or column goes to ``props`` (a ``props`` column holds a JSON
-  object; a key given twice is a bad row). A row naming ``user_id`` or
-  ``anon_id`` is a bad row: a product feed carries no shopper. Empty CSV
-  cells are absent fields. ``price`` is read as a number and ``stock`` as a
-  whole number, from CSV text and from JSON strings alike; other CSV cells,
-  ``props`` included, stay text (no guessing: ``01234`` stays ``01234``).
+  object; a key given twice is a bad row). CSV headers of these names match
+  in any case (``Price``). A row naming ``user_id`` or ``anon_id`` is a bad
+  row (a product feed carries no shopper), and so is a row with nothing to
+  update (only a ``product_id``). Empty CSV cells are absent fields.
+  ``price`` is read as a number and ``stock`` as a whole number, from CSV
+  text and from JSON strings alike; other CSV cells, ``props`` included, stay
+  text (no guessing: ``01234`` stays ``01234``).
 * A row's ``ts`` (epoch ms or RFC 3339) wins; else the ``ts`` given to the
   load (``--ts``); else the moment the load started, the same for every row.
 * ``event_id`` is the row's own when it has one; else ``cat-`` and a
@@ -33,7 +35,9 @@ Rules of this interface:
   every job does), keyed by ``product_id``
   (:func:`flows.kafka.producer.identity_of`), so one product's updates stay
   in order on one partition; ``rate`` > 0 paces them. With ``out`` they go to
-  a JSONL file, one event per line, for ``tetik replay``.
+  a JSONL file, one event per line, for ``tetik replay``. Progress goes to
+  stderr (:class:`Progress`): the rows read, redrawn in place on a terminal,
+  a plain line every few seconds elsewhere.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def csv_header(path: str) -> tuple[list[str], str]:
     with _open_text(path) as handle:
         line = handle.readline()
     delimiter = max(DELIMITERS, key=line.count)
-    columns = [name.strip() for name in next(csv.reader([line], delimiter=delimiter), [])]
+    columns = [_column(name) for name in next(csv.reader([line], delimiter=delimiter), [])]
     _check_header(path, columns)
     return columns, delimiter
 
@@ -154,6 +158,12 @@ def _csv_rows(path: str, columns: list[str], delimiter: str, on_bad: OnBadRow) -
                 continue
             pairs = zip(columns, cells, strict=False)  # a short row: its last fields are absent
             yield number, {name: cell.strip() for name, cell in pairs if name and cell.strip()}
+
+
+def _column(header: str) -> str:
+    """A header cell: the event's names in any case (``Price``), others as written."""
+    name = header.strip()
+    return name.lower() if name.lower() in (*FIELDS, *OWN, *SHOPPER) else name
 
 
 def _check_header(path: str, columns: list[str]) -> None:
@@ -189,6 +199,8 @@ def to_event(row: dict[str, Any], default_ts: int) -> dict[str, Any]:
     props = _props(row)
     if props:
         event["props"] = props
+    if "product_id" in event and not set(event) - {"type", "ts", "product_id"}:
+        raise BadRow(f"nothing to update: give any of {', '.join(FIELDS[1:])} or props")
     event["event_id"] = row.get("event_id") or content_id(event)
     return event
 
@@ -199,7 +211,7 @@ def content_id(event: dict[str, Any]) -> str:
     try:
         canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
-        raise BadRow(f"cannot be written as JSON ({exc}); save the feed as UTF-8") from None
+        raise BadRow(f"holds text that is not UTF-8 ({exc}); save the feed as UTF-8") from None
     return "cat-" + hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
@@ -216,11 +228,11 @@ def _ts(value: Any, default_ts: int) -> int:
         raise BadRow(str(exc)) from None
 
 
-def _number(value: Any) -> float | int:
+def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise BadRow(f"price {value!r} is not a number")
     if isinstance(value, (int, float)):
-        return value
+        return float(value)  # 100 and 100.0 are one price, with one id
     try:
         number = float(str(value))
     except ValueError:
@@ -270,7 +282,7 @@ def validate(event: dict[str, Any], received: int) -> bytes:
     try:
         raw = orjson.dumps(event)
     except orjson.JSONEncodeError as exc:
-        raise BadRow(f"cannot be written as JSON ({exc}); save the feed as UTF-8") from None
+        raise BadRow(f"holds text that is not UTF-8 ({exc}); save the feed as UTF-8") from None
     decoded = decode_event(raw)
     check_not_future(decoded, received)
     return encode_event(decoded)
@@ -354,7 +366,8 @@ def load_catalog(
         sent, where = _write(events, out), out
     else:
         sent, where = _send(events, rate)
-    skipped = f"; {load.bad:,} bad rows skipped (above)" if load.bad else ""
+    rows = "row" if load.bad == 1 else "rows"
+    skipped = f"; {load.bad:,} bad {rows} skipped (above)" if load.bad else ""
     say(f"catalog load: {sent:,} product_update events -> {where}{skipped}")
     return 1 if load.bad else 0
 

@@ -114,6 +114,42 @@ def test_bad_rows_are_reported_with_their_line_and_skipped(
     assert written(out)[1].name == "two\nlines"
 
 
+def test_header_case_empty_updates_and_number_forms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "Product_ID,Price,Stock,Colour\np1,5,1,Red\np2,,,\np3,5.0,1,Red\n"
+    out = tmp_path / "out.jsonl"
+    assert load(str(feed(tmp_path, "f.csv", text)), "--out", str(out), "--ts", str(TS)) == 1
+    assert "f.csv:3: nothing to update" in capsys.readouterr().err
+    p1, p3 = written(out)
+    assert (p1.price, p1.stock, p1.props) == (5.0, 1, {"Colour": "Red"})  # props as written
+    assert p3.event_id != p1.event_id  # another product
+    same = feed(
+        tmp_path, "g.jsonl", '{"product_id": "p1", "price": 5, "stock": 1, "Colour": "Red"}\n'
+    )
+    again = tmp_path / "again.jsonl"
+    assert load(str(same), "--out", str(again), "--ts", str(TS)) == 0
+    assert written(again)[0].event_id == p1.event_id  # 5 and "5" are one price: one id
+
+
+def test_progress_is_plain_lines_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import flows.jobs.catalog_load as catalog_load
+
+    monkeypatch.setattr(catalog_load, "PROGRESS_EVERY_S", 0.0)
+    stream = io.StringIO()
+    progress = catalog_load.Progress("catalog load f.csv", stream)
+    for rows in range(1, 3001):
+        progress.tick(rows)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" rows")[0] for line in lines] == [
+        f"tetik: catalog load f.csv: {n:,}" for n in (1000, 2000, 3000)
+    ]
+    assert "\r" not in stream.getvalue()
+
+
 def test_jsonl_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = feed(
         tmp_path,
@@ -122,19 +158,19 @@ def test_jsonl_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "[1]\n"
         "{oops\n"
         '{"product_id": "p2", "type": "view_product"}\n'
-        '{"product_id": "p3", "ts": 9999999999999999}\n'
+        '{"product_id": "p3", "ts": 9999999999999999, "stock": 1}\n'
         '{"product_id": "p4", "props": {"a": 1}, "a": 2}\n'
         '{"product_id": "p5", "price": 1}\n',
     )
     out = tmp_path / "out.jsonl"
     assert load(str(path), "--out", str(out), "--ts", str(TS)) == 1
-    err = capsys.readouterr().err
-    for n, words in enumerate(
-        ["carries no shopper", "not a JSON object", "not valid JSON", "is not product_update",
-         "after 2100", "given twice"], start=1,
-    ):  # fmt: skip
-        assert f"{path}:{n}: " in err, (n, err)
-        assert words in err, (n, words, err)
+    err = capsys.readouterr().err.splitlines()
+    expected = ["carries no shopper", "not a JSON object", "not valid JSON",
+                "is not product_update", "after 2100", "given twice"]  # fmt: skip
+    assert len(err) == len(expected) + 1  # and the summary
+    for n, (line, words) in enumerate(zip(err, expected, strict=False), start=1):
+        assert line.startswith(f"{path}:{n}: "), line
+        assert words in line, (words, line)
     assert [e.product_id for e in written(out)] == ["p5"]
 
 
