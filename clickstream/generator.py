@@ -61,6 +61,22 @@ Carts persist, so deeper histories buy more: at Taobao's depth (100,000 events,
 [3] Sessions as generated; the gap in brackets too (it includes the 0 s gaps of
     signup/login/profile/consent bundles). Outside brackets: split at 30 min of
     inactivity like Taobao, which merges a person's sessions within the hour.
+
+Catalog updates
+---------------
+Off by default (the output above is unchanged). With ``catalog_updates`` the
+stream also carries the catalog's feed (SPEC section 10), drawn from a random
+stream of its own: at ``start_ms`` one ``product_update`` per product (by id:
+``price``, ``stock`` (5..200), ``name``, ``category``, ``url``), then
+``catalog_changes_per_hour`` changes of products drawn by popularity (the
+views' Zipf): 45% price drops (5..40% off), 30% rises (5..25%), 25% stock-outs
+(``stock`` 0, back with 5..100 units after an exponential 20 min on average,
+at least 1 min). An update carries only what it changes; ids are
+``cat-SEED-N``. Shoppers see the catalog: their product events and purchase
+lines carry the price in force at their ``ts`` (an update at the same ``ts``
+comes first), and nobody carts a product while it is out of stock (they view
+it instead). Updates come on top of ``events``, which still counts shoppers'
+events only.
 """
 
 from __future__ import annotations
@@ -70,6 +86,7 @@ import heapq
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -105,6 +122,20 @@ PROFILE_UPDATE = 0.01
 CONSENT_CHANGE = 0.01
 ENGAGEMENT_OPENER = 0.04
 TS_STRING_SHARE = 0.05
+# Catalog updates (GeneratorConfig.catalog_updates; see "Catalog updates" above).
+CATALOG_CHANGES: tuple[tuple[str, float], ...] = (
+    ("price_drop", 0.45),
+    ("price_rise", 0.3),
+    ("stock_out", 0.25),
+)
+DROP_PCT = (5, 40)  # a price drop takes this much off (uniform, whole percent)
+RISE_PCT = (5, 25)
+PRICE_FLOOR = 0.5
+INITIAL_STOCK = (5, 200)
+RESTOCK_UNITS = (5, 100)
+RESTOCK_MEAN_MS = 20 * 60_000  # a stock-out lasts this long on average (exponential)
+RESTOCK_MIN_MS = 60_000
+SHOP_URL = "https://shop.example/p/"
 
 # Next action within a session (weights; ones whose precondition fails view a product).
 ACTIONS: tuple[tuple[str, float], ...] = (
@@ -183,6 +214,10 @@ class GeneratorConfig:
     categories: int = 60
     invalid_ratio: float = 0.0  # share of malformed records (generate_records only)
     anon_ratio: float = 0.3  # share of sessions that start logged out (anon_id only)
+    # Catalog updates (SPEC section 10; see "Catalog updates" above): off, the
+    # output is what it always was.
+    catalog_updates: bool = False
+    catalog_changes_per_hour: float = 120.0  # price drops/rises and stock-outs, event time
 
     def __post_init__(self) -> None:
         if min(self.users, self.products, self.categories) < 1:
@@ -192,6 +227,8 @@ class GeneratorConfig:
         for name in ("invalid_ratio", "anon_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if not 0.0 <= self.catalog_changes_per_hour < math.inf:
+            raise ValueError("catalog_changes_per_hour must be a number >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +319,107 @@ class _Catalog:
         return {cat: _Weighted(items, ws) for cat, (items, ws) in members.items()}
 
 
-def _line(product: Product, quantity: int) -> dict[str, Any]:
-    return {**product.fields, "quantity": quantity}
+class _CatalogBook:
+    """The catalog's price and stock over event time, and its ``product_update`` events.
+
+    It draws from its own random stream and advances in event-time order only
+    (:meth:`extend_to`), so what it holds at a time does not depend on when
+    or how often it is asked, and the shoppers' random stream is untouched.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, catalog: _Catalog) -> None:
+        self.rng = random.Random(cfg.seed * 7_919 + 17)
+        self.catalog = catalog
+        self.changes = _table(CATALOG_CHANGES)
+        self.prefix = f"cat-{cfg.seed}-"
+        self.count = 0
+        rate = cfg.catalog_changes_per_hour
+        self.gap_mean = 3_600_000.0 / rate if rate > 0 else math.inf
+        # Per product: its (ts, price, stock) after each update, in ts order.
+        self.history: dict[str, list[tuple[int, float, int]]] = {}
+        self.out: deque[Event] = deque()  # updates not yet in the stream, in ts order
+        self.queue: list[tuple[int, int, str, str]] = []  # (ts, seq, "change"|"restock", pid)
+        self.seq = itertools.count()
+        for product in sorted(catalog.products, key=lambda p: p.product_id):
+            self.opening(product, cfg.start_ms)
+        self.schedule_change(cfg.start_ms)
+
+    def opening(self, product: Product, ts: int) -> None:
+        leaf = product.category.rsplit("/", 1)[-1].split("-", 1)[0]
+        name = f"{self.rng.choice(BRANDS).title()} {leaf} {self.rng.randint(100, 999)}"
+        fields = {
+            "price": product.price,
+            "stock": self.rng.randint(*INITIAL_STOCK),
+            "name": name,
+            "category": product.category,
+            "url": SHOP_URL + product.product_id,
+        }
+        self.record(product.product_id, ts, fields)
+
+    def record(self, pid: str, ts: int, fields: dict[str, Any]) -> None:
+        """Apply an update and queue its event."""
+        history = self.history.setdefault(pid, [])
+        _, price, stock = history[-1] if history else (ts, 0.0, 0)
+        history.append((ts, fields.get("price", price), fields.get("stock", stock)))
+        event_id = f"{self.prefix}{self.count}"
+        self.count += 1
+        self.out.append(
+            {"event_id": event_id, "type": "product_update", "ts": ts, "product_id": pid, **fields}
+        )
+
+    def schedule_change(self, after: int) -> None:
+        if self.gap_mean < math.inf:
+            gap = max(1, int(self.rng.expovariate(1.0 / self.gap_mean)))
+            heapq.heappush(self.queue, (after + gap, next(self.seq), "change", ""))
+
+    def extend_to(self, t: int) -> None:
+        """Apply every change and restock due at or before ``t``."""
+        while self.queue and self.queue[0][0] <= t:
+            ts, _, kind, pid = heapq.heappop(self.queue)
+            if kind == "restock":
+                self.record(pid, ts, {"stock": self.rng.randint(*RESTOCK_UNITS)})
+            else:
+                self.change(ts)
+                self.schedule_change(ts)
+
+    def change(self, ts: int) -> None:
+        """One change of a product drawn by popularity: a drop, a rise or a stock-out."""
+        product: Product = self.catalog.popular.pick(self.rng)
+        pid = product.product_id
+        kind = self.changes.pick(self.rng)
+        _, price, stock = self.history[pid][-1]
+        if kind == "stock_out" and stock > 0:
+            self.record(pid, ts, {"stock": 0})
+            back = max(RESTOCK_MIN_MS, int(self.rng.expovariate(1.0 / RESTOCK_MEAN_MS)))
+            heapq.heappush(self.queue, (ts + back, next(self.seq), "restock", pid))
+            return
+        if kind == "price_rise":
+            new = round(price * (1 + self.rng.randint(*RISE_PCT) / 100), 2)
+        else:  # a drop, also instead of a stock-out of what is out of stock already
+            new = max(PRICE_FLOOR, round(price * (1 - self.rng.randint(*DROP_PCT) / 100), 2))
+        if new != price:
+            self.record(pid, ts, {"price": new})
+
+    def state_at(self, pid: str, t: int) -> tuple[int, float, int]:
+        self.extend_to(t)
+        history = self.history[pid]
+        return history[max(0, bisect.bisect_right(history, t, key=lambda r: r[0]) - 1)]
+
+    def price_at(self, pid: str, t: int) -> float:
+        return self.state_at(pid, t)[1]
+
+    def in_stock(self, pid: str, t: int) -> bool:
+        return self.state_at(pid, t)[2] > 0
+
+    def due(self, t: int) -> Iterator[Event]:
+        """The updates at or before ``t`` not yet in the stream, in ts order."""
+        self.extend_to(t)
+        while self.out and self.out[0]["ts"] <= t:
+            yield self.out.popleft()
+
+
+def _line(fields: dict[str, Any], quantity: int) -> dict[str, Any]:
+    return {**fields, "quantity": quantity}
 
 
 class _Session:
@@ -387,7 +523,7 @@ class _Session:
             product = catalog.popular.pick(rng)
         self.current = product
         self.interest = product.category
-        self.emit("view_product", product.fields)
+        self.emit("view_product", self.sim.fields(product, self.t))
 
     def do_view_category(self) -> bool:
         self.interest = self.sim.catalog.popular.pick(self.rng).category
@@ -409,13 +545,13 @@ class _Session:
 
     def do_add_to_cart(self) -> bool:
         product = self.current
-        if product is None:
+        if product is None or not self.sim.in_stock(product, self.t):
             return False
         qty = 1 if self.rng.random() < 0.8 else (2 if self.rng.random() < 0.75 else 3)
         cart = self.cart()
         held = cart[product.product_id][1] if product.product_id in cart else 0
         cart[product.product_id] = (product, held + qty)
-        self.emit("add_to_cart", {**product.fields, "quantity": qty})
+        self.emit("add_to_cart", {**self.sim.fields(product, self.t), "quantity": qty})
         return True
 
     def do_remove_from_cart(self) -> bool:
@@ -423,7 +559,7 @@ class _Session:
         if not cart:
             return False
         product, _ = cart.pop(self.rng.choice(list(cart)))
-        self.emit("remove_from_cart", product.fields)
+        self.emit("remove_from_cart", self.sim.fields(product, self.t))
         return True
 
     def do_add_favorite(self) -> bool:
@@ -432,7 +568,7 @@ class _Session:
         if product is None or product.product_id in favorites:
             return False
         favorites[product.product_id] = product
-        self.emit("add_favorite", product.fields)
+        self.emit("add_favorite", self.sim.fields(product, self.t))
         return True
 
     def do_remove_favorite(self) -> bool:
@@ -440,7 +576,7 @@ class _Session:
         if not favorites:
             return False
         product = favorites.pop(self.rng.choice(list(favorites)))
-        self.emit("remove_favorite", product.fields)
+        self.emit("remove_favorite", self.sim.fields(product, self.t))
         return True
 
     def do_purchase(self) -> bool:
@@ -455,7 +591,7 @@ class _Session:
             return False
         for product, _ in lines:
             cart.pop(product.product_id, None)
-        self.emit("purchase", self.sim.order(lines))
+        self.emit("purchase", self.sim.order(lines, self.t))
         return True
 
     # --- other event kinds ---
@@ -509,11 +645,22 @@ class _Simulator:
         self.engagement_kinds = _table(ENGAGEMENT_KINDS)
         self.zones = _Weighted(list(TIMEZONES), [share for *_, share in TIMEZONES])
         self.gap_mu = math.log(GAP_MEDIAN_S)
+        self.book = _CatalogBook(cfg, self.catalog) if cfg.catalog_updates else None
         sessions = max(1.0, cfg.events / EVENTS_PER_SESSION)
         # A small population cannot fill a short span: stretch the span instead.
         floor = MEAN_SESSION_MS / (MAX_BUSY_SHARE * cfg.users)
         self.arrival_mean = max(cfg.span_ms / sessions, floor)
         self.orders = 0
+
+    def fields(self, product: Product, t: int) -> dict[str, Any]:
+        """The product's event fields at ``t``: its price is the catalog's then."""
+        if self.book is None:
+            return product.fields
+        return {**product.fields, "price": self.book.price_at(product.product_id, t)}
+
+    def in_stock(self, product: Product, t: int) -> bool:
+        """Whether the product can be carted at ``t`` (always, without catalog updates)."""
+        return self.book is None or self.book.in_stock(product.product_id, t)
 
     def _person(self, index: int) -> _Person:
         anon_id = f"a-{self.rng.getrandbits(48):012x}"
@@ -533,10 +680,10 @@ class _Simulator:
             "birthday": f"{month:02d}-{day:02d}",
         }
 
-    def order(self, lines: list[tuple[Product, int]]) -> dict[str, Any]:
+    def order(self, lines: list[tuple[Product, int]], t: int) -> dict[str, Any]:
         self.orders += 1
-        items = [_line(product, qty) for product, qty in lines]
-        revenue = round(sum(product.price * qty for product, qty in lines), 2)
+        items = [_line(self.fields(product, t), qty) for product, qty in lines]
+        revenue = round(sum(item["price"] * item["quantity"] for item in items), 2)
         return {"order_id": f"o-{self.cfg.seed}-{self.orders}", "revenue": revenue, "items": items}
 
     def session(self, start: int) -> list[Event]:
@@ -571,6 +718,8 @@ class _Simulator:
                     heapq.heappush(pending, (event["ts"], next(seq), event))
                 arrival = self.next_arrival(arrival)
             event = heapq.heappop(pending)[2]
+            if self.book is not None:
+                yield from self.book.due(event["ts"])  # the catalog's updates up to now
             event["event_id"] = f"{prefix}{n}"
             if self.rng.random() < TS_STRING_SHARE:
                 event["ts"] = rfc3339(event["ts"], self.rng.choice(TS_OFFSETS_MIN))
@@ -587,7 +736,9 @@ def rfc3339(ms: int, offset_min: int) -> str:
 
 
 def generate(cfg: GeneratorConfig) -> Iterator[Event]:
-    """Exactly ``cfg.events`` valid events, ordered by ts, as JSON-ready dicts."""
+    """Exactly ``cfg.events`` valid shopper events, ordered by ts, as JSON-ready dicts;
+    with ``catalog_updates``, the catalog's ``product_update`` events up to the last
+    of them come on top, each before the shopper events of its ts or later."""
     return _Simulator(cfg).run()
 
 
@@ -639,11 +790,13 @@ def _malformed(rng: random.Random, base: Event, n: int, seed: int) -> bytes:
 
 
 def generate_records(cfg: GeneratorConfig) -> Iterator[tuple[bytes, bytes]]:
-    """Exactly ``cfg.events`` Kafka records ``(key, value)``.
+    """Exactly ``cfg.events`` Kafka records ``(key, value)`` of shoppers, plus the
+    catalog's ``product_update`` records among them (``catalog_updates``), keyed by
+    product_id and never malformed.
 
-    Each record is malformed with probability ``invalid_ratio`` (derived from
-    the next valid event, whose identity is the key); the valid records are,
-    in order, a prefix of :func:`generate` for the same config.
+    Each shopper record is malformed with probability ``invalid_ratio`` (derived
+    from the next valid event, whose identity is the key); the valid records
+    are, in order, a prefix of :func:`generate` for the same config.
     """
     mixer = random.Random(cfg.seed * 1_000_003 + 7)
     valid = generate(cfg)
@@ -651,6 +804,9 @@ def generate_records(cfg: GeneratorConfig) -> Iterator[tuple[bytes, bytes]]:
     for n in range(cfg.events):
         if pending is None:
             pending = next(valid)
+            while pending["type"] == "product_update":  # the catalog's own records
+                yield pending["product_id"].encode(), orjson.dumps(pending)
+                pending = next(valid)
         key = identity_key(pending).encode()
         if cfg.invalid_ratio and mixer.random() < cfg.invalid_ratio:
             yield key, _malformed(mixer, pending, n, cfg.seed)

@@ -8,18 +8,25 @@ from collections.abc import Callable, Iterable
 import orjson
 from confluent_kafka import Producer
 
+from engine.events import PRODUCT_UPDATE
+
 Record = tuple[bytes | None, bytes]
 
 
 def identity_of(value: bytes) -> bytes | None:
-    """The Kafka key of a raw event: user_id else anon_id (None if unreadable)."""
+    """The Kafka key of a raw event: user_id else anon_id (None if unreadable); a
+    ``product_update`` (no shopper) by its product_id, so one product's updates
+    stay in order on one partition."""
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict):
         return None
-    key = doc.get("user_id") or doc.get("anon_id")
+    if doc.get("type") == PRODUCT_UPDATE:
+        key = doc.get("product_id")
+    else:
+        key = doc.get("user_id") or doc.get("anon_id")
     return key.encode() if isinstance(key, str) else None
 
 

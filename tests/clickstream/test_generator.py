@@ -6,6 +6,7 @@ tested in tests/engine); the checks here are what the generator adds on top.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,9 @@ from clickstream.generator import CHANNELS as GENERATOR_CHANNELS
 from clickstream.generator import GeneratorConfig, generate, generate_records, write_jsonl
 from engine.errors import InvalidEvent
 from engine.events import PRODUCT_TYPES, STANDARD_TYPES, Event, decode_event
+from engine.journeys import Engine
+from engine.replay import ReplayStats, replay
+from engine.rules.loader import load_rules
 
 PROFILE_KEYS = {"email", "phone", "timezone", "first_name", "birthday"}
 # Which malformed kind a rejection reason points at (reason texts of decode_event).
@@ -208,3 +212,123 @@ def test_config_is_checked() -> None:
         GeneratorConfig(users=0)
     with pytest.raises(ValueError, match="invalid_ratio"):
         GeneratorConfig(invalid_ratio=1.5)
+
+
+# --- catalog updates (SPEC section 10), off by default ---
+
+CATALOG = GeneratorConfig(
+    events=5000, users=300, products=300, catalog_updates=True, catalog_changes_per_hour=300
+)
+CATALOG_RULES = """\
+version: 1
+consent: {email: opt_out}
+templates:
+  note: {email: {subject: "{{ entry.type }} {{ entry.product_id }} via {{ entry.via }}"}}
+journeys:
+  - id: drop
+    trigger: price_drop
+    steps: [{send: email, template: note}]
+  - id: back
+    trigger: back_in_stock
+    steps: [{send: email, template: note}]
+"""
+
+
+@pytest.fixture(scope="module")
+def catalog_events() -> list[dict[str, Any]]:
+    return list(generate(CATALOG))
+
+
+def test_catalog_updates_are_off_by_default(events: list[dict[str, Any]]) -> None:
+    assert not DEFAULT.catalog_updates
+    assert all(ev["type"] != "product_update" for ev in events)
+
+
+def test_catalog_stream_opens_with_every_product_and_stays_ordered(
+    catalog_events: list[dict[str, Any]],
+) -> None:
+    opening = catalog_events[: CATALOG.products]
+    assert {ev["type"] for ev in opening} == {"product_update"}
+    assert {ev["ts"] for ev in opening} == {CATALOG.start_ms}
+    assert len({ev["product_id"] for ev in opening}) == CATALOG.products
+    for ev in opening:
+        assert ev["stock"] > 0
+        assert ev["name"]
+        assert ev["price"] > 0
+    decoded = [decode(ev) for ev in catalog_events]
+    assert [e.ts for e in decoded] == sorted(e.ts for e in decoded)
+    assert len({e.event_id for e in decoded}) == len(decoded)
+    shoppers = [e for e in decoded if e.type != "product_update"]
+    assert len(shoppers) == CATALOG.events  # updates come on top
+    assert catalog_events == list(generate(CATALOG))  # deterministic, ids included
+
+
+def test_catalog_changes_drop_raise_and_restock(catalog_events: list[dict[str, Any]]) -> None:
+    price: dict[str, float] = {}
+    stock: dict[str, int] = {}
+    moves: Counter[str] = Counter()
+    for ev in catalog_events:
+        if ev["type"] != "product_update":
+            continue
+        pid = ev["product_id"]
+        if "price" in ev:
+            if pid in price:
+                moves["drop" if ev["price"] < price[pid] else "rise"] += 1
+            price[pid] = ev["price"]
+        if "stock" in ev:
+            if pid in stock:
+                moves["out" if ev["stock"] == 0 else "back"] += 1
+                assert (stock[pid] == 0) == (ev["stock"] > 0)  # out, then back, then out...
+            stock[pid] = ev["stock"]
+    assert min(moves.values()) > 10, moves
+    assert moves["drop"] > moves["rise"]
+    hours = (catalog_events[-1]["ts"] - CATALOG.start_ms) / 3_600_000
+    changes = moves["drop"] + moves["rise"] + moves["out"]
+    assert 0.7 < changes / hours / CATALOG.catalog_changes_per_hour < 1.3
+
+
+def test_shoppers_see_the_catalog_price_and_cart_only_what_is_in_stock(
+    catalog_events: list[dict[str, Any]],
+) -> None:
+    price: dict[str, float] = {}
+    stock: dict[str, int] = {}
+    opening = {ev["product_id"]: ev["price"] for ev in catalog_events[: CATALOG.products]}
+    changed = 0
+    for ev in catalog_events:
+        if ev["type"] == "product_update":
+            price[ev["product_id"]] = ev.get("price", price.get(ev["product_id"], 0.0))
+            stock[ev["product_id"]] = ev.get("stock", stock.get(ev["product_id"], 0))
+        elif ev["type"] in PRODUCT_TYPES:
+            assert ev["price"] == price[ev["product_id"]], ev
+            changed += ev["price"] != opening[ev["product_id"]]
+            assert ev["type"] != "add_to_cart" or stock[ev["product_id"]] > 0, ev
+        elif ev["type"] == "purchase":
+            assert all(item["price"] == price[item["product_id"]] for item in ev["items"])
+    assert changed > 50  # shoppers saw the changed prices
+
+
+def test_catalog_records_are_keyed_by_product_and_never_malformed() -> None:
+    cfg = dataclasses.replace(CATALOG, invalid_ratio=0.2)
+    records = list(generate_records(cfg))
+    updates = [(k, v) for k, v in records if b'"product_update"' in v]
+    assert len(records) - len(updates) == cfg.events
+    assert all(rejection(v) is None for _, v in updates)
+    assert all(k.decode() == orjson.loads(v)["product_id"] for k, v in updates)
+    valid = [orjson.loads(v) for _, v in records if rejection(v) is None]
+    assert valid == list(generate(cfg))[: len(valid)]
+
+
+def test_catalog_log_replays_with_price_drops_and_restocks_derived(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    write_jsonl(CATALOG, path)
+    stats = ReplayStats()
+    actions = replay(
+        Engine(load_rules(CATALOG_RULES, "catalog.yaml")),
+        path.read_bytes().splitlines(),
+        stats=stats,
+    )
+    assert stats.invalid == 0
+    assert stats.derived > 0
+    journeys = Counter(action.journey for action in actions if action.status == "sent")
+    assert journeys["drop"] > 0, journeys
+    assert journeys["back"] > 0, journeys
