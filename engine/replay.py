@@ -36,7 +36,10 @@ Rules of this interface:
   gets the derived events :func:`engine.catalog.derive` decides, applied at
   once at the update's clock, shoppers in sorted key order
   (:attr:`ReplayStats.derived` counts them). Every applied purchase counts
-  toward ``bought_together``.
+  toward ``bought_together``. When the rules read the catalog
+  (:attr:`engine.journeys.Engine.reads_catalog`), every user's timers due by
+  a ``product_update`` or a purchase with items fire before it, as live they
+  fire at their due time: a step reads the catalog as it was then.
 * When a condition calls ``rfm()``, the base's RFM boundaries are computed
   over every user in memory at each refresh instant ``k * rfm_refresh``
   before an event at or after it is handled, and once more after the last
@@ -50,6 +53,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -206,6 +210,8 @@ def _run(
         if rfm is not None:
             rfm.before(clock)
         try:
+            if shop.due is not None and shop.changes_catalog(event):
+                actions.extend(shop.fire_due(states, clock))
             if event.type == PRODUCT_UPDATE:
                 for derived in shop.fan_out(event, states):
                     state, _ = _one(engine, states, links, derived, clock, actions, stats, shop)
@@ -276,6 +282,7 @@ def _one(
     actions.extend(caused)
     if outcome == "applied":
         shop.applied(state, event, cart_before, clock)
+    shop.timer(state)
     return state, anon
 
 
@@ -287,6 +294,30 @@ class _Shop:
         self.catalog = Catalog()
         engine.use_catalog(self.catalog)
         self.index = InterestIndex() if updates else None
+        # (due, user) of every user's next step, when the rules read the catalog
+        self.due: list[tuple[int, str]] | None = [] if engine.reads_catalog else None
+
+    def changes_catalog(self, event: Event) -> bool:
+        return event.type == PRODUCT_UPDATE or (event.type == "purchase" and bool(event.items))
+
+    def timer(self, state: UserState) -> None:
+        if self.due is not None:
+            due = self.engine.next_due(state)
+            if due is not None:
+                heapq.heappush(self.due, (due, state.key))
+
+    def fire_due(self, states: dict[str, UserState], clock: int) -> list[Action]:
+        """Every user's steps due at or before ``clock``, each at its due time."""
+        fired: list[Action] = []
+        assert self.due is not None
+        while self.due and self.due[0][0] <= clock:
+            due, key = heapq.heappop(self.due)
+            state = states.get(key)
+            if state is None or self.engine.next_due(state) != due:
+                continue  # stale: that step ran, or the user's next one is another
+            fired.extend(self.engine.advance(state, clock))
+            self.timer(state)
+        return fired
 
     def applied(self, state: UserState, event: Event, cart_before: Iterable[str], now: int) -> None:
         if event.type == "purchase" and event.items:

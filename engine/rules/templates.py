@@ -509,7 +509,16 @@ def compile_template(source: str) -> RenderFn:
         finally:
             _BUDGET.reset(token)
 
+    render.names = frozenset(meta.find_undeclared_variables(tree))  # type: ignore[attr-defined]
     return render
+
+
+CATALOG_NAMES: Final = frozenset({"product", "bought_together"})
+
+
+def reads_catalog(render: RenderFn) -> bool:
+    """Whether a compiled template reads the catalog (``product``, ``bought_together``)."""
+    return bool(getattr(render, "names", frozenset()) & CATALOG_NAMES)
 
 
 def _stream(chunks: Iterator[str]) -> str:

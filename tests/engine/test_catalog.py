@@ -577,11 +577,6 @@ journeys:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replay fires a shopper's timers lazily (at their next event or at the end), "
-    "so product() reads the catalog as it is then, not at the timer's due time",
-)
 def test_a_timer_reads_the_catalog_as_it_was_when_the_timer_was_due() -> None:
     docs = [
         line("c1", "product_update", at("08:00"), product_id="p1", stock=0, name="Shoe"),

@@ -421,7 +421,8 @@ REJECTIONS = [
         '{text: "Hi"}',
         '{text: "{{ profle.first_name }}"}',
         "10:17: template hello.sms.text: unknown variable 'profle' (did you mean 'profile'?); "
-        "templates see profile, entry, event, cart, user_id, journey, now, product, bought_together (template line 1)",
+        "templates see profile, entry, event, cart, user_id, journey, now, product, "
+        "bought_together (template line 1)",
     ),
     (
         '{text: "Hi"}',
@@ -479,7 +480,8 @@ REJECTIONS = [
         "    trigger: signup\n    key: product\n",
         "14:10: key 'product' is not an event field (did you mean 'product_id'?); use one of "
         "event_id, type, ts, user_id, anon_id, product_id, category, price, quantity, query, "
-        "order_id, revenue, channel, granted, action_id, kind, stock, name, url, image, old_price, drop_pct, via",
+        "order_id, revenue, channel, granted, action_id, kind, stock, name, url, image, "
+        "old_price, drop_pct, via",
     ),
     (
         "    trigger: signup\n",

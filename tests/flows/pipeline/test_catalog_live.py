@@ -30,11 +30,15 @@ version: 1
 consent: {email: opt_out, push: opt_out}
 templates:
   drop:
-    email: {subject: "{{ product.name }}: {{ entry.old_price }} -> {{ entry.price }} ({{ entry.via }})"}
+    email:
+      subject: "{{ product.name }}: {{ entry.old_price }} -> {{ entry.price }} ({{ entry.via }})"
   restock:
     push: {title: "{{ product.name }} is back ({{ product.stock }})"}
   cross:
-    email: {subject: "{% for pid in bought_together(entry['items'][0].product_id, 2) %}{{ product(pid).name }};{% endfor %}"}
+    email:
+      subject: >-
+        {% for pid in bought_together(entry['items'][0].product_id, 2)
+        %}{{ product(pid).name }};{% endfor %}
 journeys:
   - id: drop
     trigger: {event: price_drop, if: "event.drop_pct >= 10"}
@@ -128,10 +132,14 @@ def test_price_drops_restocks_and_cross_sell_live_are_replays(pipeline: Pipeline
     stats = ReplayStats()
     expected = replayed(docs, stats)
     assert stats.derived > 0
+    # The merge first: an update whose fan-out reads the index between the anonymous
+    # id's hand-off and its user's merge misses that shopper (README "Catalog triggers").
+    first = [message(i, d) for i, d in enumerate(docs[:13])]
+    pipeline.run_holding(first, lambda: settled(pipeline, 0) and _merged(pipeline))
     old, derive.PAGE = derive.PAGE, 2  # several pages per update: paced
     try:
-        pipeline.run_holding([message(i, d) for i, d in enumerate(docs)],
-                             lambda: settled(pipeline, len(expected)))  # fmt: skip
+        rest = [message(i, d) for i, d in enumerate(docs) if i >= len(first)]
+        pipeline.run_holding(rest, lambda: settled(pipeline, len(expected)))
     finally:
         derive.PAGE = old
     emitted = read_topic(pipeline.bootstrap, pipeline.actions_topic)
@@ -147,7 +155,8 @@ def test_price_drops_restocks_and_cross_sell_live_are_replays(pipeline: Pipeline
     assert "u5" not in subjects  # removed the favorite
     counts = read_stats(pipeline.client, pipeline.keys)
     # u1, u2, u3, u4, u7 (the repeated update may fan out again: its events are duplicates)
-    assert counts["catalog.price_drop"] >= 5 and counts["catalog.back_in_stock"] >= 5
+    assert counts["catalog.price_drop"] >= 5
+    assert counts["catalog.back_in_stock"] >= 5
 
 
 def test_the_interest_index_lives_in_the_shoppers_shards(pipeline: Pipeline) -> None:
@@ -163,7 +172,12 @@ def test_the_interest_index_lives_in_the_shoppers_shards(pipeline: Pipeline) -> 
             listed[identity] = unpack_interest(packed).via
     assert listed == {"u1": "view", "u2": "favorite", "u3": "view", "u4": "cart", "u7": "view"}
     product = store.product("p1")
-    assert product is not None and (product.name, product.price, product.stock) == ("Shoe", 100.0, 0)
+    assert product is not None
+    assert (product.name, product.price, product.stock) == (
+        "Shoe",
+        100.0,
+        0,
+    )
 
 
 def _merged(pipeline: Pipeline) -> bool:
