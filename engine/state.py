@@ -122,6 +122,7 @@ class Held(msgspec.Struct, array_like=True, frozen=True, gc=False):
     ingested: int | None = None
     route: str = ""
     anon: str = ""
+    product: bytes = b""  # a product update's fan-out: the product as it made it (msgpack)
 
 
 class Linking(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):

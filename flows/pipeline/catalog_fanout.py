@@ -15,6 +15,15 @@ A :class:`ProductDeriver` is the :class:`~flows.pipeline.derive.Deriver` of
   price change alone, the price the entry saw is not above the new price.
   The shopper's shard decides the derived events from the shopper's own state
   (:func:`engine.catalog.derive`), with the product as this update made it.
+* **Anonymous ids**: an entry of an anonymous id says so; the identity
+  resolver sends its fan-out to the user the id is linked to, if any. A
+  merged id's entries stay until its user's shard has written the user's
+  own (then they are deleted), so a fan-out walking the index during a merge
+  reaches the user one way or the other (twice is harmless: the derived
+  events' ids are the user's). A user still waiting for the hand-off keeps
+  the fan-out with its held events, and an anonymous id whose link is
+  pending sends it to the user with the hand-off: either way the user's
+  merged state decides.
 * **Ordering**: the derived events of an update are applied at the update's
   clock, each on its shopper's shard after the events that shard had already
   taken; other shoppers' events interleave with a long fan-out (a page of
@@ -34,7 +43,7 @@ import msgspec
 from engine.catalog import Product, change_of
 from engine.events import PRODUCT_UPDATE, Event
 from flows.pipeline.decode import Fanout
-from flows.stores.catalog import CatalogStore, unpack_interest
+from flows.stores.catalog import CatalogStore, anonymous_entry, unpack_interest
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Product).decode
@@ -75,7 +84,7 @@ class ProductDeriver:
                 if interest.expires < event.ts:
                     lapsed[identity] = packed
                 elif change.restocked or _may_drop(interest.price, record.price):
-                    out.append(Fanout(identity, record))
+                    out.append(Fanout(identity, record, anonymous_entry(packed)))
             self._store.prune(shard, pid, lapsed)
             if scan == 0:
                 shard, scan = shard + 1, 0

@@ -68,6 +68,7 @@ class Fanout:
 
     identity: str
     record: Product
+    anonymous: bool = False  # ``identity`` is an anonymous id: the resolver may re-key it
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,10 +89,11 @@ from dataclasses import dataclass, replace
 
 import msgspec
 
+from engine.catalog import Product
 from engine.events import decode_event, encode_event
 from engine.identity import resolve
 from engine.state import Held
-from flows.pipeline.decode import Route, Stamped
+from flows.pipeline.decode import Fanout, Route, Stamped
 from flows.retry import RedisClient
 from flows.stores.keys import Keys
 
@@ -135,6 +136,8 @@ class Handoff(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Handoff).decode
+_encode_product = msgspec.msgpack.Encoder().encode
+_decode_product = msgspec.msgpack.Decoder(Product).decode
 
 
 def pack_handoff(handoff: Handoff) -> bytes:
@@ -153,7 +156,8 @@ def identity_of(item: Stamped | LinkRequest) -> str:
 
 
 def held(item: Stamped) -> Held:
-    """``item`` as a state keeps it while a link is handed over."""
+    """``item`` as a state keeps it while a link is handed over (a product update's
+    fan-out keeps its product, :class:`~flows.pipeline.decode.Fanout`)."""
     route = item.route
     return Held(
         encode_event(item.event),
@@ -161,13 +165,15 @@ def held(item: Stamped) -> Held:
         item.ingested,
         "" if route is None else route.kind,
         "" if route is None else route.anon,
+        b"" if item.fanout is None else _encode_product(item.fanout.record),
     )
 
 
 def unheld(kept: Held) -> Stamped:
     """A kept event, to apply now (no offset: its shard recorded it when it kept it)."""
     route = Route(kept.route, kept.anon) if kept.route else None
-    return Stamped(decode_event(kept.event), kept.now, kept.ingested, route=route)
+    fanout = Fanout("", _decode_product(kept.product)) if kept.product else None
+    return Stamped(decode_event(kept.event), kept.now, kept.ingested, route=route, fanout=fanout)
 
 
 # -- reading other shards' keys (single-key reads, batched, no transaction) --------------
@@ -269,6 +275,9 @@ class Resolver:
 
 
 def _anon(item: Stamped) -> str | None:
+    fanout = item.fanout
+    if fanout is not None:
+        return fanout.identity if fanout.anonymous else None
     anon = item.event.anon_id
     return None if anon is None or anon == item.event.user_id else anon
 
@@ -278,6 +287,12 @@ def route(item: Stamped, links: dict[str, str]) -> list[Stamped | LinkRequest]:
     anon = _anon(item)
     if anon is None:
         return [item]
+    fanout = item.fanout
+    if fanout is not None:  # a product update for an anonymous id: to its user once linked
+        linked = links.get(anon)
+        if linked is None:
+            return [item]
+        return [replace(item, fanout=Fanout(linked, fanout.record))]
     event = item.event
     linked = links.get(anon)
     if event.user_id is None:

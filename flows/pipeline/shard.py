@@ -86,7 +86,7 @@ from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
 from flows.pipeline.sweep import unpack as unpack_mark
 from flows.retry import retrying
-from flows.stores.catalog import RedisCatalog, drop_interest, pack_interest
+from flows.stores.catalog import RedisCatalog, forget_interest, pack_interest
 from flows.stores.emissions import Emitter, Record, action_record, pack
 from flows.stores.keys import Keys, shard_of
 from flows.stores.states import ShardStore, ShardWrite
@@ -167,6 +167,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         # activation's applied events may have changed, and the purchases to count.
         self._touched: dict[str, set[str]] = {}
         self._bought: dict[str, list[Event]] = {}
+        self._moved_interest: dict[str, set[str]] = {}  # merged anon -> its products
         if shard is not None:
             self._bind(shard)
 
@@ -378,7 +379,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if isinstance(item, LinkRequest):
             return _requested(state, item, counts)
         if item.fanout is not None:
-            return self._fan_in(engine, state, item, actions, counts)
+            return self._fanned_in(engine, state, item, actions, counts)
         event, route = item.event, item.route
         pending = state.linking
         if pending is not None and event.user_id is None and event.ts >= pending.at:
@@ -409,6 +410,31 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         actions.extend(fired)
         actions.extend(_caused(caused, item.ingested))
         return outcome == "applied" or bool(fired)
+
+    def _fanned_in(
+        self,
+        engine: Engine,
+        state: UserState,
+        item: Stamped,
+        actions: list[Action],
+        counts: Counter[str],
+    ) -> bool:
+        """A product update's fan-out to this identity: kept for the user while a link is
+        handed over (the merged state decides), else derived now, after the deferred
+        events up to the update's time (the watermark has passed it)."""
+        pending, hold = state.linking, state.holding
+        if pending is not None and item.event.ts >= pending.at and len(pending.held) < MAX_HELD:
+            pending.held.append(held(item))
+            counts["catalog.kept"] += 1
+            return True
+        if hold is not None and len(hold.held) < MAX_HELD:
+            hold.held.append(held(item))
+            counts["catalog.held"] += 1
+            return True
+        released = bool(state.deferred) and self._release(
+            engine, state, item.event.ts, actions, counts
+        )
+        return self._fan_in(engine, state, item, actions, counts) or released
 
     def _fan_in(
         self,
@@ -449,7 +475,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if products:
             for pid in products:
                 found = interest_of(state, pid, state.last_seen, engine.windows)
-                write.interest[(pid, key)] = b"" if found is None else pack_interest(found)
+                packed = b"" if found is None else pack_interest(found, not state.identified)
+                write.interest[(pid, key)] = packed
         for event in self._bought.pop(key, ()):
             write.together.update(pairs(event))
 
@@ -769,11 +796,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
     def _hand_off(self, anon: str, state: UserState, pending: Linking, write: ShardWrite) -> None:
         """The link is due: link, hand-off and deletion go in this commit (module rules)."""
         state.linking = None
-        windows = self._c.runtime.current().windows
-        drop_interest(write.interest, state, state.last_seen, windows)  # the user's now
-        self._touched.pop(anon, None)
-        for event in self._bought.pop(anon, ()):
-            write.together.update(pairs(event))
+        # Its entries stay (a fan-out reaches the user through them) until the user's
+        # shard has written the user's own (flows.pipeline.catalog_fanout).
+        self._note_catalog(write, self._c.runtime.current(), state)
         record = Handoff(user=pending.user, at=pending.at, state=dumps(state), held=pending.held)
         write.moved[anon] = (pending.user, pack_handoff(record))
         write.counts["identity.linked"] += 1
@@ -814,8 +839,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         report = self._finish(write, actions, {})
         try:  # best effort: a hand-off left over expires, and merges nothing twice
             delete_handoffs(client, keys, merged)
+            for anon in merged:  # the user's entries are written: the anonymous id's go
+                forget_interest(client, keys, anon, self._moved_interest.pop(anon, ()))
         except Exception as exc:
             _report_once(f"a hand-off was not deleted ({type(exc).__name__}: {exc})")
+        self._moved_interest.clear()
         return report
 
     def _resume(
@@ -837,6 +865,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             anon_state = loads(handoff.state)
             merged = products_of(anon_state, anon_state.last_seen, engine.windows)
             self._touched.setdefault(state.key, set()).update(merged)  # its interest moves
+            self._moved_interest[hold.anon] = merged
             joined = link(engine, state, anon_state, hold.anon, first.now)
             actions.extend(joined.fired)
             counts["identity.merged"] += int(joined.merge.merged)

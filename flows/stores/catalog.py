@@ -38,7 +38,7 @@ from engine.bought_together import pairs
 from engine.bought_together import top as top_partners
 from engine.catalog import Product, apply_update
 from engine.events import Event
-from engine.interest import Interest, interest_of, products_of, touched
+from engine.interest import Interest, interest_of, touched
 from engine.state import UserState
 from engine.windows import WindowConfig
 from flows.retry import RedisClient
@@ -51,17 +51,24 @@ _VIA_NAME = {code: via for via, code in _VIA.items()}
 MINUTE = 60_000
 
 
-def pack_interest(interest: Interest) -> bytes:
-    """``c28512345:19.99``: via, end of the interest (minutes), price seen (if any)."""
+def pack_interest(interest: Interest, anonymous: bool = False) -> bytes:
+    """``c28512345:19.99``: via (upper case for an anonymous id), end of the interest
+    (minutes), price seen (if any)."""
     end = -(-interest.expires // MINUTE)  # rounded up: never lapses early
     price = "" if interest.price is None else f":{interest.price!r}"
-    return f"{_VIA[interest.via]}{end}{price}".encode()
+    via = _VIA[interest.via]
+    return f"{via.upper() if anonymous else via}{end}{price}".encode()
 
 
 def unpack_interest(data: bytes) -> Interest:
     text = data.decode()
     end, _, price = text[1:].partition(":")
-    return Interest(_VIA_NAME[text[0]], float(price) if price else None, int(end) * MINUTE)
+    return Interest(_VIA_NAME[text[0].lower()], float(price) if price else None, int(end) * MINUTE)
+
+
+def anonymous_entry(data: bytes) -> bool:
+    """Whether a packed entry is an anonymous id's (its shard may have handed it over)."""
+    return data[:1].isupper()
 
 
 def note_interest(
@@ -79,18 +86,18 @@ def note_interest(
         products |= touched(event, cart)
     for pid in products:
         found = interest_of(state, pid, now, windows)
-        interest[(pid, state.key)] = b"" if found is None else pack_interest(found)
+        packed = b"" if found is None else pack_interest(found, not state.identified)
+        interest[(pid, state.key)] = packed
 
 
-def drop_interest(
-    interest: dict[tuple[str, str], bytes], state: UserState, now: int, windows: WindowConfig
-) -> set[str]:
-    """Queue the deletion of every entry of ``state`` (an anonymous id handed over to
-    its user); the products it had."""
-    products = products_of(state, now, windows)
+def forget_interest(client: RedisClient, keys: Keys, anon: str, products: Iterable[str]) -> None:
+    """Delete a merged anonymous id's entries (best effort, after its user's shard wrote
+    the user's own: until then a fan-out reaches the user through the anonymous id)."""
+    shard = keys.of(anon)
+    pipe = client.pipeline(transaction=False)
     for pid in products:
-        interest[(pid, state.key)] = b""
-    return products
+        pipe.hdel(shard.interest(pid), anon)
+    pipe.execute()
 
 
 def note_together(together: Counter[tuple[str, str]], event: Event) -> None:

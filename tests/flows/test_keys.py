@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 # test below fails until it is), so that its slot is checked.
 DEPLOYMENT_WIDE = {"stats", "layout", "recovery", "watermark", "topics", "rfm_bounds"}
 DEPLOYMENT_SPELLED = {"rfm_claim"}  # a method: one key per RFM refresh instant
-OWN_TAG = {"delivered", "inbox", "inbox_order"}
+OWN_TAG = {"delivered", "inbox", "inbox_order", "product"}
 NOT_KEYS = {"prefix", "shards", "tag", "shard", "of", "state", "all_shards", "rules"}
 NOT_KEYS |= {"inboxes", "inbox_user"}  # a SCAN pattern and its inverse
 IDENTITIES = ["U1", "u00042", "a-896631cbd73e", "shopper@example.com", "ü", "{odd}", "x}y"]
@@ -44,12 +44,15 @@ def public(cls: type) -> set[str]:
 
 def shard_keys(shard: ShardKeys, identities: list[str] = IDENTITIES) -> list[str]:
     """Every key a shard has: each property but the tag, states, hand-offs and segments."""
-    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag", "state", "handoff", "segment"})
+    spelled = {"state", "handoff", "segment", "interest", "together"}  # methods: one per name
+    names = sorted(public(ShardKeys) - {"prefix", "shard", "tag"} - spelled)
     assert {"timers", "outbox", "offsets", "stats", "shoppers", "acked", "rfm"} <= set(names)
     assert {"links", "waiting"} <= set(names)  # identity (flows.pipeline.identity)
     per_identity = [shard.state(i) for i in identities] + [shard.handoff(i) for i in identities]
     segments = [shard.segment(name) for name in ("loyal", "a-b_c", "x}y", "ü")]
-    return [getattr(shard, name) for name in names] + per_identity + segments
+    products = ["p1", "sku-{9}", "ü"]  # the catalog's per-product keys (SPEC section 10)
+    catalog = [shard.interest(p) for p in products] + [shard.together(p) for p in products]
+    return [getattr(shard, name) for name in names] + per_identity + segments + catalog
 
 
 def deployment_keys(keys: Keys) -> list[str]:
@@ -93,6 +96,8 @@ def test_keys_touched_alone_have_a_tag_each_and_spread() -> None:
     assert len({slot(keys.inbox(user)) for user in users}) > 190
     actions = [f"{n:032x}" for n in range(200)]
     assert len({slot(keys.delivered(action)) for action in actions}) > 190
+    products = [f"sku-{n}" for n in range(200)]
+    assert len({slot(keys.product(product)) for product in products}) > 190
 
 
 def test_a_prefix_with_braces_is_refused_in_one_line() -> None:
