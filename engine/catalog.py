@@ -5,7 +5,9 @@ Rules of this interface:
 * A ``product_update`` event updates one product (:func:`apply_update`): the
   fields it carries replace the stored ones, the fields it omits keep theirs.
   The latest update by ``ts`` wins: an update older than the stored one
-  changes nothing (on equal ``ts`` the later one read wins).
+  changes nothing; on equal ``ts`` the greater ``event_id`` wins, so the
+  result does not depend on the order updates are read in (a repeated
+  update read after a newer one of the same time changes nothing).
 * A :class:`Product` remembers the update that made it (``event``) and the
   price and stock just before it (``was_price``, ``was_stock``), so the
   update's :func:`change_of` is a function of the record alone: applying the
@@ -78,7 +80,7 @@ def apply_update(record: Product | None, update: Event) -> Product | None:
     if record is not None:
         if record.event == update.event_id:
             return record  # the same update again: its change stands as it was
-        if update.ts < record.ts:
+        if (update.ts, update.event_id) < (record.ts, record.event):
             return None
     base = record if record is not None else Product()
     values = {name: getattr(update, name) for name in FIELDS}

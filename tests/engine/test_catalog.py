@@ -99,12 +99,14 @@ def test_an_update_replaces_the_fields_it_carries_and_keeps_the_others() -> None
     )
 
 
-def test_an_older_update_changes_nothing_and_on_equal_ts_the_later_read_wins() -> None:
+def test_an_older_update_changes_nothing_and_on_equal_ts_the_greater_id_wins() -> None:
     record = updated(update("c1", T0, price=100))
     assert apply_update(record, update("c0", T0 - 1, price=50)) is None
     same_ts = apply_update(record, update("c2", T0, price=90))
     assert same_ts is not None
     assert (same_ts.price, same_ts.event, same_ts.was_price) == (90.0, "c2", 100.0)
+    assert apply_update(same_ts, update("c1", T0, price=100)) is None  # c1 read again
+    assert apply_update(same_ts, update("c0", T0, price=70)) is None  # either order: c2
 
 
 def test_the_same_update_twice_is_the_same_record_and_the_same_change() -> None:
