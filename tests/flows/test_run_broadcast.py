@@ -32,7 +32,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.flows.live import Live, comparable, event, live, produce, tally, wait_for_actions
 
-pytestmark = pytest.mark.integration
+# A kill scenario of a minute: `make chaos-short` runs it (in .ci/run), not `make test`.
+pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 BASE = 4_000  # shoppers on the topic before the engine starts
 AHEAD_S = 12  # the broadcast's instant, after the first start

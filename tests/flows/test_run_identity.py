@@ -23,7 +23,8 @@ from flows.stores.keys import Keys
 from flows.stores.states import read_stats
 from tests.flows.live import RULES, Live, expected_actions, live, tally, wait_for_actions
 
-pytestmark = pytest.mark.integration
+# A kill scenario of a minute: `make chaos-short` runs it (in .ci/run), not `make test`.
+pytestmark = [pytest.mark.integration, pytest.mark.scenario]
 
 
 @pytest.fixture
