@@ -9,8 +9,9 @@ storefront clickstream (sessions of views, searches, favorites, carts,
 purchases, consent and profiles in several time zones, with some malformed
 records and some redeliveries) at a steady rate, stamped with the wall clock,
 together with the catalog's feed (``product_update`` events: a first price and
-stock per product, sent at once before the shoppers, then price drops, rises,
-stock-outs and restocks among their events), and shows a live view: actions
+stock per product, sent at once, the shoppers starting once the engine's
+catalog holds them; then price drops, rises, stock-outs and restocks among the
+shoppers' events), and shows a live view: actions
 per channel and journey, suppressed by reason, the catalog's derived events
 and the journeys they start, the dead-letter count and end-to-end latency
 p50/p99, measured from each action's ``ingested_at``. After ``--duration``
@@ -76,6 +77,10 @@ CATALOG_JOURNEYS = (
     "cross_sell",
 )
 DERIVED_COUNTERS = ("catalog.price_drop", "catalog.back_in_stock")
+# The shoppers start once the engine's catalog holds the opening (or after this long).
+OPENING_WAIT_S = 30.0
+_PRODUCT = msgspec.msgpack.Decoder(Product)
+Generated = tuple[bytes, bytes]  # a record of clickstream.generator.generate_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,12 +221,26 @@ def wall_ms() -> int:
 
 def stream_records(
     cfg: GeneratorConfig, clock: Callable[[], int], tally: Tally | None = None
-) -> Iterator[Record]:
-    """The demo's stream: the generator's records in its order, each stamped with
-    ``clock()`` as it leaves, every ``REDELIVER_EVERY``-th sent twice (the same
-    bytes); ``tally`` counts shoppers' records by key and the product updates."""
+) -> tuple[list[Record], Iterator[Record]]:
+    """The demo's stream in the generator's order: the catalog's opening (the product
+    updates before the first shopper's record: a first price and stock per product)
+    and the rest, lazily. Each record is stamped with ``clock()`` as it is taken, every
+    ``REDELIVER_EVERY``-th is sent twice (the same bytes); ``tally`` counts shoppers'
+    records by key and the product updates."""
     tally = tally if tally is not None else Tally()
-    for index, (key, value) in enumerate(generate_records(cfg)):
+    opening, rest = _split_opening(generate_records(cfg))
+    index = itertools.count()
+    return list(_stamped(opening, clock, tally, index)), _stamped(rest, clock, tally, index)
+
+
+def _stamped(
+    records: Iterable[Generated],
+    clock: Callable[[], int],
+    tally: Tally,
+    index: Iterator[int],
+) -> Iterator[Record]:
+    for key, value in records:
+        n = next(index)
         doc = _decoded(value)
         if doc is not None and "ts" in doc:
             doc["ts"] = clock()
@@ -232,7 +251,7 @@ def stream_records(
         else:
             tally.keys[key] += 1
         yield key, value
-        if index % REDELIVER_EVERY == REDELIVER_EVERY - 1:
+        if n % REDELIVER_EVERY == REDELIVER_EVERY - 1:
             yield key, value
 
 
@@ -244,17 +263,42 @@ def _decoded(value: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def split_opening(records: Iterable[Record]) -> tuple[list[Record], Iterator[Record]]:
-    """The catalog's opening (the product updates before the first shopper's record:
-    a first price and stock per product) and the rest of the stream."""
+def _split_opening(
+    records: Iterable[Generated],
+) -> tuple[list[Generated], Iterator[Generated]]:
+    """The product updates before the first shopper's record, and the rest."""
     rest = iter(records)
-    opening: list[Record] = []
+    opening: list[Generated] = []
     for record in rest:
         doc = _decoded(record[1])
         if doc is None or doc.get("type") != PRODUCT_UPDATE:
             return opening, itertools.chain([record], rest)
         opening.append(record)
     return opening, iter(())
+
+
+def _catalog_taken(
+    client: RedisClient, keys: Keys, tally: Tally, stop: threading.Event
+) -> tuple[int, float]:
+    """Wait (up to ``OPENING_WAIT_S``) until the engine's catalog holds every product
+    streamed so far; (how many it holds, seconds waited)."""
+    start = time.monotonic()
+    pids = sorted(tally.latest)
+    held = 0
+    while not stop.is_set() and time.monotonic() - start < OPENING_WAIT_S:
+        held = sum(p is not None for p in _products(client, keys, pids))
+        if held == len(pids):
+            break
+        time.sleep(0.2)
+    return held, time.monotonic() - start
+
+
+def _products(client: RedisClient, keys: Keys, pids: list[str]) -> list[Product | None]:
+    """The engine's catalog record of each product (None: not taken yet)."""
+    pipe = client.pipeline(transaction=False)
+    for pid in pids:
+        pipe.get(keys.product(pid))
+    return [_PRODUCT.decode(raw) if raw else None for raw in pipe.execute()]
 
 
 def _until(records: Iterator[Record], stop: threading.Event) -> Iterator[Record]:
@@ -275,9 +319,13 @@ def _stream(
 ) -> int:
     """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view: the
     catalog's opening at once, then the rest at ``rate`` records/s."""
-    opening, rest = split_opening(stream_records(traffic.config(), wall_ms, tally))
+    opening, rest = stream_records(traffic.config(), wall_ms, tally)
     sent = [produce_records(settings.kafka_bootstrap, settings.events_topic, opening)]
-    say(f"catalog: {len(opening):,} product_update records (a first price and stock each)")
+    held, waited = _catalog_taken(connect(settings.redis_url), settings.keys, tally, stop)
+    say(
+        f"catalog: {len(opening):,} product_update records sent at once (a first price "
+        f"and stock each), the engine's catalog held {held:,} products {waited:.1f} s later"
+    )
     done = threading.Event()
 
     def produce() -> None:
@@ -367,10 +415,7 @@ def catalog_lines(data: Snapshot, stats: dict[str, int], updates: int) -> list[s
 def _taken(client: RedisClient, keys: Keys, tally: Tally) -> str:
     """How many products the engine's catalog holds at the last update streamed."""
     pids = sorted(tally.latest)
-    pipe = client.pipeline(transaction=False)
-    for pid in pids:
-        pipe.get(keys.product(pid))
-    stored = [_PRODUCT.decode(raw) if raw else None for raw in pipe.execute()]
+    stored = _products(client, keys, pids)
     held = sum(product is not None for product in stored)
     latest = sum(
         product is not None and product.event == tally.latest[pid]
@@ -380,9 +425,6 @@ def _taken(client: RedisClient, keys: Keys, tally: Tally) -> str:
         f"product updates taken: the catalog holds {held:,} of the {len(pids):,} products "
         f"streamed, {latest:,} at the last update sent"
     )
-
-
-_PRODUCT = msgspec.msgpack.Decoder(Product)
 
 
 def _ended(stats: dict[str, int]) -> str:

@@ -31,7 +31,6 @@ from flows.jobs.demo import (
     Tally,
     Traffic,
     catalog_lines,
-    split_opening,
     stream_records,
 )
 from flows.kafka.producer import Record, identity_of
@@ -47,7 +46,7 @@ def _produced(traffic: Traffic, tally: Tally) -> tuple[Records, Records]:
     """The opening (sent at once at ``START``) and the rest, each stamped as it leaves
     a producer sending ``traffic.rate`` records a second."""
     now = [float(START)]
-    opening, rest = split_opening(stream_records(traffic.config(), lambda: int(now[0]), tally))
+    opening, rest = stream_records(traffic.config(), lambda: int(now[0]), tally)
     paced = []
     for record in rest:
         paced.append(record)
