@@ -168,7 +168,9 @@ def _live(
         _start(settings, tmp, "run", ["run", "--rules", str(RULES), "--recovery-dir", recovery]),
         _start(settings, tmp, "deliver", ["deliver", "--config", str(config)]),
     ]
-    watch = ActionWatch(settings.kafka_bootstrap, settings.actions_topic)
+    watch = ActionWatch(
+        settings.kafka_bootstrap, settings.actions_topic, settings.actions_partitions
+    )
     watch.start()
     store = Shoppers(connect(settings.redis_url), settings.keys)
     tally = Tally()
@@ -392,6 +394,10 @@ def _summary(
         print(f"  {line}")
     print(f"  {_taken(connect(settings.redis_url), settings.keys, tally)}")
     print(
+        f"  actions: {data.total:,} read from the {settings.actions_partitions} partitions "
+        f"of {settings.actions_topic}; the shards emitted {stats.get('actions.emitted', 0):,}"
+    )
+    print(
         f"  events: applied {stats.get('applied', 0):,}, duplicate "
         f"{stats.get('duplicate', 0):,}, invalid {stats.get('invalid', 0):,}; dead-letter "
         f"topic {settings.dlq_topic}: {dlq} records; first reason: {reason}"
@@ -478,7 +484,12 @@ def _read_dlq(settings: Settings) -> tuple[int, str]:
             "enable.auto.commit": False,
         }
     )
-    consumer.assign([TopicPartition(settings.dlq_topic, 0, OFFSET_BEGINNING)])
+    consumer.assign(
+        [
+            TopicPartition(settings.dlq_topic, p, OFFSET_BEGINNING)
+            for p in range(settings.dlq_partitions)
+        ]
+    )
     count, reason, quiet_since = 0, "-", time.monotonic()
     try:
         while time.monotonic() - quiet_since < 1.5:

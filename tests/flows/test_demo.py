@@ -55,6 +55,9 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     assert dlq == invalid > 0
     assert _number(r"delivered: ([\d,]+) emails to the SMTP catcher", summary) > 0
     assert "jobs exited with codes run=0 deliver=0" in summary
+    # The view reads every partition of the actions topic: all the shards emitted.
+    read, emitted = _numbers(r"actions: ([\d,]+) read .* the shards emitted ([\d,]+)", summary)
+    assert read == emitted > 0
     # The catalog's feed: every product's latest update taken, drops and restocks
     # derived for the shoppers who had seen the products, and their journeys sent.
     held, streamed, latest = _numbers(
