@@ -50,9 +50,23 @@ def _cmd_state(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from clickstream.generator import GeneratorConfig, write_jsonl
 
-    cfg = GeneratorConfig(
-        users=args.users, events=args.events, seed=args.seed, invalid_ratio=args.invalid
-    )
+    changes = args.catalog_changes_per_hour
+    if changes is not None and not args.catalog_updates:
+        print("tetik generate: --catalog-changes-per-hour needs --catalog-updates", file=sys.stderr)
+        return 2
+    catalog = {"catalog_changes_per_hour": changes} if changes is not None else {}
+    try:
+        cfg = GeneratorConfig(
+            users=args.users,
+            events=args.events,
+            seed=args.seed,
+            invalid_ratio=args.invalid,
+            catalog_updates=args.catalog_updates,
+            **catalog,
+        )
+    except ValueError as exc:
+        print(f"tetik generate: {exc}", file=sys.stderr)
+        return 2
     count = write_jsonl(cfg, args.out)
     print(f"wrote {count:,} events to {args.out}", file=sys.stderr)
     return 0
@@ -254,6 +268,19 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--users", type=int, default=1000)
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--invalid", type=float, default=0.0, help="share of malformed records")
+    gen.add_argument(
+        "--catalog-updates",
+        action="store_true",
+        help="also write the catalog's product_update events: a first price and stock per "
+        "product, then price drops, rises, stock-outs and restocks (on top of --events)",
+    )
+    gen.add_argument(
+        "--catalog-changes-per-hour",
+        type=float,
+        default=None,
+        metavar="N",
+        help="with --catalog-updates: catalog changes per hour of event time (120)",
+    )
     gen.add_argument("--out", required=True, help="output JSONL file")
     gen.set_defaults(func=_cmd_generate)
 

@@ -54,14 +54,17 @@ def _written_at(message: Any) -> int:
 
 
 class ActionWatch(threading.Thread):
-    """Tails ``topic`` from its start and tallies actions (see :class:`Snapshot`)."""
+    """Tails every one of the ``partitions`` of ``topic`` from its start and tallies
+    actions (see :class:`Snapshot`)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
         super().__init__(daemon=True, name="tetik-actions")
         self._consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "tetik-console", "fetch.wait.max.ms": 20}
         )
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
         self._lock = threading.Lock()
         self._data = Snapshot()
         self._done = threading.Event()

@@ -8,16 +8,28 @@ inbox, the other channels into a JSONL file). It streams a generated
 storefront clickstream (sessions of views, searches, favorites, carts,
 purchases, consent and profiles in several time zones, with some malformed
 records and some redeliveries) at a steady rate, stamped with the wall clock,
-and shows a live view: actions per channel and journey, suppressed by reason,
-the dead-letter count and end-to-end latency p50/p99, measured from each
-action's ``ingested_at``. After ``--duration`` seconds or Ctrl-C it prints a
-summary and stops everything it started.
+together with the catalog's feed (``product_update`` events: a first price and
+stock per product, sent at once, the shoppers starting once the engine's
+catalog holds them; then price drops, rises, stock-outs and restocks among the
+shoppers' events), and shows a live view: actions
+per channel and journey, suppressed by reason, the catalog's derived events
+and the journeys they start, the dead-letter count and end-to-end latency
+p50/p99, measured from each action's ``ingested_at``. After ``--duration``
+seconds or Ctrl-C it prints a summary and stops everything it started.
+
+Time stamping: every record, shopper event or product update, is stamped with
+the clock as it leaves (:func:`stream_records`), in the generator's order
+(an update before the shopper events of its time or later). The generator's
+hour of event time becomes the demo's minute: a price drop reaches the engine
+after the views it drops below, and a restock comes about 20 s after its
+stock-out.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import signal
 import subprocess
@@ -25,30 +37,50 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from aiosmtpd.controller import Controller
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from channels.onsite import read_inbox
 from clickstream.generator import GeneratorConfig, generate_records
+from engine.catalog import Product
+from engine.events import PRODUCT_UPDATE
 from engine.state import to_view
 from flows.jobs.console import ActionWatch, Snapshot, render
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
-from flows.retry import connect
+from flows.retry import RedisClient, connect
 from flows.servers.embedded import servers
 from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
+from flows.stores.keys import Keys
 from flows.stores.states import Shoppers
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
 RULES = Path(__file__).resolve().parents[2] / "examples" / "demo" / "journeys.yaml"
 SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
+# The catalog's changes (drops, rises, stock-outs) per hour of the generator's event
+# time; the demo's minute streams about an hour of it.
+CATALOG_CHANGES_PER_HOUR = 120.0
+# The journeys of examples/demo/journeys.yaml that the catalog starts or feeds.
+CATALOG_JOURNEYS = (
+    "favorite_on_sale",
+    "price_drop_cart",
+    "price_drop_viewed",
+    "back_in_stock",
+    "cross_sell",
+)
+DERIVED_COUNTERS = ("catalog.price_drop", "catalog.back_in_stock")
+# The shoppers start once the engine's catalog holds the opening (or after this long).
+OPENING_WAIT_S = 30.0
+_PRODUCT = msgspec.msgpack.Decoder(Product)
+Generated = tuple[bytes, bytes]  # a record of clickstream.generator.generate_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +91,27 @@ class Traffic:
     users: int
     rate: int
     seed: int
+
+    def config(self) -> GeneratorConfig:
+        """The generator's config: ``rate * duration`` shopper events, 1 % malformed,
+        and the catalog's updates on top."""
+        return GeneratorConfig(
+            users=self.users,
+            events=int(self.rate * self.duration),
+            seed=self.seed,
+            invalid_ratio=0.01,
+            catalog_updates=True,
+            catalog_changes_per_hour=CATALOG_CHANGES_PER_HOUR,
+        )
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the demo has streamed so far (its producer thread writes, the view reads)."""
+
+    keys: collections.Counter[bytes] = dataclasses.field(default_factory=collections.Counter)
+    latest: dict[str, str] = dataclasses.field(default_factory=dict)  # product -> last update
+    updates: int = 0  # product_update records (a redelivery counts once, as in keys)
 
 
 class MailCatcher:
@@ -115,19 +168,21 @@ def _live(
         _start(settings, tmp, "run", ["run", "--rules", str(RULES), "--recovery-dir", recovery]),
         _start(settings, tmp, "deliver", ["deliver", "--config", str(config)]),
     ]
-    watch = ActionWatch(settings.kafka_bootstrap, settings.actions_topic)
+    watch = ActionWatch(
+        settings.kafka_bootstrap, settings.actions_topic, settings.actions_partitions
+    )
     watch.start()
     store = Shoppers(connect(settings.redis_url), settings.keys)
-    keys: collections.Counter[bytes] = collections.Counter()
+    tally = Tally()
     try:
-        sent = _stream(settings, stop, traffic, keys, watch, store, children)
+        sent = _stream(settings, stop, traffic, tally, watch, store, children)
         time.sleep(0 if stop.is_set() else SETTLE_S)
     finally:
         codes = [stop_child(child) for child in children]
         watch.stop()
     data = watch.snapshot()
-    _summary(settings, store, data, sent, catcher, tmp, codes)
-    _show_sample(store, keys)
+    _summary(settings, store, data, sent, catcher, tmp, codes, tally)
+    _show_sample(store, tally.keys)
     return data.total > 0 and codes == [0, 0]
 
 
@@ -161,62 +216,133 @@ def _start(settings: Settings, tmp: Path, name: str, args: list[str]) -> subproc
     return child
 
 
-def _records(
-    cfg: GeneratorConfig, keys: collections.Counter[bytes], stop: threading.Event
+def wall_ms() -> int:
+    """The wall clock, epoch ms: the demo's stamp."""
+    return time.time_ns() // 1_000_000
+
+
+def stream_records(
+    cfg: GeneratorConfig, clock: Callable[[], int], tally: Tally | None = None
+) -> tuple[list[Record], Iterator[Record]]:
+    """The demo's stream in the generator's order: the catalog's opening (the product
+    updates before the first shopper's record: a first price and stock per product)
+    and the rest, lazily. Each record is stamped with ``clock()`` as it is taken, every
+    ``REDELIVER_EVERY``-th is sent twice (the same bytes); ``tally`` counts shoppers'
+    records by key and the product updates."""
+    tally = tally if tally is not None else Tally()
+    opening, rest = _split_opening(generate_records(cfg))
+    index = itertools.count()
+    return list(_stamped(opening, clock, tally, index)), _stamped(rest, clock, tally, index)
+
+
+def _stamped(
+    records: Iterable[Generated],
+    clock: Callable[[], int],
+    tally: Tally,
+    index: Iterator[int],
 ) -> Iterator[Record]:
-    """The generated stream, stamped with the wall clock as each record leaves."""
-    for index, (key, value) in enumerate(generate_records(cfg)):
-        if stop.is_set():
-            return
-        keys[key] += 1
-        record = (key, _now_stamped(value))
-        yield record
-        if index % REDELIVER_EVERY == REDELIVER_EVERY - 1:
-            yield record
+    for key, value in records:
+        n = next(index)
+        doc = _decoded(value)
+        if doc is not None and "ts" in doc:
+            doc["ts"] = clock()
+            value = orjson.dumps(doc)
+        if doc is not None and doc.get("type") == PRODUCT_UPDATE:
+            tally.updates += 1
+            tally.latest[str(doc.get("product_id"))] = str(doc.get("event_id"))
+        else:
+            tally.keys[key] += 1
+        yield key, value
+        if n % REDELIVER_EVERY == REDELIVER_EVERY - 1:
+            yield key, value
 
 
-def _now_stamped(value: bytes) -> bytes:
+def _decoded(value: bytes) -> dict[str, Any] | None:
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return value  # a malformed record stays malformed
-    if isinstance(doc, dict) and "ts" in doc:
-        doc["ts"] = time.time_ns() // 1_000_000
-    return orjson.dumps(doc)
+        return None  # a malformed record stays malformed
+    return doc if isinstance(doc, dict) else None
+
+
+def _split_opening(
+    records: Iterable[Generated],
+) -> tuple[list[Generated], Iterator[Generated]]:
+    """The product updates before the first shopper's record, and the rest."""
+    rest = iter(records)
+    opening: list[Generated] = []
+    for record in rest:
+        doc = _decoded(record[1])
+        if doc is None or doc.get("type") != PRODUCT_UPDATE:
+            return opening, itertools.chain([record], rest)
+        opening.append(record)
+    return opening, iter(())
+
+
+def _catalog_taken(
+    client: RedisClient, keys: Keys, tally: Tally, stop: threading.Event
+) -> tuple[int, float]:
+    """Wait (up to ``OPENING_WAIT_S``) until the engine's catalog holds every product
+    streamed so far; (how many it holds, seconds waited)."""
+    start = time.monotonic()
+    pids = sorted(tally.latest)
+    held = 0
+    while not stop.is_set() and time.monotonic() - start < OPENING_WAIT_S:
+        held = sum(p is not None for p in _products(client, keys, pids))
+        if held == len(pids):
+            break
+        time.sleep(0.2)
+    return held, time.monotonic() - start
+
+
+def _products(client: RedisClient, keys: Keys, pids: list[str]) -> list[Product | None]:
+    """The engine's catalog record of each product (None: not taken yet)."""
+    pipe = client.pipeline(transaction=False)
+    for pid in pids:
+        pipe.get(keys.product(pid))
+    return [_PRODUCT.decode(raw) if raw else None for raw in pipe.execute()]
+
+
+def _until(records: Iterator[Record], stop: threading.Event) -> Iterator[Record]:
+    for record in records:
+        if stop.is_set():
+            return
+        yield record
 
 
 def _stream(
     settings: Settings,
     stop: threading.Event,
     traffic: Traffic,
-    keys: collections.Counter[bytes],
+    tally: Tally,
     watch: ActionWatch,
     store: Shoppers,
     children: list[subprocess.Popen[bytes]],
 ) -> int:
-    """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view."""
-    cfg = GeneratorConfig(
-        users=traffic.users,
-        events=int(traffic.rate * traffic.duration),
-        seed=traffic.seed,
-        invalid_ratio=0.01,
+    """Produce for ``duration`` s (or until Ctrl-C) while refreshing the view: the
+    catalog's opening at once, then the rest at ``rate`` records/s."""
+    opening, rest = stream_records(traffic.config(), wall_ms, tally)
+    sent = [produce_records(settings.kafka_bootstrap, settings.events_topic, opening)]
+    held, waited = _catalog_taken(connect(settings.redis_url), settings.keys, tally, stop)
+    say(
+        f"catalog: {len(opening):,} product_update records sent at once (a first price "
+        f"and stock each), the engine's catalog held {held:,} products {waited:.1f} s later"
     )
-    sent = [0]
     done = threading.Event()
 
     def produce() -> None:
-        records = _records(cfg, keys, stop)
-        sent[0] = produce_records(
+        total = produce_records(
             settings.kafka_bootstrap,
             settings.events_topic,
-            records,
+            _until(rest, stop),
             rate=traffic.rate,
-            on_progress=lambda n: sent.__setitem__(0, n),
+            on_progress=lambda n: sent.__setitem__(0, len(opening) + n),
         )
+        sent[0] = len(opening) + total
         done.set()
 
     threading.Thread(target=produce, daemon=True, name="tetik-demo-producer").start()
-    _view_loop(watch, store, sent, done, stop, children)
+    _view_loop(watch, store, sent, done, stop, children, tally)
     return sent[0]
 
 
@@ -227,6 +353,7 @@ def _view_loop(
     done: threading.Event,
     stop: threading.Event,
     children: list[subprocess.Popen[bytes]],
+    tally: Tally,
 ) -> None:
     tty = sys.stdout.isatty()
     start = time.monotonic()
@@ -238,12 +365,14 @@ def _view_loop(
             stop.set()
             break
         elapsed = time.monotonic() - start
-        lines = render(watch.snapshot(), sent[0], store.stats().get("invalid", 0), elapsed)
+        data, stats = watch.snapshot(), store.stats()
+        lines = render(data, sent[0], stats.get("invalid", 0), elapsed)
+        lines[-1:-1] = catalog_lines(data, stats, tally.updates)  # latency stays last
         if tty:
             print(("\x1b[F\x1b[K" * shown) + "\n".join(lines), flush=True)
             shown = len(lines)
         elif int(elapsed) % 5 == 0:
-            print(" | ".join(lines[:1] + lines[-1:]), flush=True)
+            print(" | ".join(lines[:1] + lines[-3:]), flush=True)
 
 
 def _summary(
@@ -254,12 +383,20 @@ def _summary(
     catcher: MailCatcher,
     tmp: Path,
     codes: list[int],
+    tally: Tally,
 ) -> None:
     stats = store.stats()
     dlq, reason = _read_dlq(settings)
     print("\nsummary")
-    for line in render(data, sent, dlq, 0)[1:]:
+    lines = render(data, sent, dlq, 0)[1:]
+    lines[-1:-1] = catalog_lines(data, stats, tally.updates)
+    for line in lines:
         print(f"  {line}")
+    print(f"  {_taken(connect(settings.redis_url), settings.keys, tally)}")
+    print(
+        f"  actions: {data.total:,} read from the {settings.actions_partitions} partitions "
+        f"of {settings.actions_topic}; the shards emitted {stats.get('actions.emitted', 0):,}"
+    )
     print(
         f"  events: applied {stats.get('applied', 0):,}, duplicate "
         f"{stats.get('duplicate', 0):,}, invalid {stats.get('invalid', 0):,}; dead-letter "
@@ -268,6 +405,32 @@ def _summary(
     print(f"  enrollments ended by rules changes: {_ended(stats)}")
     _deliveries(settings, catcher, tmp)
     print(f"  jobs exited with codes run={codes[0]} deliver={codes[1]}")
+
+
+def catalog_lines(data: Snapshot, stats: dict[str, int], updates: int) -> list[str]:
+    """The view's catalog lines: product updates streamed, the events the shards
+    derived from them (their stats), and what the catalog's journeys sent."""
+    derived = "  ".join(f"{name[8:]} {stats.get(name, 0):,}" for name in DERIVED_COUNTERS)
+    journeys = "  ".join(f"{name} {data.journeys.get(name, 0):,}" for name in CATALOG_JOURNEYS)
+    return [
+        f"catalog             product updates sent {updates:,}  derived {derived}",
+        f"catalog journeys    {journeys}",
+    ]
+
+
+def _taken(client: RedisClient, keys: Keys, tally: Tally) -> str:
+    """How many products the engine's catalog holds at the last update streamed."""
+    pids = sorted(tally.latest)
+    stored = _products(client, keys, pids)
+    held = sum(product is not None for product in stored)
+    latest = sum(
+        product is not None and product.event == tally.latest[pid]
+        for pid, product in zip(pids, stored, strict=True)
+    )
+    return (
+        f"product updates taken: the catalog holds {held:,} of the {len(pids):,} products "
+        f"streamed, {latest:,} at the last update sent"
+    )
 
 
 def _ended(stats: dict[str, int]) -> str:
@@ -321,7 +484,12 @@ def _read_dlq(settings: Settings) -> tuple[int, str]:
             "enable.auto.commit": False,
         }
     )
-    consumer.assign([TopicPartition(settings.dlq_topic, 0, OFFSET_BEGINNING)])
+    consumer.assign(
+        [
+            TopicPartition(settings.dlq_topic, p, OFFSET_BEGINNING)
+            for p in range(settings.dlq_partitions)
+        ]
+    )
     count, reason, quiet_since = 0, "-", time.monotonic()
     try:
         while time.monotonic() - quiet_since < 1.5:

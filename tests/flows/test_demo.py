@@ -26,6 +26,15 @@ def _number(pattern: str, text: str) -> int:
     return int(match[1].replace(",", ""))
 
 
+def _numbers(pattern: str, text: str) -> list[int]:
+    """Every number ``pattern`` captures: the groups of its first match, or with one
+    group, that group in every match."""
+    found = re.findall(pattern, text)
+    assert found, f"{pattern!r} not in output:\n{text}"
+    groups = found[0] if isinstance(found[0], tuple) else found
+    return [int(n.replace(",", "")) for n in groups]
+
+
 def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
     args = ["demo", "--duration", "8", "--rate", "400", "--users", "150"]
@@ -46,6 +55,25 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     assert dlq == invalid > 0
     assert _number(r"delivered: ([\d,]+) emails to the SMTP catcher", summary) > 0
     assert "jobs exited with codes run=0 deliver=0" in summary
+    # The view reads every partition of the actions topic: all the shards emitted.
+    read, emitted = _numbers(r"actions: ([\d,]+) read .* the shards emitted ([\d,]+)", summary)
+    assert read == emitted > 0
+    # The catalog's feed: every product's latest update taken, drops and restocks
+    # derived for the shoppers who had seen the products, and their journeys sent.
+    held, streamed, latest = _numbers(
+        r"the catalog holds ([\d,]+) of the ([\d,]+) products streamed, ([\d,]+) at the last",
+        summary,
+    )
+    assert held == streamed == latest > 0
+    updates, drops, restocks = _numbers(
+        r"product updates sent ([\d,]+)  derived price_drop ([\d,]+)  back_in_stock ([\d,]+)",
+        summary,
+    )
+    assert updates > streamed  # a first price for each, then changes
+    assert drops + restocks > 0
+    journeys = re.search(r"catalog journeys +(.*)", summary)
+    assert journeys, summary
+    assert sum(_numbers(r"([\d,]+)", journeys[1])) > 0
     # The inboxes are found by the key layout's pattern and read back whole.
     assert _number(r"onsite inboxes: ([\d,]+);", summary) > 0
     assert _number(r"`tetik onsite [^`]+` shows (\d+) message", summary) > 0
