@@ -479,3 +479,42 @@ def test_future_ts_is_refused_relative_to_its_reference() -> None:
     late = decode_event(doc(ts=TS + MAX_FUTURE_MS + 1))
     with pytest.raises(InvalidEvent, match="in the future are refused"):
         check_not_future(late, TS)
+
+
+# -- the catalog's feed (SPEC section 10) ------------------------------------------------
+
+
+def test_a_product_update_has_no_identity_and_names_its_product() -> None:
+    update = decode_event(
+        '{"event_id":"c1","type":"product_update","ts":1,"product_id":"p1","price":9.5,'
+        '"stock":3,"name":"Shoe","url":"/p1","image":"/p1.png"}'
+    )
+    assert (update.key, update.stock, update.name, update.image) == ("", 3, "Shoe", "/p1.png")
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ('"product_id":"p1","user_id":"u1"', "product_update events carry no user_id or anon_id"),
+        ('"product_id":"p1","anon_id":"a1"', "product_update events carry no user_id or anon_id"),
+        ('"price":3', "`product_update` events require `product_id`"),
+        ('"product_id":"p1","stock":-1', "stock"),
+        ('"product_id":"p1","stock":1.5', "stock"),
+    ],
+)
+def test_a_bad_product_update_is_invalid_with_its_reason(fields: str, needle: str) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        decode_event(f'{{"event_id":"c1","type":"product_update","ts":1,{fields}}}')
+    assert needle in refused.value.reason
+
+
+def test_only_a_product_update_may_omit_both_ids() -> None:
+    with pytest.raises(InvalidEvent, match="one of user_id or anon_id is required"):
+        decode_event('{"event_id":"d1","type":"price_drop","ts":1,"product_id":"p1"}')
+    drop = decode_event(
+        '{"event_id":"d1","type":"price_drop","ts":1,"user_id":"u1","product_id":"p1",'
+        '"price":8,"old_price":10,"drop_pct":20,"via":"cart"}'
+    )
+    assert (drop.old_price, drop.drop_pct, drop.via) == (10.0, 20.0, "cart")
+    with pytest.raises(InvalidEvent, match="via"):
+        decode_event('{"event_id":"d2","type":"price_drop","ts":1,"user_id":"u","via":"mail"}')
