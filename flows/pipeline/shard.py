@@ -40,6 +40,14 @@ Rules of this interface:
   state are one commit. A user's event tagged for an id it has not merged
   holds the user's events until the hand-off (or a conflict) is there; the
   shard polls its waiting users every activation and merges in one commit.
+* **The catalog** (SPEC section 10): a product update's
+  :class:`~flows.pipeline.decode.Fanout` to a shopper derives that shopper's
+  events from its state (:func:`engine.catalog.derive`), each then handled
+  like the shopper's own (kept with a pending link or a hold, so the merged
+  state decides). The commit that writes a state also writes the shopper's
+  interest entries for the products its applied events touched and the
+  bought-together counts of its applied purchases
+  (:mod:`flows.stores.catalog`), so both agree with the states after a crash.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
   shard's next write, or by a write of their own within ``confirm_ms`` when
   the shard is idle.
