@@ -36,6 +36,7 @@ A :class:`ProductDeriver` is the :class:`~flows.pipeline.derive.Deriver` of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -62,11 +63,11 @@ class ProductDeriver:
     def wants(self, event: Event) -> bool:
         return event.type == PRODUCT_UPDATE
 
-    def take(self, event: Event) -> bytes | None:
-        record = self._store.update(event)
-        if record is None or not change_of(record):
-            return None
-        return _encode(record)
+    def take(self, events: Sequence[Event]) -> list[bytes | None]:
+        return [
+            None if record is None or not change_of(record) else _encode(record)
+            for record in self._store.update_all(events)
+        ]
 
     def page(
         self, event: Event, data: bytes, cursor: str, limit: int

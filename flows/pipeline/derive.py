@@ -62,9 +62,9 @@ class Deriver(Protocol):
         """Whether ``event`` is an input of this fan-out rather than a shopper's event."""
         ...
 
-    def take(self, event: Event) -> bytes | None:
-        """Take an input (once, or again after a crash): what its pages need, or None
-        when it fans out to no one."""
+    def take(self, events: Sequence[Event]) -> list[bytes | None]:
+        """Take inputs, in order (once, or again after a crash): for each, what its pages
+        need, or None when it fans out to no one."""
         ...
 
     def page(
@@ -112,12 +112,16 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
         self._jobs: list[Job] = list(resume or [])
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Stamped], bool]:
+        by_deriver: dict[str, list[Stamped]] = {}
         for item in values:
             deriver = next(d for d in self._c.derivers if d.wants(item.event))
-            data = deriver.take(item.event)
-            if data is not None:
-                job = Job(deriver.name, _encode(item.event), item.now, data=data, ts=item.event.ts)
-                self._jobs.append(job)
+            by_deriver.setdefault(deriver.name, []).append(item)
+        for name, items in by_deriver.items():
+            taken = self._by_name[name].take([item.event for item in items])
+            for item, data in zip(items, taken, strict=True):
+                if data is not None:
+                    event = item.event
+                    self._jobs.append(Job(name, _encode(event), item.now, data=data, ts=event.ts))
         # The inputs are taken: they no longer hold their partitions back.
         self._c.watermark.applied((v.partition, v.now) for v in values if v.partition)
         return self._step(), StatefulBatchLogic.RETAIN

@@ -120,11 +120,32 @@ class CatalogStore:
     def update(self, event: Event) -> Product | None:
         """Apply a ``product_update`` (see the module rules); the product after it, or
         None when it was older than the stored one."""
-        pid = event.product_id or ""
-        record = apply_update(self.product(pid), event)
-        if record is not None:
-            self.client.set(self.keys.product(pid), _encode(record))
-        return record
+        return self.update_all([event])[0]
+
+    def update_all(self, events: Sequence[Event]) -> list[Product | None]:
+        """:meth:`update` for many updates in order: one read and one write round trip."""
+        pids = list(dict.fromkeys(event.product_id or "" for event in events))
+        pipe = self.client.pipeline(transaction=False)
+        for pid in pids:
+            pipe.get(self.keys.product(pid))
+        current = {
+            pid: None if data is None else _decode_product(data)
+            for pid, data in zip(pids, pipe.execute(), strict=True)
+        }
+        results: list[Product | None] = []
+        changed: dict[str, Product] = {}
+        for event in events:
+            pid = event.product_id or ""
+            record = apply_update(current[pid], event)
+            if record is not None:
+                current[pid] = changed[pid] = record
+            results.append(record)
+        if changed:
+            pipe = self.client.pipeline(transaction=False)
+            for pid, record in changed.items():
+                pipe.set(self.keys.product(pid), _encode(record))
+            pipe.execute()
+        return results
 
     def interest_page(
         self, shard: int, product_id: str, cursor: int, count: int

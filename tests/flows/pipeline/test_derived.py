@@ -5,6 +5,7 @@ In process (Bytewax's testing source and sink) against the real Redis and Kafka.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -49,8 +50,8 @@ class Announce:
     def wants(self, event: Event) -> bool:
         return event.type == "announce"
 
-    def take(self, event: Event) -> bytes | None:
-        return b""
+    def take(self, events: Sequence[Event]) -> list[bytes | None]:
+        return [b"" for _ in events]
 
     def page(
         self, event: Event, data: bytes, cursor: str, limit: int
