@@ -143,16 +143,15 @@ def templates(engine: Engine, now: int, count: int = TEMPLATES) -> list[UserStat
     return made
 
 
-def populate(
-    client: RedisClient, keys: Keys, shoppers: int, engine: Engine, now: int
-) -> str:
+def populate(client: RedisClient, keys: Keys, shoppers: int, engine: Engine, now: int) -> str:
     """Write ``shoppers`` copies of :func:`templates`, their shopper index and interest
     entries, and the product at :data:`PRICE`; the shoppers' name prefix."""
     made = templates(engine, now)
     packed = []
     for state in made:
         interest = interest_of(state, PRODUCT, now, engine.windows)
-        assert interest is not None and interest.price == PRICE, "each template is interested"
+        assert interest is not None, "each template is interested in the product"
+        assert interest.price == PRICE, "each template saw the product at PRICE"
         packed.append(pack_interest(interest))
     run = f"f{uuid.uuid4().hex[:5]}"
     bar = Bar("catalog-fanout: writing shoppers")
@@ -438,7 +437,7 @@ def fanout_table(result: dict[str, Any]) -> str:
         ["... from sent (s)", _secs(result["seconds_from_sent"])],
         ["last price_drop e-mail on Kafka, from taken (s)", _secs(result["drop_actions_s"])],
         ["price_drop e-mails on Kafka", f"{result['drop_actions']:,}"],
-        [f"ordinary events/s throughout", f"{result['rate_per_s']:,.0f}"],
+        ["ordinary events/s throughout", f"{result['rate_per_s']:,.0f}"],
         ["ordinary p50 / p99 ms, baseline (n)",
          f"{_ms(lat['baseline']['p50'])} / {_ms(lat['baseline']['p99'])} "
          f"({lat['baseline']['count']:,})"],

@@ -70,9 +70,17 @@ SHARDS = 8
 NOW = 1_750_000_000_000
 DAY = 86_400_000
 ZIPF_S, ZIPF_Q = 1.1, 15.0
-VIA = (("cart", 0.05), ("favorite", 0.03), ("view", 0.92))
+VIAS = ("cart", "favorite", "view")
+VIA_WEIGHTS = (0.05, 0.03, 0.92)
 ANON_SHARE = 0.3
-SIZES = ((1, 1), (2, 4), (5, 16), (17, 128), (129, 10**9))  # entries per key, for the split
+SIZES = (
+    (1, 1),
+    (2, 4),
+    (5, 16),
+    (17, 128),
+    (129, 512),
+    (513, 10**9),
+)  # entries per key, for the split
 
 
 @dataclass(frozen=True)
@@ -132,20 +140,17 @@ def entries(scenario: Scenario, seed: int = 14) -> dict[tuple[int, str], dict[st
     zipf = _Zipf(scenario.products)
     counts = taobao_counts() if scenario.from_taobao else None
     mu = math.log(scenario.mean_products) - scenario.sigma**2 / 2
-    vias, weights = zip(*VIA, strict=True)
     keys: dict[tuple[int, str], dict[str, bytes]] = defaultdict(dict)
     for n in range(scenario.shoppers):
-        if rng.random() < ANON_SHARE:
-            identity = f"a-{rng.getrandbits(48):012x}"
-        else:
-            identity = f"u{n:07d}"
+        anonymous = rng.random() < ANON_SHARE
+        identity = f"a-{rng.getrandbits(48):012x}" if anonymous else f"u{n:07d}"
         shard = shard_of(identity, SHARDS)
         if counts is not None:
             k = rng.choice(counts)
         else:
             k = max(1, round(rng.lognormvariate(mu, scenario.sigma)))
         for rank in zipf.distinct(rng, k):
-            via = rng.choices(vias, weights)[0]
+            via = rng.choices(VIAS, VIA_WEIGHTS)[0]
             price = round(140 * rng.lognormvariate(0.0, 0.8), 2)
             expires = NOW + rng.randrange(30 * DAY)
             keys[(shard, f"p{rank:07d}")][identity] = pack_interest(Interest(via, price, expires))
@@ -153,7 +158,8 @@ def entries(scenario: Scenario, seed: int = 14) -> dict[tuple[int, str], dict[st
 
 
 def _used(client: RedisClient) -> int:
-    return int(client.info("memory")["used_memory"])  # type: ignore[index]
+    info: dict[str, Any] = client.info("memory")
+    return int(info["used_memory"])
 
 
 def write(client: RedisClient, keys: Keys, index: dict[tuple[int, str], dict[str, bytes]]) -> None:
@@ -258,10 +264,14 @@ def measure(client: RedisClient, scenario: Scenario) -> dict[str, Any]:
         "memory_usage_bytes_per_pair": total / pairs,
         "used_memory_bytes_per_pair": (after - before) / pairs,
         "split": split(measured),
-        "listpack_max_entries": int(
-            client.config_get("hash-max-listpack-entries").get("hash-max-listpack-entries", 0)
-        ),
+        "listpack_max_entries": _listpack_max(client),
     }
+
+
+def _listpack_max(client: RedisClient) -> int:
+    """``hash-max-listpack-entries``: up to this many fields a hash stays a listpack."""
+    config: dict[str, str] = client.config_get("hash-max-listpack-entries")  # type: ignore[assignment]
+    return int(config.get("hash-max-listpack-entries", 0))
 
 
 def _unlink(client: RedisClient, names: list[str]) -> None:
@@ -310,11 +320,19 @@ def interest_table(result: dict[str, Any]) -> str:
     ]
     parts = [
         table(
-            ["scenario", "shoppers", "products with interest / all", "pairs", "keys",
-             "pairs per key", "field+value B/pair", "MEMORY USAGE B/pair",
-             "used_memory B/pair"],
+            [
+                "scenario",
+                "shoppers",
+                "products with interest / all",
+                "pairs",
+                "keys",
+                "pairs per key",
+                "field+value B/pair",
+                "MEMORY USAGE B/pair",
+                "used_memory B/pair",
+            ],
             rows,
-        )  # fmt: skip
+        )
     ]
     for r in result["scenarios"]:
         enc = [
@@ -339,7 +357,9 @@ def interest_table(result: dict[str, Any]) -> str:
         ]
         parts.append(f"**{r['scenario']}**, by encoding (per key and per entry: a line fitted "
                      "to MEMORY USAGE against entries):")  # fmt: skip
-        parts.append(table(["encoding", "keys", "pairs", "per key B", "per entry B", "B/pair"], enc))
+        parts.append(
+            table(["encoding", "keys", "pairs", "per key B", "per entry B", "B/pair"], enc)
+        )
         parts.append(table(["entries per key", "keys", "pairs", "B/pair"], sizes))
     parts.append(f"Goal: <= {result['goal_bytes']} B per pair (the month scenario).")
     return "\n\n".join(parts)
