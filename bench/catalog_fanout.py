@@ -27,21 +27,26 @@ journey that sends an e-mail. A load process sends the generated
 clickstream of other shoppers (20,000 people) at :data:`RATE` events/s
 throughout:
 
-1. warm-up (not measured), then drained;
-2. ``baseline``: :data:`BASELINE_S` seconds of the stream alone;
+1. warm-up (:data:`WARM_S`, not measured), then drained;
+2. ``before``: :data:`BASELINE_S` seconds of the stream alone;
 3. ``fan-out``: the stream goes on, and a ``product_update`` lowering the
    product to 80.0 is produced to the events topic; the stream keeps going
    until every derived event is applied (the shards' ``catalog.price_drop``
-   counter, :func:`flows.stores.states.read_stats`, reaches the shoppers).
+   counter, :func:`flows.stores.states.read_stats`, reaches the shoppers);
+4. ``after``: once drained, :data:`BASELINE_S` seconds of the stream alone
+   again. The baseline is ``before`` and ``after`` together, so a drift of
+   the machine over the run (other processes, a broker warming up) does not
+   favour either side.
 
 Reported: when the update was taken (the fan-out stage wrote the product:
 polled in Redis), the seconds from taken (the goal's figure) and from sent
 until every ``price_drop`` was applied, and until the last ``price_drop``
 e-mail was on Kafka; the p50/p99 latency (event -> action on Kafka) of the
-ordinary actions caused by events sent during the fan-out and during the
-baseline, and their ratio; the CPU of each process and the
-machine's load average (a loaded machine shows in both windows, so the
-ratio, taken in the same run, is the fairer figure).
+ordinary actions caused by events sent during the fan-out, before it and
+after it, and the ratio of the p99 during it to the p99 before and after;
+the CPU of each process during the fan-out and the machine's load average
+(a loaded machine shows in every window, so the ratio, taken in the same
+run, is the fairer figure).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +88,7 @@ from engine.state import UserState, dumps, loads
 from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.retry import RedisClient, connect
-from flows.servers.embedded import servers
+from flows.servers.embedded import Endpoints, servers
 from flows.settings import from_env
 from flows.stores.catalog import CatalogStore, pack_interest
 from flows.stores.keys import Keys, shard_of
@@ -93,7 +99,8 @@ QUICK_SHOPPERS = 10_000
 RATE = 1_000  # ordinary events per second, throughout
 BASELINE_S = 15.0
 QUICK_BASELINE_S = 8.0
-WARM_S = 3.0
+WARM_S = 10.0  # Apache Kafka's JVM and the worker warm up
+QUICK_WARM_S = 5.0
 STEP_S = 1.0  # the stream is sent in steps of this long, back to back
 TIMEOUT_S = 300.0  # the fan-out is reported unfinished after this long
 GOAL_S = 10.0
@@ -267,20 +274,14 @@ def send_update(bootstrap: str, topic: str, run: str) -> tuple[str, int]:
 
 
 def fan_out(
-    probe: Probe,
-    stream: Stream,
-    client: RedisClient,
-    keys: Keys,
-    bootstrap: str,
-    topic: str,
-    shoppers: int,
-    run: str,
+    probe: Probe, stream: Stream, target: Target, shoppers: int, run: str
 ) -> dict[str, Any]:
     """Send the drop with the stream going; wait until every derived event is applied."""
+    client, keys = target.client, target.keys
     store = CatalogStore(client, keys)
     counted = read_stats(client, keys).get("catalog.price_drop", 0)
     stream.start()
-    event_id, sent_ms = send_update(bootstrap, topic, run)
+    event_id, sent_ms = send_update(target.endpoints.kafka_bootstrap, target.events_topic, run)
     taken_ms = done_ms = None
     applied = 0
     bar = Bar(f"catalog-fanout: price drop to {shoppers:,} shoppers")
@@ -325,7 +326,7 @@ def _seconds(start: int | None, end: int | None) -> float | None:
 
 
 @contextlib.contextmanager
-def _session(broker: str | None) -> Iterator[tuple[Any, dict[str, str], Path]]:
+def _session(broker: str | None) -> Iterator[tuple[Endpoints, dict[str, str], Path]]:
     kind, why = choose_broker(broker)
     with (
         servers(progress=say, kafka_server=kind) as endpoints,
@@ -341,23 +342,27 @@ def bench_catalog_fanout(
     shoppers: int = 0,
     rate: float = RATE,
     baseline_s: float = 0.0,
-    warm_s: float = WARM_S,
+    warm_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Set up, measure the baseline, fan out, report (module docstring)."""
+    """Set up, measure the baseline, fan out, measure again, report (module docstring)."""
     count = shoppers or (QUICK_SHOPPERS if quick else SHOPPERS)
-    baseline_s = baseline_s or (QUICK_BASELINE_S if quick else BASELINE_S)
+    plan = Plan(
+        rate=rate,
+        baseline_s=baseline_s or (QUICK_BASELINE_S if quick else BASELINE_S),
+        warm_s=warm_s or (QUICK_WARM_S if quick else WARM_S),
+    )
     load_before = os.getloadavg()
     with _session(broker) as (endpoints, used, workdir):
         run = f"c{uuid.uuid4().hex[:6]}"
         system = make_system("tetik", endpoints, run, workdir, rules=RULES)
         keys = Keys(system.env["TETIK_PREFIX"], from_env(system.env).shards)
         client = connect(endpoints.redis_url)
-        engine = Engine(load_rules(RULES, "bench-catalog.yaml"))
-        now = _wall_ms()
-        populate(client, keys, count, engine, now)
+        populate(client, keys, count, Engine(load_rules(RULES, "bench-catalog.yaml")), _wall_ms())
         ensure_topics(endpoints.kafka_bootstrap, system.layout)
-        cfg = GeneratorConfig(users=20_000, events=10**9, seed=14, invalid_ratio=0.0)
-        load = LoadProcess(endpoints.kafka_bootstrap, cfg)
+        load = LoadProcess(
+            endpoints.kafka_bootstrap,
+            GeneratorConfig(users=20_000, events=10**9, seed=14, invalid_ratio=0.0),
+        )
         watch = DropWatch(endpoints.kafka_bootstrap, system.output)
         watch.start()
         try:
@@ -365,53 +370,101 @@ def bench_catalog_fanout(
             with running(system, workdir) as child:
                 probe = Probe(system, child, load, workdir)
                 say(f"bench catalog-fanout: measuring on {broker_label(used)} ({used['why']})")
-                probe.send(rate, warm_s, "catalog warm-up")
-                if not probe.drain(90.0):
-                    raise RuntimeError(probe.stuck("did not process its warm-up"))
                 pids = {**endpoints.pids, "system": child.pid, "load": load.pid}
-                base = probe.send(rate, baseline_s, "catalog baseline")
-                meter = CpuMeter(pids)
-                stream = Stream(probe, rate)
-                out = fan_out(probe, stream, client, keys, endpoints.kafka_bootstrap,
-                              system.events, count, run)  # fmt: skip
-                cpu = meter.percent()
-                drained = probe.drain(60.0)
-                _await_drops(watch, count, 30.0 if out["done_ms"] else 1.0)
+                found = windows(probe, watch, Target(client, keys, endpoints, system.events),
+                                count, run, plan, pids)  # fmt: skip
         finally:
             watch.stop()
             load.close()
-        drops, last_drop = watch.drops, watch.last_drop_ms or None
-        base_lat, _ = watch.between(base.started_ms, base.ended_ms)
-        end = out["done_ms"] or (stream.steps[-1].ended_ms if stream.steps else out["sent_ms"])
-        fan_lat, _ = watch.between(out["sent_ms"], end)
-        stats = read_stats(client, keys)
+        counters = read_stats(client, keys)
         _drop(client, keys)
-    base_sum, fan_sum = summary(base_lat), summary(fan_lat)
-    result: dict[str, Any] = {
+    result = figures(found, watch, count, plan)
+    result.update(
+        loadavg={"before": list(load_before), "after": list(os.getloadavg())},
+        counters={k: v for k, v in counters.items() if k.startswith(("catalog.", "actions."))},
+        broker=used,
+    )
+    print(fanout_table(result))
+    return result
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordinary stream's rate and the windows' lengths."""
+
+    rate: float
+    baseline_s: float
+    warm_s: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the engine under test keeps its shoppers and reads its events."""
+
+    client: RedisClient
+    keys: Keys
+    endpoints: Endpoints
+    events_topic: str
+
+
+def windows(
+    probe: Probe,
+    watch: DropWatch,
+    target: Target,
+    count: int,
+    run: str,
+    plan: Plan,
+    pids: dict[str, int],
+) -> dict[str, Any]:
+    """Warm up; the stream alone (before); the fan-out with the stream; the stream alone
+    again once drained (after). When each window was sent, and what the fan-out did."""
+    probe.send(plan.rate, plan.warm_s, "catalog warm-up")
+    if not probe.drain(90.0):
+        raise RuntimeError(probe.stuck("did not process its warm-up"))
+    before = probe.send(plan.rate, plan.baseline_s, "catalog before")
+    meter = CpuMeter(pids)
+    stream = Stream(probe, plan.rate)
+    out = fan_out(probe, stream, target, count, run)
+    cpu = meter.percent()
+    drained = probe.drain(60.0)
+    _await_drops(watch, count, 30.0 if out["done_ms"] else 1.0)
+    after = probe.send(plan.rate, plan.baseline_s, "catalog after")
+    drained = probe.drain(60.0) and drained
+    end = out["done_ms"] or (stream.steps[-1].ended_ms if stream.steps else out["sent_ms"])
+    return {"before": before, "after": after, "fanout": out, "end_ms": end, "cpu": cpu,
+            "drained": drained}  # fmt: skip
+
+
+def figures(found: dict[str, Any], watch: DropWatch, count: int, plan: Plan) -> dict[str, Any]:
+    """The result (module docstring) from the windows and the output watch."""
+    out = found["fanout"]
+    before, _ = watch.between(found["before"].started_ms, found["before"].ended_ms)
+    after, _ = watch.between(found["after"].started_ms, found["after"].ended_ms)
+    during, _ = watch.between(out["sent_ms"], found["end_ms"])
+    alone, fan = summary(before + after), summary(during)
+    return {
         "shoppers": count,
-        "rate_per_s": rate,
-        "baseline_s": baseline_s,
+        "rate_per_s": plan.rate,
+        "baseline_s": plan.baseline_s,
         "applied": out["applied"],
         "complete": out["done_ms"] is not None,
         "taken_after_s": _seconds(out["sent_ms"], out["taken_ms"]),
         "seconds": _seconds(out["taken_ms"], out["done_ms"]),
         "seconds_from_sent": _seconds(out["sent_ms"], out["done_ms"]),
-        "drop_actions": drops,
-        "drop_actions_s": _seconds(out["taken_ms"], last_drop),
-        "latency_ms": {"baseline": base_sum, "fanout": fan_sum},
-        "p99_ratio": (
-            fan_sum["p99"] / base_sum["p99"] if fan_sum["p99"] and base_sum["p99"] else None
-        ),
-        "drained": drained,
-        "cpu_pct_during_fanout": cpu,
-        "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
-        "counters": {k: v for k, v in stats.items() if k.startswith(("catalog.", "actions."))},
-        "broker": used,
+        "drop_actions": watch.drops,
+        "drop_actions_s": _seconds(out["taken_ms"], watch.last_drop_ms or None),
+        "latency_ms": {
+            "baseline": alone,
+            "before": summary(before),
+            "after": summary(after),
+            "fanout": fan,
+        },
+        "p99_ratio": fan["p99"] / alone["p99"] if fan["p99"] and alone["p99"] else None,
+        "drained": found["drained"],
+        "cpu_pct_during_fanout": found["cpu"],
         "goal_s": GOAL_S * count / SHOPPERS,
         "goal_ratio": GOAL_RATIO,
     }
-    print(fanout_table(result))
-    return result
 
 
 def _drop(client: RedisClient, keys: Keys) -> None:
@@ -441,13 +494,10 @@ def fanout_table(result: dict[str, Any]) -> str:
         ["last price_drop e-mail on Kafka, from taken (s)", _secs(result["drop_actions_s"])],
         ["price_drop e-mails on Kafka", f"{result['drop_actions']:,}"],
         ["ordinary events/s throughout", f"{result['rate_per_s']:,.0f}"],
-        ["ordinary p50 / p99 ms, baseline (n)",
-         f"{_ms(lat['baseline']['p50'])} / {_ms(lat['baseline']['p99'])} "
-         f"({lat['baseline']['count']:,})"],
-        ["ordinary p50 / p99 ms, during the fan-out (n)",
-         f"{_ms(lat['fanout']['p50'])} / {_ms(lat['fanout']['p99'])} "
-         f"({lat['fanout']['count']:,})"],
-        ["p99 during / baseline", "-" if result["p99_ratio"] is None
+        *[[f"ordinary p50 / p99 ms, {label} (n)", _latency(lat.get(name))]
+          for name, label in (("before", "before the fan-out"), ("after", "after it"),
+                              ("baseline", "before and after"), ("fanout", "during it"))],
+        ["p99 during / before and after", "-" if result["p99_ratio"] is None
          else f"{result['p99_ratio']:.2f}x"],
         ["CPU % during the fan-out (tetik / kafka / redis / load)",
          " / ".join(_pct(result["cpu_pct_during_fanout"].get(k))
@@ -457,6 +507,12 @@ def fanout_table(result: dict[str, Any]) -> str:
         ["goal", f"<= {result['goal_s']:.1f} s, p99 <= {result['goal_ratio']:.0f}x"],
     ]  # fmt: skip
     return table(["price drop fan-out, live, one worker", "value"], rows)
+
+
+def _latency(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return "-"
+    return f"{_ms(figures['p50'])} / {_ms(figures['p99'])} ({figures['count']:,})"
 
 
 def _secs(value: float | None) -> str:

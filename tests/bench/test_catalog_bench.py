@@ -42,9 +42,12 @@ def test_the_price_drop_reaches_every_interested_shopper_live(fanout: dict[str, 
     assert fanout["seconds"] == pytest.approx(
         fanout["seconds_from_sent"] - fanout["taken_after_s"], abs=0.002
     )
-    # the ordinary stream produced latency samples in the baseline window
-    baseline = fanout["latency_ms"]["baseline"]
-    assert baseline["count"] > 0
+    # the ordinary stream produced latency samples before and after the fan-out: the baseline
+    lat = fanout["latency_ms"]
+    baseline = lat["baseline"]
+    assert lat["before"]["count"] > 0
+    assert lat["after"]["count"] > 0
+    assert baseline["count"] == lat["before"]["count"] + lat["after"]["count"]
     assert baseline["p50"] <= baseline["p99"]
     assert set(fanout["latency_ms"]["fanout"]) == set(baseline)
     assert fanout["drained"] is True
