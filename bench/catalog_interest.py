@@ -37,9 +37,11 @@ identities as the generator names them (``u0001234``; 30 % anonymous
 Measured: ``MEMORY USAGE key SAMPLES 0`` summed over the interest keys, and
 ``INFO`` ``used_memory`` before and after, each divided by the pairs. The
 split: per encoding (listpack up to ``hash-max-listpack-entries`` fields,
-else hashtable), a least-squares line of ``MEMORY USAGE`` against the
-entries of each key gives the per-key overhead (intercept) and the
-per-entry cost (slope); and the pairs and bytes per pair by key size.
+512 in Valkey 8, else hashtable), for listpacks a least-squares line of
+``MEMORY USAGE`` against the entries of each key gives the per-key overhead
+(intercept) and the per-entry cost (slope); for hashtables (whose bucket
+array doubles in steps) the bytes per entry; and the pairs and bytes per
+pair by key size.
 """
 
 from __future__ import annotations
@@ -206,19 +208,28 @@ def _line(points: list[tuple[int, int]]) -> tuple[float, float] | None:
     return my - slope * mx, slope
 
 
+def _mean(points: list[tuple[int, int]]) -> float:
+    """Bytes per entry over all ``(entries, bytes)`` points."""
+    return round(sum(b for _, b in points) / max(1, sum(n for n, _ in points)), 1)
+
+
 def split(measured: list[tuple[int, int, str]]) -> dict[str, Any]:
     """Per encoding: keys, pairs, bytes, and the per-key / per-entry line; per key size:
     pairs and bytes per pair."""
     by_encoding: dict[str, Any] = {}
     for encoding in sorted({e for _, _, e in measured}):
         mine = [(n, b) for b, n, e in measured if e == encoding]
-        line = _line(mine)
+        # A listpack grows by its entries' bytes: a line fits. A hashtable's bucket array
+        # doubles in steps: no line; its cost per entry is its bytes over its entries.
+        line = _line(mine) if encoding == "listpack" else None
         by_encoding[encoding] = {
             "keys": len(mine),
             "pairs": sum(n for n, _ in mine),
             "bytes": sum(b for _, b in mine),
             "per_key_bytes": None if line is None else round(line[0], 1),
-            "per_entry_bytes": None if line is None else round(line[1], 1),
+            "per_entry_bytes": (
+                round(line[1], 1) if line is not None else _mean(mine) if mine else None
+            ),
         }
     by_size = []
     for low, high in SIZES:
@@ -355,8 +366,11 @@ def interest_table(result: dict[str, Any]) -> str:
             ]
             for s in r["split"]["sizes"]
         ]
-        parts.append(f"**{r['scenario']}**, by encoding (per key and per entry: a line fitted "
-                     "to MEMORY USAGE against entries):")  # fmt: skip
+        parts.append(
+            f"**{r['scenario']}**, by encoding (listpack: per key and per entry from a line "
+            "fitted to MEMORY USAGE against entries; hashtable: bytes per entry), then by "
+            "key size:"
+        )
         parts.append(
             table(["encoding", "keys", "pairs", "per key B", "per entry B", "B/pair"], enc)
         )

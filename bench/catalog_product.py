@@ -29,7 +29,8 @@ part of what reading the catalog costs replay, and is measured with it.
 
 Reported per journey count (10, the goal's, and 100): µs per event for each,
 the ratio, and how many ``product()`` / ``bought_together()`` lookups the
-catalog run made per event (:class:`CountingCatalog`). A third run per count
+catalog rules make per event (:class:`CountingCatalog`, on one more run,
+untimed). A third run per count
 (``lazy``, a diagnostic) takes the catalog rules with replay's timers fired
 lazily as for plain rules (``reads_catalog`` off), which splits the cost
 between the lookups and replay's early timers.
@@ -168,33 +169,36 @@ def _run(engine: Engine, events: list[Event]) -> tuple[float, int]:
     return time.perf_counter() - start, emitted
 
 
+def _lookups(catalog: Catalog, journeys: int, events: list[Event]) -> tuple[int, int, int]:
+    """The catalog rules' product() calls, those that found a product, and
+    bought_together() calls, on one more run (untimed: counting costs a call each)."""
+    counting = CountingCatalog(catalog)
+    _run(PinnedCatalog(load_rules(catalog_rules(journeys), "<bench count>"), counting), events)
+    return counting.products, counting.found, counting.together
+
+
 def product_cost(
     events: list[Event], journeys: tuple[int, ...] = JOURNEYS, repeats: int = REPEATS
 ) -> dict[str, Any]:
     """µs per event of the plain and the catalog rules, per journey count (module doc)."""
     catalog = filled_catalog(events)
-    counting = CountingCatalog(catalog)
     engines: dict[tuple[int, str], Engine] = {}
     for n in journeys:
         engines[(n, "plain")] = PinnedCatalog(load_rules(rules_text(n), f"<bench {n}>"), catalog)
         engines[(n, "catalog")] = PinnedCatalog(
-            load_rules(catalog_rules(n), f"<bench {n} catalog>"), counting
+            load_rules(catalog_rules(n), f"<bench {n} catalog>"), catalog
         )
         diagnostic = PinnedCatalog(load_rules(catalog_rules(n), f"<bench {n} lazy>"), catalog)
         diagnostic.reads_catalog = False  # replay's timers as without the catalog
         engines[(n, "lazy")] = diagnostic
     best = dict.fromkeys(engines, float("inf"))
     emitted: dict[tuple[int, str], int] = {}
-    lookups: dict[int, tuple[int, int, int]] = {}
     for repeat in range(repeats):  # interleaved: machine noise hits both alike
         for (n, kind), engine in engines.items():
             say(f"bench catalog-product: {n} journeys, {kind} (run {repeat + 1} of {repeats})")
-            before = (counting.products, counting.found, counting.together)
             seconds, emitted[(n, kind)] = _run(engine, events)
             best[(n, kind)] = min(best[(n, kind)], seconds)
-            if kind == "catalog":
-                now = (counting.products, counting.found, counting.together)
-                lookups[n] = (now[0] - before[0], now[1] - before[1], now[2] - before[2])
+    lookups = {n: _lookups(catalog, n, events) for n in journeys}
     rows: dict[str, Any] = {}
     for n in journeys:
         plain = best[(n, "plain")] / len(events) * 1e6

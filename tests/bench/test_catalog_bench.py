@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench.catalog_fanout import bench_catalog_fanout
-from bench.catalog_interest import TAOBAO, Scenario, entries, interest_memory
+from bench.catalog_interest import TAOBAO, Scenario, entries, interest_memory, split
 from bench.catalog_product import bench_catalog_product, catalog_rules
 from bench.core import rules_text
 from bench.report import write_results
@@ -73,6 +73,19 @@ def test_the_interest_index_is_measured_pair_by_pair(redis_url: str) -> None:
         assert sum(e["bytes"] for e in split["encodings"].values()) == pytest.approx(
             found["memory_usage_bytes_per_pair"] * found["pairs"]
         )
+
+
+def test_the_split_separates_what_a_key_costs_from_what_an_entry_costs() -> None:
+    listpacks = [(72 + 29 * n, n, "listpack") for n in (1, 3, 10, 40)]
+    found = split([*listpacks, (60_000, 1_000, "hashtable")])
+    assert found["encodings"]["listpack"]["per_key_bytes"] == 72
+    assert found["encodings"]["listpack"]["per_entry_bytes"] == 29
+    assert found["encodings"]["hashtable"]["per_key_bytes"] is None
+    assert found["encodings"]["hashtable"]["per_entry_bytes"] == 60
+    by_size = {s["entries"]: s for s in found["sizes"]}
+    assert by_size["1"]["bytes_per_pair"] == 101
+    assert by_size["2-4"]["pairs"] == 3
+    assert by_size["513-"]["bytes_per_pair"] == 60
 
 
 def test_the_generated_index_is_laid_out_as_the_shards_write_it() -> None:
