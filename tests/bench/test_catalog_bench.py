@@ -123,6 +123,7 @@ def test_product_cost_runs_the_same_journeys_with_the_catalog_read(
     assert row["product_found"] == row["product_calls"]  # the catalog knows every product
     assert row["actions_plain"] == row["actions_catalog"] > 0  # like with like
     assert result["ratio"] == row["ratio"] > 0
+    assert row["ratio_cpu"] > 0
     assert "| 10 |" in capsys.readouterr().out
 
 
