@@ -1,6 +1,7 @@
 """``tetik bench``: run the benchmarks, then write JSON, Markdown and a plot.
 
-The benchmarks that start a Kafka broker (``e2e``, ``memory``, ``scale``) measure on the one
+The benchmarks that start a Kafka broker (``e2e``, ``memory``, ``scale``, ``catalog``,
+``catalog-fanout``) measure on the one
 that :func:`bench.e2e.choose_broker` picks: ``--broker tansu|apache`` (``broker``
 here), else ``TETIK_EMBEDDED_KAFKA``, else Apache Kafka where Java 17 and Maven are
 present, else tansu. Each of their results names it (``broker``).
@@ -20,12 +21,17 @@ from flows.report import say
 
 WHAT = (
     "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments",
-    "segments-core", "segments-replay", "all",
+    "segments-core", "segments-replay", "catalog", "catalog-fanout", "catalog-interest",
+    "catalog-product", "all",
 )  # fmt: skip
 ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
 
 def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
+    from bench.catalog import bench_catalog
+    from bench.catalog_fanout import bench_catalog_fanout
+    from bench.catalog_interest import bench_catalog_interest
+    from bench.catalog_product import bench_catalog_product
     from bench.core import bench_core
     from bench.core import bench_segments as bench_segments_core
     from bench.e2e import bench_e2e
@@ -50,6 +56,10 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "segments": bench_segments,
         "segments-replay": bench_segments_replay,
         "segments-core": bench_segments_core,
+        "catalog": bench_catalog,
+        "catalog-fanout": bench_catalog_fanout,
+        "catalog-interest": bench_catalog_interest,
+        "catalog-product": bench_catalog_product,
     }
 
 
@@ -67,7 +77,7 @@ def run_bench(
     started = time.monotonic()
     for name in names:
         say(f"bench {name}{' (quick)' if quick else ''}")
-        if name == "e2e":
+        if name in ("e2e", "catalog", "catalog-fanout"):
             results[name] = benches[name](quick=quick, broker=broker)
         elif name in ("memory", "scale"):
             results[name] = _with_broker(benches[name], quick, broker)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.catalog_fanout import fanout_table
+from bench.catalog_interest import interest_table
+from bench.catalog_product import product_table
 from bench.report import broker_label, table
 from bench.rfm import rfm_table
 from bench.scale import scale_tables
@@ -148,6 +151,79 @@ GOALS += [
     for key, name in SEGMENT_GOALS
 ]
 
+# Issue 14 (catalog): `tetik bench catalog` runs the three; each also runs alone
+# (catalog-fanout, catalog-interest, catalog-product), its result at the top level.
+CATALOG_PARTS = {"fanout": "catalog-fanout", "interest": "catalog-interest",
+                 "product": "catalog-product"}  # fmt: skip
+CATALOG_GOALS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], float, str]] = [
+    (
+        "fanout",
+        "one price drop fanned out live, one worker: s until every derived event is applied, "
+        "per 100k shoppers (measured at 100k; quick: at 10k, x10)",
+        lambda r: r["seconds"] * 100_000 / r["shoppers"] if r["seconds"] is not None else None,
+        10.0,
+        "<= 10 s",
+    ),
+    (
+        "fanout",
+        "ordinary events' p99 during that fan-out / the same stream without it",
+        lambda r: r["p99_ratio"],
+        2.0,
+        "<= 2x",
+    ),
+    (
+        "interest",
+        "interest index: Redis bytes per (shopper, product) pair (a month of shoppers)",
+        lambda r: r["bytes_per_pair"],
+        120.0,
+        "<= 120 B",
+    ),
+    (
+        "product",
+        "core per-event time, journeys reading product() and bought_together() / without "
+        "(10 journeys)",
+        lambda r: r["ratio"],
+        1.10,
+        "<= 1.10x",
+    ),
+]
+
+
+def _catalog_goal(
+    part: str, figure: Callable[[dict[str, Any]], float | None], nested: bool
+) -> Callable[[dict[str, Any]], float | None]:
+    """The reader of one catalog figure in a ``catalog`` (nested) or part result."""
+    return (lambda result: figure(result[part])) if nested else figure
+
+
+def _at_most(limit: float) -> Callable[[float], bool]:
+    return lambda value: value <= limit
+
+
+GOALS += [
+    (bench, name, _catalog_goal(part, figure, bench == "catalog"), _at_most(limit), target)
+    for part, name, figure, limit, target in CATALOG_GOALS
+    for bench in ("catalog", CATALOG_PARTS[part])
+]
+
+
+def catalog_section(results: dict[str, Any]) -> list[str]:
+    """The catalog's tables, from ``catalog`` or from the parts run alone."""
+    parts = []
+    for part, bench in CATALOG_PARTS.items():
+        result = results.get("catalog", {}).get(part) or results.get(bench)
+        if result is None:
+            continue
+        if part == "fanout":
+            parts += ["### Price drop fan-out, live", fanout_table(result)]
+            if "broker" in result:
+                parts.append(f"Broker: {broker_line(result['broker'])}.")
+        elif part == "interest":
+            parts += ["### Interest index memory", interest_table(result)]
+        else:
+            parts += ["### product() in the core", product_table(result)]
+    return ["## Catalog (issue 14)", *parts] if parts else []
+
 
 def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
@@ -175,6 +251,7 @@ def render(doc: dict[str, Any]) -> str:
         parts += ["## tetik segments (replay)", segments_replay_table(results["segments-replay"])]
     if "segments-core" in results:
         parts += ["## Segments (pure engine)", segments_section(results["segments-core"])]
+    parts += catalog_section(results)
     return "\n\n".join(parts) + "\n"
 
 

@@ -351,6 +351,10 @@ def _parser() -> argparse.ArgumentParser:
             "segments",
             "segments-core",
             "segments-replay",
+            "catalog",
+            "catalog-fanout",
+            "catalog-interest",
+            "catalog-product",
             "all",
         ],  # bench.cli.WHAT (imported only when a bench runs)
         nargs="?",

@@ -1,0 +1,280 @@
+"""``tetik bench catalog-product``: what ``product()`` costs the core, per event (SPEC 10).
+
+Goal (issue 14): ``product()`` lookups add at most 10 % to the core's
+per-event cost on the bench mix.
+
+The log and the journeys are :mod:`bench.core`'s: its generated log (200,000
+events; quick 20,000) and its journey mix, run through
+:func:`engine.replay.replay_events` on the virtual clock, best of 3
+interleaved runs (:mod:`bench.core`'s method). Two rules files, measured in
+the same process:
+
+* ``plain``: :func:`bench.core.rules_text` as it is (no catalog);
+* ``catalog``: the same journeys where the conditions and templates read the
+  catalog (:func:`catalog_rules`): the cart and favorite journeys also ask
+  ``product(..).stock > 0``, the browse journey asks it *before* its window
+  count, so ``product()`` runs on every product view (the costly order), and
+  the shared template renders ``product.name``, ``product.price`` and the
+  names of ``bought_together(entry.product_id, 3)``.
+
+Both engines read one in-memory :class:`engine.catalog.Catalog` filled with
+every product of the log (its latest price and category, a stock of 5..200,
+a name and a url) and with the bought-together counts of every purchase in
+the log, so each ``product()`` finds a record and the stock test is true:
+both rules send the same actions (the result shows both counts). Replay's
+own catalog is replaced by that one (:class:`PinnedCatalog`). With the
+catalog rules, replay also fires every shopper's due timers before a
+purchase with items (:attr:`engine.journeys.Engine.reads_catalog`): that is
+part of what reading the catalog costs replay, and is measured with it.
+
+Reported per journey count (10, the goal's, and 100): µs per event for each,
+the ratio (wall clock, best of 3: the goal's figure), the same ratio in the
+process's CPU time (best of 3: less sensitive to other processes on a
+loaded machine), and how many ``product()`` / ``bought_together()`` lookups the
+catalog rules make per event (:class:`CountingCatalog`, on one more run,
+untimed). A third run per count
+(``lazy``, a diagnostic) takes the catalog rules with replay's timers fired
+lazily as for plain rules (``reads_catalog`` off), which splits the cost
+between the lookups and replay's early timers.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.core import REPEATS, _decoded, rules_text
+from bench.report import table
+from clickstream.generator import GeneratorConfig, write_jsonl
+from engine.bought_together import pairs
+from engine.catalog import Catalog, CatalogReader, Product
+from engine.events import PRODUCT_UPDATE, Event
+from engine.journeys import Engine
+from engine.replay import replay_events
+from engine.rules.loader import load_rules
+from engine.rules.model import Rules
+from flows.report import say
+
+GOAL_RATIO = 1.10
+EVENTS = 200_000
+QUICK_EVENTS = 20_000
+JOURNEYS = (10, 100)
+
+# (plain text, catalog text) replacements in bench.core's mix; each must occur.
+CHANGES = [
+    (
+        'trigger: {event: add_to_cart, if: "event.price >= 20"}',
+        'trigger: {event: add_to_cart, if: "event.price >= 20 and '
+        'product(event.product_id).stock > 0"}',
+    ),
+    (
+        'if: "count(view_product, 24h, it.product_id == event.product_id) >= 3"',
+        'if: "product(event.product_id).stock > 0 and '
+        'count(view_product, 24h, it.product_id == event.product_id) >= 3"',
+    ),
+    (
+        '{if: "favorited(entry.product_id)"',
+        '{if: "favorited(entry.product_id) and product(entry.product_id).stock > 0"',
+    ),
+    (
+        'email: {subject: "{{ profile.first_name }} {{ entry.product_id }}"}',
+        'email: {subject: "{{ profile.first_name }} {{ product.name }} at {{ product.price }}"}',
+    ),
+    (
+        'push: {title: "{{ entry.product_id }}"}',
+        'push: {title: "{{ product.name }}; with it: {% for pid in '
+        'bought_together(entry.product_id, 3) %}{{ product(pid).name }} {% endfor %}"}',
+    ),
+]
+
+
+def catalog_rules(journeys: int) -> str:
+    """:func:`bench.core.rules_text` with the catalog read in conditions and templates."""
+    text = rules_text(journeys)
+    for plain, catalog in CHANGES:
+        if plain not in text:
+            raise AssertionError(f"bench.core's mix changed: {plain!r} is gone")
+        text = text.replace(plain, catalog)
+    return text
+
+
+class CountingCatalog:
+    """An in-memory catalog that counts its lookups (a :class:`CatalogReader`)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.products = 0
+        self.found = 0
+        self.together = 0
+
+    def product(self, product_id: str) -> Product | None:
+        self.products += 1
+        record = self.catalog.product(product_id)
+        self.found += record is not None
+        return record
+
+    def bought_together(self, product_id: str, n: int) -> list[str]:
+        self.together += 1
+        return self.catalog.bought_together(product_id, n)
+
+
+class PinnedCatalog(Engine):
+    """An engine that reads ``catalog`` whatever catalog replay hands it."""
+
+    def __init__(self, rules: Rules, catalog: CatalogReader) -> None:
+        super().__init__(rules)
+        self._pinned = catalog
+        super().use_catalog(catalog)
+
+    def use_catalog(self, catalog: CatalogReader | None) -> None:
+        super().use_catalog(self._pinned)
+
+
+def filled_catalog(events: list[Event], seed: int = 5) -> Catalog:
+    """Every product of ``events`` (latest price and category), and the log's purchases'
+    bought-together counts."""
+    rng = random.Random(seed)
+    seen: dict[str, tuple[float | None, str | None]] = {}
+    catalog = Catalog()
+    for event in events:
+        if event.product_id is not None:
+            seen[event.product_id] = (event.price, event.category)
+        for item in event.items or ():
+            price, category = seen.get(item.product_id, (None, None))
+            seen[item.product_id] = (item.price if item.price is not None else price, category)
+        if event.type == "purchase" and event.items:
+            catalog.together.record(pairs(event))
+    for pid in sorted(seen):
+        price, category = seen[pid]
+        catalog.update(
+            Event(
+                event_id=f"fill-{pid}",
+                type=PRODUCT_UPDATE,
+                ts=1,
+                product_id=pid,
+                price=price,
+                category=category,
+                stock=rng.randint(5, 200),
+                name=f"Product {pid}",
+                url=f"https://shop.example/p/{pid}",
+            )
+        )
+    return catalog
+
+
+def _run(engine: Engine, events: list[Event]) -> tuple[float, int, float]:
+    """Wall seconds, actions, and the process's CPU seconds of one replay."""
+    start, cpu = time.perf_counter(), time.process_time()
+    emitted = len(replay_events(engine, events))
+    return time.perf_counter() - start, emitted, time.process_time() - cpu
+
+
+def _lookups(catalog: Catalog, journeys: int, events: list[Event]) -> tuple[int, int, int]:
+    """The catalog rules' product() calls, those that found a product, and
+    bought_together() calls, on one more run (untimed: counting costs a call each)."""
+    counting = CountingCatalog(catalog)
+    _run(PinnedCatalog(load_rules(catalog_rules(journeys), "<bench count>"), counting), events)
+    return counting.products, counting.found, counting.together
+
+
+def product_cost(
+    events: list[Event], journeys: tuple[int, ...] = JOURNEYS, repeats: int = REPEATS
+) -> dict[str, Any]:
+    """µs per event of the plain and the catalog rules, per journey count (module doc)."""
+    catalog = filled_catalog(events)
+    engines: dict[tuple[int, str], Engine] = {}
+    for n in journeys:
+        engines[(n, "plain")] = PinnedCatalog(load_rules(rules_text(n), f"<bench {n}>"), catalog)
+        engines[(n, "catalog")] = PinnedCatalog(
+            load_rules(catalog_rules(n), f"<bench {n} catalog>"), catalog
+        )
+        diagnostic = PinnedCatalog(load_rules(catalog_rules(n), f"<bench {n} lazy>"), catalog)
+        diagnostic.reads_catalog = False  # replay's timers as without the catalog
+        engines[(n, "lazy")] = diagnostic
+    best = dict.fromkeys(engines, float("inf"))
+    best_cpu = dict.fromkeys(engines, float("inf"))
+    emitted: dict[tuple[int, str], int] = {}
+    for repeat in range(repeats):  # interleaved: machine noise hits both alike
+        for (n, kind), engine in engines.items():
+            say(f"bench catalog-product: {n} journeys, {kind} (run {repeat + 1} of {repeats})")
+            seconds, emitted[(n, kind)], cpu = _run(engine, events)
+            best[(n, kind)] = min(best[(n, kind)], seconds)
+            best_cpu[(n, kind)] = min(best_cpu[(n, kind)], cpu)
+    lookups = {n: _lookups(catalog, n, events) for n in journeys}
+    rows: dict[str, Any] = {}
+    for n in journeys:
+        plain = best[(n, "plain")] / len(events) * 1e6
+        read = best[(n, "catalog")] / len(events) * 1e6
+        lazy = best[(n, "lazy")] / len(events) * 1e6
+        products, found, together = lookups[n]
+        rows[str(n)] = {
+            "us_per_event_plain": plain,
+            "us_per_event_catalog": read,
+            "ratio": read / plain,
+            "ratio_cpu": best_cpu[(n, "catalog")] / best_cpu[(n, "plain")],
+            "us_per_event_lazy_timers": lazy,
+            "ratio_lazy_timers": lazy / plain,
+            "actions_plain": emitted[(n, "plain")],
+            "actions_catalog": emitted[(n, "catalog")],
+            "product_calls": products,
+            "product_found": found,
+            "bought_together_calls": together,
+            "product_calls_per_event": products / len(events),
+        }
+    return {
+        "events": len(events),
+        "products": len(catalog.products),
+        "journeys": rows,
+        "ratio": rows[str(journeys[0])]["ratio"],
+        "goal_ratio": GOAL_RATIO,
+    }
+
+
+def bench_catalog_product(
+    *, quick: bool = False, events: int = 0, journeys: tuple[int, ...] = JOURNEYS
+) -> dict[str, Any]:
+    """Generate bench.core's log, measure, print the table (module docstring)."""
+    count = events or (QUICK_EVENTS if quick else EVENTS)
+    cfg = GeneratorConfig(users=count // 20, events=count, seed=9, span_ms=3 * 86_400_000)
+    with tempfile.TemporaryDirectory(prefix="tetik-bench-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        say(f"bench catalog-product: generating {count:,} events")
+        write_jsonl(cfg, log)
+        decoded = _decoded(log)
+    result = product_cost(decoded, journeys)
+    print(product_table(result))
+    return result
+
+
+def product_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            n,
+            f"{r['us_per_event_plain']:.2f}",
+            f"{r['us_per_event_catalog']:.2f}",
+            f"{r['ratio']:.3f}x",
+            f"{r['ratio_cpu']:.3f}x",
+            f"{r['ratio_lazy_timers']:.3f}x",
+            f"{r['product_calls_per_event']:.2f}",
+            f"{r['bought_together_calls']:,}",
+            f"{r['actions_plain']:,} / {r['actions_catalog']:,}",
+        ]
+        for n, r in result["journeys"].items()
+    ]
+    head = table(
+        ["journeys", "µs/event plain", "µs/event product()", "ratio", "ratio, CPU time",
+         "ratio, replay's timers lazy", "product() per event",
+         "bought_together() calls", "actions plain / product()"],
+        rows,
+    )  # fmt: skip
+    return (
+        f"{head}\n\n{result['events']:,} events of bench.core's log, {result['products']:,} "
+        f"products in the catalog; best of {REPEATS} interleaved runs. Goal: <= "
+        f'{result["goal_ratio"]:.2f}x (10 journeys). "Replay\'s timers lazy": the same '
+        "catalog rules with replay firing due timers at each shopper's next event, as it "
+        "does for rules that do not read the catalog (a diagnostic: the share of the cost "
+        "that is replay firing every due timer before a purchase with items)."
+    )
