@@ -24,7 +24,7 @@ the log, so each ``product()`` finds a record and the stock test is true:
 both rules send the same actions (the result shows both counts). Replay's
 own catalog is replaced by that one (:class:`PinnedCatalog`). With the
 catalog rules, replay also fires every shopper's due timers before a
-purchase with items (:attr:`engine.journeys.Engine.reads_catalog`): that is
+purchase with items (:attr:`engine.journeys.Engine.reads_together`): that is
 part of what reading the catalog costs replay, and is measured with it.
 
 Reported per journey count (10, the goal's, and 100): µs per event for each,
@@ -34,7 +34,7 @@ loaded machine), and how many ``product()`` / ``bought_together()`` lookups the
 catalog rules make per event (:class:`CountingCatalog`, on one more run,
 untimed). A third run per count
 (``lazy``, a diagnostic) takes the catalog rules with replay's timers fired
-lazily as for plain rules (``reads_catalog`` off), which splits the cost
+lazily as for plain rules (``reads_together`` off), which splits the cost
 between the lookups and replay's early timers.
 """
 
@@ -192,7 +192,7 @@ def product_cost(
             load_rules(catalog_rules(n), f"<bench {n} catalog>"), catalog
         )
         diagnostic = PinnedCatalog(load_rules(catalog_rules(n), f"<bench {n} lazy>"), catalog)
-        diagnostic.reads_catalog = False  # replay's timers as without the catalog
+        diagnostic.reads_together = False  # replay's timers as without the catalog
         engines[(n, "lazy")] = diagnostic
     best = dict.fromkeys(engines, float("inf"))
     best_cpu = dict.fromkeys(engines, float("inf"))

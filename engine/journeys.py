@@ -67,7 +67,7 @@ from engine.retention import kept_cart
 from engine.rfm import RfmBook
 from engine.rules.context import Context
 from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
-from engine.rules.templates import CATALOG_NAMES, product_vars, reads_catalog, render_message
+from engine.rules.templates import product_vars, render_message, template_names
 from engine.segments import Change, SegmentWatch, latest_event, user_clock, watched_names
 from engine.state import (
     Enrollment,
@@ -149,8 +149,13 @@ class Engine:
         self.activated_at = activated_at  # live: when this version took over (None: replay)
         self.rfm: RfmBook | None = None
         self.catalog: CatalogReader | None = None  # product(), bought_together(): SPEC 10
-        self.reads_catalog: bool = _reads_catalog(rules) or any(
-            old.reads_catalog for old in self.retired.values()
+        # What the rules read of the catalog: products (product()), or the
+        # bought-together counts; replay orders timers around what changes them.
+        self.reads_products: bool = _reads(rules, "product") or any(
+            old.reads_products for old in self.retired.values()
+        )
+        self.reads_together: bool = _reads(rules, "bought_together") or any(
+            old.reads_together for old in self.retired.values()
         )
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
@@ -629,12 +634,12 @@ def _event_vars(event: Event) -> dict[str, Any]:
     return {f: getattr(event, f) for f in event.__struct_fields__ if getattr(event, f) is not None}
 
 
-def _reads_catalog(rules: Rules) -> bool:
-    """Whether a condition or a template of ``rules`` reads the catalog (SPEC section 10)."""
-    if any(cond.calls & CATALOG_NAMES for cond in conditions(rules)):
+def _reads(rules: Rules, name: str) -> bool:
+    """Whether a condition or a template of ``rules`` calls (or names) ``name``."""
+    if any(name in cond.calls for cond in conditions(rules)):
         return True
     return any(
-        reads_catalog(render)
+        name in template_names(render)
         for channels in rules.templates.values()
         for fields in channels.values()
         for render in fields.values()

@@ -36,10 +36,11 @@ Rules of this interface:
   gets the derived events :func:`engine.catalog.derive` decides, applied at
   once at the update's clock, shoppers in sorted key order
   (:attr:`ReplayStats.derived` counts them). Every applied purchase counts
-  toward ``bought_together``. When the rules read the catalog
-  (:attr:`engine.journeys.Engine.reads_catalog`), every user's timers due by
-  a ``product_update`` or a purchase with items fire before it, as live they
-  fire at their due time: a step reads the catalog as it was then.
+  toward ``bought_together``. Live, a timer fires at its due time and reads
+  the catalog as it is then; so, when the rules read products and the log
+  has updates, every user's timers due by a ``product_update`` fire before
+  it, and when they read ``bought_together``, those due by a purchase with
+  items (:attr:`engine.journeys.Engine.reads_products`, ``reads_together``).
 * When a condition calls ``rfm()``, the base's RFM boundaries are computed
   over every user in memory at each refresh instant ``k * rfm_refresh``
   before an event at or after it is handled, and once more after the last
@@ -201,7 +202,8 @@ def _run(
     actions: list[Action] = []
     clock = 0
     rfm = _rfm_refresher(engine)
-    shop = _Shop(engine, any(e.type == PRODUCT_UPDATE for e in events))
+    updates = any(e.type == PRODUCT_UPDATE for e in events)
+    shop = _Shop(engine, updates)
     for event in events:
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
@@ -294,17 +296,26 @@ class _Shop:
         self.catalog = Catalog()
         engine.use_catalog(self.catalog)
         self.index = InterestIndex() if updates else None
-        # (due, user) of every user's next step, when the rules read the catalog
-        self.due: list[tuple[int, str]] | None = [] if engine.reads_catalog else None
+        # What changes what the rules read (module rules): before it, due timers fire.
+        self.before_updates = updates and engine.reads_products
+        self.before_purchases = engine.reads_together
+        ordered = self.before_updates or self.before_purchases
+        # (due, user) of every user's next step, when timers are ordered so
+        self.due: list[tuple[int, str]] | None = [] if ordered else None
+        self.pushed: dict[str, int] = {}  # the due time last pushed per user
 
     def changes_catalog(self, event: Event) -> bool:
-        return event.type == PRODUCT_UPDATE or (event.type == "purchase" and bool(event.items))
+        if event.type == PRODUCT_UPDATE:
+            return self.before_updates
+        return self.before_purchases and event.type == "purchase" and bool(event.items)
 
     def timer(self, state: UserState) -> None:
-        if self.due is not None:
-            due = self.engine.next_due(state)
-            if due is not None:
-                heapq.heappush(self.due, (due, state.key))
+        if self.due is None or not (state.enrollments or self.engine.timed):
+            return  # no step and no instant: nothing can fall due
+        due = self.engine.next_due(state)
+        if due is not None and self.pushed.get(state.key) != due:
+            self.pushed[state.key] = due
+            heapq.heappush(self.due, (due, state.key))
 
     def fire_due(self, states: dict[str, UserState], clock: int) -> list[Action]:
         """Every user's steps due at or before ``clock``, each at its due time."""
@@ -312,9 +323,11 @@ class _Shop:
         assert self.due is not None
         while self.due and self.due[0][0] <= clock:
             due, key = heapq.heappop(self.due)
+            if self.pushed.get(key) == due:
+                del self.pushed[key]
             state = states.get(key)
             if state is None or self.engine.next_due(state) != due:
-                continue  # stale: that step ran, or the user's next one is another
+                continue  # stale: that step ran, and the user's next one was pushed
             fired.extend(self.engine.advance(state, clock))
             self.timer(state)
         return fired

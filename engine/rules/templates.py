@@ -513,12 +513,10 @@ def compile_template(source: str) -> RenderFn:
     return render
 
 
-CATALOG_NAMES: Final = frozenset({"product", "bought_together"})
-
-
-def reads_catalog(render: RenderFn) -> bool:
-    """Whether a compiled template reads the catalog (``product``, ``bought_together``)."""
-    return bool(getattr(render, "names", frozenset()) & CATALOG_NAMES)
+def template_names(render: RenderFn) -> frozenset[str]:
+    """The runtime variables a compiled template reads (e.g. ``product``)."""
+    names: frozenset[str] = getattr(render, "names", frozenset())
+    return names
 
 
 def _stream(chunks: Iterator[str]) -> str:

@@ -100,7 +100,7 @@ class FanoutConfig:
     derivers: Sequence[Deriver]
     watermark: Any  # flows.pipeline.watermark.Watermark: the input is applied once taken
     clock: Any  # flows.clock.Clock
-    page: int = PAGE
+    page: int = 0  # 0: the module's PAGE as it is when the stage is built
 
 
 class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
@@ -108,6 +108,7 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
 
     def __init__(self, config: FanoutConfig, resume: list[Job] | None) -> None:
         self._c = config
+        self._page = config.page or PAGE
         self._by_name = {d.name: d for d in config.derivers}
         self._jobs: list[Job] = list(resume or [])
 
@@ -151,7 +152,7 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
             return []
         event = _decode_event(job.event)
         page = self._by_name[job.deriver].page
-        derived, cursor = page(event, job.data, job.cursor, self._c.page)
+        derived, cursor = page(event, job.data, job.cursor, self._page)
         if cursor is None:
             self._jobs.pop(0)
         else:

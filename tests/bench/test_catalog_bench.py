@@ -114,8 +114,10 @@ def test_product_cost_runs_the_same_journeys_with_the_catalog_read(
 ) -> None:
     plain = Engine(load_rules(rules_text(10), "plain"))
     catalog = Engine(load_rules(catalog_rules(10), "catalog"))
-    assert not plain.reads_catalog
-    assert catalog.reads_catalog
+    assert not plain.reads_products
+    assert not plain.reads_together
+    assert catalog.reads_products
+    assert catalog.reads_together
     assert [j.id for j in plain.rules.journeys] == [j.id for j in catalog.rules.journeys]
     result = bench_catalog_product(events=3_000, journeys=(10,))
     row = result["journeys"]["10"]
