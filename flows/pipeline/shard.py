@@ -308,6 +308,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         for item in fresh:
             by_user.setdefault(identity_of(item), []).append(item)
         states = self._states(list(by_user))
+        if engine.reads_products:  # product(): the batch's products in one round trip
+            catalog = self._c.catalog
+            assert catalog is not None
+            pids = [i.event.product_id for i in fresh if isinstance(i, Stamped)]
+            self._retrying("reading products", lambda: catalog.prefetch(p for p in pids if p))
         links = self._links_of(by_user, states)
         actions: list[Action] = []
         records: dict[str, Record] = {}
