@@ -45,7 +45,7 @@ from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 from flows.pipeline.bounded import SettleLogic
 from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
-from flows.pipeline.derive import Deriver, FanoutConfig, FanoutLogic, wants_any
+from flows.pipeline.derive import Credit, Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.identity import LinkRequest, Resolver, identity_of
 from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
 from flows.stores.catalog import CatalogStore
@@ -146,7 +146,9 @@ def _fanned_out(
 ) -> Stream[Stamped]:
     """Shoppers' own events, with the derived events of the inputs ``derivers`` want."""
     split = op.branch("derived_inputs", events, wants_any(derivers))
-    fanout = FanoutConfig(derivers, config.watermark, config.clock)
+    if config.credit is None:
+        config.credit = Credit(config.emitter.in_flight)
+    fanout = FanoutConfig(derivers, config.watermark, config.clock, credit=config.credit)
 
     def builder(resume: Any) -> FanoutLogic:
         return FanoutLogic(fanout, resume)

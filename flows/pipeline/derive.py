@@ -19,13 +19,18 @@ Rules of this interface:
   every shopper's event up to the input's time has been applied by then
   (:mod:`flows.pipeline.watermark`), so whoever became interested before
   the input is listed.
-* Fan-out is paced: at most ``page`` derived events per activation, so a
-  fan-out to 100,000 shoppers never stalls other shoppers' events, which
-  interleave with it. Ordering: a derived event is applied at its input's
-  clock, after the events its shopper's shard had already taken; a shopper
-  whose own event arrives during a long fan-out may see that event before
-  the derived one (``tetik replay`` applies the derived events at the
-  input's position).
+* Fan-out is paced: at most ``page`` items per activation, no more than one
+  page ahead of what this process's shards have applied (:class:`Credit`:
+  one page being applied, the next queued) or, when they say nothing (the
+  items went to shards of other processes), at :data:`FLOOR_PER_S` items a
+  second; and not while more than a page of the shards' records wait for
+  Kafka's acknowledgement. So a fan-out to 100,000 shoppers never
+  queues ahead of other shoppers' events, which interleave with it: an
+  ordinary event waits for at most two pages.
+  Ordering: a derived event is applied at its input's clock, after the
+  events its shopper's shard had already taken; a shopper whose own event
+  arrives during a long fan-out may see that event before the derived one
+  (``tetik replay`` applies the derived events at the input's position).
 * The fan-out stage's Bytewax snapshot holds the inputs it has not finished
   and how far each got (a cursor), never the shoppers: after a crash it goes
   on from the snapshot's cursor (and the shards drop what they already
@@ -34,7 +39,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -46,9 +51,24 @@ from engine.catalog import derived_id
 from engine.events import Event
 from flows.pipeline.decode import Fanout, Stamped
 
-PAGE = 2_000  # derived events a fan-out emits per activation
-PACE_MS = 1  # how soon a fan-out with more to go looks again
+PAGE = 500  # derived items a fan-out emits per activation
+PACE_MS = 2  # how soon a fan-out with more to go looks again
 GATE_MS = 10  # how soon a fan-out waiting for the watermark looks again
+FLOOR_PER_S = 2_000  # the pace a fan-out keeps when the shards say nothing (other processes)
+
+
+class Credit:
+    """How many fanned-out items this process's shards have applied (one int, added to
+    under the GIL), and how many of their records Kafka has not acknowledged yet
+    (``backlog``): the fan-out stays within a page of both (module rules)."""
+
+    def __init__(self, backlog: Callable[[], int] | None = None) -> None:
+        self.applied = 0
+        self.backlog = backlog
+
+    def add(self, count: int) -> None:
+        self.applied += count
+
 
 __all__ = ["Deriver", "FanoutConfig", "FanoutLogic", "Job", "derived_id", "wants_any"]
 
@@ -101,6 +121,7 @@ class FanoutConfig:
     watermark: Any  # flows.pipeline.watermark.Watermark: the input is applied once taken
     clock: Any  # flows.clock.Clock
     page: int = 0  # 0: the module's PAGE as it is when the stage is built
+    credit: Credit | None = None  # the shards' progress (None: paced by time alone)
 
 
 class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
@@ -111,6 +132,10 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
         self._page = config.page or PAGE
         self._by_name = {d.name: d for d in config.derivers}
         self._jobs: list[Job] = list(resume or [])
+        self._emitted = 0  # items emitted, against the shards' credit
+        self._credit_base = 0  # the credit's count before the first page went out
+        self._last_page = 0  # when (clock ms) the last page went out
+        self._last_sent = 0  # items in the last page
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Stamped], bool]:
         by_deriver: dict[str, list[Stamped]] = {}
@@ -143,12 +168,30 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
     def snapshot(self) -> list[Job]:
         return list(self._jobs)
 
+    def _waiting_for_shards(self) -> bool:
+        """Whether the next page waits (module rules): the shards have more than a page
+        of this fan-out still to apply, or Kafka more than a page of their records."""
+        if self._emitted == 0:
+            return False
+        credit = self._c.credit
+        if credit is None:
+            return self._below_floor()
+        if credit.backlog is not None and credit.backlog() > self._page:
+            return True  # the actions topic is behind: ordinary actions would queue
+        in_flight = self._emitted - (credit.applied - self._credit_base)
+        return in_flight > self._page and self._below_floor()
+
+    def _below_floor(self) -> bool:
+        """Whether the last page went out less than the floor pace's time ago."""
+        floor_ms = self._last_sent * 1000 // FLOOR_PER_S
+        return self._c.clock() - self._last_page < floor_ms
+
     def _step(self) -> list[Stamped]:
         """One page of the oldest job."""
         if not self._jobs:
             return []
         job = self._jobs[0]
-        if self._gated(job):
+        if self._gated(job) or self._waiting_for_shards():
             return []
         event = _decode_event(job.event)
         page = self._by_name[job.deriver].page
@@ -157,6 +200,11 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
             self._jobs.pop(0)
         else:
             self._jobs[0] = msgspec.structs.replace(job, cursor=cursor, started=True)
+        if self._emitted == 0 and self._c.credit is not None:
+            self._credit_base = self._c.credit.applied  # what the shards applied before
+        self._last_sent = len(derived)
+        self._emitted += len(derived)
+        self._last_page = self._c.clock()
         return [
             Stamped(d, job.now) if isinstance(d, Event) else Stamped(event, job.now, fanout=d)
             for d in derived

@@ -147,6 +147,7 @@ class ShardConfig:
     # event was read (not a stop); None (live): the end of the input decides nothing.
     input_complete: Callable[[], bool] | None = None
     catalog: RedisCatalog | None = None  # product(), bought_together(): built from client
+    credit: Any = None  # flows.pipeline.derive.Credit: derived items applied (the fan-out's pace)
 
     def __post_init__(self) -> None:
         if self.catalog is None:
@@ -210,6 +211,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return reports, StatefulBatchLogic.RETAIN
         finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
             self._c.watermark.applied((v.partition, v.now) for v in events if v.partition)
+            credit = self._c.credit
+            if credit is not None:  # the fan-out's next page may go (flows.pipeline.derive)
+                credit.add(sum(1 for v in events if not v.partition))
 
     def on_notify(self) -> tuple[Iterable[ShardReport], bool]:
         if self._store is None:

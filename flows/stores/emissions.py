@@ -137,6 +137,11 @@ class Emitter:
             acks = self._acks.get(shard)
             return 0 if acks is None else acks.outstanding + len(acks.ids)
 
+    def in_flight(self) -> int:
+        """Records of every shard sent and not yet acknowledged by Kafka."""
+        with self._lock:
+            return sum(acks.outstanding for acks in self._acks.values())
+
     def flush(self) -> None:
         """Wait for every record sent (at the end of a run), a line every few seconds."""
         wait_for_acks(self._producer)

@@ -23,7 +23,7 @@ from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
 from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Stamped, decode_stamped
-from flows.pipeline.derive import FanoutConfig, FanoutLogic
+from flows.pipeline.derive import Credit, FanoutConfig, FanoutLogic
 from flows.pipeline.identity import Resolver, identity_of
 from flows.pipeline.shard import ShardLogic, ShardReport
 from flows.retry import RedisClient
@@ -77,10 +77,11 @@ class Incarnation:
 
     def __init__(self, pipeline: Pipeline, seen: list[Action]) -> None:
         self.pipeline = pipeline
-        self.config = pipeline.config()
+        self.config = pipeline.config(credit=Credit())  # the shards tell the fan-out
         self.resolver = Resolver(pipeline.client, pipeline.keys)
         deriver = ProductDeriver(CatalogStore(pipeline.client, pipeline.keys), SHARDS)
-        fanout = FanoutConfig([deriver], self.config.watermark, self.config.clock, page=PAGE)
+        config = self.config
+        fanout = FanoutConfig([deriver], config.watermark, config.clock, PAGE, config.credit)
         self.fanout = FanoutLogic(fanout, None)  # no snapshot: it starts the input again
         self.logics = {s: ShardLogic(self.config, s) for s in range(SHARDS)}
         self.seen = seen

@@ -78,14 +78,21 @@ def announce(n: int, targets: list[str]) -> dict[str, Any]:
     return event(n, "store", "announce", NOW - 5000, props={"to": targets})
 
 
-def run_with_derivers(pipeline: Pipeline, messages: list[Any], page: int, **overrides: Any) -> None:
+def run_with_derivers(
+    pipeline: Pipeline, messages: list[Any], page: int, actions: int = 0, **overrides: Any
+) -> None:
+    """Run until ``actions`` actions were emitted (at most 20 s; 0: for half a second)."""
     config = pipeline.config(**overrides)
     from flows.pipeline import derive
+
+    def emitted() -> bool:
+        found = read_stats(pipeline.client, pipeline.keys).get("actions.emitted", 0)
+        return actions > 0 and found >= actions
 
     old, derive.PAGE = derive.PAGE, page
     try:
         flow = build_flow(
-            HoldingSource(messages, lambda: False, lambda: None, limit_s=0.5),
+            HoldingSource(messages, emitted, lambda: None, limit_s=20 if actions else 0.5),
             TestingSink(pipeline.dead),
             TestingSink(pipeline.reports),
             config,
@@ -98,7 +105,7 @@ def run_with_derivers(pipeline: Pipeline, messages: list[Any], page: int, **over
 
 def test_an_input_fans_out_to_each_shopper_once_through_the_shards(pipeline: Pipeline) -> None:
     targets = [f"s{i}" for i in range(30)]
-    run_with_derivers(pipeline, [message(0, announce(0, targets))], page=7)
+    run_with_derivers(pipeline, [message(0, announce(0, targets))], page=7, actions=30)
     pushes = list(read_topic(pipeline.bootstrap, pipeline.actions_topic))
     assert sorted(a["user_id"] for a in pushes) == sorted(targets)
     assert {a["channel"] for a in pushes} == {"push"}
@@ -109,7 +116,7 @@ def test_an_input_fans_out_to_each_shopper_once_through_the_shards(pipeline: Pip
 def test_an_input_processed_again_fans_out_nothing_twice(pipeline: Pipeline) -> None:
     targets = [f"s{i}" for i in range(12)]
     messages = [message(0, announce(0, targets))]
-    run_with_derivers(pipeline, messages, page=5)
+    run_with_derivers(pipeline, messages, page=5, actions=12)
     run_with_derivers(pipeline, messages, page=5)  # as after a crash before the snapshot
     pushes = [a["action_id"] for a in read_topic(pipeline.bootstrap, pipeline.actions_topic)]
     assert len(pushes) == len(set(pushes)) == 12
@@ -119,7 +126,8 @@ def test_an_input_processed_again_fans_out_nothing_twice(pipeline: Pipeline) -> 
 def test_a_large_fanout_is_paced_and_other_shoppers_go_on_meanwhile(pipeline: Pipeline) -> None:
     targets = [f"s{i:05}" for i in range(3000)]
     later = [message(i + 1, event(i + 1, f"u{i}", "signup", NOW - 4000 + i)) for i in range(5)]
-    run_with_derivers(pipeline, [message(0, announce(0, targets)), *later], page=100)
+    run_with_derivers(pipeline, [message(0, announce(0, targets)), *later], page=100,
+                      actions=3005)  # fmt: skip
     order = [a.channel for r in pipeline.reports for a in r.actions]
     assert order.count("push") == 3000
     assert order.count("email") == 5
