@@ -604,23 +604,29 @@ class Engine:
         fields = self.rules.templates.get(step.template, {}).get(channel)
         if fields is None:
             return None, None
-        content = render_message(
-            fields, _template_vars(state, enrollment, now, self.windows, self.catalog)
-        )
+        variables = _template_vars(state, enrollment, now, self.windows)
+        if _reads_catalog(fields):  # the catalog's variables only for templates that read it
+            entry = enrollment.entry
+            pid = None if entry is None else entry.product_id
+            variables.update(product_vars(self.catalog, pid))
+        content = render_message(fields, variables)
         return ("template_error", None) if content is None else (None, content)
 
 
+_CATALOG_NAMES = frozenset({"product", "bought_together"})
+
+
+def _reads_catalog(fields: Mapping[str, Any]) -> bool:
+    """Whether one message's templates read the catalog's variables."""
+    return any(template_names(render) & _CATALOG_NAMES for render in fields.values())
+
+
 def _template_vars(
-    state: UserState,
-    enrollment: Enrollment,
-    now: int,
-    windows: WindowConfig,
-    catalog: CatalogReader | None,
+    state: UserState, enrollment: Enrollment, now: int, windows: WindowConfig
 ) -> dict[str, Any]:
     entry = enrollment.entry
     cart = kept_cart(state.cart, windows, now)  # the lines that count at `now`, pruned or not
     return {
-        **product_vars(catalog, None if entry is None else entry.product_id),
         "profile": dict(state.profile),
         "entry": {} if entry is None else _event_vars(entry),
         "cart": {"total": lines_total(cart), "count": lines_count(cart), "items": list(cart)},
