@@ -54,6 +54,7 @@ from flows.pipeline.decode import Fanout, Stamped
 PAGE = 500  # derived items a fan-out emits per activation
 PACE_MS = 2  # how soon a fan-out with more to go looks again
 GATE_MS = 10  # how soon a fan-out waiting for the watermark looks again
+AHEAD = 1  # pages a fan-out may be ahead of the shards (and of Kafka's acknowledgements)
 FLOOR_PER_S = 2_000  # the pace a fan-out keeps when the shards say nothing (other processes)
 
 
@@ -176,10 +177,10 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
         credit = self._c.credit
         if credit is None:
             return self._below_floor()
-        if credit.backlog is not None and credit.backlog() > self._page:
+        if credit.backlog is not None and credit.backlog() > AHEAD * self._page:
             return True  # the actions topic is behind: ordinary actions would queue
         in_flight = self._emitted - (credit.applied - self._credit_base)
-        return in_flight > self._page and self._below_floor()
+        return in_flight > AHEAD * self._page and self._below_floor()
 
     def _below_floor(self) -> bool:
         """Whether the last page went out less than the floor pace's time ago."""
