@@ -43,6 +43,17 @@ def event(n: int, user: str, kind: str, ts: int, **fields: Any) -> dict[str, Any
     return {"event_id": f"e{n}", "type": kind, "ts": ts, "user_id": user, **fields}
 
 
+def doc(n: int, kind: str, ts: int, user: str | None = None, anon: str | None = None,
+        **fields: Any) -> dict[str, Any]:  # fmt: skip
+    """An event with a user id, an anonymous id, both or (a product update) neither."""
+    body: dict[str, Any] = {"event_id": f"e{n}", "type": kind, "ts": ts, **fields}
+    if user is not None:
+        body["user_id"] = user
+    if anon is not None:
+        body["anon_id"] = anon
+    return body
+
+
 class _Holding(StatelessSourcePartition[Any]):
     def __init__(
         self, items: list[Any], until: Callable[[], bool], limit_s: float, idle: Callable[[], None]

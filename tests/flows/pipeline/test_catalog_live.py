@@ -21,7 +21,7 @@ from flows.stores.catalog import CatalogStore, unpack_interest
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
 from tests.flows.live import read_topic
-from tests.flows.pipeline.support import NOW, Pipeline, message
+from tests.flows.pipeline.support import NOW, Pipeline, doc, message
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +63,6 @@ journeys:
 SHARDS = 4
 START = NOW - 30 * 60_000
 MIN = 60_000
-
-
-def doc(n: int, kind: str, ts: int, user: str | None = None, anon: str | None = None,
-        **fields: Any) -> dict[str, Any]:  # fmt: skip
-    body: dict[str, Any] = {"event_id": f"e{n}", "type": kind, "ts": ts, **fields}
-    if user is not None:
-        body["user_id"] = user
-    if anon is not None:
-        body["anon_id"] = anon
-    return body
 
 
 def update(n: int, ts: int, pid: str, **fields: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
 from tests.flows.live import read_topic
-from tests.flows.pipeline.support import NOW, Pipeline, message
+from tests.flows.pipeline.support import NOW, Pipeline, doc, message
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +52,6 @@ def apart(prefix_a: str, prefix_u: str) -> tuple[str, str]:
         if shard_of(anon, SHARDS) != shard_of(user, SHARDS):
             return anon, user
     raise AssertionError("no pair on different shards")
-
-
-def doc(n: int, kind: str, ts: int, user: str | None = None, anon: str | None = None,
-        **fields: Any) -> dict[str, Any]:  # fmt: skip
-    body: dict[str, Any] = {"event_id": f"e{n}", "type": kind, "ts": ts, **fields}
-    if user is not None:
-        body["user_id"] = user
-    if anon is not None:
-        body["anon_id"] = anon
-    return body
 
 
 def replayed(docs: list[dict[str, Any]], stats: ReplayStats | None = None) -> list[str]:
