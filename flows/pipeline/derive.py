@@ -185,7 +185,7 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
     def _below_floor(self) -> bool:
         """Whether the last page went out less than the floor pace's time ago."""
         floor_ms = self._last_sent * 1000 // FLOOR_PER_S
-        return self._c.clock() - self._last_page < floor_ms
+        return bool(self._c.clock() - self._last_page < floor_ms)
 
     def _step(self) -> list[Stamped]:
         """One page of the oldest job."""
