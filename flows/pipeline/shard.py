@@ -583,9 +583,20 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 wakes.append(start)
         return wakes
 
+    def _sweep_due(self, sweep: Sweep | Visiting, now: int) -> bool:
+        """Whether ``sweep`` is running, or its next run starts at or before ``now``."""
+        mark = self._marks.get(sweep.name)
+        if mark is not None and not mark.done:
+            return True
+        start = sweep.next_run(None if mark is None else mark.run, now)
+        return start is not None and start <= now
+
     def _sweeps(self) -> ShardReport:
-        """One page of every sweep that is due or running (see flows.pipeline.sweep)."""
+        """One page of every sweep that is due or running (see flows.pipeline.sweep);
+        nothing at all (not even the watermark read) while none is."""
         now = self._c.clock()
+        if not any(self._sweep_due(sweep, now) for sweep in self._c.sweeps):
+            return ShardReport(self._shard)
         until = min(now, self._c.watermark.value())
         write = ShardWrite()
         actions: list[Action] = []
