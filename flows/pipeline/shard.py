@@ -77,6 +77,7 @@ from flows.pipeline.identity import (
     read_links,
     unheld,
 )
+from flows.pipeline.link_book import LinkBook, look_up
 from flows.pipeline.sweep import PAGE as SWEEP_PAGE
 from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
@@ -133,6 +134,8 @@ class ShardConfig:
     # A bounded run (flows.pipeline.bounded): True when the end of the input means every
     # event was read (not a stop); None (live): the end of the input decides nothing.
     input_complete: Callable[[], bool] | None = None
+    # What the process knows of links (flows.pipeline.link_book), shared with the resolver.
+    links: LinkBook = field(default_factory=LinkBook)
 
 
 class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
@@ -153,6 +156,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._recovering = False  # Redis lost its data: drop actions already in the topic
         self._marks: dict[str, SweepMark] = {}
         self._waiting: dict[str, str] = {}  # user -> the anonymous id its held events wait for
+        # When the waiting users' links were last looked up (_settle_due): the book's
+        # version then, the clock then, and whether users started waiting since.
+        self._settled_version = -1
+        self._settled_at = 0
+        self._new_waiters = False
         if shard is not None:
             self._bind(shard)
 
@@ -167,6 +175,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._shard = shard
             keys = self._c.keys.shard(shard)
             self._store = ShardStore(self._c.client, keys, self._c.ttl_ms)
+            self._c.links.own(shard, self._c.keys.shards)
 
     # -- Bytewax entry points ---------------------------------------------------------
 
@@ -182,7 +191,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._start()
             engine = self._c.runtime.current()
             reports = [self._apply(engine, items) if items else self._timers()]
-            if self._waiting:
+            if self._settle_due():
                 reports.append(self._settle(engine))
             return reports, StatefulBatchLogic.RETAIN
         finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
@@ -193,7 +202,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return [], StatefulBatchLogic.RETAIN
         self._start()
         reports = [self._timers()]
-        if self._waiting:
+        if self._settle_due():
             reports.append(self._settle(self._c.runtime.current()))
         if self._c.sweeps:
             reports.append(self._sweeps())
@@ -454,8 +463,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if not anons:
             return {}
         store = self._shard_store
-        users = self._retrying("reading links", lambda: store.links(anons))
-        return {anon: user for anon, user in zip(anons, users, strict=True) if user is not None}
+
+        def read(ids: list[str]) -> dict[str, str | None]:
+            users = self._retrying("reading links", lambda: store.links(ids))
+            return dict(zip(ids, users, strict=True))
+
+        found = look_up(self._c.links, anons, read)
+        return {anon: user for anon, user in found.items() if user is not None}
 
     def _linked_away(
         self, user: str, items: list[Item], records: dict[str, Record], counts: Counter[str]
@@ -713,11 +727,29 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         write.counts["identity.linked"] += 1
         self._cache.pop(anon, None)
 
+    def _settle_due(self) -> bool:
+        """Whether waiting users' links may have changed since they were last looked up:
+        users started waiting, a shard of this process committed links, or
+        :data:`POLL_MS` passed (a link committed by another process)."""
+        if not self._waiting:
+            return False
+        return (
+            self._new_waiters
+            or self._settled_version != self._c.links.version
+            or self._c.clock() - self._settled_at >= POLL_MS
+        )
+
     def _settle(self, engine: Engine) -> ShardReport:
         """Look for the hand-offs (or conflicts) waiting users wait for; merge in one commit."""
         client, keys = self._c.client, self._c.keys
         waiting = dict(self._waiting)
-        links = self._retrying("reading links", lambda: read_links(client, keys, waiting.values()))
+        self._settled_version, self._settled_at = self._c.links.version, self._c.clock()
+        self._new_waiters = False
+
+        def read(ids: list[str]) -> dict[str, str | None]:
+            return self._retrying("reading links", lambda: read_links(client, keys, ids))
+
+        links = look_up(self._c.links, waiting.values(), read)
         answered = {user: anon for user, anon in waiting.items() if links.get(anon) is not None}
         if not answered:
             return ShardReport(self._shard)
@@ -843,9 +875,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         )
         if self._offsets is not None:
             self._offsets.update(write.offsets)
+        if write.moved:  # the book answers these links from now on (its staleness rule)
+            self._c.links.linked((anon, user) for anon, (user, _) in write.moved.items())
         for user in write.waited:
             self._waiting.pop(user, None)
         self._waiting.update(write.waiting)
+        self._new_waiters = self._new_waiters or bool(write.waiting)
 
     # -- states -----------------------------------------------------------------------
 
