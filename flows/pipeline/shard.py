@@ -41,8 +41,9 @@ Rules of this interface:
   holds the user's events until the hand-off (or a conflict) is there; the
   shard polls its waiting users every activation and merges in one commit.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
-  shard's next write, or by a write of their own within ``confirm_ms`` when
-  the shard is idle.
+  shard's next write, or by a write of their own once the oldest has waited
+  ``confirm_ms`` (a timer pass that writes nothing else does not write them
+  sooner).
 """
 
 from __future__ import annotations
@@ -539,7 +540,15 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 self._held_until = now + RETRY_MS
             else:
                 self._fire(self._c.runtime.current(), until, now, write, actions)
+        if not actions and write.empty() and not self._acks_due():
+            return ShardReport(self._shard)  # nothing to write: acknowledgements can wait
         return self._finish(write, actions, {})
+
+    def _acks_due(self) -> bool:
+        """Whether acknowledgements need a write of their own: the oldest came back
+        ``confirm_ms`` ago (until then, the shard's next write takes them)."""
+        since = self._c.emitter.acked_since(self._shard)
+        return since is not None and (time.monotonic() - since) * 1000 >= self._c.confirm_ms
 
     def _fire(
         self, engine: Engine, until: int, now: int, write: ShardWrite, actions: list[Action]
