@@ -756,7 +756,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._new_waiters = False
 
         def read(ids: list[str]) -> dict[str, str | None]:
-            return self._retrying("reading links", lambda: read_links(client, keys, ids))
+            found: dict[str, str | None] = self._retrying(
+                "reading links", lambda: read_links(client, keys, ids)
+            )
+            return found
 
         links = look_up(self._c.links, waiting.values(), read)
         answered = {user: anon for user, anon in waiting.items() if links.get(anon) is not None}
