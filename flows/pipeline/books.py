@@ -61,8 +61,8 @@ EMPTY = Before({}, None)
 
 
 def before(engine: Engine, state: UserState | None) -> Before:
-    if state is None:
-        return EMPTY
+    if state is None or not (state.segments or engine.uses_rfm):
+        return EMPTY  # nothing kept (rules without watched segments or rfm(): every write)
     return Before(dict(state.segments), rfm_inputs(state) if engine.uses_rfm else None)
 
 

@@ -109,7 +109,7 @@ def build_flow(
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)
     catalog = ProductDeriver(CatalogStore(config.client, config.keys), shards)
     events = _fanned_out(events, [catalog, *derivers], config)
-    resolver = Resolver(config.client, config.keys)
+    resolver = Resolver(config.client, config.keys, book=config.links)
     resolved = op.flat_map_batch("resolve", events, resolver)
     wakes = cast(Stream[Stamped | LinkRequest | Wake], op.input("wake", flow, WakeSource(shards)))
 

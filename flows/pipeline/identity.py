@@ -11,8 +11,10 @@ Keys (:class:`flows.stores.keys.ShardKeys`, S_a = ``shard_of(a)``):
 ``{P:S_u}:waiting`` (users whose events wait for a hand-off).
 
 1. **Resolve** (:class:`Resolver`, before the events are keyed by shard): the
-   links of a batch's anonymous ids are read in one pipeline (a bounded cache
-   of links, which are permanent, and a short-lived cache of "not linked").
+   links of a batch's anonymous ids are read in one pipeline, except those
+   the process's :class:`~flows.pipeline.link_book.LinkBook` knows (links,
+   which are permanent; "not linked" only for ids of this process's own
+   shards, whose commits it hears of: its module states the staleness rule).
    An event with only ``user_id`` passes unchanged; only ``anon_id``: linked
    to U, re-keyed to U (:func:`engine.identity.resolve` makes the copy) and
    tagged ``via``; not linked, to a's shard as before. With both: a linked to
@@ -34,9 +36,11 @@ Keys (:class:`flows.stores.keys.ShardKeys`, S_a = ``shard_of(a)``):
 3. **Merge** (U's shard): an event tagged ``link``/``via`` for an id not in
    ``U.merged`` starts a HOLD (``UserState.holding``): that event and every
    later one of U are kept in U's state, and U in the shard's ``waiting``
-   hash, in the batch's commit. Each activation of a shard with waiting
-   users (Bytewax comes back within :data:`POLL_MS`) reads their anonymous
-   ids' links and then hand-offs: ``links[a] == U`` and the hand-off there:
+   hash, in the batch's commit. A shard with waiting users looks up their
+   anonymous ids' links when users started waiting, when a shard of the
+   process committed links, and at least every :data:`POLL_MS` (Bytewax comes
+   back by then), through the book (Redis only for what it does not know),
+   then reads the hand-offs: ``links[a] == U`` and the hand-off there:
    :func:`engine.identity.link` (both ids' timers, then the merge), the link
    event, then the other held events in ``ts`` order, in one commit that
    drops U from ``waiting``; then the hand-off is deleted (best effort; 7-day
@@ -81,9 +85,6 @@ crash re-reads the input from Bytewax's last snapshot:
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -94,12 +95,11 @@ from engine.events import decode_event, encode_event
 from engine.identity import resolve
 from engine.state import Held
 from flows.pipeline.decode import Fanout, Route, Stamped
+from flows.pipeline.link_book import CACHE_LINKS, LinkBook, look_up
 from flows.retry import RedisClient
 from flows.stores.keys import Keys
 
 POLL_MS = 10  # a shard with waiting users looks for their hand-offs this often
-CACHE_LINKS = 100_000  # links the resolver remembers (they are permanent)
-NOT_LINKED_MS = 0  # trust in "not linked": none (a stale answer costs a late forward)
 LINK_PARTITION = "link:"  # a link request's offsets are their own family per partition
 
 
@@ -218,60 +218,34 @@ def delete_handoffs(client: RedisClient, keys: Keys, anons: Sequence[str]) -> No
 
 class Resolver:
     """The pipeline's ``resolve`` step (module step 1): a batch of stamped events in,
-    the items to key by shard out. Shared by a process's workers (thread-safe)."""
+    the items to key by shard out. Shared by a process's workers (thread-safe).
+
+    ``book`` is the process's :class:`~flows.pipeline.link_book.LinkBook` (the
+    shards' ``ShardConfig.links``): links it knows are not read again, nor "not
+    linked" for the anonymous ids of this process's shards. Without it, a
+    private book (no shard of its own: "not linked" is always read from Redis)."""
 
     def __init__(
         self,
         client: RedisClient,
         keys: Keys,
         cache: int = CACHE_LINKS,
-        not_linked_ms: int = NOT_LINKED_MS,
+        book: LinkBook | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
-        self._cache_size = cache
-        self._not_linked_ms = not_linked_ms
-        self._links: OrderedDict[str, str] = OrderedDict()
-        self._unlinked: dict[str, float] = {}  # anon -> until when "not linked" is trusted
-        self._lock = threading.Lock()
+        self._book = book if book is not None else LinkBook(cache)
 
     def __call__(self, batch: list[Stamped]) -> list[Stamped | LinkRequest]:
         anons = {a for item in batch if (a := _anon(item)) is not None}
         if not anons:
             return list(batch)
-        links = self._links_of(anons)
+        found = look_up(self._book, anons, lambda ids: read_links(self._client, self._keys, ids))
+        links = {anon: user for anon, user in found.items() if user is not None}
         out: list[Stamped | LinkRequest] = []
         for item in batch:
             out.extend(route(item, links))
         return out
-
-    def _links_of(self, anons: set[str]) -> dict[str, str]:
-        now = time.monotonic()
-        known: dict[str, str] = {}
-        unknown: list[str] = []
-        with self._lock:
-            for anon in anons:
-                user = self._links.get(anon)
-                if user is not None:
-                    self._links.move_to_end(anon)
-                    known[anon] = user
-                elif self._unlinked.get(anon, 0.0) <= now:
-                    unknown.append(anon)
-        if not unknown:
-            return known
-        found = read_links(self._client, self._keys, unknown)
-        with self._lock:
-            if len(self._unlinked) > self._cache_size:
-                self._unlinked.clear()
-            for anon, user in found.items():
-                if user is None:
-                    self._unlinked[anon] = now + self._not_linked_ms / 1000
-                    continue
-                known[anon] = self._links[anon] = user
-                self._unlinked.pop(anon, None)
-            while len(self._links) > self._cache_size:
-                self._links.popitem(last=False)
-        return known
 
 
 def _anon(item: Stamped) -> str | None:

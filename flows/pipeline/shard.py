@@ -49,8 +49,9 @@ Rules of this interface:
   bought-together counts of its applied purchases
   (:mod:`flows.stores.catalog`), so both agree with the states after a crash.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
-  shard's next write, or by a write of their own within ``confirm_ms`` when
-  the shard is idle.
+  shard's next write, or by a write of their own once the oldest has waited
+  ``confirm_ms`` (a timer pass that writes nothing else does not write them
+  sooner).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from flows.pipeline.identity import (
     read_links,
     unheld,
 )
+from flows.pipeline.link_book import LinkBook, look_up
 from flows.pipeline.sweep import PAGE as SWEEP_PAGE
 from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
@@ -153,6 +155,9 @@ class ShardConfig:
         if self.catalog is None:
             self.catalog = RedisCatalog(self.client, self.keys)
 
+    # What the process knows of links (flows.pipeline.link_book), shared with the resolver.
+    links: LinkBook = field(default_factory=LinkBook)
+
 
 class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
     """One shard inside the live flow (see the module rules)."""
@@ -177,6 +182,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._touched: dict[str, set[str]] = {}
         self._bought: dict[str, list[Event]] = {}
         self._moved_interest: dict[str, set[str]] = {}  # merged anon -> its products
+        # When the waiting users' links were last looked up (_settle_due): the book's
+        # version then, the clock then, and whether users started waiting since.
+        self._settled_version = -1
+        self._settled_at = 0
+        self._new_waiters = False
         if shard is not None:
             self._bind(shard)
 
@@ -191,6 +201,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._shard = shard
             keys = self._c.keys.shard(shard)
             self._store = ShardStore(self._c.client, keys, self._c.ttl_ms)
+            self._c.links.own(shard, self._c.keys.shards)
 
     # -- Bytewax entry points ---------------------------------------------------------
 
@@ -206,7 +217,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._start()
             engine = self._c.runtime.current()
             reports = [self._apply(engine, items) if items else self._timers()]
-            if self._waiting:
+            if self._settle_due():
                 reports.append(self._settle(engine))
             return reports, StatefulBatchLogic.RETAIN
         finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
@@ -220,7 +231,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return [], StatefulBatchLogic.RETAIN
         self._start()
         reports = [self._timers()]
-        if self._waiting:
+        if self._settle_due():
             reports.append(self._settle(self._c.runtime.current()))
         if self._c.sweeps:
             reports.append(self._sweeps())
@@ -568,8 +579,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if not anons:
             return {}
         store = self._shard_store
-        users = self._retrying("reading links", lambda: store.links(anons))
-        return {anon: user for anon, user in zip(anons, users, strict=True) if user is not None}
+
+        def read(ids: list[str]) -> dict[str, str | None]:
+            users = self._retrying("reading links", lambda: store.links(ids))
+            return dict(zip(ids, users, strict=True))
+
+        found = look_up(self._c.links, anons, read)
+        return {anon: user for anon, user in found.items() if user is not None}
 
     def _linked_away(
         self, user: str, items: list[Item], records: dict[str, Record], counts: Counter[str]
@@ -639,7 +655,15 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 self._held_until = now + RETRY_MS
             else:
                 self._fire(self._c.runtime.current(), until, now, write, actions)
+        if not actions and write.empty() and not self._acks_due():
+            return ShardReport(self._shard)  # nothing to write: acknowledgements can wait
         return self._finish(write, actions, {})
+
+    def _acks_due(self) -> bool:
+        """Whether acknowledgements need a write of their own: the oldest came back
+        ``confirm_ms`` ago (until then, the shard's next write takes them)."""
+        since = self._c.emitter.acked_since(self._shard)
+        return since is not None and (time.monotonic() - since) * 1000 >= self._c.confirm_ms
 
     def _fire(
         self, engine: Engine, until: int, now: int, write: ShardWrite, actions: list[Action]
@@ -698,9 +722,20 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 wakes.append(start)
         return wakes
 
+    def _sweep_due(self, sweep: Sweep | Visiting, now: int) -> bool:
+        """Whether ``sweep`` is running, or its next run starts at or before ``now``."""
+        mark = self._marks.get(sweep.name)
+        if mark is not None and not mark.done:
+            return True
+        start = sweep.next_run(None if mark is None else mark.run, now)
+        return start is not None and start <= now
+
     def _sweeps(self) -> ShardReport:
-        """One page of every sweep that is due or running (see flows.pipeline.sweep)."""
+        """One page of every sweep that is due or running (see flows.pipeline.sweep);
+        nothing at all (not even the watermark read) while none is."""
         now = self._c.clock()
+        if not any(self._sweep_due(sweep, now) for sweep in self._c.sweeps):
+            return ShardReport(self._shard)
         until = min(now, self._c.watermark.value())
         write = ShardWrite()
         actions: list[Action] = []
@@ -821,11 +856,32 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         write.counts["identity.linked"] += 1
         self._cache.pop(anon, None)
 
+    def _settle_due(self) -> bool:
+        """Whether waiting users' links may have changed since they were last looked up:
+        users started waiting, a shard of this process committed links, or
+        :data:`POLL_MS` passed (a link committed by another process)."""
+        if not self._waiting:
+            return False
+        return (
+            self._new_waiters
+            or self._settled_version != self._c.links.version
+            or self._c.clock() - self._settled_at >= POLL_MS
+        )
+
     def _settle(self, engine: Engine) -> ShardReport:
         """Look for the hand-offs (or conflicts) waiting users wait for; merge in one commit."""
         client, keys = self._c.client, self._c.keys
         waiting = dict(self._waiting)
-        links = self._retrying("reading links", lambda: read_links(client, keys, waiting.values()))
+        self._settled_version, self._settled_at = self._c.links.version, self._c.clock()
+        self._new_waiters = False
+
+        def read(ids: list[str]) -> dict[str, str | None]:
+            found: dict[str, str | None] = self._retrying(
+                "reading links", lambda: read_links(client, keys, ids)
+            )
+            return found
+
+        links = look_up(self._c.links, waiting.values(), read)
         answered = {user: anon for user, anon in waiting.items() if links.get(anon) is not None}
         if not answered:
             return ShardReport(self._shard)
@@ -959,9 +1015,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         )
         if self._offsets is not None:
             self._offsets.update(write.offsets)
+        if write.moved:  # the book answers these links from now on (its staleness rule)
+            self._c.links.linked((anon, user) for anon, (user, _) in write.moved.items())
         for user in write.waited:
             self._waiting.pop(user, None)
         self._waiting.update(write.waiting)
+        self._new_waiters = self._new_waiters or bool(write.waiting)
 
     # -- states -----------------------------------------------------------------------
 

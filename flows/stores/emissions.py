@@ -91,6 +91,7 @@ class _Acks:
     ids: list[str] = field(default_factory=list)
     offsets: dict[int, int] = field(default_factory=dict)
     outstanding: int = 0
+    since: float = 0.0  # time.monotonic() of the oldest acknowledgement in ids
 
 
 class Emitter:
@@ -130,6 +131,14 @@ class Emitter:
             ids, offsets = acks.ids, acks.offsets
             acks.ids, acks.offsets = [], {}
             return ids, offsets
+
+    def acked_since(self, shard: int) -> float | None:
+        """When (``time.monotonic()``) the oldest acknowledgement not collected yet came
+        back; None when there is none (served first, as :meth:`collect` does)."""
+        self._producer.poll(0)
+        with self._lock:
+            acks = self._acks.get(shard)
+            return None if acks is None or not acks.ids else acks.since
 
     def outstanding(self, shard: int) -> int:
         """Records of ``shard`` sent and not yet collected as acknowledged."""
@@ -172,6 +181,8 @@ class Emitter:
                 if err is not None:
                     self._failed.append(f"{rid}: {err}")
                     return
+                if not acks.ids:
+                    acks.since = time.monotonic()
                 acks.ids.append(rid)
                 if topic == self._actions_topic:
                     part = msg.partition()
