@@ -24,6 +24,7 @@ from flows.pipeline.watermark import Watermark
 from flows.retry import RedisClient
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter
 from flows.stores.keys import Keys
+from flows.stores.states import ShardStore
 
 NOW = wall_ms()
 
@@ -193,3 +194,13 @@ class Pipeline:
 
     def actions(self) -> list[Any]:
         return [a for r in self.reports for a in r.actions]
+
+
+def quiet(pipeline: Pipeline) -> bool:
+    """No shard has a user waiting for a hand-off or a timer due up to ``NOW``."""
+    for shard in pipeline.keys.all_shards():
+        store = ShardStore(pipeline.client, shard, 0)
+        due = store.next_due()
+        if store.waiting() or (due is not None and due <= NOW):
+            return False
+    return True

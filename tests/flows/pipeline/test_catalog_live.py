@@ -19,9 +19,9 @@ from flows.pipeline import derive
 from flows.retry import RedisClient
 from flows.stores.catalog import CatalogStore, unpack_interest
 from flows.stores.keys import shard_of
-from flows.stores.states import ShardStore, read_stats
+from flows.stores.states import read_stats
 from tests.flows.live import read_topic
-from tests.flows.pipeline.support import NOW, Pipeline, doc, message
+from tests.flows.pipeline.support import NOW, Pipeline, doc, message, quiet
 
 pytestmark = pytest.mark.integration
 
@@ -109,12 +109,7 @@ def settled(pipeline: Pipeline, sent: int) -> bool:
     stats = read_stats(pipeline.client, pipeline.keys)
     if stats.get("actions.emitted", 0) < sent:
         return False
-    for shard in pipeline.keys.all_shards():
-        store = ShardStore(pipeline.client, shard, 0)
-        due = store.next_due()
-        if store.waiting() or (due is not None and due <= NOW):
-            return False
-    return True
+    return quiet(pipeline)
 
 
 def test_price_drops_restocks_and_cross_sell_live_are_replays(pipeline: Pipeline) -> None:

@@ -21,7 +21,7 @@ from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
 from tests.flows.live import read_topic
-from tests.flows.pipeline.support import NOW, Pipeline, doc, message
+from tests.flows.pipeline.support import NOW, Pipeline, doc, message, quiet
 
 pytestmark = pytest.mark.integration
 
@@ -70,12 +70,7 @@ def settled(pipeline: Pipeline, merges: int) -> bool:
     stats = read_stats(pipeline.client, pipeline.keys)
     if stats.get("identity.merged", 0) < merges:
         return False
-    for shard in pipeline.keys.all_shards():
-        store = ShardStore(pipeline.client, shard, 0)
-        due = store.next_due()
-        if store.waiting() or (due is not None and due <= NOW):
-            return False
-    return True
+    return quiet(pipeline)
 
 
 def run(pipeline: Pipeline, docs: list[dict[str, Any]], merges: int) -> list[str]:

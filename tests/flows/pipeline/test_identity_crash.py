@@ -29,7 +29,7 @@ from flows.pipeline.shard import ShardLogic, ShardReport
 from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
-from tests.flows.pipeline.support import NOW, Pipeline, message
+from tests.flows.pipeline.support import NOW, Pipeline, message, quiet
 from tests.flows.pipeline.test_identity import RULES, SHARDS, START, apart, doc
 
 pytestmark = pytest.mark.integration
@@ -97,12 +97,7 @@ def keyed_records(bootstrap: str, topic: str) -> list[tuple[bytes, Any]]:
 
 
 def done(pipeline: Pipeline) -> bool:
-    for shard in pipeline.keys.all_shards():
-        store = ShardStore(pipeline.client, shard, 0)
-        due = store.next_due()
-        if store.waiting() or (due is not None and due <= NOW):
-            return False
-    return True
+    return quiet(pipeline)
 
 
 def scenario() -> tuple[str, str, list[dict[str, Any]]]:
