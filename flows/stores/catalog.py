@@ -11,7 +11,7 @@ Rules of this interface:
   :class:`engine.interest.Interest` (:func:`pack_interest`, about 16 bytes:
   the via's letter, the end of the interest in minutes, the price seen). The
   shard writes a shopper's entries in the commit that writes the shopper's
-  state (:func:`note_interest`), so the index never disagrees with the states
+  state (``ShardLogic._note_catalog``), so the index never disagrees with the states
   after a crash. The fan-out reads it a page at a time per shard
   (:meth:`CatalogStore.interest_page`) and removes the entries that have
   lapsed with a compare-and-delete (an entry the shard rewrote meanwhile
@@ -36,15 +36,12 @@ from typing import Any
 
 import msgspec
 
-from engine.bought_together import pairs
 from engine.bought_together import top as top_partners
 from engine.catalog import Product, apply_update
 from engine.events import Event
-from engine.interest import Interest, interest_of, touched
-from engine.state import UserState
-from engine.windows import WindowConfig
+from engine.interest import Interest
 from flows.retry import RedisClient
-from flows.stores.keys import Keys, ShardKeys
+from flows.stores.keys import Keys
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_product = msgspec.msgpack.Decoder(Product).decode
@@ -73,25 +70,6 @@ def anonymous_entry(data: bytes) -> bool:
     return data[:1].isupper()
 
 
-def note_interest(
-    interest: dict[tuple[str, str], bytes],
-    state: UserState,
-    events: Iterable[Event],
-    cart_before: Iterable[str],
-    now: int,
-    windows: WindowConfig,
-) -> None:
-    """Queue the shopper's entries for the products ``events`` touched (b"": delete)."""
-    products: set[str] = set()
-    cart = list(cart_before)
-    for event in events:
-        products |= touched(event, cart)
-    for pid in products:
-        found = interest_of(state, pid, now, windows)
-        packed = b"" if found is None else pack_interest(found, not state.identified)
-        interest[(pid, state.key)] = packed
-
-
 def forget_interest(client: RedisClient, keys: Keys, anon: str, products: Iterable[str]) -> None:
     """Delete a merged anonymous id's entries (best effort, after its user's shard wrote
     the user's own: until then a fan-out reaches the user through the anonymous id)."""
@@ -100,12 +78,6 @@ def forget_interest(client: RedisClient, keys: Keys, anon: str, products: Iterab
     for pid in products:
         pipe.hdel(shard.interest(pid), anon)
     pipe.execute()
-
-
-def note_together(together: Counter[tuple[str, str]], event: Event) -> None:
-    """Queue the bought-together increments of an applied purchase."""
-    if event.type == "purchase" and event.items:
-        together.update(pairs(event))
 
 
 class CatalogStore:
@@ -238,7 +210,3 @@ class RedisCatalog:
         for raw in pipe.execute():
             total.update({k.decode(): int(v) for k, v in raw.items()})
         return dict(total)
-
-
-def together_keys(keys: ShardKeys, products: Sequence[str]) -> list[str]:
-    return [keys.together(pid) for pid in products]
