@@ -157,6 +157,13 @@ class Engine:
         self.reads_together: bool = _reads(rules, "bought_together") or any(
             old.reads_together for old in self.retired.values()
         )
+        # (template, channel) of the messages whose templates read the catalog's variables
+        self.catalog_messages = frozenset(
+            (name, channel)
+            for name, channels in rules.templates.items()
+            for channel, fields in channels.items()
+            if _reads_catalog(fields)
+        )
         self.uses_rfm: bool = any("rfm" in cond.calls for cond in conditions(rules)) or any(
             old.uses_rfm for old in self.retired.values()
         )
@@ -605,7 +612,7 @@ class Engine:
         if fields is None:
             return None, None
         variables = _template_vars(state, enrollment, now, self.windows)
-        if _reads_catalog(fields):  # the catalog's variables only for templates that read it
+        if (step.template, channel) in self.catalog_messages:  # only where they are read
             entry = enrollment.entry
             pid = None if entry is None else entry.product_id
             variables.update(product_vars(self.catalog, pid))
