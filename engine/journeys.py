@@ -269,9 +269,7 @@ class Engine:
         candidates = index.candidates(event) if index is not None else ()
         ctx = None
         if candidates:
-            ctx = Context(
-                state, now, event=event, rfm=self.rfm, windows=self.windows, catalog=self.catalog
-            )
+            ctx = self._context(state, now, event)
             for journey in candidates:
                 self._maybe_enter(state, journey, event, ctx, actions)
         if watch is not None:
@@ -381,9 +379,7 @@ class Engine:
     ) -> None:
         """Enroll the user in each broadcast of this instant whose segment holds."""
         entry = latest_event(state)
-        ctx = Context(
-            state, when, event=entry, rfm=self.rfm, windows=self.windows, catalog=self.catalog
-        )
+        ctx = self._context(state, when, entry)
         for journey in journeys:
             name = journey.trigger.segment
             if name is not None and not self.rules.segments[name].cond.holds(ctx):
@@ -408,14 +404,7 @@ class Engine:
             journeys = tuple(j for j in self.segment_journeys if _change_of(j) in changed)
         if journeys:
             if ctx is None:
-                ctx = Context(
-                    state,
-                    now,
-                    event=entry,
-                    rfm=self.rfm,
-                    windows=self.windows,
-                    catalog=self.catalog,
-                )
+                ctx = self._context(state, now, entry)
             for journey in journeys:
                 self._maybe_enter(state, journey, entry, ctx, out)
 
@@ -454,20 +443,36 @@ class Engine:
             if enrollment.rules_version != self.version:
                 self._owner(state, slot, enrollment)
 
-    def _exits(self, enrollment: Enrollment, event: Event, state: UserState, now: int) -> bool:
-        program = self.programs.get(enrollment.journey)
-        if program is None or enrollment.journey not in self.exits.get(event.type, ()):
-            return False
-        ctx = Context(
+    def _context(
+        self,
+        state: UserState,
+        now: int,
+        event: Event | None,
+        enrollment: Enrollment | None = None,
+    ) -> Context:
+        """What a condition sees: the shopper, the clock, the event and, inside a
+        journey, its entry event and the actions it sent; the engine's RFM book,
+        windows and catalog."""
+        if enrollment is None:
+            return Context(
+                state, now, event=event, rfm=self.rfm, windows=self.windows, catalog=self.catalog
+            )
+        return Context(
             state,
             now,
-            event=event,
-            entry=enrollment.entry,
-            actions=enrollment.actions,
+            event,
+            enrollment.entry,
+            enrollment.actions,
             rfm=self.rfm,
             catalog=self.catalog,
             windows=self.windows,
         )
+
+    def _exits(self, enrollment: Enrollment, event: Event, state: UserState, now: int) -> bool:
+        program = self.programs.get(enrollment.journey)
+        if program is None or enrollment.journey not in self.exits.get(event.type, ()):
+            return False
+        ctx = self._context(state, now, event, enrollment)
         for rule in program.journey.exits:
             if rule.event == event.type and (rule.cond is None or rule.cond.holds(ctx)):
                 return True
@@ -536,16 +541,7 @@ class Engine:
                     return
                 enrollment.pc = program.after[step.path]
             elif isinstance(step, Branch):
-                ctx = Context(
-                    state,
-                    now,
-                    event,
-                    enrollment.entry,
-                    enrollment.actions,
-                    rfm=self.rfm,
-                    catalog=self.catalog,
-                    windows=self.windows,
-                )
+                ctx = self._context(state, now, event, enrollment)
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
             elif isinstance(step, ExitStep):
                 break
