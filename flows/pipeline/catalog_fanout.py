@@ -26,8 +26,9 @@ A :class:`ProductDeriver` is the :class:`~flows.pipeline.derive.Deriver` of
   merged state decides.
 * **Ordering**: the derived events of an update are applied at the update's
   clock, each on its shopper's shard after the events that shard had already
-  taken; other shoppers' events interleave with a long fan-out (a page of
-  :data:`flows.pipeline.derive.PAGE` per activation), so a fan-out to 100,000
+  taken; other shoppers' events interleave with a long fan-out (pages of
+  :data:`flows.pipeline.derive.PAGE`, applied by the shards in slices of
+  :data:`flows.pipeline.shard.DERIVED_SLICE`), so a fan-out to 100,000
   shoppers never stalls them. ``tetik replay`` applies the derived events at
   the update's position, so the two agree unless an interested shopper's own
   event falls between the update's time and the moment its fan-out reaches

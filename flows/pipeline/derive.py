@@ -24,9 +24,15 @@ Rules of this interface:
   one page being applied, the next queued) or, when they say nothing (the
   items went to shards of other processes), at :data:`FLOOR_PER_S` items a
   second; and not while more than a page of the shards' records wait for
-  Kafka's acknowledgement. So a fan-out to 100,000 shoppers never
-  queues ahead of other shoppers' events, which interleave with it: an
-  ordinary event waits for at most two pages.
+  Kafka's acknowledgement. The shards apply what they get in slices of
+  :data:`flows.pipeline.shard.DERIVED_SLICE` per activation, after their
+  shoppers' own events (:mod:`flows.pipeline.shard`). So a fan-out to
+  100,000 shoppers never queues ahead of other shoppers' events, which
+  interleave with it. Pages and slices are small because every step of
+  Bytewax's graph waits for the activation in front of it, and an epoch
+  closes (the input reads again) only once each step has run: a long
+  activation delays every event behind it several times over (measured:
+  pages of 500 applied at once held the input back for 1 to 2 s per epoch).
   Ordering: a derived event is applied at its input's clock, after the
   events its shopper's shard had already taken; a shopper whose own event
   arrives during a long fan-out may see that event before the derived one
@@ -51,7 +57,7 @@ from engine.catalog import derived_id
 from engine.events import Event
 from flows.pipeline.decode import Fanout, Stamped
 
-PAGE = 500  # derived items a fan-out emits per activation
+PAGE = 200  # derived items a fan-out emits per activation
 PACE_MS = 2  # how soon a fan-out with more to go looks again
 GATE_MS = 10  # how soon a fan-out waiting for the watermark looks again
 AHEAD = 1  # pages a fan-out may be ahead of the shards (and of Kafka's acknowledgements)

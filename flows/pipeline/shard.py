@@ -48,6 +48,23 @@ Rules of this interface:
   interest entries for the products its applied events touched and the
   bought-together counts of its applied purchases
   (:mod:`flows.stores.catalog`), so both agree with the states after a crash.
+* **Derived work is sliced**: the derived items of a fan-out (no input
+  partition) queue in the shard, and an activation applies the shoppers' own
+  events first, then at most :data:`DERIVED_SLICE` queued items, and asks to
+  be woken at once while the queue is not empty. So one activation never
+  holds the worker for a whole page, and the events behind it in the
+  dataflow (each step of Bytewax's graph waits for the activation before it)
+  are not delayed by more than a slice; meanwhile the timer pass (due steps,
+  deferred events, confirmations) runs every :data:`SLICING_TIMERS_MS`
+  rather than at every wake-up. A slice applied alone (no own events in the
+  activation) commits behind the worker, on the process's one committer
+  thread (commits stay in the order submitted), which then reads the next
+  slice's states; the shard's next activation (or snapshot, or the end of
+  the input) waits for it to land before anything else, and only then are
+  the slice's records produced (the outbox rule holds). So Redis works
+  while the worker runs the rest of the graph. The queue is in the shard's Bytewax
+  snapshot (at most the fan-out's credit window, :mod:`flows.pipeline.derive`),
+  so a crash loses none of it; the fan-out's credit counts applied items.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
   shard's next write, or by a write of their own once the oldest has waited
   ``confirm_ms`` (a timer pass that writes nothing else does not write them
@@ -57,9 +74,11 @@ Rules of this interface:
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -105,8 +124,21 @@ TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to
 EVERYTHING = 2**62  # _release up to here: every deferred event (a link is due, or the end)
 RETRY_MS = 10  # a due timer held back by the watermark looks again this much later
 HOLD_LOOK_MS = 100  # a holding user's due timer looks again this much later
+DERIVED_SLICE = 100  # queued derived items one activation applies (module rules)
+SLICING_TIMERS_MS = 20  # while derived items are applied, timer passes are this far apart
 
 Item = Stamped | LinkRequest
+
+_COMMITTER: list[ThreadPoolExecutor] = []
+_COMMITTER_LOCK = threading.Lock()
+
+
+def _committer() -> ThreadPoolExecutor:
+    """The process's one committer thread: commits run behind in the order submitted."""
+    with _COMMITTER_LOCK:
+        if not _COMMITTER:
+            _COMMITTER.append(ThreadPoolExecutor(1, thread_name_prefix="tetik-commit"))
+        return _COMMITTER[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +146,17 @@ class Wake:
     """A nudge that creates (or wakes) a shard's logic: sent to every shard at start."""
 
     shard: int
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """A deferred commit, done: what it wrote, its records, the shard's next due time,
+    and the states read after it (identity -> bytes, None where there is none)."""
+
+    write: ShardWrite
+    records: dict[str, Record]
+    due: int | None
+    states: dict[str, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -150,6 +193,8 @@ class ShardConfig:
     input_complete: Callable[[], bool] | None = None
     catalog: RedisCatalog | None = None  # product(), bought_together(): built from client
     credit: Any = None  # flows.pipeline.derive.Credit: derived items applied (the fan-out's pace)
+    # Runs a slice's commit behind the worker (module rules); None: every commit in line.
+    committer: Executor | None = field(default_factory=lambda: _committer())
 
     def __post_init__(self) -> None:
         if self.catalog is None:
@@ -159,10 +204,13 @@ class ShardConfig:
     links: LinkBook = field(default_factory=LinkBook)
 
 
-class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, int]):
+Snapshot = int | tuple[int, list[Stamped]]  # the shard, and its queued derived items
+
+
+class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, Snapshot]):
     """One shard inside the live flow (see the module rules)."""
 
-    def __init__(self, config: ShardConfig, shard: int | None = None) -> None:
+    def __init__(self, config: ShardConfig, resume: Snapshot | None = None) -> None:
         self._c = config
         self._shard = -1
         self._store: ShardStore | None = None
@@ -187,8 +235,15 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         self._settled_version = -1
         self._settled_at = 0
         self._new_waiters = False
-        if shard is not None:
+        self._queued: list[Stamped] = []  # derived items not applied yet (module rules)
+        self._timers_at = 0.0  # when (monotonic s) the last timer pass ran
+        self._pending: Future[_Landed] | None = None  # a slice's commit, running behind
+        if isinstance(resume, tuple):
+            shard, queued = resume
+            self._queued = list(queued)
             self._bind(shard)
+        elif resume is not None:
+            self._bind(resume)
 
     @property
     def _shard_store(self) -> ShardStore:
@@ -208,43 +263,71 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
     def on_batch(
         self, values: list[Stamped | LinkRequest | Wake]
     ) -> tuple[Iterable[ShardReport], bool]:
-        items = [v for v in values if not isinstance(v, Wake)]
-        events = [v for v in items if isinstance(v, Stamped)]
+        items: list[Item] = []
+        for v in values:
+            if isinstance(v, Stamped) and not v.partition:
+                self._queued.append(v)  # derived: applied in slices, after own events
+            elif not isinstance(v, Wake):
+                items.append(v)
         first = values[0]
         shards = self._c.keys.shards
         self._bind(first.shard if isinstance(first, Wake) else shard_of(identity_of(first), shards))
-        try:
-            self._start()
-            engine = self._c.runtime.current()
-            reports = [self._apply(engine, items) if items else self._timers()]
-            if self._settle_due():
-                reports.append(self._settle(engine))
-            return reports, StatefulBatchLogic.RETAIN
-        finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
-            self._c.watermark.applied((v.partition, v.now) for v in events if v.partition)
-            credit = self._c.credit
-            if credit is not None:  # the fan-out's next page may go (flows.pipeline.derive)
-                credit.add(sum(1 for v in events if not v.partition))
+        return self._activate(items), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[ShardReport], bool]:
         if self._store is None:
             return [], StatefulBatchLogic.RETAIN
-        self._start()
-        reports = [self._timers()]
-        if self._settle_due():
-            reports.append(self._settle(self._c.runtime.current()))
+        reports = self._activate([])
         if self._c.sweeps:
             reports.append(self._sweeps())
         return reports, StatefulBatchLogic.RETAIN
+
+    def _activate(self, items: list[Item], whole: bool = False) -> list[ShardReport]:
+        """Apply ``items`` and a slice of the queued derived items (every one if
+        ``whole``); without items (a wake-up), also the due timers; then settle the
+        waiting users."""
+        self._land()
+        taken = len(self._queued) if whole else min(len(self._queued), DERIVED_SLICE)
+        derived, self._queued = self._queued[:taken], self._queued[taken:]
+        try:
+            self._start()
+            engine = self._c.runtime.current()
+            batch = [*items, *derived]
+            defer = not items and not whole  # a slice alone: its commit may run behind
+            reports = [self._apply(engine, batch, defer)] if batch else []
+            if not items and self._timer_pass_due(bool(derived)):
+                reports.append(self._timers())  # woken (not by events): the due timers
+            if self._settle_due():
+                reports.append(self._settle(engine))
+            return reports
+        finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
+            self._c.watermark.applied(
+                (v.partition, v.now) for v in items if isinstance(v, Stamped) and v.partition
+            )
+            credit = self._c.credit
+            if credit is not None and derived:  # the fan-out's next page may go
+                credit.add(len(derived))
+
+    def _timer_pass_due(self, slicing: bool) -> bool:
+        """Whether a wake-up runs the timer pass: always, but while derived items are
+        being applied (a wake-up every activation) at most every :data:`SLICING_TIMERS_MS`."""
+        now = time.monotonic()
+        if slicing and (now - self._timers_at) * 1000 < SLICING_TIMERS_MS:
+            return False
+        self._timers_at = now
+        return True
 
     def on_eof(self) -> tuple[Iterable[ShardReport], bool]:
         """The input ended: at the end of a bounded run's input, decide the pending links
         (:mod:`flows.pipeline.bounded`); then wait for what was sent and confirm it."""
         if self._store is None:
             return [], StatefulBatchLogic.RETAIN
+        self._land()
         self._start()
         reports: list[ShardReport] = []
         complete = self._c.input_complete is not None and self._c.input_complete()
+        if self._queued:  # the input ended: nothing else waits for the worker
+            reports.extend(self._activate([], whole=True))
         if complete:
             reports.extend(self._decide_links(self._c.runtime.current()))
         self._confirm_sent()
@@ -256,6 +339,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         """After every shard decided its links at the end of a bounded run's input: merge
         the waiting users, round after round while a round answers someone (a merged
         user's held events may wait for another anonymous id, decided too by then)."""
+        self._land()
         self._start()
         engine = self._c.runtime.current()
         reports: list[ShardReport] = []
@@ -279,6 +363,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if self._store is None:
             return None
         now = self._c.clock()
+        if self._queued or self._pending is not None:  # the next slice, or the landing
+            return datetime.fromtimestamp(now / 1000, UTC)
         wake: list[int] = []
         if self._next_due is not None:
             wake.append(max(self._next_due, self._held_until))
@@ -291,9 +377,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             return None
         return datetime.fromtimestamp(max(min(wake), now) / 1000, UTC)
 
-    def snapshot(self) -> int:
-        """Only which shard this is: its shoppers, timers and offsets are all in Redis."""
-        return self._shard
+    def snapshot(self) -> Snapshot:
+        """Which shard this is (its shoppers, timers and offsets are all in Redis) and
+        the derived items it has not applied yet (a slice's commit lands first)."""
+        self._land()
+        return (self._shard, list(self._queued)) if self._queued else self._shard
 
     # -- events -----------------------------------------------------------------------
 
@@ -314,7 +402,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
             self._marks = {name: unpack_mark(text) for name, text in marks.items()}
             self._waiting = self._retrying("reading waiting users", self._shard_store.waiting)
 
-    def _apply(self, engine: Engine, events: list[Item]) -> ShardReport:
+    def _apply(self, engine: Engine, events: list[Item], defer: bool = False) -> ShardReport:
         assert self._offsets is not None
         self._batch_mark = None  # the watermark, read when an event first needs it
         write = ShardWrite()
@@ -364,7 +452,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
                 self._remember(identity, data)
                 if state.holding is not None and identity not in self._waiting:
                     write.waiting[identity] = state.holding.anon
-        return self._finish(write, actions, records)
+        return self._finish(write, actions, records, defer)
 
     def _fresh(self, events: list[Item], write: ShardWrite) -> list[Item]:
         """The events the stored states do not reflect yet; records their offsets."""
@@ -973,9 +1061,14 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
     # -- the write --------------------------------------------------------------------
 
     def _finish(
-        self, write: ShardWrite, actions: list[Action], records: dict[str, Record]
+        self,
+        write: ShardWrite,
+        actions: list[Action],
+        records: dict[str, Record],
+        defer: bool = False,
     ) -> ShardReport:
-        """Commit the batch, then produce its records; the report for the flow's output."""
+        """Commit the batch, then produce its records; the report for the flow's output.
+        ``defer``: the commit runs on the committer thread and lands later (module rules)."""
         books.forget(write, self._c.runtime.engine)
         topic = self._c.actions_topic
         if self._recovering and actions:
@@ -992,8 +1085,14 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         if write.empty():
             return ShardReport(self._shard)
         write.counts["batches"] += 1
-        self._commit(write)
-        self._c.emitter.send(self._shard, records)
+        committer = self._c.committer
+        if defer and committer is not None:
+            upcoming = {identity_of(item) for item in self._queued[:DERIVED_SLICE]}
+            missing = [i for i in upcoming if i not in self._cache]
+            self._pending = committer.submit(self._store_and_read, write, records, missing)
+        else:
+            self._commit(write)
+            self._c.emitter.send(self._shard, records)
         counts = {k: v for k, v in write.counts.items() if v}
         return ShardReport(self._shard, actions, counts)
 
@@ -1008,11 +1107,40 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, i
         confirmed, acked = self._c.emitter.collect(self._shard)
         write.confirmed, write.acked = confirmed, acked
 
+    def _store_and_read(
+        self, write: ShardWrite, records: dict[str, Record], missing: list[str]
+    ) -> _Landed:
+        """On the committer thread: the commit, then the states of the next slice's
+        shoppers the cache lacks (``missing``: read after the commit, and nothing else
+        writes them before the commit lands). Touches nothing of the logic's own."""
+        now = self._c.clock()
+        store = self._shard_store
+        due = self._retrying("storing states and their actions", lambda: store.commit(write, now))
+        found = self._retrying("reading shoppers' states", lambda: store.read(missing))
+        return _Landed(write, records, due, dict(zip(missing, found, strict=True)))
+
+    def _land(self) -> None:
+        """Wait for the deferred commit (if any), then do what follows a commit: produce
+        its records, and remember the states read after it."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        landed = pending.result()
+        self._committed(landed.write, landed.due)
+        self._c.emitter.send(self._shard, landed.records)
+        for identity, raw in landed.states.items():
+            if raw is not None and identity not in self._cache:
+                self._remember(identity, raw)
+
     def _commit(self, write: ShardWrite) -> None:
         now = self._c.clock()
-        self._next_due = self._retrying(
+        due = self._retrying(
             "storing states and their actions", lambda: self._shard_store.commit(write, now)
         )
+        self._committed(write, due)
+
+    def _committed(self, write: ShardWrite, due: int | None) -> None:
+        self._next_due = due
         if self._offsets is not None:
             self._offsets.update(write.offsets)
         if write.moved:  # the book answers these links from now on (its staleness rule)
