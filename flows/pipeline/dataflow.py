@@ -47,7 +47,7 @@ from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
 from flows.pipeline.derive import Credit, Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.identity import LinkRequest, Resolver, identity_of
-from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Wake
+from flows.pipeline.shard import ShardConfig, ShardLogic, ShardReport, Snapshot, Wake
 from flows.stores.catalog import CatalogStore
 from flows.stores.keys import shard_of
 
@@ -119,7 +119,7 @@ def build_flow(
     inputs = op.merge("inputs", cast(Stream[Stamped | LinkRequest | Wake], resolved), wakes)
     keyed = op.key_on("shard", inputs, key)
 
-    def builder(resume: int | None) -> ShardLogic:
+    def builder(resume: Snapshot | None) -> ShardLogic:
         return ShardLogic(config, resume)
 
     shard_reports = op.stateful_batch("shards", keyed, builder)

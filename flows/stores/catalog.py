@@ -80,6 +80,20 @@ def forget_interest(client: RedisClient, keys: Keys, anon: str, products: Iterab
     pipe.execute()
 
 
+def read_interest(
+    client: RedisClient, keys: Keys, identity: str, products: Iterable[str]
+) -> dict[str, Interest]:
+    """``identity``'s entries in the interest index for ``products`` (those it has), as
+    the fan-out reads them: one pipelined ``HGET`` per product on the identity's shard."""
+    shard = keys.of(identity)
+    wanted = sorted(products)
+    pipe = client.pipeline(transaction=False)
+    for pid in wanted:
+        pipe.hget(shard.interest(pid), identity)
+    found: list[bytes | None] = pipe.execute()
+    return {pid: unpack_interest(raw) for pid, raw in zip(wanted, found, strict=True) if raw}
+
+
 class CatalogStore:
     """Products and the interest index, read and written outside the shards' commits."""
 

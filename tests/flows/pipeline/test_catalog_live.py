@@ -15,6 +15,7 @@ import pytest
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
+from flows.jobs.inspect import state_view
 from flows.pipeline import derive
 from flows.retry import RedisClient
 from flows.stores.catalog import CatalogStore, unpack_interest
@@ -154,6 +155,10 @@ def test_the_interest_index_lives_in_the_shoppers_shards(pipeline: Pipeline) -> 
             assert shard_of(identity, SHARDS) == shard
             listed[identity] = unpack_interest(packed).via
     assert listed == {"u1": "view", "u2": "favorite", "u3": "view", "u4": "cart", "u7": "view"}
+    for user, via in listed.items():  # `tetik state USER` shows the same entries
+        shown = state_view(pipeline.client, pipeline.keys, user)
+        assert shown is not None
+        assert shown["interest"]["p1"]["via"] == via
     product = store.product("p1")
     assert product is not None
     assert (product.name, product.price, product.stock) == (

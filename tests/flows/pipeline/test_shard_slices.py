@@ -110,15 +110,17 @@ def test_derived_items_are_sliced_and_survive_a_snapshot(
     assert done["applied"] == 1 + SLICE  # the shopper's own event, then one slice
     assert done["catalog.price_drop"] == SLICE
     assert credit.applied == SLICE
-    assert [a.channel for r in reports for a in r.actions][0] == "onsite"  # own event first
+    assert next(a.channel for r in reports for a in r.actions) == "onsite"  # own event first
     wake = first.notify_at()
-    assert wake is not None and wake.timestamp() * 1000 <= config.clock() + 1
+    assert wake is not None
+    assert wake.timestamp() * 1000 <= config.clock() + 1
 
     reports = list(first.on_notify()[0])
     assert counts(reports)["catalog.price_drop"] == SLICE
     snapshot = first.snapshot()
     assert isinstance(snapshot, tuple)
-    assert snapshot[0] == shard and len(snapshot[1]) == len(derived) - 2 * SLICE
+    assert snapshot[0] == shard
+    assert len(snapshot[1]) == len(derived) - 2 * SLICE
 
     # A crash after the snapshot: the next incarnation resumes from it (as Bytewax
     # does, pickled) and applies the rest, a slice per wake-up.
