@@ -17,10 +17,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event
+from engine.interest import products_of
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
 from engine.state import UserState, dumps, loads, to_view
+from engine.windows import DEFAULT_CONFIG
 from flows.clock import wall_ms as now_ms
 from flows.jobs.ingest import NO_JOURNEYS, ingest_flow
 from flows.jobs.run import RunOptions
@@ -209,7 +211,10 @@ def test_tetik_state_prints_the_users_state(setup: Setup) -> None:
     assert done.returncode == 0, done.stderr
     state = setup.store.load(identity)
     assert state is not None
-    assert orjson.loads(done.stdout) == orjson.loads(orjson.dumps(to_view(state)))
+    shown = orjson.loads(done.stdout)
+    interest = shown.pop("interest")  # its catalog entries (test_catalog_live checks them)
+    assert shown == orjson.loads(orjson.dumps(to_view(state)))
+    assert set(interest) <= products_of(state, state.last_seen, DEFAULT_CONFIG)
     missing = tetik(setup.settings, "state", "nobody-here")
     assert missing.returncode == 1
     assert "no state" in missing.stderr
