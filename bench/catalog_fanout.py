@@ -78,20 +78,21 @@ from bench.journey import RULES as CART_RULES
 from bench.load import PRODUCER_CONFIG, LoadProcess, StepDone
 from bench.progress import Bar
 from bench.report import broker_label, table
+from bench.segments_live import populate as populate_shoppers
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
 from engine.events import PRODUCT_UPDATE, Event
 from engine.interest import interest_of
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
-from engine.state import UserState, dumps, loads
+from engine.state import UserState
 from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.retry import RedisClient, connect
 from flows.servers.embedded import Endpoints, servers
 from flows.settings import from_env
 from flows.stores.catalog import CatalogStore, pack_interest
-from flows.stores.keys import Keys, shard_of
+from flows.stores.keys import Keys, ShardKeys
 from flows.stores.states import read_stats
 
 SHOPPERS = 100_000
@@ -163,22 +164,11 @@ def populate(client: RedisClient, keys: Keys, shoppers: int, engine: Engine, now
         assert interest is not None, "each template is interested in the product"
         assert interest.price == PRICE, "each template saw the product at PRICE"
         packed.append(pack_interest(interest))
-    run = f"f{uuid.uuid4().hex[:5]}"
-    bar = Bar("catalog-fanout: writing shoppers")
-    chunk = 5_000
-    for start in range(0, shoppers, chunk):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(shoppers, start + chunk)):
-            identity = f"{run}-{n:07d}"
-            state = loads(dumps(made[n % len(made)]))
-            state.key = identity
-            shard = keys.shard(shard_of(identity, keys.shards))
-            pipe.set(shard.state(identity), dumps(state))
-            pipe.zadd(shard.shoppers, {identity: 0})
-            pipe.hset(shard.interest(PRODUCT), identity, packed[n % len(made)])
-        pipe.execute()
-        bar.update(min(shoppers, start + chunk) / shoppers, f"{min(shoppers, start + chunk):,}")
-    bar.close(f"{shoppers:,} shoppers interested in {PRODUCT}")
+
+    def interested(pipe: Any, shard: ShardKeys, identity: str, n: int) -> None:
+        pipe.hset(shard.interest(PRODUCT), identity, packed[n % len(made)])
+
+    run = populate_shoppers(client, keys, shoppers, made, "catalog-fanout", interested)
     opening = Event(
         event_id="bench-catalog-open",
         type=PRODUCT_UPDATE,

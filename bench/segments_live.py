@@ -49,7 +49,7 @@ from flows.report import say
 from flows.retry import RedisClient, connect
 from flows.servers.embedded import servers
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter
-from flows.stores.keys import Keys, shard_of
+from flows.stores.keys import Keys, ShardKeys, shard_of
 from flows.stores.states import read_stats
 
 SHOPPERS = 1_000_000
@@ -99,10 +99,18 @@ def templates(engine: Engine, now: int, count: int = TEMPLATES) -> list[UserStat
     return made
 
 
-def populate(client: RedisClient, keys: Keys, shoppers: int, made: list[UserState]) -> str:
-    """Write ``shoppers`` copies of the templates into their shards; their name prefix."""
-    run = f"s{uuid.uuid4().hex[:6]}"
-    bar = Bar("segments: writing shoppers")
+def populate(
+    client: RedisClient,
+    keys: Keys,
+    shoppers: int,
+    made: list[UserState],
+    what: str = "segments",
+    extra: Callable[[Any, ShardKeys, str, int], None] | None = None,
+) -> str:
+    """Write ``shoppers`` copies of the templates into their shards (and whatever
+    ``extra(pipeline, shard_keys, identity, n)`` adds for each); their name prefix."""
+    run = f"{what[0]}{uuid.uuid4().hex[:6]}"
+    bar = Bar(f"{what}: writing shoppers")
     chunk = 5_000
     for start in range(0, shoppers, chunk):
         pipe = client.pipeline(transaction=False)
@@ -113,8 +121,10 @@ def populate(client: RedisClient, keys: Keys, shoppers: int, made: list[UserStat
             shard = keys.shard(shard_of(identity, keys.shards))
             pipe.set(shard.state(identity), dumps(state))
             pipe.zadd(shard.shoppers, {identity: 0})
+            if extra is not None:
+                extra(pipe, shard, identity, n)
         pipe.execute()
-        bar.update(min(shoppers, start + chunk) / shoppers, f"{start + chunk:,}")
+        bar.update(min(shoppers, start + chunk) / shoppers, f"{min(shoppers, start + chunk):,}")
     bar.close(f"{shoppers:,} shoppers written")
     return run
 

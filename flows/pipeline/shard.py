@@ -133,7 +133,7 @@ _COMMITTER: list[ThreadPoolExecutor] = []
 _COMMITTER_LOCK = threading.Lock()
 
 
-def _committer() -> ThreadPoolExecutor:
+def shared_committer() -> ThreadPoolExecutor:
     """The process's one committer thread: commits run behind in the order submitted."""
     with _COMMITTER_LOCK:
         if not _COMMITTER:
@@ -194,7 +194,7 @@ class ShardConfig:
     catalog: RedisCatalog | None = None  # product(), bought_together(): built from client
     credit: Any = None  # flows.pipeline.derive.Credit: derived items applied (the fan-out's pace)
     # Runs a slice's commit behind the worker (module rules); None: every commit in line.
-    committer: Executor | None = field(default_factory=lambda: _committer())
+    committer: Executor | None = field(default_factory=lambda: shared_committer())
 
     def __post_init__(self) -> None:
         if self.catalog is None:

@@ -55,6 +55,24 @@ def doc(n: int, kind: str, ts: int, user: str | None = None, anon: str | None = 
     return body
 
 
+def price_drop_log(shoppers: int, start: int, drop_to: float, name: str | None = None
+                   ) -> list[dict[str, Any]]:  # fmt: skip
+    """Product p1 at 100.0 (update c1 at ``start``), ``shoppers`` users who view it a
+    minute later (shopper0...), then update c2 lowering it to ``drop_to``."""
+    first: dict[str, Any] = {"event_id": "c1", "type": "product_update", "ts": start,
+                             "product_id": "p1", "price": 100.0}  # fmt: skip
+    if name is not None:
+        first["name"] = name
+    views = [
+        {"event_id": f"v{n}", "type": "view_product", "ts": start + 60_000 + n,
+         "user_id": f"shopper{n}", "product_id": "p1", "price": 100.0}
+        for n in range(shoppers)
+    ]  # fmt: skip
+    drop = {"event_id": "c2", "type": "product_update", "ts": start + 10 * 60_000,
+            "product_id": "p1", "price": drop_to}  # fmt: skip
+    return [first, *views, drop]
+
+
 class _Holding(StatelessSourcePartition[Any]):
     def __init__(
         self, items: list[Any], until: Callable[[], bool], limit_s: float, idle: Callable[[], None]

@@ -25,12 +25,12 @@ from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Stamped, decode_stamped
 from flows.pipeline.derive import Credit, FanoutConfig, FanoutLogic
 from flows.pipeline.identity import Resolver, identity_of
-from flows.pipeline.shard import ShardLogic, ShardReport
+from flows.pipeline.shard import ShardLogic, ShardReport, shared_committer
 from flows.retry import RedisClient
 from flows.stores.catalog import CatalogStore
 from flows.stores.keys import shard_of
 from flows.stores.states import read_stats
-from tests.flows.pipeline.support import NOW, Pipeline, message
+from tests.flows.pipeline.support import NOW, Pipeline, message, price_drop_log
 
 pytestmark = pytest.mark.integration
 
@@ -60,22 +60,16 @@ def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pi
 
 
 def log() -> list[dict[str, Any]]:
-    first = {"event_id": "c1", "type": "product_update", "ts": START, "product_id": "p1",
-             "price": 100.0, "name": "Shoe"}  # fmt: skip
-    views = [
-        {"event_id": f"v{n}", "type": "view_product", "ts": START + 60_000 + n,
-         "user_id": f"shopper{n}", "product_id": "p1", "price": 100.0}
-        for n in range(SHOPPERS)
-    ]  # fmt: skip
-    drop = {"event_id": "c2", "type": "product_update", "ts": START + 10 * 60_000,
-            "product_id": "p1", "price": 75.0}  # fmt: skip
-    return [first, *views, drop]
+    return price_drop_log(SHOPPERS, START, 75.0, name="Shoe")
 
 
 class Incarnation:
     """One life of the engine: a fresh fan-out stage, resolver and shards over one Redis."""
 
     def __init__(self, pipeline: Pipeline, seen: list[Action]) -> None:
+        # The previous incarnation is dead: Redis has run every commit it had sent
+        # (a slice's commit runs behind its shard, flows.pipeline.shard).
+        shared_committer().submit(lambda: None).result()
         self.pipeline = pipeline
         self.config = pipeline.config(credit=Credit())  # the shards tell the fan-out
         self.resolver = Resolver(pipeline.client, pipeline.keys)
@@ -113,6 +107,8 @@ class Incarnation:
         for _ in range(100):
             page = self.next_page()
             if not page and self.fanout.notify_at() is None:
+                for logic in self.logics.values():  # an epoch closes: every commit lands
+                    logic.snapshot()
                 return
             self.to_shards(page)
         raise AssertionError("the fan-out did not end in 100 pages")

@@ -24,7 +24,7 @@ from flows.pipeline.shard import ShardLogic, ShardReport
 from flows.retry import RedisClient
 from flows.stores.catalog import CatalogStore
 from flows.stores.keys import shard_of
-from tests.flows.pipeline.support import NOW, Pipeline, message
+from tests.flows.pipeline.support import NOW, Pipeline, message, price_drop_log
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +55,7 @@ def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pi
 
 
 def docs() -> list[dict[str, Any]]:
-    first = {"event_id": "c1", "type": "product_update", "ts": START, "product_id": "p1",
-             "price": 100.0}  # fmt: skip
-    views = [
-        {"event_id": f"v{n}", "type": "view_product", "ts": START + 60_000 + n,
-         "user_id": f"shopper{n}", "product_id": "p1", "price": 100.0}
-        for n in range(SHOPPERS)
-    ]  # fmt: skip
-    drop = {"event_id": "c2", "type": "product_update", "ts": START + 10 * 60_000,
-            "product_id": "p1", "price": 80.0}  # fmt: skip
-    return [first, *views, drop]
+    return price_drop_log(SHOPPERS, START, 80.0)
 
 
 def counts(reports: Any) -> Counter[str]:
