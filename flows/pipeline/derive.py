@@ -67,11 +67,13 @@ FLOOR_PER_S = 2_000  # the pace a fan-out keeps when the shards say nothing (oth
 class Credit:
     """How many fanned-out items this process's shards have applied (one int, added to
     under the GIL), and how many of their records Kafka has not acknowledged yet
-    (``backlog``): the fan-out stays within a page of both (module rules)."""
+    (``backlog``): the fan-out stays within a page of both (module rules). And whether
+    the fan-out stage has inputs to page through (``fanning_out``)."""
 
     def __init__(self, backlog: Callable[[], int] | None = None) -> None:
         self.applied = 0
         self.backlog = backlog
+        self.fanning_out = False  # the fan-out stage has inputs to page through
 
     def add(self, count: int) -> None:
         self.applied += count
@@ -145,6 +147,22 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
         self._last_sent = 0  # items in the last page
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Stamped], bool]:
+        emitted = self._take(values)
+        self._tell()
+        return emitted, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Stamped], bool]:
+        emitted = self._step()
+        self._tell()
+        return emitted, StatefulBatchLogic.RETAIN
+
+    def _tell(self) -> None:
+        """Let the shards know whether a fan-out is under way (they space their timer
+        passes meanwhile, :mod:`flows.pipeline.shard`)."""
+        if self._c.credit is not None:
+            self._c.credit.fanning_out = bool(self._jobs)
+
+    def _take(self, values: list[Stamped]) -> list[Stamped]:
         by_deriver: dict[str, list[Stamped]] = {}
         for item in values:
             deriver = next(d for d in self._c.derivers if d.wants(item.event))
@@ -157,10 +175,7 @@ class FanoutLogic(StatefulBatchLogic[Stamped, Stamped, list[Job]]):
                     self._jobs.append(Job(name, _encode(event), item.now, data=data, ts=event.ts))
         # The inputs are taken: they no longer hold their partitions back.
         self._c.watermark.applied((v.partition, v.now) for v in values if v.partition)
-        return self._step(), StatefulBatchLogic.RETAIN
-
-    def on_notify(self) -> tuple[Iterable[Stamped], bool]:
-        return self._step(), StatefulBatchLogic.RETAIN
+        return self._step()
 
     def notify_at(self) -> datetime | None:
         if not self._jobs:

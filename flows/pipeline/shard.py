@@ -54,8 +54,9 @@ Rules of this interface:
   be woken at once while the queue is not empty. So one activation never
   holds the worker for a whole page, and the events behind it in the
   dataflow (each step of Bytewax's graph waits for the activation before it)
-  are not delayed by more than a slice; meanwhile the timer pass (due steps,
-  deferred events, confirmations) runs every :data:`SLICING_TIMERS_MS`
+  are not delayed by more than a slice; meanwhile (and while this process's
+  fan-out stage has inputs to page through) every shard's timer pass (due
+  steps, deferred events, confirmations) runs every :data:`SLICING_TIMERS_MS`
   rather than at every wake-up. A slice applied alone (no own events in the
   activation) commits behind the worker, on the process's one committer
   thread (commits stay in the order submitted), which then reads the next
@@ -295,7 +296,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             batch = [*items, *derived]
             defer = not items and not whole  # a slice alone: its commit may run behind
             reports = [self._apply(engine, batch, defer)] if batch else []
-            if not items and self._timer_pass_due(bool(derived)):
+            credit = self._c.credit
+            busy = bool(derived) or (credit is not None and credit.fanning_out)
+            if not items and self._timer_pass_due(busy):
                 reports.append(self._timers())  # woken (not by events): the due timers
             if self._settle_due():
                 reports.append(self._settle(engine))
@@ -310,7 +313,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
 
     def _timer_pass_due(self, slicing: bool) -> bool:
         """Whether a wake-up runs the timer pass: always, but while derived items are
-        being applied (a wake-up every activation) at most every :data:`SLICING_TIMERS_MS`."""
+        being applied or this process's fan-out stage has inputs to page through (a
+        wake-up every activation) at most every :data:`SLICING_TIMERS_MS`: each pass
+        that releases deferred events is a commit of its own, and during a fan-out
+        those commits took a fifth of the worker."""
         now = time.monotonic()
         if slicing and (now - self._timers_at) * 1000 < SLICING_TIMERS_MS:
             return False

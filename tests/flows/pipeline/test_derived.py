@@ -201,3 +201,26 @@ def test_a_sweep_that_died_half_way_goes_on_where_it_stopped(pipeline: Pipeline)
     ]
     assert sorted(a["user_id"] for a in emails) == [f"k{i:02}" for i in range(25)]
     assert read_stats(pipeline.client, pipeline.keys)["sweep.recheck"] == 25
+
+
+def test_the_credit_says_whether_a_fan_out_is_under_way() -> None:
+    """The shards space their timer passes while the fan-out stage has inputs to page
+    through (flows.pipeline.shard): the stage says so in the credit, and stops saying
+    so once its last page is out."""
+    from flows.pipeline.decode import Stamped
+    from flows.pipeline.derive import Credit, FanoutConfig, FanoutLogic
+    from flows.pipeline.watermark import Watermark
+
+    credit = Credit()
+    watermark = Watermark(clock=lambda: NOW)  # no partitions: it stands at NOW - lateness
+    fanout = FanoutLogic(FanoutConfig([Announce()], watermark, lambda: NOW, 2, credit), None)
+    targets = {"to": ["a", "b", "c", "d", "e"]}
+    update = Event(event_id="a0", type="announce", ts=NOW - 60_000, user_id="store", props=targets)
+    pages = [list(fanout.on_batch([Stamped(update, NOW - 60_000)])[0])]
+    assert credit.fanning_out
+    while credit.fanning_out:
+        credit.add(len(pages[-1]))  # the shards applied the last page
+        pages.append(list(fanout.on_notify()[0]))
+        assert len(pages) < 10, "the fan-out never ended"
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert fanout.notify_at() is None
