@@ -74,8 +74,8 @@ Rules of this interface:
 
 from __future__ import annotations
 
+import functools
 import sys
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -130,16 +130,11 @@ SLICING_TIMERS_MS = 20  # while derived items are applied, timer passes are this
 
 Item = Stamped | LinkRequest
 
-_COMMITTER: list[ThreadPoolExecutor] = []
-_COMMITTER_LOCK = threading.Lock()
 
-
+@functools.cache
 def shared_committer() -> ThreadPoolExecutor:
     """The process's one committer thread: commits run behind in the order submitted."""
-    with _COMMITTER_LOCK:
-        if not _COMMITTER:
-            _COMMITTER.append(ThreadPoolExecutor(1, thread_name_prefix="tetik-commit"))
-        return _COMMITTER[0]
+    return ThreadPoolExecutor(1, thread_name_prefix="tetik-commit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,13 +285,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         self._land()
         taken = len(self._queued) if whole else min(len(self._queued), DERIVED_SLICE)
         derived, self._queued = self._queued[:taken], self._queued[taken:]
+        credit = self._c.credit
         try:
             self._start()
             engine = self._c.runtime.current()
             batch = [*items, *derived]
             defer = not items and not whole  # a slice alone: its commit may run behind
             reports = [self._apply(engine, batch, defer)] if batch else []
-            credit = self._c.credit
             busy = bool(derived) or (credit is not None and credit.fanning_out)
             if not items and self._timer_pass_due(busy):
                 reports.append(self._timers())  # woken (not by events): the due timers
@@ -307,7 +302,6 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             self._c.watermark.applied(
                 (v.partition, v.now) for v in items if isinstance(v, Stamped) and v.partition
             )
-            credit = self._c.credit
             if credit is not None and derived:  # the fan-out's next page may go
                 credit.add(len(derived))
 
@@ -1119,9 +1113,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         """On the committer thread: the commit, then the states of the next slice's
         shoppers the cache lacks (``missing``: read after the commit, and nothing else
         writes them before the commit lands). Touches nothing of the logic's own."""
-        now = self._c.clock()
+        due = self._write(write)
         store = self._shard_store
-        due = self._retrying("storing states and their actions", lambda: store.commit(write, now))
         found = self._retrying("reading shoppers' states", lambda: store.read(missing))
         return _Landed(write, records, due, dict(zip(missing, found, strict=True)))
 
@@ -1139,11 +1132,16 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 self._remember(identity, raw)
 
     def _commit(self, write: ShardWrite) -> None:
+        self._committed(write, self._write(write))
+
+    def _write(self, write: ShardWrite) -> int | None:
+        """The commit itself (one script call, retried); the shard's next due time."""
         now = self._c.clock()
-        due = self._retrying(
-            "storing states and their actions", lambda: self._shard_store.commit(write, now)
+        store = self._shard_store
+        due: int | None = self._retrying(
+            "storing states and their actions", lambda: store.commit(write, now)
         )
-        self._committed(write, due)
+        return due
 
     def _committed(self, write: ShardWrite, due: int | None) -> None:
         self._next_due = due

@@ -18,6 +18,7 @@ from engine.rules.loader import load_rules
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
 from flows.pipeline.dataflow import build_flow
+from flows.pipeline.decode import Stamped, decode_stamped
 from flows.pipeline.rules_runtime import RulesRuntime
 from flows.pipeline.shard import ShardConfig, ShardReport
 from flows.pipeline.watermark import Watermark
@@ -42,6 +43,26 @@ def message(offset: int, doc: dict[str, Any], partition: int = 0) -> KafkaSource
 
 def event(n: int, user: str, kind: str, ts: int, **fields: Any) -> dict[str, Any]:
     return {"event_id": f"e{n}", "type": kind, "ts": ts, "user_id": user, **fields}
+
+
+# One journey that e-mails each signup: for the tests of the shard's write itself.
+SIGNUP_RULES = """\
+version: 1
+consent: {email: opt_out}
+journeys:
+  - id: welcome
+    trigger: signup
+    steps:
+      - send: email
+"""
+
+
+def signups(watermark: Watermark, first: int, count: int) -> list[Stamped]:
+    """Decoded signups of u<first>... at input offsets first..first+count-1."""
+    decode = decode_stamped(watermark)
+    docs = [event(i, f"u{i}", "signup", NOW - 1000 + i) for i in range(first, first + count)]
+    items = [decode(message(i, d)) for i, d in zip(range(first, first + count), docs, strict=True)]
+    return [i for i in items if isinstance(i, Stamped)]
 
 
 def doc(n: int, kind: str, ts: int, user: str | None = None, anon: str | None = None,

@@ -11,39 +11,20 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from flows.pipeline.decode import Stamped, decode_stamped
-from flows.pipeline.shard import ShardLogic, Wake
+from flows.pipeline.shard import ShardLogic
 from flows.retry import RedisClient
 from flows.stores.emissions import PRODUCER_CONFIG, Emitter, settle_outboxes, unpack
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore
 from tests.flows.live import read_topic
-from tests.flows.pipeline.support import NOW, Pipeline, event, message
+from tests.flows.pipeline.support import SIGNUP_RULES, Pipeline, signups
 
 pytestmark = pytest.mark.integration
-
-RULES = """\
-version: 1
-consent: {email: opt_out}
-journeys:
-  - id: welcome
-    trigger: signup
-    steps:
-      - send: email
-"""
 
 
 @pytest.fixture
 def pipeline(store_client: RedisClient, kafka_bootstrap: str, unique: str) -> Pipeline:
-    return Pipeline.create(store_client, kafka_bootstrap, unique, RULES, shards=1)
-
-
-def batch(pipeline: Pipeline, count: int) -> list[Stamped | Wake]:
-    config = pipeline.config()
-    decode = decode_stamped(config.watermark)
-    docs = [event(i, f"u{i}", "signup", NOW - 1000 + i) for i in range(count)]
-    items = [decode(message(i, d)) for i, d in enumerate(docs)]
-    return [i for i in items if isinstance(i, Stamped)]
+    return Pipeline.create(store_client, kafka_bootstrap, unique, SIGNUP_RULES, shards=1)
 
 
 def test_a_crash_after_the_redis_write_loses_no_action_and_sends_none_twice(
@@ -51,8 +32,8 @@ def test_a_crash_after_the_redis_write_loses_no_action_and_sends_none_twice(
 ) -> None:
     dead = Producer({"bootstrap.servers": "127.0.0.1:1", **PRODUCER_CONFIG, "log_level": 2})
     config = pipeline.config(emitter=Emitter(dead, pipeline.actions_topic))
-    items = batch(pipeline, 5)
-    assert {shard_of(i.event.key, 1) for i in items} == {0}  # type: ignore[union-attr]
+    items = signups(config.watermark, 0, 5)
+    assert {shard_of(i.event.key, 1) for i in items} == {0}
     ShardLogic(config, 0).on_batch(items)
     dead.purge()  # the process dies: nothing it produced reached Kafka
     store = ShardStore(pipeline.client, pipeline.keys.shard(0), 0)
