@@ -57,15 +57,23 @@ Rules of this interface:
   are not delayed by more than a slice; meanwhile (and while this process's
   fan-out stage has inputs to page through) every shard's timer pass (due
   steps, deferred events, confirmations) runs every :data:`SLICING_TIMERS_MS`
-  rather than at every wake-up. A slice applied alone (no own events in the
-  activation) commits behind the worker, on the process's one committer
-  thread (commits stay in the order submitted), which then reads the next
-  slice's states; the shard's next activation (or snapshot, or the end of
-  the input) waits for it to land before anything else, and only then are
-  the slice's records produced (the outbox rule holds). So Redis works
-  while the worker runs the rest of the graph. The queue is in the shard's Bytewax
-  snapshot (at most the fan-out's credit window, :mod:`flows.pipeline.derive`),
-  so a crash loses none of it; the fan-out's credit counts applied items.
+  rather than at every wake-up. The queue is in the shard's Bytewax snapshot
+  (at most the fan-out's credit window, :mod:`flows.pipeline.derive`), so a
+  crash loses none of it; the fan-out's credit counts applied items.
+* **Commits run behind the worker**: an activation's commits (its batch, its
+  timer pass) go to the process's one committer thread (commits stay in the
+  order submitted), which writes, then produces the records (the outbox rule
+  holds: a record is produced only once the commit that holds it is in
+  Redis), then reads the next slice's states; the events' input partitions
+  pass the watermark only then (a fan-out reads the interest entries they
+  wrote). Until a commit lands, this shard reads the states it wrote from
+  memory, never from Redis; its next activation (or snapshot, end of input,
+  or an in-line commit: a hand-off, the end of a bounded run) waits for it to
+  land first, and a shard with a commit running asks to be woken at once. So
+  the worker never waits for Redis to write, and Redis works while the worker
+  runs the rest of the graph. A kill -9 loses a commit not run yet as it
+  loses a batch not applied yet: its events (and queued items) come again
+  from the last snapshot, which every commit before it had landed in.
 * Acknowledgements from Kafka are confirmed (outbox entries removed) in the
   shard's next write, or by a write of their own once the oldest has waited
   ``confirm_ms`` (a timer pass that writes nothing else does not write them
@@ -146,11 +154,10 @@ class Wake:
 
 @dataclass(frozen=True)
 class _Landed:
-    """A deferred commit, done: what it wrote, its records, the shard's next due time,
+    """A commit run behind the worker, done: what it wrote, the shard's next due time,
     and the states read after it (identity -> bytes, None where there is none)."""
 
     write: ShardWrite
-    records: dict[str, Record]
     due: int | None
     states: dict[str, bytes | None]
 
@@ -233,7 +240,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         self._new_waiters = False
         self._queued: list[Stamped] = []  # derived items not applied yet (module rules)
         self._timers_at = 0.0  # when (monotonic s) the last timer pass ran
-        self._pending: Future[_Landed] | None = None  # a slice's commit, running behind
+        self._pending: list[Future[_Landed]] = []  # commits running behind, in order
+        # The states those commits write (identity -> bytes), newest last: what this
+        # shard reads for them until they land (Redis may not have them yet).
+        self._unlanded: dict[str, bytes] = {}
         if isinstance(resume, tuple):
             shard, queued = resume
             self._queued = list(queued)
@@ -290,20 +300,32 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             self._start()
             engine = self._c.runtime.current()
             batch = [*items, *derived]
-            defer = not items and not whole  # a slice alone: its commit may run behind
+            defer = not whole  # the commits may run behind (module rules)
             reports = [self._apply(engine, batch, defer)] if batch else []
             busy = bool(derived) or (credit is not None and credit.fanning_out)
             if not items and self._timer_pass_due(busy):
-                reports.append(self._timers())  # woken (not by events): the due timers
+                reports.append(self._timers(defer))  # woken (not by events): due timers
             if self._settle_due():
                 reports.append(self._settle(engine))
             return reports
-        finally:  # they no longer hold the watermark back (flows.pipeline.watermark rules)
-            self._c.watermark.applied(
-                (v.partition, v.now) for v in items if isinstance(v, Stamped) and v.partition
-            )
+        finally:
+            self._applied([(v.partition, v.now) for v in items if isinstance(v, Stamped)])
             if credit is not None and derived:  # the fan-out's next page may go
                 credit.add(len(derived))
+
+    def _applied(self, marks: list[tuple[str, int]]) -> None:
+        """The events ``marks`` (partition, clock) no longer hold the watermark back
+        (:mod:`flows.pipeline.watermark` rules) once their states are in Redis: at
+        once, or when the commit running behind has written them (a fan-out reads the
+        interest entries they wrote)."""
+        marks = [(partition, now) for partition, now in marks if partition]
+        if not marks:
+            return
+        watermark = self._c.watermark
+        if self._pending:
+            self._pending[-1].add_done_callback(lambda _: watermark.applied(marks))
+        else:
+            watermark.applied(marks)
 
     def _timer_pass_due(self, slicing: bool) -> bool:
         """Whether a wake-up runs the timer pass: always, but while derived items are
@@ -353,6 +375,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
 
     def _confirm_sent(self) -> None:
         """Wait until Kafka has every record sent, and confirm them (outbox entries removed)."""
+        self._land()
         self._c.emitter.flush()
         write = ShardWrite()
         self._collect(write)
@@ -363,7 +386,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         if self._store is None:
             return None
         now = self._c.clock()
-        if self._queued or self._pending is not None:  # the next slice, or the landing
+        if self._pending and all(f.done() for f in self._pending):
+            self._land()  # landed already: nothing waits
+        if self._queued or self._pending:  # the next slice, or the landing
             return datetime.fromtimestamp(now / 1000, UTC)
         wake: list[int] = []
         if self._next_due is not None:
@@ -709,7 +734,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
     ) -> UserState:
         """Redo a shopper's events from its stored state, one at a time (see the rules)."""
         store = self._shard_store
-        stored = self._retrying("reading a shopper's state", lambda: store.load(identity))
+        unlanded = self._unlanded.get(identity)  # written by a commit not landed yet
+        stored = (
+            loads(unlanded)
+            if unlanded is not None
+            else self._retrying("reading a shopper's state", lambda: store.load(identity))
+        )
         state = stored or UserState(key=identity)
         for item in items:
             before = dumps(state)
@@ -731,8 +761,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
 
     # -- timers -----------------------------------------------------------------------
 
-    def _timers(self) -> ShardReport:
-        """Fire the steps due by the watermark (and confirm acknowledgements)."""
+    def _timers(self, defer: bool = False) -> ShardReport:
+        """Fire the steps due by the watermark (and confirm acknowledgements); ``defer``:
+        the commit may run behind (module rules)."""
         write = ShardWrite()
         actions: list[Action] = []
         now = self._c.clock()
@@ -745,7 +776,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 self._fire(self._c.runtime.current(), until, now, write, actions)
         if not actions and write.empty() and not self._acks_due():
             return ShardReport(self._shard)  # nothing to write: acknowledgements can wait
-        return self._finish(write, actions, {})
+        return self._finish(write, actions, {}, defer)
 
     def _acks_due(self) -> bool:
         """Whether acknowledgements need a write of their own: the oldest came back
@@ -1068,7 +1099,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         defer: bool = False,
     ) -> ShardReport:
         """Commit the batch, then produce its records; the report for the flow's output.
-        ``defer``: the commit runs on the committer thread and lands later (module rules)."""
+        ``defer``: the commit and the records run on the committer thread, and the
+        commit lands later (module rules)."""
         books.forget(write, self._c.runtime.engine)
         topic = self._c.actions_topic
         if self._recovering and actions:
@@ -1086,10 +1118,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             return ShardReport(self._shard)
         write.counts["batches"] += 1
         committer = self._c.committer
-        if defer and committer is not None:
+        # A hand-off commits in line: the anonymous id's next event reads its link.
+        if defer and committer is not None and not self._recovering and not write.moved:
             upcoming = {identity_of(item) for item in self._queued[:DERIVED_SLICE]}
-            missing = [i for i in upcoming if i not in self._cache]
-            self._pending = committer.submit(self._store_and_read, write, records, missing)
+            missing = [i for i in upcoming if i not in self._cache and i not in self._unlanded]
+            self._unlanded.update((identity, data) for identity, data, _ in write.states)
+            self._pending.append(committer.submit(self._store_and_read, write, records, missing))
         else:
             self._commit(write)
             self._c.emitter.send(self._shard, records)
@@ -1110,28 +1144,31 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
     def _store_and_read(
         self, write: ShardWrite, records: dict[str, Record], missing: list[str]
     ) -> _Landed:
-        """On the committer thread: the commit, then the states of the next slice's
-        shoppers the cache lacks (``missing``: read after the commit, and nothing else
-        writes them before the commit lands). Touches nothing of the logic's own."""
+        """On the committer thread: the commit, its records produced, then the states of
+        the next slice's shoppers the cache lacks (``missing``). Touches nothing of the
+        logic's own (the emitter is thread-safe)."""
         due = self._write(write)
+        self._c.emitter.send(self._shard, records)
         store = self._shard_store
         found = self._retrying("reading shoppers' states", lambda: store.read(missing))
-        return _Landed(write, records, due, dict(zip(missing, found, strict=True)))
+        return _Landed(write, due, dict(zip(missing, found, strict=True)))
 
     def _land(self) -> None:
-        """Wait for the deferred commit (if any), then do what follows a commit: produce
-        its records, and remember the states read after it."""
-        pending, self._pending = self._pending, None
-        if pending is None:
+        """Wait for the commits running behind, in order, then do what follows each:
+        its bookkeeping, and the states read after it (unless a later commit wrote them)."""
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        landed = pending.result()
-        self._committed(landed.write, landed.due)
-        self._c.emitter.send(self._shard, landed.records)
-        for identity, raw in landed.states.items():
-            if raw is not None and identity not in self._cache:
-                self._remember(identity, raw)
+        unlanded, self._unlanded = self._unlanded, {}
+        for future in pending:
+            landed = future.result()
+            self._committed(landed.write, landed.due)
+            for identity, raw in landed.states.items():
+                if raw is not None and identity not in self._cache and identity not in unlanded:
+                    self._remember(identity, raw)
 
     def _commit(self, write: ShardWrite) -> None:
+        self._land()  # in the order of the commits before it
         self._committed(write, self._write(write))
 
     def _write(self, write: ShardWrite) -> int | None:
@@ -1161,7 +1198,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         found: dict[str, UserState | None] = {}
         missing: list[str] = []
         for identity in identities:
-            cached = self._cache.get(identity)
+            cached = self._unlanded.get(identity) or self._cache.get(identity)
             if cached is None:
                 missing.append(identity)
             else:

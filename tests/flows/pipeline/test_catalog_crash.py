@@ -25,12 +25,12 @@ from flows.pipeline.catalog_fanout import ProductDeriver
 from flows.pipeline.decode import Stamped, decode_stamped
 from flows.pipeline.derive import Credit, FanoutConfig, FanoutLogic
 from flows.pipeline.identity import Resolver, identity_of
-from flows.pipeline.shard import ShardLogic, ShardReport, shared_committer
+from flows.pipeline.shard import ShardLogic, ShardReport
 from flows.retry import RedisClient
 from flows.stores.catalog import CatalogStore
 from flows.stores.keys import shard_of
 from flows.stores.states import read_stats
-from tests.flows.pipeline.support import NOW, Pipeline, message, price_drop_log
+from tests.flows.pipeline.support import NOW, Pipeline, commits_ran, message, price_drop_log
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class Incarnation:
     def __init__(self, pipeline: Pipeline, seen: list[Action]) -> None:
         # The previous incarnation is dead: Redis has run every commit it had sent
         # (a slice's commit runs behind its shard, flows.pipeline.shard).
-        shared_committer().submit(lambda: None).result()
+        commits_ran()
         self.pipeline = pipeline
         self.config = pipeline.config(credit=Credit())  # the shards tell the fan-out
         self.resolver = Resolver(pipeline.client, pipeline.keys)
@@ -87,6 +87,8 @@ class Incarnation:
         stamped = [decode(message(i, d)) for i, d in enumerate(docs)]
         events = [s for s in stamped if isinstance(s, Stamped)]
         self.to_shards([s for s in events if s.event.type != "product_update"])
+        for logic in self.logics.values():  # an epoch closes: every commit lands
+            logic.snapshot()
         self.config.watermark.polled("0-events", 0, True)  # read to its end
         page, _ = self.fanout.on_batch([s for s in events if s.event.type == "product_update"])
         return list(page)
@@ -105,6 +107,7 @@ class Incarnation:
     def finish(self) -> None:
         """Pages until the fan-out is done, each applied by its shards."""
         for _ in range(100):
+            self.wake()
             page = self.next_page()
             if not page and self.fanout.notify_at() is None:
                 for logic in self.logics.values():  # an epoch closes: every commit lands
@@ -112,6 +115,13 @@ class Incarnation:
                 return
             self.to_shards(page)
         raise AssertionError("the fan-out did not end in 100 pages")
+
+    def wake(self) -> None:
+        """Bytewax wakes the shards that ask for it: commits running behind land (and
+        the events they wrote let the watermark pass)."""
+        for logic in self.logics.values():
+            if logic.notify_at() is not None:
+                self._collect(logic.on_notify()[0])
 
     def _collect(self, reports: Iterable[ShardReport]) -> None:
         for report in reports:

@@ -24,12 +24,15 @@ def test_acknowledgements_wait_for_the_next_write_or_confirm_ms(pipeline: Pipeli
     logic = ShardLogic(config, 0)
     store = ShardStore(pipeline.client, pipeline.keys.shard(0), 0)
     logic.on_batch(list(signups(config.watermark, 0, 3)))
+    logic.snapshot()  # the commit (running behind the worker) lands: its records are sent
     config.emitter.flush()  # Kafka acknowledged the three welcomes
     logic.on_notify()  # nothing due, the acknowledgements are younger than confirm_ms
     assert len(store.outbox()) == 3
     logic.on_batch(list(signups(config.watermark, 3, 1)))  # the next write takes them
+    logic.snapshot()
     assert len(store.outbox()) == 1  # only the new welcome, not acknowledged yet
     config.emitter.flush()
     config.confirm_ms = 0  # the oldest has waited long enough: a write of their own
     logic.on_notify()
+    logic.snapshot()
     assert store.outbox() == {}

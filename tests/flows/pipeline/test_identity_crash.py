@@ -29,7 +29,7 @@ from flows.pipeline.shard import ShardLogic, ShardReport
 from flows.retry import RedisClient
 from flows.stores.keys import shard_of
 from flows.stores.states import ShardStore, read_stats
-from tests.flows.pipeline.support import NOW, Pipeline, message, quiet
+from tests.flows.pipeline.support import NOW, Pipeline, commits_ran, message, quiet
 from tests.flows.pipeline.test_identity import RULES, SHARDS, START, apart, doc
 
 pytestmark = pytest.mark.integration
@@ -65,10 +65,12 @@ class Incarnation:
         for s in order:
             if s in by_shard:
                 self._collect(self.logics[s].on_batch(list(by_shard[s]))[0])
+        commits_ran()  # then killed, or not: the commits behind the worker ran
 
     def notify(self, shards: Iterable[int]) -> None:
         for s in shards:
             self._collect(self.logics[s].on_notify()[0])
+        commits_ran()
 
     def drain(self) -> None:
         """The input is read to its end: timers up to now fire; until nothing waits."""

@@ -81,6 +81,7 @@ def test_derived_items_are_sliced_and_survive_a_snapshot(
     for s in range(SHARDS):  # the views: every shopper interested at 100.0
         mine = [v for v in views if shard_of(identity_of(v), SHARDS) == s]
         assert counts(logics[s].on_batch(mine)[0])["applied"] == len(mine)
+        logics[s].snapshot()  # an epoch closes: the commit running behind lands
     config.watermark.polled("0-events", 0, True)
     deriver = ProductDeriver(CatalogStore(pipeline.client, pipeline.keys), SHARDS)
     fanout = FanoutLogic(FanoutConfig([deriver], config.watermark, config.clock, 100), None)
