@@ -111,7 +111,7 @@ def touched(event: Event, cart_before: Iterable[str]) -> set[str]:
     return set()
 
 
-def products_of(state: UserState, now: int, windows: WindowConfig) -> set[str]:
+def products_of(state: UserState, now: int) -> set[str]:
     """Every product ``state`` may be interested in at ``now`` (a superset: its cart,
     its favorites and the products it viewed in the last 30 days)."""
     found = set(state.cart) | set(state.favorites)

@@ -17,7 +17,6 @@ from typing import Any
 from engine.errors import ConfigError
 from engine.interest import products_of
 from engine.state import UserState, to_view
-from engine.windows import DEFAULT_CONFIG
 from flows.pipeline.identity import read_links
 from flows.retry import RedisClient, connect
 from flows.settings import from_env
@@ -54,7 +53,7 @@ def state_view(client: RedisClient, keys: Keys, identity: str) -> dict[str, Any]
 def _view(client: RedisClient, keys: Keys, state: UserState) -> dict[str, Any]:
     """The state's view with its interest entries (every product it may be interested
     in: its cart, its favorites and what it viewed in the last 30 days)."""
-    products = products_of(state, state.last_seen, DEFAULT_CONFIG)
+    products = products_of(state, state.last_seen)
     entries = read_interest(client, keys, state.key, products)
     interest = {
         pid: {"via": entry.via, "price": entry.price, "until": entry.expires}

@@ -691,14 +691,21 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         ]
         if not anons:
             return {}
-        store = self._shard_store
+        found = self._look_up_links(anons)
+        return {anon: user for anon, user in found.items() if user is not None}
+
+    def _look_up_links(self, anons: Iterable[str]) -> dict[str, str | None]:
+        """Anonymous id -> its user (None: not linked): the process's link book, and
+        Redis for what the book does not answer (:mod:`flows.pipeline.link_book`)."""
+        client, keys = self._c.client, self._c.keys
 
         def read(ids: list[str]) -> dict[str, str | None]:
-            users = self._retrying("reading links", lambda: store.links(ids))
-            return dict(zip(ids, users, strict=True))
+            found: dict[str, str | None] = self._retrying(
+                "reading links", lambda: read_links(client, keys, ids)
+            )
+            return found
 
-        found = look_up(self._c.links, anons, read)
-        return {anon: user for anon, user in found.items() if user is not None}
+        return look_up(self._c.links, anons, read)
 
     def _linked_away(
         self, user: str, items: list[Item], records: dict[str, Record], counts: Counter[str]
@@ -993,14 +1000,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         waiting = dict(self._waiting)
         self._settled_version, self._settled_at = self._c.links.version, self._c.clock()
         self._new_waiters = False
-
-        def read(ids: list[str]) -> dict[str, str | None]:
-            found: dict[str, str | None] = self._retrying(
-                "reading links", lambda: read_links(client, keys, ids)
-            )
-            return found
-
-        links = look_up(self._c.links, waiting.values(), read)
+        links = self._look_up_links(waiting.values())
         answered = {user: anon for user, anon in waiting.items() if links.get(anon) is not None}
         if not answered:
             return ShardReport(self._shard)
@@ -1055,7 +1055,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         if handoff is not None:
             first = items[0]  # the event that asked for the merge
             anon_state = loads(handoff.state)
-            merged = products_of(anon_state, anon_state.last_seen, engine.windows)
+            merged = products_of(anon_state, anon_state.last_seen)
             self._touched.setdefault(state.key, set()).update(merged)  # its interest moves
             self._moved_interest[hold.anon] = merged
             joined = link(engine, state, anon_state, hold.anon, first.now)

@@ -186,13 +186,6 @@ class ShardStore:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.acked)  # type: ignore[assignment]
         return {int(k): int(v) for k, v in raw.items()}
 
-    def links(self, anons: Sequence[str]) -> list[str | None]:
-        """The users ``anons`` (ids of this shard) are linked to (None: not linked)."""
-        if not anons:
-            return []
-        found: list[bytes | None] = self.client.hmget(self.keys.links, list(anons))  # type: ignore[assignment]
-        return [None if user is None else user.decode() for user in found]
-
     def waiting(self) -> dict[str, str]:
         """User -> the anonymous id whose hand-off its held events wait for."""
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.waiting)  # type: ignore[assignment]

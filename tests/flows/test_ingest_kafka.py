@@ -22,7 +22,6 @@ from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
 from engine.state import UserState, dumps, loads, to_view
-from engine.windows import DEFAULT_CONFIG
 from flows.clock import wall_ms as now_ms
 from flows.jobs.ingest import NO_JOURNEYS, ingest_flow
 from flows.jobs.run import RunOptions
@@ -214,7 +213,7 @@ def test_tetik_state_prints_the_users_state(setup: Setup) -> None:
     shown = orjson.loads(done.stdout)
     interest = shown.pop("interest")  # its catalog entries (test_catalog_live checks them)
     assert shown == orjson.loads(orjson.dumps(to_view(state)))
-    assert set(interest) <= products_of(state, state.last_seen, DEFAULT_CONFIG)
+    assert set(interest) <= products_of(state, state.last_seen)
     missing = tetik(setup.settings, "state", "nobody-here")
     assert missing.returncode == 1
     assert "no state" in missing.stderr
