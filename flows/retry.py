@@ -156,7 +156,18 @@ def retrying(
     on_back: Callable[[], None] | None = None,
     report: Callable[[str], None] = _report,
 ) -> T:
-    """Run ``call``; retry it through Redis faults (see the module rules)."""
+    """Run ``call``; retry it through Redis faults (see the module rules). The first
+    attempt runs bare (building the retrier costs more than most calls)."""
+    try:
+        return call()
+    except REDIS_FAULTS as exc:
+        first: BaseException = exc
+    failed = [first]  # the retrier's first attempt is the one that just failed
+
+    def again() -> T:
+        if failed:
+            raise failed.pop()
+        return call()
 
     def waiting(retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -176,7 +187,7 @@ def retrying(
         reraise=True,
     )
     try:
-        result = retrier(call)
+        result = retrier(again)
     except REDIS_FAULTS as exc:
         raise RedisUnavailable(
             f"Redis did not answer within {deadline_s:g} s while {what} "

@@ -86,7 +86,7 @@ import functools
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,7 +127,7 @@ from flows.retry import retrying
 from flows.stores.catalog import RedisCatalog, forget_interest, pack_interest
 from flows.stores.emissions import Emitter, Record, action_record, pack
 from flows.stores.keys import Keys, shard_of
-from flows.stores.states import ShardStore, ShardWrite
+from flows.stores.states import ShardStore, ShardWrite, TimerHead
 
 TIMER_BACKOFF_MS = (1_000, 600_000)  # a failing timer waits 1 s, doubling up to 10 min
 EVERYTHING = 2**62  # _release up to here: every deferred event (a link is due, or the end)
@@ -154,11 +154,11 @@ class Wake:
 
 @dataclass(frozen=True)
 class _Landed:
-    """A commit run behind the worker, done: what it wrote, the shard's next due time,
-    and the states read after it (identity -> bytes, None where there is none)."""
+    """A commit run behind the worker, done: what it wrote, the head of the timer index
+    it left, and the states read after it (identity -> bytes, None where there is none)."""
 
     write: ShardWrite
-    due: int | None
+    head: TimerHead
     states: dict[str, bytes | None]
 
 
@@ -222,6 +222,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._offsets: dict[str, int] | None = None  # read from Redis at the first activation
         self._next_due: int | None = None
+        self._head: TimerHead | None = None  # the timer index as the last commit left it
         self._batch_mark: int | None = None  # the watermark as this batch read it (_defers)
         self._backoff: dict[str, int] = {}
         self._held_until = 0  # a due timer was held back by the watermark until then
@@ -244,6 +245,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         # The states those commits write (identity -> bytes), newest last: what this
         # shard reads for them until they land (Redis may not have them yet).
         self._unlanded: dict[str, bytes] = {}
+        # States read ahead for the next derived slice, each used once (not cached: a
+        # fan-out's shoppers do not take the places of shoppers whose events go on).
+        self._ahead: dict[str, bytes] = {}
         if isinstance(resume, tuple):
             shard, queued = resume
             self._queued = list(queued)
@@ -435,7 +439,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         by_user: dict[str, list[Item]] = {}
         for item in fresh:
             by_user.setdefault(identity_of(item), []).append(item)
-        states = self._states(list(by_user))
+        fanned = {i for i, items in by_user.items() if all(_fanned(item) for item in items)}
+        states = self._states(list(by_user), uncached=fanned)
         if engine.reads_products:  # product(): the batch's products in one round trip
             catalog = self._c.catalog
             assert catalog is not None
@@ -474,7 +479,10 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 write.state(identity, data, self._due(engine, state), before)
                 books.note(write, engine, identity, was, state)
                 self._note_catalog(write, engine, state)
-                self._remember(identity, data)
+                if identity in fanned:  # not cached (read from _unlanded until it lands)
+                    self._cache.pop(identity, None)
+                else:
+                    self._remember(identity, data)
                 if state.holding is not None and identity not in self._waiting:
                     write.waiting[identity] = state.holding.anon
         return self._finish(write, actions, records, defer)
@@ -794,9 +802,14 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
     def _fire(
         self, engine: Engine, until: int, now: int, write: ShardWrite, actions: list[Action]
     ) -> None:
-        identities = self._retrying(
-            "reading due timers", lambda: self._shard_store.due(until, self._c.timer_batch)
-        )
+        head, self._head = self._head, None  # it goes stale with this pass's commit
+        known = None if head is None else head.due(until)
+        if known is None:  # unknown since the start, or more due than it holds
+            identities = self._retrying(
+                "reading due timers", lambda: self._shard_store.due(until, self._c.timer_batch)
+            )
+        else:
+            identities = known[: self._c.timer_batch]
         states = self._states(identities)
         for identity in identities:
             state = states[identity]
@@ -1122,6 +1135,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         if defer and committer is not None and not self._recovering and not write.moved:
             upcoming = {identity_of(item) for item in self._queued[:DERIVED_SLICE]}
             missing = [i for i in upcoming if i not in self._cache and i not in self._unlanded]
+            missing = [i for i in missing if i not in self._ahead]
             self._unlanded.update((identity, data) for identity, data, _ in write.states)
             self._pending.append(committer.submit(self._store_and_read, write, records, missing))
         else:
@@ -1147,11 +1161,11 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         """On the committer thread: the commit, its records produced, then the states of
         the next slice's shoppers the cache lacks (``missing``). Touches nothing of the
         logic's own (the emitter is thread-safe)."""
-        due = self._write(write)
+        head = self._write(write)
         self._c.emitter.send(self._shard, records)
         store = self._shard_store
         found = self._retrying("reading shoppers' states", lambda: store.read(missing))
-        return _Landed(write, due, dict(zip(missing, found, strict=True)))
+        return _Landed(write, head, dict(zip(missing, found, strict=True)))
 
     def _land(self) -> None:
         """Wait for the commits running behind, in order, then do what follows each:
@@ -1162,26 +1176,28 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         unlanded, self._unlanded = self._unlanded, {}
         for future in pending:
             landed = future.result()
-            self._committed(landed.write, landed.due)
+            self._committed(landed.write, landed.head)
             for identity, raw in landed.states.items():
                 if raw is not None and identity not in self._cache and identity not in unlanded:
-                    self._remember(identity, raw)
+                    self._ahead[identity] = raw
+        while len(self._ahead) > 2 * DERIVED_SLICE:  # never used (cannot happen): bounded
+            del self._ahead[next(iter(self._ahead))]
 
     def _commit(self, write: ShardWrite) -> None:
         self._land()  # in the order of the commits before it
         self._committed(write, self._write(write))
 
-    def _write(self, write: ShardWrite) -> int | None:
-        """The commit itself (one script call, retried); the shard's next due time."""
+    def _write(self, write: ShardWrite) -> TimerHead:
+        """The commit itself (one script call, retried); the head of the timer index."""
         now = self._c.clock()
         store = self._shard_store
-        due: int | None = self._retrying(
+        head: TimerHead = self._retrying(
             "storing states and their actions", lambda: store.commit(write, now)
         )
-        return due
+        return head
 
-    def _committed(self, write: ShardWrite, due: int | None) -> None:
-        self._next_due = due
+    def _committed(self, write: ShardWrite, head: TimerHead) -> None:
+        self._head, self._next_due = head, head.first
         if self._offsets is not None:
             self._offsets.update(write.offsets)
         if write.moved:  # the book answers these links from now on (its staleness rule)
@@ -1193,12 +1209,16 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
 
     # -- states -----------------------------------------------------------------------
 
-    def _states(self, identities: Sequence[str]) -> dict[str, UserState | None]:
-        """The states of ``identities``: cached ones, the rest in one ``MGET``."""
+    def _states(
+        self, identities: Sequence[str], uncached: Container[str] = ()
+    ) -> dict[str, UserState | None]:
+        """The states of ``identities``: those in memory (written and not landed, cached,
+        read ahead), the rest in one ``MGET`` (cached, but for those in ``uncached``)."""
         found: dict[str, UserState | None] = {}
         missing: list[str] = []
         for identity in identities:
-            cached = self._unlanded.get(identity) or self._cache.get(identity)
+            ahead = self._ahead.pop(identity, None)  # used once, wherever the state comes from
+            cached = self._unlanded.get(identity) or self._cache.get(identity) or ahead
             if cached is None:
                 missing.append(identity)
             else:
@@ -1208,7 +1228,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             data = self._retrying("reading shoppers' states", lambda: store.read(missing))
             for identity, raw in zip(missing, data, strict=True):
                 found[identity] = None if raw is None else loads(raw)
-                if raw is not None:
+                if raw is not None and identity not in uncached:
                     self._remember(identity, raw)
         return found
 

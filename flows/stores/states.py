@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from engine.bought_together import MAX_PARTNERS
 from engine.errors import ConfigError
 from engine.history import RETENTION_MS
@@ -41,6 +43,7 @@ from flows.retry import RedisClient
 from flows.stores.keys import Keys, ShardKeys
 
 DAY_MS = 86_400_000
+_packer = msgspec.msgpack.Encoder()  # the commit's one argument (see _COMMIT)
 HANDOFF_TTL_MS = 7 * DAY_MS  # a hand-off its user's shard never took expires after this
 
 
@@ -106,6 +109,42 @@ class ShardWrite:
             or self.interest
             or self.together
         )
+
+
+HEAD = 64  # timer entries a commit returns at most (TimerHead)
+HORIZON_MS = 60_000  # ... due within this long of the commit's clock
+
+
+@dataclass(frozen=True)
+class TimerHead:
+    """The earliest entries of a shard's timer index as a commit left it: those due
+    within :data:`HORIZON_MS` (at most :data:`HEAD`), and the score of the entry after
+    them. The shard is the index's only writer, so until its next commit this says
+    which shoppers are due without reading Redis."""
+
+    entries: tuple[tuple[str, int], ...] = ()
+    after: int | None = None  # the next entry's score (None: there is none)
+
+    @classmethod
+    def parse(cls, found: list[bytes]) -> TimerHead:
+        """From the commit script's reply: id, score, ..., then the next score or ''."""
+        rest = found[-1]
+        entries = tuple(
+            (found[i].decode(), int(float(found[i + 1]))) for i in range(0, len(found) - 1, 2)
+        )
+        return cls(entries, int(float(rest)) if rest else None)
+
+    @property
+    def first(self) -> int | None:
+        """The earliest due time in the index (None: nothing is pending)."""
+        return self.entries[0][1] if self.entries else self.after
+
+    def due(self, until: int) -> list[str] | None:
+        """The identities due at or before ``until``, earliest first; None when more may
+        be due than the head holds (read the index)."""
+        if self.after is not None and self.after <= until:
+            return None
+        return [identity for identity, score in self.entries if score <= until]
 
 
 class ShardStore:
@@ -191,11 +230,12 @@ class ShardStore:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.waiting)  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def commit(self, write: ShardWrite, now: int) -> int | None:
-        """Write ``write`` atomically (one script call); return the shard's next due time."""
+    def commit(self, write: ShardWrite, now: int) -> TimerHead:
+        """Write ``write`` atomically (one script call); return the head of the shard's
+        timer index as it left it."""
         keys = self.keys
         state_keys: list[str] = []
-        args: list[Any] = [len(write.states)]
+        args: list[Any] = [HEAD, now + HORIZON_MS, len(write.states)]
         for identity, data, due in write.states:
             ttl = self.ttl_ms if due is None else max(self.ttl_ms, due - now + DAY_MS)
             flag = ("n" if identity in write.new else "") + (
@@ -226,8 +266,8 @@ class ShardStore:
         every = [*shard, keys.stats, keys.sweep, keys.links, keys.waiting, *state_keys, *moved_keys]
         every += _books(write, keys, len(every), args)
         every += _catalog(write, keys, len(every), args)
-        first = self._commit(keys=every, args=args)
-        return None if first is None else int(float(first))
+        found: list[bytes] = self._commit(keys=every, args=[_pack_args(args)])
+        return TimerHead.parse(found)
 
     def members(self, name: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         """One ``SSCAN`` page of the shard's members of segment ``name``: (cursor, ids)."""
@@ -269,6 +309,25 @@ def _catalog(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -
     return [*(keys.interest(pid) for pid in interest), *(keys.together(pid) for pid in together)]
 
 
+def _pack_args(args: list[Any]) -> bytes:
+    """The commit's arguments as one MessagePack array, bytes as strings (Lua's cmsgpack
+    reads no binary type; a Lua string holds any bytes)."""
+    return _packer.encode([_as_str(a) if type(a) is bytes else a for a in args])
+
+
+def _as_str(data: bytes) -> msgspec.Raw:
+    size = len(data)
+    if size < 32:
+        head = bytes((0xA0 | size,))
+    elif size < 256:
+        head = bytes((0xD9, size))
+    elif size < 65_536:
+        head = b"\xda" + size.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + size.to_bytes(4, "big")
+    return msgspec.Raw(head + data)
+
+
 def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
     flat: list[Any] = []
     for key, value in items:
@@ -280,16 +339,20 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 # KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, links, waiting, then one
 # per state, then two per anonymous id linked now (its state, its hand-off), then the
 # segments-and-RFM section's keys (see _books).
-# ARGV: the states (identity, data, due or '', ttl, flags: n = new, c = cleared), then
-# counted sections: new-only identities, looks, forgotten, outbox, confirmed, acked,
-# offsets, sweep marks, counters, users that wait (user, anon), users done waiting,
-# then the linked anonymous ids (count, hand-off ttl, then anon, user, hand-off record):
-# each is linked, its hand-off written, its state and index entries deleted; then the
-# segments-and-RFM section (see _books).
+# ARGV[1]: one MessagePack array (one argument, not thousands: redis-py packs each
+# argument in Python): the head's size and horizon (TimerHead), the states (identity,
+# data, due or '', ttl, flags: n = new, c = cleared), then counted sections: new-only
+# identities, looks, forgotten, outbox, confirmed, acked, offsets, sweep marks,
+# counters, users that wait (user, anon), users done waiting, then the linked
+# anonymous ids (count, hand-off ttl, then anon, user, hand-off record): each is
+# linked, its hand-off written, its state and index entries deleted; then the
+# segments-and-RFM section (see _books). It returns the head of the timer index.
 _COMMIT = """
 local a = 0
-local function take() a = a + 1; return ARGV[a] end
+local args = cmsgpack.unpack(ARGV[1])
+local function take() a = a + 1; return args[a] end
 local timers, shoppers, outbox = KEYS[1], KEYS[2], KEYS[3]
+local head, horizon = tonumber(take()), take()
 local n = tonumber(take())
 local nstates = n
 for i = 1, n do
@@ -299,7 +362,7 @@ for i = 1, n do
   elseif string.find(flag, 'c', 1, true) then
     redis.call('ZREM', timers, id)
   end
-  if ttl == '0' then
+  if tonumber(ttl) == 0 then
     redis.call('SET', KEYS[9 + i], data)
   else
     redis.call('SET', KEYS[9 + i], data, 'PX', ttl)
@@ -410,11 +473,12 @@ for index, _ in pairs(grown) do
     for i = keep + 1, #rows do redis.call('HDEL', KEYS[index], rows[i][1]) end
   end
 end
-local first = redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')
-if #first == 0 then
-  return false
-end
-return first[2]
+-- the head of the timer index: its entries due by the horizon (at most a few), then
+-- the score of the entry after them ('' when there is none)
+local near = redis.call('ZRANGEBYSCORE', timers, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, head)
+local after = redis.call('ZRANGE', timers, #near / 2, #near / 2, 'WITHSCORES')
+near[#near + 1] = after[2] or ''
+return near
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,18 @@ def price_drop_log(shoppers: int, start: int, drop_to: float, name: str | None =
     drop = {"event_id": "c2", "type": "product_update", "ts": start + 10 * 60_000,
             "product_id": "p1", "price": drop_to}  # fmt: skip
     return [first, *views, drop]
+
+
+class Spy:
+    """A real client that counts the commands the shard sends through it."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls[name] += 1
+        return getattr(self._client, name)
 
 
 class _Holding(StatelessSourcePartition[Any]):
