@@ -23,11 +23,16 @@ Rules of this interface:
 * **The cache** holds the bytes of the states the shard last wrote or read
   (``cache_users`` of them, least recently used out), decoded per batch: the
   only copy of a shopper between batches is Redis's, and the worker holds no
-  object graph for the garbage collector to walk.
-* **Timers**: the shard keeps in memory only the earliest due time of its
-  timer index. Once the watermark (:mod:`flows.pipeline.watermark`) has passed it, up to
-  ``timer_batch`` due shoppers are popped at once and advanced to the
-  watermark, each step at its due time, and written in one transaction.
+  object graph for the garbage collector to walk. A fan-out's shoppers are
+  not cached (each is read once, ahead of its slice): they would push out
+  the shoppers whose own events go on.
+* **Timers**: the shard keeps in memory the head of its timer index as its
+  last commit left it (:class:`~flows.stores.states.TimerHead`: the entries
+  due within a minute, at most 64; the shard is the index's only writer).
+  Once the watermark (:mod:`flows.pipeline.watermark`) has passed the
+  earliest, up to ``timer_batch`` due shoppers are taken from the head (or,
+  when it cannot tell, read from the index), advanced to the watermark, each
+  step at its due time, and written in one transaction.
 * **Failures stay with their record**: a shopper whose events raise is redone
   from its stored state one event at a time, and an event that raises becomes
   a dead letter (in the outbox, so it is not lost), as if it never came; a
