@@ -318,7 +318,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 reports.append(self._settle(engine))
             return reports
         finally:
-            self._applied([(v.partition, v.now) for v in items if isinstance(v, Stamped)])
+            self._applied([(v.partition, v.now) for v in items if _read(v)])
             if credit is not None and derived:  # the fan-out's next page may go
                 credit.add(len(derived))
 
@@ -327,7 +327,6 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         (:mod:`flows.pipeline.watermark` rules) once their states are in Redis: at
         once, or when the commit running behind has written them (a fan-out reads the
         interest entries they wrote)."""
-        marks = [(partition, now) for partition, now in marks if partition]
         if not marks:
             return
         watermark = self._c.watermark
@@ -392,6 +391,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             self._commit(write)
 
     def notify_at(self) -> datetime | None:
+        """When to be woken (Bytewax asks after each activation); commits that ran
+        behind already are landed here."""
         if self._store is None:
             return None
         now = self._c.clock()
@@ -753,14 +754,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         records: dict[str, Record],
     ) -> UserState:
         """Redo a shopper's events from its stored state, one at a time (see the rules)."""
-        store = self._shard_store
-        unlanded = self._unlanded.get(identity)  # written by a commit not landed yet
-        stored = (
-            loads(unlanded)
-            if unlanded is not None
-            else self._retrying("reading a shopper's state", lambda: store.load(identity))
-        )
-        state = stored or UserState(key=identity)
+        state = self._states([identity])[identity] or UserState(key=identity)
         for item in items:
             before = dumps(state)
             mine: list[Action] = []
@@ -1267,6 +1261,11 @@ def _requested(state: UserState, request: LinkRequest, counts: Counter[str]) -> 
 
 def _unmerged(state: UserState, anon: str) -> bool:
     return anon != state.key and anon not in state.merged
+
+
+def _read(item: Item) -> bool:
+    """An event read from an input partition (not a link request, not derived)."""
+    return isinstance(item, Stamped) and bool(item.partition)
 
 
 def _fanned(item: Item) -> bool:

@@ -99,4 +99,3 @@ def test_a_shard_reads_what_it_wrote_until_the_commit_lands(pipeline: Pipeline) 
     after = store.load("ann")
     assert after is not None
     assert after.events == 2
-    assert store.read(["ann"]) != [None]
