@@ -1179,8 +1179,8 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             for identity, raw in landed.states.items():
                 if raw is not None and identity not in self._cache and identity not in unlanded:
                     self._ahead[identity] = raw
-        while len(self._ahead) > 2 * DERIVED_SLICE:  # never used (cannot happen): bounded
-            del self._ahead[next(iter(self._ahead))]
+        while len(self._ahead) > 2 * DERIVED_SLICE:  # each is used by the next slice:
+            del self._ahead[next(iter(self._ahead))]  # bounded all the same
 
     def _commit(self, write: ShardWrite) -> None:
         self._land()  # in the order of the commits before it
