@@ -317,20 +317,13 @@ def _durations(options: dict[str, Any], where: str) -> dict[str, Any]:
     }
 
 
-_MS = re.compile(r"^(\d+)ms\Z")
-
-
 def _seconds(value: object, where: str) -> object:
     if not isinstance(value, str):
         return value
-    text = value.strip()
-    match = _MS.match(text)
-    if match:
-        return int(match.group(1)) / 1000
     try:
-        return parse_duration(text) / 1000
+        return parse_duration(value) / 1000
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc} (or 500ms, or a number of seconds)") from None
+        raise ConfigError(f"{where}: {exc} (or a number of seconds)") from None
 
 
 def _options(adapter: str, options: dict[str, Any], where: str) -> _Options:

@@ -1,8 +1,11 @@
 """Durations as the rules language and window settings write them: ``30m``, ``400d``.
 
-A duration is a whole number followed by one unit (``s``, ``m``, ``h``, ``d``,
-``w``); its value is milliseconds, so durations compare with ``since()`` and
-with epoch-ms arithmetic directly.
+A duration is a whole number followed by one unit (``ms``, ``s``, ``m``,
+``h``, ``d``, ``w``); its value is milliseconds, so durations compare with
+``since()`` and with epoch-ms arithmetic directly. ``ms`` is accepted
+everywhere a duration is (waits, caps, windows, expressions, channel options)
+so one spelling means one thing in rules and channel config alike: a retry
+delay of ``500ms`` is sensible and a wait of ``500ms`` is harmless.
 
 Every duration is at most :data:`MAX_DURATION_MS`, 10 years counted as 3650
 days (``3650d``, ``521w``): :func:`parse_duration` refuses a longer one, and
@@ -24,9 +27,9 @@ DAY: Final = 24 * HOUR
 WEEK: Final = 7 * DAY
 MAX_DURATION_MS: Final = 3650 * DAY  # 10 years: the bound of every duration
 
-UNITS: Final = {"s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
-_DURATION = re.compile(r"^(\d{1,20})([smhdw])\Z")
-_LONG = re.compile(r"^\d{21,}[smhdw]\Z")
+UNITS: Final = {"ms": 1, "s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
+_DURATION = re.compile(r"^(\d{1,20})(ms|[smhdw])\Z")
+_LONG = re.compile(r"^\d{21,}(?:ms|[smhdw])\Z")
 
 
 def parse_duration(text: str) -> int:
@@ -37,7 +40,8 @@ def parse_duration(text: str) -> int:
         if _LONG.match(stripped):
             raise ValueError(_too_long(stripped))
         raise ValueError(
-            f"{text!r} is not a duration; write a whole number and a unit: 30s, 15m, 2h, 7d, 1w"
+            f"{text!r} is not a duration; write a whole number and a unit: "
+            "30s, 15m, 2h, 7d, 1w, 500ms"
         )
     ms = int(match.group(1)) * UNITS[match.group(2)]
     check_duration(ms, stripped)

@@ -8,9 +8,9 @@ Rules of this interface:
 * Every token carries the ``offset`` of its first character and the exact
   source ``text`` it covers; ``value`` holds the decoded literal (the int or
   float of a number, the milliseconds of a duration, the unescaped string).
-* A duration is a whole number glued to one unit (``30s 15m 2h 7d 1w``); a
-  number glued to any other letters (``30ms``, ``2x``) is an error, not a
-  number followed by a name. A duration longer than 10 years (``3650d``) is an
+* A duration is a whole number glued to one unit (``30s 15m 2h 7d 1w
+  500ms``); a number glued to any other letters (``2x``, ``10days``) is an
+  error, not a number followed by a name. A duration longer than 10 years (``3650d``) is an
   error (:data:`engine.durations.MAX_DURATION_MS`).
 * Strings take ``'...'`` or ``"..."`` with the escapes ``\\\\ \\' \\" \\n \\t
   \\r \\uXXXX``; any other escape or a missing closing quote is an error.
@@ -127,7 +127,7 @@ def _number(text: str, pos: int) -> Token:
         return Token("duration", match.group(), pos, int(digits) * UNITS[suffix])
     raise ExpressionError(
         f"bad number or duration {cut(match.group())!r}: durations are a whole number and one "
-        "unit, e.g. 30s, 15m, 2h, 7d, 1w",
+        "unit, e.g. 30s, 15m, 2h, 7d, 1w, 500ms",
         pos,
     )
 

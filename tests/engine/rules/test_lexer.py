@@ -67,13 +67,14 @@ def test_numbers(text: str, value: float) -> None:
         ("2h", 7_200_000),
         ("7d", 604_800_000),
         ("1w", 604_800_000),
+        ("500ms", 500),
     ],
 )
 def test_durations_are_milliseconds(text: str, ms: int) -> None:
     assert kinds(text) == [("duration", ms)]
 
 
-@pytest.mark.parametrize("text", ["30ms", "1.5h", "2x", "3and", "1e3s", "10days"])
+@pytest.mark.parametrize("text", ["30mss", "1.5h", "2x", "3and", "1e3s", "10days"])
 def test_number_glued_to_letters_is_one_bad_token(text: str) -> None:
     err = error(f"x > {text}")
     assert err.offset == 4

@@ -389,7 +389,7 @@ REJECTIONS = [
         "per: 24h",
         "per: 24",
         "6:33: cap per: '24' is not a duration; write a whole number and a unit: "
-        "30s, 15m, 2h, 7d, 1w",
+        "30s, 15m, 2h, 7d, 1w, 500ms",
     ),
     ("per: 24h", "per: 0h", "6:33: cap per must be more than 0"),
     (", per: 24h", "", "6:5: a cap is missing `per`"),
@@ -513,7 +513,8 @@ REJECTIONS = [
     (
         "      - wait: 1h",
         "      - wait: 1",
-        "15:15: wait: '1' is not a duration; write a whole number and a unit: 30s, 15m, 2h, 7d, 1w",
+        "15:15: wait: '1' is not a duration; write a whole number and a unit: "
+        "30s, 15m, 2h, 7d, 1w, 500ms",
     ),
     ("      - wait: 1h", "      - wait: 0s", "15:15: wait must be more than 0"),
     ("      - wait: 1h", "      - wiat: 1h", "15:9: unknown step 'wiat' (did you mean 'wait'?)"),
@@ -733,7 +734,7 @@ journeys:
         "r.yaml:7:14: unknown event type 'add_to_carts' (did you mean 'add_to_cart'?)",
         "r.yaml:8:14: reentry 'weekly' must be never, always or a duration such as 7d",
         "r.yaml:10:15: wait: 'soon' is not a duration; write a whole number and a unit: "
-        "30s, 15m, 2h, 7d, 1w",
+        "30s, 15m, 2h, 7d, 1w, 500ms",
         "r.yaml:11:15: unknown channel 'emial' (did you mean 'email'?); channels: email, sms, "
         "push, webpush, whatsapp, telegram, inapp, onsite",
         "r.yaml:12:19: unknown template 'nope'; templates defined: none",
