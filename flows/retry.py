@@ -34,7 +34,6 @@ Rules of this interface:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from typing import TypeAlias, TypeVar, cast
 from urllib.parse import unquote
@@ -55,6 +54,7 @@ from tenacity import (
 )
 
 from engine.errors import TetikError
+from flows.report import warn
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class RedisUnavailable(TetikError):
 
 
 def _report(line: str) -> None:
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
+    warn(line)
 
 
 class RedisUrlError(TetikError):

@@ -34,6 +34,9 @@ fixed per deployment, :mod:`flows.stores.keys`), ``TETIK_CACHE_SHOPPERS``
 and ``TETIK_RECOVERY_DIR`` (Bytewax's snapshots; ``.tetik/recovery`` when the
 servers are given, a temporary directory when they are embedded).
 
+The log (:mod:`flows.logs`, :func:`log_config_from_env`): ``TETIK_LOG_LEVEL``
+(INFO) and ``TETIK_LOG_FORMAT`` (``json`` for one JSON object per line).
+
 Settings are one object: :meth:`Settings.to_json` / :func:`from_json` carry them
 (with the endpoints of embedded servers filled in) to child processes whole.
 """
@@ -214,6 +217,35 @@ def _reset_offsets(text: str) -> str:
             "'earliest' goes on from the earliest event still kept when retention deleted some"
         )
     return text
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """How the log is written (:mod:`flows.logs`): ``TETIK_LOG_LEVEL`` (INFO) and
+    ``TETIK_LOG_FORMAT`` (``json``: one JSON object per line; else plain text)."""
+
+    level: str = "INFO"
+    json: bool = False
+
+
+def log_config_from_env(env: Mapping[str, str] | None = None) -> LogConfig:
+    """The log's settings alone (read before any other, so errors can be logged)."""
+    env = os.environ if env is None else env
+    level = env.get("TETIK_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"TETIK_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {env['TETIK_LOG_LEVEL']!r}; e.g. INFO"
+        )
+    form = env.get("TETIK_LOG_FORMAT", "").strip().lower()
+    if form not in ("", "text", "json"):
+        raise ConfigError(
+            f"TETIK_LOG_FORMAT must be 'json' or 'text', got {env['TETIK_LOG_FORMAT']!r}"
+        )
+    return LogConfig(level=level, json=form == "json")
 
 
 def windows_from_env(env: Mapping[str, str] | None = None) -> WindowConfig:

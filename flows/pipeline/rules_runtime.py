@@ -29,7 +29,6 @@ Rules of this interface:
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -38,13 +37,14 @@ from engine.errors import TetikError
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.windows import DEFAULT_CONFIG, WindowConfig
+from flows.report import say
 from flows.stores.rules import RulesStore, RulesVersion, RulesWatcher
 
 RETAINED_VERSIONS = 20  # older versions kept compiled for enrollments still in flight
 
 
 def _report(line: str) -> None:
-    print(f"tetik run: {line}", file=sys.stderr, flush=True)
+    say(f"run: {line}")
 
 
 class RulesRuntime:

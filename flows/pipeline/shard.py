@@ -88,7 +88,6 @@ Rules of this interface:
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -128,6 +127,7 @@ from flows.pipeline.sweep import PAGE as SWEEP_PAGE
 from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
 from flows.pipeline.sweep import unpack as unpack_mark
+from flows.report import warn
 from flows.retry import retrying
 from flows.stores.catalog import RedisCatalog, forget_interest, pack_interest
 from flows.stores.emissions import Emitter, Record, action_record, pack
@@ -1312,4 +1312,4 @@ def _report_once(line: str, every_s: float = 10.0) -> None:
     now = time.monotonic()
     if now - _reported.get(kind, -every_s) >= every_s:
         _reported[kind] = now
-        print(f"tetik run: {line}", file=sys.stderr, flush=True)
+        warn(f"run: {line}")

@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -106,6 +105,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import TetikError
+from flows import report
 from flows.kafka.topics import ensure_topics, read_topic_id, request_topic_id
 
 IDLE_POLL = timedelta(milliseconds=2)
@@ -144,8 +144,8 @@ class SourceFault(TetikError):
 
 
 def say(line: str) -> None:
-    """One line for humans on stderr."""
-    print(f"tetik: {line}", file=sys.stderr, flush=True)
+    """One line for humans on stderr (the log, :mod:`flows.report`)."""
+    report.warn(line)
 
 
 class PartitionClock(Protocol):

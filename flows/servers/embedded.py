@@ -29,12 +29,12 @@ import functools
 import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from flows import report
 from flows.servers.apache_kafka import EMBEDDED_KAFKA_ENV, start_apache_kafka
 from flows.servers.process import (
     HOST,
@@ -191,7 +191,7 @@ def _start_apache_kafka(progress: Callable[[str], None]) -> tuple[EmbeddedServer
 
 def _to_stderr(line: str) -> None:
     """Where the first jar fetch reports when nobody listens (it can take minutes)."""
-    print(line, file=sys.stderr, flush=True)
+    report.say(line)
 
 
 def _redact(url: str) -> str:
