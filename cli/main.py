@@ -36,6 +36,35 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(tail=not args.no_tail, workers=args.workers)
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.servers.up import start
+
+    up, started = start(Path(args.dir), args.kafka)
+    print("\n".join(up.exports()))
+    what = "started" if started else "already up"
+    print(
+        f"tetik up: {what}: valkey {up.redis_url}, {up.kafka} {up.kafka_bootstrap} (keeper pid "
+        f"{up.pid}); run `eval \"$(tetik up)\"` to use them, `tetik down` to stop them",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.servers.up import stop
+
+    up = stop(Path(args.dir))
+    if up is None:
+        print(f"tetik down: nothing was up in {args.dir}", file=sys.stderr)
+        return 0
+    print(f"tetik down: stopped the servers of {args.dir} (keeper pid {up.pid})", file=sys.stderr)
+    return 0
+
+
 def _cmd_state(args: argparse.Namespace) -> int:
     from flows.jobs.inspect import read_state
 
@@ -48,7 +77,9 @@ def _cmd_state(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from clickstream.generator import GeneratorConfig, write_jsonl
+    import time
+
+    from clickstream.generator import GeneratorConfig, starting, write_jsonl
 
     changes = args.catalog_changes_per_hour
     if changes is not None and not args.catalog_updates:
@@ -64,6 +95,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             catalog_updates=args.catalog_updates,
             **catalog,
         )
+        cfg = starting(cfg, args.start, time.time_ns() // 1_000_000)
     except ValueError as exc:
         print(f"tetik generate: {exc}", file=sys.stderr)
         return 2
@@ -258,6 +290,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
+    up = sub.add_parser(
+        "up",
+        help="start embedded servers in the background, shared by later commands",
+        description="Start valkey and a Kafka broker in the background and print the "
+        "TETIK_* exports that point other commands at them (eval \"$(tetik up)\"), so "
+        "several commands share servers and a restarted `tetik run` resumes. Idempotent: "
+        "when they are up already, prints the same exports.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    up.add_argument("--dir", default=".tetik/up", help="folder of their state, log and snapshots")
+    up.add_argument(
+        "--kafka",
+        choices=("tansu", "apache"),
+        default="tansu",
+        help="the broker: tansu (embedded), or Apache Kafka (needs Java 17)",
+    )
+    up.set_defaults(func=_cmd_up)
+    down = sub.add_parser(
+        "down",
+        help="stop the servers of `tetik up` and remove their folder",
+        description="Stop the servers `tetik up` started and remove their folder (state, "
+        "log, snapshots): tansu keeps its log in memory, so nothing of it would be valid "
+        "at the next start.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    down.add_argument("--dir", default=".tetik/up", help="the folder given to `tetik up`")
+    down.set_defaults(func=_cmd_down)
+
     state = sub.add_parser("state", help="print a user's state as JSON")
     state.add_argument("user", help="identity key (user_id, else anon_id)")
     state.add_argument("--redis", help="Redis URL (default: $TETIK_REDIS_URL)")
@@ -280,6 +340,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="with --catalog-updates: catalog changes per hour of event time (120)",
+    )
+    gen.add_argument(
+        "--start",
+        metavar="T",
+        help="event time of the first session: now, or ISO 8601 (UTC unless it has an "
+        "offset); default: the log's expected span before now, so it ends about now",
     )
     gen.add_argument("--out", required=True, help="output JSONL file")
     gen.set_defaults(func=_cmd_generate)

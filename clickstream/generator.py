@@ -88,7 +88,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -724,6 +724,39 @@ class _Simulator:
             if self.rng.random() < TS_STRING_SHARE:
                 event["ts"] = rfc3339(event["ts"], self.rng.choice(TS_OFFSETS_MIN))
             yield event
+
+
+def expected_span_ms(cfg: GeneratorConfig) -> int:
+    """About how much event time the shoppers' sessions of ``cfg`` take: ``span_ms``,
+    or longer when there are too few users for that many sessions."""
+    sessions = max(1.0, cfg.events / EVENTS_PER_SESSION)
+    floor = MEAN_SESSION_MS / (MAX_BUSY_SHARE * cfg.users)
+    return int(max(cfg.span_ms, sessions * floor))
+
+
+def parse_start(text: str, now_ms: int) -> int:
+    """``now`` or an ISO 8601 date or date-time (UTC unless it has an offset) as epoch
+    ms; raise ValueError saying what is accepted."""
+    if text.strip().lower() == "now":
+        return now_ms
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--start {text!r} is not a date-time; write now, 2024-05-06 or "
+            "2024-05-06T12:00:00+03:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int((moment - _EPOCH).total_seconds() * 1000)
+
+
+def starting(cfg: GeneratorConfig, start: str | None, now_ms: int) -> GeneratorConfig:
+    """``cfg`` starting at ``start`` (see :func:`parse_start`); without one, an expected
+    span before ``now_ms``, so the log ends about now and a live engine takes it as
+    fresh (its waits due by now fire at once, none of it is in the future)."""
+    first = parse_start(start, now_ms) if start else now_ms - expected_span_ms(cfg)
+    return replace(cfg, start_ms=first)
 
 
 def rfc3339(ms: int, offset_min: int) -> str:
