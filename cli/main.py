@@ -107,7 +107,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from flows.jobs.produce import produce_file
 
-    return produce_file(args.file, rate=args.rate)
+    return produce_file(args.file, rate=args.rate, topic=args.topic, restamp_now=args.restamp)
 
 
 def _cmd_catalog_load(args: argparse.Namespace) -> int:
@@ -353,6 +353,12 @@ def _parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="send a JSONL file of events to the events topic")
     produce.add_argument("file")
     produce.add_argument("--rate", type=float, default=0.0, help="records/s (default: at once)")
+    produce.add_argument("--topic", help="the topic to send to (default: the events topic)")
+    produce.add_argument(
+        "--restamp",
+        action="store_true",
+        help="shift every ts by one amount so the last event is now, keeping the gaps",
+    )
     produce.set_defaults(func=_cmd_produce)
 
     catalog = sub.add_parser("catalog", help="the product catalog: load a product feed")
