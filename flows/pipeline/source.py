@@ -99,7 +99,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 import redis
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage, _list_parts
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -134,6 +134,24 @@ CHECK_S = 0.5  # how often a partition whose broker is away asks whether it is b
 NOTE_EVERY_S = 10.0  # at most one "broker away" line per source this often
 
 _OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+# librdkafka settings only a consumer reads; given to a producer or an admin client,
+# each makes a CONFWARN line at start.
+CONSUMER_ONLY = frozenset(
+    {
+        "fetch.wait.max.ms",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "max.partition.fetch.bytes",
+        "group.id",
+        "enable.auto.commit",
+        "auto.offset.reset",
+        "enable.partition.eof",
+        "isolation.level",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "queued.min.messages",
+    }
+)
 _QUIET = logging.getLogger("tetik.kafka")  # librdkafka's own lines; ours say it in one
 _QUIET.propagate = False
 _QUIET.setLevel(logging.CRITICAL)
@@ -156,6 +174,15 @@ class PartitionClock(Protocol):
     def restore(self, partition: str, reached: int) -> None: ...
 
     def reached(self, partition: str) -> int: ...
+
+
+class PartitionWatch(Protocol):
+    """What the source tells the job's metrics and health (:mod:`flows.metrics.kafka`):
+    each poll (the partition's next offset, its consumer) and each consumer error."""
+
+    def polled(self, topic: str, index: int, position: int, consumer: Consumer) -> None: ...
+
+    def error(self, fatal: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -356,11 +383,15 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         self._idle = count == 0
         if self._spec.clock is not None:
             self._spec.clock.polled(self._spec.name, count, at_end)
+        if self._spec.watch is not None:
+            self._spec.watch.polled(self._spec.topic, self._spec.index, self._next, self._consumer)
 
     # -- faults ------------------------------------------------------------
 
     def _on_error(self, error: KafkaError) -> None:
         """librdkafka's error callback, and per-partition errors (see the module rules)."""
+        if self._spec.watch is not None:
+            self._spec.watch.error(error.fatal())
         if error.fatal():
             self._fail(f"Kafka reported a fatal error ({error.str()}); restart tetik run")
             return
@@ -507,6 +538,7 @@ class _Spec:
     notes: _Notes
     layout: Mapping[str, int]
     reset_earliest: bool
+    watch: PartitionWatch | None = None
 
 
 class StoppableKafkaSource(KafkaSource):
@@ -516,7 +548,8 @@ class StoppableKafkaSource(KafkaSource):
     ``partition`` as Bytewax names it, ``"{index}-{topic}"``), gives the clock to
     snapshot (``reached``) and gets it back at a restart (``restore``): the live
     flow's watermark. ``policy`` says how faults are met (:class:`SourcePolicy`);
-    ``fail(line)`` stops the engine with one line (see the module rules).
+    ``fail(line)`` stops the engine with one line (see the module rules);
+    ``watch`` hears every poll and consumer error (:class:`PartitionWatch`).
     """
 
     def __init__(
@@ -526,14 +559,23 @@ class StoppableKafkaSource(KafkaSource):
         fail: Callable[[str], None] | None = None,
         clock: PartitionClock | None = None,
         policy: SourcePolicy | None = None,
+        watch: PartitionWatch | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._watch = watch
         self._stop = stop
         self._fail = fail
         self._clock = clock
         self._policy = policy or SourcePolicy()
         self._notes = _Notes(self._policy.log)
+
+    def list_parts(self) -> list[str]:
+        """Each Kafka partition, listed by an admin client given no consumer settings
+        (Bytewax passes it ``add_config`` whole: librdkafka warned CONFWARN at start)."""
+        config = {k: v for k, v in self._add_config.items() if k not in CONSUMER_ONLY}
+        admin = AdminClient({**config, "bootstrap.servers": ",".join(self._brokers)})
+        return list(_list_parts(admin, self._topics))
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
         del step_id
@@ -559,6 +601,7 @@ class StoppableKafkaSource(KafkaSource):
             notes=self._notes,
             layout=self._policy.layout,
             reset_earliest=self._policy.reset_earliest,
+            watch=self._watch,
         )
         return _Partition(spec, resume)
 
