@@ -4,9 +4,10 @@ Each subcommand is a small function that parses nothing itself: argparse does
 that, and the work lives in the module named after the job (``flows.jobs.demo``,
 ``flows.jobs.ingest``...); ``tetik rules`` and ``tetik deliver`` have modules of
 their own here (:mod:`cli.rules`, :mod:`cli.deliver`). This package is the only
-place that imports flows, bench and chaos together. Every user-facing failure is
-a :class:`TetikError` or a server start error, printed as one line, with exit
-code 2.
+place that imports flows, bench and chaos together. Every failure is printed as
+one line, never a traceback (:mod:`cli.errors`): exit 2 for what a user can fix
+(a :class:`TetikError`, a server start error, a missing file, Redis or Kafka out
+of reach), 1 for a bug. The log is configured once, first (:mod:`flows.logs`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from collections.abc import Sequence
 import orjson
 
 from cli.deliver import add_commands
+from cli.errors import explain
+from cli.help import explain_all, version
+from cli.metrics import add_metrics_port
 from cli.rules import add_rules_commands, refuse_who
 from engine.errors import TetikError
-from flows.servers.process import ServerStartError
+from flows import logs
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -102,6 +106,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     count = write_jsonl(cfg, args.out)
     print(f"wrote {count:,} events to {args.out}", file=sys.stderr)
     return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from flows.jobs.collect import run_collect
+
+    return run_collect(port=args.port, host=args.host)
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
@@ -200,6 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recover_redis=args.recover_redis,
         process_id=args.process_id or 0,
         addresses=addresses,
+        metrics_port=args.metrics_port,
     )
     refuse_who(args.who)
     return run_engine(args.rules, options)
@@ -245,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tetik", description="Real-time trigger engine for omnichannel e-commerce marketing."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="the live engine on embedded servers, with a storefront")
@@ -288,6 +300,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Redis lost its data: rebuild the action ledger from the actions topic and "
         "resume from the snapshots (README, Failure modes)",
     )
+    add_metrics_port(run)
     run.set_defaults(func=_cmd_run)
 
     up = sub.add_parser(
@@ -360,6 +373,13 @@ def _parser() -> argparse.ArgumentParser:
         help="shift every ts by one amount so the last event is now, keeping the gaps",
     )
     produce.set_defaults(func=_cmd_produce)
+
+    collect = sub.add_parser(
+        "collect", help="HTTP collector speaking Segment's tracking API -> the events topic"
+    )
+    collect.add_argument("--port", type=int, default=8088, help="port to listen on (8088)")
+    collect.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    collect.set_defaults(func=_cmd_collect)
 
     catalog = sub.add_parser("catalog", help="the product catalog: load a product feed")
     catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
@@ -458,6 +478,7 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", help="also write the results to this JSON file")
     chaos.add_argument("--out", help="directory for the log and engine logs (.tetik/chaos/TIME)")
     chaos.set_defaults(func=_cmd_chaos)
+    explain_all(parser)  # every --help: a description and the defaults
     return parser
 
 
@@ -477,10 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     args = _parser().parse_args(argv)
     try:
+        logs.configure()  # the log's settings first: a bad one is reported like any other
         code: int = args.func(args)
-    except (TetikError, ServerStartError) as exc:
-        print(f"tetik {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:  # one line, never a traceback (cli.errors)
+        line, code = explain(args.command, exc)
+        print(line, file=sys.stderr, flush=True)
     return code
 
 

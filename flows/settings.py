@@ -52,6 +52,7 @@ import msgspec
 import orjson
 
 from engine.errors import ConfigError
+from engine.events import suggest
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
 from flows.pipeline.breaker import BreakerConfig
 from flows.stores.emissions import PRODUCER_CONFIG as EXACTLY_ONCE_PRODUCER
@@ -67,6 +68,24 @@ LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "20"}
 # batched a little, acknowledged by every in-sync replica.
 RECORDS_PRODUCER: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
 DAY_MS = 86_400_000
+
+# Kafka security (SASL, SSL), passed through to every Kafka client: TETIK_KAFKA_<NAME>
+# sets librdkafka's <name> with "_" read as "."; only these names (a typo would
+# otherwise connect in plain text without a word).
+KAFKA_SECURITY = (
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+)
+SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +120,14 @@ class Settings:
     # outlast the actions topic's retention).
     deliver_group: str = "tetik-deliver"
     delivery_ttl_ms: int = 30 * DAY_MS
+    # librdkafka's security settings from TETIK_KAFKA_* (KAFKA_SECURITY), in every client.
+    kafka_security: dict[str, str] = dataclasses.field(default_factory=dict)
+    # tetik collect: the write keys storefronts' Segment/RudderStack SDKs send
+    # (TETIK_COLLECT_WRITE_KEYS, comma-separated; none: the collector refuses to start).
+    collect_write_keys: tuple[str, ...] = ()
+    # tetik run / deliver: the port of /metrics, /healthz, /readyz (TETIK_METRICS_PORT;
+    # 0, unset: none). flows.metrics.
+    metrics_port: int = 0
 
     @property
     def keys(self) -> Keys:
@@ -114,7 +141,7 @@ class Settings:
 
     def kafka_client(self) -> dict[str, Any]:
         """The connection every Kafka client of this deployment starts from."""
-        return {"bootstrap.servers": self.kafka_bootstrap}
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_security}
 
     def producer_config(self, *, exactly_once: bool = False) -> dict[str, Any]:
         """A producer's settings: the outbox's (idempotent, never gives up) or plain records'."""
@@ -178,7 +205,42 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         recovery_dir=env.get("TETIK_RECOVERY_DIR", ""),
         deliver_group=env.get("TETIK_DELIVER_GROUP", "tetik-deliver"),
         delivery_ttl_ms=_count(env, "TETIK_DELIVERY_TTL_DAYS", 30) * DAY_MS,
+        kafka_security=kafka_security_from_env(env),
+        collect_write_keys=_write_keys(env.get("TETIK_COLLECT_WRITE_KEYS", "")),
+        metrics_port=port_from(env.get("TETIK_METRICS_PORT", ""), "TETIK_METRICS_PORT"),
     )
+
+
+def kafka_security_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """librdkafka's security settings from ``TETIK_KAFKA_*`` (:data:`KAFKA_SECURITY`);
+    ConfigError, one line, for a name or value librdkafka would not take."""
+    env = os.environ if env is None else env
+    names = {"TETIK_KAFKA_" + name.upper().replace(".", "_"): name for name in KAFKA_SECURITY}
+    chosen = {names[var]: value for var, value in env.items() if var in names and value}
+    for var in env:
+        if var.startswith(("TETIK_KAFKA_SASL_", "TETIK_KAFKA_SSL_")) and var not in names:
+            raise ConfigError(
+                f"{var} is not a Kafka security setting{suggest(var, names)}; "
+                f"known: {', '.join(names)}"
+            )
+    protocol = chosen.get("security.protocol", "").lower()
+    if protocol and protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"TETIK_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+            f"got {chosen['security.protocol']!r}"
+        )
+    mechanism = chosen.get("sasl.mechanism", "")
+    if mechanism and mechanism.upper() not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"TETIK_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+            f"got {mechanism!r}"
+        )
+    if "sasl.username" in chosen and not protocol.startswith("sasl"):
+        raise ConfigError(
+            "TETIK_KAFKA_SASL_USERNAME is set but TETIK_KAFKA_SECURITY_PROTOCOL is "
+            f"{protocol or 'unset'}: set it to sasl_ssl (or sasl_plaintext on a private network)"
+        )
+    return chosen
 
 
 def _breaker(env: Mapping[str, str]) -> BreakerConfig:
@@ -208,6 +270,21 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ConfigError(f"{name} must be a whole number >= 1, got {text!r}; e.g. {default}")
     return value
+
+
+def _write_keys(text: str) -> tuple[str, ...]:
+    """Comma-separated write keys, blanks around them and empty ones dropped."""
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def port_from(text: str, name: str) -> int:
+    """A TCP port (1-65535) from ``text``; 0 when empty; ConfigError naming ``name`` else."""
+    text = text.strip()
+    if not text:
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"{name} must be a TCP port from 1 to 65535, got {text!r}; e.g. 9464")
+    return int(text)
 
 
 def _reset_offsets(text: str) -> str:
