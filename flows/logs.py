@@ -14,6 +14,9 @@ Rules of this interface:
   (``ts``, ``level``, ``logger``, ``message``, then any ``extra`` fields),
   anything else plain lines: ``tetik: MESSAGE`` at INFO, ``tetik: LEVEL:
   MESSAGE`` otherwise. Both are read by :mod:`flows.settings`.
+* librdkafka's own lines (``%3|...|FAIL|...``) go to :data:`KAFKA` (a Kafka
+  client's ``logger`` setting): kept out of the log unless the level is
+  DEBUG, since tetik's own line says what a fault means and what to do.
 * No e-mail address or phone number reaches a log: :class:`Redact` replaces
   them in the message, the ``extra`` fields and any traceback of every record
   the handler writes (third-party loggers' too).
@@ -41,6 +44,10 @@ EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-
 # E.164 and its usual spellings: +49 170 1234567, +1 (415) 555-0100, +447911123456.
 # A leading + is required, so epoch milliseconds and counts are left alone.
 PHONE = re.compile(r"\+[1-9](?:[ .\-()]{0,2}\d){6,14}")
+
+# librdkafka's lines: give it as ``"logger": KAFKA`` in a Kafka client's settings.
+KAFKA = logging.getLogger("tetik.kafka")
+KAFKA.setLevel(logging.CRITICAL)
 
 # The attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -133,6 +140,7 @@ def configure(config: LogConfig | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.level)
+    KAFKA.setLevel(logging.DEBUG if config.level == "DEBUG" else logging.CRITICAL)
 
 
 def ensure() -> None:

@@ -41,11 +41,11 @@ def produce_file(
         raise ConfigError("set TETIK_KAFKA_BOOTSTRAP to the Kafka the engine reads from")
     target = topic or settings.events_topic
     layout = {target: settings.events_partitions, **settings.topic_layout()}
-    ensure_topics(settings.kafka_bootstrap, layout, timeout=settings.kafka_timeout_s)
-    try:
+    try:  # before Kafka is asked anything: a wrong path fails at once
         lines = [line for line in Path(path).read_bytes().splitlines() if line.strip()]
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}; give a JSONL file") from None
+    ensure_topics(settings.kafka_bootstrap, layout, timeout=settings.kafka_timeout_s)
     if restamp_now:
         lines = restamp(lines, time.time_ns() // 1_000_000)
     records = ((identity_of(line), line) for line in lines)

@@ -9,6 +9,7 @@ import orjson
 from confluent_kafka import Producer
 
 from engine.events import PRODUCT_UPDATE
+from flows import logs
 
 Record = tuple[bytes | None, bytes]
 
@@ -43,7 +44,9 @@ def produce_records(
     Returns the number sent once every record is acknowledged by the broker;
     raises RuntimeError if any delivery failed.
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "logger": logs.KAFKA}
+    )
     failures: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:

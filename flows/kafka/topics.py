@@ -29,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from engine.errors import TetikError
+from flows import logs
 from flows.report import say
 
 __all__ = [
@@ -48,6 +49,12 @@ _NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the zero UUID: a broker without topic ids
 
 class BrokerUnavailable(TetikError):
     """The Kafka brokers did not answer in time; the message says what to do."""
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    """An admin client whose librdkafka lines go to :data:`flows.logs.KAFKA`."""
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": logs.KAFKA}
+    return AdminClient(config)
 
 
 def ensure_topics(
@@ -70,7 +77,7 @@ def ensure_topics(
     if any(count < 1 for count in topics.values()):
         raise ValueError(f"partition counts must be >= 1, got {dict(topics)}")
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = _admin(bootstrap)
     existing = _partition_counts(wait_for_brokers(admin, bootstrap, deadline, warn))
     for name, count in sorted(topics.items()):
         if name in existing and existing[name] != count:
@@ -140,7 +147,7 @@ def wait_for_topic(
 
     Returns the partition count; raises TimeoutError when ``timeout`` seconds pass first.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = _admin(bootstrap)
     deadline = time.monotonic() + timeout
     while True:
         # All topics, not list_topics(topic): naming one may auto-create it on some brokers.

@@ -87,7 +87,6 @@ the out-of-range error path, which only real Kafka takes.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -105,7 +104,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import TetikError
-from flows import report
+from flows import logs, report
 from flows.kafka.topics import ensure_topics, read_topic_id, request_topic_id
 
 IDLE_POLL = timedelta(milliseconds=2)
@@ -152,9 +151,7 @@ CONSUMER_ONLY = frozenset(
         "queued.min.messages",
     }
 )
-_QUIET = logging.getLogger("tetik.kafka")  # librdkafka's own lines; ours say it in one
-_QUIET.propagate = False
-_QUIET.setLevel(logging.CRITICAL)
+_QUIET = logs.KAFKA  # librdkafka's own lines; ours say it in one
 
 
 class SourceFault(TetikError):
