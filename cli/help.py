@@ -3,8 +3,8 @@
 Rules of this interface: :func:`explain_all` gives every subcommand (and
 sub-subcommand) a description (its one-line ``help`` when it has none of its
 own) and a formatter that shows each option's default, unless the option's
-help already says it (the words "default" or a ``%(default)s``) or it has no
-meaningful one (None, False). :func:`version` is the installed package's.
+help already says it (the word "default", ``(VALUE)`` or a ``%(default)s``)
+or it has no meaningful one (None, False, ""). :func:`version` is the installed package's.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False) or "default" in text or "%(default)" in text:
+        if not meaningful(action.default) or "default" in text or f"({action.default})" in text:
             return action.help
         return super()._get_help_string(action)
+
+
+def meaningful(default: object) -> bool:
+    """A default worth showing: not None, False, an empty string or argparse's SUPPRESS."""
+    return not (default is None or default is False or default in ("", argparse.SUPPRESS))
 
 
 def explain_all(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,16 @@ def explain_all(parser: argparse.ArgumentParser) -> None:
             child.formatter_class = DefaultsFormatter
             if not child.description:
                 child.description = _sentence(helps.get(name))
+            _name_defaults(child)
             explain_all(child)
+
+
+def _name_defaults(parser: argparse.ArgumentParser) -> None:
+    """Options without a help line get one that shows their default (argparse shows
+    nothing for an option without help)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and meaningful(action.default):
+            action.help = "(default: %(default)s)"
 
 
 def _sentence(text: str | None) -> str | None:
