@@ -15,6 +15,7 @@ import orjson
 
 from channels.config import default_config, load_config
 from channels.onsite import read_inbox
+from cli.metrics import add_metrics_port
 from engine.errors import ConfigError
 from flows.jobs.deliver import require_servers, run_deliver
 from flows.report import say
@@ -45,6 +46,7 @@ def add_commands(sub: Any) -> None:
         "--dlq-topic",
         help="dead letters (default $TETIK_ACTIONS_DLQ_TOPIC, else actions.dlq)",
     )
+    add_metrics_port(deliver)
     deliver.set_defaults(func=cmd_deliver)
     onsite = sub.add_parser("onsite", help="print a user's onsite inbox as JSON (newest first)")
     onsite.add_argument("user", help="identity key (user_id, else anon_id)")
@@ -66,7 +68,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     group = args.group or settings.deliver_group
     say(f"delivering {settings.actions_topic} (group {group}; Ctrl-C stops)")
     run_deliver(
-        settings, config=config, group=group, stop=stop_on_signals(), idle_exit=args.idle_exit
+        settings,
+        config=config,
+        group=group,
+        stop=stop_on_signals(),
+        idle_exit=args.idle_exit,
+        metrics_port=args.metrics_port or settings.metrics_port,
     )
     return 0
 

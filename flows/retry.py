@@ -30,6 +30,8 @@ Rules of this interface:
   ``{prefix}:stats`` may over-count one batch after a lost reply.
 * ``on_back`` runs once Redis answers again after a fault: the live engine
   checks there that Redis did not come back empty (:mod:`flows.stores.deployment`).
+* Every failed attempt counts in ``tetik_errors_total{system="redis"}`` of the
+  process's metrics (:func:`flows.metrics.installed`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from tenacity import (
 )
 
 from engine.errors import TetikError
+from flows.metrics import installed
+from flows.metrics.names import ERRORS
 from flows.report import warn
 
 T = TypeVar("T")
@@ -172,6 +176,7 @@ def retrying(
     def waiting(retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
+        installed().count(ERRORS, system="redis", kind=type(error).__name__)
         pause = retry_state.next_action.sleep if retry_state.next_action else 0.0
         report(
             f"Redis unavailable while {what} ({type(error).__name__}: {error}); "
@@ -189,6 +194,7 @@ def retrying(
     try:
         result = retrier(again)
     except REDIS_FAULTS as exc:
+        installed().count(ERRORS, system="redis", kind=type(exc).__name__)
         raise RedisUnavailable(
             f"Redis did not answer within {deadline_s:g} s while {what} "
             f"({type(exc).__name__}: {exc}); start it, or point TETIK_REDIS_URL at it"

@@ -36,6 +36,15 @@ written right after the adapter returns, and checked before sending. So:
   crash between the ledger write and the flush loses no feedback.
 
 The ledger's retention (default 30 days) must outlast the actions topic's.
+
+Metrics (:mod:`flows.metrics`): every record counts in
+``tetik_deliveries_total{channel, outcome, reason}`` (a failure's reason is
+``no_adapter``, ``adapter_error`` or ``send_failed``, a suppressed action's
+the engine's reason; channels outside the contract's count as ``other``),
+the consumer's lag per partition is set every few seconds, and Kafka errors
+count. With ``metrics_port`` the job serves them with ``/healthz`` (the
+consume loop turned within :data:`LIVE_STALE_S`) and ``/readyz`` (Redis and
+Kafka answer, the loop runs).
 """
 
 from __future__ import annotations
@@ -61,6 +70,12 @@ from engine.errors import ConfigError
 from engine.events import CHANNELS
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
+from flows.metrics import Metrics, install, installed
+from flows.metrics.health import Health, kafka_check, redis_check
+from flows.metrics.http import serve
+from flows.metrics.kafka import LAG_EVERY_S, group_lag
+from flows.metrics.names import DELIVERIES, ERRORS, NONE, bounded
+from flows.metrics.prometheus import PrometheusMetrics
 from flows.report import say
 from flows.retry import connect
 from flows.settings import Settings
@@ -68,6 +83,9 @@ from flows.stores.deliveries import DeliveryLedger
 from flows.stores.states import Shoppers
 
 BATCH: Final = 500
+# /healthz fails once the loop has not turned for this long: past librdkafka's
+# max.poll.interval.ms (5 min), the longest a batch of slow sends may take.
+LIVE_STALE_S: Final = 330.0
 FEEDBACK_KINDS: Final = frozenset({"delivered", "bounced"})
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -156,25 +174,36 @@ class Deliverer:
     """One consumer, one producer, the adapters and the ledger; see the module docstring."""
 
     def __init__(
-        self, router: Router, ledger: DeliveryLedger, producer: Producer, topics: Topics
+        self,
+        router: Router,
+        ledger: DeliveryLedger,
+        producer: Producer,
+        topics: Topics,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
         self.ledger = ledger
         self.producer = producer
         self.topics = topics
         self.tally = Tally()
+        self.metrics = metrics if metrics is not None else installed()
         self._errors: list[str] = []
 
     def handle(self, message: Message) -> None:
         """Deliver (or skip, or dead-letter) one consumed record."""
         action = self._decode(message)
         if action is None:
-            self.tally.add("invalid", "-")
+            self._note("invalid", "-", "not_an_action")
             return
         if action.status == "suppressed":
-            self.tally.add("suppressed", action.channel)
+            self._note("suppressed", action.channel, action.reason or NONE)
             return
         self._deliver(action, message)
+
+    def _note(self, outcome: str, channel: str, reason: str = NONE) -> None:
+        self.tally.add(outcome, channel)
+        label = bounded(channel, (*CHANNELS, "-"))
+        self.metrics.count(DELIVERIES, channel=label, outcome=outcome, reason=reason)
 
     def _decode(self, message: Message) -> Action | None:
         """The record's action, or None after dead-lettering what is not one."""
@@ -191,11 +220,11 @@ class Deliverer:
     def _deliver(self, action: Action, message: Message) -> None:
         recorded = self.ledger.seen(action.action_id)
         if recorded is not None:
-            self.tally.add("duplicate", action.channel)
+            self._note("duplicate", action.channel)
             self._feedback(action, recorded)
             return
         result = self._send(action)
-        self.tally.add(result.outcome, action.channel)
+        self._note(result.outcome, action.channel, _reason(result))
         if result.outcome == "failed":
             self._dead_letter(message, result.detail, _failure_headers(result))
             return
@@ -233,6 +262,7 @@ class Deliverer:
 
     def _acked(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
+            self.metrics.count(ERRORS, system="kafka", kind="producer")
             self._errors.append(err.str())
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -249,6 +279,15 @@ def _guarded_send(adapter: Channel, action: Action) -> Delivery:
         return adapter.send(action)
     except Exception as exc:
         return _failed(action, adapter.name, f"adapter error: {type(exc).__name__}: {exc}")
+
+
+def _reason(result: Delivery) -> str:
+    """A bounded reason for the metrics (never the free-text detail)."""
+    if result.outcome != "failed":
+        return NONE
+    if result.adapter == "-":
+        return "no_adapter"
+    return "adapter_error" if result.detail.startswith("adapter error:") else "send_failed"
 
 
 def _failed(action: Action, adapter: str, detail: str) -> Delivery:
@@ -317,10 +356,12 @@ def run_deliver(
     progress_every: float = 10.0,
     progress: Callable[[str], None] = say,
     consumer_config: Mapping[str, Any] | None = None,
+    metrics_port: int = 0,
 ) -> Tally:
     """Deliver actions until ``stop`` is set, ``idle_exit`` seconds pass without a
     record (counted once partitions are assigned), or ``max_actions`` records are
-    handled. It reads ``settings.actions_topic`` and writes dead letters to
+    handled; with ``metrics_port``, metrics and health are served there
+    (module docstring). It reads ``settings.actions_topic`` and writes dead letters to
     ``settings.actions_dlq_topic`` and feedback to ``settings.events_topic``; missing
     topics are created as :meth:`~flows.settings.Settings.topic_layout` lays them out,
     as every job does. ``config`` defaults to :func:`channels.config.default_config`.
@@ -338,6 +379,7 @@ def run_deliver(
     with contextlib.ExitStack() as stack:
         client = connect(settings.redis_url)
         stack.callback(client.close)
+        health = _observed(settings, client, metrics_port, stack)
         router = Router(config or default_config(), _resources(settings, client))
         stack.callback(router.close)
         job = Deliverer(
@@ -345,13 +387,28 @@ def run_deliver(
             DeliveryLedger(client, settings.prefix, ledger_ttl_ms or settings.delivery_ttl_ms),
             _producer(settings),
             topics,
+            installed(),
         )
         consumer = _consumer(settings, group or settings.deliver_group, consumer_config)
         stack.callback(consumer.close)
-        watch = _Progress(progress, progress_every, job.tally)
+        watch = _Progress(progress, progress_every, job.tally, health)
         _loop(job, consumer, Limits(idle_exit, max_actions), stop or threading.Event(), watch)
     progress(job.tally.line())
     return job.tally
+
+
+def _observed(
+    settings: Settings, client: redis.Redis, port: int, stack: contextlib.ExitStack
+) -> Health | None:
+    """With a port: Prometheus metrics installed and served with the job's health."""
+    if not port:
+        return None
+    checks = {"redis": redis_check(client), "kafka": kafka_check(settings.kafka_bootstrap)}
+    health = Health(checks, stale_s=LIVE_STALE_S)
+    server = serve(port, install(PrometheusMetrics()), health)
+    stack.callback(server.close)
+    say(f"metrics on port {server.port}: /metrics, /healthz, /readyz")
+    return health
 
 
 def _resources(settings: Settings, client: redis.Redis) -> Resources:
@@ -392,14 +449,25 @@ def require_servers(settings: Settings) -> None:
 
 @dataclass
 class _Progress:
+    """Every turn of the loop: the health's beat; now and then the tally's line and the
+    consumer's lag."""
+
     show: Callable[[str], None]
     every: float
     tally: Tally
+    health: Health | None = None
     last: float = field(default_factory=time.monotonic)
+    measured: float = 0.0
 
-    def tick(self) -> None:
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
+    def tick(self, job: Deliverer, consumer: Consumer) -> None:
+        if self.health is not None:
+            self.health.beat()
+        now = time.monotonic()
+        if now - self.measured >= LAG_EVERY_S:
+            self.measured = now
+            group_lag(job.metrics, consumer)
+        if now - self.last >= self.every:
+            self.last = now
             self.show(self.tally.line())
 
 
@@ -414,13 +482,14 @@ def _loop(
 
     consumer.subscribe([job.topics.actions], on_assign=assigned)
     while not stop.is_set() and not limits.done():
-        records = [m for m in consumer.consume(limits.batch_size(), 0.25) if _usable(m)]
+        consumed = consumer.consume(limits.batch_size(), 0.25)
+        records = [m for m in consumed if _usable(m, job.metrics)]
         handled = _handle_until_stopped(job, records, stop)
         if handled:
             job.flush()
             consumer.commit(offsets=_next_offsets(handled), asynchronous=False)
         limits.note(len(handled))
-        progress.tick()
+        progress.tick(job, consumer)
 
 
 def _handle_until_stopped(
@@ -446,11 +515,12 @@ def _next_offsets(handled: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in last.items()]
 
 
-def _usable(message: Message) -> bool:
+def _usable(message: Message, metrics: Metrics) -> bool:
     """Records to handle; consumer errors (not per-record problems) are only reported."""
     error = message.error()
     if error is None:
         return True
     if error.code() != KafkaError._PARTITION_EOF:
+        metrics.count(ERRORS, system="kafka", kind="consumer")
         say(f"consumer: {error.str()}")
     return False

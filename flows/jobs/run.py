@@ -28,6 +28,14 @@ Rules of this job:
 * Without tail (a bounded run) the input's end settles every identity link
   (:mod:`flows.pipeline.bounded`); the job then fails with one line if a
   user still waits for a hand-off.
+* ``--metrics-port N`` (default ``$TETIK_METRICS_PORT``; unset: none) serves
+  ``/metrics``, ``/healthz`` and ``/readyz`` (:mod:`flows.metrics`) from the
+  process that runs the dataflow. With ``--processes P`` the parent runs no
+  dataflow and serves nothing: child ``I`` serves port ``N + I`` (one scrape
+  target per process, each with its own registry: no shared files as
+  ``prometheus_client``'s multiprocess mode needs, and a dead child's target
+  shows as down). Process 0 alone reports the timers pending, so a sum over
+  processes counts each shard once.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,9 +65,15 @@ from confluent_kafka.admin import AdminClient
 from engine.errors import ConfigError, TetikError
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
+from flows.metrics import install, installed
+from flows.metrics.engine import ReportsSink, TimersPending
+from flows.metrics.health import Health, kafka_check, redis_check
+from flows.metrics.http import serve
+from flows.metrics.kafka import SourceWatch, producer_errors
+from flows.metrics.prometheus import PrometheusMetrics
 from flows.pipeline.bounded import check_settled
 from flows.pipeline.breaker import Breaker, Halt
-from flows.pipeline.dataflow import DropSink, build_flow
+from flows.pipeline.dataflow import build_flow
 from flows.pipeline.deadletters import DeadLetterSink
 from flows.pipeline.rfm_live import RfmClock, RfmFollower, RfmRuntime
 from flows.pipeline.rules_runtime import RulesRuntime
@@ -83,6 +97,9 @@ from flows.stores.rules import RulesStore, default_who
 from flows.stores.states import fix_layout, read_stats
 
 READY_WAIT_S = 600.0  # how long a cluster's other processes wait for process 0 to prepare
+# /healthz fails once the source has not polled for this long: past Redis's longest
+# retry wait (5 s) many times over, so an outage alone makes it unready, not dead.
+LIVE_STALE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,7 @@ class RunOptions:
     recover_redis: bool = False
     process_id: int = 0
     addresses: tuple[str, ...] = ()  # a cluster's processes, host:port each
+    metrics_port: int = 0  # 0: no /metrics (see the module rules)
 
     @property
     def total_workers(self) -> int:
@@ -147,6 +165,7 @@ def live_flow(
     halt: Halt,
     marker: Marker | None = None,
     runtime: RulesRuntime | None = None,
+    health: Health | None = None,
 ) -> Dataflow:
     """The live dataflow on the real topics and Redis of ``settings``.
 
@@ -154,8 +173,11 @@ def live_flow(
     ``marker`` is checked whenever Redis answers again after a fault.
     ``runtime`` is the rules to run (default: the active version of the rules
     store, followed as it changes; ``tetik ingest`` passes rules without journeys).
+    What it does is counted in the process's metrics (:func:`flows.metrics.installed`);
+    every poll of its source beats ``health``.
     """
     client = connect(settings.redis_url)
+    metrics = installed()
     if runtime is None:
         runtime = RulesRuntime.from_store(RulesStore(client, settings.prefix), settings.windows)
     live = _segments_live(runtime, client, settings)
@@ -177,8 +199,11 @@ def live_flow(
         fail=halt.request,
         clock=watermark,
         policy=_source_policy(settings, client),
+        watch=SourceWatch(metrics, health.beat if health is not None else lambda: None),
     )
-    producer = Producer(settings.producer_config(exactly_once=True))
+    producer = Producer(
+        {**settings.producer_config(exactly_once=True), "error_cb": producer_errors(metrics)}
+    )
     config = ShardConfig(
         runtime=live,
         watermark=watermark,
@@ -195,12 +220,16 @@ def live_flow(
         input_complete=None if options.tail else _not_stopped(halt),
     )
     dead_letters = DeadLetterSink(
-        settings.producer_config(exactly_once=True), settings.dlq_topic, client, settings.keys
+        settings.producer_config(exactly_once=True),
+        settings.dlq_topic,
+        client,
+        settings.keys,
+        metrics=metrics,
     )
     return build_flow(
         source,  # type: ignore[arg-type]  # raise_on_errors=True: only messages come out
         dead_letters,
-        DropSink(),
+        ReportsSink(metrics),
         config,
         breaker=Breaker(halt, settings.breaker),
     )
@@ -279,6 +308,7 @@ def run_engine(rules_file: str | None, options: RunOptions, who: str = "") -> in
     """
     os.umask(0o077)  # recovery snapshots hold offsets and clocks (flows.stores.deployment)
     base = from_env()
+    options = replace(options, metrics_port=options.metrics_port or base.metrics_port)
     with ExitStack() as stack:
         endpoints = stack.enter_context(servers(progress=say))
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
@@ -353,18 +383,39 @@ def _rebuild(settings: Settings) -> Callable[[], int]:
 def _run_here(
     settings: Settings, options: RunOptions, directory: str, halt: Halt, marker: Marker | None
 ) -> int:
-    flow = live_flow(settings, options, halt, marker)
-    cluster: dict[str, Any] = {}
-    if options.addresses:
-        cluster = {"process_id": options.process_id, "addresses": list(options.addresses)}
-    return _run_flow(
-        halt,
-        flow,
-        workers_per_process=options.workers,
-        epoch_interval=timedelta(seconds=options.snapshot_s),
-        recovery_config=_cluster_recovery(directory, options),
-        **cluster,
-    )
+    with ExitStack() as stack:
+        health = _observed(settings, options, stack)
+        flow = live_flow(settings, options, halt, marker, health=health)
+        cluster: dict[str, Any] = {}
+        if options.addresses:
+            cluster = {"process_id": options.process_id, "addresses": list(options.addresses)}
+        return _run_flow(
+            halt,
+            flow,
+            workers_per_process=options.workers,
+            epoch_interval=timedelta(seconds=options.snapshot_s),
+            recovery_config=_cluster_recovery(directory, options),
+            **cluster,
+        )
+
+
+def _observed(settings: Settings, options: RunOptions, stack: ExitStack) -> Health | None:
+    """With a metrics port, this process's metrics served over HTTP, its health, and
+    (process 0) the timers gauge, all closed by ``stack``; else None (module rules)."""
+    if not options.metrics_port:
+        return None
+    client = connect(settings.redis_url)
+    checks = {"redis": redis_check(client), "kafka": kafka_check(settings.kafka_bootstrap)}
+    health = Health(checks, stale_s=LIVE_STALE_S)
+    metrics = install(PrometheusMetrics())
+    server = serve(options.metrics_port, metrics, health)
+    stack.callback(server.close)
+    if options.process_id == 0:
+        timers = TimersPending(client, settings.keys, metrics)
+        timers.start()
+        stack.callback(timers.stop)
+    say(f"metrics on port {server.port}: /metrics, /healthz, /readyz")
+    return health
 
 
 def _cluster_recovery(directory: str, options: RunOptions) -> RecoveryConfig:
@@ -432,9 +483,8 @@ def _run_processes(
 
 
 def _child(options: RunOptions, index: int, addresses: tuple[str, ...]) -> RunOptions:
-    values = {f: getattr(options, f) for f in RunOptions.__dataclass_fields__}
-    values.update(process_id=index, addresses=addresses)
-    return RunOptions(**values)
+    port = options.metrics_port + index if options.metrics_port else 0  # module rules
+    return replace(options, process_id=index, addresses=addresses, metrics_port=port)
 
 
 def _spawn(launch: Launch) -> subprocess.Popen[bytes]:
@@ -450,16 +500,18 @@ def _process_main(argv: list[str]) -> int:
     halt = Halt(stop_on_signals())
     client = connect(settings.redis_url)
     marker = current_marker(client, settings.prefix)
-    flow = live_flow(settings, options, halt, marker)
-    return _run_flow(
-        halt,
-        flow,
-        workers_per_process=options.workers,
-        process_id=options.process_id,
-        addresses=list(options.addresses),
-        epoch_interval=timedelta(seconds=options.snapshot_s),
-        recovery_config=RecoveryConfig(launch.directory),  # type: ignore[no-untyped-call]
-    )
+    with ExitStack() as stack:
+        health = _observed(settings, options, stack)
+        flow = live_flow(settings, options, halt, marker, health=health)
+        return _run_flow(
+            halt,
+            flow,
+            workers_per_process=options.workers,
+            process_id=options.process_id,
+            addresses=list(options.addresses),
+            epoch_interval=timedelta(seconds=options.snapshot_s),
+            recovery_config=RecoveryConfig(launch.directory),  # type: ignore[no-untyped-call]
+        )
 
 
 if __name__ == "__main__":
