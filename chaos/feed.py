@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from chaos.compare import Poison
 from chaos.workload import Outgoing
+from flows.kafka.connection import client_config
 from flows.kafka.producer import send_record
 
 __all__ = ["Feed"]
@@ -66,7 +67,7 @@ class Feed(threading.Thread):
         super().__init__(daemon=True, name="chaos-feed")
         if rate <= 0 and limit is None:
             raise ValueError("an unpaced feed needs a limit")
-        self._config = {"bootstrap.servers": bootstrap, **PRODUCER_CONFIG}
+        self._config = {**client_config(bootstrap), **PRODUCER_CONFIG}
         self._topic, self._records, self._rate, self._limit = topic, records, rate, limit
         self._halt = threading.Event()
         self._sent: list[tuple[bytes, str]] = []  # (value, poison kind or "")

@@ -52,8 +52,8 @@ import msgspec
 import orjson
 
 from engine.errors import ConfigError
-from engine.events import suggest
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
+from flows.kafka.connection import kafka_security_from_env
 from flows.pipeline.breaker import BreakerConfig
 from flows.stores.emissions import PRODUCER_CONFIG as EXACTLY_ONCE_PRODUCER
 from flows.stores.keys import DEFAULT_SHARDS, Keys
@@ -68,24 +68,6 @@ LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "20"}
 # batched a little, acknowledged by every in-sync replica.
 RECORDS_PRODUCER: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
 DAY_MS = 86_400_000
-
-# Kafka security (SASL, SSL), passed through to every Kafka client: TETIK_KAFKA_<NAME>
-# sets librdkafka's <name> with "_" read as "."; only these names (a typo would
-# otherwise connect in plain text without a word).
-KAFKA_SECURITY = (
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.username",
-    "sasl.password",
-    "sasl.oauthbearer.config",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
-)
-SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +102,8 @@ class Settings:
     # outlast the actions topic's retention).
     deliver_group: str = "tetik-deliver"
     delivery_ttl_ms: int = 30 * DAY_MS
-    # librdkafka's security settings from TETIK_KAFKA_* (KAFKA_SECURITY), in every client.
+    # librdkafka's security settings from TETIK_KAFKA_* (flows.kafka.connection), in every
+    # client.
     kafka_security: dict[str, str] = dataclasses.field(default_factory=dict)
     # tetik collect: the write keys storefronts' Segment/RudderStack SDKs send
     # (TETIK_COLLECT_WRITE_KEYS, comma-separated; none: the collector refuses to start).
@@ -209,38 +192,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         collect_write_keys=_write_keys(env.get("TETIK_COLLECT_WRITE_KEYS", "")),
         metrics_port=port_from(env.get("TETIK_METRICS_PORT", ""), "TETIK_METRICS_PORT"),
     )
-
-
-def kafka_security_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """librdkafka's security settings from ``TETIK_KAFKA_*`` (:data:`KAFKA_SECURITY`);
-    ConfigError, one line, for a name or value librdkafka would not take."""
-    env = os.environ if env is None else env
-    names = {"TETIK_KAFKA_" + name.upper().replace(".", "_"): name for name in KAFKA_SECURITY}
-    chosen = {names[var]: value for var, value in env.items() if var in names and value}
-    for var in env:
-        if var.startswith(("TETIK_KAFKA_SASL_", "TETIK_KAFKA_SSL_")) and var not in names:
-            raise ConfigError(
-                f"{var} is not a Kafka security setting{suggest(var, names)}; "
-                f"known: {', '.join(names)}"
-            )
-    protocol = chosen.get("security.protocol", "").lower()
-    if protocol and protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"TETIK_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, "
-            f"got {chosen['security.protocol']!r}"
-        )
-    mechanism = chosen.get("sasl.mechanism", "")
-    if mechanism and mechanism.upper() not in SASL_MECHANISMS:
-        raise ConfigError(
-            f"TETIK_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
-            f"got {mechanism!r}"
-        )
-    if "sasl.username" in chosen and not protocol.startswith("sasl"):
-        raise ConfigError(
-            "TETIK_KAFKA_SASL_USERNAME is set but TETIK_KAFKA_SECURITY_PROTOCOL is "
-            f"{protocol or 'unset'}: set it to sasl_ssl (or sasl_plaintext on a private network)"
-        )
-    return chosen
 
 
 def _breaker(env: Mapping[str, str]) -> BreakerConfig:

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from flows.kafka.connection import client_config
+
 
 @dataclass
 class Snapshot:
@@ -60,7 +62,7 @@ class ActionWatch(threading.Thread):
     def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
         super().__init__(daemon=True, name="tetik-actions")
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "tetik-console", "fetch.wait.max.ms": 20}
+            {**client_config(bootstrap), "group.id": "tetik-console", "fetch.wait.max.ms": 20}
         )
         self._consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]

@@ -41,6 +41,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from flows.servers.process import (
@@ -55,6 +56,7 @@ from flows.servers.process import (
 __all__ = [
     "DEFAULT_VERSION",
     "EMBEDDED_KAFKA_ENV",
+    "Sasl",
     "cache_root",
     "ensure_jars",
     "find_java",
@@ -294,10 +296,55 @@ def _java_argv(
     ]  # fmt: skip
 
 
-def _format(java: str, lib: Path, workdir: Path, heap: str) -> None:
+@dataclass(frozen=True)
+class Sasl:
+    """A second listener, ``SASL_PLAINTEXT`` on ``port``, taking PLAIN and SCRAM-SHA-256/512
+    logins of ``users`` (name -> password); the PLAINTEXT listener stays for the broker's
+    own use and the start-up probe."""
+
+    port: int
+    users: tuple[tuple[str, str], ...]
+
+    def properties(self, text: str, host: str, advertised: int) -> str:
+        """``text`` (the broker's properties) with this listener added."""
+        plain = " ".join(f'user_{name}="{word}"' for name, word in self.users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        lines = {
+            "listeners": f"{_line(text, 'listeners')},SASL_PLAINTEXT://{host}:{self.port}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{advertised},"
+            f"SASL_PLAINTEXT://{host}:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+            "SASL_PLAINTEXT:SASL_PLAINTEXT",
+        }
+        kept = [line for line in text.splitlines() if line.split("=", 1)[0] not in lines]
+        return "\n".join([
+            *kept, *(f"{key}={value}" for key, value in lines.items()),
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+            f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}",
+        ]) + "\n"  # fmt: skip
+
+    def format_args(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM credentials."""
+        return [
+            arg
+            for name, word in self.users
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={word}]")
+        ]
+
+
+def _line(text: str, key: str) -> str:
+    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}="))
+
+
+def _format(java: str, lib: Path, workdir: Path, heap: str, sasl: Sasl | None = None) -> None:
     """Format the data dir of ``workdir/server.properties`` unless it already is."""
     argv = _java_argv(java, lib, workdir, heap, "kafka.tools.StorageTool")
     argv += ["format", "--ignore-formatted", "-t", _cluster_id(), "-c", "server.properties"]
+    argv += sasl.format_args() if sasl else []
     try:
         done = subprocess.run(
             argv, cwd=workdir, capture_output=True, text=True, timeout=_TOOL_TIMEOUT_S, check=False
@@ -312,7 +359,12 @@ def _format(java: str, lib: Path, workdir: Path, heap: str) -> None:
 
 
 def _args_for(
-    java: str, lib: Path, advertised_port: int | None, heap: str, extra: Sequence[str] = ()
+    java: str,
+    lib: Path,
+    advertised_port: int | None,
+    heap: str,
+    extra: Sequence[str] = (),
+    sasl: Sasl | None = None,
 ) -> Callable[[int, Path], list[str]]:
     """Write the configuration into the work dir, format it once, return the command."""
 
@@ -324,9 +376,11 @@ def _args_for(
             advertised=advertised_port or port,
             data=workdir / "data",
         )
+        if sasl is not None:
+            settings = sasl.properties(settings, HOST, advertised_port or port)
         (workdir / "server.properties").write_text(settings)
         (workdir / "log4j2.properties").write_text(_LOG4J2)
-        _format(java, lib, workdir, heap)
+        _format(java, lib, workdir, heap, sasl)
         argv = _java_argv(java, lib, workdir, heap, "kafka.Kafka", extra)
         return [*argv[1:], "server.properties"]
 
@@ -341,6 +395,7 @@ def start_apache_kafka(
     version: str | None = None,
     progress: Callable[[str], None] | None = None,
     heap: str = "512m",
+    sasl: Sasl | None = None,
 ) -> EmbeddedServer:
     """Start a one-node Apache Kafka broker on 127.0.0.1 and wait until it answers.
 
@@ -349,6 +404,7 @@ def start_apache_kafka(
     ``port`` defaults to a free one; ``advertised_port`` is the port clients are told
     to reconnect to (a TCP proxy in front of the broker), by default ``port``.
     The returned server's ``bootstrap`` is ``127.0.0.1:PORT`` (the listening port).
+    ``sasl`` adds a SASL listener (:class:`Sasl`) beside it.
     """
     java = _require_java()
     lib = ensure_jars(version, progress)
@@ -356,7 +412,7 @@ def start_apache_kafka(
     server = start_server(
         _NAME,
         java,
-        _args_for(java, lib, advertised_port, heap, faster),
+        _args_for(java, lib, advertised_port, heap, faster, sasl),
         kafka_answers,
         port=port,
         workdir=workdir,

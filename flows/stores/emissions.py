@@ -43,6 +43,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from engine.actions import Action, to_json
+from flows.kafka.connection import client_config
 from flows.report import say
 from flows.retry import RedisClient
 from flows.stores.keys import Keys
@@ -217,7 +218,7 @@ def settle_outboxes(
     wanted = {rid for box in records.values() for rid, r in box.items() if r.topic == actions_topic}
     start = _scan_start(stores, records, actions_topic)
     found = _ids_in_topic(bootstrap, actions_topic, start, wanted, idle_s) if wanted else set()
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
+    producer = Producer({**client_config(bootstrap), **PRODUCER_CONFIG})
     for box in records.values():
         for rid, record in box.items():
             if rid not in found:
@@ -245,7 +246,7 @@ def rebuild_emitted(client: RedisClient, keys: Keys, bootstrap: str, topic: str)
     were sent.
     """
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "tetik-rebuild", "enable.auto.commit": False}
+        {**client_config(bootstrap), "group.id": "tetik-rebuild", "enable.auto.commit": False}
     )
     count = 0
     try:
@@ -295,7 +296,7 @@ def _ids_in_topic(
 ) -> set[str]:
     """Which of ``wanted`` appear in ``topic`` from ``start`` (0 where not given) on."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "tetik-outbox", "enable.auto.commit": False}
+        {**client_config(bootstrap), "group.id": "tetik-outbox", "enable.auto.commit": False}
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -20,10 +20,10 @@ import redis
 import trustme
 
 from engine.errors import ConfigError
-from flows.kafka.connection import client_config
+from flows.kafka.connection import client_config, kafka_security_from_env
 from flows.retry import connect
 from flows.servers.process import EmbeddedServer, start_server
-from flows.settings import from_env, kafka_security_from_env
+from flows.settings import from_env
 
 PASSWORD = "s3cret-pass"
 
