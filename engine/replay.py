@@ -16,7 +16,10 @@ Rules of this interface:
   skipped; nothing else stops the run. A bad line is one that does not
   decode, or whose ``ts`` is more than a day after ``received`` (the moment
   the backtest runs, unless given: live, it is the time the message reached
-  Kafka; see :func:`engine.events.check_not_future`).
+  Kafka; see :func:`engine.events.check_not_future`), or that is stale: older
+  than its type's ``max_age`` at the virtual clock it would be applied at
+  (the latest ``ts`` read so far, up to ``until``), as the live decode step
+  dead-letters it (:func:`engine.retention.check_not_stale`).
 * An event whose processing raises (a bug, never expected) is left out as
   if it never came, as the live engine dead-letters it: the run starts again
   without it, and :attr:`ReplayStats.failed` lists it with the exception.
@@ -69,7 +72,9 @@ from engine.events import PRODUCT_UPDATE, Event, check_not_future, decode_event
 from engine.identity import link, resolve
 from engine.interest import InterestIndex, touched
 from engine.journeys import Engine, replay_order
+from engine.retention import check_not_stale
 from engine.state import UserState, prune
+from engine.windows import WindowConfig
 
 if TYPE_CHECKING:
     from engine.rfm_base import RfmRefresher
@@ -121,7 +126,7 @@ def replay(
     """
     stats = stats if stats is not None else ReplayStats()
     reference = received if received is not None else time.time_ns() // 1_000_000
-    events = _decode(lines, on_error, stats, reference)
+    events = _decode(lines, on_error, stats, reference, engine.windows, until)
     return replay_events(engine, events, until=until, drain=drain, stats=stats, states=states)
 
 
@@ -130,8 +135,11 @@ def _decode(
     on_error: Callable[[int, str], None],
     stats: ReplayStats,
     received: int,
+    windows: WindowConfig,
+    until: int | None,
 ) -> Iterator[Event]:
     """The valid events of a JSONL log; bad lines go to ``on_error``."""
+    clock = 0  # the virtual clock each event is applied at, as _run moves it
     for number, line in enumerate(lines, start=1):
         stats.lines += 1
         if not line.strip():
@@ -139,10 +147,13 @@ def _decode(
         try:
             event = decode_event(line)
             check_not_future(event, received)
+            check_not_stale(event, max(clock, event.ts), windows)
         except InvalidEvent as exc:
             stats.invalid += 1
             on_error(number, exc.reason)
             continue
+        if until is None or event.ts <= until:
+            clock = max(clock, event.ts)
         yield event
 
 

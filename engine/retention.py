@@ -19,6 +19,12 @@ Rules of this interface:
   timers fire before an event is applied; a wait or deferral is due after the
   step that set it), and ``prune`` runs at the latest of them: it only drops
   what every later read ignores anyway.
+* :func:`check_not_stale` refuses, before it reaches a state, an event that
+  :func:`engine.state.apply` would call ``stale`` for its age at clock
+  ``now`` (older than its type's ``max_age``), with a one-line reason: live,
+  the decode step dead-letters it at the clock the watermark would stamp it
+  with; ``tetik replay`` reports it as a bad line at its virtual clock. A
+  ``product_update`` is the catalog's, not a shopper's, and is not checked.
 * :func:`covered_from` is where a window's record of the past starts at
   ``now``: its retention cutoff, or, for a window full to ``max_count``, its
   oldest record when that is newer (older records may have been evicted by
@@ -32,6 +38,9 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
+from engine.durations import format_duration
+from engine.errors import InvalidEvent
+from engine.events import PRODUCT_UPDATE, Event
 from engine.windows import Stored, WindowConfig, WindowLimits
 
 
@@ -51,6 +60,21 @@ def kept_from(config: WindowConfig, event_type: str, now: int) -> int:
 def limits_kept_from(limits: WindowLimits, now: int) -> int:
     """:func:`kept_from` for a caller that already holds the type's limits."""
     return now - limits.max_age_ms
+
+
+def check_not_stale(event: Event, now: int, config: WindowConfig) -> None:
+    """Raise InvalidEvent when ``event`` is older than its type's ``max_age`` at ``now``."""
+    if event.type == PRODUCT_UPDATE:
+        return
+    max_age = config.limits(event.type).max_age_ms
+    if event.ts >= now - max_age:
+        return
+    behind_d = (now - event.ts) / 86_400_000
+    raise InvalidEvent(
+        f"ts {event.ts} is {behind_d:,.1f} days before the engine's clock ({now}); "
+        f"{event.type} events older than {format_duration(max_age)} are refused as stale "
+        "(restamp the log with `tetik produce --restamp`, or raise max_age in TETIK_WINDOWS)"
+    )
 
 
 def cart_kept_from(config: WindowConfig, now: int) -> int:

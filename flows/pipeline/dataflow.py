@@ -103,7 +103,8 @@ def build_flow(
     shards = config.keys.shards
     flow = Dataflow(flow_id)
     messages = op.input("events", flow, source)
-    decoded = op.map("decode", messages, decode_stamped(config.watermark, breaker))
+    decode = decode_stamped(config.watermark, breaker, config.runtime.windows)
+    decoded = op.map("decode", messages, decode)
     split = op.branch("split", decoded, _is_rejected)
     events = cast(Stream[Stamped], split.falses)
     op.output("dlq", op.map("dlq_record", split.trues, to_dlq), dlq_sink)

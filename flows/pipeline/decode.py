@@ -5,6 +5,12 @@ Rules of this interface:
 * :func:`decode_message` never raises for bad input: a message that is not a
   valid event (SPEC section 1), or whose ``ts`` is more than a day after the
   time it reached Kafka, is a :class:`Rejected` with a one-line reason.
+* :func:`decode_stamped` also rejects a stale event: one older than its
+  type's ``max_age`` (``TETIK_WINDOWS``) at the clock the watermark would
+  stamp it with (:func:`engine.retention.check_not_stale`), which the shard's
+  ``apply`` would refuse anyway; so it reaches the dead-letter topic with its
+  reason instead of only a counter. ``tetik replay`` rejects the same events
+  at its virtual clock.
 * :func:`to_dlq` is the dead-letter record, as Kafka Connect's dead-letter
   queues: the original key and bytes, and the reason, exception class and
   source (topic, partition, offset) in headers, so it can be fixed and
@@ -26,11 +32,15 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from engine.catalog import Product
 from engine.errors import InvalidEvent
 from engine.events import Event, check_not_future, decode_event
+from engine.retention import check_not_stale
+from engine.windows import DEFAULT_CONFIG, WindowConfig
 from flows.clock import wall_ms
 
 
 class Stamper(Protocol):
     def stamp(self, partition: str, ts: int) -> int: ...
+
+    def peek(self, partition: str, ts: int) -> int: ...
 
 
 class Counting(Protocol):
@@ -117,21 +127,32 @@ def partition_name(message: KafkaSourceMessage[Any, Any]) -> str:
 
 
 def decode_stamped(
-    clock: Stamper, breaker: Counting | None = None
+    clock: Stamper, breaker: Counting | None = None, windows: WindowConfig = DEFAULT_CONFIG
 ) -> Callable[[KafkaSourceMessage[Any, Any]], Stamped | Rejected]:
     """The ``decode`` step: a message becomes a :class:`Stamped` or a :class:`Rejected`."""
 
     def decode(message: KafkaSourceMessage[Any, Any]) -> Stamped | Rejected:
-        event = decode_message(message)
+        item = _stamped(clock, message, windows)
         if breaker is not None:
-            breaker.record(isinstance(event, Rejected))
-        if isinstance(event, Rejected):
-            return event
-        partition = partition_name(message)
-        now = clock.stamp(partition, event.ts)
-        return Stamped(event, now, kafka_time(message), message, partition)
+            breaker.record(isinstance(item, Rejected))
+        return item
 
     return decode
+
+
+def _stamped(
+    clock: Stamper, message: KafkaSourceMessage[Any, Any], windows: WindowConfig
+) -> Stamped | Rejected:
+    event = decode_message(message)
+    if isinstance(event, Rejected):
+        return event
+    partition = partition_name(message)
+    try:  # before stamping: a stamped event holds its partition until it is applied
+        check_not_stale(event, clock.peek(partition, event.ts), windows)
+    except InvalidEvent as exc:
+        return Rejected(message, exc.reason)
+    now = clock.stamp(partition, event.ts)
+    return Stamped(event, now, kafka_time(message), message, partition)
 
 
 def to_dlq(rejected: Rejected) -> KafkaSinkMessage[Any, Any]:

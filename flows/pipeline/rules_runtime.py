@@ -111,6 +111,11 @@ class RulesRuntime:
         with self._lock:
             return self._compiler is not None or self._ready is not None
 
+    @property
+    def windows(self) -> WindowConfig:
+        """The state's bounds every version runs with (they come from the settings)."""
+        return self._engine.windows
+
     def current(self) -> Engine:
         """The engine to run this batch on, switching first if a new version is ready."""
         if self._watcher is None:

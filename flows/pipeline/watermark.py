@@ -154,6 +154,14 @@ class Watermark:
                 heapq.heappush(progress.inflight, clock)
             return clock
 
+    def peek(self, partition: str, ts: int) -> int:
+        """The clock :meth:`stamp` would give an event now, recording nothing."""
+        now = self._clock()
+        with self._lock:
+            progress = self._mine.get(partition)
+            reached = ts if progress is None else max(progress.reached, ts)
+            return min(reached, now)
+
     def applied(self, events: Iterable[tuple[str, int]]) -> None:
         """The events ``(partition, clock)`` stamped by :meth:`stamp` are applied."""
         if not self._hold:

@@ -6,6 +6,7 @@ on one Redis and on a Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from engine.journeys import Engine
+from engine.replay import replay
 from engine.rules.loader import load_rules
 from engine.state import cart_count, cart_total
 from engine.windows import WindowConfig, WindowLimits
@@ -131,3 +133,43 @@ def test_windows_are_bounded_by_the_configured_count(pipeline: Pipeline) -> None
     state = shoppers(pipeline).load("u1")
     assert state is not None
     assert [r.ts for r in state.windows["view_product"]] == [NOW - 60_000 + i for i in range(7, 12)]
+
+
+def test_stale_and_far_future_events_go_to_the_dlq_with_their_reason(
+    pipeline: Pipeline,
+) -> None:
+    """Both are dead-lettered with a reason (not only counted), and replay refuses the
+    same lines for the same reasons."""
+    day = 86_400_000
+    docs: list[Any] = [
+        event(1, type="view_product", product_id="p1"),
+        event(2, type="view_product", product_id="p2", ts=NOW - 31 * day),  # stale
+        event(3, type="purchase", order_id="o1", revenue=5.0, ts=NOW - 31 * day),  # kept 400d
+        event(4, type="login", ts=NOW + 2 * day),  # more than a day ahead of Kafka's time
+        event(5, type="login", ts=1_000_000_000_000_000),  # the year 33658
+        event(6, type="view_product", product_id="p3"),
+    ]
+    run(pipeline, docs)
+    reasons = {
+        orjson.loads(m.value)["event_id"]: dict(m.headers)["tetik.error.reason"].decode()
+        for m in pipeline.dead
+    }
+    assert set(reasons) == {"e2", "e4", "e5"}
+    assert "31.0 days before the engine's clock" in reasons["e2"]
+    assert "view_product events older than 30d are refused as stale" in reasons["e2"]
+    assert "48.0 h after the time the event was received" in reasons["e4"]
+    assert "after 2100-01-01" in reasons["e5"]
+    state = shoppers(pipeline).load("u1")
+    assert state is not None
+    assert state.last_seen < NOW + day
+    assert sorted(state.windows) == ["purchase", "view_product"]
+    stats = shoppers(pipeline).stats()
+    assert (stats["applied"], stats.get("stale", 0)) == (3, 0)
+    refused: list[tuple[int, str]] = []
+    engine = Engine(load_rules(NO_JOURNEYS))
+    replay(engine, [orjson.dumps(d) for d in docs], received=NOW, on_error=_add_to(refused))
+    assert [(docs[n - 1]["event_id"], reason) for n, reason in refused] == list(reasons.items())
+
+
+def _add_to(found: list[tuple[int, str]]) -> Callable[[int, str], None]:
+    return lambda number, reason: found.append((number, reason))
