@@ -85,7 +85,7 @@ FEEDBACK_FIELDS: Final = ("channel", "granted", "action_id", "kind")
 FEEDBACK_TYPES: Final = frozenset({"consent", "engagement"})
 _TYPE = re.compile(TYPE_PATTERN)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NOT_NAME = re.compile(r"[^a-z0-9_.:-]+")
+_NOT_NAME = re.compile(r"[^a-z0-9]+")  # a lone . : or - stays, any other run is one _
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -155,8 +155,8 @@ def snake(name: str) -> str:
     Turkish dotless i read as i)."""
     text = unicodedata.normalize("NFKD", name.strip().replace("\u0131", "i"))
     text = text.encode("ascii", "ignore").decode()
-    text = _NOT_NAME.sub("_", _CAMEL.sub("_", text).lower())
-    return re.sub(r"_+", "_", text).strip("_")
+    text = _CAMEL.sub("_", text).lower()
+    return _NOT_NAME.sub(lambda run: run[0] if run[0] in ".:-" else "_", text).strip("_")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
