@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import orjson
 
 from cli.deliver import add_commands
+from cli.dlq import add_dlq_commands
 from cli.errors import explain
 from cli.help import explain_all, version
 from cli.metrics import add_metrics_port
@@ -427,6 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     add_rules_commands(rules_sub)  # validate, push, list, history, rollback
     add_commands(sub)  # deliver, onsite
+    add_dlq_commands(sub)  # dlq list, dlq replay
 
     bench = sub.add_parser("bench", help="benchmarks (README, Performance)")
     bench.add_argument(
