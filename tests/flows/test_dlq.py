@@ -30,7 +30,7 @@ def _dead_letters(bootstrap: str, topic: str) -> None:
             (LATER, "ts 1700000005000 is 30.5 days before the engine's clock; stale"),
         ]
     ):
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("tetik.error.reason", reason.encode()),
             ("tetik.error.class", b"InvalidEvent"),
             ("tetik.source.topic", b"events"),
