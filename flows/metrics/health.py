@@ -67,7 +67,7 @@ class Health:
             return False, line
         with self._lock:
             now = self._clock()
-            if self._answer is None or now - self._answer[0] > self._cache_s:
+            if self._answer is None or now - self._answer[0] >= self._cache_s:
                 self._answer = (now, self._run_checks())
             return self._answer[1]
 
