@@ -76,7 +76,6 @@ from bench.e2e import (
 from bench.journey import JOURNEY
 from bench.journey import RULES as CART_RULES
 from bench.load import PRODUCER_CONFIG, LoadProcess, StepDone
-from bench.progress import Bar
 from bench.report import broker_label, table
 from bench.segments_live import populate as populate_shoppers
 from bench.watch import OutputWatch, summary
@@ -86,6 +85,7 @@ from engine.interest import interest_of
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.state import UserState
+from flows.jobs.progress import Bar
 from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.retry import RedisClient, connect

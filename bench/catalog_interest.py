@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.progress import Bar
 from bench.report import table
 from engine.interest import Interest
+from flows.jobs.progress import Bar
 from flows.report import say
 from flows.retry import RedisClient, connect
 from flows.servers.embedded import servers

@@ -66,11 +66,11 @@ import redis
 
 from bench.journey import RULES, WAIT_MS
 from bench.load import LoadProcess, StepDone
-from bench.progress import Bar
 from bench.report import broker_label
 from bench.watch import OutputWatch, summary
 from clickstream.generator import GeneratorConfig
 from engine.errors import ConfigError
+from flows.jobs.progress import Bar
 from flows.kafka.topics import ensure_topics
 from flows.pipeline.source import LIVE_AFTER_S
 from flows.report import say

@@ -52,13 +52,13 @@ import redis
 
 from bench.e2e import Child, make_system, running
 from bench.load import template
-from bench.progress import Bar
 from bench.report import table
 from clickstream.generator import GeneratorConfig, generate, generate_records
 from engine.events import decode_event
 from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG
 from flows.clock import wall_ms as now_ms
+from flows.jobs.progress import Bar
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say

@@ -30,13 +30,13 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
-from bench.progress import Bar
 from bench.report import table
 from engine.events import Event
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from engine.state import UserState, dumps, loads
 from flows.clock import wall_ms
+from flows.jobs.progress import Bar
 from flows.jobs.run import RunOptions
 from flows.pipeline.dataflow import DropSink, build_flow
 from flows.pipeline.rules_runtime import RulesRuntime

@@ -56,11 +56,11 @@ from typing import Any
 import msgspec
 import orjson
 
-from bench.progress import Bar
 from chaos.compare import dead_letters, recovery, tally
 from chaos.run import Deployment
 from chaos.servers import Servers, Unavailable, scenario_servers
 from chaos.workload import SEGMENT_JOURNEYS, stream
+from flows.jobs.progress import Bar
 from flows.jobs.run import RunOptions
 from flows.retry import connect
 from flows.settings import from_env

@@ -21,6 +21,7 @@ from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules_file, summary
 from engine.rules.model import Rules
+from flows.jobs.progress import Line, Rate
 
 
 def parse_until(text: str) -> int:
@@ -55,15 +56,16 @@ def validate(path: str) -> int:
 
 
 def event_lines(path: str) -> Iterator[bytes]:
-    """The file's lines, with a progress line on stderr every two seconds."""
-    start = last = time.monotonic()
-    with Path(path).open("rb") as handle:
-        for count, line in enumerate(handle, start=1):
-            yield line
-            if count % 50_000 == 0 and time.monotonic() - last > 2:
-                last = time.monotonic()
-                rate = count / (last - start)
-                print(f"\rreplay: {count:,} lines ({rate:,.0f}/s)", end="", file=sys.stderr)
+    """The file's lines, with a progress line on stderr (:mod:`flows.jobs.progress`)."""
+    progress, rate = Line(), Rate()
+    try:
+        with Path(path).open("rb") as handle:
+            for count, line in enumerate(handle, start=1):
+                yield line
+                if count % 50_000 == 0 and progress.due():
+                    progress.update(f"replay: {count:,} lines ({rate.read(count):,.0f}/s)")
+    finally:
+        progress.close()
 
 
 def run_replay(
@@ -100,7 +102,7 @@ def run_replay(
     else:
         _write(sys.stdout.buffer, kept)
     print(
-        f"\rreplay: {stats.events:,} events{_derived_note(stats)}, "
+        f"replay: {stats.events:,} events{_derived_note(stats)}, "
         f"{stats.invalid:,} invalid lines, "
         f"{stats.users:,} users -> {stats.actions.get('sent', 0):,} sent, "
         f"{stats.actions.get('suppressed', 0):,} suppressed{_identity_note(stats)}",

@@ -55,6 +55,7 @@ import orjson
 
 from engine.errors import ConfigError, InvalidEvent, TetikError
 from engine.events import PRODUCT_UPDATE, check_not_future, decode_event, encode_event, parse_ts
+from flows.jobs.progress import Line, Rate
 from flows.kafka.producer import identity_of, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
@@ -289,32 +290,22 @@ def validate(event: dict[str, Any], received: int) -> bytes:
 
 
 class Progress:
-    """Rows read so far on stderr: redrawn in place on a terminal, a plain line
-    every :data:`PROGRESS_EVERY_S` seconds elsewhere."""
+    """Rows read so far on stderr (:class:`flows.jobs.progress.Line`): live on a
+    terminal, a plain line every :data:`PROGRESS_EVERY_S` seconds elsewhere; the
+    rate is over the rows since the last line."""
 
     def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = self.last = time.monotonic()
-        self.shown = False
+        self.line = Line(stream, every_s=PROGRESS_EVERY_S)
+        self.rate = Rate()
 
     def tick(self, rows: int) -> None:
-        if rows % 1000:
+        if rows % 1000 or not self.line.due():
             return
-        now = time.monotonic()
-        if now - self.last < (0.5 if self.tty else PROGRESS_EVERY_S):
-            return
-        self.last = now
-        self.shown = True
-        line = f"tetik: {self.label}: {rows:,} rows ({rows / (now - self.start):,.0f}/s)"
-        self.stream.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
-        self.stream.flush()
+        self.line.update(f"tetik: {self.label}: {rows:,} rows ({self.rate.read(rows):,.0f}/s)")
 
     def close(self) -> None:
-        if self.shown and self.tty:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        self.line.close()
 
 
 class Load:

@@ -16,7 +16,6 @@ Rules of this interface:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import orjson
 
 from engine.errors import ConfigError
 from engine.events import parse_ts
+from flows.jobs.progress import Line
 from flows.kafka.producer import identity_of, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
@@ -49,9 +49,17 @@ def produce_file(
     if restamp_now:
         lines = restamp(lines, time.time_ns() // 1_000_000)
     records = ((identity_of(line), line) for line in lines)
-    sent = produce_records(
-        settings.kafka_bootstrap, target, records, rate=rate, on_progress=_count_progress
-    )
+    progress = Line()
+    try:
+        sent = produce_records(
+            settings.kafka_bootstrap,
+            target,
+            records,
+            rate=rate,
+            on_progress=lambda n: progress.update(f"tetik: sent {n:,}"),
+        )
+    finally:
+        progress.close()
     say(f"sent {sent:,} records to {target}")
     return 0
 
@@ -94,7 +102,3 @@ def _ts_of(line: bytes) -> int | None:
         except ValueError:
             return None
     return None
-
-
-def _count_progress(sent: int) -> None:
-    print(f"\rsent {sent:,}", end="", file=sys.stderr, flush=True)

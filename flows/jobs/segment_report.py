@@ -121,7 +121,7 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
     for name, count in counts.items():
         print(f"{name}: {count:,}", file=sys.stderr)
     print(
-        f"\rsegments: {len(known):,} users at {moment} ({stats.events:,} events, "
+        f"segments: {len(known):,} users at {moment} ({stats.events:,} events, "
         f"{stats.invalid:,} invalid lines)",
         file=sys.stderr,
     )
