@@ -166,7 +166,9 @@ def _live(
     recovery = str(tmp / "recovery")
     children = [
         _start(settings, tmp, "run", ["run", "--rules", str(RULES), "--recovery-dir", recovery]),
-        _start(settings, tmp, "deliver", ["deliver", "--config", str(config)]),
+        _start(
+            settings, tmp, "deliver", ["deliver", "--config", str(config), *_next_port(settings)]
+        ),
     ]
     watch = ActionWatch(
         settings.kafka_bootstrap, settings.actions_topic, settings.actions_partitions
@@ -195,6 +197,11 @@ def _channels_config(tmp: Path, smtp_port: int) -> Path:
         f"default: {{adapter: jsonl, path: {tmp / 'deliveries.jsonl'}}}\n"
     )
     return path
+
+
+def _next_port(settings: Settings) -> list[str]:
+    """With TETIK_METRICS_PORT=N, run serves N and deliver N + 1 (not both N)."""
+    return ["--metrics-port", str(settings.metrics_port + 1)] if settings.metrics_port else []
 
 
 def _start(settings: Settings, tmp: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
