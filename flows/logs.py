@@ -13,7 +13,9 @@ Rules of this interface:
   the level; ``TETIK_LOG_FORMAT=json`` writes one JSON object per line
   (``ts``, ``level``, ``logger``, ``message``, then any ``extra`` fields),
   anything else plain lines: ``tetik: MESSAGE`` at INFO, ``tetik: LEVEL:
-  MESSAGE`` otherwise. Both are read by :mod:`flows.settings`.
+  MESSAGE`` otherwise; a problem with a line of an input file
+  (:func:`bad_line`, logger ``tetik.input``) stays ``FILE:LINE: reason`` in
+  plain text, as compilers write it. Both are read by :mod:`flows.settings`.
 * librdkafka's own lines (``%3|...|FAIL|...``) go to :data:`KAFKA` (a Kafka
   client's ``logger`` setting): kept out of the log unless the level is
   DEBUG, since tetik's own line says what a fault means and what to do.
@@ -37,13 +39,24 @@ import orjson
 if TYPE_CHECKING:  # flows.settings imports modules that log: read it when configuring
     from flows.settings import LogConfig
 
-__all__ = ["JsonFormatter", "Redact", "TextFormatter", "configure", "ensure", "redact"]
+__all__ = [
+    "JsonFormatter",
+    "Redact",
+    "TextFormatter",
+    "bad_line",
+    "configure",
+    "ensure",
+    "redact",
+]
 
 # user@example.com, first.last+tag@mail.example.co.uk
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # E.164 and its usual spellings: +49 170 1234567, +1 (415) 555-0100, +447911123456.
 # A leading + is required, so epoch milliseconds and counts are left alone.
 PHONE = re.compile(r"\+[1-9](?:[ .\-()]{0,2}\d){6,14}")
+
+# Problems with lines of an input file (an event log, a feed): FILE:LINE: reason.
+INPUT = logging.getLogger("tetik.input")
 
 # librdkafka's lines: give it as ``"logger": KAFKA`` in a Kafka client's settings.
 KAFKA = logging.getLogger("tetik.kafka")
@@ -55,6 +68,12 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+def bad_line(path: str, number: int, reason: str) -> None:
+    """Log that line ``number`` of the input file ``path`` was left out, and why."""
+    ensure()
+    INPUT.warning("%s:%d: %s", path, number, reason, extra={"file": path, "line": number})
 
 
 def redact(text: str) -> str:
@@ -88,6 +107,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
         line = f"tetik: {level}{record.getMessage()}"
+        if record.name == INPUT.name:
+            line = record.getMessage()  # FILE:LINE: reason, as compilers write it
         if record.exc_text:
             line = f"{line}\n{record.exc_text}"
         return line

@@ -21,6 +21,7 @@ from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules_file, summary
 from engine.rules.model import Rules
+from flows import logs
 from flows.jobs.progress import Line, Rate
 
 
@@ -90,11 +91,11 @@ def run_replay(
         event_lines(events_path),
         until=until,
         drain=drain,
-        on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),
+        on_error=lambda n, reason: logs.bad_line(events_path, n, reason),
         stats=stats,
     )
     for failure in stats.failed:
-        print(f"{events_path}: processing failed, left out: {failure}", file=sys.stderr)
+        logs.INPUT.error("%s: processing failed, left out: %s", events_path, failure)
     kept = [a for a in actions if include_suppressed or a.status == "sent"]
     if out:
         with Path(out).open("wb") as handle:

@@ -35,6 +35,7 @@ from engine.rfm import RfmBook, RfmScore, rfm_inputs, score
 from engine.rfm_base import base_bounds, score_base
 from engine.segments import members_at
 from engine.state import UserState
+from flows import logs
 from flows.jobs.backtest import event_lines, load_rules
 from flows.settings import windows_from_env
 
@@ -98,7 +99,7 @@ def run_segments(rules_path: str, events_path: str, *, at: int | None, out: str 
         engine,
         event_lines(events_path),
         until=at,
-        on_error=lambda n, reason: print(f"{events_path}:{n}: {reason}", file=sys.stderr),
+        on_error=lambda n, reason: logs.bad_line(events_path, n, reason),
         stats=stats,
         states=states,
     )
