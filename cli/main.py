@@ -32,7 +32,9 @@ from flows import logs
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.jobs.demo import run_demo
 
-    return run_demo(duration=args.duration, users=args.users, rate=args.rate, seed=args.seed)
+    return run_demo(
+        duration=args.duration, users=args.users, rate=args.rate, seed=args.seed, at=args.at
+    )
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -265,6 +267,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=2000, help="distinct shoppers (2000)")
     demo.add_argument("--rate", type=int, default=500, help="events per second offered (500)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed")
+    demo.add_argument(
+        "--at",
+        default="12:00",
+        metavar="HH:MM",
+        help="the shoppers' local time: their time zones are those where it is about HH:MM "
+        "now, so quiet hours (22:00-09:00) do not depend on when the demo runs (12:00)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     ingest = sub.add_parser("ingest", help="run the ingest flow: Kafka events -> state in Redis")
@@ -449,6 +458,7 @@ def _parser() -> argparse.ArgumentParser:
             "catalog-fanout",
             "catalog-interest",
             "catalog-product",
+            "collect",
             "all",
         ],  # bench.cli.WHAT (imported only when a bench runs)
         nargs="?",

@@ -218,6 +218,8 @@ class GeneratorConfig:
     # output is what it always was.
     catalog_updates: bool = False
     catalog_changes_per_hour: float = 120.0  # price drops/rises and stock-outs, event time
+    # Profiles' time zones: (zone, phone prefix, share); tetik demo --at picks its own.
+    timezones: tuple[tuple[str, str, float], ...] = ()  # empty: TIMEZONES
 
     def __post_init__(self) -> None:
         if min(self.users, self.products, self.categories) < 1:
@@ -643,7 +645,8 @@ class _Simulator:
         self.actions = _table(ACTIONS)
         self.entry_actions = _table(ENTRY_ACTIONS)
         self.engagement_kinds = _table(ENGAGEMENT_KINDS)
-        self.zones = _Weighted(list(TIMEZONES), [share for *_, share in TIMEZONES])
+        zones = cfg.timezones or TIMEZONES
+        self.zones = _Weighted(list(zones), [share for *_, share in zones])
         self.gap_mu = math.log(GAP_MEDIAN_S)
         self.book = _CatalogBook(cfg, self.catalog) if cfg.catalog_updates else None
         sessions = max(1.0, cfg.events / EVENTS_PER_SESSION)

@@ -17,6 +17,20 @@ and the journeys they start, the dead-letter count and end-to-end latency
 p50/p99, measured from each action's ``ingested_at``. After ``--duration``
 seconds or Ctrl-C it prints a summary and stops everything it started.
 
+The shoppers' hour: quiet hours (22:00-09:00 in each shopper's zone) would
+make the demo's result depend on when it runs. So the demo picks its
+shoppers' time zones for a local time, ``--at HH:MM`` (12:00 by default):
+the zones where it is about that time now (:func:`clickstream.zones.zones_at`)
+become the profiles' zones and the rules' default ``timezone`` (for shoppers
+without a profile), written to a copy of the rules in the demo's folder. At
+the default every channel sends whatever the hour; ``--at 23:00`` shows the
+quiet hours deferring the sends.
+
+The demo's folder, ``.tetik/demo/<UTC time>/`` under the working directory
+(printed at the start and the end, kept afterwards), holds the children's
+logs (``run.log``, ``deliver.log``), the rules and channel config they ran
+with, ``deliveries.jsonl`` and the engine's recovery directory.
+
 Time stamping: every record, shopper event or product update, is stamped with
 the clock as it leaves (:func:`stream_records`), in the generator's order
 (an update before the shopper events of its time or later). The generator's
@@ -31,10 +45,10 @@ import collections
 import dataclasses
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,7 +62,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from channels.onsite import read_inbox
 from clickstream.generator import GeneratorConfig, generate_records
+from clickstream.zones import Zone, parse_clock, zones_at
 from engine.catalog import Product
+from engine.errors import ConfigError
 from engine.events import PRODUCT_UPDATE
 from engine.state import to_view
 from flows.jobs.console import ActionWatch, Snapshot, render
@@ -64,6 +80,8 @@ from flows.stores.states import Shoppers
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
 RULES = Path(__file__).resolve().parents[2] / "examples" / "demo" / "journeys.yaml"
+DEFAULT_AT = "12:00"  # the shoppers' local time: daytime, outside every quiet hour
+FOLDER = Path(".tetik") / "demo"  # under the working directory, one folder a run
 SETTLE_S = 3.0  # after the stream ends, time for the last actions and deliveries
 # The catalog's changes (drops, rises, stock-outs) per hour of the generator's event
 # time; the demo's minute streams about an hour of it.
@@ -91,6 +109,7 @@ class Traffic:
     users: int
     rate: int
     seed: int
+    zones: tuple[Zone, ...] = ()  # the profiles' zones (empty: the generator's own)
 
     def config(self) -> GeneratorConfig:
         """The generator's config: ``rate * duration`` shopper events, 1 % malformed,
@@ -102,7 +121,33 @@ class Traffic:
             invalid_ratio=0.01,
             catalog_updates=True,
             catalog_changes_per_hour=CATALOG_CHANGES_PER_HOUR,
+            timezones=self.zones,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Hour:
+    """The shoppers' local time the demo runs at (``--at``): their zones and the rules."""
+
+    at: str
+    zones: tuple[Zone, ...]
+
+    @classmethod
+    def at_now(cls, at: str, now_ms: int) -> Hour:
+        """The zones where it is about ``at`` (``HH:MM``) at ``now_ms``."""
+        try:
+            minute = parse_clock(at)
+        except ValueError as exc:
+            raise ConfigError(f"tetik demo: {exc}") from None
+        return cls(at, tuple(zones_at(minute, now_ms)))
+
+    def rules(self) -> str:
+        """The demo's journeys with the closest zone as the rules' default ``timezone``."""
+        text = RULES.read_text()
+        return re.sub(r"(?m)^timezone: .*$", f"timezone: {self.zones[0][0]}", text, count=1)
+
+    def names(self) -> str:
+        return ", ".join(zone for zone, *_ in self.zones)
 
 
 @dataclasses.dataclass
@@ -127,11 +172,15 @@ class MailCatcher:
         return "250 OK"
 
 
-def run_demo(*, duration: float, users: int, rate: int, seed: int) -> int:
+def run_demo(*, duration: float, users: int, rate: int, seed: int, at: str = DEFAULT_AT) -> int:
     """Run the demo; return 0 when the engine emitted actions and everything stopped."""
+    hour = Hour.at_now(at, wall_ms())
+    folder = _folder()
     print(f"tetik demo: a live storefront for {duration:.0f} s at {rate:,} events/s", flush=True)
+    say(f"shoppers' local time about {hour.at} (time zones {hour.names()})")
+    say(f"logs in {folder}")
     stop = _stop_on_ctrl_c()
-    with servers(progress=say) as endpoints, tempfile.TemporaryDirectory(prefix="tetik-") as tmp:
+    with servers(progress=say) as endpoints:
         settings = from_env().with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
         ensure_topics(settings.kafka_bootstrap, settings.topic_layout())
         catcher = MailCatcher()
@@ -139,12 +188,25 @@ def run_demo(*, duration: float, users: int, rate: int, seed: int) -> int:
         smtp.start()
         say(f"mail catcher (SMTP) on 127.0.0.1:{smtp.port}")
         try:
-            traffic = Traffic(duration, users, rate, seed)
-            ok = _live(settings, Path(tmp), smtp.port, catcher, stop, traffic)
+            traffic = Traffic(duration, users, rate, seed, hour.zones)
+            ok = _live(settings, folder, smtp.port, catcher, stop, traffic, hour)
         finally:
             smtp.stop()
-    say("embedded servers stopped; nothing left running")
+    say(f"embedded servers stopped; nothing left running; logs kept in {folder}")
     return 0 if ok else 1
+
+
+def _folder() -> Path:
+    """A new folder for this run's logs, named by the UTC time it starts."""
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+    folder = Path.cwd() / FOLDER / stamp
+    for n in itertools.count(2):
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            folder = Path.cwd() / FOLDER / f"{stamp}-{n}"
+    raise AssertionError("unreachable")
 
 
 def _stop_on_ctrl_c() -> threading.Event:
@@ -161,11 +223,14 @@ def _live(
     catcher: MailCatcher,
     stop: threading.Event,
     traffic: Traffic,
+    hour: Hour,
 ) -> bool:
     config = _channels_config(tmp, smtp_port)
     recovery = str(tmp / "recovery")
+    rules = tmp / "journeys.yaml"
+    rules.write_text(hour.rules())
     children = [
-        _start(settings, tmp, "run", ["run", "--rules", str(RULES), "--recovery-dir", recovery]),
+        _start(settings, tmp, "run", ["run", "--rules", str(rules), "--recovery-dir", recovery]),
         _start(
             settings, tmp, "deliver", ["deliver", "--config", str(config), *_next_port(settings)]
         ),

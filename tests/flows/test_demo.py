@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ def _numbers(pattern: str, text: str) -> list[int]:
     return [int(n.replace(",", "")) for n in groups]
 
 
-def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
+def test_demo_runs_the_live_engine_and_leaves_nothing_running(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETIK_")}
     args = ["demo", "--duration", "8", "--rate", "400", "--users", "150"]
     done = subprocess.run(
@@ -44,6 +45,7 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
@@ -77,6 +79,12 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running() -> None:
     # The inboxes are found by the key layout's pattern and read back whole.
     assert _number(r"onsite inboxes: ([\d,]+);", summary) > 0
     assert _number(r"`tetik onsite [^`]+` shows (\d+) message", summary) > 0
+    # The logs stay in the folder named at the start and the end.
+    (folder,) = (tmp_path / ".tetik" / "demo").iterdir()
+    assert f"logs in {folder}" in output
+    assert f"logs kept in {folder}" in output
+    assert (folder / "run.log").stat().st_size > 0
+    assert "timezone: " in (folder / "journeys.yaml").read_text()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)", output)]
     assert len(pids) == 4  # valkey, tansu, run and deliver children
     assert not [pid for pid in pids if _alive(pid)]
