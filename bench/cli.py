@@ -22,7 +22,7 @@ from flows.report import say
 WHAT = (
     "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments",
     "segments-core", "segments-replay", "catalog", "catalog-fanout", "catalog-interest",
-    "catalog-product", "all",
+    "catalog-product", "collect", "all",
 )  # fmt: skip
 ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
@@ -32,6 +32,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.catalog_fanout import bench_catalog_fanout
     from bench.catalog_interest import bench_catalog_interest
     from bench.catalog_product import bench_catalog_product
+    from bench.collect import bench_collect
     from bench.core import bench_core
     from bench.core import bench_segments as bench_segments_core
     from bench.e2e import bench_e2e
@@ -60,6 +61,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "catalog-fanout": bench_catalog_fanout,
         "catalog-interest": bench_catalog_interest,
         "catalog-product": bench_catalog_product,
+        "collect": bench_collect,
     }
 
 

@@ -264,7 +264,11 @@ async def _answer(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), *headers],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

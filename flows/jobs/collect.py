@@ -20,7 +20,9 @@ Rules of this job:
 
 from __future__ import annotations
 
+import signal
 import socket
+from types import FrameType
 from typing import Final
 
 import uvicorn
@@ -63,7 +65,7 @@ def run_collect(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> int:
             f"collecting on http://{host}:{port}/v1/{{track,identify,page,screen,batch}} "
             f"-> {settings.events_topic} (Ctrl-C stops)"
         )
-        server(app).run(sockets=[sock])
+        serve(server(app), sock)
         counts = app.counts
         say(
             f"collect: {counts.events:,} events taken from {counts.requests:,} requests; "
@@ -90,6 +92,22 @@ def server(app: Collector) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def serve(uvicorn_server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run until SIGINT/SIGTERM. uvicorn stops gracefully on either, then raises it
+    again for the handlers before it: absorbed here, so the job ends and reports."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, _absorb) for sig in signals}
+    try:
+        uvicorn_server.run(sockets=[sock])
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _absorb(_sig: int, _frame: FrameType | None) -> None:
+    """The signal uvicorn raises again once it has stopped: nothing more to do."""
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; ConfigError in one line when it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -102,5 +120,6 @@ def bind(host: str, port: int) -> socket.socket:
         raise ConfigError(
             f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port"
         ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.listen(2048)
     return sock
