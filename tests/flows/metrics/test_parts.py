@@ -1,5 +1,6 @@
 """The pieces around the Metrics interface: shard reports counted, health answers, the
-HTTP server, the source's lag measured at most once a second, the port setting."""
+HTTP server, the source's lag measured at most once a second, Redis faults counted, the
+port setting."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+import redis
 
 from engine.actions import Action
 from engine.errors import ConfigError
+from flows.metrics import install, installed
 from flows.metrics.engine import record_reports
 from flows.metrics.health import Health
 from flows.metrics.http import MetricsPortError, serve
@@ -17,6 +20,7 @@ from flows.metrics.kafka import SourceWatch
 from flows.metrics.memory import MemoryMetrics
 from flows.metrics.names import ACTIONS, ERRORS, EVENTS, LAG, LATENCY, SHARD_COUNTS, bounded
 from flows.pipeline.shard import ShardReport
+from flows.retry import retrying
 from flows.settings import from_env
 
 
@@ -170,3 +174,21 @@ def test_the_port_setting() -> None:
     for bad in ("0", "70000", "http"):
         with pytest.raises(ConfigError, match="TETIK_METRICS_PORT must be a TCP port"):
             from_env({"TETIK_METRICS_PORT": bad})
+
+
+def test_each_retried_redis_fault_counts_in_the_installed_metrics() -> None:
+    metrics, before = MemoryMetrics(), installed()
+    failures = [redis.ConnectionError("refused"), redis.TimeoutError("frozen")]
+
+    def flaky() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    install(metrics)
+    try:
+        assert retrying("testing", flaky, report=lambda _line: None) == "done"
+    finally:
+        install(before)
+    assert metrics.read(ERRORS, system="redis", kind="ConnectionError") == 1
+    assert metrics.read(ERRORS, system="redis", kind="TimeoutError") == 1
