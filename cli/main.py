@@ -27,6 +27,7 @@ from cli.metrics import add_metrics_port
 from cli.rules import add_rules_commands, refuse_who
 from engine.errors import TetikError
 from flows import logs
+from flows.report import say
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"tetik generate: {exc}", file=sys.stderr)
         return 2
     count = write_jsonl(cfg, args.out)
-    print(f"wrote {count:,} events to {args.out}", file=sys.stderr)
+    say(f"wrote {count:,} events to {args.out}")
     return 0
 
 

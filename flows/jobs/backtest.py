@@ -23,6 +23,7 @@ from engine.rules.loader import load_rules_file, summary
 from engine.rules.model import Rules
 from flows import logs
 from flows.jobs.progress import Line, Rate
+from flows.report import say
 
 
 def parse_until(text: str) -> int:
@@ -102,12 +103,11 @@ def run_replay(
             _write(handle, kept)
     else:
         _write(sys.stdout.buffer, kept)
-    print(
+    say(
         f"replay: {stats.events:,} events{_derived_note(stats)}, "
         f"{stats.invalid:,} invalid lines, "
         f"{stats.users:,} users -> {stats.actions.get('sent', 0):,} sent, "
-        f"{stats.actions.get('suppressed', 0):,} suppressed{_identity_note(stats)}",
-        file=sys.stderr,
+        f"{stats.actions.get('suppressed', 0):,} suppressed{_identity_note(stats)}"
     )
     return 0
 
