@@ -70,12 +70,11 @@ from engine.errors import ConfigError
 from engine.events import CHANNELS
 from flows.clock import wall_ms
 from flows.kafka.topics import ensure_topics
-from flows.metrics import Metrics, install, installed
+from flows.metrics import Metrics, installed
 from flows.metrics.health import Health, kafka_check, redis_check
-from flows.metrics.http import serve
+from flows.metrics.http import serve_job
 from flows.metrics.kafka import LAG_EVERY_S, group_lag
 from flows.metrics.names import DELIVERIES, ERRORS, NONE, bounded
-from flows.metrics.prometheus import PrometheusMetrics
 from flows.report import say
 from flows.retry import connect
 from flows.settings import Settings
@@ -379,7 +378,8 @@ def run_deliver(
     with contextlib.ExitStack() as stack:
         client = connect(settings.redis_url)
         stack.callback(client.close)
-        health = _observed(settings, client, metrics_port, stack)
+        checks = {"redis": redis_check(client), "kafka": kafka_check(settings.kafka_bootstrap)}
+        health = serve_job(metrics_port, checks, stack, stale_s=LIVE_STALE_S)
         router = Router(config or default_config(), _resources(settings, client))
         stack.callback(router.close)
         job = Deliverer(
@@ -395,20 +395,6 @@ def run_deliver(
         _loop(job, consumer, Limits(idle_exit, max_actions), stop or threading.Event(), watch)
     progress(job.tally.line())
     return job.tally
-
-
-def _observed(
-    settings: Settings, client: redis.Redis, port: int, stack: contextlib.ExitStack
-) -> Health | None:
-    """With a port: Prometheus metrics installed and served with the job's health."""
-    if not port:
-        return None
-    checks = {"redis": redis_check(client), "kafka": kafka_check(settings.kafka_bootstrap)}
-    health = Health(checks, stale_s=LIVE_STALE_S)
-    server = serve(port, install(PrometheusMetrics()), health)
-    stack.callback(server.close)
-    say(f"metrics on port {server.port}: /metrics, /healthz, /readyz")
-    return health
 
 
 def _resources(settings: Settings, client: redis.Redis) -> Resources:

@@ -65,12 +65,11 @@ from confluent_kafka.admin import AdminClient
 from engine.errors import ConfigError, TetikError
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
-from flows.metrics import install, installed
+from flows.metrics import installed
 from flows.metrics.engine import ReportsSink, TimersPending
 from flows.metrics.health import Health, kafka_check, redis_check
-from flows.metrics.http import serve
+from flows.metrics.http import serve_job
 from flows.metrics.kafka import SourceWatch, producer_errors
-from flows.metrics.prometheus import PrometheusMetrics
 from flows.pipeline.bounded import check_settled
 from flows.pipeline.breaker import Breaker, Halt
 from flows.pipeline.dataflow import build_flow
@@ -406,15 +405,11 @@ def _observed(settings: Settings, options: RunOptions, stack: ExitStack) -> Heal
         return None
     client = connect(settings.redis_url)
     checks = {"redis": redis_check(client), "kafka": kafka_check(settings.kafka_bootstrap)}
-    health = Health(checks, stale_s=LIVE_STALE_S)
-    metrics = install(PrometheusMetrics())
-    server = serve(options.metrics_port, metrics, health)
-    stack.callback(server.close)
+    health = serve_job(options.metrics_port, checks, stack, stale_s=LIVE_STALE_S)
     if options.process_id == 0:
-        timers = TimersPending(client, settings.keys, metrics)
+        timers = TimersPending(client, settings.keys, installed())
         timers.start()
         stack.callback(timers.stop)
-    say(f"metrics on port {server.port}: /metrics, /healthz, /readyz")
     return health
 
 

@@ -12,18 +12,27 @@ Rules of this interface:
   Any other path: 404. Request lines are not logged.
 * The server binds every interface (``host``), as Prometheus exporters do;
   :meth:`MetricsServer.close` stops it.
+* :func:`serve_job` is what a job calls (``tetik run``, ``tetik deliver``,
+  ``tetik collect``): with a port, it installs a
+  :class:`~flows.metrics.prometheus.PrometheusMetrics` as the process's
+  metrics, serves it with a :class:`~flows.metrics.health.Health` of the
+  job's checks until ``stack`` closes, and returns the health for the job's
+  loop to beat; without one, it does nothing and returns None.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 from engine.errors import TetikError
-from flows.metrics import Metrics
-from flows.metrics.health import Health
+from flows.metrics import Metrics, install
+from flows.metrics.health import Check, Health
+from flows.metrics.prometheus import PrometheusMetrics
+from flows.report import say
 
 TEXT = "text/plain; charset=utf-8"
 
@@ -69,6 +78,20 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
         ) from None
     server.daemon_threads = True
     return MetricsServer(server)
+
+
+def serve_job(
+    port: int, checks: Mapping[str, Check], stack: ExitStack, *, stale_s: float
+) -> Health | None:
+    """With ``port``: Prometheus metrics installed and served with the job's health
+    until ``stack`` closes; the health, for the job's loop to beat (module rules)."""
+    if not port:
+        return None
+    health = Health(checks, stale_s=stale_s)
+    server = serve(port, install(PrometheusMetrics()), health)
+    stack.callback(server.close)
+    say(f"metrics on port {server.port}: /metrics, /healthz, /readyz")
+    return health
 
 
 def _probe(answer: tuple[bool, str]) -> tuple[int, bytes, str]:
