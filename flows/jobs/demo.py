@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import os
 import re
 import signal
@@ -184,6 +185,7 @@ def run_demo(*, duration: float, users: int, rate: int, seed: int, at: str = DEF
         settings = from_env().with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
         ensure_topics(settings.kafka_bootstrap, settings.topic_layout())
         catcher = MailCatcher()
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line a command
         smtp = Controller(catcher, hostname="127.0.0.1", port=free_port())
         smtp.start()
         say(f"mail catcher (SMTP) on 127.0.0.1:{smtp.port}")
