@@ -23,9 +23,12 @@ Rules of this interface:
   handed one. A job that serves metrics calls :func:`install` before it
   builds anything.
 * ``tetik collect`` and any other job reuse the same pieces: declare its
-  metrics in :mod:`flows.metrics.names`, call :func:`install` with a
-  :class:`~flows.metrics.prometheus.PrometheusMetrics`, and serve them with
-  :func:`flows.metrics.http.serve` and a :class:`flows.metrics.health.Health`.
+  metrics in :mod:`flows.metrics.names`, call
+  :func:`flows.metrics.http.serve_job` with the port and the job's readiness
+  checks (it installs a :class:`~flows.metrics.prometheus.PrometheusMetrics`
+  and serves ``/metrics``, ``/healthz`` and ``/readyz``), beat the returned
+  :class:`~flows.metrics.health.Health` from the job's loop, and count
+  through :func:`installed`.
 """
 
 from __future__ import annotations

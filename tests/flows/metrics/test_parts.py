@@ -10,8 +10,10 @@ import urllib.request
 import pytest
 import redis
 
+from channels.base import Delivery
 from engine.actions import Action
 from engine.errors import ConfigError
+from flows.jobs.deliver import _reason
 from flows.metrics import install, installed
 from flows.metrics.engine import record_reports
 from flows.metrics.health import Health
@@ -192,3 +194,21 @@ def test_each_retried_redis_fault_counts_in_the_installed_metrics() -> None:
         install(before)
     assert metrics.read(ERRORS, system="redis", kind="ConnectionError") == 1
     assert metrics.read(ERRORS, system="redis", kind="TimeoutError") == 1
+
+
+def test_a_failed_delivery_has_a_bounded_reason_not_its_detail() -> None:
+    def result(outcome: str, adapter: str = "webhook", detail: str = "") -> Delivery:
+        return Delivery(
+            action_id="a1",
+            channel="sms",
+            adapter=adapter,
+            outcome=outcome,
+            detail=detail,  # type: ignore[arg-type]
+        )
+
+    assert _reason(result("delivered")) == "none"
+    assert (
+        _reason(result("failed", adapter="-", detail="no adapter for channel 'x'")) == "no_adapter"
+    )
+    assert _reason(result("failed", detail="adapter error: KeyError: 'u1'")) == "adapter_error"
+    assert _reason(result("failed", detail="HTTP 503 after 2 attempts")) == "send_failed"
