@@ -115,7 +115,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from flows.jobs.collect import run_collect
 
-    return run_collect(port=args.port, host=args.host)
+    return run_collect(port=args.port, host=args.host, metrics_port=args.metrics_port)
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
@@ -390,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("--port", type=int, default=8088, help="port to listen on (8088)")
     collect.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    add_metrics_port(collect)
     collect.set_defaults(func=_cmd_collect)
 
     catalog = sub.add_parser("catalog", help="the product catalog: load a product feed")

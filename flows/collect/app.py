@@ -35,16 +35,22 @@ events/s. Rules of this interface:
   body as it came (unzipped) and the source ``http:<path>``, partition and
   offset -1. If the dead letter is not acknowledged either, the answer is a
   503, so the SDK sends the call again rather than drop it.
+* Every answer counts in ``tetik_collect_requests_total`` by endpoint (the
+  call type of :data:`ROUTES`, ``other`` for the rest) and status; a record
+  Kafka did not take in ``tetik_errors_total{system="kafka"}``. Given a
+  :class:`~flows.metrics.health.Health`, the event loop beats it every
+  second, so ``/healthz`` on the metrics port fails when the loop is stuck.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -55,6 +61,9 @@ from engine.events import encode_event
 from flows.clock import Clock, wall_ms
 from flows.collect.segment import events_of
 from flows.kafka.acked import AckedProducer, NotDelivered, Record
+from flows.metrics import installed
+from flows.metrics.health import Health
+from flows.metrics.names import COLLECT_REQUESTS, ERRORS
 from flows.pipeline.decode import Rejected, to_dlq
 
 Scope = MutableMapping[str, Any]
@@ -100,7 +109,6 @@ class Counts:
     refused: int = 0  # 400s, each dead-lettered
     unauthorized: int = 0
     unavailable: int = 0  # 503s
-    by_status: dict[int, int] = field(default_factory=dict)
 
 
 class Collector:
@@ -113,12 +121,15 @@ class Collector:
         events_topic: str,
         dlq_topic: str,
         clock: Clock = wall_ms,
+        health: Health | None = None,
     ) -> None:
         self._keys = tuple(key.encode() for key in write_keys if key)
         self._producer = producer
         self._events_topic = events_topic
         self._dlq_topic = dlq_topic
         self._clock = clock
+        self._health = health
+        self._beating: asyncio.Task[None] | None = None
         self.counts = Counts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,15 +137,20 @@ class Collector:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             status = await self._http(scope, receive, send)
-            self.counts.by_status[status] = self.counts.by_status.get(status, 0) + 1
+            endpoint = ROUTES.get(scope["path"].rstrip("/"), "other")
+            installed().count(COLLECT_REQUESTS, endpoint=endpoint, status=str(status))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._producer.start()
+                if self._health is not None:
+                    self._beating = asyncio.create_task(_beat(self._health))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._beating is not None:
+                    self._beating.cancel()
                 self._producer.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -196,8 +212,16 @@ class Collector:
             await self._producer.send(records)
         except NotDelivered as exc:
             self.counts.unavailable += 1
+            installed().count(ERRORS, system="kafka", kind="producer")
             reason = f"Kafka did not take the events ({exc}); retry"
             raise Refusal(503, "unavailable", reason) from None
+
+
+async def _beat(health: Health) -> None:
+    """The event loop turns: /healthz stays live while it does (flows.metrics.health)."""
+    while True:
+        health.beat()
+        await asyncio.sleep(1)
 
 
 async def _body(receive: Receive) -> bytes:

@@ -13,6 +13,10 @@ Rules of this job:
   not a traceback. uvicorn serves the app (:mod:`flows.collect.app`) on one
   event loop; SIGINT/SIGTERM stop it gracefully: requests under way are
   answered, then the producer is flushed.
+* With ``--metrics-port`` (else ``TETIK_METRICS_PORT``) it serves
+  ``/metrics``, ``/healthz`` and ``/readyz`` there as ``tetik run`` does
+  (:mod:`flows.metrics`): ready when Kafka answers, live while the event
+  loop turns. The collector's own port answers ``GET /healthz`` too.
 * Records are produced with ``acks=all`` and a delivery timeout of
   :data:`DELIVERY_TIMEOUT_MS`: a broker that does not acknowledge within it
   turns the request into a 503, which the SDKs retry.
@@ -20,6 +24,7 @@ Rules of this job:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 from types import FrameType
@@ -31,6 +36,8 @@ from engine.errors import ConfigError
 from flows.collect.app import Collector
 from flows.kafka.acked import AckedProducer
 from flows.kafka.topics import ensure_topics
+from flows.metrics.health import Health, kafka_check
+from flows.metrics.http import serve_job
 from flows.report import say
 from flows.servers.embedded import servers
 from flows.settings import Settings, from_env
@@ -39,28 +46,32 @@ DEFAULT_PORT: Final = 8088
 DEFAULT_HOST: Final = "0.0.0.0"  # storefront pages and servers post from elsewhere
 # Under the SDKs' own request timeout (15 s in analytics-python and rudder-sdk-python).
 DELIVERY_TIMEOUT_MS: Final = 10_000
+LIVE_STALE_S: Final = 30.0  # the event loop beats every second (flows.collect.app)
 
 
-def run_collect(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> int:
+def run_collect(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, metrics_port: int = 0) -> int:
     """Serve the collector until SIGINT/SIGTERM (see the module rules)."""
     base = from_env()
+    metrics_port = metrics_port or base.metrics_port
     if not base.collect_write_keys:
         raise ConfigError(
             "set TETIK_COLLECT_WRITE_KEYS to the write keys your storefronts send "
             "(comma-separated), e.g. TETIK_COLLECT_WRITE_KEYS=shop-web-key"
         )
     sock = bind(host, port)
-    with servers(progress=say) as endpoints:
+    with servers(progress=say) as endpoints, contextlib.ExitStack() as stack:
         settings = base.with_endpoints(endpoints.redis_url, endpoints.kafka_bootstrap)
         ensure_topics(
             settings.kafka_bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s
         )
+        checks = {"kafka": kafka_check(settings.kafka_bootstrap)}
+        health = serve_job(metrics_port, checks, stack, stale_s=LIVE_STALE_S)
         if endpoints.servers:
             say(
                 f"for tetik run: TETIK_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} "
                 f"TETIK_REDIS_URL={settings.redis_url}"
             )
-        app = collector(settings)
+        app = collector(settings, health)
         say(
             f"collecting on http://{host}:{port}/v1/{{track,identify,page,screen,batch}} "
             f"-> {settings.events_topic} (Ctrl-C stops)"
@@ -75,13 +86,12 @@ def run_collect(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> int:
     return 0
 
 
-def collector(settings: Settings) -> Collector:
+def collector(settings: Settings, health: Health | None = None) -> Collector:
     """The app for ``settings`` (its producer starts with the app's lifespan)."""
     config = {**settings.producer_config(), "message.timeout.ms": DELIVERY_TIMEOUT_MS}
     producer = AckedProducer(config)
-    return Collector(
-        settings.collect_write_keys, producer, settings.events_topic, settings.dlq_topic
-    )
+    keys, topics = settings.collect_write_keys, (settings.events_topic, settings.dlq_topic)
+    return Collector(keys, producer, *topics, health=health)
 
 
 def server(app: Collector) -> uvicorn.Server:

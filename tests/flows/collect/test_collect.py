@@ -9,6 +9,10 @@ import asyncio
 import base64
 import gzip
 import http.client
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +31,9 @@ from flows.jobs.collect import bind, collector, server
 from flows.kafka.acked import AckedProducer
 from flows.kafka.producer import identity_of
 from flows.kafka.topics import ensure_topics
+from flows.metrics import installed
+from flows.metrics.names import COLLECT_REQUESTS
+from flows.servers.process import free_port
 from flows.settings import Settings
 
 KEY = "shop-key"
@@ -122,6 +129,7 @@ def events(served: Served, user: str, expect: int) -> list[Event]:
 
 
 def test_calls_land_on_the_events_topic_keyed_by_identity(served: Served) -> None:
+    counted = installed().read(COLLECT_REQUESTS, endpoint="track", status="200")
     user, anon = f"u-{uuid.uuid4().hex[:8]}", f"a-{uuid.uuid4().hex[:8]}"
     track = {
         "event": "Product Added",
@@ -154,6 +162,7 @@ def test_calls_land_on_the_events_topic_keyed_by_identity(served: Served) -> Non
         ("purchase", user, None),
     ]
     assert (got[0].product_id, got[0].quantity, got[3].revenue) == ("p1", 2, 40.0)
+    assert installed().read(COLLECT_REQUESTS, endpoint="track", status="200") == counted + 1
 
 
 def test_a_bad_call_is_a_400_and_a_dead_letter_with_its_reason(served: Served) -> None:
@@ -292,3 +301,58 @@ def test_collect_says_when_its_port_is_taken(
     assert main(["collect", "--host", "127.0.0.1", "--port", str(served.port)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"cannot listen on 127.0.0.1:{served.port}" in line
+
+
+def test_the_command_serves_metrics_and_stops_cleanly_on_sigterm(
+    served: Served, redis_url: str
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    topics = served.settings
+    env = {
+        **os.environ,
+        "TETIK_KAFKA_BOOTSTRAP": topics.kafka_bootstrap,
+        "TETIK_REDIS_URL": redis_url,  # given, so no embedded one is started
+        "TETIK_EVENTS_TOPIC": topics.events_topic,
+        "TETIK_DLQ_TOPIC": topics.dlq_topic,
+        "TETIK_ACTIONS_TOPIC": topics.actions_topic,
+        "TETIK_ACTIONS_DLQ_TOPIC": topics.actions_dlq_topic,
+        "TETIK_COLLECT_WRITE_KEYS": KEY,
+    }
+    command = ["collect", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--metrics-port", str(metrics_port)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *command], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        here = Served(f"http://127.0.0.1:{port}", port, served.settings, served.app)
+        assert _get(port, "/healthz", wait_s=20) == (200, b"ok")
+        user = f"u-{uuid.uuid4().hex[:8]}"
+        call = {"event": "Signed In", "userId": user, "messageId": f"{user}-1"}
+        assert post(here, "/v1/track", call)[0] == 200
+        assert _get(metrics_port, "/readyz", wait_s=10)[0] == 200
+        status, text = _get(metrics_port, "/metrics")
+        assert status == 200
+        assert b'tetik_collect_requests_total{endpoint="track",status="200"} 1.0' in text
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err.decode()
+    assert "collect: 1 events taken from 1 requests" in err.decode()
+
+
+def _get(port: int, path: str, wait_s: float = 0) -> tuple[int, bytes]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            answer = response.status, response.read().strip()
+            if answer[0] == 200 or time.monotonic() > deadline:
+                return answer
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            conn.close()
+        time.sleep(0.1)
