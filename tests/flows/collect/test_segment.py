@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import InvalidEvent
 from engine.events import Event, Item
+from engine.identity import resolve
 from flows.collect.segment import TRACK_TYPES, events_of, snake, to_event
 
 NOW = 1_714_557_600_000  # 2024-05-01T10:00:00Z
@@ -82,6 +83,16 @@ def test_both_ids_are_carried_so_the_engine_links_them() -> None:
     call = {"event": "Signed In", "userId": 42, "anonymousId": "a-1", "messageId": "m"}
     event = to_event(call, "track", NOW)
     assert (event.user_id, event.anon_id, event.key) == ("42", "a-1", "42")
+
+
+def test_an_anonymous_cart_then_a_login_resolve_as_the_engine_links_identities() -> None:
+    cart = {"event": "Product Added", "anonymousId": "a-1", "properties": {"product_id": "p1"}}
+    login = {"event": "Signed In", "userId": "u1", "anonymousId": "a-1"}
+    later = {"event": "Product Viewed", "anonymousId": "a-1", "properties": {"product_id": "p2"}}
+    first, linking, after = (to_event(call, "track", NOW) for call in (cart, login, later))
+    assert resolve(first, {}).key == "a-1"
+    assert (resolve(linking, {}).key, resolve(linking, {}).link) == ("u1", "a-1")
+    assert resolve(after, {"a-1": "u1"}).key == "u1"  # from the link on, the user's
 
 
 def test_timestamp_falls_back_to_original_timestamp_then_the_time_received() -> None:
