@@ -47,6 +47,7 @@ Rules of this interface:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -150,6 +151,13 @@ def to_event(call: Mapping[str, Any], kind: str, received_ms: int) -> Event:
     return event
 
 
+@functools.lru_cache(maxsize=4096)
+def type_of(name: str) -> str:
+    """The event type a track call's name makes (a storefront sends few distinct names)."""
+    snaked = snake(name)
+    return TRACK_TYPES.get(snaked, snaked)
+
+
 def snake(name: str) -> str:
     """``Product Added to Wishlist`` -> ``product_added_to_wishlist`` (accents dropped,
     Turkish dotless i read as i)."""
@@ -187,7 +195,7 @@ def _track(call: Mapping[str, Any], doc: dict[str, Any]) -> None:
     name = call.get("event")
     if not isinstance(name, str) or not name.strip():
         raise InvalidEvent("a track call needs `event`, the event's name")
-    kind = TRACK_TYPES.get(snake(name), snake(name))
+    kind = type_of(name)
     if not _TYPE.match(kind):
         raise InvalidEvent(
             f"event {name!r} makes the type {kind!r}: a type starts with a letter and has "
