@@ -63,6 +63,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from engine.errors import ConfigError, TetikError
+from flows import logs
 from flows.jobs.progress import Monitor
 from flows.kafka.topics import ensure_topics, topic_id, wait_for_brokers
 from flows.metrics import installed
@@ -201,7 +202,11 @@ def live_flow(
         watch=SourceWatch(metrics, health.beat if health is not None else lambda: None),
     )
     producer = Producer(
-        {**settings.producer_config(exactly_once=True), "error_cb": producer_errors(metrics)}
+        {
+            **settings.producer_config(exactly_once=True),
+            "error_cb": producer_errors(metrics),
+            "logger": logs.KAFKA,  # librdkafka's lines; its errors reach error_cb
+        }
     )
     config = ShardConfig(
         runtime=live,
