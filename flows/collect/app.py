@@ -88,6 +88,11 @@ PREFLIGHT: Final = [
     (b"access-control-max-age", b"86400"),
 ]
 OK: Final = orjson.dumps({"success": True})
+GONE: Final = 499  # the status counted for a client that left mid-body (nginx's)
+
+
+class _Gone(Exception):
+    """The client hung up before its body was read whole."""
 
 
 class Refusal(Exception):
@@ -171,6 +176,8 @@ class Collector:
             await self._collect(scope, receive, path, kind)
         except Refusal as refusal:
             return await _refuse(send, refusal)
+        except _Gone:  # nothing to answer, nothing taken (a partial body is no call)
+            return GONE
         return await _answer(send, 200, OK)
 
     async def _collect(self, scope: Scope, receive: Receive, path: str, kind: str) -> None:
@@ -229,6 +236,8 @@ async def _body(receive: Receive) -> bytes:
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

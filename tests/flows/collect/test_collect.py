@@ -286,6 +286,37 @@ def test_a_broker_that_never_acknowledges_is_a_503() -> None:
     assert orjson.loads(sent[1]["body"])["code"] == "unavailable"
 
 
+def test_a_client_that_hangs_up_mid_body_is_neither_answered_nor_dead_lettered() -> None:
+    producer = AckedProducer({"bootstrap.servers": "127.0.0.1:1"})  # never reached
+    app = Collector([KEY], producer, "events", "events.dlq")
+    auth = b"Basic " + base64.b64encode(f"{KEY}:".encode())
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/batch",
+        "headers": [(b"authorization", auth)],
+    }
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"batch": [{"type": "tr', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    before = installed().read(COLLECT_REQUESTS, endpoint="batch", status="499")
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    assert (app.counts.refused, app.counts.events) == (0, 0)
+    assert installed().read(COLLECT_REQUESTS, endpoint="batch", status="499") == before + 1
+
+
 def test_collect_refuses_to_start_without_write_keys(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
