@@ -214,6 +214,19 @@ def test_gzip_bodies_and_refusals_without_a_dead_letter(served: Served) -> None:
     )
 
 
+def test_a_browsers_cors_preflight(served: Served) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    try:
+        conn.request("OPTIONS", "/v1/t", headers={"Origin": "https://shop.example"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 204
+    assert response.getheader("access-control-allow-origin") == "*"
+    assert "POST" in (response.getheader("access-control-allow-methods") or "")
+
+
 def test_the_segment_sdk(served: Served) -> None:
     from segment.analytics import Client
 
