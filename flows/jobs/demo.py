@@ -69,6 +69,7 @@ from engine.errors import ConfigError
 from engine.events import PRODUCT_UPDATE
 from engine.state import to_view
 from flows.jobs.console import ActionWatch, Snapshot, render
+from flows.jobs.progress import Line
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics
 from flows.report import say
@@ -429,24 +430,23 @@ def _view_loop(
     children: list[subprocess.Popen[bytes]],
     tally: Tally,
 ) -> None:
-    tty = sys.stdout.isatty()
+    view = Line(sys.stdout, every_s=5.0)  # live on a terminal, a line every 5 s elsewhere
     start = time.monotonic()
-    shown = 0
-    while not (done.is_set() or stop.is_set()):
-        time.sleep(1.0)
-        if any(child.poll() is not None for child in children):
-            print("a child job exited early; see its log", flush=True)
-            stop.set()
-            break
-        elapsed = time.monotonic() - start
-        data, stats = watch.snapshot(), store.stats()
-        lines = render(data, sent[0], stats.get("invalid", 0), elapsed)
-        lines[-1:-1] = catalog_lines(data, stats, tally.updates)  # latency stays last
-        if tty:
-            print(("\x1b[F\x1b[K" * shown) + "\n".join(lines), flush=True)
-            shown = len(lines)
-        elif int(elapsed) % 5 == 0:
-            print(" | ".join(lines[:1] + lines[-3:]), flush=True)
+    try:
+        while not (done.is_set() or stop.is_set()):
+            time.sleep(1.0)
+            if any(child.poll() is not None for child in children):
+                view.close()
+                print("a child job exited early; see its log", flush=True)
+                stop.set()
+                break
+            elapsed = time.monotonic() - start
+            data, stats = watch.snapshot(), store.stats()
+            lines = render(data, sent[0], stats.get("invalid", 0), elapsed)
+            lines[-1:-1] = catalog_lines(data, stats, tally.updates)  # latency stays last
+            view.update("\n".join(lines) if view.tty else " | ".join(lines[:1] + lines[-3:]))
+    finally:
+        view.close()
 
 
 def _summary(

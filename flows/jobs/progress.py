@@ -50,7 +50,7 @@ class Line:
         self._text = ""  # the last update, until it is shown
         self._live: Live | None = None
         if self.tty:
-            console = Console(file=self.stream, highlight=False, soft_wrap=True)
+            console = Console(file=self.stream, highlight=False)
             self._live = Live(console=console, auto_refresh=False, redirect_stdout=False)
             self._live.start()
 
