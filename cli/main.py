@@ -54,7 +54,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     what = "started" if started else "already up"
     print(
         f"tetik up: {what}: valkey {up.redis_url}, {up.kafka} {up.kafka_bootstrap} (keeper pid "
-        f"{up.pid}); run `eval \"$(tetik up)\"` to use them, `tetik down` to stop them",
+        f'{up.pid}); run `eval "$(tetik up)"` to use them, `tetik down` to stop them',
         file=sys.stderr,
     )
     return 0
@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
         "up",
         help="start embedded servers in the background, shared by later commands",
         description="Start valkey and a Kafka broker in the background and print the "
-        "TETIK_* exports that point other commands at them (eval \"$(tetik up)\"), so "
+        'TETIK_* exports that point other commands at them (eval "$(tetik up)"), so '
         "several commands share servers and a restarted `tetik run` resumes. Idempotent: "
         "when they are up already, prints the same exports.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
