@@ -164,6 +164,14 @@ def configure(config: LogConfig | None = None) -> None:
     KAFKA.setLevel(logging.DEBUG if config.level == "DEBUG" else logging.CRITICAL)
 
 
+def writes_json() -> bool:
+    """Whether the log is configured to write JSON lines (``TETIK_LOG_FORMAT=json``)."""
+    return any(
+        isinstance(h, _StderrHandler) and isinstance(h.formatter, JsonFormatter)
+        for h in logging.getLogger().handlers
+    )
+
+
 def ensure() -> None:
     """:func:`configure` from the environment, unless this process already did.
 

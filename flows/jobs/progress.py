@@ -7,7 +7,9 @@ Rules of this interface (the one progress display of tetik: jobs, bench and chao
   ``refresh_s``; log lines written meanwhile appear above it. Anywhere else
   (a file, a pipe, CI) it writes a plain line at most every ``every_s``
   (:data:`PLAIN_EVERY_S` by default), never a carriage return or an escape
-  code; :meth:`Line.close` always writes the last state.
+  code; :meth:`Line.close` always writes the last state. Off a terminal
+  with ``TETIK_LOG_FORMAT=json``, a line on stderr is a log record (logger
+  ``tetik.progress``), so stderr stays one JSON object per line.
 * :class:`Bar` is a :class:`Line` that draws a fraction done; :class:`Monitor`
   a thread that shows a job's counters (:func:`stats_line`) until stopped.
 * A rate (``ev/s``) is over the interval since the last line shown, not since
@@ -16,6 +18,7 @@ Rules of this interface (the one progress display of tetik: jobs, bench and chao
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -28,6 +31,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from flows import logs
+
+PROGRESS = logging.getLogger("tetik.progress")
 PLAIN_EVERY_S = 10.0  # off a terminal: one line this often
 LIVE_REFRESH_S = 0.25  # on a terminal: redrawn at most this often
 WIDTH = 24  # a Bar's width in characters
@@ -49,6 +55,7 @@ class Line:
         self._shown_at = -math.inf
         self._text = ""  # the last update, until it is shown
         self._live: Live | None = None
+        self._log = stream is None and not self.tty and logs.writes_json()
         if self.tty:
             console = Console(file=self.stream, highlight=False)
             self._live = Live(console=console, auto_refresh=False, redirect_stdout=False)
@@ -66,6 +73,8 @@ class Line:
         self._text, self._shown_at = "", time.monotonic()
         if self._live is not None:
             self._live.update(Text(text), refresh=True)
+        elif self._log:
+            PROGRESS.info(text.removeprefix("tetik: "))
         else:
             self.stream.write(f"{text}\n")
             self.stream.flush()
@@ -163,10 +172,9 @@ class Monitor(threading.Thread):
     ) -> None:
         super().__init__(daemon=True, name="tetik-progress")
         self._stats = stats
-        self._out = out or sys.stderr
-        self._interval = (
-            (1.0 if self._out.isatty() else PLAIN_EVERY_S) if interval is None else interval
-        )
+        self._out = out  # None: stderr, as a log record when the log writes JSON
+        tty = (out or sys.stderr).isatty()
+        self._interval = (1.0 if tty else PLAIN_EVERY_S) if interval is None else interval
         self._extra = extra
         self._done = threading.Event()
         self._line: Line | None = None

@@ -98,3 +98,27 @@ def test_monitor_writes_plain_lines_with_the_recent_rate() -> None:
     rates = [int(line.split()[-2].replace(",", "")) for line in lines]
     assert rates[0] > 0
     assert rates[-1] == 0  # stalled: a rate since the start would still be above 0
+
+
+def test_off_a_terminal_with_json_logs_a_line_is_a_log_record(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    import orjson
+
+    from flows import logs
+    from flows.settings import LogConfig
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        logs.configure(LogConfig(json=True))
+        line = Line(every_s=0.0)  # stderr: captured, so not a terminal
+        line.update("tetik: replay: 50,000 lines")
+        line.close()
+        (record,) = [orjson.loads(text) for text in capsys.readouterr().err.splitlines()]
+        assert (record["logger"], record["message"]) == ("tetik.progress", "replay: 50,000 lines")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
