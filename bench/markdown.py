@@ -8,6 +8,7 @@ from typing import Any
 from bench.catalog_fanout import fanout_table
 from bench.catalog_interest import interest_table
 from bench.catalog_product import product_table
+from bench.collect import collect_table
 from bench.report import broker_label, table
 from bench.rfm import rfm_table
 from bench.scale import scale_tables
@@ -252,6 +253,13 @@ def render(doc: dict[str, Any]) -> str:
     if "segments-core" in results:
         parts += ["## Segments (pure engine)", segments_section(results["segments-core"])]
     parts += catalog_section(results)
+    if "collect" in results:
+        collect = results["collect"]
+        parts += ["## tetik collect (one core)", collect_table(collect)]
+        parts.append(
+            f"{collect['connections']} keep-alive connections; batches of "
+            f"{collect['batch_size']}; {collect['events_on_topic']:,} events read back."
+        )
     return "\n\n".join(parts) + "\n"
 
 
