@@ -29,7 +29,8 @@ WORKDIR /var/lib/tetik
 ENV TETIK_RECOVERY_DIR=/var/lib/tetik/recovery \
     TETIK_METRICS_PORT=9108
 VOLUME ["/var/lib/tetik"]
-EXPOSE 9108
+# 9108: /metrics and health; 8088: tetik collect's Segment-compatible API.
+EXPOSE 9108 8088
 # Liveness from the command's own /healthz (tetik run, deliver and collect serve it on
 # TETIK_METRICS_PORT; collect also answers on its own port).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
