@@ -19,7 +19,11 @@ Rules of this interface:
   and the engine drops the repeat); ``timestamp`` (else
   ``originalTimestamp``, else the time the request came) -> ``ts``;
   ``userId`` -> ``user_id``, ``anonymousId`` -> ``anon_id`` (whole numbers
-  become text; one of them is required). A call carrying both links the
+  become text; one of them is required). A device whose clock is wrong (the
+  request's ``sentAt``, or the call's own, more than
+  :data:`SKEW_TOLERANCE_MS` from the time received) has its calls' times
+  shifted by the difference, as Segment corrects device clocks; an offline
+  queue sent later with a right clock keeps its times. A call carrying both links the
   anonymous id to the user (SPEC section 7): nothing more is needed here.
 * ``track``: the event name, snake_cased (``Coupon Applied`` ->
   ``coupon_applied``, ``checkoutStarted`` -> ``checkout_started``, accents
@@ -58,7 +62,7 @@ from typing import Any, Final
 import orjson
 
 from engine.errors import InvalidEvent
-from engine.events import TYPE_PATTERN, Event, check_not_future, decode_event
+from engine.events import TYPE_PATTERN, Event, check_not_future, decode_event, parse_ts
 
 # Segment's e-commerce spec names (snake_cased) and the standard types they are.
 TRACK_TYPES: Final = {
@@ -81,6 +85,9 @@ CALL_TYPES: Final = {
     "screen": "screen_view",
 }
 IGNORED: Final = frozenset({"group", "alias"})
+# A sender's clock this far from ours (its sentAt against the time received) is wrong,
+# not late: its calls' times are shifted by the difference. Below it, times stay as sent.
+SKEW_TOLERANCE_MS: Final = 60_000
 PRODUCT_FIELDS: Final = ("product_id", "category", "price", "quantity", "query", "order_id")
 FEEDBACK_FIELDS: Final = ("channel", "granted", "action_id", "kind")
 FEEDBACK_TYPES: Final = frozenset({"consent", "engagement"})
@@ -104,7 +111,7 @@ def events_of(body: bytes, kind: str, received_ms: int) -> list[Event]:
     bad: list[str] = []
     for index, call in enumerate(calls):
         try:
-            event = _batch_call(call, context, received_ms)
+            event = _batch_call(call, context, doc.get("sentAt"), received_ms)
         except InvalidEvent as exc:
             bad.append(f"batch[{index}]: {exc.reason}")
             continue
@@ -116,7 +123,7 @@ def events_of(body: bytes, kind: str, received_ms: int) -> list[Event]:
     return events
 
 
-def _batch_call(call: Any, context: Any, received_ms: int) -> Event | None:
+def _batch_call(call: Any, context: Any, sent_at: Any, received_ms: int) -> Event | None:
     if not isinstance(call, dict):
         raise InvalidEvent("a call must be a JSON object")
     kind = call.get("type")
@@ -129,6 +136,8 @@ def _batch_call(call: Any, context: Any, received_ms: int) -> Event | None:
     if isinstance(context, dict):
         own = call.get("context")
         call = {**call, "context": {**context, **(own if isinstance(own, dict) else {})}}
+    if sent_at is not None and "sentAt" not in call:
+        call = {**call, "sentAt": sent_at}
     return to_event(call, kind, received_ms)
 
 
@@ -182,7 +191,8 @@ def _common(call: Mapping[str, Any], received_ms: int) -> dict[str, Any]:
     if user is None and anon is None:
         raise InvalidEvent("one of userId or anonymousId is required (the shopper)")
     message_id = _id(call.get("messageId")) or _digest(call)
-    ts = call.get("timestamp") or call.get("originalTimestamp") or received_ms
+    ts = call.get("timestamp") or call.get("originalTimestamp")
+    ts = received_ms if ts is None else _shifted(ts, _skew(call.get("sentAt"), received_ms))
     doc: dict[str, Any] = {"event_id": message_id, "ts": ts}
     if user is not None:
         doc["user_id"] = user
@@ -300,9 +310,33 @@ def _object(value: Any, name: str) -> Mapping[str, Any]:
     return value
 
 
+def _skew(sent_at: Any, received_ms: int) -> int:
+    """How far the sender's clock is behind ours (``sentAt`` against the time received),
+    or 0 within :data:`SKEW_TOLERANCE_MS` or without a readable ``sentAt``."""
+    if not isinstance(sent_at, str):
+        return 0
+    try:
+        drift = received_ms - parse_ts(sent_at)
+    except ValueError:
+        return 0
+    return drift if abs(drift) > SKEW_TOLERANCE_MS else 0
+
+
+def _shifted(ts: Any, skew_ms: int) -> Any:
+    """``ts`` moved by ``skew_ms`` (epoch ms), or as it was for the validator to judge."""
+    if not skew_ms:
+        return ts
+    try:
+        return (parse_ts(ts) if isinstance(ts, str) else int(ts)) + skew_ms
+    except (TypeError, ValueError):
+        return ts
+
+
 def _digest(call: Mapping[str, Any]) -> str:
-    """A stable id for a call without ``messageId``: the same call, the same id."""
-    data = orjson.dumps(call, option=orjson.OPT_SORT_KEYS)
+    """A stable id for a call without ``messageId``: the same call, the same id (its
+    ``sentAt``, which a retry changes, left out)."""
+    kept = {key: value for key, value in call.items() if key != "sentAt"}
+    data = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     return "seg-" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

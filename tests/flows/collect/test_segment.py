@@ -110,6 +110,28 @@ def test_a_call_without_message_id_gets_the_same_digest_id_every_time() -> None:
     assert first.event_id.startswith("seg-")
 
 
+def test_a_device_clock_days_ahead_is_corrected_by_its_sent_at() -> None:
+    ahead = 2 * 86_400_000  # the browser's clock: two days ahead
+    call = {"type": "track", "event": "Signed In", "anonymousId": "a1", "messageId": "m"}
+    body = {
+        "batch": [
+            {**call, "timestamp": "2024-05-03T09:59:00Z"},  # a minute before it sent
+            {**call, "messageId": "n", "timestamp": NOW + ahead - 120_000},
+        ],
+        "sentAt": "2024-05-03T10:00:00Z",
+    }
+    first, second = events_of(orjson.dumps(body), "batch", NOW)
+    assert (first.ts, second.ts) == (NOW - 60_000, NOW - 120_000)
+
+
+def test_an_offline_queue_sent_later_keeps_its_times() -> None:
+    call = {"event": "Signed In", "anonymousId": "a1", "timestamp": "2024-04-28T10:00:00Z"}
+    sent = to_event({**call, "sentAt": "2024-05-01T09:59:59.900Z"}, "track", NOW)
+    assert sent.ts == NOW - 3 * 86_400_000  # the clock was right: the times stay as sent
+    retried = to_event({**call, "sentAt": "2024-05-01T10:00:00Z"}, "track", NOW)
+    assert retried.event_id == sent.event_id  # a retry's new sentAt keeps the digest id
+
+
 def test_purchase_takes_total_numeric_text_and_products_as_items() -> None:
     event = track(
         "Order Completed",
