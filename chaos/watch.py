@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from chaos.compare import Emitted
+from flows.kafka.connection import client_config
 
 __all__ = ["Watch"]
 
@@ -34,7 +35,7 @@ class Watch(threading.Thread):
         super().__init__(daemon=True, name="chaos-watch")
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(bootstrap),
                 "group.id": "tetik-chaos-watch",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 50,

@@ -137,7 +137,7 @@ class Settings:
 
     def engine_consumer_config(self) -> dict[str, str]:
         """Extra librdkafka settings of the engine's event consumers."""
-        return dict(LOW_LATENCY_CONSUMER)
+        return {**self.kafka_security, **LOW_LATENCY_CONSUMER}
 
     def to_json(self) -> bytes:
         """The whole settings object, for a child process (:func:`from_json`)."""

@@ -553,7 +553,7 @@ def _read_dlq(settings: Settings) -> tuple[int, str]:
     """Count the dead-letter records by reading them (tansu's watermarks lag)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka_client(),
             "group.id": "tetik-demo",
             "enable.auto.commit": False,
         }

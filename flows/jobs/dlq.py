@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from engine.errors import ConfigError
 from flows.jobs.produce import restamp
+from flows.kafka.connection import client_config
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
@@ -81,7 +82,7 @@ def read_dead_letters(settings: Settings, idle_s: float = IDLE_S) -> list[DeadLe
     bootstrap = _require(settings)
     ensure_topics(bootstrap, settings.topic_layout(), timeout=settings.kafka_timeout_s)
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "tetik-dlq", "enable.auto.commit": False}
+        {**client_config(bootstrap), "group.id": "tetik-dlq", "enable.auto.commit": False}
     )
     try:
         topic = settings.dlq_topic

@@ -205,7 +205,7 @@ def live_flow(
         {
             **settings.producer_config(exactly_once=True),
             "error_cb": producer_errors(metrics),
-            "logger": logs.KAFKA,  # librdkafka's lines; its errors reach error_cb
+            # XTMP
         }
     )
     config = ShardConfig(
@@ -268,7 +268,7 @@ def _checking(marker: Marker | None, halt: Halt) -> Callable[[], None] | None:
 
 def _partition_names(settings: Settings) -> list[str]:
     """Every partition of the events topic, named as the Kafka source names them."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client())
     deadline = time.monotonic() + settings.kafka_timeout_s
     metadata = wait_for_brokers(admin, settings.kafka_bootstrap, deadline, say)
     topic = settings.events_topic
@@ -281,7 +281,7 @@ def _partition_names(settings: Settings) -> list[str]:
 def _source_policy(settings: Settings, client: RedisClient) -> SourcePolicy:
     """The events topic's identity now, against the one recorded at the last start."""
     topic = settings.events_topic
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client())
     current = topic_id(admin, topic, timeout=settings.kafka_timeout_s) or ""
     previous = remember_topic_id(client, settings.keys.topics, topic, current)  # type: ignore[arg-type]
     if previous is not None:

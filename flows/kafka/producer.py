@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from engine.events import PRODUCT_UPDATE
 from flows import logs
+from flows.kafka.connection import client_config
 
 Record = tuple[bytes | None, bytes]
 
@@ -45,7 +46,7 @@ def produce_records(
     raises RuntimeError if any delivery failed.
     """
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "logger": logs.KAFKA}
+        {**client_config(bootstrap), "linger.ms": 5, "acks": "all", "logger": logs.KAFKA}
     )
     failures: list[str] = []
 

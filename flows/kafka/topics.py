@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type
 
 from engine.errors import TetikError
 from flows import logs
+from flows.kafka.connection import client_config
 from flows.report import say
 
 __all__ = [
@@ -53,7 +54,7 @@ class BrokerUnavailable(TetikError):
 
 def _admin(bootstrap: str) -> AdminClient:
     """An admin client whose librdkafka lines go to :data:`flows.logs.KAFKA`."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": logs.KAFKA}
+    config: dict[str, Any] = {**client_config(bootstrap), "logger": logs.KAFKA}
     return AdminClient(config)
 
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flows.kafka.connection import client_config
+
 Check = Callable[[], object]
 CHECK_TIMEOUT_S = 2.0
 
@@ -89,7 +91,7 @@ def kafka_check(bootstrap: str, timeout: float = CHECK_TIMEOUT_S) -> Check:
     """A check that asks the brokers of ``bootstrap`` for their metadata."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**client_config(bootstrap)})
 
     def check() -> None:
         admin.list_topics(timeout=timeout)

@@ -105,6 +105,7 @@ from confluent_kafka.admin import AdminClient
 
 from engine.errors import TetikError
 from flows import logs, report
+from flows.kafka.connection import client_config
 from flows.kafka.topics import ensure_topics, read_topic_id, request_topic_id
 
 IDLE_POLL = timedelta(milliseconds=2)
@@ -414,7 +415,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
                 return
             self._checked = time.monotonic()
             if self._admin is None:
-                self._admin = AdminClient({"bootstrap.servers": self._spec.bootstrap})
+                self._admin = AdminClient({**client_config(self._spec.bootstrap)})
             self._pending = request_topic_id(self._admin, self._spec.topic, timeout=2.0)
         if not self._pending.done():
             return
