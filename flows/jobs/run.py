@@ -205,7 +205,7 @@ def live_flow(
         {
             **settings.producer_config(exactly_once=True),
             "error_cb": producer_errors(metrics),
-            # XTMP
+            "logger": logs.KAFKA,  # librdkafka's lines; its errors reach error_cb
         }
     )
     config = ShardConfig(
