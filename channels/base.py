@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import msgspec
+import tenacity
 
 from engine.actions import Action
 
@@ -93,28 +94,63 @@ class RetryPolicy:
         return ceiling / 2 + rng() * ceiling / 2
 
 
+class _Stopped(Exception):
+    """The caller's stop event was set during a backoff."""
+
+
 def with_retries(
     attempt: Callable[[], Attempt],
     policy: RetryPolicy,
     stop: threading.Event | None = None,
 ) -> tuple[Attempt, int]:
-    """Run ``attempt`` until it is not ``retry`` or the retries are spent.
+    """Run ``attempt`` until it is not ``retry`` or the retries are spent (tenacity).
 
-    Returns the last attempt and how many were made. A set ``stop`` event
-    cuts a backoff short and ends with the last verdict (the caller sees it as
-    ``failed``), so a shutdown never waits for a long backoff.
+    Returns the last attempt and how many were made. Each wait is the
+    policy's :meth:`RetryPolicy.delay`, or the server's ``Retry-After``
+    (:attr:`Attempt.wait`) when longer, never past the policy's cap. A set
+    ``stop`` event cuts a backoff short and ends with the last verdict (the
+    caller sees it as ``failed``), so a shutdown never waits for a long backoff.
     """
-    tries = 0
-    while True:
-        result = attempt()
-        tries += 1
-        if result.verdict != "retry" or tries > policy.retries:
-            return result, tries
-        pause = min(max(policy.delay(tries - 1), result.wait), policy.cap)
-        if stop is not None and stop.wait(pause):
-            return result, tries
-        if stop is None:
-            time.sleep(pause)
+    made: list[Attempt] = []
+
+    def once() -> Attempt:
+        made.append(attempt())
+        return made[-1]
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda result: result.verdict == "retry"),
+        stop=tenacity.stop_after_attempt(policy.retries + 1) | _stop_set(stop),
+        wait=lambda state: _pause(policy, state),
+        sleep=_sleeper(stop),
+        retry_error_callback=lambda _state: made[-1],
+    )
+    try:
+        result = retrying(once)
+    except _Stopped:
+        result = made[-1]
+    return result, len(made)
+
+
+def _pause(policy: RetryPolicy, state: tenacity.RetryCallState) -> float:
+    """The policy's delay, or the server's Retry-After when longer; capped."""
+    outcome = state.outcome
+    asked = outcome.result().wait if outcome is not None and not outcome.failed else 0.0
+    return min(max(policy.delay(state.attempt_number - 1), asked), policy.cap)
+
+
+def _stop_set(stop: threading.Event | None) -> tenacity.stop.stop_base:
+    return tenacity.stop_when_event_set(stop) if stop is not None else tenacity.stop_never
+
+
+def _sleeper(stop: threading.Event | None) -> Callable[[float], None]:
+    if stop is None:
+        return time.sleep
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise _Stopped
+
+    return sleep
 
 
 def outcome_of(verdict: Verdict) -> Outcome:

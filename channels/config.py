@@ -41,6 +41,16 @@ Secrets (security rules):
 * SMTP requires STARTTLS unless ``starttls: false`` says otherwise (only for
   a loopback mail catcher); ``ca_file`` adds a CA to trust.
 
+Load (``channels.pool``, ``channels.breaker``):
+
+* ``concurrency`` -- how many sends of the route may be in flight at once
+  (default 8 for webhook and onsite, 4 for smtp, 1 for kafka; jsonl always
+  writes from one thread);
+* ``circuit_failures`` (default 5; 0: off) consecutive ``failed`` sends open
+  the route's circuit for ``circuit_cooldown`` (default 30s): meanwhile its
+  actions fail at once with the reason and are dead-lettered, then one trial
+  send decides whether it closes.
+
 Options per adapter are the fields of the ``*Options`` structs below.
 """
 
@@ -60,9 +70,11 @@ import redis
 import yaml
 
 from channels.base import Channel, RetryPolicy
+from channels.breaker import DEFAULT_COOLDOWN_S, DEFAULT_FAILURES, BreakerPolicy, CircuitBreaker
 from channels.jsonl import JsonlChannel
 from channels.kafka import DEFAULT_TOPIC, KafkaChannel
 from channels.onsite import DEFAULT_MAX_ITEMS, DEFAULT_TTL_MS, InboxKeys, OnsiteChannel
+from channels.pool import ChannelPool
 from channels.smtp import Recipient, SmtpChannel
 from channels.webhook import WebhookChannel
 from engine.durations import parse_duration
@@ -70,34 +82,50 @@ from engine.errors import ConfigError
 from engine.events import CHANNELS, suggest
 
 DEFAULT_KEY: Final = "default"
+MAX_CONCURRENCY: Final = 64
 DEFAULT_ROUTES: Final[Mapping[str, Mapping[str, Any]]] = {
     "onsite": {"adapter": "onsite"},
     DEFAULT_KEY: {"adapter": "jsonl", "path": "-"},
 }
-DURATION_OPTIONS: Final = frozenset({"timeout", "backoff", "backoff_max", "ttl"})
+DURATION_OPTIONS: Final = frozenset(
+    {"timeout", "backoff", "backoff_max", "ttl", "circuit_cooldown"}
+)
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
+Concurrency = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)]
 
 
 class _Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of the option structs: unknown options are errors, not silently ignored."""
 
 
-class _Retrying(_Options, frozen=True, kw_only=True):
+class _Guarded(_Options, frozen=True, kw_only=True):
+    """Every route has a circuit breaker (``channels.breaker``); 0 failures turns it off."""
+
+    circuit_failures: Count = DEFAULT_FAILURES
+    circuit_cooldown: Positive = DEFAULT_COOLDOWN_S
+
+    def breaker(self) -> BreakerPolicy:
+        return BreakerPolicy(self.circuit_failures, self.circuit_cooldown)
+
+
+class _Retrying(_Guarded, frozen=True, kw_only=True):
     retries: Count = 3
     backoff: Positive = 0.2
     backoff_max: Positive = 5.0
+    concurrency: Concurrency = 8  # sends in flight at once (channels.pool)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.retries, self.backoff, self.backoff_max)
 
 
-class JsonlOptions(_Options, frozen=True, kw_only=True):
-    path: str = "-"
+class JsonlOptions(_Guarded, frozen=True, kw_only=True):
+    path: str = "-"  # one writer: lines stay in the order the job sends them
 
 
-class KafkaOptions(_Options, frozen=True, kw_only=True):
+class KafkaOptions(_Guarded, frozen=True, kw_only=True):
+    concurrency: Concurrency = 1  # each one more is one more producer
     topic: str = DEFAULT_TOPIC
     prefix: str | None = None
     bootstrap: str | None = None  # default: TETIK_KAFKA_BOOTSTRAP
@@ -114,6 +142,7 @@ class WebhookOptions(_Retrying, frozen=True, kw_only=True):
 
 class SmtpOptions(_Retrying, frozen=True, kw_only=True):
     sender: str
+    concurrency: Concurrency = 4  # one SMTP connection each
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
     timeout: Positive = 10.0
@@ -475,16 +504,39 @@ _BUILDERS: Final[Mapping[str, Callable[[Any, Resources], Channel]]] = {
 }
 
 
+def pool(route: Route, resources: Resources) -> ChannelPool:
+    """The route's adapters as a :class:`~channels.pool.ChannelPool` with its breaker."""
+    options = route.options
+    policy = options.breaker() if isinstance(options, _Guarded) else BreakerPolicy()
+    return ChannelPool(
+        lambda: build(route, resources),
+        getattr(options, "concurrency", 1),
+        CircuitBreaker(policy),
+    )
+
+
 class Router:
-    """One adapter per route, built up front so a bad setup fails before any delivery."""
+    """One pool of adapters per route, its first adapter built up front so a bad
+    setup fails before any delivery."""
 
     def __init__(self, config: ChannelConfig, resources: Resources) -> None:
-        self._adapters = {key: build(route, resources) for key, route in config.routes.items()}
+        self._pools: dict[str, ChannelPool] = {}
+        try:
+            for key, route in config.routes.items():
+                self._pools[key] = pool(route, resources)
+        except BaseException:
+            self.close()
+            raise
+
+    def pool_for(self, channel: str) -> ChannelPool | None:
+        """The pool that serves ``channel`` (its own, else the default's, else None)."""
+        return self._pools.get(channel) or self._pools.get(DEFAULT_KEY)
 
     def channel_for(self, channel: str) -> Channel | None:
-        """The adapter that serves ``channel`` (its own, else the default, else None)."""
-        return self._adapters.get(channel) or self._adapters.get(DEFAULT_KEY)
+        """The first adapter of the pool that serves ``channel``."""
+        found = self.pool_for(channel)
+        return None if found is None else found.primary
 
     def close(self) -> None:
-        for adapter in self._adapters.values():
-            adapter.close()
+        for each in self._pools.values():
+            each.close()

@@ -26,8 +26,14 @@ Rules:
   not verify, is ``failed`` at once with the reason: nothing, credentials
   least of all, goes over plain text, and retrying cannot fix it (a re-drive
   after the fix can).
-* One connection per send (STARTTLS and login when configured): simple,
-  and a server that drops idle connections never costs a retry.
+* One connection per adapter, reused across sends (STARTTLS and login once
+  per connection): the deliver job's pool gives each thread its own adapter,
+  so ``concurrency`` bounds the connections. A connection idle for
+  ``idle_check_s`` is checked with ``NOOP`` first; one that is dead, or that
+  the server drops or closes (421) under a send, is replaced by a fresh one
+  at once, so a server that drops idle connections never costs a retry. Any
+  other error closes the connection (the next try opens a new one), except a
+  refused recipient, after which the session is reset and reused.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 
@@ -42,6 +49,7 @@ from channels.base import Attempt, Delivery, RetryPolicy, delivery, with_retries
 from engine.actions import Action
 
 Recipient = Callable[[str], str | None]
+IDLE_CHECK_S = 10.0
 
 
 class SmtpChannel:
@@ -63,6 +71,7 @@ class SmtpChannel:
         username: str | None = None,
         password: str | None = None,
         stop: threading.Event | None = None,
+        idle_check_s: float = IDLE_CHECK_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -74,6 +83,9 @@ class SmtpChannel:
         self.ca_file = ca_file
         self.login = (username, password or "") if username else None
         self._stop = stop
+        self.idle_check_s = idle_check_s
+        self._smtp: smtplib.SMTP | None = None
+        self._used_at = 0.0
 
     def send(self, action: Action) -> Delivery:
         result, tries = with_retries(lambda: self._attempt(action), self.retry, self._stop)
@@ -95,14 +107,17 @@ class SmtpChannel:
 
     def _transmit(self, message: EmailMessage, address: str) -> Attempt:
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                self._prepare(smtp)
-                smtp.send_message(message, from_addr=self.sender, to_addrs=[address])
+            self._send_once(message, address)
+        except smtplib.SMTPRecipientsRefused as exc:
+            return _judge(exc)  # smtplib reset the session: it stays usable
         except smtplib.SMTPNotSupportedError as exc:
+            self._drop()
             return self._unsupported(exc)
         except smtplib.SMTPException as exc:
+            self._drop()
             return _judge(exc)
         except ssl.SSLCertVerificationError as exc:
+            self._drop()
             return Attempt(
                 "fatal",
                 f"SMTP {self.host}:{self.port}: TLS certificate not trusted "
@@ -110,8 +125,50 @@ class SmtpChannel:
                 "server's certificate",
             )
         except OSError as exc:
+            self._drop()
             return Attempt("retry", f"SMTP {self.host}:{self.port}: {type(exc).__name__}: {exc}")
         return Attempt("delivered", f"accepted by {self.host}:{self.port} for {address}")
+
+    def _send_once(self, message: EmailMessage, address: str) -> None:
+        """Send on the kept connection; if it turns out dead, once more on a fresh one."""
+        reused = self._smtp is not None
+        try:
+            self._session().send_message(message, from_addr=self.sender, to_addrs=[address])
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+            if not (reused and _stale(exc)):
+                raise
+            self._drop()
+            self._session().send_message(message, from_addr=self.sender, to_addrs=[address])
+        self._used_at = time.monotonic()
+
+    def _session(self) -> smtplib.SMTP:
+        """The kept connection (checked with NOOP after an idle spell), or a new one."""
+        if self._smtp is not None and time.monotonic() - self._used_at >= self.idle_check_s:
+            try:
+                alive = self._smtp.noop()[0] == 250
+            except (smtplib.SMTPException, OSError):
+                alive = False
+            if not alive:
+                self._drop()
+        if self._smtp is None:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            try:
+                self._prepare(smtp)
+            except BaseException:
+                smtp.close()
+                raise
+            self._smtp = smtp
+        return self._smtp
+
+    def _drop(self) -> None:
+        """Forget the connection (QUIT when it still answers)."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
 
     def _prepare(self, smtp: smtplib.SMTP) -> None:
         if self.starttls:
@@ -130,7 +187,17 @@ class SmtpChannel:
         return Attempt("fatal", f"SMTP server: {exc}")
 
     def close(self) -> None:
-        """Nothing held between sends."""
+        """QUIT and close the kept connection."""
+        self._drop()
+
+
+def _stale(exc: Exception) -> bool:
+    """Whether a reused connection died under us (closed, reset, or a 421 goodbye)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return isinstance(exc, smtplib.SMTPServerDisconnected | ConnectionError)
 
 
 def _unsendable(action: Action, address: str | None) -> str:

@@ -19,8 +19,10 @@ Rules:
   (reject a stale ``t``: it stops replays). The secret and credential headers
   come from the environment (see ``channels.config``), never from the file.
 * 2xx is ``delivered``. A connection error, a timeout, a 5xx or a 429 is
-  retried with exponential backoff and jitter (a ``Retry-After`` in seconds
-  is honoured up to the policy's cap); after the last retry it is ``failed``.
+  retried with exponential backoff and jitter (tenacity, via
+  ``channels.base.with_retries``); a 429's or 503's ``Retry-After`` -- delay
+  seconds or an HTTP-date -- is waited instead when longer, never past the
+  policy's cap (``backoff_max``); after the last retry it is ``failed``.
   Any other status (4xx, and 3xx, which is not followed) is ``bounced`` at
   once: the receiver refused this request and will refuse it again.
 * Only the standard library: one short-lived ``http.client`` connection per
@@ -29,6 +31,8 @@ Rules:
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import hmac
 import http.client
@@ -47,6 +51,7 @@ SIGNATURE_HEADER = "Tetik-Signature"
 PLACEHOLDER = "{channel}"
 DEFAULT_TOLERANCE_S = 300
 _RETRY_STATUS = frozenset({429})
+_RETRY_AFTER_STATUS = frozenset({429, 503})
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
 
@@ -199,7 +204,9 @@ class WebhookChannel:
             return Attempt("retry", f"POST {url}: {type(exc).__name__}: {exc}".rstrip(": "))
         finally:
             connection.close()
-        return _judge(url, response.status, response.reason, response.getheader("Retry-After"))
+        header = response.getheader("Retry-After")
+        asked = retry_after(header, self._clock()) if header else 0.0
+        return _judge(url, response.status, response.reason, asked)
 
     def close(self) -> None:
         """Nothing held between sends (one connection per attempt)."""
@@ -211,20 +218,31 @@ def _connection(scheme: str, netloc: str, timeout: float) -> http.client.HTTPCon
     return http.client.HTTPConnection(netloc, timeout=timeout)
 
 
-def _judge(url: str, status: int, reason: str, retry_after: str | None) -> Attempt:
+def _judge(url: str, status: int, reason: str, wait: float) -> Attempt:
     """Sort an HTTP status into delivered / retry / bounced."""
     detail = f"POST {url}: HTTP {status} {reason}".rstrip()
     if 200 <= status < 300:
         return Attempt("delivered", detail)
     if status >= 500 or status in _RETRY_STATUS:
-        return Attempt("retry", detail, _seconds(retry_after))
+        return Attempt("retry", detail, wait if status in _RETRY_AFTER_STATUS else 0.0)
     return Attempt("bounced", detail)
 
 
-def _seconds(retry_after: str | None) -> float:
-    """A ``Retry-After`` in delta-seconds; the HTTP-date form is ignored (backoff rules)."""
+def retry_after(value: str | None, now: float) -> float:
+    """Seconds a ``Retry-After`` asks for: delay seconds or an HTTP-date (0 if neither)."""
+    text = (value or "").strip()
     try:
-        seconds = float(retry_after or 0)
+        seconds = float(text)
     except ValueError:
-        return 0.0
+        seconds = _until(text, now)
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+def _until(date: str, now: float) -> float:
+    try:
+        when = email.utils.parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as such
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp() - now
