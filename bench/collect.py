@@ -28,6 +28,7 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.percentiles import summary
 from bench.report import table
 from flows.kafka.topics import ensure_topics
 from flows.report import say
@@ -140,13 +141,13 @@ def _measure(port: int, path: str, bodies: list[tuple[bytes, int]]) -> dict[str,
     started = time.perf_counter()
     asyncio.run(_load(port, path, bodies, latencies))
     seconds = time.perf_counter() - started
-    latencies.sort()
     events = sum(count for _, count in bodies)
+    micros = summary([round(latency * 1e6) for latency in latencies], highest=60_000_000)
     return {
         "events_per_s": events / seconds,
         "requests_per_s": len(bodies) / seconds,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "p50_ms": (micros["p50"] or 0) / 1000,
+        "p99_ms": (micros["p99"] or 0) / 1000,
     }
 
 

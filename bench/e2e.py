@@ -66,8 +66,9 @@ import redis
 
 from bench.journey import RULES, WAIT_MS
 from bench.load import LoadProcess, StepDone
+from bench.percentiles import summary
 from bench.report import broker_label
-from bench.watch import OutputWatch, summary
+from bench.watch import OutputWatch
 from clickstream.generator import GeneratorConfig
 from engine.errors import ConfigError
 from flows.jobs.progress import Bar

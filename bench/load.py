@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from bench.percentiles import percentile
 from clickstream.generator import GeneratorConfig, generate_records
-from flows.jobs.console import percentile
 from flows.kafka.producer import send_record
 
 _MARK = "\x00ts\x00"
@@ -95,7 +95,7 @@ def send_paced(producer: Producer, topic: str, batch: list[Template], rate: floa
         time.sleep(0.001)
     ended_ms = time.time_ns() // 1_000_000
     producer.flush(30)
-    p50, p99 = percentile(acks, 0.5) or 0, percentile(acks, 0.99) or 0
+    p50, p99 = percentile(acks, 50) or 0, percentile(acks, 99) or 0
     return StepDone(sent, started_ms, ended_ms, p50, p99)
 
 

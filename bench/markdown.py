@@ -9,207 +9,16 @@ from bench.catalog_fanout import fanout_table
 from bench.catalog_interest import interest_table
 from bench.catalog_product import product_table
 from bench.collect import collect_table
+from bench.goals import CATALOG_PARTS, INDICATIVE_WHY, goal_rows
 from bench.report import broker_label, table
 from bench.rfm import rfm_table
 from bench.scale import scale_tables
 from bench.segments_live import segments_table
 from bench.segments_replay import segments_replay_table
 
-Goal = tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[float], bool], str]
 
-GOALS: list[Goal] = [
-    (
-        "core",
-        "core events/s, 100 journeys (one core)",
-        lambda r: r["core"]["100"]["events_per_s"],
-        lambda v: v >= 100_000,
-        ">= 100,000",
-    ),
-    (
-        "core",
-        "core per-event time, 1,000 / 10 journeys",
-        lambda r: r["ratio_1000_vs_10"],
-        lambda v: v <= 2.0,
-        "<= 2.0x",
-    ),
-    (
-        "e2e",
-        "live throughput, tetik / passthrough",
-        lambda r: r["ratios"].get("throughput_tetik_vs_passthrough"),
-        lambda v: v >= 0.6,
-        ">= 0.6",
-    ),
-    (
-        "e2e",
-        "live throughput, tetik / hand-written",
-        lambda r: r["ratios"].get("throughput_tetik_vs_handwritten"),
-        lambda v: v >= 3.0,
-        ">= 3.0x",
-    ),
-    (
-        "e2e",
-        "live p99 at half tetik's max, / the passthrough's p99 at the same load",
-        lambda r: r["ratios"].get("p99_half_load_tetik_vs_passthrough_same_load"),
-        lambda v: v <= 1.5,
-        "<= 1.5x",
-    ),
-    (
-        "e2e",
-        "timer lateness p99 at half load (ms after due)",
-        lambda r: r["systems"]["tetik"]["half_load"]["timer_lateness_ms"]["p99"],
-        lambda v: v <= 50,
-        "<= 50 ms",
-    ),
-    (
-        "scale",
-        "worker memory per pending enrollment (30k shoppers, 30-day waits, bytes)",
-        lambda r: r["pending"]["bytes_per_enrollment"],
-        lambda v: v <= 256,
-        "<= 256",
-    ),
-    (
-        "scale",
-        "1M shoppers with pending waits (quick: 100k): engine peak RSS (MiB)",
-        lambda r: r["base"]["rss_peak_mib"],
-        lambda v: v <= 1024,
-        "<= 1,024",
-    ),
-    (
-        "scale",
-        "1M shoppers with pending waits (quick: 100k): Redis bytes per shopper",
-        lambda r: r["base"]["redis_bytes_per_shopper"],
-        lambda v: v <= 2048,
-        "<= 2,048",
-    ),
-    (
-        "scale",
-        "restart after kill -9, 100k pending (quick: 20k): processing again (s)",
-        lambda r: r["restart"]["processing_s"],
-        lambda v: v <= 10,
-        "<= 10 s",
-    ),
-    (
-        "rfm",
-        "RFM boundaries over 1M shoppers (quick: 100k), the engine's implementation (s)",
-        lambda r: r["bounds_s_engine"],
-        lambda v: v <= 2.0,
-        "<= 2 s",
-    ),
-    (
-        "segments",
-        "live recheck sweep of 1M shoppers' segments (quick: 100k), one worker (s)",
-        lambda r: r["seconds"],
-        lambda v: v <= 60,
-        "<= 60 s (quick: 6 s)",
-    ),
-    (
-        "segments-replay",
-        "tetik segments on 1M purchase events / 100k shoppers (quick: 100k / 10k) (s)",
-        lambda r: r["seconds"],
-        lambda v: v <= 30,
-        "<= 30 s",
-    ),
-    (
-        "history",
-        "all-time rollups of an active shopper with 2 years of history (msgpack bytes)",
-        lambda r: r["added_bytes"],
-        lambda v: v <= 1024,
-        "<= 1,024",
-    ),
-    (
-        "memory",
-        "Redis bytes per active user (largest size)",
-        lambda r: r["sizes"][-1]["used_memory_delta_per_user"],
-        lambda v: v <= 2048,
-        "<= 2,048",
-    ),
-]
-
-# The segments issue: "the core's per-event cost with 10 segments defined <= 1.3x without",
-# for 10 segments defined and unwatched, and watched, against both baselines
-# (bench.core's docstring); `tetik bench core` and `tetik bench segments-core` measure them.
-SEGMENT_GOALS: list[tuple[str, str]] = [
-    ("ratio_defined", "10 segments defined, not watched / none"),
-    ("ratio_watched", "10 segments watched by 10 more journeys / none"),
-    ("ratio_watched_vs_journeys", "10 segments watched / the same 20 journeys without segments"),
-]
-
-
-def _segment_ratio(key: str) -> Callable[[dict[str, Any]], float]:
-    """The reader of one segments-cost ratio in a core or segments-core result."""
-    return lambda result: float(result["segments"][key])
-
-
-GOALS += [
-    (
-        bench,
-        f"core per-event time, {name}",
-        _segment_ratio(key),
-        lambda v: v <= 1.3,
-        "<= 1.3x",
-    )
-    for bench in ("core", "segments-core")
-    for key, name in SEGMENT_GOALS
-]
-
-# Issue 14 (catalog): `tetik bench catalog` runs the three; each also runs alone
-# (catalog-fanout, catalog-interest, catalog-product), its result at the top level.
-CATALOG_PARTS = {"fanout": "catalog-fanout", "interest": "catalog-interest",
-                 "product": "catalog-product"}  # fmt: skip
-CATALOG_GOALS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], float, str]] = [
-    (
-        "fanout",
-        "one price drop fanned out live, one worker: s until every derived event is applied, "
-        "per 100k shoppers (measured at 100k; quick: at 10k, x10)",
-        lambda r: r["seconds"] * 100_000 / r["shoppers"] if r["seconds"] is not None else None,
-        10.0,
-        "<= 10 s",
-    ),
-    (
-        "fanout",
-        "ordinary events' p99 during that fan-out / the same stream without it",
-        lambda r: r["p99_ratio"],
-        2.0,
-        "<= 2x",
-    ),
-    (
-        "interest",
-        "interest index: Redis bytes per (shopper, product) pair (a month of shoppers)",
-        lambda r: r["bytes_per_pair"],
-        120.0,
-        "<= 120 B",
-    ),
-    (
-        "product",
-        "core per-event time, journeys reading product() and bought_together() / without "
-        "(10 journeys)",
-        lambda r: r["ratio"],
-        1.10,
-        "<= 1.10x",
-    ),
-]
-
-
-def _catalog_goal(
-    part: str, figure: Callable[[dict[str, Any]], float | None], nested: bool
-) -> Callable[[dict[str, Any]], float | None]:
-    """The reader of one catalog figure in a ``catalog`` (nested) or part result."""
-    return (lambda result: figure(result[part])) if nested else figure
-
-
-def _at_most(limit: float) -> Callable[[float], bool]:
-    return lambda value: value <= limit
-
-
-GOALS += [
-    (bench, name, _catalog_goal(part, figure, bench == "catalog"), _at_most(limit), target)
-    for part, name, figure, limit, target in CATALOG_GOALS
-    for bench in ("catalog", CATALOG_PARTS[part])
-]
-
-
-def catalog_section(results: dict[str, Any]) -> list[str]:
-    """The catalog's tables, from ``catalog`` or from the parts run alone."""
+def catalog_section(results: dict[str, Any]) -> str:
+    """The catalog's tables, from ``catalog`` or from the parts run alone ("" if none ran)."""
     parts = []
     for part, bench in CATALOG_PARTS.items():
         result = results.get("catalog", {}).get(part) or results.get(bench)
@@ -223,44 +32,55 @@ def catalog_section(results: dict[str, Any]) -> list[str]:
             parts += ["### Interest index memory", interest_table(result)]
         else:
             parts += ["### product() in the core", product_table(result)]
-    return ["## Catalog (issue 14)", *parts] if parts else []
+    return "\n\n".join(parts)
 
 
 def render(doc: dict[str, Any]) -> str:
     """The whole report for a result document (see :func:`bench.report.write_results`)."""
     results = doc["results"]
-    parts = ["# tetik bench", _machine(doc), "## Goals", goals_table(results)]
-    if doc["params"].get("quick"):
-        parts.append("A quick run: reduced sizes and steps, so the verdicts are indicative.")
+    quick = bool(doc["params"].get("quick"))
+    parts = ["# tetik bench", _machine(doc), "## Goals", goals_table(results, quick=quick)]
+    if quick:
+        parts.append(f"Verdicts are indicative: {INDICATIVE_WHY}.")
     if "broker" in results.get("e2e", {}):
         parts.append(f"Live figures measured on {broker_line(results['e2e']['broker'])}.")
-    if "core" in results:
-        parts += ["## Core (pure engine, no I/O)", core_table(results["core"])]
-    if "e2e" in results:
-        parts += ["## Live, end to end", e2e_tables(results["e2e"])]
-    if "memory" in results:
-        parts += ["## Memory", memory_table(results["memory"])]
-        if "broker" in results["memory"]:
-            parts.append(f"Broker: {broker_line(results['memory']['broker'])}.")
-    if "scale" in results:
-        parts += ["## Scale (pending enrollments, one worker)", scale_section(results["scale"])]
-    if "rfm" in results:
-        parts += ["## RFM over the whole base", rfm_table(results["rfm"])]
-    if "segments" in results:
-        parts += ["## Segments, live", segments_table(results["segments"])]
-    if "segments-replay" in results:
-        parts += ["## tetik segments (replay)", segments_replay_table(results["segments-replay"])]
-    if "segments-core" in results:
-        parts += ["## Segments (pure engine)", segments_section(results["segments-core"])]
-    parts += catalog_section(results)
-    if "collect" in results:
-        collect = results["collect"]
-        parts += ["## tetik collect (one core)", collect_table(collect)]
-        parts.append(
-            f"{collect['connections']} keep-alive connections; batches of "
-            f"{collect['batch_size']}; {collect['events_on_topic']:,} events read back."
-        )
+    for heading, body in sections(results):
+        parts += [f"## {heading}", body]
     return "\n\n".join(parts) + "\n"
+
+
+def sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's sections after its goals, one per bench run: (heading, Markdown)."""
+    found: list[tuple[str, str]] = []
+    for bench, heading, body in SECTIONS:
+        if bench in results:
+            found.append((heading, body(results[bench])))
+    catalog = catalog_section(results)
+    if catalog:
+        found.append(("Catalog (issue 14)", catalog))
+    if "collect" in results:
+        found.append(("tetik collect (one core)", collect_section(results["collect"])))
+    return found
+
+
+def _with_broker(body: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
+    """``body`` followed by the line naming the broker the result was measured on."""
+
+    def section(result: dict[str, Any]) -> str:
+        text = body(result)
+        if "broker" in result:
+            text += f"\n\nBroker: {broker_line(result['broker'])}."
+        return text
+
+    return section
+
+
+def collect_section(collect: dict[str, Any]) -> str:
+    """``tetik bench collect``: its table and how it was loaded."""
+    return (
+        f"{collect_table(collect)}\n\n{collect['connections']} keep-alive connections; batches "
+        f"of {collect['batch_size']}; {collect['events_on_topic']:,} events read back."
+    )
 
 
 def _machine(doc: dict[str, Any]) -> str:
@@ -272,24 +92,13 @@ def _machine(doc: dict[str, Any]) -> str:
     )
 
 
-def goals_table(results: dict[str, Any]) -> str:
+def goals_table(results: dict[str, Any], *, quick: bool = False) -> str:
     """Every goal of the benchmark issue with the figure measured, where it was run."""
-    rows = []
-    for bench, name, figure, check, target in GOALS:
-        if bench not in results:
-            continue
-        value = _figure(figure, results[bench])
-        verdict = "-" if value is None else ("met" if check(value) else "missed")
-        shown = "-" if value is None else _fmt(value)
-        rows.append([name, target, shown, verdict])
+    rows = [
+        [row.goal, row.target, "-" if row.measured is None else _fmt(row.measured), row.verdict]
+        for row in goal_rows(results, quick=quick)
+    ]
     return table(["goal", "target", "measured", ""], rows)
-
-
-def _figure(figure: Callable[[dict[str, Any]], float | None], result: dict[str, Any]) -> Any:
-    try:
-        return figure(result)
-    except (KeyError, IndexError, TypeError):
-        return None
 
 
 def _fmt(value: float) -> str:
@@ -441,3 +250,16 @@ def scale_section(scale: dict[str, Any]) -> str:
     if "broker" in scale:
         parts.append(f"Broker: {broker_line(scale['broker'])}.")
     return "\n\n".join(parts)
+
+
+# Every bench's section but the catalog's and collect's, in the report's order.
+SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("core", "Core (pure engine, no I/O)", core_table),
+    ("e2e", "Live, end to end", e2e_tables),
+    ("memory", "Memory", _with_broker(memory_table)),
+    ("scale", "Scale (pending enrollments, one worker)", scale_section),
+    ("rfm", "RFM over the whole base", rfm_table),
+    ("segments", "Segments, live", segments_table),
+    ("segments-replay", "tetik segments (replay)", segments_replay_table),
+    ("segments-core", "Segments (pure engine)", segments_section),
+]

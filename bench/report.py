@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 RESULTS = Path("bench/results")
@@ -67,51 +68,111 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def document(results: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The result document of a run: machine, parameters, every figure, the goals' verdicts
+    (``goals``; a quick run's are ``indicative``, and ``verdicts`` says why)."""
+    from bench.goals import INDICATIVE_WHY, goal_rows
+
+    quick = bool(params.get("quick"))
+    rows = goal_rows(results, quick=quick)
+    return {
+        "at": time.time(),
+        "machine": machine(),
+        "params": params,
+        "verdicts": f"indicative: {INDICATIVE_WHY}" if quick else "met or missed, as measured",
+        "goals": [msgspec.structs.asdict(row) for row in rows],
+        "results": results,
+    }
+
+
 def write_results(out: Path, results: dict[str, Any], params: dict[str, Any]) -> list[Path]:
     """Write bench.json, bench.md and (with e2e figures and matplotlib) latency.png."""
+    return write_document(out, document(results, params))
+
+
+def write_document(out: Path, doc: dict[str, Any]) -> list[Path]:
+    """Write ``doc`` (:func:`document`) as bench.json, bench.md and latency.png."""
     from bench.markdown import render
 
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"at": time.time(), "machine": machine(), "params": params, "results": results}
     paths = [out / "bench.json", out / "bench.md"]
     paths[0].write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     paths[1].write_text(render(doc))
+    results = doc["results"]
     if "e2e" in results:
-        png = plot(results["e2e"], out / "latency.png")
+        png = plot(results["e2e"], out / "latency.png", quick=bool(doc["params"].get("quick")))
         if png is not None:
             paths.append(png)
     return paths
 
 
-def plot(e2e: dict[str, Any], path: Path) -> Path | None:
-    """Latency percentiles against offered load, one colour per system."""
+COLOURS = {"tetik": "tab:red", "passthrough": "tab:grey", "handwritten": "tab:blue"}
+# (line style, marker) per percentile: each percentile its own look, whatever the colour
+LOOKS = {"p50": (":", "."), "p99": ("-", "o"), "p99.9": ("--", "^")}
+GOAL_RATIO = 1.5  # tetik's p99 at half load <= 1.5x the passthrough's p99 at that load
+
+
+def plot(e2e: dict[str, Any], path: Path, *, quick: bool = False) -> Path | None:
+    """Latency percentiles against offered load: one colour per system, one line style
+    and marker per percentile, and the p99 goal where it applies (tetik's half load)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         print("tetik: no plot: matplotlib is missing (pip install 'tetik[bench]')")
         return None
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colours = {"tetik": "tab:red", "passthrough": "tab:grey", "handwritten": "tab:blue"}
-    styles = {"p50": ":", "p99": "-", "p99.9": "--"}
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     for name, result in e2e["systems"].items():
-        steps = sorted(result["steps"] + [result["half_load"]], key=lambda s: s["offered_per_s"])
-        for pct, style in styles.items():
-            xs = [s["offered_per_s"] for s in steps if s["latency_ms"][pct] is not None]
-            ys = [s["latency_ms"][pct] for s in steps if s["latency_ms"][pct] is not None]
-            ax.plot(xs, ys, style, color=colours.get(name), marker=".", label=f"{name} {pct}")
-    ax.axhline(25, color="black", linewidth=0.6)
-    ax.text(ax.get_xlim()[0], 26, " goal: tetik p99 <= 25 ms at half load", fontsize=7)
+        for pct, (style, marker) in LOOKS.items():
+            xs, ys = _series(result, pct)
+            ax.plot(xs, ys, linestyle=style, marker=marker, color=COLOURS.get(name), markersize=4)
+    goal = _draw_goal(ax, e2e)
     ax.set(xscale="log", yscale="log", xlabel="offered load (events/s)")
-    title = "End-to-end latency by offered load"
-    if "broker" in e2e:
-        title += f" ({broker_label(e2e['broker'])})"
-    ax.set(ylabel="event -> output on Kafka (ms)", title=title)
+    ax.set(ylabel="event -> output on Kafka (ms)", title=_title(e2e, quick))
     ax.grid(True, which="both", linewidth=0.3)
-    ax.legend(fontsize=7, ncol=3)
+    systems = [Line2D([], [], color=COLOURS.get(n), label=n) for n in e2e["systems"]]
+    looks = [Line2D([], [], color="black", linestyle=s, marker=m, label=p)
+             for p, (s, m) in LOOKS.items()]  # fmt: skip
+    outside = {"fontsize": 7, "loc": "upper left", "alignment": "left"}
+    first = ax.legend(handles=systems, title="system", bbox_to_anchor=(1.01, 1), **outside)
+    ax.add_artist(first)
+    ax.legend(handles=looks + goal, title="percentile, goal", bbox_to_anchor=(1.01, 0.72), **outside)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _series(result: dict[str, Any], pct: str) -> tuple[list[float], list[float]]:
+    """The (offered load, latency) points of one percentile, steps and half load in order."""
+    steps = sorted([*result["steps"], result["half_load"]], key=lambda s: s["offered_per_s"])
+    points = [(s["offered_per_s"], s["latency_ms"][pct]) for s in steps]
+    return [x for x, y in points if y is not None], [y for x, y in points if y is not None]
+
+
+def _draw_goal(ax: Any, e2e: dict[str, Any]) -> list[Any]:
+    """The p99 goal at tetik's half load (1.5x the passthrough's p99 at the nearest load
+    it sustained) and tetik's p99 there; the legend's entries for them ([] without one)."""
+    tetik = e2e["systems"].get("tetik")
+    ratio = e2e.get("ratios", {}).get("p99_half_load_tetik_vs_passthrough_same_load")
+    if tetik is None or not ratio:
+        return []
+    x, p99 = tetik["half_load"]["offered_per_s"], tetik["half_load"]["latency_ms"]["p99"]
+    goal = GOAL_RATIO * p99 / ratio
+    label = f"goal at half load:\ntetik p99 <= {GOAL_RATIO}x passthrough's\n= {goal:,.0f} ms"
+    mark = ax.plot([x], [goal], linestyle="", marker="_", markersize=22, markeredgewidth=2.5,
+                   color="black", label=label)  # fmt: skip
+    measured = f"tetik p99 at half load\n= {p99:,.0f} ms"
+    ring = ax.plot([x], [p99], linestyle="", marker="o", markersize=11, fillstyle="none",
+                   color=COLOURS["tetik"], label=measured)  # fmt: skip
+    return [*mark, *ring]
+
+
+def _title(e2e: dict[str, Any], quick: bool) -> str:
+    title = "End-to-end latency by offered load"
+    if "broker" in e2e:
+        title += f" ({broker_label(e2e['broker'])})"
+    return title + ("\nquick run: indicative figures" if quick else "")

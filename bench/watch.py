@@ -7,8 +7,8 @@ timestamp minus that. A record a timer fired carries ``at`` (when it was due)
 and no ``ingested_at``; its lateness is its timestamp minus ``at``.
 
 Samples are kept as (send time, latency) pairs so that a step's figures can be
-cut out afterwards by send time; :func:`summary` turns a cut into percentiles
-from an HDR histogram.
+cut out afterwards by send time; :func:`bench.percentiles.summary` turns a cut
+into percentiles from an HDR histogram.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from hdrh.histogram import HdrHistogram
-
-PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 
 
 @dataclass
@@ -85,17 +82,3 @@ class OutputWatch(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join(10)
-
-
-def summary(values: list[int]) -> dict[str, float | int | None]:
-    """Count, percentiles (ms, from an HDR histogram of 3 significant digits) and max."""
-    if not values:
-        return {"count": 0, **dict.fromkeys(PERCENTILES), "max": None}
-    histogram = HdrHistogram(1, 3_600_000, 3)
-    for value in values:
-        histogram.record_value(max(1, value))  # sub-millisecond rounds up to 1 ms
-    figures: dict[str, float | int | None] = {"count": len(values)}
-    for name, q in PERCENTILES.items():
-        figures[name] = histogram.get_value_at_percentile(q)
-    figures["max"] = histogram.get_max_value()
-    return figures

@@ -8,7 +8,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from bench.watch import OutputWatch, summary
+from bench.percentiles import summary
+from bench.watch import OutputWatch
 from flows.kafka.topics import ensure_topics
 
 
