@@ -1,4 +1,5 @@
-"""``tetik bench``: run the benchmarks, then write JSON, Markdown and a plot.
+"""``tetik bench``: run the benchmarks, write JSON, Markdown and a plot, then print
+the tables (goals, latency, every bench's figures) in the terminal (:mod:`bench.terminal`).
 
 The benchmarks that start a Kafka broker (``e2e``, ``memory``, ``scale``, ``catalog``,
 ``catalog-fanout``) measure on the one
@@ -16,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.report import broker_label, default_out, write_results
+from bench.report import broker_label, default_out, document, write_document
+from bench.terminal import show
 from flows.report import say
 
 WHAT = (
@@ -87,7 +89,10 @@ def run_bench(
             results[name] = benches[name](quick=quick)
     seconds = time.monotonic() - started
     params = {"what": what, "quick": quick, "seconds": round(seconds, 1), "broker": broker}
-    for path in write_results(Path(out) if out else default_out(), results, params):
+    doc = document(results, params)
+    paths = write_document(Path(out) if out else default_out(), doc)
+    show(doc)
+    for path in paths:
         say(f"wrote {path}")
     say(f"bench finished in {seconds:.0f} s")
     return 0

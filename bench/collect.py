@@ -10,7 +10,8 @@ the topic back to check the count.
 
 Two shapes: ``single`` (one ``/v1/track`` call a request, as a browser sends)
 and ``batch`` (``/v1/batch`` with :data:`BATCH` calls, as the server SDKs send).
-Reported per shape: events/s, requests/s, and the latency of a request (p50, p99).
+Reported per shape: events/s, requests/s, and the latency of a request (p50, p99,
+from an HDR histogram of microseconds: :mod:`bench.percentiles`).
 """
 
 from __future__ import annotations

@@ -44,23 +44,48 @@ def render(doc: dict[str, Any]) -> str:
         parts.append(f"Verdicts are indicative: {INDICATIVE_WHY}.")
     if "broker" in results.get("e2e", {}):
         parts.append(f"Live figures measured on {broker_line(results['e2e']['broker'])}.")
-    for heading, body in sections(results):
+    for _, heading, body in sections(results):
         parts += [f"## {heading}", body]
     return "\n\n".join(parts) + "\n"
 
 
-def sections(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """The report's sections after its goals, one per bench run: (heading, Markdown)."""
-    found: list[tuple[str, str]] = []
+def sections(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The report's sections after its goals: (bench, heading, Markdown), in order; a
+    bench without a section of its own gets a table of its figures."""
+    found: list[tuple[str, str, str]] = []
     for bench, heading, body in SECTIONS:
         if bench in results:
-            found.append((heading, body(results[bench])))
+            found.append((bench, heading, body(results[bench])))
     catalog = catalog_section(results)
     if catalog:
-        found.append(("Catalog (issue 14)", catalog))
+        found.append(("catalog", "Catalog (issue 14)", catalog))
     if "collect" in results:
-        found.append(("tetik collect (one core)", collect_section(results["collect"])))
+        found.append(("collect", "tetik collect (one core)", collect_section(results["collect"])))
+    covered = {bench for bench, _, _ in SECTIONS} | {"catalog", "collect", *CATALOG_PARTS.values()}
+    for bench, result in results.items():
+        if bench not in covered and isinstance(result, dict):
+            found.append((bench, f"tetik bench {bench}", figures_table(result)))
     return found
+
+
+def figures_table(result: dict[str, Any]) -> str:
+    """A result's numbers as (figure, value) rows, nested ones named ``outer.inner``."""
+    rows = [[name, _value(value)] for name, value in _numbers(result, "")]
+    return table(["figure", "value"], rows)
+
+
+def _numbers(result: dict[str, Any], prefix: str) -> list[tuple[str, float]]:
+    found: list[tuple[str, float]] = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            found += _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+def _value(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else _fmt(value)
 
 
 def _with_broker(body: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:

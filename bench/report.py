@@ -1,12 +1,15 @@
 """Result files of ``tetik bench``: JSON, a Markdown report, a latency plot.
 
 One run writes three files to its output directory: ``bench.json`` (the
-machine, versions, parameters and every figure, with the Kafka broker each
-benchmark that starts one measured on, under its ``broker``), ``bench.md``
-(tables, and the goals of the benchmark issue with each figure against its
-goal; it names the broker) and ``latency.png`` (latency percentiles against
-offered load, the broker in its title; needs matplotlib, the ``bench`` extra,
-and is skipped with a note without it).
+machine, versions, parameters, the goals with their verdicts (``goals``, see
+:mod:`bench.goals`; ``verdicts`` says what they mean: a quick run's are
+indicative) and every figure, with the Kafka broker each benchmark that starts
+one measured on, under its ``broker``), ``bench.md`` (tables, and the goals of
+the benchmark issue with each figure against its goal; it names the broker)
+and ``latency.png`` (p50, p99 and p99.9 against offered load, one colour per
+system and one line style and marker per percentile, the p99 goal marked where
+it applies, at tetik's half load; the broker in its title; needs matplotlib,
+the ``bench`` extra, and is skipped with a note without it).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -108,27 +111,41 @@ def write_document(out: Path, doc: dict[str, Any]) -> list[Path]:
 
 COLOURS = {"tetik": "tab:red", "passthrough": "tab:grey", "handwritten": "tab:blue"}
 # (line style, marker) per percentile: each percentile its own look, whatever the colour
-LOOKS = {"p50": (":", "."), "p99": ("-", "o"), "p99.9": ("--", "^")}
+LOOKS: dict[str, tuple[Literal[":", "-", "--"], str]] = {
+    "p50": (":", "."), "p99": ("-", "o"), "p99.9": ("--", "^"),
+}  # fmt: skip
 GOAL_RATIO = 1.5  # tetik's p99 at half load <= 1.5x the passthrough's p99 at that load
 
 
 def plot(e2e: dict[str, Any], path: Path, *, quick: bool = False) -> Path | None:
-    """Latency percentiles against offered load: one colour per system, one line style
-    and marker per percentile, and the p99 goal where it applies (tetik's half load)."""
+    """Write :func:`draw`'s figure to ``path`` (None, with a note, without matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
     except ImportError:
         print("tetik: no plot: matplotlib is missing (pip install 'tetik[bench]')")
         return None
+    fig = draw(e2e, quick=quick)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw(e2e: dict[str, Any], *, quick: bool = False) -> Any:
+    """Latency percentiles against offered load: one colour per system, one line style
+    and marker per percentile (each line labelled ``SYSTEM PCT``), and the p99 goal
+    where it applies (tetik's half load); a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     for name, result in e2e["systems"].items():
         for pct, (style, marker) in LOOKS.items():
             xs, ys = _series(result, pct)
-            ax.plot(xs, ys, linestyle=style, marker=marker, color=COLOURS.get(name), markersize=4)
+            ax.plot(xs, ys, linestyle=style, marker=marker, color=COLOURS.get(name),
+                    markersize=4, label=f"{name} {pct}")  # fmt: skip
     goal = _draw_goal(ax, e2e)
     ax.set(xscale="log", yscale="log", xlabel="offered load (events/s)")
     ax.set(ylabel="event -> output on Kafka (ms)", title=_title(e2e, quick))
@@ -136,14 +153,13 @@ def plot(e2e: dict[str, Any], path: Path, *, quick: bool = False) -> Path | None
     systems = [Line2D([], [], color=COLOURS.get(n), label=n) for n in e2e["systems"]]
     looks = [Line2D([], [], color="black", linestyle=s, marker=m, label=p)
              for p, (s, m) in LOOKS.items()]  # fmt: skip
-    outside = {"fontsize": 7, "loc": "upper left", "alignment": "left"}
-    first = ax.legend(handles=systems, title="system", bbox_to_anchor=(1.01, 1), **outside)
+    first = ax.legend(handles=systems, title="system", bbox_to_anchor=(1.01, 1),
+                      fontsize=7, loc="upper left", alignment="left")  # fmt: skip
     ax.add_artist(first)
-    ax.legend(handles=looks + goal, title="percentile, goal", bbox_to_anchor=(1.01, 0.72), **outside)
+    ax.legend(handles=looks + goal, title="percentile, goal", bbox_to_anchor=(1.01, 0.72),
+              fontsize=7, loc="upper left", alignment="left")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _series(result: dict[str, Any], pct: str) -> tuple[list[float], list[float]]:
