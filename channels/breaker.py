@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from channels.base import Delivery
 
+CIRCUIT_OPEN = "circuit open"  # in the detail of every action the open circuit refused
 DEFAULT_FAILURES = 5
 DEFAULT_COOLDOWN_S = 30.0
 
@@ -65,7 +66,7 @@ class CircuitBreaker:
             if self._clock() - self._opened_at >= self.policy.cooldown_s and not self._trial:
                 self._trial = True  # half-open: this caller is the trial send
                 return None
-            return f"{self._last} (circuit open {self.policy.cooldown_s:g}s)"
+            return f"{self._last} ({CIRCUIT_OPEN} {self.policy.cooldown_s:g}s)"
 
     def record(self, result: Delivery) -> None:
         """Count a send's outcome (only sends that :meth:`admit` let through)."""

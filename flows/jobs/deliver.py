@@ -50,6 +50,8 @@ Kafka answer, the loop runs).
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import threading
 import time
 from collections import Counter
@@ -62,8 +64,10 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from channels.base import Channel, Delivery
+from channels.base import Delivery
+from channels.breaker import CIRCUIT_OPEN
 from channels.config import ChannelConfig, Resources, Router, default_config
+from channels.pool import ChannelPool, failed
 from channels.smtp import Recipient
 from engine.actions import Action
 from engine.errors import ConfigError
@@ -75,7 +79,7 @@ from flows.metrics.health import Health, kafka_check, redis_check
 from flows.metrics.http import serve_job
 from flows.metrics.kafka import LAG_EVERY_S, group_lag
 from flows.metrics.names import DELIVERIES, ERRORS, NONE, bounded
-from flows.report import say
+from flows.report import say, warn
 from flows.retry import connect
 from flows.settings import Settings
 from flows.stores.deliveries import DeliveryLedger
@@ -167,6 +171,54 @@ class Topics:
 
 
 _decoder = msgspec.json.Decoder(Action)
+_CIRCUIT_NOTE = re.compile(rf" \(({CIRCUIT_OPEN} [^)]*)\)$")
+
+
+@dataclass(eq=False)
+class _Send:
+    """One record of a batch on its way through an adapter."""
+
+    message: Message
+    action: Action
+    result: Delivery | None = None  # None while (or when, on stop) not sent
+    repeat: bool = False  # its action id came earlier in the same batch
+    duplicate: str | None = None  # a repeat whose first got this outcome
+
+    @property
+    def pending(self) -> bool:
+        return self.result is None and self.duplicate is None
+
+
+@dataclass
+class _Failures:
+    """A batch's failures: one log line per channel, never one per action."""
+
+    reasons: dict[str, Counter[str]] = field(default_factory=dict)
+    refused: Counter[str] = field(default_factory=Counter)
+    circuit: dict[str, str] = field(default_factory=dict)
+
+    def add(self, channel: str, detail: str) -> None:
+        note = _CIRCUIT_NOTE.search(detail)
+        if note:
+            self.refused[channel] += 1
+            self.circuit[channel] = note.group(1)
+            detail = detail[: note.start()]
+        self.reasons.setdefault(channel, Counter())[detail] += 1
+
+    def report(self, show: Callable[[str], None] = warn) -> None:
+        for channel, reasons in sorted(self.reasons.items()):
+            show(self.line(channel, reasons))
+
+    def line(self, channel: str, reasons: Counter[str]) -> str:
+        """E.g. ``delivery failed: sms x494: POST ...: refused (circuit open 30s: 489
+        not tried); dead-lettered``."""
+        total = sum(reasons.values())
+        top, count = reasons.most_common(1)[0]
+        note = ""
+        if self.refused[channel]:
+            note = f" ({self.circuit[channel]}: {self.refused[channel]} not tried)"
+        others = f"; {total - count} with other reasons" if total > count else ""
+        return f"delivery failed: {channel} x{total}: {top}{note}{others}; dead-lettered"
 
 
 class Deliverer:
@@ -190,14 +242,90 @@ class Deliverer:
 
     def handle(self, message: Message) -> None:
         """Deliver (or skip, or dead-letter) one consumed record."""
+        self.handle_batch([message], threading.Event())
+
+    def handle_batch(self, records: list[Message], stop: threading.Event) -> list[Message]:
+        """Deliver a batch, its sends in parallel (module docstring); return the records
+        whose offsets may be committed (on ``stop``, up to each partition's first unsent)."""
+        sends: list[_Send] = []
+        repeats: list[_Send] = []
+        for message in records:
+            send = self._triage(message, {s.action.action_id for s in sends})
+            if send is not None:
+                (repeats if send.repeat else sends).append(send)
+        self._send_all([s for s in sends if s.result is None], stop)
+        for send in repeats:  # the same action twice in a batch: after the first's outcome
+            if not stop.is_set():
+                self._repeat(send)
+        handled = _committable(records, {id(s.message) for s in sends + repeats if s.pending})
+        done = {id(m) for m in handled}
+        failures = _Failures()
+        for send in sends + repeats:
+            if id(send.message) not in done:
+                continue
+            if send.duplicate is not None:
+                self._note("duplicate", send.action.channel)
+                self._feedback(send.action, send.duplicate)
+            elif send.result is not None:
+                self._finish(send.action, send.message, send.result, failures)
+        failures.report()
+        return handled
+
+    def _triage(self, message: Message, batch: set[str]) -> _Send | None:
+        """Decode and skip what needs no send; a :class:`_Send` for the rest."""
         action = self._decode(message)
         if action is None:
             self._note("invalid", "-", "not_an_action")
-            return
+            return None
         if action.status == "suppressed":
             self._note("suppressed", action.channel, action.reason or NONE)
+            return None
+        if action.action_id in batch:
+            return _Send(message, action, repeat=True)
+        recorded = self.ledger.seen(action.action_id)
+        if recorded is not None:
+            self._note("duplicate", action.channel)
+            self._feedback(action, recorded)
+            return None
+        if self.router.pool_for(action.channel) is None:
+            reason = f"no adapter for channel {action.channel!r}: add it or `default` to the config"
+            return _Send(message, action, failed(action, "-", reason))
+        return _Send(message, action)
+
+    def _send_all(self, sends: list[_Send], stop: threading.Event) -> None:
+        """Each route's sends on its pool; one lane per user keeps a user's actions in order."""
+        lanes: dict[tuple[int, str], list[_Send]] = {}
+        pools: dict[int, ChannelPool] = {}
+        for send in sends:
+            pool = self.router.pool_for(send.action.channel)
+            assert pool is not None  # _triage failed the actions without one
+            pools[id(pool)] = pool
+            lanes.setdefault((id(pool), send.action.user_id), []).append(send)
+        futures = [
+            pools[key[0]].submit(functools.partial(self._lane, pools[key[0]], lane, stop))
+            for key, lane in lanes.items()
+        ]
+        for future in futures:
+            future.result()
+
+    def _lane(self, pool: ChannelPool, lane: list[_Send], stop: threading.Event) -> None:
+        """On a pool thread: send in order; write the ledger right after each send."""
+        for send in lane:
+            if stop.is_set():
+                return
+            send.result = pool.send(send.action)
+            if send.result.outcome != "failed":
+                self.ledger.record(send.result)
+
+    def _repeat(self, send: _Send) -> None:
+        recorded = self.ledger.seen(send.action.action_id)
+        if recorded is not None:
+            send.result = None
+            send.duplicate = recorded
             return
-        self._deliver(action, message)
+        pool = self.router.pool_for(send.action.channel)
+        assert pool is not None  # the first of the pair had one
+        self._lane(pool, [send], threading.Event())
 
     def _note(self, outcome: str, channel: str, reason: str = NONE) -> None:
         self.tally.add(outcome, channel)
@@ -216,26 +344,16 @@ class Deliverer:
             self._dead_letter(message, f"not an action: {exc}", [])
             return None
 
-    def _deliver(self, action: Action, message: Message) -> None:
-        recorded = self.ledger.seen(action.action_id)
-        if recorded is not None:
-            self._note("duplicate", action.channel)
-            self._feedback(action, recorded)
-            return
-        result = self._send(action)
+    def _finish(
+        self, action: Action, message: Message, result: Delivery, failures: _Failures
+    ) -> None:
+        """Count the outcome; dead-letter a failure, feed back the others."""
         self._note(result.outcome, action.channel, _reason(result))
         if result.outcome == "failed":
+            failures.add(action.channel, result.detail)
             self._dead_letter(message, result.detail, _failure_headers(result))
             return
-        self.ledger.record(result)
         self._feedback(action, result.outcome)
-
-    def _send(self, action: Action) -> Delivery:
-        adapter = self.router.channel_for(action.channel)
-        if adapter is None:
-            reason = f"no adapter for channel {action.channel!r}: add it or `default` to the config"
-            return _failed(action, "-", reason)
-        return _guarded_send(adapter, action)
 
     def _feedback(self, action: Action, kind: str) -> None:
         # Engagement events exist only for the contract's channels and need an identity.
@@ -272,32 +390,15 @@ class Deliverer:
             raise RuntimeError(f"writing dead letters/feedback failed ({reason}); not committing")
 
 
-def _guarded_send(adapter: Channel, action: Action) -> Delivery:
-    """``send`` must not raise; if an adapter has a bug, park the action rather than loop."""
-    try:
-        return adapter.send(action)
-    except Exception as exc:
-        return _failed(action, adapter.name, f"adapter error: {type(exc).__name__}: {exc}")
-
-
 def _reason(result: Delivery) -> str:
     """A bounded reason for the metrics (never the free-text detail)."""
     if result.outcome != "failed":
         return NONE
     if result.adapter == "-":
         return "no_adapter"
+    if result.attempts == 0 and CIRCUIT_OPEN in result.detail:
+        return "circuit_open"
     return "adapter_error" if result.detail.startswith("adapter error:") else "send_failed"
-
-
-def _failed(action: Action, adapter: str, detail: str) -> Delivery:
-    return Delivery(
-        action_id=action.action_id,
-        channel=action.channel,
-        adapter=adapter,
-        outcome="failed",
-        detail=detail,
-        attempts=0,
-    )
 
 
 def _failure_headers(result: Delivery) -> Headers:
@@ -470,7 +571,7 @@ def _loop(
     while not stop.is_set() and not limits.done():
         consumed = consumer.consume(limits.batch_size(), 0.25)
         records = [m for m in consumed if _usable(m, job.metrics)]
-        handled = _handle_until_stopped(job, records, stop)
+        handled = job.handle_batch(records, stop) if records else []
         if handled:
             job.flush()
             consumer.commit(offsets=_next_offsets(handled), asynchronous=False)
@@ -478,16 +579,16 @@ def _loop(
         progress.tick(job, consumer)
 
 
-def _handle_until_stopped(
-    job: Deliverer, records: list[Message], stop: threading.Event
-) -> list[Message]:
-    """Handle records in order; on stop, the rest stay uncommitted for the next run."""
+def _committable(records: list[Message], unsent: set[int]) -> list[Message]:
+    """The records before each partition's first unsent one (``unsent``: their ids)."""
+    blocked: set[tuple[str | None, int | None]] = set()
     handled = []
     for message in records:
-        if stop.is_set():
-            break
-        job.handle(message)
-        handled.append(message)
+        where = (message.topic(), message.partition())
+        if id(message) in unsent:
+            blocked.add(where)
+        elif where not in blocked:
+            handled.append(message)
     return handled
 
 
