@@ -17,10 +17,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
 from flows.metrics.names import LATENCY_BUCKETS, SPECS, MetricError, Spec, check
+
+# No `<name>_created` series beside every counter and histogram: the process start is
+# what they would say, and they double what a scrape carries.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class PrometheusMetrics:
