@@ -104,7 +104,8 @@ class HookServer:
     ``script`` lists what to answer first, one entry per request: an HTTP
     status, or ``"hang"`` (sleep ``hang_s`` before answering). Then it
     answers ``paths[path]``, else ``default``. ``accepted`` keeps the first
-    2xx request per key.
+    2xx request per key. ``delay_s`` holds every answer that long, and
+    ``peak`` is the most requests ever in flight at once.
     """
 
     default: int | str = 200
@@ -112,6 +113,9 @@ class HookServer:
     script: list[int | str] = field(default_factory=list)
     hang_s: float = 1.0
     retry_after: str | None = None
+    delay_s: float = 0.0
+    in_flight: int = 0
+    peak: int = 0
     requests: list[Request] = field(default_factory=list)
     accepted: dict[str, Request] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,7 +143,15 @@ def _handler(hook: HookServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             request = Request(self.path, dict(self.headers.items()), body, time.monotonic())
-            reply = hook.answer(request)
+            with hook.lock:
+                hook.in_flight += 1
+                hook.peak = max(hook.peak, hook.in_flight)
+            try:
+                reply = hook.answer(request)
+                time.sleep(hook.delay_s)
+            finally:
+                with hook.lock:
+                    hook.in_flight -= 1
             if reply == "hang":
                 time.sleep(hook.hang_s)
                 reply = 200
@@ -191,18 +203,21 @@ class MailCatcher:
     """aiosmtpd handler: keeps every accepted mail; refuses scripted recipients.
 
     A recipient starting with ``bounce`` gets ``550``; ``busy`` gets ``451``.
-    ``mail_from`` counts MAIL commands, each with whether the session was TLS.
+    ``mail_from`` counts MAIL commands, each with whether the session was TLS;
+    ``peers`` the client address of each, so a set of them counts connections.
     """
 
     def __init__(self) -> None:
         self.mails: list[Mail] = []
         self.rcpt_attempts = 0
         self.mail_from: list[bool] = []
+        self.peers: list[object] = []
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         self.mail_from.append(session.ssl is not None)
+        self.peers.append(session.peer)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"

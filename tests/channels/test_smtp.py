@@ -7,6 +7,7 @@ the STARTTLS tests use a server that requires it, with a certificate made by
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,3 +210,47 @@ def test_an_untrusted_certificate_fails_at_once(tls_mail: tuple[MailCatcher, int
     assert result.detail.startswith(f"SMTP 127.0.0.1:{port}: TLS certificate not trusted (")
     assert "`ca_file:`" in result.detail
     assert catcher.mail_from == []
+
+
+# -- one connection per adapter ---------------------------------------------------
+
+
+def test_one_connection_carries_many_emails_and_close_quits(mail: tuple[MailCatcher, int]) -> None:
+    catcher, port = mail
+    smtp = channel(port)
+    results = [smtp.send(make_action(n, user_id="u1")) for n in range(6)]
+    assert {r.outcome for r in results} == {"delivered"}
+    assert len(catcher.mails) == 6
+    assert len(set(catcher.peers)) == 1  # six MAIL commands, one connection
+    smtp.close()
+    assert smtp._smtp is None
+
+
+def test_a_refused_recipient_keeps_the_connection(mail: tuple[MailCatcher, int]) -> None:
+    catcher, port = mail
+    smtp = channel(port)
+    assert smtp.send(make_action(1, user_id="u2")).outcome == "bounced"
+    assert smtp.send(make_action(2, user_id="u1")).outcome == "delivered"
+    assert len(set(catcher.peers)) == 1
+    smtp.close()
+
+
+@pytest.fixture
+def impatient_mail() -> Iterator[tuple[MailCatcher, int]]:
+    """A server that drops a connection idle for 0.2 s."""
+    yield from serve_mail(timeout=0.2)
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_a_retry(
+    impatient_mail: tuple[MailCatcher, int],
+) -> None:
+    catcher, port = impatient_mail
+    for idle_check_s in (60.0, 0.0):  # found dead under the send; found dead by NOOP
+        smtp = channel(port, idle_check_s=idle_check_s)
+        assert smtp.send(make_action(1, user_id="u1")).attempts == 1
+        time.sleep(0.4)
+        again = smtp.send(make_action(2, user_id="u1"))
+        assert (again.outcome, again.attempts) == ("delivered", 1)
+        smtp.close()
+    assert len(catcher.mails) == 4
+    assert len(set(catcher.peers)) == 4

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import re
 import time
+from email.utils import formatdate
 
 import pytest
 
@@ -14,6 +16,7 @@ from channels.webhook import (
     SIGNATURE_HEADER,
     SignatureError,
     WebhookChannel,
+    retry_after,
     signature_header,
     verify_signature,
 )
@@ -221,3 +224,40 @@ def test_an_unknown_channel_is_never_put_in_the_url(hook: HookServer) -> None:
     assert hook.requests == []
     assert channel.send(make_action(2, channel="sms")).outcome == "delivered"
     assert [r.path for r in hook.requests] == ["/send/sms?c=sms"]
+
+
+# -- Retry-After ---------------------------------------------------------------
+
+
+def test_retry_after_as_an_http_date_on_503_is_honoured(hook: HookServer) -> None:
+    at = int(time.time()) + 1000
+    hook.script = [503]
+    hook.retry_after = formatdate(at, usegmt=True)
+    clock = lambda: at - 0.3  # noqa: E731  # the date is 0.3 s away by the adapter's clock
+    channel = WebhookChannel(hook.url(), retry=RetryPolicy(2, 0.005, 1.0), clock=clock)
+    result = channel.send(make_action(1))
+    assert (result.outcome, result.attempts) == ("delivered", 2)
+    assert 0.29 <= hook.requests[1].at - hook.requests[0].at < 0.9
+
+
+def test_retry_after_is_bounded_by_the_backoff_cap(hook: HookServer) -> None:
+    hook.script = [429, 503]
+    hook.retry_after = "3600"
+    result = WebhookChannel(hook.url(), retry=RetryPolicy(2, 0.005, 0.1)).send(make_action(1))
+    assert (result.outcome, result.attempts) == ("delivered", 3)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(hook.requests)]
+    assert all(0.09 <= gap < 0.6 for gap in gaps)  # the cap, not an hour
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("soon", 0.0), ("", 0.0), (None, 0.0)],
+)
+def test_retry_after_values(header: str | None, expected: float) -> None:
+    assert retry_after(header, time.time()) == expected
+
+
+def test_retry_after_dates() -> None:
+    now = 1_800_000_000.0
+    assert retry_after(formatdate(now + 7, usegmt=True), now) == 7.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 0.0  # in the past
