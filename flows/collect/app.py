@@ -10,8 +10,9 @@ events/s. Rules of this interface:
   ``alias`` calls (``/v1/group``, ``/v1/g``, ``/v1/alias``, ``/v1/a``) are
   answered and dropped. ``GET /healthz`` answers 200 ``ok``. Any other path
   is a 404, any other method a 405; ``OPTIONS`` answers a browser's CORS
-  preflight, and every answer allows any origin (storefront pages post
-  from their own).
+  preflight (allowing the headers analytics.js sends, ``X-Retry-Count`` of
+  its retries among them), and every answer allows any origin (storefront
+  pages post from their own).
 * The write key is the basic-auth user name (the password is empty), else
   the body's ``writeKey``; one that is not in ``TETIK_COLLECT_WRITE_KEYS``
   is a 401. Nothing unauthenticated reaches Kafka, not even the dead-letter
@@ -84,7 +85,11 @@ CORS: Final = [(b"access-control-allow-origin", b"*")]
 PREFLIGHT: Final = [
     *CORS,
     (b"access-control-allow-methods", b"POST, OPTIONS"),
-    (b"access-control-allow-headers", b"authorization, content-type, content-encoding"),
+    # analytics.js sends basic auth, Content-Type text/plain, X-Retry-Count on a retry
+    (
+        b"access-control-allow-headers",
+        b"authorization, content-type, content-encoding, x-retry-count",
+    ),
     (b"access-control-max-age", b"86400"),
 ]
 OK: Final = orjson.dumps({"success": True})
