@@ -10,8 +10,8 @@ Rules of the interface:
   rate, p50, p99, p99.9, samples, saturated; tetik's half load marked), then
   its ratios; the wide per-step tables (CPU, backlog, timers) stay in bench.md;
 * every other bench is its section of bench.md (a table of its figures for
-  one without a section of its own), its Markdown tables drawn by rich's
-  Markdown renderer;
+  one without a section of its own): its tables as rich tables, numbers
+  right-aligned, the rest through rich's Markdown renderer;
 * everything goes to ``file`` (stdout: what a command prints as its result;
   progress lines stay on stderr); off a terminal it is plain text, 120 wide.
 """
@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from bench.goals import INDICATIVE, INDICATIVE_WHY, MET, MISSED, goal_rows
@@ -47,7 +48,8 @@ def show(doc: dict[str, Any], file: TextIO | None = None) -> None:
             console.print(latency(results["e2e"]))
             console.print(e2e_notes(results["e2e"]))
         else:
-            console.print(Markdown(body))
+            for block in body.split("\n\n"):
+                console.print(_block(block))
 
 
 def goals(results: dict[str, Any], quick: bool) -> Table:
@@ -60,7 +62,7 @@ def goals(results: dict[str, Any], quick: bool) -> Table:
     for row in goal_rows(results, quick=quick):
         shown = "-" if row.measured is None else _figure(row.measured)
         verdict = f"[{STYLES[row.verdict]}]{row.verdict}[/]" if row.verdict in STYLES else "-"
-        table.add_row(row.goal, row.target, shown, verdict)
+        table.add_row(escape(row.goal), escape(row.target), shown, verdict)
     return table
 
 
@@ -103,6 +105,31 @@ def e2e_notes(e2e: dict[str, Any]) -> Markdown:
     if e2e.get("work"):
         lines.append(f"Not the same work: {e2e['work']}.")
     return Markdown("\n\n".join(lines))
+
+
+def _block(block: str) -> Table | Markdown:
+    """A paragraph of bench.md: its table (made by :func:`bench.report.table`) as a rich
+    table, numbers right-aligned; anything else through rich's Markdown renderer."""
+    lines = block.strip().splitlines()
+    if len(lines) < 2 or not all(line.startswith("|") for line in lines):
+        return Markdown(block)
+    header, rows = _cells(lines[0]), [_cells(line) for line in lines[2:]]
+    table = Table()
+    for i, name in enumerate(header):
+        numbers = all(_numeric(row[i]) for row in rows if i < len(row))
+        table.add_column(name, justify="right" if numbers and rows else "left")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _numeric(cell: str) -> bool:
+    """``1,234``, ``0.97``, ``64 -> 70``, ``-``: a figure, shown right-aligned."""
+    return bool(cell) and all(c in "0123456789,.-> x%/=()" for c in cell)
 
 
 def _figure(value: float) -> str:

@@ -109,3 +109,19 @@ def test_the_plot_tells_p99_from_p999_and_marks_the_goal_at_half_load() -> None:
     legends = [child for child in ax.get_children() if type(child).__name__ == "Legend"]
     labels = {t.get_text() for legend in legends for t in legend.get_texts()}
     assert {"p50", "p99", "p99.9", "tetik", "passthrough"} <= labels
+
+
+def test_every_bench_with_figures_shows_its_tables() -> None:
+    memory = {"sizes": [{"users": 10, "events_per_user": 5.0, "used_memory_delta_per_user": 1_100,
+                         "memory_usage_mean": 1.0}]}  # fmt: skip
+    history = {"events": 3_000, "added_bytes": 794, "months": {"views": 24}}
+    out = io.StringIO()
+    show(document({"memory": memory, "history": history}, {"what": "x"}), out)
+    text = out.getvalue()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
+            if line.startswith("│")]  # fmt: skip
+    assert ["10", "5.0", "1,100", "1", "-", "-", "-"] in rows  # bench.md's memory table
+    assert ["added_bytes", "794"] in rows  # a bench without a section: its figures
+    assert ["months.views", "24"] in rows
+    memory_row = next(line for line in text.splitlines() if "1,100" in line and "5.0" in line)
+    assert memory_row.startswith("│          10 │")  # numbers right-aligned
