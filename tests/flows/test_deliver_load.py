@@ -12,11 +12,12 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import Message
 
 from channels.base import Delivery
 from channels.config import parse_config
 from engine.actions import to_json
-from flows.jobs.deliver import _reason, run_deliver
+from flows.jobs.deliver import _committable, _next_offsets, _reason, run_deliver
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
@@ -82,3 +83,15 @@ def test_circuit_refusals_have_their_own_metric_reason() -> None:
 
     assert _reason(failed("refused (circuit open 30s)", 0)) == "circuit_open"
     assert _reason(failed("HTTP 503", 3)) == "send_failed"
+
+
+def test_on_stop_commits_end_at_each_partitions_first_unsent_record() -> None:
+    def record(partition: int, offset: int) -> Message:
+        return Message(topic="actions", partition=partition, offset=offset, value=b"{}")
+
+    batch = [record(0, 10), record(1, 20), record(0, 11), record(1, 21), record(0, 12)]
+    unsent = {id(batch[2])}  # partition 0's second record was not sent when stop came
+    kept = _committable(batch, unsent)
+    assert [(m.partition(), m.offset()) for m in kept] == [(0, 10), (1, 20), (1, 21)]
+    offsets = {(tp.partition, tp.offset) for tp in _next_offsets(kept)}
+    assert offsets == {(0, 11), (1, 22)}  # 11 and 12 are read again
