@@ -15,6 +15,21 @@
    ``tetik.error.reason``, ``tetik.channel``, ``tetik.adapter``,
    ``tetik.attempts`` and its source; not in the ledger, so a re-drive sends.
 
+Sends run in parallel. A batch (up to :data:`BATCH` records) is sorted first
+(steps 1-3, in order, on the job's thread); then each route's sends go to its
+:class:`~channels.pool.ChannelPool`: at most the route's ``concurrency`` in
+flight, one lane per user so a user's actions go out in the order they came,
+the ledger written on the pool's thread right after each send; then outcomes
+are counted, dead-lettered and fed back in record order (steps 5-6). The same
+action twice in one batch is sent (or found in the ledger) after the first
+one's outcome. A route whose circuit is open (:mod:`channels.breaker`) fails
+its actions at once, so a dead endpoint costs seconds, not minutes; they are
+dead-lettered with the reason like any failure. Failures are logged as one
+warning per channel per batch, ``delivery failed: sms x494: REASON (circuit
+open 30s: 489 not tried); dead-lettered``. On ``stop`` the lanes send nothing
+more; offsets are committed only up to each partition's first unsent record,
+so the rest is read again (what was sent is in the ledger by then).
+
 After each batch the producer is flushed (every dead letter and feedback
 event acknowledged) and only then are the consumer offsets committed. A flush
 failure stops the job without committing, so the batch is read again.
@@ -39,7 +54,7 @@ The ledger's retention (default 30 days) must outlast the actions topic's.
 
 Metrics (:mod:`flows.metrics`): every record counts in
 ``tetik_deliveries_total{channel, outcome, reason}`` (a failure's reason is
-``no_adapter``, ``adapter_error`` or ``send_failed``, a suppressed action's
+``no_adapter``, ``adapter_error``, ``circuit_open`` or ``send_failed``, a suppressed action's
 the engine's reason; channels outside the contract's count as ``other``),
 the consumer's lag per partition is set every few seconds, and Kafka errors
 count. With ``metrics_port`` the job serves them with ``/healthz`` (the

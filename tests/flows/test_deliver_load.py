@@ -8,20 +8,32 @@ rest are dead-lettered at once with the reason.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 import uuid
 
 import pytest
-from confluent_kafka import Message
+import redis
+from confluent_kafka import Message, Producer
 
 from channels.base import Delivery
-from channels.config import parse_config
+from channels.config import Resources, Router, parse_config
 from engine.actions import to_json
-from flows.jobs.deliver import _committable, _next_offsets, _reason, run_deliver
+from flows.jobs.deliver import (
+    Deliverer,
+    Topics,
+    _committable,
+    _next_offsets,
+    _reason,
+    _Send,
+    run_deliver,
+)
 from flows.kafka.producer import produce_records
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings
-from tests.channels.support import closed_port, make_action
+from flows.stores.deliveries import DeliveryLedger
+from tests.channels.support import HookServer, closed_port, make_action, serve_hooks
 from tests.flows.test_deliver import read_topic
 
 pytestmark = pytest.mark.integration
@@ -95,3 +107,25 @@ def test_on_stop_commits_end_at_each_partitions_first_unsent_record() -> None:
     assert [(m.partition(), m.offset()) for m in kept] == [(0, 10), (1, 20), (1, 21)]
     offsets = {(tp.partition, tp.offset) for tp in _next_offsets(kept)}
     assert offsets == {(0, 11), (1, 22)}  # 11 and 12 are read again
+
+
+def test_sends_run_in_parallel_yet_each_users_actions_keep_their_order(redis_url: str) -> None:
+    for hook in serve_hooks(HookServer(delay_s=0.02)):
+        config = parse_config({"sms": {"adapter": "webhook", "url": hook.url(), "concurrency": 4}})
+        router = Router(config, Resources())
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        ledger = DeliveryLedger(redis.Redis.from_url(redis_url), prefix)
+        job = Deliverer(router, ledger, Producer({}), Topics("a", "d", "e"))
+        actions = [make_action(n, user_id=f"u{n % 2}", channel="sms") for n in range(16)]
+        sends = [_Send(Message(topic="a", partition=0, offset=n), a) for n, a in enumerate(actions)]
+        job._send_all(sends, threading.Event())
+        router.close()
+        assert hook.peak == 2  # two users: two lanes, though four threads could run
+        for user in {a.user_id for a in actions}:
+            mine = [r for r in hook.requests if r.json()["user_id"] == user]
+            assert [r.json()["action_id"] for r in mine] == [
+                a.action_id for a in actions if a.user_id == user
+            ]
+            gaps = [b.at - a.at for a, b in itertools.pairwise(mine)]
+            assert min(gaps) >= 0.019  # each waited for the one before it
+        assert all(ledger.seen(a.action_id) == "delivered" for a in actions)
