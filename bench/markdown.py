@@ -70,7 +70,7 @@ def sections(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def figures_table(result: dict[str, Any]) -> str:
     """A result's numbers as (figure, value) rows, nested ones named ``outer.inner``."""
-    rows = [[name, _value(value)] for name, value in _numbers(result, "")]
+    rows = [[name, figure_text(value)] for name, value in _numbers(result, "")]
     return table(["figure", "value"], rows)
 
 
@@ -82,10 +82,6 @@ def _numbers(result: dict[str, Any], prefix: str) -> list[tuple[str, float]]:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             found.append((f"{prefix}{key}", value))
     return found
-
-
-def _value(value: float) -> str:
-    return f"{value:,}" if isinstance(value, int) else _fmt(value)
 
 
 def _with_broker(body: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
@@ -120,13 +116,21 @@ def _machine(doc: dict[str, Any]) -> str:
 def goals_table(results: dict[str, Any], *, quick: bool = False) -> str:
     """Every goal of the benchmark issue with the figure measured, where it was run."""
     rows = [
-        [row.goal, row.target, "-" if row.measured is None else _fmt(row.measured), row.verdict]
+        [row.goal, row.target, _measured(row.measured), row.verdict]
         for row in goal_rows(results, quick=quick)
     ]
     return table(["goal", "target", "measured", ""], rows)
 
 
-def _fmt(value: float) -> str:
+def _measured(value: float | None) -> str:
+    return "-" if value is None else figure_text(value)
+
+
+def figure_text(value: float) -> str:
+    """A goal's figure: an integer with thousands separators, a float to 2 decimals below
+    100 (a ratio), else rounded."""
+    if isinstance(value, int):
+        return f"{value:,}"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 

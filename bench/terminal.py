@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.goals import INDICATIVE, INDICATIVE_WHY, MET, MISSED, goal_rows
-from bench.markdown import broker_line, sections
+from bench.markdown import broker_line, figure_text, sections
 
 STYLES = {MET: "green", MISSED: "bold red", INDICATIVE: "yellow"}
 PERCENTILES = ("p50", "p99", "p99.9")
@@ -60,7 +60,7 @@ def goals(results: dict[str, Any], quick: bool) -> Table:
     table.add_column("measured", justify="right", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     for row in goal_rows(results, quick=quick):
-        shown = "-" if row.measured is None else _figure(row.measured)
+        shown = "-" if row.measured is None else figure_text(row.measured)
         verdict = f"[{STYLES[row.verdict]}]{row.verdict}[/]" if row.verdict in STYLES else "-"
         table.add_row(escape(row.goal), escape(row.target), shown, verdict)
     return table
@@ -130,10 +130,6 @@ def _cells(line: str) -> list[str]:
 def _numeric(cell: str) -> bool:
     """``1,234``, ``0.97``, ``64 -> 70``, ``-``: a figure, shown right-aligned."""
     return bool(cell) and all(c in "0123456789,.-> x%/=()" for c in cell)
-
-
-def _figure(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
 def _ms(value: float | None) -> str:
