@@ -1,7 +1,8 @@
 """analytics.js in a real browser against ``tetik collect``: Segment's analytics-next (npm, in
 tests/browser/) on a storefront page in headless Chromium (Debian's ``chromium``) posts page,
 track and identify calls cross-origin to the collector, and they land on the events topic
-mapped as SPEC section 12 says.
+mapped as SPEC section 12 says; a call the collector refused with a 503 is sent again
+(with analytics.js's X-Retry-Count header, which the collector's CORS preflight must allow).
 
 The driver is Chromium itself (``--headless --dump-dom`` with a virtual time budget): the
 page writes its outcome into the DOM, which Chromium prints when the page is done; no
@@ -17,11 +18,13 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import orjson
@@ -62,19 +65,69 @@ class _Storefront(SimpleHTTPRequestHandler):
         pass
 
 
+class _OnceUnavailable(BaseHTTPRequestHandler):
+    """In front of the collector: the first POST is a 503 (as when Kafka does not take the
+    events), every other request (preflights too) goes through; :attr:`retries` holds the
+    X-Retry-Count of each POST."""
+
+    collector = 0  # its port
+    retries: ClassVar[list[str | None]]
+
+    def do_OPTIONS(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self.retries.append(self.headers.get("X-Retry-Count"))
+        if len(self.retries) == 1:
+            self._reply(503, [("Access-Control-Allow-Origin", "*")], b'{"success": false}')
+        else:
+            self._forward()
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        conn = http.client.HTTPConnection("127.0.0.1", self.collector, timeout=10)
+        try:
+            conn.request(self.command, self.path, body, dict(self.headers.items()))
+            answer = conn.getresponse()
+            data = answer.read()
+        finally:
+            conn.close()
+        passed = [(k, v) for k, v in answer.getheaders() if k.lower().startswith("access-control")]
+        self._reply(answer.status, [("Content-Type", "application/json"), *passed], data)
+
+    def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server on loopback for the block; its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def storefront() -> Iterator[str]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
+    if shutil.which("chromium") is None:
         pytest.fail("no chromium on PATH: apt-get install --no-install-recommends chromium")
     if not (UMD / "index.js").is_file():
         pytest.fail("no analytics.js in tests/browser/node_modules: run `npm ci` in tests/browser")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Storefront, directory=str(BROWSER)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/storefront.html"
-    server.shutdown()
-    server.server_close()
+    with serving(partial(_Storefront, directory=str(BROWSER))) as port:
+        yield f"http://127.0.0.1:{port}/storefront.html"
 
 
 def browse(url: str, profile: Path) -> dict[str, Any]:
@@ -156,3 +209,29 @@ def test_the_preflight_allows_what_analytics_js_sends(
         h.strip() for h in (answer.getheader("access-control-allow-headers") or "").split(",")
     }
     assert set(asked.split(",")) <= allowed
+
+
+def test_a_call_analytics_js_sends_again_gets_through_the_preflight(
+    served: Served,
+    storefront: str,
+    tmp_path: Path,
+) -> None:
+    """A 503 (Kafka did not take the call) makes analytics.js send it again with
+    X-Retry-Count, a header of its own: the collector's preflight must allow it."""
+    user = f"u-{uuid.uuid4().hex[:8]}"
+
+    class Front(_OnceUnavailable):
+        collector = served.port
+        retries: ClassVar[list[str | None]] = []
+
+    with serving(Front) as port:
+        query = {"api": f"127.0.0.1:{port}/v1", "key": KEY, "user": user, "order": "o-1"}
+        page = browse(f"{storefront}?{urlencode(query)}", tmp_path / "profile")
+    got = events(served, page["anonymousId"], 4)
+    assert sorted(event.type for event in got) == [
+        "page_view",  # the call refused with a 503, sent again
+        "profile",
+        "purchase",
+        "view_product",
+    ]
+    assert Counter(Front.retries) == {None: 4, "1": 1}  # 4 calls, 1 sent again
