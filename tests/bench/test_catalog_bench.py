@@ -138,6 +138,7 @@ def test_the_report_lists_the_catalog_goals(fanout: dict[str, Any], tmp_path: Pa
     shown = paths[1].read_text()
     assert "## Catalog (issue 14)" in shown
     assert "| interest index: Redis bytes per (shopper, product) pair" in shown
-    assert "40.00 | met |" in shown
+    assert "40.00 | indicative |" in shown  # a quick run gives no verdict
+    assert "| met |" not in shown
     assert "every derived event is applied" in shown
     assert f"| shoppers interested | {FANOUT_SHOPPERS} |" in shown
