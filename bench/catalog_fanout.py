@@ -77,8 +77,8 @@ from bench.journey import JOURNEY
 from bench.journey import RULES as CART_RULES
 from bench.load import PRODUCER_CONFIG, LoadProcess, StepDone
 from bench.percentiles import summary
-from bench.report import broker_label, table
 from bench.segments_live import populate as populate_shoppers
+from bench.tables import broker_label, table
 from bench.watch import OutputWatch
 from clickstream.generator import GeneratorConfig
 from engine.events import PRODUCT_UPDATE, Event

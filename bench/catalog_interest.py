@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import table
+from bench.tables import table
 from engine.interest import Interest
 from flows.jobs.progress import Bar
 from flows.report import say

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core import REPEATS, _decoded, rules_text
-from bench.report import table
+from bench.tables import table
 from clickstream.generator import GeneratorConfig, write_jsonl
 from engine.bought_together import pairs
 from engine.catalog import Catalog, CatalogReader, Product

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.report import broker_label, default_out, document, write_document
+from bench.report import default_out, document, write_document
+from bench.tables import broker_label
 from bench.terminal import show
 from flows.report import say
 

@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.percentiles import summary
-from bench.report import table
+from bench.tables import table
 from flows.kafka.topics import ensure_topics
 from flows.report import say
 from flows.servers.embedded import servers

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import table
+from bench.tables import table
 from clickstream.generator import GeneratorConfig, write_jsonl
 from engine.errors import InvalidEvent
 from engine.events import Event, decode_event

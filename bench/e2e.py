@@ -67,7 +67,7 @@ import redis
 from bench.journey import RULES, WAIT_MS
 from bench.load import LoadProcess, StepDone
 from bench.percentiles import summary
-from bench.report import broker_label
+from bench.tables import broker_label
 from bench.watch import OutputWatch
 from clickstream.generator import GeneratorConfig
 from engine.errors import ConfigError

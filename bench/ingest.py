@@ -23,7 +23,7 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 
-from bench.report import table
+from bench.tables import table
 from clickstream.generator import GeneratorConfig, generate_records
 from engine.errors import InvalidEvent
 from engine.events import decode_event

@@ -10,11 +10,11 @@ from bench.catalog_interest import interest_table
 from bench.catalog_product import product_table
 from bench.collect import collect_table
 from bench.goals import CATALOG_PARTS, INDICATIVE_WHY, goal_rows
-from bench.report import broker_label, table
 from bench.rfm import rfm_table
 from bench.scale import scale_tables
 from bench.segments_live import segments_table
 from bench.segments_replay import segments_replay_table
+from bench.tables import broker_label, table
 
 
 def catalog_section(results: dict[str, Any]) -> str:

@@ -52,9 +52,10 @@ import redis
 
 from bench.e2e import Child, make_system, running
 from bench.load import template
-from bench.report import table
+from bench.tables import table
 from clickstream.generator import GeneratorConfig, generate, generate_records
 from engine.events import decode_event
+from engine.retention import state_ttl_ms
 from engine.state import UserState, apply, dumps
 from engine.windows import DEFAULT_CONFIG
 from flows.clock import wall_ms as now_ms
@@ -65,7 +66,7 @@ from flows.report import say
 from flows.retry import connect
 from flows.servers.embedded import Endpoints, servers
 from flows.stores.keys import Keys
-from flows.stores.states import ShardStore, ShardWrite, state_ttl_ms
+from flows.stores.states import ShardStore, ShardWrite
 
 REDIS_EVENTS_PER_USER = 20  # history depth of the Redis figure
 EVENTS_PER_USER = 5  # backlog of the RSS figure

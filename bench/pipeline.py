@@ -43,7 +43,7 @@ from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
 from bench.journey import RULES
-from bench.report import table
+from bench.tables import table
 from clickstream.generator import GeneratorConfig, generate_records
 from engine.journeys import Engine
 from engine.rules.loader import load_rules

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
+from bench.tables import broker_label
+
 RESULTS = Path("bench/results")
 PACKAGES = ("tetik", "bytewax", "confluent-kafka", "redis", "hiredis", "msgspec", "orjson")
 
@@ -57,18 +59,6 @@ def _cpu_model() -> str:
 
 def default_out() -> Path:
     return RESULTS / time.strftime("%Y%m%d-%H%M%S")
-
-
-def broker_label(broker: dict[str, str]) -> str:
-    """``apache-kafka 4.4.0``, ``tansu 0.6.0``, ``external``: a broker's name and version."""
-    return f"{broker['name']} {broker.get('version', '')}".strip()
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def document(results: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

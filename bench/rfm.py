@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.report import table
+from bench.tables import table
 from engine.rfm import RfmBounds, RfmInputs, bounds_of, positions, score
 from engine.rfm_base import base_bounds, score_base
 from flows.report import say

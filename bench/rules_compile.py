@@ -26,7 +26,7 @@ import tracemalloc
 from typing import Any
 
 from bench.core import rules_text
-from bench.report import table
+from bench.tables import table
 from engine.journeys import Engine
 from engine.rules.loader import load_rules
 from flows.report import say

@@ -63,7 +63,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.e2e import Child, System, make_system
 from bench.memory import proc_kib
-from bench.report import table
+from bench.tables import table
 from flows.jobs.progress import Bar
 from flows.kafka.producer import Record, send_record
 from flows.kafka.topics import ensure_topics

@@ -30,7 +30,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
-from bench.report import table
+from bench.tables import table
 from engine.events import Event
 from engine.journeys import Engine
 from engine.rules.loader import load_rules

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from bench.report import table
+from bench.tables import table
 from engine.events import parse_ts
 from flows.jobs.segment_report import run_segments
 from flows.report import say

@@ -108,7 +108,7 @@ def e2e_notes(e2e: dict[str, Any]) -> Markdown:
 
 
 def _block(block: str) -> Table | Markdown:
-    """A paragraph of bench.md: its table (made by :func:`bench.report.table`) as a rich
+    """A paragraph of bench.md: its table (made by :func:`bench.tables.table`) as a rich
     table, numbers right-aligned; anything else through rich's Markdown renderer."""
     lines = block.strip().splitlines()
     if len(lines) < 2 or not all(line.startswith("|") for line in lines):

@@ -25,6 +25,8 @@ Rules of this interface:
   the decode step dead-letters it at the clock the watermark would stamp it
   with; ``tetik replay`` reports it as a bad line at its virtual clock. A
   ``product_update`` is the catalog's, not a shopper's, and is not checked.
+* :func:`state_ttl_ms` is how long an idle shopper's state is kept live (the
+  Redis TTL): its longest age limit, and at least its long history.
 * :func:`covered_from` is where a window's record of the past starts at
   ``now``: its retention cutoff, or, for a window full to ``max_count``, its
   oldest record when that is newer (older records may have been evicted by
@@ -41,6 +43,7 @@ from typing import Protocol, TypeVar
 from engine.durations import format_duration
 from engine.errors import InvalidEvent
 from engine.events import PRODUCT_UPDATE, Event
+from engine.history import RETENTION_MS
 from engine.windows import Stored, WindowConfig, WindowLimits
 
 
@@ -114,3 +117,12 @@ def covered_from(
     if window and len(window) >= limits.max_count and window[0].ts >= start:
         return window[0].ts + 1  # records at window[0].ts itself may have been evicted
     return start
+
+
+def state_ttl_ms(windows: WindowConfig) -> int:
+    """How long an idle shopper's state is worth keeping: its longest age limit, and at
+    least its long history (:data:`engine.history.RETENTION_MS`, six years of months):
+    replay never forgets a shopper, so live must not either while the history counts."""
+    ages = [windows.default.max_age_ms, windows.cart_max_age_ms, windows.favorites_max_age_ms]
+    ages.extend(limits.max_age_ms for limits in windows.types.values())
+    return max(*ages, RETENTION_MS)

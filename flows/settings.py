@@ -52,12 +52,11 @@ import msgspec
 import orjson
 
 from engine.errors import ConfigError
+from engine.retention import state_ttl_ms
 from engine.windows import DEFAULT_CONFIG, WindowConfig, config_from_mapping
-from flows.kafka.connection import kafka_security_from_env
+from flows.kafka.connection import EXACTLY_ONCE_PRODUCER, kafka_security_from_env
 from flows.pipeline.breaker import BreakerConfig
-from flows.stores.emissions import PRODUCER_CONFIG as EXACTLY_ONCE_PRODUCER
 from flows.stores.keys import DEFAULT_SHARDS, Keys
-from flows.stores.states import state_ttl_ms
 
 # How long the broker may hold an empty fetch. librdkafka's default (500 ms) showed
 # as a 140 ms median latency on tansu, which does not answer early when data

@@ -33,6 +33,13 @@ KAFKA_SECURITY = (
     "ssl.key.password",
     "ssl.endpoint.identification.algorithm",
 )
+# A producer that never drops a message and never writes one twice: the idempotent
+# producer retries inside librdkafka, without a time limit (the engine's outbox).
+EXACTLY_ONCE_PRODUCER: dict[str, Any] = {
+    "linger.ms": 1,
+    "enable.idempotence": True,
+    "message.timeout.ms": 0,
+}
 SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 

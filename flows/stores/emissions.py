@@ -36,14 +36,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from engine.actions import Action, to_json
-from flows.kafka.connection import client_config
+from flows.kafka.connection import EXACTLY_ONCE_PRODUCER, client_config
 from flows.report import say
 from flows.retry import RedisClient
 from flows.stores.keys import Keys
@@ -52,13 +52,8 @@ from flows.stores.states import ShardStore
 FLUSH_REPORT_S = 5.0
 MAX_QUEUED = 200_000  # records waiting in librdkafka before send() waits for room
 
-# A producer that never drops a message and never writes one twice: the
-# idempotent producer retries inside librdkafka, without a time limit.
-PRODUCER_CONFIG: dict[str, Any] = {
-    "linger.ms": 1,
-    "enable.idempotence": True,
-    "message.timeout.ms": 0,
-}
+# The outbox's producer: never drops a message, never writes one twice.
+PRODUCER_CONFIG: Final = EXACTLY_ONCE_PRODUCER
 
 
 class Record(msgspec.Struct, array_like=True, frozen=True):

@@ -36,24 +36,13 @@ import msgspec
 
 from engine.bought_together import MAX_PARTNERS
 from engine.errors import ConfigError
-from engine.history import RETENTION_MS
 from engine.state import UserState, loads
-from engine.windows import WindowConfig
 from flows.retry import RedisClient
 from flows.stores.keys import Keys, ShardKeys
 
 DAY_MS = 86_400_000
 _packer = msgspec.msgpack.Encoder()  # the commit's one argument (see _COMMIT)
 HANDOFF_TTL_MS = 7 * DAY_MS  # a hand-off its user's shard never took expires after this
-
-
-def state_ttl_ms(windows: WindowConfig) -> int:
-    """How long an idle shopper's state is worth keeping: its longest age limit, and at
-    least its long history (:data:`engine.history.RETENTION_MS`, six years of months):
-    replay never forgets a shopper, so live must not either while the history counts."""
-    ages = [windows.default.max_age_ms, windows.cart_max_age_ms, windows.favorites_max_age_ms]
-    ages.extend(limits.max_age_ms for limits in windows.types.values())
-    return max(*ages, RETENTION_MS)
 
 
 @dataclass
