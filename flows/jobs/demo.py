@@ -175,7 +175,8 @@ class MailCatcher:
 
 
 def run_demo(*, duration: float, users: int, rate: int, seed: int, at: str = DEFAULT_AT) -> int:
-    """Run the demo; return 0 when the engine emitted actions and everything stopped."""
+    """Run the demo; return 0 when the engine emitted actions (or, at night in the
+    shoppers' zones, deferred them) and everything stopped."""
     hour = Hour.at_now(at, wall_ms())
     folder = _folder()
     print(f"tetik demo: a live storefront for {duration:.0f} s at {rate:,} events/s", flush=True)
@@ -253,7 +254,21 @@ def _live(
     data = watch.snapshot()
     _summary(settings, store, data, sent, catcher, tmp, codes, tally)
     _show_sample(store, tally.keys)
-    return data.total > 0 and codes == [0, 0]
+    if data.total == 0 and (pending := _timers_pending(settings)):
+        say(
+            f"no action yet: {pending:,} waits and quiet-hour deferrals pending (quiet "
+            f"hours are 22:00-09:00 in the shoppers' zones, about {hour.at} now)"
+        )
+    return (data.total > 0 or _timers_pending(settings) > 0) and codes == [0, 0]
+
+
+def _timers_pending(settings: Settings) -> int:
+    """Entries in every shard's timer index: sends deferred by quiet hours, and waits."""
+    client = connect(settings.redis_url)
+    pipe = client.pipeline(transaction=False)
+    for shard in settings.keys.all_shards():
+        pipe.zcard(shard.timers)
+    return sum(int(count) for count in pipe.execute())
 
 
 def _channels_config(tmp: Path, smtp_port: int) -> Path:
