@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.logs import EMAIL, PHONE
+
 pytestmark = pytest.mark.integration
 
 
@@ -84,6 +86,15 @@ def test_demo_runs_the_live_engine_and_leaves_nothing_running(tmp_path: Path) ->
     assert f"logs in {folder}" in output
     assert f"logs kept in {folder}" in output
     assert (folder / "run.log").stat().st_size > 0
+    # The shoppers' profiles carry e-mail addresses and phone numbers (the generator's);
+    # none reaches a log: the demo's own lines, the engine's and the delivery job's.
+    for name, text in (
+        ("demo", output),
+        ("run.log", (folder / "run.log").read_text()),
+        ("deliver.log", (folder / "deliver.log").read_text()),
+    ):
+        assert not EMAIL.search(text), f"an e-mail address in {name}"
+        assert not PHONE.search(text), f"a phone number in {name}"
     assert "timezone: " in (folder / "journeys.yaml").read_text()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)", output)]
     assert len(pids) == 4  # valkey, tansu, run and deliver children
