@@ -9,7 +9,8 @@ Rules of this interface:
 * :func:`to_json` writes exactly the SPEC fields: ``reason`` only for
   suppressed actions, ``template`` and ``content`` as ``null`` when absent;
   the live flow adds ``ingested_at`` (a tetik extension: when the causing
-  event reached Kafka), so end-to-end latency is measured, not guessed.
+  event reached Kafka), so end-to-end latency is measured, not guessed;
+  ``variant`` (SPEC section 11) only when set: a split's arm, or ``holdout``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Action(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # Live only: when the event that caused this action reached Kafka (epoch ms);
     # None for actions a timer fired and in replays. Latency is measured from it.
     ingested_at: int | None = None
+    # Experiments (engine.experiments): the split arm, "holdout" for a held-out
+    # entrant, None outside experiments (and in records written before them).
+    variant: str | None = None
 
     def sort_key(self) -> tuple[int, str, str]:
         """The output order of SPEC section 5: ``at``, then user, then action id."""
@@ -70,6 +74,8 @@ def to_dict(action: Action) -> dict[str, Any]:
         doc["reason"] = action.reason
     doc["rules_version"] = action.rules_version
     doc["content"] = action.content
+    if action.variant is not None:
+        doc["variant"] = action.variant
     if action.ingested_at is not None:
         doc["ingested_at"] = action.ingested_at
     return doc

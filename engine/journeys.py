@@ -28,6 +28,13 @@ Rules of this interface:
   when it moved from an anonymous id to a user (:mod:`engine.identity`).
 * Conditions read the state through the engine's ``windows`` (retention and
   the rules' time zone for calendar months, set here from ``rules.timezone``).
+* Experiments (:mod:`engine.experiments`): held-out entrants' sends are
+  ``suppressed`` with reason ``holdout`` (after quiet hours, before consent and
+  caps, not counted by caps); a ``split`` step continues with the shopper's
+  arm; actions carry ``variant``. Goals are checked right after the event is
+  applied; :attr:`Engine.measures`, when set to a list, receives the
+  ``entered``/``assigned``/``converted`` measures. ``send: {expr: EXPR}``
+  tries EXPR's channel (when it is one) then the fallbacks.
 * The state is the only memory: save it with ``engine.state.dumps`` after any
   call and resume with ``loads``; the results are the same.
 * Rules versions (hot loading): :meth:`Engine.successor` builds the engine of
@@ -60,18 +67,31 @@ from typing import Any
 from engine.actions import Action, action_id
 from engine.broadcasts import Broadcasts
 from engine.catalog import CatalogReader
-from engine.events import Event
+from engine.events import CHANNELS, Event
+from engine.experiments import HOLDOUT, Measure, MeasureKind, arm_of, held_out, next_local
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
 from engine.retention import kept_cart
 from engine.rfm import RfmBook
 from engine.rules.context import Context
-from engine.rules.model import Branch, Condition, ExitStep, Journey, Rules, Send, Step, Wait
+from engine.rules.model import (
+    Branch,
+    Condition,
+    ExitStep,
+    Goal,
+    Journey,
+    Rules,
+    Send,
+    Split,
+    Step,
+    Wait,
+)
 from engine.rules.templates import product_vars, render_message, template_names
 from engine.segments import Change, SegmentWatch, latest_event, user_clock, watched_names
 from engine.state import (
     Enrollment,
     Entered,
+    GoalEntry,
     UserState,
     apply,
     ensure_rollups,
@@ -103,6 +123,9 @@ def _flatten(steps: tuple[Step, ...], then: str | None, program: Program) -> str
         if isinstance(step, Branch):
             _flatten(step.then, following, program)
             _flatten(step.otherwise, following, program)
+        elif isinstance(step, Split):
+            for arm in step.arms:
+                _flatten(arm.steps, following, program)
         following = step.path
     return following
 
@@ -134,6 +157,10 @@ class Engine:
         self.version = rules.source_hash[:12]
         self.retired = {v: e for v, e in (retired or {}).items() if v != self.version}
         self.ended: Counter[str] = Counter()
+        # Measurement events (engine.experiments) go here when a caller sets a list;
+        # None: none are kept (the state and the actions are the same either way).
+        self.measures: list[Measure] | None = None
+        self.goals: dict[str, Goal] = {j.id: j.goal for j in rules.journeys if j.goal}
         self.programs = {j.id: compile_program(j) for j in rules.journeys}
         by_type: dict[str, list[tuple[int, Journey]]] = {}
         self.exits: dict[str, set[str]] = {}
@@ -213,6 +240,7 @@ class Engine:
         engine = Engine(rules, self.windows, retired, activated_at)
         engine.use_rfm(self.rfm)
         engine.use_catalog(self.catalog)
+        engine.measures = self.measures
         return engine
 
     def use_catalog(self, catalog: CatalogReader | None) -> None:
@@ -263,6 +291,8 @@ class Engine:
         outcome = apply(state, event, now, self.windows)
         if outcome != "applied":
             return outcome, fired, actions
+        if state.goals:
+            self._check_goals(state, event, now)
         if state.enrollments and event.type in self.exit_types:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
@@ -511,8 +541,14 @@ class Engine:
             entry=event,
             pc=self.programs[journey.id].first,
             rules_version=self.version,
+            holdout=held_out(journey.id, state.key, journey.holdout),
         )
         state.enrollments[slot] = enrollment
+        if journey.goal is not None:
+            until = now + journey.goal.within
+            state.goals[journey.id] = GoalEntry(now, until, holdout=enrollment.holdout)
+        if self.measures is not None:
+            self._measure("entered", state, enrollment, now)
         self._run(state, slot, enrollment, now, event, out)
 
     # -- running steps ------------------------------------------------------------
@@ -532,7 +568,9 @@ class Engine:
             step = program.steps[enrollment.pc]
             if isinstance(step, Wait):
                 enrollment.pc = program.after[step.path]
-                enrollment.due = now + step.ms
+                enrollment.due = (
+                    now + step.ms if step.until is None else self._until(state, step, now)
+                )
                 return
             if isinstance(step, Send):
                 deferred = self._send(state, enrollment, step, now, out)
@@ -543,9 +581,75 @@ class Engine:
             elif isinstance(step, Branch):
                 ctx = self._context(state, now, event, enrollment)
                 enrollment.pc = _branch_target(program, step, step.cond.holds(ctx))
+            elif isinstance(step, Split):
+                enrollment.pc = self._split(state, enrollment, step, program, now)
             elif isinstance(step, ExitStep):
                 break
         del state.enrollments[slot]
+
+    def _until(self, state: UserState, step: Wait, now: int) -> int:
+        """When ``wait: {until: HH:MM}`` ends: the next such time in the shopper's zone."""
+        assert step.until is not None
+        return next_local(now, user_zone(state, self.rules), step.until)
+
+    # -- experiments (engine.experiments) -------------------------------------------
+
+    def _split(
+        self, state: UserState, enrollment: Enrollment, step: Split, program: Program, now: int
+    ) -> str | None:
+        """Take the shopper's arm of ``step``; the path of its first step."""
+        arm = arm_of(step, enrollment.journey, enrollment.origin or state.key)
+        enrollment.variant = arm.name
+        pending = state.goals.get(enrollment.journey)
+        if pending is not None and pending.entered == enrollment.entered:
+            pending.variant = arm.name
+        if self.measures is not None:
+            self._measure("assigned", state, enrollment, now)
+        return arm.steps[0].path if arm.steps else program.after[step.path]
+
+    def _measure(
+        self, kind: MeasureKind, state: UserState, enrollment: Enrollment, now: int
+    ) -> None:
+        assert self.measures is not None
+        variant = HOLDOUT if enrollment.holdout else (enrollment.variant or None)
+        self.measures.append(
+            Measure(
+                kind=kind,
+                at=now,
+                user_id=state.key,
+                journey=enrollment.journey,
+                variant=variant,
+                holdout=enrollment.holdout,
+            )
+        )
+
+    def _check_goals(self, state: UserState, event: Event, now: int) -> None:
+        """Convert the entries whose goal ``event`` meets; forget the expired ones."""
+        ctx = None
+        for journey, pending in list(state.goals.items()):
+            goal = self.goals.get(journey)
+            if goal is None or now > pending.until:
+                del state.goals[journey]
+                continue
+            if goal.event != event.type:
+                continue
+            if goal.cond is not None:
+                ctx = ctx or self._context(state, now, event)
+                if not goal.cond.holds(ctx):
+                    continue
+            del state.goals[journey]
+            if self.measures is not None:
+                variant = HOLDOUT if pending.holdout else (pending.variant or None)
+                self.measures.append(
+                    Measure(
+                        kind="converted",
+                        at=now,
+                        user_id=state.key,
+                        journey=journey,
+                        variant=variant,
+                        holdout=pending.holdout,
+                    )
+                )
 
     def _send(
         self, state: UserState, enrollment: Enrollment, step: Send, now: int, out: list[Action]
@@ -555,11 +659,18 @@ class Engine:
         until = quiet_until(rules.quiet_hours, user_zone(state, rules), now)
         if until is not None:
             return until
-        channel = first_allowed(state, rules, (step.channel, *step.fallback))
+        choices = (step.channel, *step.fallback)
+        if step.choose is not None:
+            choices = self._chosen(state, enrollment, step, now)
         reason = None
+        if enrollment.holdout:
+            channel: str | None = choices[0]
+            reason = "holdout"
+        else:
+            channel = first_allowed(state, rules, choices)
         if channel is None:
-            channel, reason = step.channel, "no_consent"
-        elif capped(state.sends, rules.caps, channel, now):
+            channel, reason = choices[0], "no_consent"
+        elif reason is None and capped(state.sends, rules.caps, channel, now):
             reason = "capped"
         content = None
         if reason is None:
@@ -596,7 +707,19 @@ class Engine:
             reason=reason,
             rules_version=enrollment.rules_version,
             content=content,
+            variant=HOLDOUT if enrollment.holdout else (enrollment.variant or None),
         )
+
+    def _chosen(
+        self, state: UserState, enrollment: Enrollment, step: Send, now: int
+    ) -> tuple[str, ...]:
+        """The channels of ``send: {expr: EXPR}``: the expression's channel, then the
+        fallbacks (only the fallbacks when it is null or no channel)."""
+        assert step.choose is not None
+        found = step.choose.fn(self._context(state, now, None, enrollment))
+        if isinstance(found, str) and found in CHANNELS:
+            return (found, *(c for c in step.fallback if c != found))
+        return step.fallback
 
     def _render(
         self, state: UserState, enrollment: Enrollment, step: Send, channel: str, now: int

@@ -94,6 +94,19 @@ class Enrollment(msgspec.Struct, kw_only=True, omit_defaults=True):
     # anonymous id's enrollment moves to a user (engine.identity), so its later
     # steps keep ids of the same family and never collide with the user's own.
     origin: str = ""
+    # Experiments (engine.experiments): the split arm it took ("" before a split or
+    # without one) and whether the entrant is in the journey's holdout.
+    variant: str = ""
+    holdout: bool = False
+
+
+class GoalEntry(msgspec.Struct, array_like=True, gc=False):
+    """An entry into a journey with a goal, until it converts or ``until`` passes."""
+
+    entered: int
+    until: int
+    variant: str = ""
+    holdout: bool = False
 
 
 class Entered(msgspec.Struct, array_like=True, gc=False):
@@ -179,6 +192,8 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     # (the rules' `anonymous` is its negation). A state written before this field says
     # False until its next event with a user_id.
     identified: bool = False
+    # Experiments (engine.experiments): journey -> its last entry awaiting the goal.
+    goals: dict[str, GoalEntry] = {}
 
 
 def _ids(state: UserState) -> set[int]:

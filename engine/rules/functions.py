@@ -32,6 +32,10 @@ Rules of this interface:
   engagement kinds; without KIND, ``engaged`` means opened or clicked. It is
   true when the engagement window holds a record of that channel and kind
   whose ``action_id`` is one of this enrollment's actions (``ctx.actions``).
+* ``most_used_channel([WITHIN])`` -> the channel with the most engagement
+  records of kind opened or clicked (in the last WITHIN, else all the window
+  keeps), ties to the one engaged with last; ``null`` without any. It is what
+  ``send: {expr: "most_used_channel()"}`` sends on (SPEC section 11).
 * ``rfm()`` -> a record with fields ``r``, ``f``, ``m`` (numbers 1-5) and
   ``score`` (the string ``"545"``), scored by :func:`engine.rfm.score` against
   the boundaries in force at ``now`` (``ctx.rfm``); ``null`` without purchases
@@ -80,6 +84,7 @@ SIGNATURES: Final = {
     "in_segment": "in_segment('NAME')",  # compiled by engine.rules.segment_refs
     "product": "product(PRODUCT)",
     "bought_together": "bought_together(PRODUCT, N)",
+    "most_used_channel": "most_used_channel([WITHIN])",
 }
 RFM_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
     "r": ("number", attrgetter("r")),
@@ -395,6 +400,29 @@ def _engaged(cx: Checker, node: Call) -> Typed:
     return Typed("bool", engaged, sure=True)
 
 
+def _most_used_channel(cx: Checker, node: Call) -> Typed:
+    _arity(node, 0, 1)
+    within = _within(node.args[0]) if node.args else None
+
+    def most_used_channel(ctx: Any) -> str | None:
+        window = ctx.state.windows.get("engagement")
+        if not window:
+            return None
+        since = kept_from(ctx.windows, "engagement", ctx.now)
+        if within is not None:
+            since = max(since, ctx.now - within)
+        counts: dict[str, int] = {}
+        for record in window:  # oldest first: a later record of a tie wins below
+            if record.ts >= since and record.kind in DEFAULT_KINDS and record.channel:
+                counts[record.channel] = counts.pop(record.channel, 0) + 1
+        if not counts:
+            return None
+        most = max(counts.values())
+        return [channel for channel, n in counts.items() if n == most][-1]
+
+    return Typed("string", most_used_channel)
+
+
 def _product(cx: Checker, node: Call) -> Fn:
     _arity(node, 1, 1)
     return _product_id(cx, node, node.args[0])
@@ -506,4 +534,5 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "rfm": _rfm,
     "product": _catalog_product,
     "bought_together": _bought_together,
+    "most_used_channel": _most_used_channel,
 }

@@ -54,6 +54,12 @@ Decisions where the SPEC is silent:
   rejected with that hint); a step mapping has exactly one of ``wait``, ``send``,
   ``if``; ``then`` is required, ``else`` optional, either may be ``[]``; a
   fallback channel may not repeat the send's channel or another fallback.
+* Experiments (SPEC section 11, :mod:`engine.rules.experiment_steps`): a
+  journey's ``holdout: 10%`` and ``goal: {event, within[, if]}``; a ``split``
+  step (``- split: {a: 50, b: 50}`` with the arms' step lists as sibling keys,
+  paths ``N.a.M``), at most one per journey and never inside another;
+  ``wait: {until: "HH:MM"}``; ``send: {expr: EXPR}`` with a required
+  ``fallback`` list (a literal EXPR must name a channel).
 * A send may name a template without content for its channel (the SPEC example
   sends push with an email/SMS template): the action's ``content`` is then null.
 * Template ids and journey ids match ``[a-z0-9_-]+``; template field names
@@ -101,18 +107,28 @@ from typing import Final, Literal, ParamSpec, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from engine.durations import HOUR, MAX_DURATION_MS, MINUTE, format_duration, parse_duration
+from engine.durations import DAY, HOUR, MAX_DURATION_MS, MINUTE, format_duration, parse_duration
 from engine.errors import ExpressionError, RulesError, one_line
 from engine.events import CHANNELS, STANDARD_TYPES, TYPE_PATTERN, Event, suggest
 from engine.rules import segment_defs
 from engine.rules.compiler import Scope, compile_expression
+from engine.rules.experiment_steps import (
+    GOAL_KEYS,
+    NodeProblem,
+    arm_name,
+    holdout_share,
+    split_weights,
+    weight,
+)
 from engine.rules.model import (
+    Arm,
     Branch,
     Cap,
     Condition,
     ConsentDefault,
     ExitRule,
     ExitStep,
+    Goal,
     Journey,
     QuietHours,
     RenderFn,
@@ -120,11 +136,13 @@ from engine.rules.model import (
     Schedule,
     Segment,
     Send,
+    Split,
     Step,
     Trigger,
     Wait,
     longest_wait,
 )
+from engine.rules.nodes import Literal as ExprLiteral
 from engine.rules.nodes import Node as Expr
 from engine.rules.parser import parse
 from engine.rules.segment_refs import referenced
@@ -151,11 +169,14 @@ MIN_RFM_REFRESH: Final = MINUTE
 MAX_SEGMENTS: Final = 1_000
 MIN_RECHECK_MS: Final = 60_000
 DEFAULT_RECHECK_MS: Final = 3_600_000
-JOURNEY_KEYS: Final = ("id", "name", "trigger", "key", "audience", "reentry", "exit", "steps")
+JOURNEY_KEYS: Final = (
+    "id", "name", "trigger", "key", "audience", "reentry", "exit", "holdout", "goal", "steps",
+)  # fmt: skip
 STEP_KEYS: Final = {
     "wait": ("wait",),
     "send": ("send", "template", "fallback"),
     "if": ("if", "then", "else"),
+    "split": ("split",),  # and one key per arm: engine.rules.experiment_steps
 }
 KEY_FIELDS: Final = tuple(
     name for name in Event.__struct_fields__ if name not in {"items", "attributes", "props"}
@@ -373,6 +394,19 @@ def _at(node: Node, message: str) -> _Reject:
     return _Reject(_Problem(node.start_mark.line, node.start_mark.column, message))
 
 
+def _checked(fn: Callable[P, T]) -> Callable[P, T]:
+    """``fn`` with its :class:`NodeProblem` as the loader's rejection."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except NodeProblem as exc:
+            raise _at(exc.node, exc.message) from None
+
+    return run
+
+
 def _text(node: Node, what: str) -> str:
     """The text written for a non-empty scalar (YAML's implicit typing ignored)."""
     if not isinstance(node, ScalarNode):
@@ -483,12 +517,13 @@ def _overrun(steps: tuple[Step, ...], elapsed: int) -> Wait | None:
             elapsed += step.ms
             if elapsed > MAX_DURATION_MS:
                 return step
-        elif isinstance(step, Branch):
-            for branch in (step.then, step.otherwise):
+        elif isinstance(step, Branch | Split):
+            paths = (step.then, step.otherwise) if isinstance(step, Branch) else step.arm_steps
+            for branch in paths:
                 found = _overrun(branch, elapsed)
                 if found is not None:
                     return found
-            elapsed += max(longest_wait(step.then), longest_wait(step.otherwise))
+            elapsed += max(longest_wait(path) for path in paths)
     return None
 
 
@@ -514,6 +549,7 @@ class _Loader:
     # segment name -> compiled condition (None until compiled, or if it did not compile)
     segment_conds: dict[str, Condition | None] = field(default_factory=dict)
     timezone: str = "UTC"  # the file's, once read: expressions compile with it
+    splits: dict[str, int] = field(default_factory=dict)  # journey -> line of its split
     warnings: set[_Problem] = field(default_factory=set)
 
     def load(self) -> Rules | None:
@@ -869,6 +905,21 @@ class _Loader:
             audience=self._field(fields, "audience", lambda n: self._audience(n, where), None),
             reentry=self._field(fields, "reentry", self._reentry, "never"),
             exits=self._field(fields, "exit", lambda n: self._exits(n, where), _NO_EXITS),
+            holdout=self._field(fields, "holdout", _checked(holdout_share), 0),
+            goal=self._field(fields, "goal", lambda n: self._goal(n, where), None),
+        )
+
+    def _goal(self, node: Node, where: str) -> Goal:
+        """``goal: {event: TYPE, within: DURATION, if: EXPR}`` (``if`` optional)."""
+        fields = self._fields(node, GOAL_KEYS, "a goal")
+        need = (node, f"{where} goal")
+        scope = Scope(event=True, entry=False, where=f"{where} goal.if")
+        return Goal(
+            event=self._field(fields, "event", _event_type, "", required=need),
+            within=self._field(
+                fields, "within", lambda n: _duration(n, "within"), 0, required=need
+            ),
+            cond=self._field(fields, "if", lambda n: self._expression(n, scope), None),
         )
 
     def _check_span(self, steps: tuple[Step, ...], where: str) -> None:
@@ -918,14 +969,14 @@ class _Loader:
             message = f"reentry {text!r} must be never, always or a duration such as 7d{hint}"
             raise _at(node, message) from None
 
-    def _expression(self, node: Node, scope: Scope) -> Condition:
+    def _expression(self, node: Node, scope: Scope, *, boolean: bool = True) -> Condition:
         """Compile one expression; its error points at the offending character."""
         source = _text(node, scope.where)
         if scope.segments is None:
             scope = replace(scope, segments=self.segment_conds)
         try:
             condition = compile_expression(
-                source, dataclasses.replace(scope, timezone=self.timezone)
+                source, dataclasses.replace(scope, timezone=self.timezone), boolean=boolean
             )
         except ExpressionError as exc:
             line, column = self._offset(node, exc.offset)
@@ -1002,15 +1053,62 @@ class _Loader:
             return self._exit_step(node, path)
         pairs = self._pairs(node, "a step")
         kind = self._step_kind(node, pairs)
+        if kind == "split":
+            return self._split(pairs, path, where, depth)
         fields = self._select(
             pairs, STEP_KEYS[kind], "an if step" if kind == "if" else f"a {kind} step"
         )
         if kind == "wait":
-            self.wait_nodes[(where, path)] = fields["wait"][1]
-            return Wait(path, _duration(fields["wait"][1], "wait"))
+            return self._wait(fields["wait"][1], path, where)
         if kind == "send":
-            return self._send(fields, path)
+            return self._send(fields, path, where)
         return self._branch(fields, path, where, depth)
+
+    def _wait(self, node: Node, path: str, where: str) -> Wait:
+        """``wait: DURATION`` or ``wait: {until: "HH:MM"}`` (the shopper's local time)."""
+        self.wait_nodes[(where, path)] = node
+        if isinstance(node, MappingNode):
+            fields = self._fields(node, ("until",), "a wait")
+            until = self._field(
+                fields, "until", lambda n: _clock(n, "wait until"), None, required=(node, "wait")
+            )
+            return Wait(path, DAY, until)
+        return Wait(path, _duration(node, "wait"))
+
+    def _split(self, pairs: Pairs, path: str, where: str, depth: int) -> Split:
+        """``split: {a: 50, b: 50}`` then ``a: [steps]`` and ``b: [steps]``."""
+        split_key, split_node = next((k, v) for name, k, v in pairs if name == "split")
+        if self.splits.get(where):
+            raise _at(
+                split_key,
+                f"{where} has a split already (line {self.splits[where]}); a journey has at "
+                "most one split and none inside another: give each arm its own steps",
+            )
+        self.splits[where] = split_key.start_mark.line + 1
+        weights = self._pairs(split_node, "split")
+        names = [self._try("", _checked(arm_name), key, name) for name, key, _ in weights]
+        self._try(None, _checked(split_weights), split_node, weights)
+        arms = [name for name in names if name]
+        fields = self._select(pairs, ("split", *arms), "a split step")
+        for name, key, _ in weights:
+            if name in arms and name not in fields:
+                self._report(key, f"{where} split: arm {name!r} has no steps; add `{name}: [...]`")
+        return Split(
+            path,
+            tuple(
+                Arm(name, weight(node), self._arm_steps(fields, name, path, where, depth))
+                for name, _, node in weights
+                if name in arms
+            ),
+        )
+
+    def _arm_steps(
+        self, fields: Fields, name: str, path: str, where: str, depth: int
+    ) -> tuple[Step, ...]:
+        if name not in fields:
+            return _NO_STEPS
+        node = fields[name][1]
+        return self._try(_NO_STEPS, self._steps, node, f"{path}.{name}", where, depth + 1)
 
     @staticmethod
     def _exit_step(node: ScalarNode, path: str) -> ExitStep:
@@ -1040,13 +1138,54 @@ class _Loader:
         hint = suggest(name, ("exit", *STEP_KEYS)) or "; a step needs `wait`, `send` or `if`"
         raise _at(key, f"unknown step {name!r}{hint}")
 
-    def _send(self, fields: Fields, path: str) -> Send:
-        channel = self._try("", _channel, fields["send"][1])
+    def _send(self, fields: Fields, path: str, where: str) -> Send:
+        send_node = fields["send"][1]
+        if isinstance(send_node, MappingNode):
+            return self._send_by_expression(fields, path, where)
+        channel = self._try("", _channel, send_node)
         template = self._field(fields, "template", self._template_ref, None)
         fallback = self._field(
             fields, "fallback", lambda n: self._fallback(n, channel), _NO_CHANNELS
         )
         return Send(path, channel, template, fallback)
+
+    def _send_by_expression(self, fields: Fields, path: str, where: str) -> Send:
+        """``send: {expr: EXPR}`` with a ``fallback`` list (used when EXPR names no
+        channel); an expression that is a constant must name a channel."""
+        send_key, send_node = fields["send"]
+        inner = self._fields(send_node, ("expr",), "send")
+        scope = Scope(event=True, entry=True, where=f"{where} step {path}.send.expr")
+        choose = self._field(
+            inner,
+            "expr",
+            lambda n: self._channel_expression(n, scope),
+            None,
+            required=(send_node, "send"),
+        )
+        template = self._field(fields, "template", self._template_ref, None)
+        fallback = self._field(fields, "fallback", lambda n: self._fallback(n, ""), _NO_CHANNELS)
+        if "fallback" not in fields:
+            self._report(
+                send_key,
+                f"{where} step {path}: `send: {{expr: ...}}` needs a `fallback` list, the "
+                "channels tried when the expression names none, e.g. fallback: [email]",
+            )
+        first = fallback[0] if fallback else ""
+        return Send(path, first, template, fallback, choose)
+
+    def _channel_expression(self, node: Node, scope: Scope) -> Condition:
+        """A channel-valued expression; a literal one must name a known channel."""
+        condition = self._expression(node, scope, boolean=False)
+        root = parse(condition.source)
+        if isinstance(root, ExprLiteral):
+            value = str(root.value)
+            if value not in CHANNELS:
+                raise _at(
+                    node,
+                    f"{scope.where}: {value!r} is not a channel{suggest(value, CHANNELS)}; "
+                    f"channels: {', '.join(CHANNELS)}",
+                )
+        return condition
 
     def _template_ref(self, node: Node) -> str:
         tid = _text(node, "template")

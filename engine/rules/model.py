@@ -38,16 +38,26 @@ class Condition:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
+    """``wait: 30m`` (``ms``), or ``wait: {until: "10:00"}``: until the next such local
+    time in the shopper's zone (``until``: minutes after local midnight; ``ms`` is then
+    one day, the longest such a wait can last, for the bounds on a journey's span)."""
+
     path: str
     ms: int
+    until: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """A send; with ``choose`` (``send: {expr: EXPR}``) the channel is the expression's
+    value at run time (``channel`` is then the first fallback, where a send that finds
+    no channel is reported)."""
+
     path: str
     channel: str
     template: str | None = None
     fallback: tuple[str, ...] = ()
+    choose: Condition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +73,28 @@ class ExitStep:
     path: str
 
 
-Step = Wait | Send | Branch | ExitStep
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One variant of a split: its name, weight and steps (paths ``N.NAME.M``)."""
+
+    name: str
+    weight: int
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """``- split: {a: 50, b: 50}`` with ``a: [steps]``, ``b: [steps]`` (engine.experiments)."""
+
+    path: str
+    arms: tuple[Arm, ...]
+
+    @property
+    def arm_steps(self) -> tuple[tuple[Step, ...], ...]:
+        return tuple(arm.steps for arm in self.arms)
+
+
+Step = Wait | Send | Branch | ExitStep | Split
 
 
 def longest_wait(steps: Sequence[Step]) -> int:
@@ -74,6 +105,8 @@ def longest_wait(steps: Sequence[Step]) -> int:
             total += step.ms
         elif isinstance(step, Branch):
             total += max(longest_wait(step.then), longest_wait(step.otherwise))
+        elif isinstance(step, Split):
+            total += max(longest_wait(arm.steps) for arm in step.arms)
     return total
 
 
@@ -109,6 +142,16 @@ class ExitRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Goal:
+    """``goal: {event: purchase, within: 3d}``: an entrant converts when such an event
+    (whose ``if`` holds) happens within ``within`` ms after entry."""
+
+    event: str
+    within: int
+    cond: Condition | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Journey:
     """One journey: entry, enrollment key, re-entry rule, exits and steps."""
 
@@ -120,6 +163,8 @@ class Journey:
     audience: Condition | None = None
     reentry: Literal["never", "always"] | int = "never"  # int: ms after the previous entry
     exits: tuple[ExitRule, ...] = ()
+    holdout: int = 0  # basis points (1/100 of a percent) of entrants held out: 10% -> 1000
+    goal: Goal | None = None
 
 
 @dataclass(frozen=True, slots=True)

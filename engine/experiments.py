@@ -1,0 +1,101 @@
+"""Experiments (SPEC section 11): holdouts, splits, goals and their measurement events.
+
+Rules of this interface:
+
+* Assignment is a pure function of (salt, journey id, identity): the first 8
+  bytes of a blake2b digest of the three, modulo 10,000 (a basis point). It
+  does not depend on event order, on the rules version, on the process or on
+  Python's ``hash()``, so replay and live agree. The identity is the key an
+  enrollment's action ids hash (``Enrollment.origin``, else the state's key).
+* ``holdout: 10%`` holds out the entrants whose ``"holdout"`` bucket is below
+  1,000; a split (``- split: {a: 50, b: 50}``) gives the arm whose cumulative
+  weight first passes the ``"split"`` bucket. The salts differ, so being held
+  out says nothing about the arm. A journey has at most one split, never
+  inside another (the loader refuses both), so a shopper has one arm per journey.
+* Convention: a held-out entrant runs the journey's steps (waits, branches,
+  quiet hours, the split) but each send is an action ``suppressed`` with
+  reason ``holdout`` and ``variant: "holdout"``; other entrants' actions carry
+  their arm's name after the split and ``variant: None`` before it or in a
+  journey without a split.
+* Goals: each entry into a journey with a ``goal`` records a :class:`GoalEntry`
+  in ``UserState.goals`` (one per journey: the last entry wins, so a conversion
+  is attributed to the last variant entered); the first goal event within
+  ``within`` of the entry converts it once and forgets it; a record is dropped
+  once ``within`` has passed. The goal event is checked after the event is
+  applied and before exits and triggers, so the event that enters the journey
+  never converts its own entry.
+* :class:`Measure` is what the engine emits for reports, when its ``measures``
+  list is set: ``entered`` (each entry, any journey), ``assigned`` (a split
+  chose an arm) and ``converted``. Measures do not change the state: an engine
+  that collects none runs exactly as one that does.
+* :func:`next_local` is ``wait: {until: "10:00"}``: the first such wall time
+  strictly after ``now`` in the zone (zoneinfo: correct across DST changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+import msgspec
+
+from engine.rules.model import Arm, Split
+
+BASIS: Final = 10_000  # buckets: basis points
+HOLDOUT_SALT: Final = "holdout"
+SPLIT_SALT: Final = "split"
+HOLDOUT: Final = "holdout"  # the variant of a held-out entrant's actions
+
+MeasureKind = Literal["entered", "assigned", "converted"]
+
+
+class Measure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One measurement event: an entry, an arm assignment or a conversion."""
+
+    kind: MeasureKind
+    at: int
+    user_id: str
+    journey: str
+    variant: str | None = None  # "holdout" for a held-out entrant
+    holdout: bool = False
+
+
+def bucket(salt: str, journey: str, identity: str) -> int:
+    """The stable bucket (0 to 9,999) of ``identity`` in ``journey`` for ``salt``."""
+    raw = "\x1f".join((salt, journey, identity)).encode()
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BASIS
+
+
+def held_out(journey: str, identity: str, share: int) -> bool:
+    """Whether ``identity`` is in the holdout of ``share`` basis points."""
+    return share > 0 and bucket(HOLDOUT_SALT, journey, identity) < share
+
+
+def arm_of(split: Split, journey: str, identity: str) -> Arm:
+    """The arm of ``split`` that ``identity`` belongs to (weights are percentages)."""
+    point = bucket(SPLIT_SALT, journey, identity)
+    total = sum(arm.weight for arm in split.arms)
+    passed = 0
+    for arm in split.arms:
+        passed += arm.weight
+        if point * total < passed * BASIS:
+            return arm
+    return split.arms[-1]
+
+
+def next_local(now: int, tz: zoneinfo.ZoneInfo, minute: int) -> int:
+    """The first local wall time ``minute`` (after midnight) strictly after ``now``.
+
+    A wall time that a spring-forward gap skips maps past the gap (zoneinfo's rule).
+    """
+    local = datetime.fromtimestamp(now / 1000, UTC).astimezone(tz)
+    wall = local.replace(tzinfo=None, hour=minute // 60, minute=minute % 60, second=0)
+    wall = wall.replace(microsecond=0)
+    for days in range(3):
+        candidate = int((wall + timedelta(days=days)).replace(tzinfo=tz).timestamp() * 1000)
+        if candidate > now:
+            return candidate
+    raise AssertionError("a wall time recurs within three days")  # pragma: no cover
