@@ -311,3 +311,28 @@ def test_black_friday_warns_only_about_last_years_weekend() -> None:
         ["36", "58"],
     ]
     assert all("segment bf_2023: between's" in w for w in rules.warnings)
+
+
+# -- experiments: a send-time test (SPEC section 11) ---------------------------------
+# Arms by the stable hash of (journey, user): u2 and u5 morning, u4 and u8 evening;
+# u1 is in the 10 % holdout. 10:00 and 19:00 are each shopper's local time: u5 is
+# in Berlin (UTC+2 in May), the others in the rules' Istanbul (UTC+3).
+
+
+def test_send_time_test() -> None:
+    engine = Engine(load_rules_file(EXAMPLES / "send_time_test.yaml"))
+    engine.measures = []
+    lines = (EXAMPLES / "send_time_test.events.jsonl").read_bytes().splitlines()
+    rows = [
+        (a.at, a.user_id, a.step, a.status, a.reason, a.variant)
+        for a in replay(engine, lines, drain=True)
+    ]
+    assert rows == [
+        (day(0, "10:00"), "u1", "0.morning.1", "suppressed", "holdout", "holdout"),
+        (day(0, "10:00"), "u2", "0.morning.1", "sent", None, "morning"),  # signed up 09:30
+        (day(0, "19:00"), "u8", "0.evening.1", "sent", None, "evening"),
+        (at("2024-05-07T10:00:00+02:00"), "u5", "0.morning.1", "sent", None, "morning"),
+        (day(1, "19:00"), "u4", "0.evening.1", "sent", None, "evening"),  # signed up 20:00
+    ]
+    converted = [(m.user_id, m.variant, m.at) for m in engine.measures if m.kind == "converted"]
+    assert converted == [("u8", "evening", day(1, "12:00"))]  # u2 bought after 3 days
