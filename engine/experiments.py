@@ -28,6 +28,14 @@ Rules of this interface:
   list is set: ``entered`` (each entry, any journey), ``assigned`` (a split
   chose an arm) and ``converted``. Measures do not change the state: an engine
   that collects none runs exactly as one that does.
+* Engagement (``delivered``, ``opened``, ``clicked``... with an ``action_id``)
+  is attributed through ``UserState.sent_refs``: each sent action's journey,
+  step, channel and variant, the latest :data:`MAX_SENT_REFS` per user. The
+  state suffices live as in replay (a user's actions and engagement reach the
+  same state), so the Redis action ledger is not read. The engine emits a
+  measure of the engagement's kind for an attributed one, and
+  ``engaged_in(JOURNEY [, KIND])`` reads it in conditions ("bought after
+  clicking a push of the cart journey": a goal ``if: engaged_in(cart, clicked)``).
 * :func:`next_local` is ``wait: {until: "10:00"}``: the first such wall time
   strictly after ``now`` in the zone (zoneinfo: correct across DST changes).
 """
@@ -41,14 +49,19 @@ from typing import Final, Literal
 
 import msgspec
 
+from engine.actions import Action
 from engine.rules.model import Arm, Split
+from engine.state import SentRef, UserState
 
 BASIS: Final = 10_000  # buckets: basis points
+MAX_SENT_REFS: Final = 32  # sent actions per user whose engagement can be attributed
 HOLDOUT_SALT: Final = "holdout"
 SPLIT_SALT: Final = "split"
 HOLDOUT: Final = "holdout"  # the variant of a held-out entrant's actions
 
-MeasureKind = Literal["entered", "assigned", "converted"]
+MeasureKind = Literal[
+    "entered", "assigned", "converted", "delivered", "opened", "clicked", "bounced", "unsubscribed"
+]
 
 
 class Measure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -60,6 +73,9 @@ class Measure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     journey: str
     variant: str | None = None  # "holdout" for a held-out entrant
     holdout: bool = False
+    # Engagement measures (kind delivered, opened...): the action's step and channel.
+    step: str | None = None
+    channel: str | None = None
 
 
 def bucket(salt: str, journey: str, identity: str) -> int:
@@ -99,3 +115,35 @@ def next_local(now: int, tz: zoneinfo.ZoneInfo, minute: int) -> int:
         if candidate > now:
             return candidate
     raise AssertionError("a wall time recurs within three days")  # pragma: no cover
+
+
+def remember(state: UserState, action: Action) -> None:
+    """Keep what a sent action was, for its engagement; the oldest go past the bound."""
+    refs = state.sent_refs
+    refs[action.action_id] = SentRef(
+        action.journey, action.step, action.channel, action.at, action.variant or ""
+    )
+    while len(refs) > MAX_SENT_REFS:
+        del refs[next(iter(refs))]
+
+
+def attributed(state: UserState, action_id: str | None) -> SentRef | None:
+    """The journey, step, channel and variant of one of the user's latest sent actions."""
+    return None if action_id is None else state.sent_refs.get(action_id)
+
+
+def engaged_in(state: UserState, journey: str, kinds: frozenset[str], since: int) -> bool:
+    """Whether the engagement window holds, from ``since`` on, a record of one of
+    ``kinds`` for a sent action of ``journey`` (``engaged_in(JOURNEY [, KIND])``)."""
+    window = state.windows.get("engagement")
+    refs = state.sent_refs
+    if not window or not refs:
+        return False
+    for record in reversed(window):
+        if record.ts < since:
+            return False
+        if record.kind in kinds and record.action_id is not None:
+            ref = refs.get(record.action_id)
+            if ref is not None and ref.journey == journey:
+                return True
+    return False

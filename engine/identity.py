@@ -37,6 +37,8 @@ Rules of this interface:
     hold one in the same slot (journey and key), the one that entered first
     stays (at the same ``entered`` the user's stays) and the other ends,
     counted in :attr:`MergeResult.ended` (``Engine.ended["merged"]``);
+  - experiments: goal entries per journey, the later entry; sent-action
+    references (engagement attribution), both;
   - ``events`` and ``types_dropped`` add; ``first_seen`` / ``last_seen``
     widen; the anonymous id (and any ids it had merged) joins ``merged``.
 
@@ -168,10 +170,22 @@ def merge(
     # re-evaluates every watched segment (engine.segments), so a membership the
     # anonymous history brings is entered then. The clock is the later of the two.
     into.clock = max(into.clock, other.clock)
+    _merge_experiments(into, other)
     # All-time history: counts, revenue and months add (engine.history); an event
     # both ids applied (the same event_id under each) counts twice there.
     merge_rollups(into.rollups, other.rollups, config)
     return MergeResult(merged=True, records=records, moved=moved, ended=ended)
+
+
+def _merge_experiments(into: UserState, other: UserState) -> None:
+    """Goal entries: per journey the later entry stays (the last one entered);
+    sent actions for engagement: both, the user's last (the bound applies at the next send)."""
+    for journey, pending in other.goals.items():
+        mine = into.goals.get(journey)
+        if mine is None or pending.entered > mine.entered:
+            into.goals[journey] = pending
+    if other.sent_refs:
+        into.sent_refs = {**other.sent_refs, **into.sent_refs}
 
 
 # -- windows --------------------------------------------------------------------

@@ -68,7 +68,16 @@ from engine.actions import Action, action_id
 from engine.broadcasts import Broadcasts
 from engine.catalog import CatalogReader
 from engine.events import CHANNELS, Event
-from engine.experiments import HOLDOUT, Measure, MeasureKind, arm_of, held_out, next_local
+from engine.experiments import (
+    HOLDOUT,
+    Measure,
+    MeasureKind,
+    arm_of,
+    attributed,
+    held_out,
+    next_local,
+    remember,
+)
 from engine.index import TriggerIndex
 from engine.policies import capped, first_allowed, quiet_until, record_send, user_zone
 from engine.retention import kept_cart
@@ -293,6 +302,8 @@ class Engine:
             return outcome, fired, actions
         if state.goals:
             self._check_goals(state, event, now)
+        if self.measures is not None and event.type == "engagement":
+            self._engagement(state, event, now)
         if state.enrollments and event.type in self.exit_types:
             self._check_exits(state, event, now)
         index = self.triggers.get(event.type)
@@ -623,6 +634,24 @@ class Engine:
             )
         )
 
+    def _engagement(self, state: UserState, event: Event, now: int) -> None:
+        """A measure for engagement with one of the user's latest sent actions."""
+        ref = attributed(state, event.action_id)
+        if ref is None or event.kind not in _ENGAGEMENT_MEASURES:
+            return
+        assert self.measures is not None
+        self.measures.append(
+            Measure(
+                kind=_ENGAGEMENT_MEASURES[event.kind],
+                at=now,
+                user_id=state.key,
+                journey=ref.journey,
+                variant=ref.variant or None,
+                step=ref.step,
+                channel=ref.channel,
+            )
+        )
+
     def _check_goals(self, state: UserState, event: Event, now: int) -> None:
         """Convert the entries whose goal ``event`` meets; forget the expired ones."""
         ctx = None
@@ -678,6 +707,7 @@ class Engine:
         action = self._action(state, enrollment, step, channel, now, reason, content)
         if reason is None:
             record_send(state, rules, channel, now)
+            remember(state, action)
         enrollment.actions.append(action.action_id)
         out.append(action)
         return None
@@ -740,6 +770,13 @@ class Engine:
 
 
 _CATALOG_NAMES = frozenset({"product", "bought_together"})
+_ENGAGEMENT_MEASURES: dict[str, MeasureKind] = {
+    "delivered": "delivered",
+    "opened": "opened",
+    "clicked": "clicked",
+    "bounced": "bounced",
+    "unsubscribed": "unsubscribed",
+}
 
 
 def _reads_catalog(fields: Mapping[str, Any]) -> bool:

@@ -109,6 +109,16 @@ class GoalEntry(msgspec.Struct, array_like=True, gc=False):
     holdout: bool = False
 
 
+class SentRef(msgspec.Struct, array_like=True, gc=False):
+    """What a sent action was, so its engagement can be attributed (engine.experiments)."""
+
+    journey: str
+    step: str
+    channel: str
+    at: int
+    variant: str = ""
+
+
 class Entered(msgspec.Struct, array_like=True, gc=False):
     """How often and when a user last entered a journey (for re-entry rules)."""
 
@@ -194,6 +204,9 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     identified: bool = False
     # Experiments (engine.experiments): journey -> its last entry awaiting the goal.
     goals: dict[str, GoalEntry] = {}
+    # action_id -> the journey, step, channel and variant of one of the latest sent
+    # actions (oldest first, at most engine.experiments.MAX_SENT_REFS).
+    sent_refs: dict[str, SentRef] = {}
 
 
 def _ids(state: UserState) -> set[int]:

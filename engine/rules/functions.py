@@ -36,6 +36,11 @@ Rules of this interface:
   records of kind opened or clicked (in the last WITHIN, else all the window
   keeps), ties to the one engaged with last; ``null`` without any. It is what
   ``send: {expr: "most_used_channel()"}`` sends on (SPEC section 11).
+* ``engaged_in(JOURNEY [, KIND])`` -> bool: the engagement window holds a
+  record of that kind (default opened or clicked) for one of the shopper's
+  latest sent actions of journey JOURNEY (a name or a string), wherever it is
+  evaluated (:func:`engine.experiments.engaged_in`), e.g. a goal's
+  ``if: engaged_in(abandoned_cart, clicked)``.
 * ``rfm()`` -> a record with fields ``r``, ``f``, ``m`` (numbers 1-5) and
   ``score`` (the string ``"545"``), scored by :func:`engine.rfm.score` against
   the boundaries in force at ``now`` (``ctx.rfm``); ``null`` without purchases
@@ -55,6 +60,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
 
+from engine import experiments
 from engine.errors import ExpressionError
 from engine.events import CHANNELS, ENGAGEMENT_KINDS, STANDARD_TYPES, TYPE_PATTERN, suggest
 from engine.history import DETAILED_TYPES
@@ -85,6 +91,7 @@ SIGNATURES: Final = {
     "product": "product(PRODUCT)",
     "bought_together": "bought_together(PRODUCT, N)",
     "most_used_channel": "most_used_channel([WITHIN])",
+    "engaged_in": "engaged_in(JOURNEY [, KIND])",
 }
 RFM_FIELDS: Final[dict[str, tuple[Type, Reader]]] = {
     "r": ("number", attrgetter("r")),
@@ -423,6 +430,28 @@ def _most_used_channel(cx: Checker, node: Call) -> Typed:
     return Typed("string", most_used_channel)
 
 
+def _engaged_in(cx: Checker, node: Call) -> Typed:
+    _arity(node, 1, 2)
+    arg = node.args[0]
+    if isinstance(arg, Name) and len(arg.parts) == 1:
+        journey = arg.parts[0]
+    elif isinstance(arg, Literal) and isinstance(arg.value, str):
+        journey = arg.value
+    else:
+        raise ExpressionError("expected a journey id, e.g. engaged_in(abandoned_cart)", arg.start)
+    kinds = (
+        frozenset({_choice(node.args[1], ENGAGEMENT_KINDS, "engagement kind")})
+        if len(node.args) == 2
+        else DEFAULT_KINDS
+    )
+
+    def engaged(ctx: Any) -> bool:
+        since = kept_from(ctx.windows, "engagement", ctx.now)
+        return experiments.engaged_in(ctx.state, journey, kinds, since)
+
+    return Typed("bool", engaged, sure=True)
+
+
 def _product(cx: Checker, node: Call) -> Fn:
     _arity(node, 1, 1)
     return _product_id(cx, node, node.args[0])
@@ -535,4 +564,5 @@ _COMPILERS: Final[dict[str, Callable[[Checker, Call], Typed]]] = {
     "product": _catalog_product,
     "bought_together": _bought_together,
     "most_used_channel": _most_used_channel,
+    "engaged_in": _engaged_in,
 }

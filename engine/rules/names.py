@@ -41,7 +41,7 @@ ROOTS: Final = ("event", "entry", "it", "profile", "cart", "favorites", "now", "
 FUNCTIONS: Final = (
     "count", "exists", "sum", "sum_items", "last", "since", "first", "since_first", "date",
     "between", "engaged", "in_cart", "favorited", "rfm", "in_segment", "product",
-    "bought_together", "most_used_channel",
+    "bought_together", "most_used_channel", "engaged_in",
 )  # fmt: skip
 
 

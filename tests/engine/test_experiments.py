@@ -17,12 +17,13 @@ import pytest
 
 from engine.actions import Action, to_dict
 from engine.errors import RulesError
-from engine.events import parse_ts
-from engine.experiments import Measure, arm_of, bucket, held_out, next_local
+from engine.events import decode_event, parse_ts
+from engine.experiments import MAX_SENT_REFS, Measure, arm_of, bucket, held_out, next_local
 from engine.journeys import Engine
 from engine.replay import replay
 from engine.rules.loader import load_rules
 from engine.rules.model import Arm, Split
+from engine.state import UserState
 
 _serial = itertools.count()
 HOUR = 3_600_000
@@ -383,3 +384,61 @@ def test_send_by_expression_is_checked_at_load() -> None:
     ]
     found = problems(EXPR_RULES.replace("most_used_channel(30d)", "most_usd_channel()"))
     assert "did you mean 'most_used_channel'" in found[0], found
+
+
+# -- engagement joined to journey, step and variant ---------------------------------
+
+CLICK_RULES = SPLIT_RULES.replace(
+    "goal: {event: purchase, within: 3d}",
+    'goal: {event: purchase, within: 3d, if: "engaged_in(cart, clicked)"}',
+)
+
+
+def test_engagement_is_attributed_to_journey_step_and_variant() -> None:
+    carts = [doc("add_to_cart", T0, "u1"), doc("add_to_cart", T0, "u4")]
+    first, _ = run(CLICK_RULES, carts)
+    push = next(a for a in first if a.user_id == "u1" and a.channel == "push")
+    email = next(a for a in first if a.user_id == "u4" and a.channel == "email")
+    lines = [
+        *carts,
+        doc("engagement", T0 + 2 * HOUR, "u1", action_id=push.action_id, channel="push",
+            kind="clicked"),
+        doc("engagement", T0 + 2 * HOUR, "u4", action_id=email.action_id, channel="email",
+            kind="opened"),
+        doc("engagement", T0 + 2 * HOUR, "u4", action_id="not-ours", channel="email",
+            kind="clicked"),
+        doc("purchase", T0 + 4 * HOUR, "u1", order_id="o1", revenue=5),  # clicked: converts
+        doc("purchase", T0 + 4 * HOUR, "u4", order_id="o4", revenue=5),  # opened only
+    ]  # fmt: skip
+    _, measures = run(CLICK_RULES, lines)
+    engaged = [
+        (m.kind, m.user_id, m.journey, m.step, m.channel, m.variant)
+        for m in measures
+        if m.kind in ("opened", "clicked")
+    ]
+    assert engaged == [
+        ("clicked", "u1", "cart", "1.a.1", "push", "a"),
+        ("opened", "u4", "cart", "0", "email", None),  # before the split: no variant
+    ]
+    converted = [(m.user_id, m.variant) for m in measures if m.kind == "converted"]
+    assert converted == [("u1", "a")]  # "bought after clicking a push"
+
+
+def test_sent_refs_are_bounded() -> None:
+    rules = """\
+    version: 1
+    consent: {email: opt_out}
+    journeys:
+      - id: every
+        trigger: view_product
+        reentry: always
+        steps: [{send: email}]
+    """
+    engine = Engine(load_rules(textwrap.dedent(rules), "x.yaml"))
+    state = UserState(key="u1")
+    sent = []
+    for n in range(40):
+        line = doc("view_product", T0 + n * HOUR, "u1", product_id=f"p{n}")
+        sent += engine.on_event(state, decode_event(line), T0 + n * HOUR)
+    assert len(sent) == 40
+    assert list(state.sent_refs) == [a.action_id for a in sent[-MAX_SENT_REFS:]]
