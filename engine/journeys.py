@@ -835,17 +835,24 @@ def running(rules: Rules) -> list[Condition]:
 
 def _journey_conditions(rules: Rules) -> Iterator[Condition]:
     for journey in rules.journeys:
-        for cond in (journey.trigger.cond, journey.audience, *(e.cond for e in journey.exits)):
+        goal = None if journey.goal is None else journey.goal.cond
+        exits = (e.cond for e in journey.exits)
+        for cond in (journey.trigger.cond, journey.audience, goal, *exits):
             if cond is not None:
                 yield cond
         yield from _branch_conditions(journey.steps)
 
 
 def _branch_conditions(steps: Iterable[Step]) -> Iterator[Condition]:
+    """The conditions of the steps: if steps', send expressions', in every branch and arm."""
     for step in steps:
         if isinstance(step, Branch):
             yield step.cond
             yield from _branch_conditions((*step.then, *step.otherwise))
+        elif isinstance(step, Split):
+            yield from _branch_conditions(s for arm in step.arms for s in arm.steps)
+        elif isinstance(step, Send) and step.choose is not None:
+            yield step.choose
 
 
 def _next(state: UserState) -> tuple[int, str] | None:

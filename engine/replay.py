@@ -31,6 +31,8 @@ Rules of this interface:
   ``identity_conflict`` events and the enrollments ended (``ended``, e.g.
   ``merged``).
 * The result is every action, in SPEC order (``at``, user, ``action_id``).
+  When ``engine.measures`` is a list it ends up holding the run's measures
+  (:mod:`engine.experiments`), in the order the engine emitted them.
 * The catalog (SPEC section 10, :mod:`engine.catalog`) lives in memory for
   the run and is what ``product()`` and ``bought_together()`` read. A
   ``product_update`` changes it at its position in the log; when it lowers
@@ -174,6 +176,8 @@ def replay_events(
         run = ReplayStats(stats.lines, 0, stats.invalid)
         if states is not None:
             states.clear()  # a restart without a poison event begins again from nothing
+        if engine.measures is not None:
+            del engine.measures[:]  # so do the experiments' measures (engine.experiments)
         try:
             actions = _run(engine, log, skipped, until, drain, run, states)
         except _Poison as poison:

@@ -442,3 +442,16 @@ def test_sent_refs_are_bounded() -> None:
         sent += engine.on_event(state, decode_event(line), T0 + n * HOUR)
     assert len(sent) == 40
     assert list(state.sent_refs) == [a.action_id for a in sent[-MAX_SENT_REFS:]]
+
+
+def test_the_engine_sees_the_conditions_inside_arms_goals_and_send_expressions() -> None:
+    rules = SPLIT_RULES.replace(
+        "          - send: push\n",
+        '          - if: "rfm().r >= 4"\n            then: [{send: push}]\n',
+    )
+    assert Engine(load_rules(rules, "x.yaml")).runs_rfm
+    goal = SPLIT_RULES.replace("within: 3d}", "within: 3d, if: \"product('p1').price > 1\"}")
+    assert Engine(load_rules(goal, "x.yaml")).reads_products
+    assert not Engine(load_rules(SPLIT_RULES, "x.yaml")).reads_products
+    chosen = EXPR_RULES.replace("profile.preferred", "product(entry.product_id).name")
+    assert Engine(load_rules(chosen, "x.yaml")).reads_products

@@ -44,6 +44,16 @@ def test_a_poison_event_is_left_out_as_if_it_never_came() -> None:
     assert stats.events == 2
 
 
+def test_measures_restart_with_the_run_after_a_poison_event() -> None:
+    engine = FaultyEngine(load_rules(RULES, "rules.yaml"))
+    engine.measures = []
+    lines = [line("e1", "signup", "u1"), line("poison-1", "login", "u1", NOW + 1)]
+    replay(engine, lines, drain=True)
+    # The first run entered `welcome` and `again` before the poison raised; only the
+    # run without it counts.
+    assert [(m.kind, m.journey) for m in engine.measures] == [("entered", "welcome")]
+
+
 def test_an_event_far_in_the_future_is_a_bad_line() -> None:
     errors: list[tuple[int, str]] = []
     lines = [line("e1", "signup", "u1"), line("e2", "signup", "u2", NOW + MAX_FUTURE_MS + 1)]
