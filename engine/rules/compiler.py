@@ -82,7 +82,7 @@ def compile_expression(text: str, scope: Scope, *, boolean: bool = True) -> Cond
     except ExpressionError as exc:
         raise ExpressionError(f"{scope.where}: {exc.message}", exc.offset) from None
     warnings = tuple((offset, f"{scope.where}: {message}") for offset, message in compiler.warnings)
-    return Condition(text, typed.fn, calls=_calls(root), warnings=warnings)
+    return Condition(text, typed.fn, calls=_calls(root), warnings=warnings, type=typed.type)
 
 
 def _calls(root: Node) -> frozenset[str]:

@@ -147,6 +147,7 @@ from engine.rules.nodes import Node as Expr
 from engine.rules.parser import parse
 from engine.rules.segment_refs import referenced
 from engine.rules.templates import TemplateProblem, compile_template
+from engine.rules.typed import article
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -1176,6 +1177,13 @@ class _Loader:
     def _channel_expression(self, node: Node, scope: Scope) -> Condition:
         """A channel-valued expression; a literal one must name a known channel."""
         condition = self._expression(node, scope, boolean=False)
+        if condition.type not in ("string", "any"):
+            raise _at(
+                node,
+                f"{scope.where}: {condition.source!r} is {article(condition.type)}, not a channel "
+                "name; "
+                "write an expression that gives one, e.g. most_used_channel()",
+            )
         root = parse(condition.source)
         if isinstance(root, ExprLiteral):
             value = str(root.value)

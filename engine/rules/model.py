@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from engine.durations import HOUR
 from engine.rules.context import Context
+from engine.rules.typed import Type
 
 ConsentDefault = Literal["opt_in", "opt_out"]
 
@@ -30,6 +31,7 @@ class Condition:
     fn: Callable[[Context], Any]
     calls: frozenset[str] = frozenset()  # functions the expression calls, e.g. {"rfm"}
     warnings: tuple[tuple[int, str], ...] = ()  # (offset in source, message): see the compiler
+    type: Type = "bool"  # the value's static type ("string", "any"...) when compiled as a value
 
     def holds(self, ctx: Context) -> bool:
         """True when the expression evaluates to ``true`` (``null`` is false)."""

@@ -382,6 +382,11 @@ def test_send_by_expression_is_checked_at_load() -> None:
         "x.yaml:7:9: journey nudge step 0: `send: {expr: ...}` needs a `fallback` list, the "
         "channels tried when the expression names none, e.g. fallback: [email]"
     ]
+    found = problems(EXPR_RULES.replace("most_used_channel(30d)", "count(view_product)"))
+    assert found == [
+        "x.yaml:7:22: journey nudge step 0.send.expr: 'count(view_product)' is a number, not a "
+        "channel name; write an expression that gives one, e.g. most_used_channel()"
+    ]
     found = problems(EXPR_RULES.replace("most_used_channel(30d)", "most_usd_channel()"))
     assert "did you mean 'most_used_channel'" in found[0], found
 
