@@ -30,7 +30,10 @@ Rules of this interface:
   that collects none runs exactly as one that does.
 * Engagement (``delivered``, ``opened``, ``clicked``... with an ``action_id``)
   is attributed through ``UserState.sent_refs``: each sent action's journey,
-  step, channel and variant, the latest :data:`MAX_SENT_REFS` per user. The
+  step, channel and variant, the latest :data:`MAX_SENT_REFS` per user, kept
+  for the journeys with an experiment (holdout, split or goal), or for every
+  journey when a condition calls ``engaged_in`` (so rules without either keep
+  nothing more per shopper: the state stays as small as before). The
   state suffices live as in replay (a user's actions and engagement reach the
   same state), so the Redis action ledger is not read. The engine emits a
   measure of the engagement's kind for an attributed one, and
@@ -54,7 +57,7 @@ from engine.rules.model import Arm, Split
 from engine.state import SentRef, UserState
 
 BASIS: Final = 10_000  # buckets: basis points
-MAX_SENT_REFS: Final = 32  # sent actions per user whose engagement can be attributed
+MAX_SENT_REFS: Final = 16  # sent actions per user whose engagement can be attributed
 HOLDOUT_SALT: Final = "holdout"
 SPLIT_SALT: Final = "split"
 HOLDOUT: Final = "holdout"  # the variant of a held-out entrant's actions

@@ -170,6 +170,10 @@ class Engine:
         # None: none are kept (the state and the actions are the same either way).
         self.measures: list[Measure] | None = None
         self.goals: dict[str, Goal] = {j.id: j.goal for j in rules.journeys if j.goal}
+        # Whose sent actions the state remembers for engagement (engine.experiments):
+        # every journey's when a condition calls engaged_in, else the experiments'.
+        self.remember_all = any("engaged_in" in cond.calls for cond in conditions(rules))
+        self.remembered = frozenset(j.id for j in rules.journeys if _experiment(j))
         self.programs = {j.id: compile_program(j) for j in rules.journeys}
         by_type: dict[str, list[tuple[int, Journey]]] = {}
         self.exits: dict[str, set[str]] = {}
@@ -707,7 +711,8 @@ class Engine:
         action = self._action(state, enrollment, step, channel, now, reason, content)
         if reason is None:
             record_send(state, rules, channel, now)
-            remember(state, action)
+            if self.remember_all or enrollment.journey in self.remembered:
+                remember(state, action)
         enrollment.actions.append(action.action_id)
         out.append(action)
         return None
@@ -853,6 +858,14 @@ def _branch_conditions(steps: Iterable[Step]) -> Iterator[Condition]:
             yield from _branch_conditions(s for arm in step.arms for s in arm.steps)
         elif isinstance(step, Send) and step.choose is not None:
             yield step.choose
+
+
+def _experiment(journey: Journey) -> bool:
+    """Whether a journey has a holdout, a goal or a split."""
+    if journey.holdout or journey.goal is not None:
+        return True
+    program = compile_program(journey)
+    return any(isinstance(step, Split) for step in program.steps.values())
 
 
 def _next(state: UserState) -> tuple[int, str] | None:

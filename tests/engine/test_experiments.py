@@ -437,8 +437,13 @@ def test_sent_refs_are_bounded() -> None:
       - id: every
         trigger: view_product
         reentry: always
+        goal: {event: purchase, within: 1d}
         steps: [{send: email}]
     """
+    plain = Engine(load_rules(textwrap.dedent(rules).replace("goal:", "#"), "x.yaml"))
+    state = UserState(key="u1")
+    plain.on_event(state, decode_event(doc("view_product", T0, "u1", product_id="p")), T0)
+    assert state.sent_refs == {}  # no experiment, no engaged_in: nothing more kept
     engine = Engine(load_rules(textwrap.dedent(rules), "x.yaml"))
     state = UserState(key="u1")
     sent = []
