@@ -34,6 +34,8 @@ The keys (``P`` the prefix, ``s`` a shard, ``U`` a shopper, ``A`` an action id):
     {P:s}:acked           hash    actions partition -> offset the shard's batch write
     {P:s}:offsets         hash    input partition -> offset   the shard's batch write
     {P:s}:stats           hash    counter -> value            the shard's batch write
+    {P:s}:measures        hash    journey|step|variant|metric|channel|reason -> count
+                                                              the shard's batch write
     {P:s}:emitted         set     ids sent before Redis lost  --recover-redis
     {P:s}:sweep           hash    sweep -> cursor             the shard's batch write
     {P:s}:links           hash    anon id -> user id          the anon's shard's batch write
@@ -118,6 +120,11 @@ class ShardKeys:
     def stats(self) -> str:
         """Hash: counter -> value (summed over shards by readers)."""
         return f"{self.tag}:stats"
+
+    @property
+    def measures(self) -> str:
+        """Hash: :func:`engine.measurement.field` -> count (``tetik report --live``)."""
+        return f"{self.tag}:measures"
 
     @property
     def emitted(self) -> str:

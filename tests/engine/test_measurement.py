@@ -1,0 +1,173 @@
+"""Measuring journeys (engine.measurement): exact counts on a hand-written log.
+
+The log: six shoppers add to cart in a journey with a 10 % holdout, a split
+a/b and a purchase goal within 3 days. Their assignment is the blake2b rule's
+(u1, u2: a; u4, u5: b; u11, u24: holdout, whose split arms are a and b).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from engine.actions import Action
+from engine.events import parse_ts
+from engine.experiments import Measure
+from engine.journeys import Engine
+from engine.measurement import ReportRow, field, rows, tally
+from engine.replay import replay
+from engine.rules.loader import load_rules
+from engine.uplift import uplift, wilson
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+T0 = parse_ts("2024-05-06T08:00:00Z")
+_serial = itertools.count()
+
+RULES = """\
+version: 1
+consent: {email: opt_out, push: opt_out, sms: opt_out}
+journeys:
+  - id: cart
+    trigger: add_to_cart
+    holdout: 10%
+    goal: {event: purchase, within: 3d}
+    steps:
+      - send: email
+      - split: {a: 50, b: 50}
+        a:
+          - wait: 1h
+          - send: push
+        b:
+          - wait: 2h
+          - send: sms
+"""
+
+
+def doc(type_: str, ts: int, user: str, **fields: Any) -> bytes:
+    body = {"event_id": f"m{next(_serial)}", "type": type_, "ts": ts, "user_id": user}
+    if type_ == "add_to_cart":
+        body["product_id"] = "p1"
+    return orjson.dumps({**body, **fields})
+
+
+def run(lines: list[bytes]) -> tuple[list[Action], list[Measure]]:
+    engine = Engine(load_rules(RULES, "x.yaml"))
+    engine.measures = []
+    actions = replay(engine, lines, drain=True, received=T0 + 400 * DAY)
+    return actions, engine.measures
+
+
+def the_log() -> list[bytes]:
+    """The carts and purchases, then engagement with three of the first pass's sends."""
+    lines = [doc("add_to_cart", T0, u) for u in ("u1", "u2", "u4", "u5", "u11", "u24")]
+    lines += [
+        doc("purchase", T0 + 2 * HOUR, "u2"),  # a, converted
+        doc("purchase", T0 + DAY, "u1"),  # a, converted
+        doc("purchase", T0 + 2 * DAY, "u11"),  # holdout, converted
+        doc("purchase", T0 + 5 * DAY, "u4"),  # b, after the goal's 3 days: not converted
+    ]
+    actions, _ = run(lines)
+    sent = {(a.user_id, a.channel): a.action_id for a in actions if a.status == "sent"}
+    engagement = [
+        ("u1", "email", "delivered"),
+        ("u1", "push", "clicked"),
+        ("u4", "sms", "opened"),
+        ("u5", "sms", "delivered"),
+    ]
+    for user, channel, kind in engagement:
+        action = sent[(user, channel)]
+        lines.append(
+            doc("engagement", T0 + 3 * HOUR, user, action_id=action, channel=channel, kind=kind)
+        )
+    lines.append(
+        doc("engagement", T0 + 3 * HOUR, "u5", action_id="unknown", channel="sms", kind="clicked")
+    )
+    return sorted(lines, key=lambda line: orjson.loads(line)["ts"])
+
+
+def by_key(report: list[ReportRow]) -> dict[tuple[str, str], ReportRow]:
+    return {(row.step, row.variant): row for row in report}
+
+
+def test_exact_counts_per_group_and_step() -> None:
+    actions, measures = run(the_log())
+    report = by_key(rows(tally(actions, measures)))
+    assert sorted(report) == [
+        ("", ""),
+        ("", "a"),
+        ("", "b"),
+        ("", "holdout"),
+        ("0", ""),
+        ("0", "holdout"),
+        ("1.a.1", "a"),
+        ("1.a.1", "holdout"),
+        ("1.b.1", "b"),
+        ("1.b.1", "holdout"),
+    ]
+    groups = {variant: report[("", variant)] for variant in ("", "a", "b", "holdout")}
+    assert {v: r.entered for v, r in groups.items()} == {"": 0, "a": 2, "b": 2, "holdout": 2}
+    assert {v: r.converted for v, r in groups.items()} == {"": 0, "a": 2, "b": 0, "holdout": 1}
+    assert groups[""].sent == {"email": 4}
+    assert groups[""].delivered == 1
+    assert groups["a"].sent == {"push": 2}
+    assert groups["a"].clicked == 1
+    assert groups["b"].sent == {"sms": 2}
+    assert (groups["b"].opened, groups["b"].delivered) == (1, 1)
+    assert groups["holdout"].sent == {}
+    assert groups["holdout"].suppressed == {"email:holdout": 2, "push:holdout": 1, "sms:holdout": 1}
+    assert report[("1.a.1", "a")].clicked == 1
+    assert report[("1.a.1", "a")].sent == {"push": 2}
+    assert report[("0", "")].delivered == 1
+    assert report[("0", "")].clicked == 0
+    # counts add up: the groups' entrants are the entered measures, sends the actions
+    assert sum(r.entered for r in groups.values()) == sum(m.kind == "entered" for m in measures)
+    per_step = Counter[str]()
+    for row in report.values():
+        if row.step:
+            per_step.update(row.sent)
+    assert per_step == Counter(a.channel for a in actions if a.status == "sent")
+
+
+def test_rates_and_uplift_are_engine_uplift() -> None:
+    actions, measures = run(the_log())
+    report = by_key(rows(tally(actions, measures)))
+    a, b, held = report[("", "a")], report[("", "b")], report[("", "holdout")]
+    rate = wilson(1, 2)
+    assert rate is not None
+    assert (held.rate, held.rate_low, held.rate_high) == (
+        rate.rate,
+        rate.low,
+        rate.high,
+    )
+    lift = uplift((2, 2), (1, 2))
+    assert lift is not None
+    assert (a.uplift, a.uplift_low, a.uplift_high, a.relative) == (
+        lift.difference,
+        lift.low,
+        lift.high,
+        lift.relative,
+    )
+    assert b.uplift == -0.5
+    assert b.relative == -1.0
+    assert held.uplift is None  # the holdout is the baseline
+
+
+def test_journey_filter_and_no_holdout_means_no_uplift() -> None:
+    counts = Counter(
+        {
+            field("x", "", "", "entered"): 3,
+            field("x", "", "", "converted"): 1,
+            field("x", "0", "", "sent", "email"): 3,
+            field("cart", "", "holdout", "entered"): 1,
+        }
+    )
+    row, step = rows(counts, "x")
+    assert (step.step, step.sent, step.entered) == ("0", {"email": 3}, 0)
+    assert (row.entered, row.converted, row.sent, row.uplift) == (3, 1, {"email": 3}, None)
+    assert row.rate is not None
+    assert abs(row.rate - 1 / 3) < 1e-12
+    assert [r.journey for r in rows(counts)] == ["cart", "x", "x"]
