@@ -183,6 +183,20 @@ def _cmd_segments(args: argparse.Namespace) -> int:
     return run_segments(args.rules, args.events, at=at, out=args.out)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from flows.jobs.journey_report import run_report
+
+    if args.live == bool(args.rules or args.events):
+        print("tetik report: give --rules and --events (a replay), or --live", file=sys.stderr)
+        return 2
+    if not args.live and not (args.rules and args.events):
+        print("tetik report: a replay needs both --rules and --events", file=sys.stderr)
+        return 2
+    return run_report(
+        args.rules, args.events, live=args.live, as_json=args.json, journey=args.journey
+    )
+
+
 def _live_segments(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -434,6 +448,14 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--count", action="store_true", help="with --live: members per segment")
     what.add_argument("--export", metavar="NAME", help="with --live: the members of one segment")
     seg.set_defaults(func=_cmd_segments)
+
+    rep = sub.add_parser("report", help="journeys measured: sends, engagement, conversion, uplift")
+    rep.add_argument("--rules", help="rules YAML file (a replay)")
+    rep.add_argument("--events", help="JSONL event log (a replay)")
+    rep.add_argument("--live", action="store_true", help="the live engine's counts in Redis")
+    rep.add_argument("--json", action="store_true", help="a JSON array of rows, not tables")
+    rep.add_argument("--journey", help="this journey only")
+    rep.set_defaults(func=_cmd_report)
 
     rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
