@@ -118,6 +118,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return run_collect(port=args.port, host=args.host, metrics_port=args.metrics_port)
 
 
+def _cmd_console(args: argparse.Namespace) -> int:
+    from flows.jobs.console import run_console
+
+    return run_console(port=args.port, host=args.host)
+
+
 def _cmd_produce(args: argparse.Namespace) -> int:
     from flows.jobs.produce import produce_file
 
@@ -406,6 +412,11 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     add_metrics_port(collect)
     collect.set_defaults(func=_cmd_collect)
+
+    console = sub.add_parser("console", help="the marketers' web console (TETIK_CONSOLE_TOKENS)")
+    console.add_argument("--port", type=int, default=8090, help="port to listen on (8090)")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    console.set_defaults(func=_cmd_console)
 
     catalog = sub.add_parser("catalog", help="the product catalog: load a product feed")
     catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")

@@ -110,6 +110,9 @@ class Settings:
     # tetik run / deliver: the port of /metrics, /healthz, /readyz (TETIK_METRICS_PORT;
     # 0, unset: none). flows.metrics.
     metrics_port: int = 0
+    # tetik console: who may use it, name -> token (TETIK_CONSOLE_TOKENS=alice:T1,bob:T2;
+    # none: the console refuses to start). flows.console.auth.
+    console_tokens: tuple[tuple[str, str], ...] = ()
 
     @property
     def keys(self) -> Keys:
@@ -190,6 +193,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kafka_security=kafka_security_from_env(env),
         collect_write_keys=_write_keys(env.get("TETIK_COLLECT_WRITE_KEYS", "")),
         metrics_port=port_from(env.get("TETIK_METRICS_PORT", ""), "TETIK_METRICS_PORT"),
+        console_tokens=_console_tokens(env.get("TETIK_CONSOLE_TOKENS", "")),
     )
 
 
@@ -225,6 +229,23 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
 def _write_keys(text: str) -> tuple[str, ...]:
     """Comma-separated write keys, blanks around them and empty ones dropped."""
     return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def _console_tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """``NAME:TOKEN`` pairs, comma-separated; ConfigError for a pair without both."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        name, _, token = item.partition(":")
+        if not item:
+            continue
+        if not name.strip() or len(token.strip()) < 8:
+            raise ConfigError(
+                "TETIK_CONSOLE_TOKENS must be NAME:TOKEN pairs, comma-separated, each token at "
+                f"least 8 characters, got {name.strip() or '?'}:...; "
+                "e.g. alice:$(openssl rand -hex 16)"
+            )
+        pairs.append((name.strip(), token.strip()))
+    return tuple(pairs)
 
 
 def port_from(text: str, name: str) -> int:

@@ -68,7 +68,7 @@ from engine.catalog import Product
 from engine.errors import ConfigError
 from engine.events import PRODUCT_UPDATE
 from engine.state import to_view
-from flows.jobs.console import ActionWatch, Snapshot, render
+from flows.jobs.action_watch import ActionWatch, Snapshot, render
 from flows.jobs.progress import Line
 from flows.kafka.producer import Record, produce_records
 from flows.kafka.topics import ensure_topics

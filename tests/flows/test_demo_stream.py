@@ -23,7 +23,7 @@ from engine.events import parse_ts
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules_file
-from flows.jobs.console import Snapshot
+from flows.jobs.action_watch import Snapshot
 from flows.jobs.demo import (
     CATALOG_JOURNEYS,
     REDELIVER_EVERY,
