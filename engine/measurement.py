@@ -25,6 +25,12 @@ Rules of this interface:
   suppressions and engagement. Rates are Wilson intervals and uplift over the
   journey's holdout Newcombe's hybrid score interval (:mod:`engine.uplift`,
   95 %); a group without entrants, or a journey without a holdout, has None.
+* A journey with a holdout also gets a row of variant ``*``: every entrant
+  not held out (the groups' sums). Its uplift is the journey's effect, a fair
+  comparison (intent to treat: both sides count the entrants who left, e.g. by
+  an exit, before a split). An arm's uplift compares the entrants who reached
+  the split and took that arm with the whole holdout: fair when every entrant
+  reaches the split (no exit or wait before it), biased otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from engine.experiments import HOLDOUT, Measure
 from engine.uplift import uplift, wilson
 
 SEP = "|"
+TREATED = "*"  # the row of every entrant not held out, in a journey with a holdout
 ENGAGEMENT = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
 
 
@@ -163,7 +170,17 @@ def rows(counts: Mapping[str, int], journey: str | None = None) -> list[ReportRo
         variants = sorted(v for j, v in totals if j == jid)
         held = totals.get((jid, HOLDOUT))
         base = (held.metrics["converted"], entered[(jid, HOLDOUT)]) if held else None
+        if held is not None:  # the journey's effect: every entrant not held out
+            treated = [v for v in variants if v != HOLDOUT]
+            total = _Group()
+            for variant in treated:
+                total.absorb(totals[(jid, variant)])
+                total.metrics["converted"] += totals[(jid, variant)].metrics["converted"]
+            n = sum(entered[(jid, v)] for v in treated)
+            star = _journey_row(jid, TREATED, total, n, base)
         for variant in variants:
+            if variant == HOLDOUT:
+                out.append(star)  # just before the holdout it is measured against
             group = totals[(jid, variant)]
             n = entered[(jid, variant)]
             if not n and not group.any():

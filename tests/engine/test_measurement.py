@@ -54,23 +54,24 @@ def doc(type_: str, ts: int, user: str, **fields: Any) -> bytes:
     return orjson.dumps({**body, **fields})
 
 
-def run(lines: list[bytes]) -> tuple[list[Action], list[Measure]]:
+def run(lines: list[bytes], received: int = T0 + 400 * DAY) -> tuple[list[Action], list[Measure]]:
     engine = Engine(load_rules(RULES, "x.yaml"))
     engine.measures = []
-    actions = replay(engine, lines, drain=True, received=T0 + 400 * DAY)
+    actions = replay(engine, lines, drain=True, received=received)
     return actions, engine.measures
 
 
-def the_log() -> list[bytes]:
-    """The carts and purchases, then engagement with three of the first pass's sends."""
-    lines = [doc("add_to_cart", T0, u) for u in ("u1", "u2", "u4", "u5", "u11", "u24")]
+def the_log(start: int = T0, received: int = T0 + 400 * DAY) -> list[bytes]:
+    """The carts and purchases, then engagement with four of the first pass's sends
+    (the action ids are the replay's: the same live)."""
+    lines = [doc("add_to_cart", start, u) for u in ("u1", "u2", "u4", "u5", "u11", "u24")]
     lines += [
-        doc("purchase", T0 + 2 * HOUR, "u2"),  # a, converted
-        doc("purchase", T0 + DAY, "u1"),  # a, converted
-        doc("purchase", T0 + 2 * DAY, "u11"),  # holdout, converted
-        doc("purchase", T0 + 5 * DAY, "u4"),  # b, after the goal's 3 days: not converted
+        doc("purchase", start + 2 * HOUR, "u2"),  # a, converted
+        doc("purchase", start + DAY, "u1"),  # a, converted
+        doc("purchase", start + 2 * DAY, "u11"),  # holdout, converted
+        doc("purchase", start + 5 * DAY, "u4"),  # b, after the goal's 3 days: not converted
     ]
-    actions, _ = run(lines)
+    actions, _ = run(lines, received)
     sent = {(a.user_id, a.channel): a.action_id for a in actions if a.status == "sent"}
     engagement = [
         ("u1", "email", "delivered"),
@@ -81,10 +82,12 @@ def the_log() -> list[bytes]:
     for user, channel, kind in engagement:
         action = sent[(user, channel)]
         lines.append(
-            doc("engagement", T0 + 3 * HOUR, user, action_id=action, channel=channel, kind=kind)
+            doc("engagement", start + 3 * HOUR, user, action_id=action, channel=channel, kind=kind)
         )
     lines.append(
-        doc("engagement", T0 + 3 * HOUR, "u5", action_id="unknown", channel="sms", kind="clicked")
+        doc(
+            "engagement", start + 3 * HOUR, "u5", action_id="unknown", channel="sms", kind="clicked"
+        )
     )
     return sorted(lines, key=lambda line: orjson.loads(line)["ts"])
 
@@ -98,6 +101,7 @@ def test_exact_counts_per_group_and_step() -> None:
     report = by_key(rows(tally(actions, measures)))
     assert sorted(report) == [
         ("", ""),
+        ("", "*"),
         ("", "a"),
         ("", "b"),
         ("", "holdout"),
@@ -151,6 +155,15 @@ def test_rates_and_uplift_are_engine_uplift() -> None:
         lift.high,
         lift.relative,
     )
+    star = report[("", "*")]  # everyone not held out: the journey's effect
+    assert (star.entered, star.converted, star.sent) == (4, 2, {"email": 4, "push": 2, "sms": 2})
+    lift = uplift((2, 4), (1, 2))
+    assert lift is not None
+    assert (star.uplift, star.uplift_low, star.uplift_high) == (
+        lift.difference,
+        lift.low,
+        lift.high,
+    )
     assert b.uplift == -0.5
     assert b.relative == -1.0
     assert held.uplift is None  # the holdout is the baseline
@@ -170,4 +183,5 @@ def test_journey_filter_and_no_holdout_means_no_uplift() -> None:
     assert (row.entered, row.converted, row.sent, row.uplift) == (3, 1, {"email": 3}, None)
     assert row.rate is not None
     assert abs(row.rate - 1 / 3) < 1e-12
-    assert [r.journey for r in rows(counts)] == ["cart", "x", "x"]
+    found = [(r.journey, r.variant, r.entered) for r in rows(counts)]
+    assert found == [("cart", "*", 0), ("cart", "holdout", 1), ("x", "", 3), ("x", "", 0)]

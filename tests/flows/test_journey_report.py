@@ -16,6 +16,7 @@ def test_json_rows_of_the_send_time_example(capsys: pytest.CaptureFixture[str]) 
     found = orjson.loads(capsys.readouterr().out)
     groups = {r["variant"]: r for r in found if r["step"] == ""}
     assert {v: (r["entered"], r["converted"]) for v, r in groups.items()} == {
+        "*": (4, 1),
         "evening": (2, 1),
         "holdout": (1, 0),
         "morning": (2, 0),
