@@ -6,7 +6,8 @@ Rules of this interface:
   reads) or the events topic's latest ``count`` records: each partition's
   share of them, read from its end (``assign`` at high watermark minus the
   share; no consumer group, no commit), in the order of their Kafka
-  timestamps. At most :data:`MAX_EVENTS` either way.
+  timestamps. At most :data:`MAX_EVENTS` either way. Without Kafka settings or
+  a readable topic, :class:`~engine.errors.ConfigError` says so in one line.
 * The draft is compiled with :func:`~engine.rules.loader.load_rules`; a bad
   draft raises :class:`~engine.errors.RulesError` (the page shows its
   ``FILE:LINE:COL`` lines). It is run as ``tetik replay --drain`` runs it
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from engine.actions import Action
+from engine.errors import ConfigError
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
@@ -73,10 +75,22 @@ def run(draft: str, lines: list[bytes], settings: Settings) -> Outcome:
 def recent_events(settings: Settings, count: int) -> list[bytes]:
     """The events topic's latest ``count`` records (see the module rules)."""
     count = max(1, min(count, MAX_EVENTS))
+    if not settings.kafka_bootstrap:
+        raise ConfigError(
+            "no events topic to read: start the console with TETIK_KAFKA_BOOTSTRAP set to the "
+            "engine's Kafka, or paste the events"
+        )
     consumer = Consumer(settings.consumer_config("tetik-console", **{"enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(settings.events_topic, timeout=READ_TIMEOUT_S)
-        partitions = sorted(meta.topics[settings.events_topic].partitions)
+        topic = meta.topics.get(settings.events_topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            why = topic.error if topic is not None and topic.error is not None else "no such topic"
+            raise ConfigError(
+                f"the events topic {settings.events_topic!r} cannot be read ({why}): "
+                "check TETIK_EVENTS_TOPIC, or paste the events"
+            )
+        partitions = sorted(topic.partitions)
         share = -(-count // max(1, len(partitions)))
         wanted, ends = [], {}
         for number in partitions:

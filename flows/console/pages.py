@@ -30,8 +30,9 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+from confluent_kafka import KafkaException
 
-from engine.errors import RulesError
+from engine.errors import ConfigError, RulesError
 from engine.rules.loader import load_rules
 from engine.rules.model import Rules
 from flows.console import backtest, counts, versions
@@ -205,7 +206,10 @@ class Pages:
             events = [line.encode() for line in values["events"].splitlines() if line.strip()]
         else:
             count = max(1, min(int(values["count"]), MAX_COUNT))
-            events = backtest.recent_events(self.settings, count)
+            try:
+                events = backtest.recent_events(self.settings, count)
+            except (ConfigError, KafkaException) as exc:
+                return {"message": str(exc).splitlines()[0]}
         try:
             return {"outcome": backtest.run(values["draft"], events, self.settings)}
         except RulesError as exc:

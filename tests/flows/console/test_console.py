@@ -7,12 +7,15 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 import redis
 
 from engine.errors import ConfigError
 from engine.measurement import field
+from flows.console.http import Request
+from flows.console.pages import Pages, Visit
 from flows.jobs.console import console_app
 from flows.settings import Settings, from_env
 from tests.flows.console.served import RULES, TOKENS, Browser, Served, seeded, serving
@@ -198,3 +201,15 @@ def test_tokens_are_required_and_well_formed(redis_url: str) -> None:
         from_env({"TETIK_CONSOLE_TOKENS": "alice:short"})
     with pytest.raises(ConfigError, match="set TETIK_CONSOLE_TOKENS"):
         console_app(Settings(redis_url=redis_url))
+
+
+def test_a_backtest_of_recent_events_without_kafka_says_what_to_set(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    pages = Pages(Settings(redis_url=redis_url, prefix="console-nokafka"), client)
+    form = urlencode({"draft": GOOD, "source": "topic", "count": "10"}).encode()
+    request = Request("POST", "/backtest", {}, {}, form)
+    answer = pages.dispatch(request, Visit("alice", "x"))
+    client.close()
+    assert answer.status == 200
+    assert b"start the console with TETIK_KAFKA_BOOTSTRAP set" in answer.body
+    assert b'id="outcome"' not in answer.body
