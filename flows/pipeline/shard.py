@@ -123,6 +123,7 @@ from flows.pipeline.identity import (
     unheld,
 )
 from flows.pipeline.link_book import LinkBook, look_up
+from flows.pipeline.measures import count_into, install, sink_of
 from flows.pipeline.sweep import PAGE as SWEEP_PAGE
 from flows.pipeline.sweep import Sweep, SweepMark, Visiting
 from flows.pipeline.sweep import pack as pack_mark
@@ -207,6 +208,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.catalog is None:
             self.catalog = RedisCatalog(self.client, self.keys)
+        if sink_of(self.runtime.engine) is None:
+            install(self.runtime.engine)  # journey measurement (flows.pipeline.measures)
 
     # What the process knows of links (flows.pipeline.link_book), shared with the resolver.
     links: LinkBook = field(default_factory=LinkBook)
@@ -472,10 +475,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             was = books.before(engine, stored)
             mine: list[Action] = []
             counts: Counter[str] = Counter()
+            mark = self._mark()
             try:
                 data = self._run(engine, state, items, mine, counts)
             except Exception:  # one event's failure must not stop everyone
                 mine, counts = [], Counter()
+                self._drop(mark)
                 self._bought.pop(identity, None)  # counted again as the events are redone
                 state = self._isolate(engine, identity, items, mine, counts, records)
                 data = self._pruned(engine, state, items[-1].now)
@@ -759,11 +764,13 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             before = dumps(state)
             mine: list[Action] = []
             done: Counter[str] = Counter()
+            mark = self._mark()
             try:
                 self._one(engine, state, item, mine, done)
                 dumps(state)
             except Exception as exc:  # see the module rules
                 state = loads(before)
+                self._drop(mark)
                 counts["failed"] += 1
                 letter = _dead_letter(item, exc, self._c.dlq_topic)
                 if letter is not None:
@@ -788,6 +795,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 self._held_until = now + RETRY_MS
             else:
                 self._fire(self._c.runtime.current(), until, now, write, actions)
+        self._measured(write, ())
         if not actions and write.empty() and not self._acks_due():
             return ShardReport(self._shard)  # nothing to write: acknowledgements can wait
         return self._finish(write, actions, {}, defer)
@@ -819,6 +827,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 write.looks[identity] = now + HOLD_LOOK_MS
                 continue
             was = books.before(engine, state)
+            mark = self._mark()
             try:
                 if state.deferred:
                     self._release(engine, state, until, actions, write.counts)
@@ -832,6 +841,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 fired = engine.advance(state, until)
                 data = dumps(state)
             except Exception as exc:  # a broken step must not stop everyone
+                self._drop(mark)
                 self._cache.pop(identity, None)
                 write.looks[identity] = now + self._timer_failed(identity, exc)
                 write.counts["errors.timer"] += 1
@@ -961,6 +971,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                     continue
                 due = self._due(engine, state)
                 before = dumps(state)
+                mark = self._mark()
                 try:  # as the watermark would: every event is in, never past the wall clock
                     if state.deferred:
                         self._release(engine, state, EVERYTHING, actions, write.counts)
@@ -969,6 +980,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                         actions.extend(engine.advance(state, min(pending.at, self._c.clock())))
                 except Exception as exc:  # the link must still be made: without those steps
                     state = _restore(state, before)
+                    self._drop(mark)
                     write.counts["errors.timer"] += 1
                     _report_once(f"a timer of {identity!r} failed ({type(exc).__name__}: {exc})")
                 pending = state.linking
@@ -1081,10 +1093,12 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             items = [_untagged(item, hold.anon, conflict) for item in items]
         for item in items:
             before = dumps(state)
+            mark = self._mark()
             try:
                 self._one(engine, state, item, actions, counts)
             except Exception as exc:  # a held event that raises is left out, as live does
                 state = _restore(state, before)
+                self._drop(mark)
                 counts["failed"] += 1
                 _report_once(f"a held event of {state.key!r} failed ({type(exc).__name__}: {exc})")
         return self._pruned(engine, state, max(item.now for item in items))
@@ -1123,6 +1137,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
                 write.counts[f"actions.{action.status}.{action.reason}"] += 1
             records[action.action_id] = action_record(action, topic)
         write.outbox = {rid: pack(r) for rid, r in records.items()}
+        self._measured(write, actions)
         write.counts["actions.emitted"] += len(actions)
         write.counts.update({f"ended.{k}": v for k, v in self._c.runtime.drain_ended().items()})
         self._collect(write)
@@ -1142,6 +1157,21 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             self._c.emitter.send(self._shard, records)
         counts = {k: v for k, v in write.counts.items() if v}
         return ShardReport(self._shard, actions, counts)
+
+    def _measured(self, write: ShardWrite, actions: Iterable[Action]) -> None:
+        """Count the batch's actions and the engine's measures into the commit."""
+        sink = sink_of(self._c.runtime.engine)
+        count_into(write.measures, actions, sink.take() if sink is not None else ())
+
+    def _mark(self) -> int:
+        sink = sink_of(self._c.runtime.engine)
+        return 0 if sink is None else sink.mark()
+
+    def _drop(self, mark: int) -> None:
+        """Forget the measures of work that failed since ``mark`` (module rules)."""
+        sink = sink_of(self._c.runtime.engine)
+        if sink is not None:
+            sink.drop(mark)
 
     def _not_yet_emitted(self, actions: list[Action], write: ShardWrite) -> list[Action]:
         store = self._shard_store

@@ -12,7 +12,8 @@ Rules of this interface (the key layout is :mod:`flows.stores.keys`):
   due time in the timer index (``ZADD``, or ``ZREM`` when nothing is due), new
   identities in the shopper index, the records to emit in the outbox, the
   outbox entries Kafka acknowledged since (removed), the input offsets the
-  states now reflect, and the counters. It returns the shard's next due time.
+  states now reflect, the counters and the journey measures' counts
+  (``{P:s}:measures``). It returns the shard's next due time.
   A crash leaves either all of it or none of it.
 * The timer index holds one entry per shopper with a pending step, scored by
   when to look (its due time, or later for a step that failed and backs off):
@@ -73,6 +74,8 @@ class ShardWrite:
     # none now), and (product, partner) -> orders that bought both, to add.
     interest: dict[tuple[str, str], bytes] = field(default_factory=dict)
     together: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Journey measurement (flows.pipeline.measures): engine.measurement field -> count.
+    measures: Counter[str] = field(default_factory=Counter)
 
     def state(self, identity: str, data: bytes, due: int | None, before: int | None) -> None:
         """Queue a shopper's new state; ``before`` is its due time as it was read."""
@@ -97,6 +100,7 @@ class ShardWrite:
             or self.rfm
             or self.interest
             or self.together
+            or any(self.measures.values())
         )
 
 
@@ -255,6 +259,8 @@ class ShardStore:
         every = [*shard, keys.stats, keys.sweep, keys.links, keys.waiting, *state_keys, *moved_keys]
         every += _books(write, keys, len(every), args)
         every += _catalog(write, keys, len(every), args)
+        args += [len(every) + 1, *_pairs((k, v) for k, v in write.measures.items() if v)]
+        every.append(keys.measures)
         found: list[bytes] = self._commit(keys=every, args=[_pack_args(args)])
         return TimerHead.parse(found)
 
@@ -327,7 +333,7 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 # One shard's batch write (ShardStore.commit): every key is the shard's (one slot).
 # KEYS: timers, shoppers, outbox, acked, offsets, stats, sweep, links, waiting, then one
 # per state, then two per anonymous id linked now (its state, its hand-off), then the
-# segments-and-RFM section's keys (see _books).
+# segments-and-RFM section's keys (see _books), the catalog's, and the measures hash.
 # ARGV[1]: one MessagePack array (one argument, not thousands: redis-py packs each
 # argument in Python): the head's size and horizon (TimerHead), the states (identity,
 # data, due or '', ttl, flags: n = new, c = cleared), then counted sections: new-only
@@ -335,7 +341,8 @@ def _pairs(items: Iterable[tuple[Any, Any]]) -> list[Any]:
 # counters, users that wait (user, anon), users done waiting, then the linked
 # anonymous ids (count, hand-off ttl, then anon, user, hand-off record): each is
 # linked, its hand-off written, its state and index entries deleted; then the
-# segments-and-RFM section (see _books). It returns the head of the timer index.
+# segments-and-RFM section (see _books), the catalog's (_catalog), the measures hash's
+# index and its increments. It returns the head of the timer index.
 _COMMIT = """
 local a = 0
 local args = cmsgpack.unpack(ARGV[1])
@@ -461,6 +468,13 @@ for index, _ in pairs(grown) do
     end)
     for i = keep + 1, #rows do redis.call('HDEL', KEYS[index], rows[i][1]) end
   end
+end
+-- journey measurement: KEYS[index] is the shard's measures hash, then its increments
+local measures = tonumber(take())
+n = tonumber(take())
+for i = 1, n do
+  local name, count = take(), take()
+  redis.call('HINCRBY', KEYS[measures], name, count)
 end
 -- the head of the timer index: its entries due by the horizon (at most a few), then
 -- the score of the entry after them ('' when there is none)
