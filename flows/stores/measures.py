@@ -7,9 +7,9 @@ Rules of this interface:
   writes the shard's states (:meth:`flows.stores.states.ShardStore.commit`), so
   a crash neither loses nor doubles a count.
 * :func:`read_measures` is THE reader (``tetik report --live``, the console):
-  one pipeline over every shard (a cluster client sends it node by node), the
-  counts summed, then :func:`engine.measurement.rows`: the same rows a replay
-  of the same events gives.
+  one pipeline over every shard the deployment recorded (``{P}:layout``; a
+  cluster client sends it node by node), the counts summed, then
+  :func:`engine.measurement.rows`: the same rows a replay of the same events gives.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from flows.stores.keys import Keys
 
 
 def read_counts(client: RedisClient, keys: Keys) -> Counter[str]:
-    """Every shard's measure counters, summed."""
+    """Every shard's measure counters, summed (over the shards the deployment recorded
+    at its first start, whatever ``keys`` says)."""
+    stored: bytes | None = client.hget(keys.layout, "shards")  # type: ignore[assignment]
+    if stored is not None and int(stored) != keys.shards:
+        keys = Keys(keys.prefix, int(stored))
     pipe = client.pipeline(transaction=False)
     for shard in keys.all_shards():
         pipe.hgetall(shard.measures)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
+import redis
 
 from cli.main import main
+from engine.measurement import ReportRow, field, rows
+from flows.stores.keys import Keys
 
 RULES = "examples/send_time_test.yaml"
 EVENTS = "examples/send_time_test.events.jsonl"
@@ -46,3 +50,36 @@ def test_table_and_journey_filter(capsys: pytest.CaptureFixture[str]) -> None:
 def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("tetik report: ")
+
+
+@pytest.mark.integration
+def test_live_sums_every_shard_the_deployment_recorded(
+    redis_client: redis.Redis,
+    redis_url: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = Keys(unique, 8)
+    redis_client.hset(keys.layout, "shards", 8)  # as tetik run recorded it
+    counts = {
+        field("cart", "", "", "entered"): 30,
+        field("cart", "", "", "converted"): 6,
+        field("cart", "", "holdout", "entered"): 10,
+        field("cart", "", "holdout", "converted"): 1,
+        field("cart", "0", "", "sent", "email"): 30,
+        field("cart", "0", "holdout", "suppressed", "email", "holdout"): 10,
+    }
+    for n, (name, count) in enumerate(counts.items()):  # spread over the shards
+        for shard in (n % 8, (n + 3) % 8):
+            redis_client.hincrby(keys.shard(shard).measures, name, count)
+    monkeypatch.setenv("TETIK_REDIS_URL", redis_url)
+    monkeypatch.setenv("TETIK_PREFIX", unique)  # TETIK_SHARDS left at its default
+    assert main(["report", "--live", "--json"]) == 0
+    found = msgspec.json.decode(capsys.readouterr().out, type=list[ReportRow])
+    assert found == rows({name: 2 * count for name, count in counts.items()})
+    assert [(r.variant, r.entered, r.converted) for r in found if not r.step] == [
+        ("", 60, 12),
+        ("*", 60, 12),
+        ("holdout", 20, 2),
+    ]
