@@ -3,9 +3,10 @@
 Rules of this interface:
 
 * The events are either pasted JSONL (one event a line, as ``tetik replay``
-  reads) or the events topic's latest ``count`` records: each partition's
-  share of them, read from its end (``assign`` at high watermark minus the
-  share; no consumer group, no commit), in the order of their Kafka
+  reads) or read from the events topic: its latest ``count`` records (each
+  partition's share of them, from its end) or those Kafka timestamped in the
+  last ``minutes`` minutes (``offsets_for_times``); ``assign`` without a
+  consumer group, nothing committed, in the order of their Kafka
   timestamps. At most :data:`MAX_EVENTS` either way. Without Kafka settings or
   a readable topic, :class:`~engine.errors.ConfigError` says so in one line.
 * The draft is compiled with :func:`~engine.rules.loader.load_rules`; a bad
@@ -30,6 +31,7 @@ from engine.errors import ConfigError
 from engine.journeys import Engine
 from engine.replay import ReplayStats, replay
 from engine.rules.loader import load_rules
+from flows.clock import wall_ms
 from flows.settings import Settings
 
 MAX_EVENTS = 100_000
@@ -72,9 +74,9 @@ def run(draft: str, lines: list[bytes], settings: Settings) -> Outcome:
     return outcome
 
 
-def recent_events(settings: Settings, count: int) -> list[bytes]:
-    """The events topic's latest ``count`` records (see the module rules)."""
-    count = max(1, min(count, MAX_EVENTS))
+def recent_events(settings: Settings, count: int, minutes: int = 0) -> list[bytes]:
+    """The events topic's latest ``count`` records, or (``minutes`` > 0) those of its last
+    ``minutes`` minutes, at most :data:`MAX_EVENTS` (see the module rules)."""
     if not settings.kafka_bootstrap:
         raise ConfigError(
             "no events topic to read: start the console with TETIK_KAFKA_BOOTSTRAP set to the "
@@ -82,45 +84,74 @@ def recent_events(settings: Settings, count: int) -> list[bytes]:
         )
     consumer = Consumer(settings.consumer_config("tetik-console", **{"enable.auto.commit": False}))
     try:
-        meta = consumer.list_topics(settings.events_topic, timeout=READ_TIMEOUT_S)
-        topic = meta.topics.get(settings.events_topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            why = topic.error if topic is not None and topic.error is not None else "no such topic"
-            raise ConfigError(
-                f"the events topic {settings.events_topic!r} cannot be read ({why}): "
-                "check TETIK_EVENTS_TOPIC, or paste the events"
-            )
-        partitions = sorted(topic.partitions)
-        share = -(-count // max(1, len(partitions)))
+        partitions = _partitions(consumer, settings.events_topic)
+        share = -(-max(1, min(count, MAX_EVENTS)) // len(partitions))
+        if minutes > 0:
+            share = -(-MAX_EVENTS // len(partitions))
+        since = wall_ms() - minutes * 60_000 if minutes > 0 else 0
+        starts = _since(consumer, settings.events_topic, partitions, since) if since else {}
         wanted, ends = [], {}
         for number in partitions:
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(settings.events_topic, number), timeout=READ_TIMEOUT_S
             )
-            if high > low:
-                wanted.append(TopicPartition(settings.events_topic, number, max(low, high - share)))
+            start = max(low, high - share, starts.get(number, low))
+            if high > start:
+                wanted.append(TopicPartition(settings.events_topic, number, start))
                 ends[number] = high
-        return _read(consumer, wanted, ends)
+        return _read(consumer, wanted, ends, since, share)
     finally:
         consumer.close()
 
 
-def _read(consumer: Consumer, wanted: list[TopicPartition], ends: dict[int, int]) -> list[bytes]:
-    """Every record from the assigned offsets to ``ends``, by Kafka timestamp; what was
-    read by :data:`READ_TIMEOUT_S` when the broker holds back the rest."""
+def _partitions(consumer: Consumer, name: str) -> list[int]:
+    """The topic's partition numbers; ConfigError when it cannot be read."""
+    topic = consumer.list_topics(name, timeout=READ_TIMEOUT_S).topics.get(name)
+    if topic is None or topic.error is not None or not topic.partitions:
+        why = topic.error if topic is not None and topic.error is not None else "no such topic"
+        raise ConfigError(
+            f"the events topic {name!r} cannot be read ({why}): "
+            "check TETIK_EVENTS_TOPIC, or paste the events"
+        )
+    return sorted(topic.partitions)
+
+
+def _since(consumer: Consumer, name: str, partitions: list[int], since: int) -> dict[int, int]:
+    """Per partition, the first offset written at ``since`` (epoch ms) or later, as the
+    broker finds it (some find the start of the batch that holds it); a partition with
+    none starts at its end."""
+    asked = [TopicPartition(name, number, since) for number in partitions]
+    found = consumer.offsets_for_times(asked, timeout=READ_TIMEOUT_S)
+    return {tp.partition: (tp.offset if tp.offset >= 0 else 1 << 62) for tp in found}
+
+
+def _read(
+    consumer: Consumer,
+    wanted: list[TopicPartition],
+    ends: dict[int, int],
+    since: int = 0,
+    share: int = MAX_EVENTS,
+) -> list[bytes]:
+    """Every partition's records from its assigned offset to its end (at most its last
+    ``share``, timestamped at ``since`` or later), all in Kafka timestamp order; what was
+    read by :data:`READ_TIMEOUT_S` when the broker holds back the rest. The share is
+    counted here as well, as a broker that reports its end by batch (tansu) hands out
+    whole batches from before the offset asked for."""
     if not wanted:
         return []
     consumer.assign(wanted)
-    found: list[tuple[int, bytes]] = []
-    left = {tp.partition for tp in wanted}
+    found: dict[int, list[tuple[int, int, bytes]]] = {tp.partition: [] for tp in wanted}
+    left = set(found)
     deadline = time.monotonic() + READ_TIMEOUT_S
     while left and time.monotonic() < deadline:
         for message in consumer.consume(1000, timeout=0.05):
             partition, offset = message.partition(), message.offset()
             if message.error() is not None or partition is None or offset is None:
                 continue
-            found.append((message.timestamp()[1], message.value() or b""))
+            stamp = message.timestamp()[1]
+            if stamp >= since:
+                found[partition].append((offset, stamp, message.value() or b""))
             if offset + 1 >= ends[partition]:
                 left.discard(partition)
-    found.sort(key=lambda item: item[0])
-    return [value for _, value in found]
+    kept = [record for rows in found.values() for record in sorted(rows)[-share:]]
+    return [value for _, _, value in sorted(kept, key=lambda record: record[1])]

@@ -11,8 +11,9 @@ Rules of this interface:
   nothing changes; ``POST /versions/rollback`` (``version``, empty for the
   previous one) re-activates a version as the console user.
 * ``GET|POST /backtest`` runs a draft (:mod:`flows.console.backtest`) over the
-  events topic's latest N records (``source=topic``, ``count``) or pasted
-  JSONL (``source=paste``, ``events``).
+  events topic's latest N records (``source=topic``, ``count``), its last M
+  minutes (``source=minutes``, ``minutes``) or pasted JSONL (``source=paste``,
+  ``events``).
 * ``GET /segments`` segment member counts (as ``tetik segments --live
   --count``) and the experiment results of the live report.
 * ``GET /shopper?id=ID`` one shopper (:mod:`flows.console.shopper`).
@@ -189,6 +190,7 @@ class Pages:
             "draft": form.get("draft", active.text if active else ""),
             "source": form.get("source", "topic"),
             "count": _int(form.get("count")) or 1000,
+            "minutes": _int(form.get("minutes")) or 60,
             "events": form.get("events", ""),
             "outcome": None,
             "lines": None,
@@ -206,8 +208,9 @@ class Pages:
             events = [line.encode() for line in values["events"].splitlines() if line.strip()]
         else:
             count = max(1, min(int(values["count"]), MAX_COUNT))
+            minutes = int(values["minutes"]) if values["source"] == "minutes" else 0
             try:
-                events = backtest.recent_events(self.settings, count)
+                events = backtest.recent_events(self.settings, count, minutes)
             except (ConfigError, KafkaException) as exc:
                 return {"message": str(exc).splitlines()[0]}
         try:

@@ -83,6 +83,7 @@ def seeded(redis_url: str, kafka_bootstrap: str, rules: str | None = None) -> Se
     for line in lines:
         producer.produce(settings.events_topic, line)
     assert producer.flush(10) == 0
+    del producer
     return settings
 
 

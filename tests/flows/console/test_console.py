@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import html
 import time
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from engine.errors import ConfigError
 from engine.measurement import field
+from flows.console.backtest import recent_events
 from flows.console.http import Request
 from flows.console.pages import Pages, Visit
 from flows.jobs.console import console_app
+from flows.kafka.topics import ensure_topics
 from flows.settings import Settings, from_env
 from tests.flows.console.served import RULES, TOKENS, Browser, Served, seeded, serving
 
@@ -136,6 +140,10 @@ def test_backtest_of_pasted_and_recent_events(served: Served) -> None:
     sent = pasted.text.split("actions would be sent from")[0].rsplit(">", 1)[1].strip()
     assert f"{sent} actions would be sent from 8 events" in recent.text  # the same log
     assert int(sent) > 0
+    minutes = browser.request(
+        "POST", "/backtest", {"draft": GOOD, "source": "minutes", "minutes": "5", "csrf": csrf}
+    )
+    assert f"{sent} actions would be sent from 8 events" in minutes.text  # produced just now
     bad = browser.request("POST", "/backtest", {"draft": BAD, "source": "paste", "csrf": csrf})
     assert bad.status == 422
     assert "unknown channel" in bad.text
@@ -213,3 +221,23 @@ def test_a_backtest_of_recent_events_without_kafka_says_what_to_set(redis_url: s
     assert answer.status == 200
     assert b"start the console with TETIK_KAFKA_BOOTSTRAP set" in answer.body
     assert b'id="outcome"' not in answer.body
+
+
+def test_recent_events_by_count_and_by_minutes(kafka_bootstrap: str) -> None:
+    topic = f"console-recent-{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, events_topic=topic)
+    ensure_topics(kafka_bootstrap, {topic: 2}, timeout=30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    old = int(time.time() * 1000) - 2 * 3_600_000
+    for n in range(6):
+        producer.produce(topic, f"old-{n}".encode(), partition=n % 2, timestamp=old + n)
+    for n in range(4):
+        producer.produce(topic, f"new-{n}".encode(), partition=n % 2)
+    assert producer.flush(10) == 0
+    del producer
+    assert sorted(recent_events(settings, 100)) == sorted(
+        [f"old-{n}".encode() for n in range(6)] + [f"new-{n}".encode() for n in range(4)]
+    )
+    assert sorted(recent_events(settings, 1, minutes=60)) == [f"new-{n}".encode() for n in range(4)]
+    # each partition's share: its latest record
+    assert sorted(recent_events(settings, 2)) == [b"new-2", b"new-3"]
