@@ -9,7 +9,9 @@ Rules of this interface:
   the session cookie the login form sets. The cookie is
   ``NAME.EXPIRES.MAC`` (HMAC-SHA256 with a key drawn at start: a restart
   logs everyone out), ``HttpOnly`` and ``SameSite=Strict``, for
-  :data:`SESSION_S` seconds.
+  :data:`SESSION_S` seconds. Sessions are kept nowhere: logging out clears
+  the browser's cookie, but a copy of it stays valid until it expires or
+  the console restarts.
 * Every form that changes something carries a form token,
   :meth:`Sessions.form_token` of the session (an HMAC of it), checked by
   :meth:`Sessions.form_ok`; a bearer request needs none (no browser sends

@@ -63,6 +63,10 @@ def test_every_page_needs_a_token(served: Served) -> None:
     assert "SameSite=Strict" in browser.login(ALICE).headers["set-cookie"]
     assert cookie
     assert "HttpOnly" in browser.login(ALICE).headers["set-cookie"]
+    out = browser.request("POST", "/logout", {"csrf": browser.csrf()})
+    assert out.status == 303
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    assert browser.request("GET", "/versions").status == 401
 
 
 def test_journeys_graph_has_steps_and_live_counts(served: Served) -> None:
