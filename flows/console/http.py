@@ -4,8 +4,10 @@ Rules of this interface:
 
 * :func:`read_request` reads a whole request body, at most :data:`MAX_BODY`
   bytes (a larger one raises :class:`TooLarge`, answered 413); forms are
-  ``application/x-www-form-urlencoded`` (what an HTML form posts; line ends
-  in a textarea come as CRLF and are given back as LF).
+  ``application/x-www-form-urlencoded`` or, with file uploads,
+  ``multipart/form-data`` (parsed by the standard library's MIME parser);
+  line ends in a textarea come as CRLF and are given back as LF, a file's
+  bytes as they came.
 * Answers are HTML (``text/html; charset=utf-8``) or a 303 redirect, each with
   ``Cache-Control: no-store`` and a strict ``Content-Security-Policy``: the
   pages have no script and load nothing from elsewhere.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,10 +56,59 @@ class Request:
     body: bytes = b""
     cookies: dict[str, str] = field(default_factory=dict)
 
+    _parsed: tuple[dict[str, str], dict[str, Upload]] | None = field(default=None, repr=False)
+
     def form(self) -> dict[str, str]:
-        """The urlencoded form's fields (the first of each), CRLF turned into LF."""
-        fields = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
-        return {name: values[0].replace("\r\n", "\n") for name, values in fields.items()}
+        """The form's text fields (the first of each), CRLF turned into LF."""
+        return self._fields()[0]
+
+    def files(self) -> dict[str, Upload]:
+        """The form's uploaded files that are not empty (multipart forms only)."""
+        return self._fields()[1]
+
+    def _fields(self) -> tuple[dict[str, str], dict[str, Upload]]:
+        if self._parsed is None:
+            kind = self.headers.get("content-type", "")
+            if kind.lower().startswith("multipart/form-data"):
+                self._parsed = _multipart(self.body, kind)
+            else:
+                fields = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+                self._parsed = ({name: _lf(values[0]) for name, values in fields.items()}, {})
+        return self._parsed
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: the name the browser gave and its bytes."""
+
+    filename: str
+    data: bytes
+
+
+def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, Upload]]:
+    """A ``multipart/form-data`` body's text fields and files (the stdlib's MIME parser)."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    fields: dict[str, str] = {}
+    files: dict[str, Upload] = {}
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or name in fields or name in files:
+            continue
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        filename = part.get_filename()
+        if filename is None:
+            fields[name] = _lf(data.decode("utf-8", "replace"))
+        elif data:
+            files[name] = Upload(filename, data)
+    return fields, files
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n")
 
 
 @dataclass

@@ -5,15 +5,15 @@ Rules of this interface:
 * ``GET /`` the journeys of the active rules version as graphs
   (:mod:`flows.console.graph`) with their live counts (:mod:`flows.console.counts`).
 * ``GET /versions`` every version (who, when, activations), ``?diff=N`` the diff
-  of version N against the one before; ``POST /versions/push`` (``text``,
-  ``filename``, ``note``) pushes as the console user: a rejected file is
+  of version N against the one before; ``POST /versions/push`` (``text`` and
+  ``filename``, or an uploaded ``file``; ``note``) pushes as the console user: a rejected file is
   shown again (422) with each ``FILE:LINE:COL`` problem under its line, and
   nothing changes; ``POST /versions/rollback`` (``version``, empty for the
   previous one) re-activates a version as the console user.
 * ``GET|POST /backtest`` runs a draft (:mod:`flows.console.backtest`) over the
   events topic's latest N records (``source=topic``, ``count``), its last M
-  minutes (``source=minutes``, ``minutes``) or pasted JSONL (``source=paste``,
-  ``events``).
+  minutes (``source=minutes``, ``minutes``) or JSONL (``source=paste``:
+  an uploaded ``events_file``, else the pasted ``events``).
 * ``GET /segments`` segment member counts (as ``tetik segments --live
   --count``) and the experiment results of the live report.
 * ``GET /shopper?id=ID`` one shopper (:mod:`flows.console.shopper`).
@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
@@ -147,9 +148,14 @@ class Pages:
     def push(self, request: Request, visit: Visit) -> Answer:
         form = request.form()
         text, filename = form.get("text", ""), form.get("filename", "").strip() or "rules.yaml"
+        data = text.encode()
+        upload = request.files().get("file")
+        if upload is not None:  # the file's own bytes: the hash `tetik rules validate` prints
+            data, filename = upload.data, PurePath(upload.filename).name or filename
+            text = data.decode("utf-8", "replace")
         try:
             version, created = self.store.push_or_keep(
-                text.encode(), filename, visit.user, form.get("note", "").strip()
+                data, filename, visit.user, form.get("note", "").strip()
             )
         except RulesError as exc:
             lines, loose = versions.annotate(text, exc.problems)
@@ -199,12 +205,15 @@ class Pages:
             "shown": backtest.SHOWN,
         }
         if request.method == "POST":
-            values.update(self._run_backtest(values))
+            uploaded = request.files().get("events_file")
+            values.update(self._run_backtest(values, uploaded.data if uploaded else None))
         status = 422 if values["lines"] is not None else 200
         return Answer(status, self.render("backtest.html", **values))
 
-    def _run_backtest(self, values: dict[str, Any]) -> dict[str, Any]:
-        if values["source"] == "paste":
+    def _run_backtest(self, values: dict[str, Any], uploaded: bytes | None) -> dict[str, Any]:
+        if values["source"] == "paste" and uploaded is not None:
+            events = [line for line in uploaded.splitlines() if line.strip()]
+        elif values["source"] == "paste":
             events = [line.encode() for line in values["events"].splitlines() if line.strip()]
         else:
             count = max(1, min(int(values["count"]), MAX_COUNT))

@@ -123,14 +123,21 @@ class Browser:
         self.cookie = ""
 
     def request(
-        self, method: str, path: str, form: dict[str, str] | None = None, **headers: str
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        files: dict[str, tuple[str, bytes]] | None = None,
+        **headers: str,
     ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         sent = {k.replace("_", "-"): v for k, v in headers.items()}
         if self.cookie:
             sent["Cookie"] = self.cookie
         body = None
-        if form is not None:
+        if files is not None:
+            body, sent["Content-Type"] = multipart(form or {}, files)
+        elif form is not None:
             body = urlencode(form).encode()
             sent["Content-Type"] = "application/x-www-form-urlencoded"
         try:
@@ -152,3 +159,25 @@ class Browser:
         found = CSRF.search(self.request("GET", path).text)
         assert found, "no form token on the page"
         return found.group(1)
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body as a browser sends it, and its Content-Type."""
+    boundary = f"----tetik{uuid.uuid4().hex}"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value.encode()
+        + b"\r\n"
+        for name, value in fields.items()
+    ]
+    parts += [
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + b"\r\n"
+        for name, (filename, data) in files.items()
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

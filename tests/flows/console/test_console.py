@@ -4,6 +4,7 @@ rollback, backtests, segments and experiment results, one shopper."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import time
 import uuid
@@ -245,3 +246,30 @@ def test_recent_events_by_count_and_by_minutes(kafka_bootstrap: str) -> None:
     assert sorted(recent_events(settings, 1, minutes=60)) == [f"new-{n}".encode() for n in range(4)]
     # each partition's share: its latest record
     assert sorted(recent_events(settings, 2)) == [b"new-2", b"new-3"]
+
+
+def test_uploads_push_a_file_as_it_is_and_backtest_a_jsonl(served: Served) -> None:
+    browser = logged_in(served)
+    data = GOOD.replace("holdout: 20%", "holdout: 25%").replace("\n", "\r\n").encode()
+    csrf = browser.csrf()
+    pushed = browser.request(
+        "POST", "/versions/push", {"csrf": csrf, "text": "ignored"}, {"file": ("up.yaml", data)}
+    )
+    assert pushed.status == 303
+    now = served.store.active()
+    assert now is not None
+    assert (now.filename, now.who) == ("up.yaml", "alice")
+    assert now.hash == hashlib.sha256(data).hexdigest()[:12]  # the file's own bytes
+    events = (RULES.parent / "send_time_test.events.jsonl").read_bytes()
+    run = browser.request(
+        "POST",
+        "/backtest",
+        {"csrf": browser.csrf("/backtest"), "draft": GOOD, "source": "paste", "events": ""},
+        {"events_file": ("log.jsonl", events)},
+    )
+    assert run.status == 200
+    assert "actions would be sent from 8 events" in run.text
+    refused = browser.request(
+        "POST", "/versions/push", {"csrf": "stale"}, {"file": ("x.yaml", data)}
+    )
+    assert refused.status == 403
