@@ -167,6 +167,7 @@ def test_segments_experiments_and_a_shopper(served: Served) -> None:
     assert "<td>send_time_test</td>" in entered
     recent = shopper.text.split('id="recent-actions"')[1].split("</table>")[0]
     assert "<td>0.morning.1</td><td>email</td><td>morning</td>" in recent
+    assert '"user": "u2"' in shopper.text.split('id="state-json"')[1]
     assert browser.request("GET", "/shopper?id=nobody-here").status == 404
 
 
