@@ -20,7 +20,7 @@ Rules of this interface:
   assigned): so a journey's ``entered`` is the sum of its groups'. A
   conversion counts for the last variant entered (the engine's rule).
 * :func:`rows` gives one :class:`ReportRow` per journey and group (``step``
-  empty: entered, converted, rate, uplift, and the sums of its steps' sends
+  empty; the holdout last: entered, converted, rate, uplift, and the sums of its steps' sends
   and engagement), then one per journey, step and group with sends,
   suppressions and engagement. Rates are Wilson intervals and uplift over the
   journey's holdout Newcombe's hybrid score interval (:mod:`engine.uplift`,
@@ -167,7 +167,7 @@ def rows(counts: Mapping[str, int], journey: str | None = None) -> list[ReportRo
     entered = _entered(totals)
     out: list[ReportRow] = []
     for jid in sorted({j for j, _ in totals}):
-        variants = sorted(v for j, v in totals if j == jid)
+        variants = sorted((v for j, v in totals if j == jid), key=_holdout_last)
         held = totals.get((jid, HOLDOUT))
         base = (held.metrics["converted"], entered[(jid, HOLDOUT)]) if held else None
         if held is not None:  # the journey's effect: every entrant not held out
@@ -192,8 +192,12 @@ def rows(counts: Mapping[str, int], journey: str | None = None) -> list[ReportRo
     return out
 
 
-def _step_order(key: tuple[str, str]) -> tuple[list[str], str]:
-    return key[0].split("."), key[1]
+def _holdout_last(variant: str) -> tuple[bool, str]:
+    return variant == HOLDOUT, variant
+
+
+def _step_order(key: tuple[str, str]) -> tuple[list[str], tuple[bool, str]]:
+    return key[0].split("."), _holdout_last(key[1])
 
 
 def _entered(totals: dict[tuple[str, str], _Group]) -> Counter[tuple[str, str]]:

@@ -13,7 +13,8 @@ Rules of this interface:
   due time); then one transaction (:meth:`flows.stores.states.ShardStore.commit`)
   writes the changed states, their next due times, the actions and dead
   letters into the outbox, the input offsets the states now reflect, the
-  counters and the journey measures' counts (:mod:`flows.pipeline.measures`); then the outbox records are produced without waiting
+  counters and the journey measures' counts (:mod:`flows.pipeline.measures`);
+  then the outbox records are produced without waiting
   (:mod:`flows.stores.emissions`).
 * **Offsets**: an event read at an input offset the shard's stored states
   already reflect is skipped (``skipped``). After a crash Bytewax resumes the
