@@ -25,7 +25,7 @@ from flows.report import say
 WHAT = (
     "core", "e2e", "memory", "scale", "ingest", "compile", "rfm", "history", "segments",
     "segments-core", "segments-replay", "catalog", "catalog-fanout", "catalog-interest",
-    "catalog-product", "collect", "all",
+    "catalog-product", "collect", "report", "all",
 )  # fmt: skip
 ALL = ("core", "e2e", "memory", "scale")  # the others run on request
 
@@ -41,6 +41,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
     from bench.e2e import bench_e2e
     from bench.history import bench_history
     from bench.ingest import bench_ingest
+    from bench.journey_report import bench_report
     from bench.memory import bench_memory
     from bench.rfm import bench_rfm
     from bench.rules_compile import bench_compile
@@ -65,6 +66,7 @@ def _benches() -> dict[str, Callable[..., dict[str, Any]]]:
         "catalog-interest": bench_catalog_interest,
         "catalog-product": bench_catalog_product,
         "collect": bench_collect,
+        "report": bench_report,
     }
 
 

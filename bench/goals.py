@@ -212,6 +212,16 @@ GOALS += [
     for bench in ("catalog", CATALOG_PARTS[part])
 ]
 
+GOALS.append(  # issue 16: tetik report (a replay with measures) on 1M events
+    (
+        "report",
+        "tetik report on 1M events (s)",
+        lambda r: r["report_s"] if r["events"] >= 1_000_000 else None,
+        _at_most(20.0),
+        "<= 20 s",
+    )
+)
+
 
 MET, MISSED, INDICATIVE, NONE = "met", "missed", "indicative", "-"
 INDICATIVE_WHY = (

@@ -494,6 +494,7 @@ def _parser() -> argparse.ArgumentParser:
             "catalog-interest",
             "catalog-product",
             "collect",
+            "report",
             "all",
         ],  # bench.cli.WHAT (imported only when a bench runs)
         nargs="?",
