@@ -85,6 +85,10 @@ class Console:
             LOG.warning("console: %s %s failed: %s", request.method, request.path, exc)
             line = f"{request.method} {request.path} failed: {exc}".splitlines()[0]
             return Answer(500, self.pages.render("error.html", visit=visit, message=line))
+        except Exception as exc:  # a bug: its traceback goes to the log, one line to the page
+            LOG.exception("console: %s %s failed", request.method, request.path)
+            line = f"{request.method} {request.path} failed ({type(exc).__name__}): see the log"
+            return Answer(500, self.pages.render("error.html", visit=visit, message=line))
 
     def _user(self, request: Request) -> tuple[str | None, str]:
         """The user, and the session cookie when that is how they came."""

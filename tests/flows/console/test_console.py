@@ -4,6 +4,7 @@ rollback, backtests, segments and experiment results, one shopper."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import time
@@ -20,6 +21,7 @@ from engine.measurement import field
 from flows.console.backtest import recent_events
 from flows.console.http import Request
 from flows.console.pages import Pages, Visit
+from flows.jobs.collect import bind
 from flows.jobs.console import console_app
 from flows.kafka.topics import ensure_topics
 from flows.settings import Settings, from_env
@@ -274,3 +276,18 @@ def test_uploads_push_a_file_as_it_is_and_backtest_a_jsonl(served: Served) -> No
         "POST", "/versions/push", {"csrf": "stale"}, {"file": ("x.yaml", data)}
     )
     assert refused.status == 403
+
+
+def test_a_redis_that_does_not_answer_is_one_line_on_the_page() -> None:
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", console_tokens=TOKENS)
+    console = console_app(settings)
+    request = Request("GET", "/versions", {}, {"authorization": f"Bearer {ALICE}"})
+    answer = asyncio.run(console.answer(request))
+    assert answer.status == 500
+    failure = answer.body.split(b'id="failure">')[1].split(b"</p>")[0].decode()
+    assert failure.startswith("GET /versions failed: ")
+    assert str(port) in failure
+    assert "Traceback" not in answer.body.decode()
