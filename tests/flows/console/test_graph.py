@@ -41,7 +41,10 @@ def test_every_step_kind_is_a_box_in_its_column() -> None:
         }
     )
     assert counts == {
-        "cart": {"entry": {"entered": 42}, "1.else.0.b.1": {"sent": 7, "suppressed": 1}},
+        "cart": {
+            "entry": {"entered": 42, "holdout": 2},
+            "1.else.0.b.1": {"sent": 7, "suppressed": 1},
+        },
         "other": {"0": {"sent": 5}},
     }
     drawn = str(journey_graph(journey, counts["cart"]))
@@ -66,6 +69,7 @@ def test_every_step_kind_is_a_box_in_its_column() -> None:
     assert "wait until 10:00 local" in drawn
     assert 'data-measure="sent">sent 7' in drawn
     assert 'data-measure="entered">entered 42' in drawn
+    assert 'data-measure="holdout">holdout 2' in drawn
     # arms go on after their fork: only the journey's own column ends in "end"
     assert drawn.count('class="node end"') == 1
     assert drawn.endswith('<div class="node end">end</div></div></div>')
