@@ -26,7 +26,9 @@ Rules of this interface:
   never converts its own entry.
 * :class:`Measure` is what the engine emits for reports, when its ``measures``
   list is set: ``entered`` (each entry, any journey), ``assigned`` (a split
-  chose an arm) and ``converted``. Measures do not change the state: an engine
+  chose an arm) and ``converted``; ``entered`` and ``converted`` carry the
+  watched segments the shopper was in at entry (``GoalEntry.segments`` keeps
+  them until the conversion). Measures do not change the state: an engine
   that collects none runs exactly as one that does.
 * Engagement (``delivered``, ``opened``, ``clicked``... with an ``action_id``)
   is attributed through ``UserState.sent_refs``: each sent action's journey,
@@ -79,6 +81,9 @@ class Measure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # Engagement measures (kind delivered, opened...): the action's step and channel.
     step: str | None = None
     channel: str | None = None
+    # entered and converted: the watched segments the shopper was in at entry
+    # (UserState.segments as the engine holds them when the shopper enters), sorted.
+    segments: tuple[str, ...] = ()
 
 
 def bucket(salt: str, journey: str, identity: str) -> int:

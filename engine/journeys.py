@@ -561,9 +561,12 @@ class Engine:
         state.enrollments[slot] = enrollment
         if journey.goal is not None:
             until = now + journey.goal.within
-            state.goals[journey.id] = GoalEntry(now, until, holdout=enrollment.holdout)
+            segments = tuple(sorted(state.segments)) if state.segments else ()
+            state.goals[journey.id] = GoalEntry(
+                now, until, holdout=enrollment.holdout, segments=segments
+            )
         if self.measures is not None:
-            self._measure("entered", state, enrollment, now)
+            self._measure("entered", state, enrollment, now, tuple(sorted(state.segments)))
         self._run(state, slot, enrollment, now, event, out)
 
     # -- running steps ------------------------------------------------------------
@@ -623,7 +626,12 @@ class Engine:
         return arm.steps[0].path if arm.steps else program.after[step.path]
 
     def _measure(
-        self, kind: MeasureKind, state: UserState, enrollment: Enrollment, now: int
+        self,
+        kind: MeasureKind,
+        state: UserState,
+        enrollment: Enrollment,
+        now: int,
+        segments: tuple[str, ...] = (),
     ) -> None:
         assert self.measures is not None
         variant = HOLDOUT if enrollment.holdout else (enrollment.variant or None)
@@ -635,6 +643,7 @@ class Engine:
                 journey=enrollment.journey,
                 variant=variant,
                 holdout=enrollment.holdout,
+                segments=segments,
             )
         )
 
@@ -681,6 +690,7 @@ class Engine:
                         journey=journey,
                         variant=variant,
                         holdout=pending.holdout,
+                        segments=pending.segments,
                     )
                 )
 

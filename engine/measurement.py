@@ -25,6 +25,13 @@ Rules of this interface:
   suppressions and engagement. Rates are Wilson intervals and uplift over the
   journey's holdout Newcombe's hybrid score interval (:mod:`engine.uplift`,
   95 %); a group without entrants, or a journey without a holdout, has None.
+* Per segment (a bounded definition): the watched segments, those a journey
+  of the rules triggers on (the only memberships the engine keeps,
+  ``UserState.segments``), that the shopper was in at entry. The counters
+  ``journey||group|entered||segment`` and ``...|converted||segment`` (group
+  ``*`` or ``holdout``) give one row per journey, segment and group (after
+  the journey's groups, ``segment`` set): entered, converted, rate, and the
+  uplift of ``*`` over that segment's holdout. Sends are not split by segment.
 * A journey with a holdout also gets a row of variant ``*``: every entrant
   not held out (the groups' sums). Its uplift is the journey's effect, a fair
   comparison (intent to treat: both sides count the entrants who left, e.g. by
@@ -50,10 +57,18 @@ ENGAGEMENT = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
 
 
 def field(
-    journey: str, step: str, variant: str, metric: str, channel: str = "", reason: str = ""
+    journey: str,
+    step: str,
+    variant: str,
+    metric: str,
+    channel: str = "",
+    reason: str = "",
+    segment: str = "",
 ) -> str:
-    """The counter's name for one (journey, step, variant, metric, channel, reason)."""
-    return SEP.join((journey, step, variant, metric, channel, reason))
+    """The counter's name for one (journey, step, variant, metric, channel, reason), and
+    a seventh part, the segment, for the per-segment counters."""
+    name = SEP.join((journey, step, variant, metric, channel, reason))
+    return f"{name}{SEP}{segment}" if segment else name
 
 
 def count_action(counts: Counter[str], action: Action) -> None:
@@ -70,6 +85,10 @@ def count_measure(counts: Counter[str], measure: Measure) -> None:
     variant = HOLDOUT if measure.holdout else (measure.variant or "")
     name = field(measure.journey, measure.step or "", variant, measure.kind, measure.channel or "")
     counts[name] += 1
+    if measure.segments and measure.kind in ("entered", "converted"):
+        group = HOLDOUT if measure.holdout else TREATED
+        for segment in measure.segments:
+            counts[field(measure.journey, "", group, measure.kind, segment=segment)] += 1
 
 
 def tally(actions: Iterable[Action], measures: Iterable[Measure]) -> Counter[str]:
@@ -87,7 +106,7 @@ class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
 
     journey: str
     step: str  # "" for the journey's row
-    variant: str  # an arm, "holdout", or "" (before a split, or no split)
+    variant: str  # an arm, "holdout", "*" (all not held out) or "" (before a split, no split)
     entered: int = 0
     sent: dict[str, int] = {}  # channel -> actions sent
     suppressed: dict[str, int] = {}  # "channel:reason" -> actions suppressed
@@ -104,6 +123,7 @@ class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
     uplift_low: float | None = None
     uplift_high: float | None = None
     relative: float | None = None  # rate / the holdout's rate - 1
+    segment: str = ""  # a per-segment row (variant "*" or "holdout"): its entrants' segment
 
 
 class _Group:
@@ -138,12 +158,22 @@ class _Group:
             self.metrics[metric] += other.metrics[metric]
 
 
-def _groups(counts: Mapping[str, int], journey: str | None) -> dict[tuple[str, str, str], _Group]:
+Segmented = dict[tuple[str, str, str], Counter[str]]  # (journey, segment, group) -> metrics
+
+
+def _groups(
+    counts: Mapping[str, int], journey: str | None, segmented: Segmented
+) -> dict[tuple[str, str, str], _Group]:
     groups: dict[tuple[str, str, str], _Group] = {}
     for name, n in counts.items():
         parts = name.split(SEP)
-        if len(parts) != 6 or not n or (journey is not None and parts[0] != journey):
-            continue  # a field of another layout (never written) or journey
+        if not n or (journey is not None and parts[0] != journey):
+            continue
+        if len(parts) == 7:
+            segmented.setdefault((parts[0], parts[6], parts[2]), Counter())[parts[3]] += n
+            continue
+        if len(parts) != 6:
+            continue  # a field of another layout (never written)
         jid, step, variant, metric, channel, reason = parts
         key = (jid, step, variant)
         group = groups.get(key)
@@ -156,7 +186,8 @@ def _groups(counts: Mapping[str, int], journey: str | None) -> dict[tuple[str, s
 def rows(counts: Mapping[str, int], journey: str | None = None) -> list[ReportRow]:
     """The report's rows (module rules), journeys and groups sorted, ``journey`` alone
     when given."""
-    groups = _groups(counts, journey)
+    segmented: Segmented = {}
+    groups = _groups(counts, journey, segmented)
     totals: dict[tuple[str, str], _Group] = {}
     for (jid, step, variant), group in groups.items():
         total = totals.setdefault((jid, variant), _Group())
@@ -186,9 +217,26 @@ def rows(counts: Mapping[str, int], journey: str | None = None) -> list[ReportRo
             if not n and not group.any():
                 continue  # every entrant is in an arm or the holdout: no "" group
             out.append(_journey_row(jid, variant, group, n, base))
+        out.extend(_segment_rows(jid, segmented))
         steps = sorted({(s, v) for j, s, v in groups if j == jid and s}, key=_step_order)
         for step, variant in steps:
             out.append(_step_row(jid, step, variant, groups[(jid, step, variant)]))
+    return out
+
+
+def _segment_rows(jid: str, segmented: Segmented) -> list[ReportRow]:
+    """Per segment: the entrants not held out (``*``) and the holdout, their rates and
+    the uplift of ``*`` over the segment's holdout."""
+    out: list[ReportRow] = []
+    for segment in sorted({s for j, s, _ in segmented if j == jid}):
+        held = segmented.get((jid, segment, HOLDOUT))
+        base = (held["converted"], held["entered"]) if held is not None else None
+        for group in (TREATED, HOLDOUT):
+            metrics = segmented.get((jid, segment, group))
+            if metrics is None:
+                continue
+            row = _journey_row(jid, group, _Group(), metrics["entered"], base, metrics)
+            out.append(msgspec.structs.replace(row, segment=segment))
     return out
 
 
@@ -216,9 +264,14 @@ def _entered(totals: dict[tuple[str, str], _Group]) -> Counter[tuple[str, str]]:
 
 
 def _journey_row(
-    jid: str, variant: str, group: _Group, entered: int, base: tuple[int, int] | None
+    jid: str,
+    variant: str,
+    group: _Group,
+    entered: int,
+    base: tuple[int, int] | None,
+    metrics: Counter[str] | None = None,
 ) -> ReportRow:
-    converted = group.metrics["converted"]
+    converted = (metrics if metrics is not None else group.metrics)["converted"]
     rate = wilson(converted, entered) if 0 <= converted <= entered else None
     lift = None
     if base is not None and variant != HOLDOUT and rate is not None and base[0] <= base[1]:

@@ -107,6 +107,9 @@ class GoalEntry(msgspec.Struct, array_like=True, gc=False):
     until: int
     variant: str = ""
     holdout: bool = False
+    # The watched segments (UserState.segments) the shopper was in at entry, for
+    # per-segment reports (engine.measurement); () in records written before them.
+    segments: tuple[str, ...] = ()
 
 
 class SentRef(msgspec.Struct, array_like=True, gc=False):

@@ -11,7 +11,8 @@ Rules of this interface:
 * The output is :func:`engine.measurement.rows`: a table per journey (rich),
   its groups first (entered, sent, delivered/opened/clicked, converted, rate
   with its Wilson 95 % interval, uplift over the holdout with Newcombe's 95 %
-  interval), then its steps; or, with ``--json``, one JSON array of the rows.
+  interval), then its segments' (``segment NAME``), then its steps; or,
+  with ``--json``, one JSON array of the rows.
   ``--journey J`` keeps one journey.
 * A bad rules file: every problem, exit 2; no ``TETIK_REDIS_URL`` for
   ``--live``: one line saying so, exit 2.
@@ -115,7 +116,7 @@ def _table(jid: str, found: list[ReportRow]) -> Table:
         table.add_column(name, justify="left" if name in ("step", "variant") else "right")
     for row in found:
         table.add_row(
-            row.step or "(journey)",
+            row.step or (f"segment {row.segment}" if row.segment else "(journey)"),
             row.variant or "-",
             "" if row.step else f"{row.entered:,}",
             _by(row.sent),

@@ -185,3 +185,50 @@ def test_journey_filter_and_no_holdout_means_no_uplift() -> None:
     assert abs(row.rate - 1 / 3) < 1e-12
     found = [(r.journey, r.variant, r.entered) for r in rows(counts)]
     assert found == [("cart", "*", 0), ("cart", "holdout", 1), ("x", "", 3), ("x", "", 0)]
+
+
+SEGMENT_RULES = """\
+version: 1
+consent: {email: opt_out}
+segments:
+  buyer: "count(purchase, 30d) >= 1"
+journeys:
+  - id: thanks
+    trigger: {segment: buyer}
+    steps:
+      - send: email
+  - id: cart
+    trigger: add_to_cart
+    holdout: 50%
+    goal: {event: purchase, within: 3d}
+    steps:
+      - send: email
+"""
+
+
+def test_per_segment_rows_count_the_watched_segments_at_entry() -> None:
+    """u1 and u4 are held out (50 %); u1 and u2 bought before: in segment buyer."""
+    lines = [doc("purchase", T0 - DAY, u) for u in ("u1", "u2")]
+    lines += [doc("add_to_cart", T0, u) for u in ("u1", "u2", "u3", "u4")]
+    lines += [doc("purchase", T0 + HOUR, u) for u in ("u1", "u2", "u3")]
+    engine = Engine(load_rules(SEGMENT_RULES, "x.yaml"))
+    engine.measures = []
+    actions = replay(engine, lines, drain=True, received=T0 + 400 * DAY)
+    report = rows(tally(actions, engine.measures), "cart")
+    found = [(r.segment, r.variant, r.entered, r.converted) for r in report if not r.step]
+    assert found == [
+        ("", "", 2, 2),  # no split: every entrant not held out, as "*"
+        ("", "*", 2, 2),
+        ("", "holdout", 2, 1),
+        ("buyer", "*", 1, 1),
+        ("buyer", "holdout", 1, 1),
+    ]
+    buyers = next(r for r in report if r.segment == "buyer" and r.variant == "*")
+    lift = uplift((1, 1), (1, 1))
+    assert lift is not None
+    assert (buyers.uplift, buyers.uplift_low, buyers.uplift_high) == (
+        lift.difference,
+        lift.low,
+        lift.high,
+    )
+    assert buyers.sent == {}  # sends are not split by segment
