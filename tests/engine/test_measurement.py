@@ -206,14 +206,18 @@ journeys:
 """
 
 
-def test_per_segment_rows_count_the_watched_segments_at_entry() -> None:
+def segment_log(start: int = T0) -> list[bytes]:
     """u1 and u4 are held out (50 %); u1 and u2 bought before: in segment buyer."""
-    lines = [doc("purchase", T0 - DAY, u) for u in ("u1", "u2")]
-    lines += [doc("add_to_cart", T0, u) for u in ("u1", "u2", "u3", "u4")]
-    lines += [doc("purchase", T0 + HOUR, u) for u in ("u1", "u2", "u3")]
+    lines = [doc("purchase", start - DAY, u) for u in ("u1", "u2")]
+    lines += [doc("add_to_cart", start, u) for u in ("u1", "u2", "u3", "u4")]
+    lines += [doc("purchase", start + HOUR, u) for u in ("u1", "u2", "u3")]
+    return lines
+
+
+def test_per_segment_rows_count_the_watched_segments_at_entry() -> None:
     engine = Engine(load_rules(SEGMENT_RULES, "x.yaml"))
     engine.measures = []
-    actions = replay(engine, lines, drain=True, received=T0 + 400 * DAY)
+    actions = replay(engine, segment_log(), drain=True, received=T0 + 400 * DAY)
     report = rows(tally(actions, engine.measures), "cart")
     found = [(r.segment, r.variant, r.entered, r.converted) for r in report if not r.step]
     assert found == [

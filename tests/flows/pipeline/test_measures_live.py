@@ -17,7 +17,14 @@ from flows.pipeline.decode import Stamped, decode_stamped
 from flows.pipeline.shard import ShardLogic
 from flows.retry import RedisClient
 from flows.stores.measures import read_counts, read_measures
-from tests.engine.test_measurement import DAY, RULES, run, the_log
+from tests.engine.test_measurement import (
+    DAY,
+    RULES,
+    SEGMENT_RULES,
+    run,
+    segment_log,
+    the_log,
+)
 from tests.flows.pipeline.support import NOW, Pipeline, commits_ran, event, message, quiet
 
 pytestmark = pytest.mark.integration
@@ -76,3 +83,17 @@ def test_a_crash_between_batches_neither_loses_nor_doubles_a_count(
     star = next(r for r in live if r.variant == TREATED)
     held = next(r for r in live if r.variant == HOLDOUT and not r.step)
     assert (star.entered + held.entered, star.converted + held.converted) == (40, 14)
+
+
+def test_live_segment_rows_equal_the_replay_rows(
+    store_client: RedisClient, kafka_bootstrap: str, unique: str
+) -> None:
+    lines = segment_log(start=NOW - 10 * DAY)
+    engine = Engine(load_rules(SEGMENT_RULES, "rules.yaml"))
+    engine.measures = []
+    expected = rows(tally(replay(engine, lines, received=NOW), engine.measures))
+    assert any(r.segment == "buyer" for r in expected)
+    pipeline = Pipeline.create(store_client, kafka_bootstrap, unique, SEGMENT_RULES)
+    docs = [orjson.loads(line) for line in lines]
+    pipeline.run(message(i, d) for i, d in enumerate(docs))
+    assert read_measures(pipeline.client, pipeline.keys) == expected
