@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import redis
@@ -21,7 +22,9 @@ import redis
 from engine.actions import to_dict
 from engine.events import decode_event
 from engine.journeys import Engine
-from engine.replay import FOREVER
+from engine.measurement import rows as report_rows
+from engine.measurement import tally as tally_measures
+from engine.replay import FOREVER, replay
 from engine.rules.loader import load_rules
 from engine.state import UserState
 from flows.stores.keys import Keys
@@ -117,6 +120,7 @@ def test_live_actions_equal_replay(any_redis: Live) -> None:
     assert dlq == [{"type": "nonsense"}]
     counts = tally(expected, emitted)
     assert counts.duplicates == counts.missing == counts.unexpected == 0, counts
+    assert_live_report_is_replays(session, rules, docs)
     shown = session.cli("state", "u1")  # `tetik state` reads the same Redis (or cluster)
     assert shown.returncode == 0, shown.stderr
     state = orjson.loads(shown.stdout)
@@ -166,6 +170,20 @@ def test_kill_and_restart_emits_every_action_once(any_redis: Live) -> None:
     print(f"kill-and-restart: {counts}")
     assert counts.duplicates == counts.missing == counts.unexpected == 0, counts
     assert not [a for a in emitted if a["user_id"] in buyers and a["journey"] == "cart"]
+    # the shards' measure counts were committed with their states: none lost or doubled
+    assert_live_report_is_replays(session, RULES, sorted([*warmup, *before, *during], key=_ts))
+
+
+def assert_live_report_is_replays(session: Live, rules: str, docs: list[dict[str, Any]]) -> None:
+    """``tetik report --live --json`` gives the rows of ``tetik report`` (a drained replay)."""
+    engine = Engine(load_rules(rules, "rules.yaml"))
+    engine.measures = []
+    actions = replay(engine, [orjson.dumps(d) for d in docs], drain=True)
+    expected = report_rows(tally_measures(actions, engine.measures))
+    assert expected
+    shown = session.cli("report", "--live", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout) == orjson.loads(msgspec.json.encode(expected))
 
 
 def _ts(doc: dict[str, Any]) -> int:
