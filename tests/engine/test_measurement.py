@@ -7,51 +7,20 @@ a/b and a purchase goal within 3 days. Their assignment is the blake2b rule's
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from typing import Any
 
 import orjson
 
 from engine.actions import Action
-from engine.events import parse_ts
 from engine.experiments import Measure
 from engine.journeys import Engine
 from engine.measurement import ReportRow, field, rows, tally
 from engine.replay import replay
 from engine.rules.loader import load_rules
 from engine.uplift import uplift, wilson
+from tests.engine.test_experiments import DAY, HOUR, SPLIT_RULES, T0, doc
 
-HOUR = 3_600_000
-DAY = 24 * HOUR
-T0 = parse_ts("2024-05-06T08:00:00Z")
-_serial = itertools.count()
-
-RULES = """\
-version: 1
-consent: {email: opt_out, push: opt_out, sms: opt_out}
-journeys:
-  - id: cart
-    trigger: add_to_cart
-    holdout: 10%
-    goal: {event: purchase, within: 3d}
-    steps:
-      - send: email
-      - split: {a: 50, b: 50}
-        a:
-          - wait: 1h
-          - send: push
-        b:
-          - wait: 2h
-          - send: sms
-"""
-
-
-def doc(type_: str, ts: int, user: str, **fields: Any) -> bytes:
-    body = {"event_id": f"m{next(_serial)}", "type": type_, "ts": ts, "user_id": user}
-    if type_ == "add_to_cart":
-        body["product_id"] = "p1"
-    return orjson.dumps({**body, **fields})
+RULES = SPLIT_RULES  # the experiments tests' journey: holdout, split, goal
 
 
 def run(lines: list[bytes], received: int = T0 + 400 * DAY) -> tuple[list[Action], list[Measure]]:
