@@ -50,15 +50,16 @@ import base64
 import binascii
 import hmac
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import orjson
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from engine.errors import InvalidEvent
 from engine.events import encode_event
+from flows.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, respond
 from flows.clock import Clock, wall_ms
 from flows.collect.segment import events_of
 from flows.kafka.acked import AckedProducer, NotDelivered, Record
@@ -66,11 +67,6 @@ from flows.metrics import installed
 from flows.metrics.health import Health
 from flows.metrics.names import COLLECT_REQUESTS, ERRORS
 from flows.pipeline.decode import Rejected, to_dlq
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY: Final = 512 * 1024  # Segment takes 500 KB a batch
 ROUTES: Final = {
@@ -94,10 +90,6 @@ PREFLIGHT: Final = [
 ]
 OK: Final = orjson.dumps({"success": True})
 GONE: Final = 499  # the status counted for a client that left mid-body (nginx's)
-
-
-class _Gone(Exception):
-    """The client hung up before its body was read whole."""
 
 
 class Refusal(Exception):
@@ -181,7 +173,7 @@ class Collector:
             await self._collect(scope, receive, path, kind)
         except Refusal as refusal:
             return await _refuse(send, refusal)
-        except _Gone:  # nothing to answer, nothing taken (a partial body is no call)
+        except ClientGone:  # nothing to answer, nothing taken (a partial body is no call)
             return GONE
         return await _answer(send, 200, OK)
 
@@ -237,19 +229,10 @@ async def _beat(health: Health) -> None:
 
 
 async def _body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Gone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise Refusal(413, "too_large", f"the body is over {MAX_BODY // 1024} KiB")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(receive, MAX_BODY)
+    except BodyTooLarge:
+        raise Refusal(413, "too_large", f"the body is over {MAX_BODY // 1024} KiB") from None
 
 
 def _unzip(raw: bytes, encoding: bytes) -> tuple[bytes, str]:
@@ -298,18 +281,7 @@ async def _answer(
     content_type: bytes = b"application/json",
     headers: list[tuple[bytes, bytes]] = CORS,
 ) -> int:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, status, body, content_type, headers)
     return status
 
 

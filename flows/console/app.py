@@ -22,18 +22,9 @@ import logging
 import redis
 
 from engine.errors import ConfigError
+from flows.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, lifespan
 from flows.console.auth import COOKIE, Sessions, set_cookie
-from flows.console.http import (
-    Answer,
-    Receive,
-    Request,
-    Scope,
-    Send,
-    TooLarge,
-    read_request,
-    redirect,
-    send_answer,
-)
+from flows.console.http import Answer, Request, read_request, redirect, send_answer
 from flows.console.pages import Pages, Visit
 
 LOG = logging.getLogger("tetik.console")
@@ -49,14 +40,16 @@ class Console:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
         try:
             request = await read_request(scope, receive)
-        except TooLarge:
+        except BodyTooLarge:
             await send_answer(send, Answer(413, b"the request is too large (over 8 MiB)\n"))
+            return
+        except ClientGone:  # nothing to answer
             return
         await send_answer(send, await self.answer(request))
 
@@ -110,13 +103,3 @@ class Console:
         target = target if target.startswith("/") and not target.startswith("//") else "/"
         cookie = set_cookie(self.sessions.open(user))
         return redirect(target, [(b"set-cookie", cookie.encode())])
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -3,7 +3,8 @@
 Rules of this interface:
 
 * :func:`read_request` reads a whole request body, at most :data:`MAX_BODY`
-  bytes (a larger one raises :class:`TooLarge`, answered 413); forms are
+  bytes (:func:`flows.asgi.read_body`: a larger one raises
+  :class:`~flows.asgi.BodyTooLarge`, answered 413); forms are
   ``application/x-www-form-urlencoded`` or, with file uploads,
   ``multipart/form-data`` (parsed by the standard library's MIME parser);
   line ends in a textarea come as CRLF and are given back as LF, a file's
@@ -15,18 +16,13 @@ Rules of this interface:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
 from http.cookies import SimpleCookie
-from typing import Any
 from urllib.parse import parse_qs
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from flows.asgi import Receive, Scope, Send, read_body, respond
 
 MAX_BODY = 8 * 1024 * 1024  # a rules file, or a pasted stretch of events
 SECURITY = [
@@ -39,10 +35,6 @@ SECURITY = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 ]
-
-
-class TooLarge(Exception):
-    """The body is over :data:`MAX_BODY`."""
 
 
 @dataclass
@@ -126,7 +118,7 @@ def redirect(location: str, headers: list[tuple[bytes, bytes]] | None = None) ->
 
 
 async def read_request(scope: Scope, receive: Receive) -> Request:
-    """The request of ``scope`` with its body (TooLarge past :data:`MAX_BODY`)."""
+    """The request of ``scope`` with its body (BodyTooLarge past :data:`MAX_BODY`)."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
     cookie: SimpleCookie = SimpleCookie()
@@ -134,38 +126,18 @@ async def read_request(scope: Scope, receive: Receive) -> Request:
         cookie.load(headers.get("cookie", ""))
     except Exception:  # a malformed Cookie header: no cookies
         cookie = SimpleCookie()
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise TooLarge
-        chunks.append(chunk)
-        more = message.get("more_body", False)
+    body = await read_body(receive, MAX_BODY)
     return Request(
         scope["method"],
         scope["path"].rstrip("/") or "/",
         query,
         headers,
-        b"".join(chunks),
+        body,
         {name: morsel.value for name, morsel in cookie.items()},
     )
 
 
 async def send_answer(send: Send, answer: Answer) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": answer.status,
-            "headers": [
-                (b"content-type", answer.content_type),
-                (b"content-length", str(len(answer.body)).encode()),
-                *SECURITY,
-                *answer.headers,
-            ],
-        }
+    await respond(
+        send, answer.status, answer.body, answer.content_type, [*SECURITY, *answer.headers]
     )
-    await send({"type": "http.response.body", "body": answer.body})
