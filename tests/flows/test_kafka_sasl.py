@@ -4,9 +4,6 @@ topics, produce and read through it, and a wrong password is one line."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 
 from flows.servers.apache_kafka import Sasl, find_java, start_apache_kafka
 from flows.servers.process import EmbeddedServer, free_port
+from tests.tetik_cli import tetik
 
 pytestmark = [pytest.mark.apache_kafka, pytest.mark.integration]
 
@@ -28,17 +26,6 @@ def sasl_broker() -> Iterator[tuple[EmbeddedServer, str]]:
     sasl = Sasl(port=free_port(), users=((USER, PASSWORD),))
     with start_apache_kafka(sasl=sasl) as server:
         yield server, f"127.0.0.1:{sasl.port}"
-
-
-def _tetik(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, **env},
-        check=False,
-    )
 
 
 def _env(bootstrap: str, mechanism: str, password: str = PASSWORD) -> dict[str, str]:
@@ -65,7 +52,7 @@ def test_produce_and_read_back_through_sasl(
         f'{{"event_id":"{topic}-1","type":"view_product","user_id":"u1",'
         '"ts":1700000000000,"product_id":"p1"}\n'
     )
-    done = _tetik(["produce", str(log), "--topic", topic], _env(bootstrap, mechanism))
+    done = tetik("produce", str(log), "--topic", topic, env=_env(bootstrap, mechanism), timeout=90)
     assert done.returncode == 0, done.stderr
     consumer = Consumer(
         {
@@ -96,7 +83,9 @@ def test_a_wrong_password_is_one_line(
     _server, bootstrap = sasl_broker
     log = tmp_path / "events.jsonl"
     log.write_text('{"event_id":"x","type":"login","user_id":"u1","ts":1700000000000}\n')
-    done = _tetik(["produce", str(log)], _env(bootstrap, "SCRAM-SHA-256", password="wrong"))
+    done = tetik(
+        "produce", str(log), env=_env(bootstrap, "SCRAM-SHA-256", password="wrong"), timeout=90
+    )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "wrong" not in done.stderr

@@ -8,10 +8,8 @@ installs it where it is missing. The SASL half runs against Apache Kafka, in the
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from flows.kafka.connection import client_config, kafka_security_from_env
 from flows.retry import connect
 from flows.servers.process import EmbeddedServer, start_server
 from flows.settings import from_env
+from tests.tetik_cli import tetik
 
 PASSWORD = "s3cret-pass"
 
@@ -139,23 +138,15 @@ def test_commands_work_over_rediss_and_a_wrong_password_is_one_line(
     server, ca_file = tls_redis
     rules = Path(__file__).parents[2] / "examples" / "welcome_series.yaml"
 
-    def tetik(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "TETIK_REDIS_URL": url, "TETIK_PREFIX": f"tls{tmp_path.name}"}
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+    def run(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+        return tetik(*args, env={"TETIK_REDIS_URL": url, "TETIK_PREFIX": f"tls{tmp_path.name}"})
 
-    pushed = tetik("rules", "push", str(rules), url=_url(server, ca_file))
+    pushed = run("rules", "push", str(rules), url=_url(server, ca_file))
     assert pushed.returncode == 0, pushed.stderr
-    listed = tetik("rules", "list", url=_url(server, ca_file))
+    listed = run("rules", "list", url=_url(server, ca_file))
     assert listed.returncode == 0, listed.stderr
     assert "welcome_series" in listed.stdout + listed.stderr
-    refused = tetik("rules", "list", url=_url(server, ca_file, password="wrong"))
+    refused = run("rules", "list", url=_url(server, ca_file, password="wrong"))
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

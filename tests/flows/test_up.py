@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +13,9 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from flows.servers.up import running, start, stop
+from tests.tetik_cli import tetik
 
 pytestmark = pytest.mark.integration
-
-
-def _tetik(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
 
 
 def _exports(stdout: str) -> dict[str, str]:
@@ -53,7 +41,7 @@ def folder(tmp_path: Path) -> Iterator[Path]:
 def test_up_shares_servers_between_commands_and_down_stops_them(
     folder: Path, tmp_path: Path
 ) -> None:
-    first = _tetik(["up", "--dir", str(folder)])
+    first = tetik("up", "--dir", str(folder))
     assert first.returncode == 0, first.stderr
     exports = _exports(first.stdout)
     assert set(exports) == {"TETIK_REDIS_URL", "TETIK_KAFKA_BOOTSTRAP", "TETIK_RECOVERY_DIR"}
@@ -63,7 +51,7 @@ def test_up_shares_servers_between_commands_and_down_stops_them(
     assert up.redis_url == exports["TETIK_REDIS_URL"]
 
     # A second `up` finds them: the same exports, no second keeper.
-    again = _tetik(["up", "--dir", str(folder)])
+    again = tetik("up", "--dir", str(folder))
     assert again.returncode == 0
     assert _exports(again.stdout) == exports
     assert "already up" in again.stderr
@@ -74,8 +62,7 @@ def test_up_shares_servers_between_commands_and_down_stops_them(
         '{"event_id":"e1","type":"view_product","user_id":"u1","ts":1700000000000,'
         '"product_id":"p1"}\n'
     )
-    env = {**os.environ, **exports}
-    produced = _tetik(["produce", str(log)], env)
+    produced = tetik("produce", str(log), env=exports)
     assert produced.returncode == 0, produced.stderr
     consumer = Consumer(
         {"bootstrap.servers": exports["TETIK_KAFKA_BOOTSTRAP"], "group.id": "test-up"}
@@ -95,14 +82,14 @@ def test_up_shares_servers_between_commands_and_down_stops_them(
     assert client.ping()
     client.close()
 
-    down = _tetik(["down", "--dir", str(folder)])
+    down = tetik("down", "--dir", str(folder))
     assert down.returncode == 0, down.stderr
     assert "stopped" in down.stderr
     assert _gone(up.pid)
     assert not folder.exists()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(exports["TETIK_REDIS_URL"], socket_connect_timeout=1).ping()
-    nothing = _tetik(["down", "--dir", str(folder)])
+    nothing = tetik("down", "--dir", str(folder))
     assert nothing.returncode == 0
     assert "nothing was up" in nothing.stderr
 
