@@ -73,7 +73,7 @@ from flows.servers.embedded import Endpoints, servers
 from flows.servers.process import die_with_parent_preexec, stop_child
 from flows.settings import from_env
 from flows.stores.keys import Keys
-from flows.stores.states import read_stats
+from flows.stores.states import read_stats, timers_pending
 
 JOURNEY = "welcome"
 RULES = f"""version: 1
@@ -245,10 +245,7 @@ class Feeder:
 
 def pending_count(client: RedisClient, keys: Keys) -> int:
     """Shoppers with a pending step: the sum of every shard's timer index size."""
-    pipe = client.pipeline(transaction=False)
-    for shard in keys.all_shards():
-        pipe.zcard(shard.timers)
-    return sum(int(n) for n in pipe.execute())
+    return sum(timers_pending(client, keys))
 
 
 def outbox_count(client: RedisClient, keys: Keys) -> int:

@@ -78,7 +78,7 @@ from flows.servers.embedded import servers
 from flows.servers.process import free_port, stop_child
 from flows.settings import Settings, from_env
 from flows.stores.keys import Keys
-from flows.stores.states import Shoppers
+from flows.stores.states import Shoppers, timers_pending
 
 REDELIVER_EVERY = 50  # every 50th record is sent twice, as an at-least-once producer may
 RULES = Path(__file__).resolve().parents[2] / "examples" / "demo" / "journeys.yaml"
@@ -264,11 +264,7 @@ def _live(
 
 def _timers_pending(settings: Settings) -> int:
     """Entries in every shard's timer index: sends deferred by quiet hours, and waits."""
-    client = connect(settings.redis_url)
-    pipe = client.pipeline(transaction=False)
-    for shard in settings.keys.all_shards():
-        pipe.zcard(shard.timers)
-    return sum(int(count) for count in pipe.execute())
+    return sum(timers_pending(connect(settings.redis_url), settings.keys))
 
 
 def _channels_config(tmp: Path, smtp_port: int) -> Path:

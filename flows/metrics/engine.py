@@ -36,6 +36,7 @@ from flows.metrics import Metrics
 from flows.metrics.names import ACTIONS, ERRORS, EVENTS, LATENCY, NONE, SHARD_COUNTS, TIMERS
 from flows.pipeline.shard import ShardReport
 from flows.stores.keys import Keys
+from flows.stores.states import timers_pending
 
 OUTCOMES = frozenset({"applied", "duplicate", "stale", "skipped", "failed"})
 TIMERS_EVERY_S = 5.0
@@ -106,16 +107,12 @@ class TimersPending(threading.Thread):
 
     def measure(self) -> None:
         """One reading (a Redis fault counts as an error and leaves the gauges as they were)."""
-        shards = list(enumerate(self._keys.all_shards()))
-        pipe = self._client.pipeline(transaction=False)
-        for _, shard in shards:
-            pipe.zcard(shard.timers)
         try:
-            sizes = pipe.execute()
+            sizes = timers_pending(self._client, self._keys)
         except redis.RedisError as exc:
             self._metrics.count(ERRORS, system="redis", kind=type(exc).__name__)
             return
-        for (index, _), size in zip(shards, sizes, strict=True):
+        for index, size in enumerate(sizes):
             self._metrics.set(TIMERS, float(size), shard=str(index))
 
     def stop(self) -> None:

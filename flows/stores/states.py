@@ -485,6 +485,15 @@ return near
 """
 
 
+def timers_pending(client: RedisClient, keys: Keys) -> list[int]:
+    """Each shard's timer index size, in shard order (one pipeline): pending steps, waits
+    and quiet-hour deferrals."""
+    pipe = client.pipeline(transaction=False)
+    for shard in keys.all_shards():
+        pipe.zcard(shard.timers)
+    return [int(size) for size in pipe.execute()]
+
+
 def read_stats(client: RedisClient, keys: Keys) -> dict[str, int]:
     """Every counter of the deployment, summed over its shards."""
     pipe = client.pipeline(transaction=False)
