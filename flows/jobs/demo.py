@@ -254,17 +254,15 @@ def _live(
     data = watch.snapshot()
     _summary(settings, store, data, sent, catcher, tmp, codes, tally)
     _show_sample(store, tally.keys)
-    if data.total == 0 and (pending := _timers_pending(settings)):
+    if data.total > 0:
+        return codes == [0, 0]
+    pending = sum(timers_pending(store.client, settings.keys))
+    if pending:
         say(
             f"no action yet: {pending:,} waits and quiet-hour deferrals pending (quiet "
             f"hours are 22:00-09:00 in the shoppers' zones, about {hour.at} now)"
         )
-    return (data.total > 0 or _timers_pending(settings) > 0) and codes == [0, 0]
-
-
-def _timers_pending(settings: Settings) -> int:
-    """Entries in every shard's timer index: sends deferred by quiet hours, and waits."""
-    return sum(timers_pending(connect(settings.redis_url), settings.keys))
+    return pending > 0 and codes == [0, 0]
 
 
 def _channels_config(tmp: Path, smtp_port: int) -> Path:
