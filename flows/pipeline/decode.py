@@ -38,9 +38,7 @@ from flows.clock import wall_ms
 
 
 class Stamper(Protocol):
-    def stamp(self, partition: str, ts: int) -> int: ...
-
-    def peek(self, partition: str, ts: int) -> int: ...
+    def stamp(self, partition: str, ts: int, check: Callable[[int], None] | None = None) -> int: ...
 
 
 class Counting(Protocol):
@@ -147,11 +145,10 @@ def _stamped(
     if isinstance(event, Rejected):
         return event
     partition = partition_name(message)
-    try:  # before stamping: a stamped event holds its partition until it is applied
-        check_not_stale(event, clock.peek(partition, event.ts), windows)
+    try:  # refused before it is recorded: a stamped event holds its partition until applied
+        now = clock.stamp(partition, event.ts, lambda at: check_not_stale(event, at, windows))
     except InvalidEvent as exc:
         return Rejected(message, exc.reason)
-    now = clock.stamp(partition, event.ts)
     return Stamped(event, now, kafka_time(message), message, partition)
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -143,24 +143,21 @@ class Watermark:
         self._lock = threading.Lock()
         self._hold = hold_unapplied
 
-    def stamp(self, partition: str, ts: int) -> int:
-        """The clock to apply an event read from ``partition`` at (see module rules)."""
+    def stamp(self, partition: str, ts: int, check: Callable[[int], None] | None = None) -> int:
+        """The clock to apply an event read from ``partition`` at (see module rules).
+        ``check(clock)`` may refuse the event first, by raising: then nothing is recorded
+        (a refused event must not hold its partition back)."""
         now = self._clock()
         with self._lock:
+            known = self._mine.get(partition)
+            clock = min(ts if known is None else max(known.reached, ts), now)
+            if check is not None:
+                check(clock)
             progress = self._progress(partition, now)
             progress.reached = max(progress.reached, ts)
-            clock = min(progress.reached, now)
             if self._hold:
                 heapq.heappush(progress.inflight, clock)
             return clock
-
-    def peek(self, partition: str, ts: int) -> int:
-        """The clock :meth:`stamp` would give an event now, recording nothing."""
-        now = self._clock()
-        with self._lock:
-            progress = self._mine.get(partition)
-            reached = ts if progress is None else max(progress.reached, ts)
-            return min(reached, now)
 
     def applied(self, events: Iterable[tuple[str, int]]) -> None:
         """The events ``(partition, clock)`` stamped by :meth:`stamp` are applied."""
