@@ -67,7 +67,7 @@ class Feed(threading.Thread):
         super().__init__(daemon=True, name="chaos-feed")
         if rate <= 0 and limit is None:
             raise ValueError("an unpaced feed needs a limit")
-        self._config = {**client_config(bootstrap), **PRODUCER_CONFIG}
+        self._config = client_config(bootstrap, PRODUCER_CONFIG)
         self._topic, self._records, self._rate, self._limit = topic, records, rate, limit
         self._halt = threading.Event()
         self._sent: list[tuple[bytes, str]] = []  # (value, poison kind or "")

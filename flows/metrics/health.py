@@ -91,7 +91,7 @@ def kafka_check(bootstrap: str, timeout: float = CHECK_TIMEOUT_S) -> Check:
     """A check that asks the brokers of ``bootstrap`` for their metadata."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**client_config(bootstrap)})
+    admin = AdminClient(client_config(bootstrap))
 
     def check() -> None:
         admin.list_topics(timeout=timeout)

@@ -415,7 +415,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
                 return
             self._checked = time.monotonic()
             if self._admin is None:
-                self._admin = AdminClient({**client_config(self._spec.bootstrap)})
+                self._admin = AdminClient(client_config(self._spec.bootstrap))
             self._pending = request_topic_id(self._admin, self._spec.topic, timeout=2.0)
         if not self._pending.done():
             return

@@ -213,7 +213,7 @@ def settle_outboxes(
     wanted = {rid for box in records.values() for rid, r in box.items() if r.topic == actions_topic}
     start = _scan_start(stores, records, actions_topic)
     found = _ids_in_topic(bootstrap, actions_topic, start, wanted, idle_s) if wanted else set()
-    producer = Producer({**client_config(bootstrap), **PRODUCER_CONFIG})
+    producer = Producer(client_config(bootstrap, PRODUCER_CONFIG))
     for box in records.values():
         for rid, record in box.items():
             if rid not in found:
