@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The browser tests' npm packages (analytics.js, playwright-core), from the lock file;
+# and the system packages the real peers need (.ci/system-packages says which).
+BROWSER := tests/browser/node_modules/.package-lock.json
+
+$(BROWSER): tests/browser/package-lock.json
+	@./.ci/system-packages
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/browser --no-audit --no-fund --silent; \
+	else echo "note: no npm: the browser tests will say what to install"; fi
+
 demo: $(STAMP)
 	$(BIN)/tetik demo
 
@@ -27,7 +36,7 @@ format: $(STAMP)
 
 # The whole suite on the embedded servers (a short fuzz run included); the Apache
 # Kafka subset needs Java 17 and runs in `make test-kafka` (.ci/run, where Java is).
-test: lint
+test: lint $(BROWSER)
 	$(BIN)/python -m pytest -m "not apache_kafka and not scenario"
 
 test-kafka: $(STAMP)
