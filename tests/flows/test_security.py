@@ -1,7 +1,7 @@
 """Security settings (SPEC section 12): Kafka SASL/SSL from ``TETIK_KAFKA_*``, and
 ``rediss://`` URLs with a password against a Redis built with TLS.
 
-The TLS server is Debian's ``redis-server`` (the embedded valkey has no TLS); ``.ci/run``
+The TLS server is Debian's ``redis-server`` (the embedded valkey has no TLS); ``make test``
 installs it where it is missing. The SASL half runs against Apache Kafka, in the
 ``apache_kafka`` subset (tests/flows/test_apache_kafka.py).
 """

@@ -7,7 +7,7 @@ mapped as SPEC section 12 says; a call the collector refused with a 503 is sent 
 The driver is Chromium itself (``--headless --dump-dom`` with a virtual time budget): the
 page writes its outcome into the DOM, which Chromium prints when the page is done; no
 driver library to keep in step with the browser. Missing Chromium or ``npm ci`` is a
-failure saying what to install (CI installs both: .ci/run), never a skip."""
+failure saying what to install (make test installs both), never a skip."""
 
 from __future__ import annotations
 
