@@ -7,8 +7,11 @@ wait until a local time, a channel-order test with an exit before its split, a
 holdout-only journey), each with a holdout and a goal. Timed, in this process:
 :func:`flows.jobs.journey_report.replay_rows`, which reads and decodes the
 file, replays it with the engine's measures and builds the report's rows, as
-``tetik report`` does before it prints (printing is not timed). The goal
-(issue 16): at most 20 s on 1M events.
+``tetik report`` does before it prints (printing is not timed): once with
+``tetik report``'s default ``--workers`` (the machine's cores,
+:mod:`flows.jobs.parallel_replay`), once in one process, the baseline of the
+same run; both must give the same rows. The goal (issue 16): at most 20 s on
+1M events.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any
 
 from bench.tables import table
 from clickstream.generator import GeneratorConfig, starting, write_jsonl
+from engine.measurement import ReportRow
 from flows.clock import wall_ms
 from flows.jobs.journey_report import replay_rows
+from flows.jobs.parallel_replay import default_workers
 from flows.report import say
 
 EVENTS = 1_000_000
@@ -99,19 +104,51 @@ def bench_report(*, quick: bool = False, events: int = 0) -> dict[str, Any]:
         cfg = starting(GeneratorConfig(users=count // 10, events=count, seed=42), None, wall_ms())
         say(f"bench report: writing {count:,} events")
         write_jsonl(cfg, log)
-        started = time.perf_counter()
-        found = replay_rows(str(rules), str(log), None)
-        seconds = time.perf_counter() - started
-    assert found is not None  # RULES load
+        workers = default_workers()
+        seconds, found = _timed(rules, log, workers)
+        alone, found_alone = _timed(rules, log, 1)
+    if found != found_alone:
+        raise AssertionError(f"bench report: {workers} workers and one process differ")
     entered = sum(r.entered for r in found if not r.step and r.variant != "*")
     result = {
         "events": count,
+        "workers": workers,
         "report_s": round(seconds, 2),
         "events_per_s": round(count / seconds),
+        "one_process_s": round(alone, 2),
+        "speedup": round(alone / seconds, 2),
         "rows": len(found),
         "entered": entered,
     }
-    header = ["events", "report s", "events/s", "rows", "entrants"]
-    keys = ("events", "report_s", "events_per_s", "rows", "entered")
+    header = [
+        "events",
+        "workers",
+        "report s",
+        "events/s",
+        "1 process s",
+        "speed-up",
+        "rows",
+        "entrants",
+    ]
+    keys = (
+        "events",
+        "workers",
+        "report_s",
+        "events_per_s",
+        "one_process_s",
+        "speedup",
+        "rows",
+        "entered",
+    )
     print(table(header, [[f"{result[k]:,}" for k in keys]]))
     return result
+
+
+def _timed(rules: Path, log: Path, workers: int) -> tuple[float, list[ReportRow]]:
+    """Seconds of ``tetik report``'s replay and rows on ``workers`` processes, and the rows."""
+    say(f"bench report: tetik report on {workers} process(es)")
+    started = time.perf_counter()
+    found = replay_rows(str(rules), str(log), None, workers=workers)
+    seconds = time.perf_counter() - started
+    assert found is not None  # RULES load
+    return seconds, found

@@ -165,6 +165,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         drain=args.drain,
         out=args.out,
         include_suppressed=args.include_suppressed,
+        workers=args.workers,
+    )
+
+
+def _workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` of a replay (flows.jobs.parallel_replay; the same actions for any N)."""
+    from flows.jobs.parallel_replay import default_workers
+
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes replaying the log's shoppers apart (1: this process; the same output)",
     )
 
 
@@ -199,7 +212,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print("tetik report: a replay needs both --rules and --events", file=sys.stderr)
         return 2
     return run_report(
-        args.rules, args.events, live=args.live, as_json=args.json, journey=args.journey
+        args.rules,
+        args.events,
+        live=args.live,
+        as_json=args.json,
+        journey=args.journey,
+        workers=args.workers,
     )
 
 
@@ -447,6 +465,7 @@ def _parser() -> argparse.ArgumentParser:
     clock.add_argument("--drain", action="store_true", help="fire every pending timer")
     rp.add_argument("--out", help="write actions here (default: stdout)")
     rp.add_argument("--include-suppressed", action="store_true", help="also suppressed actions")
+    _workers_argument(rp)
     rp.set_defaults(func=_cmd_replay)
 
     seg = sub.add_parser("segments", help="segment memberships of every user, replaying a log")
@@ -466,6 +485,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--live", action="store_true", help="the live engine's counts in Redis")
     rep.add_argument("--json", action="store_true", help="a JSON array of rows, not tables")
     rep.add_argument("--journey", help="this journey only")
+    _workers_argument(rep)
     rep.set_defaults(func=_cmd_report)
 
     rules = sub.add_parser("rules", help="rules files: validate, and versions: push/list/rollback")

@@ -55,15 +55,23 @@ Rules of this interface:
   engine's retention, at most once per :data:`PRUNE_EVERY` (30 days) of virtual time
   (after one of the user's events). Reads ignore what retention drops, pruned
   or not (:mod:`engine.retention`), so this changes no action.
+  The cyclic garbage collector is paused while a run lasts and resumed after
+  (it stays off if it was off): a run's states are millions of tracked
+  objects that every full collection walks, for next to no cyclic garbage
+  (on ``tetik bench report``'s million events: 22 % of the run's time, for
+  648 objects collected and the same peak memory).
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from engine.actions import Action
@@ -74,6 +82,7 @@ from engine.events import PRODUCT_UPDATE, Event, check_not_future, decode_event
 from engine.identity import link, resolve
 from engine.interest import InterestIndex, touched
 from engine.journeys import Engine, replay_order
+from engine.partition import Part
 from engine.retention import check_not_stale
 from engine.state import UserState, prune
 from engine.windows import WindowConfig
@@ -83,6 +92,7 @@ if TYPE_CHECKING:
 
 FOREVER = 2**62
 PRUNE_EVERY = 30 * 86_400_000  # virtual ms between two prunes of one user's state
+PROGRESS_EVERY = 16_384  # events between two calls of replay_events' on_progress
 
 
 @dataclass
@@ -128,11 +138,11 @@ def replay(
     """
     stats = stats if stats is not None else ReplayStats()
     reference = received if received is not None else time.time_ns() // 1_000_000
-    events = _decode(lines, on_error, stats, reference, engine.windows, until)
+    events = decode_log(lines, on_error, stats, reference, engine.windows, until)
     return replay_events(engine, events, until=until, drain=drain, stats=stats, states=states)
 
 
-def _decode(
+def decode_log(
     lines: Iterable[bytes],
     on_error: Callable[[int, str], None],
     stats: ReplayStats,
@@ -167,10 +177,45 @@ def replay_events(
     drain: bool = False,
     stats: ReplayStats | None = None,
     states: dict[str, UserState] | None = None,
+    part: Part | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Action]:
-    """Run ``engine`` over decoded events on the virtual clock; actions in SPEC order."""
+    """Run ``engine`` over decoded events on the virtual clock; actions in SPEC order.
+
+    ``part``: ``events`` are one part of a longer log (:mod:`engine.partition`),
+    each applied at the whole log's clock, which stops where the whole log's
+    stops. ``on_progress(events_so_far)`` is called every
+    :data:`PROGRESS_EVERY` events.
+    """
     stats = stats if stats is not None else ReplayStats()
-    log = events if isinstance(events, Sequence) else list(events)
+    with paused_collector():
+        log = events if isinstance(events, Sequence) else list(events)
+        return _until_no_poison(engine, log, until, drain, stats, states, part, on_progress)
+
+
+@contextmanager
+def paused_collector() -> Iterator[None]:
+    """The cyclic garbage collector off for a run, back on after (module rules, Memory)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _until_no_poison(
+    engine: Engine,
+    log: Sequence[Event],
+    until: int | None,
+    drain: bool,
+    stats: ReplayStats,
+    states: dict[str, UserState] | None,
+    part: Part | None,
+    on_progress: Callable[[int], None] | None,
+) -> list[Action]:
+    """Runs of ``log``, each without the poison events found so far, until one ends."""
     skipped: set[int] = set()
     while True:
         run = ReplayStats(stats.lines, 0, stats.invalid)
@@ -179,7 +224,7 @@ def replay_events(
         if engine.measures is not None:
             del engine.measures[:]  # so do the experiments' measures (engine.experiments)
         try:
-            actions = _run(engine, log, skipped, until, drain, run, states)
+            actions = _run(engine, log, skipped, until, drain, run, states, part, on_progress)
         except _Poison as poison:
             skipped.add(id(poison.event))
             error = poison.error
@@ -209,6 +254,8 @@ def _run(
     drain: bool,
     stats: ReplayStats,
     keep: dict[str, UserState] | None = None,
+    part: Part | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Action]:
     states: dict[str, UserState] = {} if keep is None else keep
     links: dict[str, str] = {}  # anon_id -> user_id, permanent
@@ -219,11 +266,14 @@ def _run(
     rfm = _rfm_refresher(engine)
     updates = any(e.type == PRODUCT_UPDATE for e in events)
     shop = _Shop(engine, updates)
-    for event in events:
+    clocks = part.clocks if part is not None else repeat(None)
+    for event, at in zip(events, clocks, strict=False):  # clocks: repeat(None) or as long
         if (until is not None and event.ts > until) or (skipped and id(event) in skipped):
             continue
-        clock = max(clock, event.ts)
+        clock = max(clock, event.ts) if at is None else at
         stats.events += 1
+        if on_progress is not None and not stats.events % PROGRESS_EVERY:
+            on_progress(stats.events)
         if rfm is not None:
             rfm.before(clock)
         try:
@@ -249,6 +299,8 @@ def _run(
         elif clock - pruned[key] >= PRUNE_EVERY:
             pruned[key] = clock
             prune(state, clock, engine.windows)
+    if part is not None:
+        clock = max(clock, part.last)  # where the whole log's clock stops
     end = FOREVER if drain else (until if until is not None else clock)
     # Recheck and broadcast instants run up to the clock's end, never to FOREVER.
     horizon = until if until is not None else clock

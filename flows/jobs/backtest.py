@@ -18,10 +18,11 @@ from engine.broadcasts import passed
 from engine.errors import RulesError
 from engine.events import parse_ts
 from engine.journeys import Engine
-from engine.replay import ReplayStats, replay
+from engine.replay import ReplayStats
 from engine.rules.loader import load_rules_file, summary
 from engine.rules.model import Rules
 from flows import logs
+from flows.jobs.parallel_replay import replay_parallel
 from flows.jobs.progress import Line, Rate
 from flows.report import say
 
@@ -78,6 +79,7 @@ def run_replay(
     drain: bool,
     out: str | None,
     include_suppressed: bool,
+    workers: int = 1,
 ) -> int:
     """The backtest; exit 2 for a bad rules file (the errors are printed)."""
     rules = load_rules(rules_path)
@@ -87,9 +89,10 @@ def run_replay(
 
     windows = windows_from_env()
     stats = ReplayStats()
-    actions = replay(
+    actions = replay_parallel(
         Engine(rules, windows),
         event_lines(events_path),
+        workers=workers,
         until=until,
         drain=drain,
         on_error=lambda n, reason: logs.bad_line(events_path, n, reason),

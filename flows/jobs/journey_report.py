@@ -29,13 +29,17 @@ from rich.table import Table
 from engine.errors import ConfigError
 from engine.journeys import Engine
 from engine.measurement import ReportRow, rows, tally
-from engine.replay import ReplayStats, replay
+from engine.replay import ReplayStats
 from flows import logs
 from flows.jobs.backtest import event_lines, load_rules
+from flows.jobs.parallel_replay import replay_parallel
 
 
-def replay_rows(rules_path: str, events_path: str, journey: str | None) -> list[ReportRow] | None:
-    """The rows of a replay of ``events_path``; None after printing a bad rules file."""
+def replay_rows(
+    rules_path: str, events_path: str, journey: str | None, *, workers: int = 1
+) -> list[ReportRow] | None:
+    """The rows of a replay of ``events_path`` on ``workers`` processes
+    (:mod:`flows.jobs.parallel_replay`); None after printing a bad rules file."""
     rules = load_rules(rules_path)
     if rules is None:
         return None
@@ -44,9 +48,10 @@ def replay_rows(rules_path: str, events_path: str, journey: str | None) -> list[
     engine = Engine(rules, windows_from_env())
     engine.measures = []
     stats = ReplayStats()
-    actions = replay(
+    actions = replay_parallel(
         engine,
         event_lines(events_path),
+        workers=workers,
         drain=True,
         on_error=lambda n, reason: logs.bad_line(events_path, n, reason),
         stats=stats,
@@ -75,6 +80,7 @@ def run_report(
     live: bool,
     as_json: bool,
     journey: str | None,
+    workers: int = 1,
 ) -> int:
     """``tetik report``; exit 2 for a bad rules file."""
     if live:
@@ -82,7 +88,7 @@ def run_report(
     else:
         assert rules_path is not None
         assert events_path is not None
-        found = replay_rows(rules_path, events_path, journey)
+        found = replay_rows(rules_path, events_path, journey, workers=workers)
     if found is None:
         return 2
     if as_json:

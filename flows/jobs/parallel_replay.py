@@ -1,0 +1,223 @@
+"""A replay on several cores: the log's independent parts, each in a forked worker process.
+
+Rules of this interface:
+
+* :func:`replay_parallel` takes :func:`engine.replay.replay`'s arguments plus
+  ``workers`` and returns what ``replay`` returns: the same actions in SPEC
+  order and the same :class:`~engine.replay.ReplayStats`; ``engine.measures``
+  (when a list) ends up with the same measures, part by part rather than in
+  the single run's order (their tally is the same).
+* This process decodes the log (bad lines reported as ``replay`` reports
+  them) and cuts it by identity (:mod:`engine.partition`); one forked worker
+  per part replays it at the whole log's clock. The workers inherit the
+  engine and their part, nothing is pickled on the way in; each sends back
+  its actions, measures and counts as one MessagePack message.
+* It runs as one ``replay`` in this process when ``workers`` is 1 or less,
+  when the log has fewer than ``min_events`` events (forking costs more),
+  when fork is not available, when the log's users are not independent
+  (:func:`engine.partition.independent`: product updates,
+  ``bought_together``, ``rfm()``), and again from the start when a worker
+  failed or left an event out as a poison event (so a poison event is left
+  out exactly as one run leaves it out).
+* Progress: the decode's line (the caller's ``lines``), then one line of
+  events applied across the workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+
+import msgspec
+
+from engine.actions import Action
+from engine.experiments import Measure
+from engine.journeys import Engine, replay_order
+from engine.partition import Part, independent, partition
+from engine.replay import ReplayStats, decode_log, paused_collector, replay_events
+from flows import logs
+from flows.jobs.progress import Line, Rate
+
+MIN_EVENTS = 50_000  # below this, one process is faster than forking
+MAX_WORKERS = 8
+
+
+def default_workers() -> int:
+    """The cores this process may run on, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+class _Result(msgspec.Struct, kw_only=True):
+    """What one worker sends back."""
+
+    actions: list[Action]
+    measures: list[Measure] | None
+    events: int
+    users: int
+    merged: int
+    identity_conflicts: int
+    ended: dict[str, int]
+    failed: list[str]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Result).decode
+
+
+def replay_parallel(
+    engine: Engine,
+    lines: Iterable[bytes],
+    *,
+    workers: int,
+    until: int | None = None,
+    drain: bool = False,
+    on_error: Callable[[int, str], None] = lambda _n, _r: None,
+    stats: ReplayStats | None = None,
+    min_events: int = MIN_EVENTS,
+) -> list[Action]:
+    """``replay`` on up to ``workers`` processes (see the module rules)."""
+    stats = stats if stats is not None else ReplayStats()
+    received = time.time_ns() // 1_000_000
+    with paused_collector():  # as a replay's own run (engine.replay, module rules)
+        events = list(decode_log(lines, on_error, stats, received, engine.windows, until))
+    one = workers <= 1 or len(events) < min_events or not _can_fork()
+    joined = None if one else independent(engine, events)
+    if joined is not None:
+        logs.INPUT.info("replay in one process: %s", joined)
+    if one or joined is not None:
+        return replay_events(engine, events, until=until, drain=drain, stats=stats)
+    with paused_collector():
+        parts = partition(events, workers, until)
+    results = _run_parts(engine, parts, drain, until)
+    if results is None or any(result.failed for result in results):
+        return replay_events(engine, events, until=until, drain=drain, stats=stats)
+    return _merge(engine, results, parts, stats, until)
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _run_parts(
+    engine: Engine, parts: list[Part], drain: bool, until: int | None
+) -> list[_Result] | None:
+    """Each part in a forked worker; their results, or None when a worker died."""
+    context = multiprocessing.get_context("fork")
+    done = context.Value("q", 0)
+    pipes, workers = [], []
+    for part in parts:
+        receive, send = context.Pipe(duplex=False)
+        worker = context.Process(
+            target=_work, args=(engine, part, drain, until, done, send), daemon=True
+        )
+        worker.start()
+        send.close()
+        pipes.append(receive)
+        workers.append(worker)
+    total = sum(len(part.events) for part in parts)
+    try:
+        return _collect(pipes, done, total, len(parts))
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+
+
+def _collect(
+    pipes: list[Connection], done: Synchronized[int], total: int, count: int
+) -> list[_Result] | None:
+    """Every worker's result in part order, showing progress while they run."""
+    results: dict[int, _Result] = {}
+    progress, rate, started = Line(), Rate(), time.monotonic()
+    applied = 0
+    try:
+        while len(results) < len(pipes):
+            for index, pipe in enumerate(pipes):
+                if index in results or not pipe.poll(0.05):
+                    continue
+                try:
+                    results[index] = _decode(pipe.recv_bytes())
+                except EOFError:
+                    return None  # the worker died without a result
+            applied = done.value
+            if progress.due():
+                progress.update(_applied(applied, total, count, rate.read(applied)))
+        return [results[index] for index in range(len(pipes))]
+    finally:
+        seconds = max(time.monotonic() - started, 1e-9)
+        progress.close(_applied(applied, total, count, applied / seconds))
+
+
+def _applied(applied: int, total: int, count: int, rate: float) -> str:
+    return f"replay: {applied:,} of {total:,} events applied in {count} processes ({rate:,.0f}/s)"
+
+
+def _work(
+    engine: Engine,
+    part: Part,
+    drain: bool,
+    until: int | None,
+    done: Synchronized[int],
+    send: Connection,
+) -> None:
+    """One worker: replay its part, send the result."""
+    stats = ReplayStats()
+    seen = 0
+
+    def advanced(events: int) -> None:
+        nonlocal seen
+        with done.get_lock():
+            done.value += events - seen
+        seen = events
+
+    actions = replay_events(
+        engine, part.events, until=until, drain=drain, stats=stats, part=part, on_progress=advanced
+    )
+    advanced(stats.events)
+    result = _Result(
+        actions=actions,
+        measures=engine.measures,
+        events=stats.events,
+        users=stats.users,
+        merged=stats.merged,
+        identity_conflicts=stats.identity_conflicts,
+        ended=stats.ended,
+        failed=stats.failed,
+    )
+    send.send_bytes(_encode(result))
+    send.close()
+
+
+def _merge(
+    engine: Engine,
+    results: list[_Result],
+    parts: list[Part],
+    stats: ReplayStats,
+    until: int | None,
+) -> list[Action]:
+    """The parts' results as one run's (see the module rules)."""
+    actions: list[Action] = []
+    ended: dict[str, int] = {}
+    if engine.measures is not None:
+        del engine.measures[:]  # as one run starts (engine.replay.replay_events)
+    for result in results:
+        actions.extend(result.actions)
+        if engine.measures is not None and result.measures is not None:
+            engine.measures.extend(result.measures)
+        stats.events += result.events
+        stats.users += result.users
+        stats.merged += result.merged
+        stats.identity_conflicts += result.identity_conflicts
+        for reason, n in result.ended.items():
+            ended[reason] = ended.get(reason, 0) + n
+    engine.ended.update(ended)
+    stats.ended = ended
+    stats.clock = until if until is not None else parts[0].last
+    for action in actions:
+        stats.actions[action.status] = stats.actions.get(action.status, 0) + 1
+    return replay_order(actions)
