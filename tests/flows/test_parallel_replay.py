@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 
@@ -16,6 +17,7 @@ from engine.measurement import tally
 from engine.replay import ReplayStats
 from engine.rules.loader import load_rules, load_rules_file
 from flows.jobs import parallel_replay
+from flows.jobs.journey_report import replay_rows
 from flows.jobs.parallel_replay import replay_parallel
 from tests.engine.faulty import FaultyEngine
 from tests.tetik_cli import tetik
@@ -145,20 +147,18 @@ def test_a_poison_event_is_left_out_as_one_replay_leaves_it_out() -> None:
     assert len(one[0]) == 39
 
 
-def test_tetik_report_prints_the_same_report_on_any_number_of_processes(tmp_path: Path) -> None:
+def test_tetik_report_on_two_processes_prints_what_one_process_finds(tmp_path: Path) -> None:
     rules, events = tmp_path / "rules.yaml", tmp_path / "events.jsonl"
     rules.write_text(EXPERIMENTS)
-    events.write_bytes(b"\n".join(log(60_000, invalid=0.0)) + b"\n")
-    one = tetik(
-        "report", "--rules", str(rules), "--events", str(events), "--json", "--workers", "1"
-    )
+    events.write_bytes(b"\n".join(log(parallel_replay.MIN_EVENTS, invalid=0.0)) + b"\n")
     two = tetik(
         "report", "--rules", str(rules), "--events", str(events), "--json", "--workers", "2"
     )
-    assert one.returncode == two.returncode == 0, two.stderr
-    assert one.stdout == two.stdout
+    assert two.returncode == 0, two.stderr
     assert "applied in 2 processes" in two.stderr
-    assert len(orjson.loads(two.stdout)) > 6
+    one = replay_rows(str(rules), str(events), None, workers=1)
+    assert orjson.loads(two.stdout) == orjson.loads(msgspec.json.encode(one))
+    assert len(one or ()) > 6
 
 
 CART = """\
