@@ -23,7 +23,7 @@ from bench.markdown import e2e_tables, render
 from bench.report import machine, write_results
 from engine.errors import ConfigError
 from flows.servers.apache_kafka import EMBEDDED_KAFKA_ENV, find_java, kafka_version
-from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV, Endpoints
+from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV
 
 APACHE = {"name": "apache-kafka", "version": "4.4.0", "bootstrap": "127.0.0.1:9", "why": "x"}
 
@@ -145,21 +145,6 @@ TINY = Plan(
     restart_each_step=False,
     live_s=1.0,  # the settle before measuring: latency figures are not what these test
 )
-
-
-@pytest.mark.integration
-def test_a_configured_bootstrap_is_measured_as_external(
-    endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("TETIK_REDIS_URL", endpoints.redis_url)
-    monkeypatch.setenv(KAFKA_BOOTSTRAP_ENV, endpoints.kafka_bootstrap)
-    e2e = bench_e2e(plan=TINY, systems=("handwritten",))
-    assert e2e["broker"] == {"name": "external", "version": "",
-                             "bootstrap": endpoints.kafka_bootstrap,
-                             "why": KAFKA_BOOTSTRAP_ENV}  # fmt: skip
-    assert e2e["systems"]["handwritten"]["steps"][0]["sent"] == 400
-    paths = write_results(tmp_path, {"e2e": e2e}, {"what": "e2e"})
-    assert f"Broker: **external** at {endpoints.kafka_bootstrap}" in paths[1].read_text()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from bench.e2e import SYSTEMS, Plan, bench_e2e, make_system
 from bench.journey import RULES
 from bench.report import write_results
-from flows.servers.embedded import Endpoints
+from flows.servers.embedded import KAFKA_BOOTSTRAP_ENV, Endpoints
 from flows.settings import from_env
 
 TINY = Plan(
@@ -58,7 +58,12 @@ def test_each_system_processes_the_same_input(e2e: dict) -> None:  # type: ignor
 
 
 @pytest.mark.integration
-def test_ratios_and_result_files(e2e: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_ratios_and_result_files(e2e: dict, endpoints: Endpoints, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    # The fixture's run had TETIK_KAFKA_BOOTSTRAP set: a broker of the user's, not one
+    # the bench chose and started (tests/bench/test_broker.py has the other choices).
+    bootstrap = endpoints.kafka_bootstrap
+    assert e2e["broker"] == {"name": "external", "version": "", "bootstrap": bootstrap,
+                             "why": KAFKA_BOOTSTRAP_ENV}  # fmt: skip
     ratios = e2e["ratios"]
     assert ratios["throughput_tetik_vs_passthrough"] is None  # nothing saturated at 400/s
     assert ratios["common_rate_per_s"] == 400
@@ -67,6 +72,7 @@ def test_ratios_and_result_files(e2e: dict, tmp_path: Path) -> None:  # type: ig
     assert [p.name for p in paths] == ["bench.json", "bench.md", "latency.png"]
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
     assert "| tetik | >= " in paths[1].read_text()  # a lower bound: not saturated
+    assert f"Broker: **external** at {bootstrap}" in paths[1].read_text()
 
 
 def test_tetik_is_told_the_topic_layout_the_bench_creates_for_it(tmp_path: Path) -> None:
