@@ -145,7 +145,7 @@ def _collect(
                 except EOFError:
                     return None  # the worker died without a result
             applied = done.value
-            if progress.due():
+            if applied and progress.due():
                 progress.update(_applied(applied, total, count, rate.read(applied)))
         return [results[index] for index in range(len(pipes))]
     finally:
