@@ -52,7 +52,9 @@ MAX_WORKERS = 8
 
 def default_workers() -> int:
     """The cores this process may run on, at most :data:`MAX_WORKERS`."""
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
 
 
 class _Result(msgspec.Struct, kw_only=True):
