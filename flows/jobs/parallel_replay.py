@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -116,6 +118,8 @@ def _run_parts(
     context = multiprocessing.get_context("fork")
     done = context.Value("q", 0)
     pipes, workers = [], []
+    sys.stdout.flush()  # a worker flushes its copy of what is buffered when it ends
+    sys.stderr.flush()
     for part in parts[1:]:
         receive, send = context.Pipe(duplex=False)
         worker = context.Process(
@@ -126,17 +130,19 @@ def _run_parts(
         pipes.append(receive)
         workers.append(worker)
     progress = _Progress(done, sum(len(part.events) for part in parts), len(parts))
+    collected = False
     try:
         ended = Counter(engine.ended)
         here = _replay_part(engine, parts[0], drain, until, progress.advanced)
         engine.ended.clear()  # _merge counts every part's, this one's too
         engine.ended.update(ended)
         others = _collect(pipes, progress)
+        collected = True
         return None if others is None else [here, *others]
     finally:
         progress.close()
-        for worker in workers:
-            worker.join(timeout=5)
+        for worker in workers:  # after Ctrl-C or an error here: stopped at once
+            worker.join(timeout=5 if collected else 0)
             if worker.is_alive():
                 worker.kill()
 
@@ -197,6 +203,7 @@ def _work(
     send: Connection,
 ) -> None:
     """One forked worker: replay its part, send the result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report
     seen = 0
 
     def advanced(events: int) -> None:
