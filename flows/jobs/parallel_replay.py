@@ -1,4 +1,4 @@
-"""A replay on several cores: the log's independent parts, each in a forked worker process.
+"""A replay on several cores: the log's independent parts, each replayed in its own process.
 
 Rules of this interface:
 
