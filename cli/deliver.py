@@ -13,14 +13,9 @@ from typing import Any
 
 import orjson
 
-from channels.config import default_config, load_config
-from channels.onsite import read_inbox
 from cli.metrics import add_metrics_port
 from engine.errors import ConfigError
-from flows.jobs.deliver import require_servers, run_deliver
 from flows.report import say
-from flows.retry import connect
-from flows.settings import from_env
 
 
 def add_commands(sub: Any) -> None:
@@ -55,7 +50,11 @@ def add_commands(sub: Any) -> None:
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     """``tetik deliver``: run until SIGINT/SIGTERM (or ``--idle-exit``)."""
-    from flows.pipeline.source import stop_on_signals  # imports Bytewax: only when delivering
+    # The channels, the job and Bytewax are imported when delivering, not for every command.
+    from channels.config import default_config, load_config
+    from flows.jobs.deliver import require_servers, run_deliver
+    from flows.pipeline.source import stop_on_signals
+    from flows.settings import from_env
 
     settings = from_env()
     settings = dataclasses.replace(
@@ -80,6 +79,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 def cmd_onsite(args: argparse.Namespace) -> int:
     """``tetik onsite USER``: the inbox a storefront would show, as JSON."""
+    from channels.onsite import read_inbox
+    from flows.retry import connect
+    from flows.settings import from_env
+
     settings = from_env()
     if not settings.redis_url:
         raise ConfigError("set TETIK_REDIS_URL to the Redis that `tetik deliver` writes inboxes to")

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import redis
-from confluent_kafka import KafkaException
-
 from engine.errors import TetikError
 from flows.servers.process import ServerStartError
 
@@ -43,6 +40,10 @@ def explain(command: str, exc: BaseException) -> tuple[str, int]:
 
 def _known(exc: BaseException) -> str | None:
     """The line for an error a user can cause, else None."""
+    # The clients' errors are loaded here, on an error, not at every start of tetik.
+    import redis
+    from confluent_kafka import KafkaException
+
     if isinstance(exc, TetikError | ServerStartError):
         return str(exc)  # written for the user (a rules file's problems take a line each)
     if isinstance(exc, OSError) and exc.filename is not None:
