@@ -153,13 +153,13 @@ def encode(data: Any, ascii_only: bool) -> bytes:
     return json.dumps(data, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
 
 
-@fuzz_settings(ci_examples=300)
+@fuzz_settings(ci_examples=150)
 @given(st.binary(max_size=300))
 def test_any_bytes(raw: bytes) -> None:
     check(raw)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), ANY_JSON, max_size=10)
     | ANY_JSON,
@@ -217,13 +217,13 @@ def near_valid(draw: st.DrawFn) -> bytes:
 _RFC3339_ISH: Final = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,12})?([Zz]|[+-]\d{2}:\d{2})?"
 
 
-@fuzz_settings(ci_examples=600)
+@fuzz_settings(ci_examples=300)
 @given(near_valid())
 def test_near_valid_events(raw: bytes) -> None:
     check(raw)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(valid_event())
 def test_valid_events_are_accepted(data: dict[str, Any]) -> None:
     """The generator's valid events really are valid: the mutations start from them."""

@@ -415,7 +415,7 @@ def token_soup(draw: st.DrawFn) -> str:
     return "".join(token + draw(_GLUE) for token in tokens)
 
 
-@fuzz_settings(ci_examples=800)
+@fuzz_settings(ci_examples=400)
 @given(token_soup(), SCOPES, st.booleans())
 @example("not '\n'", Scope(), True)  # found by fuzzing: the quote spanned two lines
 @example("count(view_product) +\n  1", Scope(), True)
@@ -432,7 +432,7 @@ def parsed(text: str) -> Node | ExpressionError:
         return exc
 
 
-@fuzz_settings(ci_examples=500)
+@fuzz_settings(ci_examples=250)
 @given(TREES, st.booleans(), SCOPES)
 def test_printed_trees_parse_back(shape: Shape, minimal: bool, scope: Scope) -> None:
     text = to_text(shape, minimal)
@@ -444,7 +444,7 @@ def test_printed_trees_parse_back(shape: Shape, minimal: bool, scope: Scope) -> 
     compiled(text, scope, boolean=False)
 
 
-@fuzz_settings(ci_examples=250)
+@fuzz_settings(ci_examples=125)
 @given(TYPED, st.booleans(), SCOPES, contexts())
 def test_typed_trees_compile_and_run(
     shape: Shape, minimal: bool, scope: Scope, ctx: Context
@@ -456,7 +456,7 @@ def test_typed_trees_compile_and_run(
         evaluate(text, typed, scope, ctx)
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=50)
 @given(TYPED, contexts())
 def test_typed_trees_mostly_compile(shape: Shape, ctx: Context) -> None:
     """With every name bound, the well-typed trees compile: the evaluation target runs."""

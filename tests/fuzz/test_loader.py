@@ -105,7 +105,7 @@ def _waits(steps: tuple[Step, ...]) -> list[Wait]:
 YAMLISH: Final = st.text(alphabet=":-[]{}&*!|>'\"#%@`,?\n\t  abcv01", max_size=200)
 
 
-@fuzz_settings(ci_examples=300)
+@fuzz_settings(ci_examples=150)
 @given(st.text(max_size=300) | YAMLISH | st.binary(max_size=200))
 def test_any_text(text: str | bytes) -> None:
     check(text)
@@ -157,7 +157,7 @@ DOCUMENTS: Final = st.recursive(
 )
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(DOCUMENTS, st.booleans())
 def test_any_yaml_document(document: Any, flow: bool) -> None:
     check(yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True))
@@ -283,7 +283,7 @@ def _mutate(draw: st.DrawFn, value: Any) -> Any:
     return draw(VALUES)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(st.sampled_from(EXAMPLES), st.integers(1, 4), st.data())
 def test_mutated_example_data(source: str, mutations: int, data: st.DataObject) -> None:
     document = yaml.safe_load(source)
@@ -315,7 +315,7 @@ def _text_mutation(draw: st.DrawFn, source: str) -> str:
     return "".join(lines)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(st.sampled_from(EXAMPLES), st.integers(1, 3), st.data())
 def test_mutated_example_text(source: str, mutations: int, data: st.DataObject) -> None:
     text = source

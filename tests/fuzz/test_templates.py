@@ -284,13 +284,13 @@ def check(sources: list[str], variables: dict[str, Any]) -> None:
         assert sum(map(len, message.values())) <= MAX_OUTPUT_CHARS
 
 
-@fuzz_settings(ci_examples=300)
+@fuzz_settings(ci_examples=150)
 @given(st.lists(SOURCES, min_size=1, max_size=3), variables())
 def test_random_templates(sources: list[str], variables: dict[str, Any]) -> None:
     check(sources, variables)
 
 
-@fuzz_settings(ci_examples=200)
+@fuzz_settings(ci_examples=100)
 @given(st.text(max_size=80), st.text(alphabet="{}%#-+~|()[]'\". x1\n", max_size=60))
 def test_any_text(text: str, delimiters: str) -> None:
     check([text, delimiters], {"profile": {}, "cart": {}, "now": TS})
