@@ -171,13 +171,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _workers_argument(parser: argparse.ArgumentParser) -> None:
     """``--workers`` of a replay (flows.jobs.parallel_replay; the same actions for any N)."""
-    from flows.jobs.parallel_replay import default_workers
-
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
-        help="processes replaying the log's shoppers apart (1: this process; the same output)",
+        help="processes replaying the log's shoppers apart (1: this process; the same output; "
+        "default: the cores this process may use, up to 8)",
     )
 
 

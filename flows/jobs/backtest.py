@@ -79,7 +79,7 @@ def run_replay(
     drain: bool,
     out: str | None,
     include_suppressed: bool,
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> int:
     """The backtest; exit 2 for a bad rules file (the errors are printed)."""
     rules = load_rules(rules_path)

@@ -36,7 +36,7 @@ from flows.jobs.parallel_replay import replay_parallel
 
 
 def replay_rows(
-    rules_path: str, events_path: str, journey: str | None, *, workers: int = 1
+    rules_path: str, events_path: str, journey: str | None, *, workers: int | None = 1
 ) -> list[ReportRow] | None:
     """The rows of a replay of ``events_path`` on ``workers`` processes
     (:mod:`flows.jobs.parallel_replay`); None after printing a bad rules file."""
@@ -80,7 +80,7 @@ def run_report(
     live: bool,
     as_json: bool,
     journey: str | None,
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> int:
     """``tetik report``; exit 2 for a bad rules file."""
     if live:

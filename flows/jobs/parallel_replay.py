@@ -60,16 +60,11 @@ def default_workers() -> int:
 
 
 class _Result(msgspec.Struct, kw_only=True):
-    """What one worker sends back."""
+    """What one part's replay gives back (a worker sends it as MessagePack)."""
 
     actions: list[Action]
     measures: list[Measure] | None
-    events: int
-    users: int
-    merged: int
-    identity_conflicts: int
-    ended: dict[str, int]
-    failed: list[str]
+    stats: ReplayStats
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -80,30 +75,31 @@ def replay_parallel(
     engine: Engine,
     lines: Iterable[bytes],
     *,
-    workers: int,
+    workers: int | None,
     until: int | None = None,
     drain: bool = False,
     on_error: Callable[[int, str], None] = lambda _n, _r: None,
     stats: ReplayStats | None = None,
     min_events: int = MIN_EVENTS,
 ) -> list[Action]:
-    """``replay`` on up to ``workers`` processes (see the module rules)."""
+    """``replay`` on up to ``workers`` processes (None: :func:`default_workers`; see the
+    module rules)."""
+    workers = default_workers() if workers is None else workers
     stats = stats if stats is not None else ReplayStats()
     received = time.time_ns() // 1_000_000
-    with paused_collector():  # as a replay's own run (engine.replay, module rules)
+    with paused_collector():  # the decode and the cut too (engine.replay, module rules)
         events = list(decode_log(lines, on_error, stats, received, engine.windows, until))
-    one = workers <= 1 or len(events) < min_events or not _can_fork()
-    joined = None if one else independent(engine, events)
-    if joined is not None:
-        logs.INPUT.info("replay in one process: %s", joined)
-    if one or joined is not None:
-        return replay_events(engine, events, until=until, drain=drain, stats=stats)
-    with paused_collector():
+        one = workers <= 1 or len(events) < min_events or not _can_fork()
+        joined = None if one else independent(engine, events)
+        if joined is not None:
+            logs.INPUT.info("replay in one process: %s", joined)
+        if one or joined is not None:
+            return replay_events(engine, events, until=until, drain=drain, stats=stats)
         parts = partition(events, workers, until)
-    results = _run_parts(engine, parts, drain, until)
-    if results is None or any(result.failed for result in results):
-        return replay_events(engine, events, until=until, drain=drain, stats=stats)
-    return _merge(engine, results, parts, stats, until)
+        results = _run_parts(engine, parts, drain, until)
+        if results is None or any(result.stats.failed for result in results):
+            return replay_events(engine, events, until=until, drain=drain, stats=stats)
+        return _merge(engine, results, parts, stats, until)
 
 
 def _can_fork() -> bool:
@@ -147,19 +143,31 @@ def _run_parts(
                 worker.kill()
 
 
+def _counter(done: Synchronized[int]) -> Callable[[int], None]:
+    """``count(events)``: one process's part has applied ``events`` so far; adds the
+    difference to the processes' shared count ``done``."""
+    seen = 0
+
+    def count(events: int) -> None:
+        nonlocal seen
+        with done.get_lock():
+            done.value += events - seen
+        seen = events
+
+    return count
+
+
 class _Progress:
     """Events applied across the processes (a shared counter), on one progress line."""
 
     def __init__(self, done: Synchronized[int], total: int, processes: int) -> None:
         self.done, self.total, self.processes = done, total, processes
         self.line, self.rate, self.started = Line(), Rate(), time.monotonic()
-        self.seen = 0  # this process's own events counted so far
+        self.count = _counter(done)
 
     def advanced(self, events: int) -> None:
         """This process's part has applied ``events`` so far."""
-        with self.done.get_lock():
-            self.done.value += events - self.seen
-        self.seen = events
+        self.count(events)
         self.show()
 
     def show(self) -> None:
@@ -204,15 +212,7 @@ def _work(
 ) -> None:
     """One forked worker: replay its part, send the result."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report
-    seen = 0
-
-    def advanced(events: int) -> None:
-        nonlocal seen
-        with done.get_lock():
-            done.value += events - seen
-        seen = events
-
-    send.send_bytes(_encode(_replay_part(engine, part, drain, until, advanced)))
+    send.send_bytes(_encode(_replay_part(engine, part, drain, until, _counter(done))))
     send.close()
 
 
@@ -229,16 +229,8 @@ def _replay_part(
         engine, part.events, until=until, drain=drain, stats=stats, part=part, on_progress=advanced
     )
     advanced(stats.events)
-    return _Result(
-        actions=actions,
-        measures=None if engine.measures is None else list(engine.measures),
-        events=stats.events,
-        users=stats.users,
-        merged=stats.merged,
-        identity_conflicts=stats.identity_conflicts,
-        ended=stats.ended,
-        failed=stats.failed,
-    )
+    measures = None if engine.measures is None else list(engine.measures)
+    return _Result(actions=actions, measures=measures, stats=stats)
 
 
 def _merge(
@@ -250,22 +242,23 @@ def _merge(
 ) -> list[Action]:
     """The parts' results as one run's (see the module rules)."""
     actions: list[Action] = []
-    ended: dict[str, int] = {}
+    ended: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     if engine.measures is not None:
         del engine.measures[:]  # as one run starts (engine.replay.replay_events)
     for result in results:
         actions.extend(result.actions)
         if engine.measures is not None and result.measures is not None:
             engine.measures.extend(result.measures)
-        stats.events += result.events
-        stats.users += result.users
-        stats.merged += result.merged
-        stats.identity_conflicts += result.identity_conflicts
-        for reason, n in result.ended.items():
-            ended[reason] = ended.get(reason, 0) + n
+        part = result.stats
+        stats.events += part.events
+        stats.users += part.users
+        stats.merged += part.merged
+        stats.identity_conflicts += part.identity_conflicts
+        ended.update(part.ended)
+        counts.update(part.actions)
     engine.ended.update(ended)
-    stats.ended = ended
+    stats.ended = dict(ended)
+    stats.actions = dict(counts)
     stats.clock = until if until is not None else parts[0].last
-    for action in actions:
-        stats.actions[action.status] = stats.actions.get(action.status, 0) + 1
     return replay_order(actions)

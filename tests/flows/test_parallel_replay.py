@@ -20,6 +20,8 @@ from flows.jobs import parallel_replay
 from flows.jobs.journey_report import replay_rows
 from flows.jobs.parallel_replay import replay_parallel
 from tests.engine.faulty import FaultyEngine
+from tests.engine.test_replay_faults import RULES as FAULT_RULES
+from tests.engine.test_replay_faults import line
 from tests.tetik_cli import tetik
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -123,25 +125,12 @@ def _never(*_args: object) -> None:
     raise AssertionError("the parts of a log whose users are joined were run apart")
 
 
-RULES = """\
-version: 1
-consent: {push: opt_out}
-journeys:
-  - id: welcome
-    trigger: signup
-    steps:
-      - send: push
-"""
-
-
 def test_a_poison_event_is_left_out_as_one_replay_leaves_it_out() -> None:
-    lines = [
-        orjson.dumps({"event_id": f"e{i}", "type": "signup", "ts": START + i, "user_id": f"u{i}"})
-        for i in range(40)
-    ]
-    lines[17] = lines[17].replace(b'"e17"', b'"poison-17"')
-    one = run(FaultyEngine(load_rules(RULES, "rules.yaml")), lines, 1, drain=True)
-    three = run(FaultyEngine(load_rules(RULES, "rules.yaml")), lines, 3, drain=True)
+    # The rules and events of replay's own poison tests (tests/engine/test_replay_faults.py).
+    lines = [line(f"e{i}", "signup", f"u{i}", START + i) for i in range(40)]
+    lines[17] = line("poison-17", "signup", "u17", START + 17)
+    one = run(FaultyEngine(load_rules(FAULT_RULES, "rules.yaml")), lines, 1, drain=True)
+    three = run(FaultyEngine(load_rules(FAULT_RULES, "rules.yaml")), lines, 3, drain=True)
     assert three == one
     assert one[1].failed == ["poison-17: OverflowError: injected"]
     assert len(one[0]) == 39
@@ -175,7 +164,7 @@ journeys:
 
 
 def test_a_late_event_meets_the_timers_the_whole_logs_clock_has_passed() -> None:
-    def line(n: int, kind: str, user: str, minute: int) -> bytes:
+    def at_minute(n: int, kind: str, user: str, minute: int) -> bytes:
         item = {"product_id": "p1", "price": 10.0} if kind != "purchase" else {}
         body = {"event_id": f"e{n}", "type": kind, "ts": START + minute * 60_000, "user_id": user}
         return orjson.dumps({**body, **item})
@@ -186,9 +175,9 @@ def test_a_late_event_meets_the_timers_the_whole_logs_clock_has_passed() -> None
         f"b{i}" for i in range(200) if all(_part(f"b{i}", n) != _part("a", n) for n in (2, 3, 4))
     ]
     lines = [
-        line(1, "add_to_cart", "a", 0),
-        *[line(10 + i, "view_product", b, 40) for i, b in enumerate(others[:12])],
-        line(2, "purchase", "a", 10),  # late: the clock is at 40 min, a's push was due at 30
+        at_minute(1, "add_to_cart", "a", 0),
+        *[at_minute(10 + i, "view_product", b, 40) for i, b in enumerate(others[:12])],
+        at_minute(2, "purchase", "a", 10),  # late: the clock is at 40 min, a's push was due at 30
     ]
     one = run(Engine(load_rules(CART, "rules.yaml")), lines, 1, drain=True)
     assert [(a.user_id, a.status) for a in one[0]] == [("a", "sent")]  # fired before the purchase
