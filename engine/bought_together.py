@@ -13,10 +13,18 @@ Rules of this interface:
   per shard and adds the shards up; replay counts in one place).
 * :func:`top` is ``bought_together(ID, N)``: up to N partners by count, most
   first, ties by product id.
+* With ``history`` (replay), :class:`BoughtTogether` also keeps each
+  product's counts as they stood before the purchases of each clock that
+  changed them, so a step scheduled at time T (a timer, an instant) that
+  runs later reads the counts of the purchases before T alone
+  (``top(ID, N, before=T)``), as the live engine does when the step fires at
+  T. It costs a copy of a product's counts per purchase clock that touches
+  it (at most ``2 * MAX_PARTNERS`` entries each).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -61,17 +69,39 @@ def trim(counts: dict[str, int]) -> list[str]:
 class BoughtTogether:
     """The counts of every product in memory (``tetik replay``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, history: bool = False) -> None:
         self.counts: dict[str, dict[str, int]] = {}
+        # product -> (clocks, the counts before that clock's first purchase): module rules
+        self.history: dict[str, tuple[list[int], list[dict[str, int]]]] | None = (
+            {} if history else None
+        )
 
-    def record(self, pairs_of_order: Iterable[tuple[str, str]]) -> None:
+    def record(self, pairs_of_order: Iterable[tuple[str, str]], clock: int = 0) -> None:
+        """Count one order's pairs, bought at ``clock`` (replay's virtual clock)."""
         touched: set[str] = set()
         for product, partner in pairs_of_order:
             counts = self.counts.setdefault(product, {})
+            if product not in touched:
+                touched.add(product)
+                self._remember(product, counts, clock)
             counts[partner] = counts.get(partner, 0) + 1
-            touched.add(product)
         for product in touched:
             trim(self.counts[product])
 
-    def top(self, product_id: str, n: int) -> list[str]:
-        return top(self.counts.get(product_id, {}), n)
+    def _remember(self, product: str, counts: dict[str, int], clock: int) -> None:
+        if self.history is None:
+            return
+        clocks, before = self.history.setdefault(product, ([], []))
+        if not clocks or clocks[-1] < clock:  # the first purchase of this clock
+            clocks.append(clock)
+            before.append(dict(counts))
+
+    def top(self, product_id: str, n: int, before: int | None = None) -> list[str]:
+        """``bought_together(ID, N)``; with ``before``, from the purchases before it."""
+        counts = self.counts.get(product_id, {})
+        if before is not None and self.history is not None and product_id in self.history:
+            clocks, counts_before = self.history[product_id]
+            at = bisect_left(clocks, before)
+            if at < len(clocks):
+                counts = counts_before[at]
+        return top(counts, n)

@@ -158,13 +158,28 @@ class CatalogReader(Protocol):
         """Up to ``n`` product ids most often bought with ``product_id`` (ties by id)."""
         ...
 
+    def at(self, when: int) -> CatalogReader:
+        """The catalog as a step scheduled at ``when`` (a timer, an instant) reads it.
+
+        Live, the step runs as the watermark passes ``when`` and reads the
+        catalog as it is then: the reader itself. Replay runs such steps
+        lazily, at the shopper's next event, and reads the bought-together
+        counts as they stood at ``when`` (:class:`Catalog`).
+        """
+        ...
+
 
 class Catalog:
-    """The catalog in memory (``tetik replay``): products and bought-together counts."""
+    """The catalog in memory (``tetik replay``): products and bought-together counts.
 
-    def __init__(self) -> None:
+    With ``history``, :meth:`at` reads the bought-together counts as they stood
+    at a time (:class:`engine.bought_together.BoughtTogether`); the products
+    are read as they are (replay fires timers before a ``product_update``).
+    """
+
+    def __init__(self, *, history: bool = False) -> None:
         self.products: dict[str, Product] = {}
-        self.together = BoughtTogether()
+        self.together = BoughtTogether(history=history)
 
     def update(self, event: Event) -> Product | None:
         """Apply a ``product_update``; the product after it (None: it was stale, or the
@@ -183,3 +198,23 @@ class Catalog:
 
     def bought_together(self, product_id: str, n: int) -> list[str]:
         return self.together.top(product_id, n)
+
+    def at(self, when: int) -> CatalogReader:
+        return self if self.together.history is None else _CatalogAt(self, when)
+
+
+class _CatalogAt:
+    """:class:`Catalog` as a step scheduled at ``when`` reads it."""
+
+    def __init__(self, catalog: Catalog, when: int) -> None:
+        self.catalog = catalog
+        self.when = when
+
+    def product(self, product_id: str) -> Product | None:
+        return self.catalog.products.get(product_id)
+
+    def bought_together(self, product_id: str, n: int) -> list[str]:
+        return self.catalog.together.top(product_id, n, before=self.when)
+
+    def at(self, when: int) -> CatalogReader:
+        return self.catalog.at(when)

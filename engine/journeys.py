@@ -190,7 +190,9 @@ class Engine:
         self.rfm: RfmBook | None = None
         self.catalog: CatalogReader | None = None  # product(), bought_together(): SPEC 10
         # What the rules read of the catalog: products (product()), or the
-        # bought-together counts; replay orders timers around what changes them.
+        # bought-together counts. Replay fires timers before an update that changes
+        # products; a scheduled step reads the counts as they stood at its time
+        # (CatalogReader.at).
         self.reads_products: bool = _reads(rules, "product") or any(
             old.reads_products for old in self.retired.values()
         )
@@ -347,7 +349,15 @@ class Engine:
             due = _next(state)
             if due is not None and due[0] <= instant:
                 self._fire_timers(state, instant, actions)  # timers first at the same ms
-            self._at_instant(state, instant, recheck, actions)
+            catalog = self.catalog
+            if catalog is None or not self.reads_together:
+                self._at_instant(state, instant, recheck, actions)
+                continue
+            self.catalog = catalog.at(instant)  # bought_together() as it stood then
+            try:
+                self._at_instant(state, instant, recheck, actions)
+            finally:
+                self.catalog = catalog
         state.clock = max(state.clock, horizon)
         return self._fire_timers(state, until, actions)
 
@@ -361,8 +371,17 @@ class Engine:
             enrollment = state.enrollments[slot]
             enrollment.due = None
             owner = self._owner(state, slot, enrollment)
-            if owner is not None:
+            if owner is None:
+                continue
+            catalog = owner.catalog
+            if catalog is None or not owner.reads_together:
                 owner._run(state, slot, enrollment, when, None, actions)
+                continue
+            owner.catalog = catalog.at(when)  # bought_together() as it stood at when
+            try:
+                owner._run(state, slot, enrollment, when, None, actions)
+            finally:
+                owner.catalog = catalog
 
     def next_due(self, state: UserState, *, instants: bool = False) -> int | None:
         """When :meth:`advance` next has work for this user (epoch ms), or None.

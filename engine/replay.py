@@ -44,8 +44,10 @@ Rules of this interface:
   toward ``bought_together``. Live, a timer fires at its due time and reads
   the catalog as it is then; so, when the rules read products and the log
   has updates, every user's timers due by a ``product_update`` fire before
-  it, and when they read ``bought_together``, those due by a purchase with
-  items (:attr:`engine.journeys.Engine.reads_products`, ``reads_together``).
+  it (:attr:`engine.journeys.Engine.reads_products`), and when they read
+  ``bought_together`` (``reads_together``), a step scheduled at time T that
+  replay runs later (at the shopper's next event) reads the counts of the
+  purchases before T (:meth:`engine.catalog.Catalog.at`).
 * When a condition calls ``rfm()``, the base's RFM boundaries are computed
   over every user in memory at each refresh instant ``k * rfm_refresh``
   before an event at or after it is handled, and once more after the last
@@ -278,9 +280,9 @@ def _run(
         if rfm is not None:
             rfm.before(clock)
         try:
-            if shop.due is not None and shop.changes_catalog(event):
-                actions.extend(shop.fire_due(states, clock))
             if event.type == PRODUCT_UPDATE:
+                if shop.due is not None:
+                    actions.extend(shop.fire_due(states, clock))
                 for derived in shop.fan_out(event, states):
                     state, _ = _one(engine, states, links, derived, clock, actions, stats, shop)
                     stats.derived += 1
@@ -361,25 +363,25 @@ class _Shop:
 
     def __init__(self, engine: Engine, updates: bool) -> None:
         self.engine = engine
-        self.catalog = Catalog()
+        self.catalog = Catalog(history=engine.reads_together)
         engine.use_catalog(self.catalog)
         self.index = InterestIndex() if updates else None
-        # What changes what the rules read (module rules): before it, due timers fire.
+        # An update changes what the rules read (module rules): before it, due timers fire.
         self.before_updates = updates and engine.reads_products
-        self.before_purchases = engine.reads_together
-        ordered = self.before_updates or self.before_purchases
         # (due, user) of every user's next step, when timers are ordered so
-        self.due: list[tuple[int, str]] | None = [] if ordered else None
+        self.due: list[tuple[int, str]] | None = [] if self.before_updates else None
         self.pushed: dict[str, int] = {}  # the due time last pushed per user
-
-    def changes_catalog(self, event: Event) -> bool:
-        if event.type == PRODUCT_UPDATE:
-            return self.before_updates
-        return self.before_purchases and event.type == "purchase" and bool(event.items)
+        # Users handled since the last firing: their next due times are pushed only
+        # when timers fire next (once per user, not once per event).
+        self.dirty: set[str] = set()
 
     def timer(self, state: UserState) -> None:
-        if self.due is None or not (state.enrollments or self.engine.timed):
-            return  # no step and no instant: nothing can fall due
+        """Note that ``state`` was handled: its next due time may have changed."""
+        if self.due is not None and (state.enrollments or self.engine.timed):
+            self.dirty.add(state.key)  # no step and no instant: nothing can fall due
+
+    def _push(self, state: UserState) -> None:
+        assert self.due is not None
         due = self.engine.next_due(state)
         if due is not None and self.pushed.get(state.key) != due:
             self.pushed[state.key] = due
@@ -389,6 +391,11 @@ class _Shop:
         """Every user's steps due at or before ``clock``, each at its due time."""
         fired: list[Action] = []
         assert self.due is not None
+        for key in self.dirty:
+            state = states.get(key)
+            if state is not None:  # None: an anonymous id merged into its user since
+                self._push(state)
+        self.dirty.clear()
         while self.due and self.due[0][0] <= clock:
             due, key = heapq.heappop(self.due)
             if self.pushed.get(key) == due:
@@ -397,12 +404,12 @@ class _Shop:
             if state is None or self.engine.next_due(state) != due:
                 continue  # stale: that step ran, and the user's next one was pushed
             fired.extend(self.engine.advance(state, clock))
-            self.timer(state)
+            self._push(state)
         return fired
 
     def applied(self, state: UserState, event: Event, cart_before: Iterable[str], now: int) -> None:
         if event.type == "purchase" and event.items:
-            self.catalog.together.record(pairs(event))
+            self.catalog.together.record(pairs(event), now)
         if self.index is not None:
             products = touched(event, cart_before)
             if products:

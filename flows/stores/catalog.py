@@ -216,6 +216,10 @@ class RedisCatalog:
             counts = self._together[product_id] = self._read_together(product_id)
         return top_partners(counts, n)
 
+    def at(self, when: int) -> RedisCatalog:
+        """Itself: a scheduled step reads the catalog as it is when the step runs."""
+        return self
+
     def _read_together(self, product_id: str) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         for shard in self.keys.all_shards():

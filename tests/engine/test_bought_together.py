@@ -120,6 +120,43 @@ def test_record_trims_each_product_it_touched() -> None:
     assert together.counts["p0005"] == {"hub": 1}  # each partner keeps its own counts
 
 
+def test_with_history_top_before_t_counts_the_orders_before_t_alone() -> None:
+    together = BoughtTogether(history=True)
+    together.record(pairs(order("a", "b")), 10)
+    together.record(pairs(order("a", "c")), 20)
+    together.record(pairs(order("a", "c")), 20)  # the same clock: one memory, before both
+    together.record(pairs(order("a", "d")), 30)
+    assert together.top("a", 5) == ["c", "b", "d"]  # now
+    assert together.top("a", 5, before=10) == []
+    assert together.top("a", 5, before=11) == ["b"]
+    assert together.top("a", 5, before=20) == ["b"]  # orders at T come after a step at T
+    assert together.top("a", 5, before=25) == ["c", "b"]
+    assert together.top("a", 5, before=31) == ["c", "b", "d"]
+    assert together.top("b", 5, before=20) == ["a"]
+
+
+def test_history_remembers_the_counts_before_a_trim() -> None:
+    together = BoughtTogether(history=True)
+    for i in range(2 * MAX_PARTNERS):
+        together.record(pairs(order("hub", f"p{i:04d}")), i)
+    together.record(pairs(order("hub", "late")), 10_000)  # past the bound: a trim
+    assert "p0399" not in together.counts["hub"]  # dropped by the trim
+    assert together.top("hub", 2) == ["late", "p0000"]  # ties by id
+    assert together.top("hub", 2, before=10_000) == ["p0000", "p0001"]
+    assert together.history is not None
+    clocks, remembered = together.history["hub"]
+    assert clocks[-1] == 10_000
+    assert len(remembered[-1]) == 2 * MAX_PARTNERS
+    assert "p0399" in remembered[-1]
+
+
+def test_without_history_before_is_ignored() -> None:
+    together = BoughtTogether()
+    together.record(pairs(order("a", "b")), 10)
+    assert together.top("a", 5, before=5) == ["b"]
+    assert together.history is None
+
+
 def test_bought_together_counts_orders_not_lines() -> None:
     together = BoughtTogether()
     for items in (("a", "b"), ("a", "b", "c"), ("a", "c", "c"), ("b", "c"), ("a", "d")):

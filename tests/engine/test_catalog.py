@@ -589,3 +589,59 @@ def test_a_timer_reads_the_catalog_as_it_was_when_the_timer_was_due() -> None:
     ]
     actions, _ = run(docs, REMINDER)
     assert actions == []  # at day 1 10:00 the stock was 0
+
+
+TOGETHER_LATER = """\
+version: 1
+timezone: Europe/Istanbul
+consent: {email: opt_out}
+templates:
+  with_it:
+    email: {subject: "{% for pid in bought_together(entry.product_id, 5) %}{{ pid }} {% endfor %}"}
+journeys:
+  - id: cross
+    trigger: add_to_cart
+    steps:
+      - wait: 1h
+      - if: "'p2' in bought_together(entry.product_id, 5)"
+        then:
+          - {send: email, template: with_it}
+"""
+
+
+def _order(eid: str, when: str, who: str, *products: str) -> dict[str, Any]:
+    items = [{"product_id": pid} for pid in products]
+    return line(eid, "purchase", when, who, order_id=eid, items=items)
+
+
+@pytest.mark.parametrize("next_event", [False, True], ids=["fired-at-the-end", "fired-lazily"])
+def test_a_timer_reads_bought_together_as_it_stood_when_the_timer_was_due(
+    next_event: bool,
+) -> None:
+    """A step due at 10:00 counts the orders before 10:00 only, whenever replay runs
+    it: the live engine runs it as the watermark passes 10:00 (module rules of
+    engine.bought_together; orders at the due time itself come after it)."""
+    docs = [
+        line("a1", "add_to_cart", at("09:00"), "u1", product_id="p1", price=10),
+        _order("o1", at("09:30"), "u2", "p1", "p2"),
+        _order("o2", at("10:00"), "u3", "p1", "p3"),  # at the due time: after the timer
+        _order("o3", at("11:00"), "u4", "p1", "p4", "p5"),
+    ]
+    if next_event:  # u1's next event makes replay fire the timer then, at 12:00
+        docs.append(line("v1", "view_product", at("12:00"), "u1", product_id="p9"))
+    actions, _ = run(docs, TOGETHER_LATER)
+    assert [(a.user_id, a.at, a.content) for a in actions] == [
+        ("u1", parse_ts(at("10:00")), {"subject": "p2 "})
+    ]
+
+
+def test_an_event_reads_bought_together_as_it_is() -> None:
+    """Without a wait, the step runs at the event and counts every order before it."""
+    rules = TOGETHER_LATER.replace("      - wait: 1h\n", "")
+    docs = [
+        _order("o1", at("09:30"), "u2", "p1", "p2"),
+        _order("o2", at("10:00"), "u3", "p1", "p3"),
+        line("a1", "add_to_cart", at("10:00"), "u1", product_id="p1", price=10),
+    ]
+    actions, _ = run(docs, rules)
+    assert [a.content for a in actions] == [{"subject": "p2 p3 "}]
