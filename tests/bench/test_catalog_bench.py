@@ -11,7 +11,7 @@ import pytest
 
 from bench.catalog_fanout import bench_catalog_fanout
 from bench.catalog_interest import TAOBAO, Scenario, entries, interest_memory, split
-from bench.catalog_product import bench_catalog_product, catalog_rules
+from bench.catalog_product import REPEATS, bench_catalog_product, catalog_rules
 from bench.core import rules_text
 from bench.report import write_results
 from engine.journeys import Engine
@@ -126,6 +126,8 @@ def test_product_cost_runs_the_same_journeys_with_the_catalog_read(
     assert row["actions_plain"] == row["actions_catalog"] > 0  # like with like
     assert result["ratio"] == row["ratio"] > 0
     assert row["ratio_cpu"] > 0
+    assert len(row["ratio_runs"]) == REPEATS  # each repeat's own ratio, for the spread
+    assert all(r > 0 for r in row["ratio_runs"])
     assert "| 10 |" in capsys.readouterr().out
 
 
