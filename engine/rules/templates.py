@@ -337,7 +337,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """``cart.items`` is the key ``items`` of a mapping, not the ``dict.items`` method."""
-        if isinstance(obj, Mapping) and attribute in obj:
+        if isinstance(obj, (dict, Mapping)) and attribute in obj:  # a dict first: no ABC check
             return obj[attribute]
         return super().getattr(obj, attribute)
 
@@ -379,7 +379,15 @@ def _finalize(value: Any) -> Any:
     if value is None:
         return ""
     budget = _budget()
-    budget.produce(len(value) if isinstance(value, str) else _size(_sized(value, budget), budget))
+    kind = type(value)
+    if kind is str:
+        budget.produce(len(value))
+    elif kind is float:  # as _size counts one: a step, 24 characters
+        budget.step()
+        budget.produce(24)
+    else:
+        size = len(value) if isinstance(value, str) else _size(_sized(value, budget), budget)
+        budget.produce(size)
     return value
 
 
@@ -458,16 +466,15 @@ class ProductVars(dict[str, Any]):
 
 def product_vars(catalog: Any, product_id: str | None) -> dict[str, Any]:
     """The catalog's template variables for an entry event about ``product_id``."""
-    product = ProductVars({}, catalog)
-    if product_id is not None:
-        product = ProductVars(product(product_id), catalog)
+    record = None if catalog is None or type(product_id) is not str else catalog.product(product_id)
 
     def bought_together(pid: Any, n: Any = 3) -> list[str]:
         if catalog is None or type(pid) is not str or type(n) is not int:
             return []
         return list(catalog.bought_together(pid, n))
 
-    return {"product": product, "bought_together": bought_together}
+    fields = {} if record is None else record.fields()
+    return {"product": ProductVars(fields, catalog), "bought_together": bought_together}
 
 
 def _environment() -> _Sandbox:
