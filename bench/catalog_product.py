@@ -34,11 +34,21 @@ is reported beside it), the same ratio in the process's CPU time (best of 5:
 less sensitive to other processes on a loaded machine), and how many
 ``product()`` / ``bought_together()`` lookups the catalog rules make per event
 (:class:`CountingCatalog`, on one more run, untimed).
+
+The same ratio is also counted in instructions (:func:`instruction_ratio`,
+callgrind, 20,000 events, where valgrind is installed): on a machine shared
+with other work, the wall-clock ratio of one repeat moves by 10-20 % from one
+repeat to the next, more than the goal's margin, and the count does not.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +73,9 @@ JOURNEYS = (10, 100)
 # bench.core's best of 3 with two more runs: the goal's margin (10 %) is about
 # as wide as this machine's run-to-run noise.
 REPEATS = 5
+INSTRUCTION_EVENTS = 20_000  # under callgrind a replay runs ~100x slower
+QUICK_INSTRUCTION_EVENTS = 3_000
+INSTRUCTION_MODES = ("none", "plain", "catalog")
 
 # (plain text, catalog text) replacements in bench.core's mix; each must occur.
 CHANGES = [
@@ -239,19 +252,91 @@ def product_cost(
 
 
 def bench_catalog_product(
-    *, quick: bool = False, events: int = 0, journeys: tuple[int, ...] = JOURNEYS
+    *,
+    quick: bool = False,
+    events: int = 0,
+    journeys: tuple[int, ...] = JOURNEYS,
+    instructions: int | None = None,
 ) -> dict[str, Any]:
-    """Generate bench.core's log, measure, print the table (module docstring)."""
+    """Generate bench.core's log, measure, print the table (module docstring).
+
+    ``instructions``: the events of the callgrind count (None: 20,000, quick
+    3,000; 0: not counted).
+    """
     count = events or (QUICK_EVENTS if quick else EVENTS)
+    result = product_cost(_log(count), journeys)
+    if instructions is None:
+        instructions = QUICK_INSTRUCTION_EVENTS if quick else INSTRUCTION_EVENTS
+    result["instructions"] = instruction_ratio(instructions) if instructions else None
+    print(product_table(result))
+    return result
+
+
+def _log(count: int) -> list[Event]:
+    """bench.core's generated log of ``count`` events, decoded."""
     cfg = GeneratorConfig(users=count // 20, events=count, seed=9, span_ms=3 * 86_400_000)
     with tempfile.TemporaryDirectory(prefix="tetik-bench-") as tmp:
         log = Path(tmp) / "events.jsonl"
         say(f"bench catalog-product: generating {count:,} events")
         write_jsonl(cfg, log)
-        decoded = _decoded(log)
-    result = product_cost(decoded, journeys)
-    print(product_table(result))
-    return result
+        return _decoded(log)
+
+
+def instruction_ratio(events: int) -> dict[str, Any] | None:
+    """Instructions per event of the plain and the catalog rules (10 journeys), counted
+    by callgrind; None without valgrind.
+
+    Three processes run under ``valgrind --tool=callgrind`` (``python -m
+    bench.catalog_product MODE EVENTS``, hash seed fixed): each generates the
+    log, fills the catalog and compiles both rules files, then replays the log
+    with the plain rules, the catalog rules, or not at all; the count without a
+    replay is subtracted from the other two. Unlike time, the count does not
+    move with the machine's other load (CodSpeed and rustc-perf measure the
+    same way for that reason); it leaves out what instructions do not show
+    (cache misses, branch mispredictions).
+    """
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        say("bench catalog-product: valgrind not found, instructions not counted")
+        return None
+    counts: dict[str, int] = {}
+    for mode in INSTRUCTION_MODES:
+        say(f"bench catalog-product: counting instructions, {mode} ({events:,} events)")
+        counts[mode] = _callgrind(valgrind, mode, events)
+    plain = counts["plain"] - counts["none"]
+    read = counts["catalog"] - counts["none"]
+    return {
+        "events": events,
+        "plain_per_event": plain / events,
+        "catalog_per_event": read / events,
+        "ratio": read / plain,
+    }
+
+
+def _callgrind(valgrind: str, mode: str, events: int) -> int:
+    """Instructions that one ``python -m bench.catalog_product MODE EVENTS`` executes."""
+    with tempfile.TemporaryDirectory(prefix="tetik-callgrind-") as tmp:
+        argv = [valgrind, "--tool=callgrind", f"--callgrind-out-file={tmp}/out"]
+        argv += [sys.executable, "-m", "bench.catalog_product", mode, str(events)]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"callgrind's {mode} run failed (exit {done.returncode}): {last}")
+    return int(found.group(1))
+
+
+def _instruction_run(mode: str, events: int) -> None:
+    """One process of :func:`instruction_ratio`: set up as every mode does, replay one."""
+    decoded = _log(events)
+    catalog = filled_catalog(decoded)
+    engines = {
+        "plain": PinnedCatalog(load_rules(rules_text(10), "<bench plain>"), catalog),
+        "catalog": PinnedCatalog(load_rules(catalog_rules(10), "<bench catalog>"), catalog),
+    }
+    if mode in engines:
+        _run(engines[mode], decoded)
 
 
 def product_table(result: dict[str, Any]) -> str:
@@ -274,8 +359,17 @@ def product_table(result: dict[str, Any]) -> str:
          "bought_together() calls", "actions plain / product()"],
         rows,
     )  # fmt: skip
+    counted = result.get("instructions")
+    instructions = (
+        "Instructions (callgrind): not counted."
+        if counted is None
+        else f"Instructions (callgrind, {counted['events']:,} events, 10 journeys): "
+        f"{counted['plain_per_event']:,.0f} per event plain, "
+        f"{counted['catalog_per_event']:,.0f} with product(): {counted['ratio']:.3f}x."
+    )
     return (
-        f"{head}\n\n{result['events']:,} events of bench.core's log, {result['products']:,} "
+        f"{head}\n\n{instructions}\n{result['events']:,} events of bench.core's log, "
+        f"{result['products']:,} "
         f"products in the catalog; best of {REPEATS} interleaved runs. Goal: <= "
         f"{result['goal_ratio']:.2f}x (10 journeys). Each repeat's own ratio: "
         + "; ".join(
@@ -283,3 +377,7 @@ def product_table(result: dict[str, Any]) -> str:
             for n, row in result["journeys"].items()
         )
     )
+
+
+if __name__ == "__main__":  # one process of instruction_ratio: MODE EVENTS
+    _instruction_run(sys.argv[1], int(sys.argv[2]))
