@@ -497,6 +497,9 @@ def compile_template(source: str) -> RenderFn:
         _check_names(tree, source)
         _budget_loops(tree)
         template = _ENV.from_string(tree)
+        # A plain dict, not Jinja's ChainMap over the environment's: each render
+        # copies the globals into its context, and a dict copies in C.
+        template.globals = dict(template.globals)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(_explain(exc.message or str(exc)), exc.lineno) from None
     except (RecursionError, SyntaxError, MemoryError):  # Jinja's parser or Python's compiler
@@ -506,7 +509,9 @@ def compile_template(source: str) -> RenderFn:
         shared = _BUDGET.get()
         token = _BUDGET.set(shared or _Budget())
         try:
-            return _stream(template.generate(variables))
+            # Template.generate without its traceback rewriting (an error renders
+            # as "" here, so nobody reads the rewritten traceback).
+            return _stream(template.root_render_func(template.new_context(dict(variables))))
         except OverBudget:
             if shared is not None:
                 raise
