@@ -349,15 +349,12 @@ class Engine:
             due = _next(state)
             if due is not None and due[0] <= instant:
                 self._fire_timers(state, instant, actions)  # timers first at the same ms
-            catalog = self.catalog
-            if catalog is None or not self.reads_together:
-                self._at_instant(state, instant, recheck, actions)
-                continue
-            self.catalog = catalog.at(instant)  # bought_together() as it stood then
+            kept = self._read_at(instant)
             try:
                 self._at_instant(state, instant, recheck, actions)
             finally:
-                self.catalog = catalog
+                if kept is not None:
+                    self.catalog = kept
         state.clock = max(state.clock, horizon)
         return self._fire_timers(state, until, actions)
 
@@ -373,15 +370,22 @@ class Engine:
             owner = self._owner(state, slot, enrollment)
             if owner is None:
                 continue
-            catalog = owner.catalog
-            if catalog is None or not owner.reads_together:
-                owner._run(state, slot, enrollment, when, None, actions)
-                continue
-            owner.catalog = catalog.at(when)  # bought_together() as it stood at when
+            kept = owner._read_at(when)
             try:
                 owner._run(state, slot, enrollment, when, None, actions)
             finally:
-                owner.catalog = catalog
+                if kept is not None:
+                    owner.catalog = kept
+
+    def _read_at(self, when: int) -> CatalogReader | None:
+        """Let a step scheduled at ``when`` read ``bought_together()`` as it stood then
+        (:meth:`engine.catalog.CatalogReader.at`); the catalog to put back after it
+        (None: nothing was changed, the rules do not read the counts)."""
+        catalog = self.catalog
+        if catalog is None or not self.reads_together:
+            return None
+        self.catalog = catalog.at(when)
+        return catalog
 
     def next_due(self, state: UserState, *, instants: bool = False) -> int | None:
         """When :meth:`advance` next has work for this user (epoch ms), or None.
