@@ -88,6 +88,13 @@ class Progress:
             return replace(self, inflight=[], done=Counter())
         return Progress(min(self.reached, hold), False, self.reported)
 
+    def view(self) -> tuple[int, bool]:
+        """(reached, idle) of :meth:`public`, without copying the progress (the hot path)."""
+        hold = self.hold()
+        if hold is None:
+            return self.reached, self.idle
+        return min(self.reached, hold), False
+
 
 class SharedProgress:
     """Partition progress published to and read from Redis (multi-process runs)."""
@@ -207,12 +214,14 @@ class Watermark:
         now = self._clock()
         with self._lock:
             self._exchange(now)
-            seen = {**self._seen, **{n: p.public() for n, p in self._mine.items()}}
+            seen = {n: (p.reached, p.idle) for n, p in self._seen.items()}
+            seen.update({n: p.view() for n, p in self._mine.items()})
             if not self._expected.issubset(seen):
                 return 0
             floor = now - self._lateness
             values = [
-                min(max(p.reached, floor), now) if p.idle else p.reached for p in seen.values()
+                min(max(reached, floor), now) if idle else reached
+                for reached, idle in seen.values()
             ]
         return min(values, default=now - self._lateness)
 
