@@ -202,12 +202,7 @@ def product_cost(
 ) -> dict[str, Any]:
     """µs per event of the plain and the catalog rules, per journey count (module doc)."""
     catalog = filled_catalog(events)
-    engines: dict[tuple[int, str], Engine] = {}
-    for n in journeys:
-        engines[(n, "plain")] = PinnedCatalog(load_rules(rules_text(n), f"<bench {n}>"), catalog)
-        engines[(n, "catalog")] = PinnedCatalog(
-            load_rules(catalog_rules(n), f"<bench {n} catalog>"), catalog
-        )
+    engines = {(n, kind): engine for n in journeys for kind, engine in _engines(n, catalog).items()}
     best = dict.fromkeys(engines, float("inf"))
     best_cpu = dict.fromkeys(engines, float("inf"))
     emitted: dict[tuple[int, str], int] = {}
@@ -330,13 +325,19 @@ def _callgrind(valgrind: str, mode: str, events: int) -> int:
 def _instruction_run(mode: str, events: int) -> None:
     """One process of :func:`instruction_ratio`: set up as every mode does, replay one."""
     decoded = _log(events)
-    catalog = filled_catalog(decoded)
-    engines = {
-        "plain": PinnedCatalog(load_rules(rules_text(10), "<bench plain>"), catalog),
-        "catalog": PinnedCatalog(load_rules(catalog_rules(10), "<bench catalog>"), catalog),
-    }
+    engines = _engines(10, filled_catalog(decoded))
     if mode in engines:
         _run(engines[mode], decoded)
+
+
+def _engines(journeys: int, catalog: CatalogReader) -> dict[str, Engine]:
+    """The plain and the catalog rules of ``journeys`` journeys, both reading ``catalog``."""
+    return {
+        "plain": PinnedCatalog(load_rules(rules_text(journeys), f"<bench {journeys}>"), catalog),
+        "catalog": PinnedCatalog(
+            load_rules(catalog_rules(journeys), f"<bench {journeys} catalog>"), catalog
+        ),
+    }
 
 
 def product_table(result: dict[str, Any]) -> str:

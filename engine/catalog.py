@@ -211,7 +211,7 @@ class _CatalogAt:
         self.when = when
 
     def product(self, product_id: str) -> Product | None:
-        return self.catalog.products.get(product_id)
+        return self.catalog.product(product_id)
 
     def bought_together(self, product_id: str, n: int) -> list[str]:
         return self.catalog.together.top(product_id, n, before=self.when)

@@ -366,10 +366,10 @@ class _Shop:
         self.catalog = Catalog(history=engine.reads_together)
         engine.use_catalog(self.catalog)
         self.index = InterestIndex() if updates else None
-        # An update changes what the rules read (module rules): before it, due timers fire.
-        self.before_updates = updates and engine.reads_products
-        # (due, user) of every user's next step, when timers are ordered so
-        self.due: list[tuple[int, str]] | None = [] if self.before_updates else None
+        # (due, user) of every user's next step, when timers are ordered: an update
+        # changes what the rules read (module rules), so before it, due timers fire.
+        ordered = updates and engine.reads_products
+        self.due: list[tuple[int, str]] | None = [] if ordered else None
         self.pushed: dict[str, int] = {}  # the due time last pushed per user
         # Users handled since the last firing: their next due times are pushed only
         # when timers fire next (once per user, not once per event).

@@ -173,8 +173,6 @@ class _Compiler:
                 node.offset,
             )
         type_, read = found
-        if base.field_of is not None:
-            return Typed(type_, base.field_of(read))
         get = base.fn
         return Typed(type_, lambda ctx: None if (v := get(ctx)) is None else read(v))
 

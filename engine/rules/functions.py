@@ -520,18 +520,7 @@ def _catalog_product(cx: Checker, node: Call) -> Typed:
         pid = find(ctx)
         return None if catalog is None or type(pid) is not str else catalog.product(pid)
 
-    def field_of(read: Reader) -> Fn:
-        def product_field(ctx: Any) -> Any:
-            catalog = ctx.catalog
-            pid = find(ctx)
-            if catalog is None or type(pid) is not str:
-                return None
-            record = catalog.product(pid)
-            return None if record is None else read(record)
-
-        return product_field
-
-    return Typed("record", product, fields=PRODUCT_FIELDS, field_of=field_of)
+    return Typed("record", product, fields=PRODUCT_FIELDS)
 
 
 def _bought_together(cx: Checker, node: Call) -> Typed:

@@ -69,7 +69,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -177,6 +177,8 @@ def _size(value: Any, budget: _Budget, limit: int = MAX_VALUE) -> int:
             total += len(item) + 2
         elif kind is int:
             total += item.bit_length() // 3 + 2
+        elif kind is float:  # before the isinstance tests below: a price, often
+            total += 24
         elif kind is list or kind is tuple or isinstance(item, list | tuple | set | frozenset):
             total += 2 * len(item) + 2
             stack.extend(item)
@@ -379,15 +381,7 @@ def _finalize(value: Any) -> Any:
     if value is None:
         return ""
     budget = _budget()
-    kind = type(value)
-    if kind is str:
-        budget.produce(len(value))
-    elif kind is float:  # as _size counts one: a step, 24 characters
-        budget.step()
-        budget.produce(24)
-    else:
-        size = len(value) if isinstance(value, str) else _size(_sized(value, budget), budget)
-        budget.produce(size)
+    budget.produce(len(value) if isinstance(value, str) else _size(_sized(value, budget), budget))
     return value
 
 
@@ -511,7 +505,8 @@ def compile_template(source: str) -> RenderFn:
         try:
             # Template.generate without its traceback rewriting (an error renders
             # as "" here, so nobody reads the rewritten traceback).
-            return _stream(template.root_render_func(template.new_context(dict(variables))))
+            context = template.new_context(cast("dict[str, Any]", variables))  # only unpacked
+            return _stream(template.root_render_func(context))
         except OverBudget:
             if shared is not None:
                 raise

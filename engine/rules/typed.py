@@ -57,9 +57,6 @@ class Typed:
     value: Any = None
     # A record's fields: name -> (type, reader of that field from the record value).
     fields: Mapping[str, tuple[Type, Reader]] | None = None
-    # A record's field read in one function, given the field's reader (None: the
-    # record's `fn`, then the reader): `product(ID).stock` looks the product up once.
-    field_of: Callable[[Reader], Fn] | None = None
 
 
 class Checker(Protocol):

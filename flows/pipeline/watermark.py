@@ -52,7 +52,7 @@ import heapq
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import orjson
 import redis
@@ -83,13 +83,11 @@ class Progress:
 
     def public(self) -> Progress:
         """What other processes may rely on: in-flight events hold it back."""
-        hold = self.hold()
-        if hold is None:
-            return replace(self, inflight=[], done=Counter())
-        return Progress(min(self.reached, hold), False, self.reported)
+        reached, idle = self.view()
+        return Progress(reached, idle, self.reported)
 
     def view(self) -> tuple[int, bool]:
-        """(reached, idle) of :meth:`public`, without copying the progress (the hot path)."""
+        """(reached, idle) that others may rely on, without a copy of the progress."""
         hold = self.hold()
         if hold is None:
             return self.reached, self.idle
