@@ -42,11 +42,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The whole suite on the embedded servers (a short fuzz run included); the Apache
-# Kafka subset needs Java 17 and runs in `make test-kafka` (.ci/run, where Java is).
+# The whole suite on the embedded servers (a short fuzz run included), on TEST_WORKERS
+# pytest-xdist workers, each with its own servers; the Apache Kafka subset needs Java 17
+# and runs in `make test-kafka` (.ci/run, where Java is), one test at a time.
+TEST_WORKERS ?= 2
 test: lint $(BROWSER)
 	$(BYTECODE)
-	$(BIN)/python -m pytest -m "not apache_kafka and not scenario"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not apache_kafka and not scenario"
 
 test-kafka: $(STAMP)
 	$(BYTECODE)
