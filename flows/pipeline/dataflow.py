@@ -21,6 +21,9 @@ Steps (each owned by one module):
    of the identity; one shopper's events stay in order on one worker), and
    :class:`~flows.pipeline.shard.ShardLogic` runs the journeys core on each
    batch, writes to Redis and emits through the outbox.
+   ``commits``: once every shard of a turn of the worker has staged its
+   commit, they go to the committer thread at once, so they share a round
+   trip (:mod:`flows.pipeline.committer`).
 7. ``settle`` (bounded runs only, :mod:`flows.pipeline.bounded`): once every
    shard has decided its pending links at the end of the input, each shard's
    waiting users merge; the shards' reports pass through it.
@@ -44,6 +47,7 @@ from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from flows.pipeline.bounded import SettleLogic
 from flows.pipeline.catalog_fanout import ProductDeriver
+from flows.pipeline.committer import Committer
 from flows.pipeline.decode import Counting, Rejected, Stamped, decode_stamped, to_dlq
 from flows.pipeline.derive import Credit, Deriver, FanoutConfig, FanoutLogic, wants_any
 from flows.pipeline.identity import LinkRequest, Resolver, identity_of
@@ -124,6 +128,14 @@ def build_flow(
         return ShardLogic(config, resume)
 
     shard_reports = op.stateful_batch("shards", keyed, builder)
+    committer = config.committer
+    if isinstance(committer, Committer):  # every shard of the turn has staged its commit
+
+        def flushed(reports: list[tuple[str, ShardReport]]) -> list[tuple[str, ShardReport]]:
+            committer.flush()
+            return reports
+
+        shard_reports = op.flat_map_batch("commits", shard_reports, flushed)
     if config.input_complete is not None:  # a bounded run (flows.pipeline.bounded)
 
         def settler(resume: int | None) -> SettleLogic:

@@ -92,7 +92,7 @@ import functools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -110,6 +110,7 @@ from engine.journeys import Engine
 from engine.state import MAX_HELD, Holding, Linking, UserState, dumps, loads, prune
 from flows.clock import Clock, wall_ms
 from flows.pipeline import books
+from flows.pipeline.committer import Committer
 from flows.pipeline.decode import Rejected, Route, Stamped, to_dlq
 from flows.pipeline.identity import (
     POLL_MS,
@@ -147,9 +148,10 @@ Item = Stamped | LinkRequest
 
 
 @functools.cache
-def shared_committer() -> ThreadPoolExecutor:
-    """The process's one committer thread: commits run behind in the order submitted."""
-    return ThreadPoolExecutor(1, thread_name_prefix="tetik-commit")
+def shared_committer() -> Committer:
+    """The process's one committer thread: commits run behind in the order submitted,
+    those waiting together in one round trip (:mod:`flows.pipeline.committer`)."""
+    return Committer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1152,7 +1154,7 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
             missing = [i for i in upcoming if i not in self._cache and i not in self._unlanded]
             missing = [i for i in missing if i not in self._ahead]
             self._unlanded.update((identity, data) for identity, data, _ in write.states)
-            self._pending.append(committer.submit(self._store_and_read, write, records, missing))
+            self._pending.append(self._behind(committer, write, records, missing))
         else:
             self._commit(write)
             self._c.emitter.send(self._shard, records)
@@ -1185,13 +1187,33 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         confirmed, acked = self._c.emitter.collect(self._shard)
         write.confirmed, write.acked = confirmed, acked
 
+    def _behind(
+        self, committer: Executor, write: ShardWrite, records: dict[str, Record], missing: list[str]
+    ) -> Future[_Landed]:
+        """Hand the commit to the committer thread (module rules)."""
+        if isinstance(committer, Committer):  # may share its round trip with other shards'
+            return committer.commit(
+                self._shard_store,
+                write,
+                clock=self._c.clock,
+                retry=self._retrying,
+                then=lambda head: self._landed(write, head, records, missing),
+                staged=True,  # flushed after the shards step, or when this shard waits
+            )
+        return committer.submit(self._store_and_read, write, records, missing)
+
     def _store_and_read(
         self, write: ShardWrite, records: dict[str, Record], missing: list[str]
     ) -> _Landed:
-        """On the committer thread: the commit, its records produced, then the states of
-        the next slice's shoppers the cache lacks (``missing``). Touches nothing of the
-        logic's own (the emitter is thread-safe)."""
-        head = self._write(write)
+        """On the committer thread: the commit, then :meth:`_landed`."""
+        return self._landed(write, self._write(write), records, missing)
+
+    def _landed(
+        self, write: ShardWrite, head: TimerHead, records: dict[str, Record], missing: list[str]
+    ) -> _Landed:
+        """On the committer thread, once the commit is in Redis: its records produced,
+        then the states of the next slice's shoppers the cache lacks (``missing``).
+        Touches nothing of the logic's own (the emitter is thread-safe)."""
         self._c.emitter.send(self._shard, records)
         store = self._shard_store
         found = self._retrying("reading shoppers' states", lambda: store.read(missing))
@@ -1203,6 +1225,9 @@ class ShardLogic(StatefulBatchLogic[Stamped | LinkRequest | Wake, ShardReport, S
         pending, self._pending = self._pending, []
         if not pending:
             return
+        committer = self._c.committer
+        if isinstance(committer, Committer):
+            committer.flush_for(pending)  # a commit still staged would never land
         unlanded, self._unlanded = self._unlanded, {}
         for future in pending:
             landed = future.result()

@@ -28,12 +28,15 @@ Rules of this interface (the key layout is :mod:`flows.stores.keys`):
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
 
 from engine.bought_together import MAX_PARTNERS
 from engine.errors import ConfigError
@@ -226,6 +229,12 @@ class ShardStore:
     def commit(self, write: ShardWrite, now: int) -> TimerHead:
         """Write ``write`` atomically (one script call); return the head of the shard's
         timer index as it left it."""
+        keys, packed = self.prepared(write, now)
+        found: list[bytes] = self._commit(keys=keys, args=[packed])
+        return TimerHead.parse(found)
+
+    def prepared(self, write: ShardWrite, now: int) -> tuple[list[str], bytes]:
+        """The commit script's keys and its one packed argument for ``write``."""
         keys = self.keys
         state_keys: list[str] = []
         args: list[Any] = [HEAD, now + HORIZON_MS, len(write.states)]
@@ -255,14 +264,12 @@ class ShardStore:
             moved_keys += [keys.state(anon), keys.handoff(anon)]
             args += [anon, user, record]
         shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
-        shard = [keys.timers, keys.shoppers, keys.outbox, keys.acked, keys.offsets]
         every = [*shard, keys.stats, keys.sweep, keys.links, keys.waiting, *state_keys, *moved_keys]
         every += _books(write, keys, len(every), args)
         every += _catalog(write, keys, len(every), args)
         args += [len(every) + 1, *_pairs((k, v) for k, v in write.measures.items() if v)]
         every.append(keys.measures)
-        found: list[bytes] = self._commit(keys=every, args=[_pack_args(args)])
-        return TimerHead.parse(found)
+        return every, _pack_args(args)
 
     def members(self, name: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         """One ``SSCAN`` page of the shard's members of segment ``name``: (cursor, ids)."""
@@ -273,6 +280,52 @@ class ShardStore:
 
     def member_count(self, name: str) -> int:
         return int(self.client.scard(self.keys.segment(name)))
+
+
+def commit_together(
+    stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int
+) -> list[TimerHead]:
+    """Several shards' commits in one round trip: each is :meth:`ShardStore.commit`'s
+    script, atomic on its own shard's slot, and they run in the order given; the heads
+    in that order. The stores share one client. On a Redis Cluster the commits go in one
+    pipeline per node (the node's own connection: redis-py's cluster pipelines refuse
+    scripts), and a node's commits go one by one through the cluster client, which
+    follows redirections, when a slot has moved."""
+    if len(stores) == 1:
+        return [stores[0].commit(writes[0], now)]
+    client = stores[0].client
+    prepared = [store.prepared(write, now) for store, write in zip(stores, writes, strict=True)]
+    if not isinstance(client, RedisCluster):
+        return [TimerHead.parse(reply) for reply in _pipelined(client, prepared)]
+    heads: dict[int, TimerHead] = {}
+    nodes: dict[str, tuple[Any, list[int]]] = {}
+    for i, (keys, _) in enumerate(prepared):
+        node = client.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
+        nodes.setdefault(node.name, (node, []))[1].append(i)
+    for node, indexes in nodes.values():
+        try:
+            found = _pipelined(client.get_redis_connection(node), [prepared[i] for i in indexes])
+        except (AskError, TryAgainError, ClusterDownError):  # the slots moved: one by one
+            found = [None] * len(indexes)
+        for i, reply in zip(indexes, found, strict=True):
+            heads[i] = stores[i].commit(writes[i], now) if reply is None else TimerHead.parse(reply)
+    return [heads[i] for i in range(len(prepared))]
+
+
+def _pipelined(client: RedisClient, prepared: list[tuple[list[str], bytes]]) -> list[Any]:
+    """The commit script for each (keys, argument) in one pipeline; its replies. A script
+    Redis does not have (restarted, flushed: then none ran) is loaded, and all run again."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, packed in prepared:
+            pipe.evalsha(_COMMIT_SHA, len(keys), *keys, packed)
+        try:
+            return pipe.execute()
+        except NoScriptError:
+            if attempt:
+                raise
+            client.script_load(_COMMIT)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _books(write: ShardWrite, keys: ShardKeys, before: int, args: list[Any]) -> list[str]:
@@ -483,6 +536,7 @@ local after = redis.call('ZRANGE', timers, #near / 2, #near / 2, 'WITHSCORES')
 near[#near + 1] = after[2] or ''
 return near
 """
+_COMMIT_SHA = hashlib.sha1(_COMMIT.encode()).hexdigest()  # as Redis names the script
 
 
 def timers_pending(client: RedisClient, keys: Keys) -> list[int]:

@@ -216,6 +216,7 @@ def test_an_anonymous_event_that_reaches_its_shard_after_the_link_is_forwarded_t
     assert isinstance(raced, Stamped)
     # The resolver looked before the link was committed: the event went to a's shard.
     life.logics[shard_of(anon, SHARDS)].on_batch([raced])
+    commits_ran()  # the forward is produced once the commit holding it is in Redis
     life.config.emitter.flush()
     assert keyed_records(pipeline.bootstrap, pipeline.events_topic) == [(user.encode(), late)]
     assert ShardStore(pipeline.client, pipeline.keys.of(anon), 0).load(anon) is None
