@@ -67,8 +67,10 @@ Rules of this interface:
   (at most the fan-out's credit window, :mod:`flows.pipeline.derive`), so a
   crash loses none of it; the fan-out's credit counts applied items.
 * **Commits run behind the worker**: an activation's commits (its batch, its
-  timer pass) go to the process's one committer thread (commits stay in the
-  order submitted), which writes, then produces the records (the outbox rule
+  timer pass) go to the process's one committer thread
+  (:mod:`flows.pipeline.committer`: staged until the shards step of the turn
+  is done, then those waiting together share one round trip; a shard's own
+  commits stay in the order submitted), which writes, then produces the records (the outbox rule
   holds: a record is produced only once the commit that holds it is in
   Redis), then reads the next slice's states; the events' input partitions
   pass the watermark only then (a fan-out reads the interest entries they
