@@ -111,29 +111,56 @@ HEAD = 64  # timer entries a commit returns at most (TimerHead)
 HORIZON_MS = 60_000  # ... due within this long of the commit's clock
 
 
-@dataclass(frozen=True)
 class TimerHead:
     """The earliest entries of a shard's timer index as a commit left it: those due
     within :data:`HORIZON_MS` (at most :data:`HEAD`), and the score of the entry after
     them. The shard is the index's only writer, so until its next commit this says
-    which shoppers are due without reading Redis."""
+    which shoppers are due without reading Redis. From a commit's reply it is parsed
+    as far as it is read (most heads are replaced before a timer pass reads them)."""
 
-    entries: tuple[tuple[str, int], ...] = ()
-    after: int | None = None  # the next entry's score (None: there is none)
+    __slots__ = ("_entries", "_raw", "after")
+
+    def __init__(
+        self, entries: tuple[tuple[str, int], ...] = (), after: int | None = None
+    ) -> None:
+        self._raw: list[bytes] = []
+        self._entries: tuple[tuple[str, int], ...] | None = entries
+        self.after = after  # the next entry's score (None: there is none)
 
     @classmethod
     def parse(cls, found: list[bytes]) -> TimerHead:
         """From the commit script's reply: id, score, ..., then the next score or ''."""
         rest = found[-1]
-        entries = tuple(
-            (found[i].decode(), int(float(found[i + 1]))) for i in range(0, len(found) - 1, 2)
-        )
-        return cls(entries, int(float(rest)) if rest else None)
+        head = cls((), int(float(rest)) if rest else None)
+        head._raw, head._entries = found, None
+        return head
+
+    @property
+    def entries(self) -> tuple[tuple[str, int], ...]:
+        if self._entries is None:
+            raw = self._raw
+            self._entries = tuple(
+                (raw[i].decode(), int(float(raw[i + 1]))) for i in range(0, len(raw) - 1, 2)
+            )
+        return self._entries
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TimerHead):
+            return NotImplemented
+        return (self.entries, self.after) == (other.entries, other.after)
+
+    def __hash__(self) -> int:
+        return hash((self.entries, self.after))
+
+    def __repr__(self) -> str:
+        return f"TimerHead({self.entries!r}, {self.after!r})"
 
     @property
     def first(self) -> int | None:
         """The earliest due time in the index (None: nothing is pending)."""
-        return self.entries[0][1] if self.entries else self.after
+        if self._entries is None:
+            return int(float(self._raw[1])) if len(self._raw) > 1 else self.after
+        return self._entries[0][1] if self._entries else self.after
 
     def due(self, until: int) -> list[str] | None:
         """The identities due at or before ``until``, earliest first; None when more may
