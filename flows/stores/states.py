@@ -120,9 +120,7 @@ class TimerHead:
 
     __slots__ = ("_entries", "_raw", "after")
 
-    def __init__(
-        self, entries: tuple[tuple[str, int], ...] = (), after: int | None = None
-    ) -> None:
+    def __init__(self, entries: tuple[tuple[str, int], ...] = (), after: int | None = None) -> None:
         self._raw: list[bytes] = []
         self._entries: tuple[tuple[str, int], ...] | None = entries
         self.after = after  # the next entry's score (None: there is none)
