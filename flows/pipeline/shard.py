@@ -70,11 +70,11 @@ Rules of this interface:
   timer pass) go to the process's one committer thread
   (:mod:`flows.pipeline.committer`: staged until the shards step of the turn
   is done, then those waiting together share one round trip; a shard's own
-  commits stay in the order submitted), which writes, then produces the records (the outbox rule
-  holds: a record is produced only once the commit that holds it is in
-  Redis), then reads the next slice's states; the events' input partitions
-  pass the watermark only then (a fan-out reads the interest entries they
-  wrote). Until a commit lands, this shard reads the states it wrote from
+  commits stay in the order submitted), which writes, then produces the
+  records (the outbox rule holds: a record is produced only once the commit
+  that holds it is in Redis), then reads the next slice's states; the events'
+  input partitions pass the watermark only then (a fan-out reads the
+  interest entries they wrote). Until a commit lands, this shard reads the states it wrote from
   memory, never from Redis; its next activation (or snapshot, end of input,
   or an in-line commit: a hand-off, the end of a bounded run) waits for it to
   land first, and a shard with a commit running asks to be woken at once. So
