@@ -126,6 +126,7 @@ class _Holding(StatelessSourcePartition[Any]):
         if self._items is not None:
             items, self._items = self._items, None
             return items
+        commits_ran()  # until() reads Redis: every commit handed over is in it first
         if self._until() or time.monotonic() > self._deadline:
             raise StopIteration
         self._idle()
@@ -134,7 +135,8 @@ class _Holding(StatelessSourcePartition[Any]):
 
 
 class HoldingSource(DynamicSource[Any]):
-    """Emits ``items`` (from worker 0), then stays open until ``until()`` (or ``limit_s``).
+    """Emits ``items`` (from worker 0), then stays open until ``until()`` (or ``limit_s``),
+    asked once the commits handed to the committer thread have run.
 
     While open it calls ``idle()`` at each empty poll, as the Kafka source tells
     the watermark that a partition is at its end.

@@ -140,3 +140,29 @@ def test_a_failed_group_fails_each_of_its_commits(store_client: RedisClient, uni
             f.result(timeout=10)
     assert after.result(timeout=10) == "still running"
     committer.shutdown()
+
+
+def test_large_commits_do_not_share_a_round_trip(
+    store_client: RedisClient, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    groups: list[int] = []
+
+    def counted(stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int) -> Any:
+        groups.append(len(stores))
+        return commit_together(stores, writes, now)
+
+    monkeypatch.setattr(committer_module, "commit_together", counted)
+    stores = stores_of(store_client, unique)[:3]
+    big = committer_module.GROUP_STATES // 2 + 1
+    writes = [ShardWrite(states=[(f"u{i}-{n}", b"s", None) for n in range(big)]) for i in range(3)]
+    committer = Committer()
+    go = blocked(committer)
+    futures = [
+        committer.commit(store, write, clock=lambda: NOW, retry=retry, then=lambda head: head)
+        for store, write in zip(stores, writes, strict=True)
+    ]
+    go.set()
+    for f in futures:
+        f.result(timeout=10)
+    committer.shutdown()
+    assert groups == [1, 1, 1]  # two would hold more states than a group may
