@@ -47,16 +47,22 @@ def retry(what: str, call: Any) -> Any:
     return retrying(what, call)
 
 
+def recorded(monkeypatch: pytest.MonkeyPatch, what: Any) -> list[Any]:
+    """What ``what(stores, writes)`` says of each group the committer sends (a spy)."""
+    groups: list[Any] = []
+
+    def spy(stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int) -> Any:
+        groups.append(what(stores, writes))
+        return commit_together(stores, writes, now)
+
+    monkeypatch.setattr(committer_module, "commit_together", spy)
+    return groups
+
+
 def test_waiting_commits_of_several_shards_share_one_round_trip(
     store_client: RedisClient, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    groups: list[int] = []
-
-    def counted(stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int) -> Any:
-        groups.append(len(stores))
-        return commit_together(stores, writes, now)
-
-    monkeypatch.setattr(committer_module, "commit_together", counted)
+    groups = recorded(monkeypatch, lambda stores, _writes: len(stores))
     stores = stores_of(store_client, unique)
     committer = Committer()
     go = blocked(committer)
@@ -79,13 +85,7 @@ def test_waiting_commits_of_several_shards_share_one_round_trip(
 def test_a_shards_second_commit_waits_for_its_first(
     store_client: RedisClient, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    groups: list[list[str]] = []
-
-    def counted(stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int) -> Any:
-        groups.append([w.states[0][0] for w in writes])
-        return commit_together(stores, writes, now)
-
-    monkeypatch.setattr(committer_module, "commit_together", counted)
+    groups = recorded(monkeypatch, lambda _stores, writes: [w.states[0][0] for w in writes])
     stores = stores_of(store_client, unique)
     committer = Committer()
     go = blocked(committer)
@@ -145,13 +145,7 @@ def test_a_failed_group_fails_each_of_its_commits(store_client: RedisClient, uni
 def test_large_commits_do_not_share_a_round_trip(
     store_client: RedisClient, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    groups: list[int] = []
-
-    def counted(stores: Sequence[ShardStore], writes: Sequence[ShardWrite], now: int) -> Any:
-        groups.append(len(stores))
-        return commit_together(stores, writes, now)
-
-    monkeypatch.setattr(committer_module, "commit_together", counted)
+    groups = recorded(monkeypatch, lambda stores, _writes: len(stores))
     stores = stores_of(store_client, unique)[:3]
     big = committer_module.GROUP_STATES // 2 + 1
     writes = [ShardWrite(states=[(f"u{i}-{n}", b"s", None) for n in range(big)]) for i in range(3)]
