@@ -33,7 +33,9 @@ fired (``at``, no ``ingested_at``) that were due from ``WAIT_MS`` after the
 step's first send to ``WAIT_MS`` after its last (:data:`bench.journey.WAIT_MS`,
 the journey's wait), each its output record's Kafka timestamp minus ``at``. A
 step ends only once the system has drained and those are due (plus
-:data:`TIMER_GRACE_S`), so late ones are counted, not cut off. ``tetik run``'s
+:data:`TIMER_GRACE_S`, and until each of the step's enrollments has its timer's
+output or :data:`TIMER_LIMIT_S` has passed: an enrollment a purchase ended fires
+nothing), so late ones are counted, not cut off. ``tetik run``'s
 watermark holds timers back by its ``--lateness-ms`` (20 by default):
 ``Plan.lateness_ms`` passes another value (None: run's default).
 
@@ -101,7 +103,8 @@ RUN = uuid.uuid4().hex[:6]  # topic and key names of this bench run
 _SESSIONS = itertools.count(1)
 SATURATED_SHARE = 0.9  # processed / sent below this: the step is past saturation
 SATURATED_LAG_S = 0.5  # or a backlog of more than this many seconds of input at the end
-TIMER_GRACE_S = 0.5  # a step's timers are read this long after the last is due
+TIMER_GRACE_S = 0.5  # a step's timers are read at least this long after the last is due
+TIMER_LIMIT_S = 3.0  # and at most this long, while some enrollment's timer has not fired
 
 
 @dataclass(frozen=True)
@@ -418,7 +421,7 @@ def measure(
     drain_start = time.monotonic()
     drained = probe.drain(plan.drain_s)
     drain_s = time.monotonic() - drain_start
-    _await_timers(probe, done.ended_ms + WAIT_MS)
+    _await_timers(probe, watch, done)
     caused, _ = watch.between(done.started_ms, done.ended_ms)
     _, fired = watch.between(done.started_ms + WAIT_MS, done.ended_ms + WAIT_MS)
     return {
@@ -439,14 +442,25 @@ def measure(
     }
 
 
-def _await_timers(probe: Probe, last_due_ms: int) -> None:
-    """Wait until the step's last timer is due, plus :data:`TIMER_GRACE_S` (not for the
-    passthrough, which has no timers)."""
+def _await_timers(probe: Probe, watch: OutputWatch, done: StepDone) -> None:
+    """Wait until the step's last timer is due plus :data:`TIMER_GRACE_S`, then while
+    fewer timers have fired than the step caused enrollments, up to :data:`TIMER_LIMIT_S`
+    after the last is due (not for the passthrough, which has no timers)."""
     if probe.system.name == "passthrough":
         return
-    while (wait := (last_due_ms - time.time_ns() // 1_000_000) / 1000 + TIMER_GRACE_S) > 0:
+    last_due_ms = done.ended_ms + WAIT_MS
+
+    def waited_s() -> float:
+        return (time.time_ns() // 1_000_000 - last_due_ms) / 1000
+
+    def all_fired() -> bool:
+        caused, _ = watch.between(done.started_ms, done.ended_ms)
+        _, fired = watch.between(done.started_ms + WAIT_MS, last_due_ms)
+        return len(fired) >= len(caused)
+
+    while waited_s() < TIMER_GRACE_S or (waited_s() < TIMER_LIMIT_S and not all_fired()):
         probe.check()
-        time.sleep(min(wait, 0.25))
+        time.sleep(min(max(TIMER_GRACE_S - waited_s(), 0.05), 0.25))
 
 
 def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -278,11 +279,13 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+@functools.cache
 def binary_version(binary: str) -> str:
-    """The version printed by ``binary --version`` (e.g. "8.1.8"), or "" if unknown."""
+    """The version printed by ``binary --version`` (e.g. "8.1.8"), or "" if unknown; asked
+    once per binary and process (a loaded machine took more than 5 s to start one)."""
     try:
         done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return ""
