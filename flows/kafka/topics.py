@@ -23,10 +23,15 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 
 # The documented import path; confluent_kafka.admin re-exports these without __all__.
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ClusterMetadata,
+    NewTopic,
+    OffsetSpec,
+)
 
 from engine.errors import TetikError
 from flows import logs
@@ -139,6 +144,25 @@ def read_topic_id(future: Future[Any], timeout: float = 5.0) -> str | None:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer")) from None
     found = str(description.topic_id or "")
     return "" if found == _NO_ID else found
+
+
+def request_end_offset(
+    admin: AdminClient, topic: str, index: int, timeout: float = 5.0
+) -> Future[Any]:
+    """Ask for the end (latest) offset of partition ``index``; :func:`read_end_offset`
+    reads the answer."""
+    asked = {TopicPartition(topic, index): OffsetSpec.latest()}
+    futures = admin.list_offsets(asked, request_timeout=timeout)
+    future: Future[Any] = next(iter(futures.values()))
+    return future
+
+
+def read_end_offset(future: Future[Any], timeout: float = 5.0) -> int:
+    """The offset in a :func:`request_end_offset` answer; KafkaException if none came."""
+    try:
+        return int(future.result(timeout=timeout).offset)
+    except FutureTimeout:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer")) from None
 
 
 def wait_for_topic(

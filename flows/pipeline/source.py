@@ -46,6 +46,16 @@ with ``auto.offset.reset=error``: librdkafka never moves an offset silently):
   been checked (so nothing is read from a topic that came back empty before
   we know it did). A fatal error (``KafkaError.fatal()``) stops the engine
   with one line.
+* **Stuck consumer.** A partition that has read nothing for :data:`STALL_S`
+  asks the broker for the partition's end (``ListOffsets``, never blocking).
+  If the broker holds events past the partition's position and the consumer
+  still read none of them, the consumer is stuck: the partition says so in one
+  line and reopens it at its position. librdkafka consumers by assignment
+  sometimes stop fetching after a broker restart without reporting an error
+  (librdkafka issue 5153; found by ``tetik chaos``'s broker-restart scenario:
+  one partition of four read nothing more until the run ended). A partition
+  whose position is not an offset yet (a start from the beginning) is not
+  checked.
 
 Policy for a topic that was recreated or whose offsets are out of range
 (never skip silently):
@@ -106,7 +116,13 @@ from confluent_kafka.admin import AdminClient
 from engine.errors import TetikError
 from flows import logs, report
 from flows.kafka.connection import client_config
-from flows.kafka.topics import ensure_topics, read_topic_id, request_topic_id
+from flows.kafka.topics import (
+    ensure_topics,
+    read_end_offset,
+    read_topic_id,
+    request_end_offset,
+    request_topic_id,
+)
 
 IDLE_POLL = timedelta(milliseconds=2)
 AWAY_POLL = timedelta(milliseconds=100)
@@ -132,6 +148,7 @@ LIVE_AFTER_S = 5.0
 BACK_GRACE_S = 10.0
 CHECK_S = 0.5  # how often a partition whose broker is away asks whether it is back
 NOTE_EVERY_S = 10.0  # at most one "broker away" line per source this often
+STALL_S = 5.0  # a partition that read nothing this long asks the broker for its end
 
 _OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
 # librdkafka settings only a consumer reads; given to a producer or an admin client,
@@ -288,6 +305,9 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         self._checked = 0.0
         self._admin: AdminClient | None = None
         self._pending: Future[Any] | None = None  # an identity check on its way
+        self._stall: Future[Any] | None = None  # a stuck-consumer check on its way
+        self._stall_at = -1  # the position when it was asked
+        self._progress_at = 0.0  # when the consumer last read (or opened, or was checked)
         self._consumer = self._open(self._next)
 
     # -- Bytewax interface -------------------------------------------------
@@ -302,8 +322,11 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         batch = self._read(self._consumer.consume(self._spec.batch_size, 0))
         if batch:
             self._end_since = None
+            self._progress_at = time.monotonic()
             if len(batch) >= self._spec.batch_size:
                 self._live = False  # a backlog: settle long again
+        elif self._away_since is None:
+            self._check_stall()
         at_end = not batch and self._away_since is None and self._at_end()
         self._report(len(batch), at_end)
         return batch
@@ -325,15 +348,18 @@ class _Partition(StatefulSourcePartition[Any, Any]):
     def _open(self, offset: int) -> Consumer:
         """A fresh consumer at ``offset``: it knows no high watermark before it fetches."""
         consumer = Consumer({**self._spec.config, "error_cb": self._on_error, "logger": _QUIET})
-        self._opened = time.monotonic()
+        self._opened = self._progress_at = time.monotonic()
+        self._stall = None
         consumer.assign([TopicPartition(self._spec.topic, self._spec.index, offset)])
         return consumer
 
-    def _reopen(self, offset: int) -> None:
+    def _reopen(self, offset: int, back: bool = True) -> None:
+        """A new consumer at ``offset``; ``back``: the broker was away (BACK_GRACE_S)."""
         self._consumer.close()
         self._next = offset
         self._away_since = None
-        self._back_at = time.monotonic()
+        if back:
+            self._back_at = time.monotonic()
         self._end_hint = None
         self._live = False
         self._consumer = self._open(offset)
@@ -414,9 +440,7 @@ class _Partition(StatefulSourcePartition[Any, Any]):
             if time.monotonic() - self._checked < CHECK_S:
                 return
             self._checked = time.monotonic()
-            if self._admin is None:
-                self._admin = AdminClient(client_config(self._spec.bootstrap))
-            self._pending = request_topic_id(self._admin, self._spec.topic, timeout=2.0)
+            self._pending = request_topic_id(self._admin_client(), self._spec.topic, timeout=2.0)
         if not self._pending.done():
             return
         pending, self._pending = self._pending, None
@@ -433,6 +457,39 @@ class _Partition(StatefulSourcePartition[Any, Any]):
             self._recreate_topics()
             return
         self._settle(current)
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(client_config(self._spec.bootstrap))
+        return self._admin
+
+    def _check_stall(self) -> None:
+        """Reopen a consumer that reads nothing while the broker holds more (module rules;
+        never blocks: the answer is read at a later poll)."""
+        if self._stall is None:
+            if self._next < 0 or time.monotonic() - self._progress_at < STALL_S:
+                return
+            self._stall_at = self._next
+            self._stall = request_end_offset(
+                self._admin_client(), self._spec.topic, self._spec.index, timeout=2.0
+            )
+            return
+        if not self._stall.done():
+            return
+        future, self._stall = self._stall, None
+        self._progress_at = time.monotonic()  # the next check is STALL_S from now
+        try:
+            end = read_end_offset(future, timeout=0.1)
+        except KafkaException:
+            return  # the broker does not answer: the consumer's own errors say so
+        if end <= self._next or self._next != self._stall_at:
+            return
+        self._spec.notes.log(
+            f"partition {self._spec.name}: its consumer read nothing for {STALL_S:g} s "
+            f"while the broker holds {end - self._next} more event(s) from offset "
+            f"{self._next} (a stuck consumer); reopening it there"
+        )
+        self._reopen(self._next, back=False)
 
     def _settle(self, current: str) -> None:
         """Go on reading, from where the policy says (the broker answered with ``current``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Producer
 from confluent_kafka.admin import AdminClient
 
+import flows.pipeline.source as source_module
 from flows.kafka.topics import ensure_topics, topic_id
 from flows.pipeline.source import (
     Resume,
@@ -217,4 +219,48 @@ def test_a_broker_that_comes_back_empty_is_read_from_the_beginning_without_a_cra
     got = _read(part, 15, timeout=20)
     assert [value for _, value in got] == [f"new{i}" for i in range(15)]
     assert f"{unique}.dlq" in AdminClient({"bootstrap.servers": bootstrap}).list_topics().topics
+    part.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("tansu", marks=pytest.mark.integration),
+        pytest.param("apache", marks=pytest.mark.apache_kafka),
+    ]
+)
+def any_bootstrap(request: pytest.FixtureRequest) -> str:
+    """The session's tansu, or (``make test-kafka``) its Apache Kafka."""
+    if request.param == "apache":
+        return str(request.getfixturevalue("apache_kafka").bootstrap)
+    return str(request.getfixturevalue("kafka_bootstrap"))
+
+
+def test_a_consumer_that_reads_nothing_while_the_broker_holds_more_is_reopened(
+    any_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A paused consumer stands in for a stuck one: it fetches nothing and reports no error.
+    monkeypatch.setattr(source_module, "STALL_S", 0.5)
+    kafka_bootstrap = any_bootstrap
+    ensure_topics(kafka_bootstrap, {unique: 1})
+    _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
+    lines, policy = _lines()
+    part = _partition(kafka_bootstrap, unique, {"offset": 0}, policy)
+    assert [offset for offset, _ in _read(part, 5)] == [0, 1, 2, 3, 4]
+    quiet_until = time.monotonic() + 1.5  # idle at the end: checked, nothing to reopen
+    while time.monotonic() < quiet_until:
+        assert part.next_batch() == []
+        time.sleep(0.01)
+    assert lines == []
+    stuck = part._consumer
+    stuck.pause([part._tp])
+    _produce(kafka_bootstrap, unique, ["new0", "new1"])
+    assert _read(part, 2) == [(5, "new0"), (6, "new1")]
+    assert part._consumer is not stuck
+    (line,) = lines
+    # tansu's ListOffsets answer may lag its log by the last record.
+    assert re.fullmatch(
+        f"partition 0-{unique}: its consumer read nothing for 0.5 s while the broker holds "
+        r"[12] more event\(s\) from offset 5 \(a stuck consumer\); reopening it there",
+        line,
+    )
     part.close()
