@@ -21,9 +21,11 @@ from bench.markdown import goals_table
 from bench.report import write_results
 from bench.scale import MIB, QUICK, ScalePlan, Signups, bench_scale, scale_tables
 from flows.servers.embedded import Endpoints
+from flows.settings import from_env
 
 TINY = ScalePlan(
     warmup=100,
+    first=40,
     pending=400,
     shoppers=1_000,
     restart=300,
@@ -49,7 +51,9 @@ def test_signups_are_distinct_and_stamped_as_they_are_made() -> None:
 
 
 def test_the_quick_plan_is_the_full_one_with_fewer_shoppers() -> None:
-    assert (QUICK.warmup, QUICK.pending) == (2_000, 30_000)
+    assert (QUICK.warmup, QUICK.first, QUICK.pending) == (16_000, 2_000, 30_000)
+    # The warm-up outgrows the bounded shopper cache and the feed's lead.
+    assert QUICK.warmup > from_env({}).cache_shoppers + QUICK.lead
     assert (QUICK.shoppers, QUICK.restart) == (100_000, 20_000)
     assert ScalePlan().shoppers == 1_000_000
     assert ScalePlan().restart == 100_000
@@ -85,6 +89,9 @@ def test_memory_figures_are_what_was_read(scale: dict[str, Any]) -> None:
     assert pending["rss_mib"] <= pending["rss_peak_mib"] <= base["rss_peak_mib"]
     grown = (pending["rss_mib"] - pending["rss_idle_mib"]) * MIB
     assert pending["bytes_per_enrollment"] == pytest.approx(grown / TINY.pending)
+    cold = (pending["rss_mib"] - pending["rss_first_mib"]) * MIB
+    assert pending["cold_bytes_per_enrollment"] == pytest.approx(cold / TINY.pending)
+    assert 0 < pending["rss_first_mib"] <= pending["rss_peak_mib"]
     after, before = base["redis_after"]["used_memory"], base["redis_before"]["used_memory"]
     assert base["redis_bytes_per_shopper"] == pytest.approx((after - before) / TINY.shoppers)
     # A state (msgpack, one enrollment) plus its timer and shopper index entries.
