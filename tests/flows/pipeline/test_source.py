@@ -150,8 +150,9 @@ def test_a_snapshot_of_a_recreated_topic_reads_the_new_one_from_its_beginning(
 
 @pytest.mark.integration
 def test_an_offset_past_the_end_of_the_same_topic_goes_on_from_the_end(
-    kafka_bootstrap: str, unique: str
+    kafka_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(source_module, "TRUNCATED_AFTER_S", 0.5)
     ensure_topics(kafka_bootstrap, {unique: 1})
     _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
     current = topic_id(AdminClient({"bootstrap.servers": kafka_bootstrap}), unique) or ""
@@ -263,4 +264,44 @@ def test_a_consumer_that_reads_nothing_while_the_broker_holds_more_is_reopened(
         r"[12] more event\(s\) from offset 5 \(a stuck consumer\); reopening it there",
         line,
     )
+    part.close()
+
+
+class LaggingMark:
+    """A consumer whose broker reports a high watermark 2 below the truth (cached or
+    asked) until ``until``: Apache Kafka's, for a moment after a restart."""
+
+    def __init__(self, consumer: Any, until: float) -> None:
+        self._consumer, self._until = consumer, until
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = 1.0, cached: bool = False) -> Any:
+        if cached:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        else:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        return (low, high - 2) if time.monotonic() < self._until and high >= 0 else (low, high)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@pytest.mark.integration
+def test_a_high_watermark_that_lags_for_a_moment_is_no_truncation(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    ensure_topics(kafka_bootstrap, {unique: 1})
+    _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
+    current = topic_id(AdminClient({"bootstrap.servers": kafka_bootstrap}), unique) or ""
+    lines, _ = _lines()
+    policy = SourcePolicy(topic_ids={unique: current}, log=lines.append)
+    part = _partition(kafka_bootstrap, unique, {"offset": 0, "topic_id": current}, policy)
+    assert [offset for offset, _ in _read(part, 5)] == [0, 1, 2, 3, 4]
+    part._consumer = LaggingMark(part._consumer, time.monotonic() + 1.0)
+    away_until = time.monotonic() + 2.0
+    while time.monotonic() < away_until:
+        assert part.next_batch() == []
+        time.sleep(0.01)
+    _produce(kafka_bootstrap, unique, ["new0", "new1"])
+    assert _read(part, 2) == [(5, "new0"), (6, "new1")]  # nothing read twice
+    assert lines == []  # no "truncated"
     part.close()
