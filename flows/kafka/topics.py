@@ -151,7 +151,7 @@ def request_end_offset(
 ) -> Future[Any]:
     """Ask for the end (latest) offset of partition ``index``; :func:`read_end_offset`
     reads the answer."""
-    asked = {TopicPartition(topic, index): OffsetSpec.latest()}
+    asked = {TopicPartition(topic, index): OffsetSpec.latest()}  # type: ignore[no-untyped-call]
     futures = admin.list_offsets(asked, request_timeout=timeout)
     future: Future[Any] = next(iter(futures.values()))
     return future
