@@ -84,6 +84,16 @@ def _lines() -> tuple[list[str], SourcePolicy]:
     return lines, SourcePolicy(log=lines.append)
 
 
+def _five(bootstrap: str, topic: str) -> tuple[str, list[str], SourcePolicy]:
+    """A one-partition ``topic`` holding v0..v4: its id, and a policy that knows it and
+    keeps the source's lines."""
+    ensure_topics(bootstrap, {topic: 1})
+    _produce(bootstrap, topic, [f"v{i}" for i in range(5)])
+    current = topic_id(AdminClient({"bootstrap.servers": bootstrap}), topic) or ""
+    lines: list[str] = []
+    return current, lines, SourcePolicy(topic_ids={topic: current}, log=lines.append)
+
+
 def test_the_policy_for_offsets_out_of_range() -> None:
     assert judge(5, 0, 10, True) == Verdict("ok", 5)
     assert judge(10, 0, 10, True) == Verdict("ok", 10)  # at the end: nothing new yet
@@ -130,12 +140,8 @@ def test_a_partition_is_caught_up_only_at_the_end_and_snapshots_its_clock(
 def test_a_snapshot_of_a_recreated_topic_reads_the_new_one_from_its_beginning(
     kafka_bootstrap: str, unique: str
 ) -> None:
-    ensure_topics(kafka_bootstrap, {unique: 1})
-    _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
-    current = topic_id(AdminClient({"bootstrap.servers": kafka_bootstrap}), unique) or ""
+    current, lines, policy = _five(kafka_bootstrap, unique)
     assert current  # tansu has topic ids
-    lines, _ = _lines()
-    policy = SourcePolicy(topic_ids={unique: current}, log=lines.append)
     old = {"offset": 3, "clock": 0, "topic_id": "AaIrKYuic3O8Rkybm1cIDQ"}
     part = _partition(kafka_bootstrap, unique, old, policy)
     assert [offset for offset, _ in _read(part, 5)] == [0, 1, 2, 3, 4]
@@ -153,11 +159,7 @@ def test_an_offset_past_the_end_of_the_same_topic_goes_on_from_the_end(
     kafka_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(source_module, "TRUNCATED_AFTER_S", 0.5)
-    ensure_topics(kafka_bootstrap, {unique: 1})
-    _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
-    current = topic_id(AdminClient({"bootstrap.servers": kafka_bootstrap}), unique) or ""
-    lines: list[str] = []
-    policy = SourcePolicy(topic_ids={unique: current}, log=lines.append)
+    current, lines, policy = _five(kafka_bootstrap, unique)
     part = _partition(kafka_bootstrap, unique, {"offset": 100, "topic_id": current}, policy)
     deadline = time.monotonic() + 10
     while not lines and time.monotonic() < deadline:
@@ -289,11 +291,7 @@ class LaggingMark:
 def test_a_high_watermark_that_lags_for_a_moment_is_no_truncation(
     kafka_bootstrap: str, unique: str
 ) -> None:
-    ensure_topics(kafka_bootstrap, {unique: 1})
-    _produce(kafka_bootstrap, unique, [f"v{i}" for i in range(5)])
-    current = topic_id(AdminClient({"bootstrap.servers": kafka_bootstrap}), unique) or ""
-    lines, _ = _lines()
-    policy = SourcePolicy(topic_ids={unique: current}, log=lines.append)
+    current, lines, policy = _five(kafka_bootstrap, unique)
     part = _partition(kafka_bootstrap, unique, {"offset": 0, "topic_id": current}, policy)
     assert [offset for offset, _ in _read(part, 5)] == [0, 1, 2, 3, 4]
     part._consumer = LaggingMark(part._consumer, time.monotonic() + 1.0)
