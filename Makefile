@@ -44,11 +44,10 @@ format: $(STAMP)
 
 # The whole suite on the embedded servers (a short fuzz run included); the Apache Kafka
 # subset needs Java 17 and runs in `make test-kafka` (.ci/run, where Java is).
-# TEST_WORKERS=2 runs it on two pytest-xdist workers, each with its own servers: 5
-# minutes instead of 10 on 2 cores, but two timing-sensitive bench tests failed in one
-# of six such runs (a 5 s `tansu --version`, a timer count at a step's end), so the
-# default (0) runs one test at a time.
-TEST_WORKERS ?= 0
+# It runs on two pytest-xdist workers (TEST_WORKERS), each with its own servers: about 5
+# minutes instead of 10 on 2 cores, since the suite mostly waits on servers and child
+# processes. TEST_WORKERS=0 runs one test at a time, in process.
+TEST_WORKERS ?= 2
 test: lint $(BROWSER)
 	$(BYTECODE)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not apache_kafka and not scenario"
