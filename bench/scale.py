@@ -516,9 +516,15 @@ def scale_tables(result: dict[str, Any]) -> str:
     p, b, r = result["pending"], result["base"], result["restart"]
     rows = [
         ["pending enrollments", f"{p['enrollments']:,}"],
-        ["worker RSS after 2k, warm-up -> after MiB", _rss_line(p)],
+        [
+            "worker RSS after 2k, warm-up -> after MiB",
+            f"{p['rss_first_mib']:,.1f}, {p['rss_idle_mib']:,.1f} -> {p['rss_mib']:,.1f}",
+        ],
         ["worker bytes per pending enrollment", f"{p['bytes_per_enrollment']:,.0f}"],
-        ["the same, from the 2k mark (one-off growth in)", _cold_line(p)],
+        [
+            "the same, from the 2k mark (one-off growth in)",
+            f"{p['cold_bytes_per_enrollment']:,.0f}",
+        ],
         ["worker peak RSS (VmHWM) MiB", f"{p['rss_peak_mib']:,.1f}"],
         ["worker bytes per enrollment after those", f"{b['marginal_bytes_per_enrollment']:,.0f}"],
         ["pending in Redis = fed", f"{p['pending_in_redis']:,} = {p['shoppers_fed']:,}"],
@@ -547,17 +553,6 @@ def scale_tables(result: dict[str, Any]) -> str:
             table(["s after restart", "engine output"], startup[:40]),
         ]
     )
-
-
-def _rss_line(p: dict[str, Any]) -> str:
-    first = p.get("rss_first_mib")
-    head = "" if first is None else f"{first:,.1f}, "
-    return f"{head}{p['rss_idle_mib']:,.1f} -> {p['rss_mib']:,.1f}"
-
-
-def _cold_line(p: dict[str, Any]) -> str:
-    cold = p.get("cold_bytes_per_enrollment")
-    return "" if cold is None else f"{cold:,.0f}"
 
 
 def _cell(line: str) -> str:

@@ -135,13 +135,11 @@ def request_topic_id(admin: AdminClient, topic: str, timeout: float = 5.0) -> Fu
 def read_topic_id(future: Future[Any], timeout: float = 5.0) -> str | None:
     """The id in a :func:`request_topic_id` answer (see :func:`topic_id`)."""
     try:
-        description = future.result(timeout=timeout)
+        description = _answer(future, timeout)
     except KafkaException as exc:
         if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             return None
         raise
-    except FutureTimeout:
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer")) from None
     found = str(description.topic_id or "")
     return "" if found == _NO_ID else found
 
@@ -159,8 +157,13 @@ def request_end_offset(
 
 def read_end_offset(future: Future[Any], timeout: float = 5.0) -> int:
     """The offset in a :func:`request_end_offset` answer; KafkaException if none came."""
+    return int(_answer(future, timeout).offset)
+
+
+def _answer(future: Future[Any], timeout: float) -> Any:
+    """An admin request's answer; KafkaException (timed out) when none came in time."""
     try:
-        return int(future.result(timeout=timeout).offset)
+        return future.result(timeout=timeout)
     except FutureTimeout:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer")) from None
 

@@ -74,10 +74,11 @@ Rules of this interface:
   records (the outbox rule holds: a record is produced only once the commit
   that holds it is in Redis), then reads the next slice's states; the events'
   input partitions pass the watermark only then (a fan-out reads the
-  interest entries they wrote). Until a commit lands, this shard reads the states it wrote from
-  memory, never from Redis; its next activation (or snapshot, end of input,
-  or an in-line commit: a hand-off, the end of a bounded run) waits for it to
-  land first, and a shard with a commit running asks to be woken at once. So
+  interest entries they wrote). Until a commit lands, this shard reads the
+  states it wrote from memory, never from Redis; its next activation (or
+  snapshot, end of input, or an in-line commit: a hand-off, the end of a
+  bounded run) waits for it to land first, and a shard with a commit running
+  asks to be woken at once. So
   the worker never waits for Redis to write, and Redis works while the worker
   runs the rest of the graph. A kill -9 loses a commit not run yet as it
   loses a batch not applied yet: its events (and queued items) come again

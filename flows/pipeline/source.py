@@ -510,11 +510,12 @@ class _Partition(StatefulSourcePartition[Any, Any]):
         """Go on reading, from where the policy says (the broker answered with ``current``)."""
         same = None if not (current and self._topic_id) else current == self._topic_id
         high = self._end_hint if self._end_hint is not None else max(self._next, 0)
-        verdict: Verdict | None = judge(self._next, 0, high, same)
-        if verdict is not None and verdict.case == "truncated":
-            verdict = self._truncation()
-        if verdict is None:
-            return  # undecided: still away, asked again at the next check
+        verdict = judge(self._next, 0, high, same)
+        if verdict.case == "truncated":
+            confirmed = self._truncation()
+            if confirmed is None:
+                return  # undecided: still away, asked again at the next check
+            verdict = confirmed
         if verdict.case == "lagged":
             self._topic_id = current or self._topic_id
             if not self._erred:  # only a mark that lagged: the same consumer reads on

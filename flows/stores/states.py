@@ -147,9 +147,6 @@ class TimerHead:
             return NotImplemented
         return (self.entries, self.after) == (other.entries, other.after)
 
-    def __hash__(self) -> int:
-        return hash((self.entries, self.after))
-
     def __repr__(self) -> str:
         return f"TimerHead({self.entries!r}, {self.after!r})"
 
