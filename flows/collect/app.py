@@ -5,10 +5,10 @@ POST endpoints need no router, and every microsecond of a framework shows in
 events/s. Rules of this interface:
 
 * ``POST /v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/screen``,
-  ``/v1/batch`` (and ``/v1/import``), with the short aliases analytics.js
-  uses (``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``, ``/v1/b``); ``group`` and
-  ``alias`` calls (``/v1/group``, ``/v1/g``, ``/v1/alias``, ``/v1/a``) are
-  answered and dropped. ``GET /healthz`` answers 200 ``ok``. Any other path
+  ``/v1/batch`` (and ``/v1/import``) and ``/v1/alias`` (an identity link),
+  with the short names analytics.js uses (``/v1/t``, ``/v1/i``, ``/v1/p``,
+  ``/v1/s``, ``/v1/b``, ``/v1/a``); ``group`` calls (``/v1/group``,
+  ``/v1/g``) are answered and dropped. ``GET /healthz`` answers 200 ``ok``. Any other path
   is a 404, any other method a 405; ``OPTIONS`` answers a browser's CORS
   preflight (allowing the headers analytics.js sends, ``X-Retry-Count`` of
   its retries among them), and every answer allows any origin (storefront
@@ -75,7 +75,8 @@ ROUTES: Final = {
     **dict.fromkeys(("/v1/page", "/v1/p"), "page"),
     **dict.fromkeys(("/v1/screen", "/v1/s"), "screen"),
     **dict.fromkeys(("/v1/batch", "/v1/b", "/v1/import"), "batch"),
-    **dict.fromkeys(("/v1/group", "/v1/g", "/v1/alias", "/v1/a"), "ignored"),
+    **dict.fromkeys(("/v1/alias", "/v1/a"), "alias"),
+    **dict.fromkeys(("/v1/group", "/v1/g"), "ignored"),
 }
 CORS: Final = [(b"access-control-allow-origin", b"*")]
 PREFLIGHT: Final = [

@@ -44,9 +44,16 @@ Rules of this interface:
 * ``page`` becomes a ``page_view`` event and ``screen`` (mobile SDKs) a
   ``screen_view`` event (custom types: SPEC section 1 has no standard one):
   ``properties`` and the call's ``name`` and ``category`` go to ``props``.
-* In a ``batch``, ``group`` and ``alias`` calls are accepted and dropped
-  (:data:`IGNORED`): tetik has no event for them. A batch's own ``context``
-  is the default of its calls' contexts.
+* ``alias`` becomes an ``alias`` event that links ``previousId`` (as
+  ``anon_id``) to ``userId`` (both required), as any event carrying both
+  does (SPEC section 7): so a storefront that only aliases still gets one
+  customer across devices. tetik links anonymous ids to users, so a
+  ``previousId`` that was a user id is taken as an anonymous id: its later
+  events sent as ``anonymousId`` go to the new user. An alias of an id to
+  itself links nothing (an event of the user alone).
+* In a ``batch``, ``group`` calls are accepted and dropped (:data:`IGNORED`):
+  tetik has no event for them. A batch's own ``context`` is the default of
+  its calls' contexts.
 """
 
 from __future__ import annotations
@@ -83,8 +90,9 @@ CALL_TYPES: Final = {
     "identify": "profile",
     "page": "page_view",
     "screen": "screen_view",
+    "alias": "alias",
 }
-IGNORED: Final = frozenset({"group", "alias"})
+IGNORED: Final = frozenset({"group"})
 # A sender's clock this far from ours (its sentAt against the time received) is wrong,
 # not late: its calls' times are shifted by the difference. Below it, times stay as sent.
 SKEW_TOLERANCE_MS: Final = 60_000
@@ -131,7 +139,7 @@ def _batch_call(call: Any, context: Any, sent_at: Any, received_ms: int) -> Even
         return None
     if not isinstance(kind, str) or kind not in CALL_TYPES:
         raise InvalidEvent(
-            f"call type {kind!r} is not collected; send track, identify, page or screen"
+            f"call type {kind!r} is not collected; send track, identify, page, screen or alias"
         )
     if isinstance(context, dict):
         own = call.get("context")
@@ -142,12 +150,14 @@ def _batch_call(call: Any, context: Any, sent_at: Any, received_ms: int) -> Even
 
 
 def to_event(call: Mapping[str, Any], kind: str, received_ms: int) -> Event:
-    """One ``track``/``identify``/``page``/``screen`` call as a validated event."""
+    """One ``track``/``identify``/``page``/``screen``/``alias`` call as a validated event."""
     doc = _common(call, received_ms)
     if kind == "track":
         _track(call, doc)
     elif kind == "identify":
         _identify(call, doc)
+    elif kind == "alias":
+        _alias(call, doc)
     else:
         _page(call, doc, CALL_TYPES[kind])
     try:
@@ -244,6 +254,16 @@ def _identify(call: Mapping[str, Any], doc: dict[str, Any]) -> None:
     doc["attributes"] = attributes
     if nested:
         doc["props"] = nested
+
+
+def _alias(call: Mapping[str, Any], doc: dict[str, Any]) -> None:
+    previous = _id(call.get("previousId"))
+    if doc.get("user_id") is None or previous is None:
+        raise InvalidEvent("an alias needs userId and previousId (the id it links to the user)")
+    doc["type"] = CALL_TYPES["alias"]
+    doc.pop("anon_id", None)  # the call's own anonymousId is not what it links
+    if previous != doc["user_id"]:
+        doc["anon_id"] = previous
 
 
 def _page(call: Mapping[str, Any], doc: dict[str, Any], kind: str) -> None:

@@ -165,6 +165,15 @@ def test_calls_land_on_the_events_topic_keyed_by_identity(served: Served) -> Non
     assert installed().read(COLLECT_REQUESTS, endpoint="track", status="200") == counted + 1
 
 
+def test_an_alias_call_lands_as_the_link_of_its_previous_id(served: Served) -> None:
+    user, old = f"u-{uuid.uuid4().hex[:8]}", f"a-{uuid.uuid4().hex[:8]}"
+    alias = {"userId": user, "previousId": old, "messageId": f"{user}-alias"}
+    assert post(served, "/v1/a", alias) == (200, {"success": True})
+    got = events(served, user, 1)
+    assert [(e.type, e.user_id, e.anon_id) for e in got] == [("alias", user, old)]
+    assert post(served, "/v1/group", {"userId": user, "groupId": "g"}) == (200, {"success": True})
+
+
 def test_a_bad_call_is_a_400_and_a_dead_letter_with_its_reason(served: Served) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
     body = orjson.dumps({"event": "Product Viewed", "userId": user, "properties": {}})

@@ -229,7 +229,7 @@ def test_page_and_screen_are_view_events_with_props() -> None:
     assert to_event(call, "screen", NOW).type == "screen_view"
 
 
-def test_a_batch_maps_each_call_with_the_batch_context_and_drops_group_and_alias() -> None:
+def test_a_batch_maps_each_call_with_the_batch_context_and_drops_group() -> None:
     body = {
         "batch": [
             {"type": "track", "event": "Product Viewed", "userId": "u1", "messageId": "1",
@@ -237,12 +237,28 @@ def test_a_batch_maps_each_call_with_the_batch_context_and_drops_group_and_alias
             {"type": "group", "userId": "u1", "groupId": "g"},
             {"type": "identify", "userId": "u1", "messageId": "2", "traits": {}},
             {"type": "page", "anonymousId": "a1", "messageId": "3"},
+            {"type": "alias", "userId": "u1", "previousId": "a1", "messageId": "4"},
         ],
         "context": {"timezone": "Europe/Berlin"},
     }  # fmt: skip
     events = events_of(orjson.dumps(body), "batch", NOW)
-    assert [e.type for e in events] == ["view_product", "profile", "page_view"]
+    assert [e.type for e in events] == ["view_product", "profile", "page_view", "alias"]
     assert events[1].attributes == {"timezone": "Europe/Berlin"}
+
+
+def test_an_alias_links_its_previous_id_to_the_user() -> None:
+    call = {"userId": "u1", "previousId": "a-old", "anonymousId": "a-now", "messageId": "m",
+            "timestamp": TS}  # fmt: skip
+    alias = to_event(call, "alias", NOW)
+    assert (alias.type, alias.user_id, alias.anon_id) == ("alias", "u1", "a-old")
+    assert (resolve(alias, {}).key, resolve(alias, {}).link) == ("u1", "a-old")
+    later = to_event({"anonymousId": "a-old", "messageId": "m2", "timestamp": TS}, "page", NOW)
+    assert resolve(later, {"a-old": "u1"}).key == "u1"  # the old id's events: the user's
+
+
+def test_an_alias_of_an_id_to_itself_links_nothing() -> None:
+    alias = to_event({"userId": "u1", "previousId": "u1", "anonymousId": "a1"}, "alias", NOW)
+    assert (alias.user_id, alias.anon_id, resolve(alias, {}).link) == ("u1", None, None)
 
 
 def test_one_bad_call_refuses_the_whole_batch_naming_it() -> None:
@@ -257,6 +273,8 @@ def test_one_bad_call_refuses_the_whole_batch_naming_it() -> None:
 @pytest.mark.parametrize(
     ("body", "kind", "reason"),
     [
+        ({"userId": "u1"}, "alias", "an alias needs userId and previousId"),
+        ({"anonymousId": "a1", "previousId": "a0"}, "alias", "an alias needs userId and"),
         (b"{not json", "track", "not valid JSON"),
         (b"[1]", "track", "the body must be a JSON object"),
         ({"event": "Signed In", "userId": ""}, "track", "one of userId or anonymousId"),
