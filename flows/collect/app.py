@@ -8,11 +8,11 @@ events/s. Rules of this interface:
   ``/v1/batch`` (and ``/v1/import``) and ``/v1/alias`` (an identity link),
   with the short names analytics.js uses (``/v1/t``, ``/v1/i``, ``/v1/p``,
   ``/v1/s``, ``/v1/b``, ``/v1/a``); ``group`` calls (``/v1/group``,
-  ``/v1/g``) are answered and dropped. ``GET /healthz`` answers 200 ``ok``. Any other path
-  is a 404, any other method a 405; ``OPTIONS`` answers a browser's CORS
-  preflight (allowing the headers analytics.js sends, ``X-Retry-Count`` of
-  its retries among them), and every answer allows any origin (storefront
-  pages post from their own).
+  ``/v1/g``) are answered and dropped. ``GET /healthz`` answers 200 ``ok``.
+  Any other path is a 404, any other method a 405; ``OPTIONS`` answers a
+  browser's CORS preflight (allowing the headers analytics.js sends,
+  ``X-Retry-Count`` of its retries among them), and every answer allows any
+  origin (storefront pages post from their own).
 * The write key is the basic-auth user name (the password is empty), else
   the body's ``writeKey``; one that is not in ``TETIK_COLLECT_WRITE_KEYS``
   is a 401. Nothing unauthenticated reaches Kafka, not even the dead-letter
