@@ -516,8 +516,8 @@ class _Partition(StatefulSourcePartition[Any, Any]):
             if confirmed is None:
                 return  # undecided: still away, asked again at the next check
             verdict = confirmed
+        self._topic_id = current or self._topic_id
         if verdict.case == "lagged":
-            self._topic_id = current or self._topic_id
             if not self._erred:  # only a mark that lagged: the same consumer reads on
                 self._away_since, self._end_hint = None, None
                 return
@@ -536,7 +536,6 @@ class _Partition(StatefulSourcePartition[Any, Any]):
             )
         else:
             self._spec.notes.note("back", f"Kafka answers again after {away:.1f} s")
-        self._topic_id = current or self._topic_id
         self._reopen(verdict.offset)
 
     def _truncation(self) -> Verdict | None:
